@@ -1,0 +1,147 @@
+"""Time, owned by the runtime.
+
+Nothing in stalwart calls ``time.time()`` or ``asyncio.sleep()`` directly: every policy,
+timer and lease takes a :class:`Clock`. Production uses :class:`SystemClock`; tests use
+:class:`FakeClock`, whose time moves only when told to (``advance``) or, with
+``autojump=True``, jumps straight to the next pending deadline once the event loop has
+nothing else to do — so a test of an hour-long backoff runs in microseconds and asserts
+exact times (the idea of trio's ``MockClock``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from abc import ABC, abstractmethod
+from typing import final
+
+__all__ = ["Clock", "FakeClock", "SystemClock"]
+
+
+class Clock(ABC):
+    """A source of wall time, monotonic time and sleeps."""
+
+    @abstractmethod
+    def now(self) -> float:
+        """Wall-clock time in seconds since the epoch (journaled, compared across hosts)."""
+
+    @abstractmethod
+    def monotonic(self) -> float:
+        """Monotonic seconds, for measuring durations and local deadlines."""
+
+    @abstractmethod
+    async def sleep(self, seconds: float) -> None:
+        """Suspend the calling task for ``seconds`` of this clock's time."""
+
+
+@final
+class SystemClock(Clock):
+    """The real clock."""
+
+    def now(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+
+@final
+class FakeClock(Clock):
+    """A virtual clock for tests.
+
+    Args:
+        start: the initial wall time (``now()``); ``monotonic()`` starts at 0.
+        autojump: when true, a sleep that is the earliest pending deadline completes as
+            soon as the event loop has run ``idle_hops`` rounds without any other sleeper
+            registering or waking, advancing time exactly to that deadline. Work that
+            waits on threads or sockets is not "idle" in that sense; drive such tests
+            with :meth:`advance` instead.
+        idle_hops: loop iterations that count as idle (see ``autojump``).
+    """
+
+    def __init__(self, start: float = 1_700_000_000.0, *, autojump: bool = False,
+                 idle_hops: int = 20) -> None:
+        self._offset = start
+        self._mono = 0.0
+        self._autojump = autojump
+        self._idle_hops = idle_hops
+        self._heap: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+        self._generation = 0
+        self._jumper: asyncio.Handle | None = None
+
+    def now(self) -> float:
+        return self._offset + self._mono
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    @property
+    def pending_sleeps(self) -> int:
+        """How many sleeps are waiting for time to move."""
+        return sum(1 for _, _, f in self._heap if not f.done())
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        heapq.heappush(self._heap, (self._mono + seconds, next(self._seq), fut))
+        self._generation += 1
+        if self._autojump:
+            self._schedule_jump(loop, self._generation, self._idle_hops)
+        await fut
+
+    def advance_sync(self, seconds: float) -> None:
+        """Move time forward by ``seconds`` and wake every sleep that is now due."""
+        if seconds < 0:
+            raise ValueError("time cannot move backwards")
+        self._mono += seconds
+        self._wake_due()
+
+    async def advance(self, seconds: float) -> None:
+        """Move time forward and let the woken tasks run until they block again."""
+        self.advance_sync(seconds)
+        for _ in range(self._idle_hops):
+            await asyncio.sleep(0)
+
+    def set_time(self, wall: float) -> None:
+        """Jump wall time to ``wall`` (used to simulate a restart much later)."""
+        if wall < self.now():
+            raise ValueError("time cannot move backwards")
+        self.advance_sync(wall - self.now())
+
+    def _wake_due(self) -> None:
+        while self._heap and self._heap[0][0] <= self._mono:
+            _, _, fut = heapq.heappop(self._heap)
+            if not fut.done():
+                fut.set_result(None)
+        self._generation += 1
+
+    def _schedule_jump(self, loop: asyncio.AbstractEventLoop, generation: int,
+                       hops: int) -> None:
+        if self._jumper is not None:
+            self._jumper.cancel()
+        self._jumper = loop.call_soon(self._maybe_jump, loop, generation, hops)
+
+    def _maybe_jump(self, loop: asyncio.AbstractEventLoop, generation: int, hops: int) -> None:
+        self._jumper = None
+        if generation != self._generation:
+            return  # something happened since; the newer sleeper scheduled its own check
+        if hops > 0:
+            self._jumper = loop.call_soon(self._maybe_jump, loop, generation, hops - 1)
+            return
+        while self._heap and self._heap[0][2].done():  # cancelled sleeps
+            heapq.heappop(self._heap)
+        if not self._heap:
+            return
+        self._mono = max(self._mono, self._heap[0][0])
+        self._wake_due()
+        if self._heap:
+            self._schedule_jump(loop, self._generation, self._idle_hops)

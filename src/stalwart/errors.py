@@ -1,0 +1,218 @@
+"""The one exception hierarchy of stalwart.
+
+Every error stalwart raises on purpose derives from :class:`StalwartError`. Each carries
+whether a retry could help (``retryable``), how long to wait before one (``retry_after``,
+seconds, or ``None``) and where it happened (``run_id``, ``step_id``, ``attempt``)::
+
+    StalwartError
+    ├── ConfigurationError            bad arguments, unknown store URL, ...
+    ├── SerializationError            a value cannot round-trip through the journal
+    ├── StoreError                    the journal cannot be used
+    │   ├── NotAStalwartStoreError    the file/database is not a stalwart journal
+    │   ├── SchemaVersionError        a journal of another schema version
+    │   ├── StoreCorruptedError       the file is damaged
+    │   └── LeaseLostError            another worker owns the run now (fencing)
+    ├── RunNotFoundError
+    ├── WorkflowNotFoundError
+    ├── NonDeterminismError           workflow code changed under a recorded run
+    ├── StepError                     a recorded step failure whose type cannot be rebuilt
+    ├── ContextMisuseError            ctx used where it must not be (inside a step, ...)
+    ├── SignalTimeoutError            ctx.wait_for_signal timed out
+    ├── RunFailedError                handle.result() of a failed run
+    ├── RunCancelledError             handle.result() of a cancelled run
+    ├── ResilienceError               raised by the policy stack (issue 3 grows this)
+    └── ModelError                    raised by model adapters (issue 3 grows this)
+
+Control flow stays outside the root, so ``except StalwartError`` or even
+``except Exception`` in workflow code never swallows it: :class:`Cancelled` is raised
+inside a workflow whose run was cancelled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "Cancelled",
+    "ConfigurationError",
+    "ContextMisuseError",
+    "LeaseLostError",
+    "ModelError",
+    "NonDeterminismError",
+    "NotAStalwartStoreError",
+    "ResilienceError",
+    "RunCancelledError",
+    "RunFailedError",
+    "RunNotFoundError",
+    "SchemaVersionError",
+    "SerializationError",
+    "SignalTimeoutError",
+    "StalwartError",
+    "StepError",
+    "StoreCorruptedError",
+    "StoreError",
+    "WorkflowNotFoundError",
+]
+
+
+class StalwartError(Exception):
+    """Root of every error stalwart raises.
+
+    Attributes:
+        retryable: whether repeating the failed operation could succeed.
+        retry_after: seconds to wait before a retry, when the failure says so.
+        run_id, step_id, attempt: where it happened, when known.
+    """
+
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        retryable: bool | None = None,
+        retry_after: float | None = None,
+        run_id: str | None = None,
+        step_id: str | None = None,
+        attempt: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if retryable is not None:
+            self.retryable = retryable
+        self.retry_after = retry_after
+        self.run_id = run_id
+        self.step_id = step_id
+        self.attempt = attempt
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Errors are journaled by pickling; keep keyword context across the round trip.
+        return (_rebuild, (type(self), self.message, self.__dict__.copy()))
+
+
+def _rebuild(cls: type[StalwartError], message: str, state: dict[str, Any]) -> StalwartError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    return err
+
+
+class ConfigurationError(StalwartError):
+    """Invalid configuration or arguments (a bad store URL, an unknown option...)."""
+
+
+class SerializationError(StalwartError):
+    """A value cannot be stored in the journal and read back with its type."""
+
+
+class StoreError(StalwartError):
+    """The journal store cannot be used."""
+
+
+class NotAStalwartStoreError(StoreError):
+    """The file or database exists but is not a stalwart journal; it was left untouched."""
+
+
+class SchemaVersionError(StoreError):
+    """The journal was written by a stalwart of another schema version."""
+
+    def __init__(self, message: str, *, found: int, expected: int) -> None:
+        super().__init__(message)
+        self.found = found
+        self.expected = expected
+
+
+class StoreCorruptedError(StoreError):
+    """The journal file is damaged; nothing was written to it."""
+
+
+class LeaseLostError(StoreError):
+    """This worker no longer owns the run's lease; its write was rejected (fencing)."""
+
+
+class RunNotFoundError(StalwartError):
+    """No run with that id exists in the store."""
+
+
+class WorkflowNotFoundError(StalwartError):
+    """No workflow is registered or importable under that name."""
+
+
+class NonDeterminismError(StalwartError):
+    """Replay found a different step at a recorded step id: the code changed under a run.
+
+    Attributes:
+        recorded: the step name in the journal at ``step_id`` (``None`` if nothing was).
+        current: the step name the current code asked for (``None`` if it asked for none).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        run_id: str,
+        step_id: str,
+        recorded: str | None,
+        current: str | None,
+    ) -> None:
+        super().__init__(message, run_id=run_id, step_id=step_id)
+        self.recorded = recorded
+        self.current = current
+
+
+class StepError(StalwartError):
+    """A recorded step failure whose original exception type cannot be rebuilt on replay.
+
+    Attributes:
+        error_type: the qualified name of the original exception type.
+    """
+
+    def __init__(self, message: str, *, error_type: str, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.error_type = error_type
+
+
+class ContextMisuseError(StalwartError):
+    """The workflow context was used where it must not be (inside a step, after the run)."""
+
+
+class SignalTimeoutError(StalwartError):
+    """``ctx.wait_for_signal`` reached its timeout before the signal arrived."""
+
+    def __init__(self, message: str, *, signal: str, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.signal = signal
+
+
+class RunFailedError(StalwartError):
+    """The run ended with an error; ``error_type`` and the message say which.
+
+    ``__cause__`` holds the original exception when it could be rebuilt.
+    """
+
+    def __init__(self, message: str, *, error_type: str, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.error_type = error_type
+
+
+class RunCancelledError(StalwartError):
+    """The run was cancelled before it finished."""
+
+
+class ResilienceError(StalwartError):
+    """Raised by the resilience policies (breakers, bulkheads, rate limits, budgets)."""
+
+
+class ModelError(StalwartError):
+    """Raised by a model adapter; subclasses say what kind of failure it was."""
+
+
+class Cancelled(BaseException):  # noqa: N818 - a control-flow signal, like trio.Cancelled
+    """Raised inside a workflow whose run was cancelled, at its next step boundary.
+
+    It derives from ``BaseException`` so that ``except Exception`` in workflow code does
+    not swallow it.
+    """
