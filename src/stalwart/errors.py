@@ -21,7 +21,16 @@ seconds, or ``None``) and where it happened (``run_id``, ``step_id``, ``attempt`
     ├── RunFailedError                handle.result() of a failed run
     ├── RunCancelledError             handle.result() of a cancelled run
     ├── ResilienceError               raised by the policy stack (issue 3 grows this)
-    └── ModelError                    raised by model adapters (issue 3 grows this)
+    └── ModelError                    raised by model adapters and the simulator;
+        │                             the ones below also carry provider, model, status_code
+        ├── RateLimitedError          429; retryable, retry_after from Retry-After
+        ├── ProviderOverloadedError   5xx / 529 / outage; retryable
+        ├── ModelTimeoutError         no answer in time; retryable
+        ├── ModelConnectionError      connect failed, connection dropped; retryable
+        ├── MalformedResponseError    unparseable body or missing fields; retryable
+        ├── InvalidRequestError       400 / 404 / 422; not retryable
+        ├── AuthenticationError       401 / 403; not retryable
+        └── ContentFilterError        the provider refused or filtered; not retryable
 
 Control flow stays outside the root, so ``except StalwartError`` or even
 ``except Exception`` in workflow code never swallows it: :class:`Cancelled` is raised
@@ -33,13 +42,21 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AuthenticationError",
     "Cancelled",
     "ConfigurationError",
+    "ContentFilterError",
     "ContextMisuseError",
+    "InvalidRequestError",
     "LeaseLostError",
+    "MalformedResponseError",
+    "ModelConnectionError",
     "ModelError",
+    "ModelTimeoutError",
     "NonDeterminismError",
     "NotAStalwartStoreError",
+    "ProviderOverloadedError",
+    "RateLimitedError",
     "ResilienceError",
     "RunCancelledError",
     "RunFailedError",
@@ -216,3 +233,69 @@ class Cancelled(BaseException):  # noqa: N818 - a control-flow signal, like trio
     It derives from ``BaseException`` so that ``except Exception`` in workflow code does
     not swallow it.
     """
+
+
+# --- model adapter failures -------------------------------------------------------------
+# Every adapter (OpenAI, Anthropic, the simulator) maps each provider, SDK or HTTP failure
+# into exactly one of these, so policies decide on ``retryable``/``retry_after`` alone.
+
+
+class _ProviderError(ModelError):
+    """Shared constructor: which provider and model failed, and the HTTP status if any."""
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        provider: str | None = None,
+        model: str | None = None,
+        status_code: int | None = None,
+        **context: Any,
+    ) -> None:
+        super().__init__(message, **context)
+        self.provider = provider
+        self.model = model
+        self.status_code = status_code
+
+
+class RateLimitedError(_ProviderError):
+    """The provider rejected the call for rate (HTTP 429); ``retry_after`` says how long
+    it asked us to wait (from ``Retry-After``, seconds or an HTTP date), when it did."""
+
+    retryable = True
+
+
+class ProviderOverloadedError(_ProviderError):
+    """The provider failed on its side (HTTP 5xx, Anthropic's 529, an outage)."""
+
+    retryable = True
+
+
+class ModelTimeoutError(_ProviderError):
+    """No complete answer arrived within the client's timeout."""
+
+    retryable = True
+
+
+class ModelConnectionError(_ProviderError):
+    """The connection could not be made or was dropped before a response arrived."""
+
+    retryable = True
+
+
+class MalformedResponseError(_ProviderError):
+    """The response body could not be parsed or lacks required fields."""
+
+    retryable = True
+
+
+class InvalidRequestError(_ProviderError):
+    """The provider rejected the request itself (HTTP 400, 404, 422); retrying is futile."""
+
+
+class AuthenticationError(_ProviderError):
+    """The credentials were missing, wrong or lack permission (HTTP 401, 403)."""
+
+
+class ContentFilterError(_ProviderError):
+    """The provider refused or filtered the content (a policy decision, not a fault)."""
