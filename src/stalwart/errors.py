@@ -20,7 +20,12 @@ seconds, or ``None``) and where it happened (``run_id``, ``step_id``, ``attempt`
     ├── SignalTimeoutError            ctx.wait_for_signal timed out
     ├── RunFailedError                handle.result() of a failed run
     ├── RunCancelledError             handle.result() of a cancelled run
-    ├── ResilienceError               raised by the policy stack (issue 3 grows this)
+    ├── ResilienceError               raised by the policy stack
+    │   ├── RetryExhaustedError       Retry gave up; __cause__ is the last error
+    │   ├── CallTimeoutError          a timeout or deadline scope expired; retryable
+    │   ├── CircuitOpenError          the breaker rejected the call; not retryable
+    │   ├── BulkheadFullError         no slot: queue full or queue_timeout; retryable
+    │   └── ThrottledError            the local rate limiter would wait past max_wait
     └── ModelError                    raised by model adapters and the simulator;
         │                             the ones below also carry provider, model, status_code
         ├── RateLimitedError          429; retryable, retry_after from Retry-After
@@ -43,7 +48,10 @@ from typing import Any
 
 __all__ = [
     "AuthenticationError",
+    "BulkheadFullError",
+    "CallTimeoutError",
     "Cancelled",
+    "CircuitOpenError",
     "ConfigurationError",
     "ContentFilterError",
     "ContextMisuseError",
@@ -58,6 +66,7 @@ __all__ = [
     "ProviderOverloadedError",
     "RateLimitedError",
     "ResilienceError",
+    "RetryExhaustedError",
     "RunCancelledError",
     "RunFailedError",
     "RunNotFoundError",
@@ -68,6 +77,7 @@ __all__ = [
     "StepError",
     "StoreCorruptedError",
     "StoreError",
+    "ThrottledError",
     "WorkflowNotFoundError",
 ]
 
@@ -299,3 +309,96 @@ class AuthenticationError(_ProviderError):
 
 class ContentFilterError(_ProviderError):
     """The provider refused or filtered the content (a policy decision, not a fault)."""
+
+
+# --- resilience policy failures ---------------------------------------------------------
+# Raised by ``stalwart.policies``; each says whether the policy stack above may retry.
+
+
+class RetryExhaustedError(ResilienceError):
+    """Retry gave up on retryable failures (attempts used up, ``max_elapsed`` or the
+    deadline reached); ``__cause__`` is the last error.
+
+    Attributes:
+        attempts: how many attempts were made, counting those before a resume.
+        errors: the failures seen by this driver, oldest first.
+        reason: why it gave up, in words.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        attempts: int,
+        errors: tuple[BaseException, ...] = (),
+        reason: str = "",
+        **context: Any,
+    ) -> None:
+        super().__init__(message, **context)
+        self.attempts = attempts
+        self.errors = errors
+        self.reason = reason
+
+
+class CallTimeoutError(ResilienceError):
+    """A call outlived its timeout, or its enclosing deadline scope expired.
+
+    Attributes:
+        timeout: the limit in seconds that expired, when known.
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, *, timeout: float | None = None, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.timeout = timeout
+
+
+class CircuitOpenError(ResilienceError):
+    """The circuit breaker of a dependency rejected the call without making it.
+
+    Not retryable, so Retry does not hammer the dependency and Fallback moves on;
+    ``retry_after`` is the time left until the breaker lets a trial call through.
+
+    Attributes:
+        key: the dependency whose breaker is open (``"openai:gpt-4o"``).
+        state: ``"open"`` or ``"half_open"`` (trial calls all taken).
+    """
+
+    def __init__(self, message: str, *, key: str, state: str, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.key = key
+        self.state = state
+
+
+class BulkheadFullError(ResilienceError):
+    """The bulkhead had no free slot: its queue was full, or the wait hit ``queue_timeout``.
+
+    Attributes:
+        name: the bulkhead's pool name.
+        reason: ``"queue_full"`` or ``"queue_timeout"``.
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, *, name: str, reason: str, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.name = name
+        self.reason = reason
+
+
+class ThrottledError(ResilienceError):
+    """The local rate limiter would make the call wait longer than allowed.
+
+    Unlike :class:`RateLimitedError` (the provider said 429), nothing was sent;
+    ``retry_after`` is the wait the limiter computed.
+
+    Attributes:
+        key: the limiter's provider/model key.
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, *, key: str, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.key = key
