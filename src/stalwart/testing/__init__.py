@@ -1,0 +1,18 @@
+"""Test helpers that stalwart's own tests use and users may import.
+
+Nothing here is needed in production; everything here is supported API.
+"""
+
+from __future__ import annotations
+
+from ._fault_server import Fault as Fault
+from ._fault_server import FaultServer as FaultServer
+from ._fault_server import RecordedRequest as RecordedRequest
+from ._fault_server import Reply as Reply
+
+__all__ = [
+    "Fault",
+    "FaultServer",
+    "RecordedRequest",
+    "Reply",
+]
