@@ -1,0 +1,451 @@
+"""The workflow context: the only door to non-determinism.
+
+Every call on :class:`Context` is a *step* with a deterministic, hierarchical step id.
+Top-level steps are numbered ``1, 2, 3, ...``; branch ``i`` of a ``gather`` at step ``5``
+numbers its own steps ``5/i/1, 5/i/2, ...``, so ids never depend on which branch finishes
+first. A branch's scope travels in a ``ContextVar`` set inside the branch task, so a
+coroutine created with the parent context (``agent.run(ctx, ...)``) still numbers its
+steps inside the branch that awaits it.
+
+Replay: when a step id already has an outcome in the journal, the call returns the
+recorded result (or re-raises the recorded error) without running anything — and without
+yielding to the event loop, so a branch replays its whole recorded prefix at once. A step
+recorded under another name at the same id raises :class:`NonDeterminismError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import json
+import uuid as uuid_mod
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, final, overload
+
+from ._serde import (
+    ErrorInfo,
+    decode,
+    encode,
+    encode_error,
+    rebuild_error,
+    return_type,
+)
+from .errors import (
+    Cancelled,
+    ContextMisuseError,
+    LeaseLostError,
+    NonDeterminismError,
+    RunCancelledError,
+    RunFailedError,
+    SerializationError,
+    SignalTimeoutError,
+    StoreError,
+)
+from .store._base import TERMINAL_STATUSES, Event, EventKind, NewEvent, RunStatus
+
+if TYPE_CHECKING:
+    from ._execution import Execution
+    from ._workflow import Workflow
+
+__all__ = ["Context", "StepInfo", "current_step"]
+
+T = TypeVar("T")
+
+_OUTCOMES = (EventKind.STEP_COMPLETED, EventKind.STEP_FAILED)
+
+
+class Suspend(BaseException):  # noqa: N818 - control flow, never seen by users
+    """Parks the run: its task ends, the run waits in the store until ``wake_at``."""
+
+    def __init__(self, status: RunStatus, wake_at: float | None) -> None:
+        super().__init__(status, wake_at)
+        self.status = status
+        self.wake_at = wake_at
+
+
+@dataclass(slots=True)
+class _Scope:
+    prefix: str
+    counter: int = 0
+
+    def next_id(self) -> str:
+        self.counter += 1
+        return f"{self.prefix}/{self.counter}" if self.prefix else str(self.counter)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    """What the code running inside a step knows about it.
+
+    ``idempotency_key`` is ``"{run_id}:{step_id}"``: identical on every retry of the step
+    and after a crash and resume, so an external service can deduplicate the effect.
+    """
+
+    run_id: str
+    step_id: str
+    name: str
+    attempt: int
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.run_id}:{self.step_id}"
+
+
+_scope_var: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar(
+    "stalwart_scope", default=None)
+_step_var: contextvars.ContextVar[StepInfo | None] = contextvars.ContextVar(
+    "stalwart_step", default=None)
+
+
+def current_step() -> StepInfo:
+    """The step the calling code runs in (inside ``ctx.step`` functions and tools).
+
+    Raises:
+        ContextMisuseError: called outside a step.
+    """
+    info = _step_var.get()
+    if info is None:
+        raise ContextMisuseError("current_step() is only available inside a step")
+    return info
+
+
+def _callable_name(fn: Any) -> str:
+    target = fn.func if isinstance(fn, functools.partial) else fn
+    return str(getattr(target, "__qualname__", None) or getattr(target, "__name__", None)
+               or type(target).__name__)
+
+
+def _is_async(fn: Any) -> bool:
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+@final
+class Context:
+    """Handed to every workflow function; all of its effects go through here."""
+
+    __slots__ = ("_ex",)
+
+    def __init__(self, execution: Execution) -> None:
+        self._ex = execution
+
+    # -- facts -----------------------------------------------------------------------
+
+    @property
+    def run_id(self) -> str:
+        return self._ex.run_id
+
+    @property
+    def workflow_name(self) -> str:
+        return self._ex.workflow.name
+
+    @property
+    def is_replaying(self) -> bool:
+        """True while the run is re-reading recorded steps rather than running new ones."""
+        return self._ex.replaying
+
+    # -- the step machinery ----------------------------------------------------------
+
+    def _begin(self, name: str) -> tuple[str, list[Event] | None]:
+        ex = self._ex
+        if _step_var.get() is not None:
+            raise ContextMisuseError(
+                f"run {ex.run_id}: the workflow context cannot be used inside a step "
+                f"(step {_step_var.get().step_id}); steps are leaves"  # type: ignore[union-attr]
+            )
+        if ex.finished:
+            raise ContextMisuseError(f"run {ex.run_id} has ended; its context is closed")
+        if ex.cancel_requested:
+            raise Cancelled()
+        scope = _scope_var.get() or ex.root_scope
+        step_id = scope.next_id()
+        recorded = ex.recorded.get(step_id)
+        if recorded is not None:
+            ex.visited.add(step_id)
+            if recorded[0].name != name:
+                raise NonDeterminismError(
+                    f"run {ex.run_id}: step {step_id} is recorded as {recorded[0].name!r} "
+                    f"but the workflow code now calls {name!r} there",
+                    run_id=ex.run_id, step_id=step_id, recorded=recorded[0].name, current=name,
+                )
+        return step_id, recorded
+
+    @staticmethod
+    def _outcome(recorded: Sequence[Event] | None) -> Event | None:
+        if recorded:
+            for ev in reversed(recorded):
+                if ev.kind in _OUTCOMES:
+                    return ev
+        return None
+
+    def _replay_outcome(self, step_id: str, outcome: Event, tp: Any) -> Any:
+        if outcome.kind == EventKind.STEP_COMPLETED:
+            return decode(outcome.payload or "null", tp, what=f"step {step_id} result")
+        info = ErrorInfo.from_json(outcome.payload or "{}")
+        raise rebuild_error(info, run_id=self._ex.run_id, step_id=step_id)
+
+    async def _record_value(self, step_id: str, name: str, value: Any, tp: Any) -> Any:
+        try:
+            text = encode(value, tp, what=f"result of step {name!r} ({step_id})")
+        except SerializationError as exc:
+            exc.run_id, exc.step_id = self._ex.run_id, step_id
+            await self._record_failure(step_id, name, exc)
+            raise
+        await self._ex.record([NewEvent(EventKind.STEP_COMPLETED, step_id, name, text)])
+        return decode(text, tp)
+
+    async def _record_failure(self, step_id: str, name: str, exc: BaseException) -> None:
+        await self._ex.record(
+            [NewEvent(EventKind.STEP_FAILED, step_id, name, encode_error(exc).to_json())])
+
+    # -- steps -----------------------------------------------------------------------
+
+    @overload
+    async def step(self, fn: Callable[..., Awaitable[T]], /, *args: Any, name: str | None = None,
+                   **kwargs: Any) -> T: ...
+
+    @overload
+    async def step(self, fn: Callable[..., T], /, *args: Any, name: str | None = None,
+                   **kwargs: Any) -> T: ...
+
+    async def step(self, fn: Callable[..., Any], /, *args: Any, name: str | None = None,
+                   **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` once, durably; a recorded step returns its record.
+
+        Sync functions run in the runtime's thread pool. The result must be JSON-compatible
+        or a pydantic model; the function's return annotation, when present, is used to
+        rebuild it with its type. An exception is recorded and re-raised (also on replay).
+        Code inside the step can read its idempotency key with :func:`current_step`.
+        """
+        step_name = name or _callable_name(fn)
+        step_id, recorded = self._begin(step_name)
+        tp = return_type(fn)
+        outcome = self._outcome(recorded)
+        if outcome is not None:
+            return self._replay_outcome(step_id, outcome, tp)
+        self._ex.replaying = False
+        info = StepInfo(self._ex.run_id, step_id, step_name, attempt=1)
+        try:
+            result = await self._ex.invoke(info, fn, args, kwargs, is_async=_is_async(fn))
+        except (LeaseLostError, StoreError):
+            raise
+        except Exception as exc:
+            await self._record_failure(step_id, step_name, exc)
+            raise
+        return await self._record_value(step_id, step_name, result, tp)
+
+    async def _recorded_value(self, name: str, make: Callable[[], T]) -> T:
+        step_id, recorded = self._begin(name)
+        outcome = self._outcome(recorded)
+        if outcome is not None:
+            return self._replay_outcome(step_id, outcome, Any)  # type: ignore[no-any-return]
+        self._ex.replaying = False
+        return await self._record_value(step_id, name, make(), Any)  # type: ignore[no-any-return]
+
+    async def now(self) -> float:
+        """Wall-clock time (epoch seconds), recorded: replay sees the same value."""
+        return float(await self._recorded_value("stalwart.now", self._ex.clock.now))
+
+    async def random(self) -> float:
+        """A random float in [0, 1), recorded."""
+        return float(await self._recorded_value("stalwart.random", self._ex.rng.random))
+
+    async def uuid(self) -> uuid_mod.UUID:
+        """A random UUID (version 4), recorded."""
+        text = await self._recorded_value(
+            "stalwart.uuid", lambda: str(uuid_mod.UUID(int=self._ex.rng.getrandbits(128),
+                                                       version=4)))
+        return uuid_mod.UUID(text)
+
+    # -- durable timers ----------------------------------------------------------------
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep durably: the wake-up time is journaled, and a long sleep parks the run
+        (its task ends, nothing is held in memory) until a worker wakes it on time — also
+        after a restart."""
+        if seconds < 0:
+            raise ValueError("sleep() needs a non-negative number of seconds")
+        step_id, recorded = self._begin("stalwart.sleep")
+        if recorded:
+            wake_at = float(json.loads(recorded[0].payload or "{}")["wake_at"])
+        else:
+            self._ex.replaying = False
+            wake_at = self._ex.clock.now() + seconds
+            await self._ex.record([NewEvent(EventKind.TIMER_STARTED, step_id, "stalwart.sleep",
+                                            json.dumps({"wake_at": wake_at,
+                                                        "seconds": seconds}))])
+        await self._ex.wait_until(wake_at, RunStatus.SLEEPING)
+
+    # -- signals ---------------------------------------------------------------------
+
+    async def wait_for_signal(self, name: str, *, timeout: float | None = None) -> Any:
+        """Wait for the next signal ``name`` sent with ``app.signal``, durably.
+
+        A signal sent before the wait starts is kept and delivered here. Each signal is
+        delivered to exactly one wait. Returns its payload.
+
+        Raises:
+            SignalTimeoutError: ``timeout`` seconds passed first.
+        """
+        step_name = f"signal:{name}"
+        step_id, recorded = self._begin(step_name)
+        ex = self._ex
+        for ev in recorded or ():
+            if ev.kind == EventKind.SIGNAL_RECEIVED:
+                return decode(ev.payload or "null")
+            if ev.kind == EventKind.SIGNAL_TIMED_OUT:
+                raise SignalTimeoutError(
+                    f"run {ex.run_id}: no signal {name!r} within {timeout}s",
+                    signal=name, run_id=ex.run_id, step_id=step_id)
+        if recorded:
+            deadline = json.loads(recorded[0].payload or "{}").get("deadline")
+        else:
+            ex.replaying = False
+            deadline = None if timeout is None else ex.clock.now() + timeout
+            await ex.record([NewEvent(EventKind.SIGNAL_WAIT_STARTED, step_id, step_name,
+                                      json.dumps({"deadline": deadline}))])
+        ex.replaying = False
+        while True:
+            payload = await ex.take_signal(name, step_id)
+            if payload is not None:
+                return decode(payload)
+            if deadline is not None and ex.clock.now() >= deadline:
+                await ex.record([NewEvent(EventKind.SIGNAL_TIMED_OUT, step_id, step_name)])
+                raise SignalTimeoutError(
+                    f"run {ex.run_id}: no signal {name!r} within {timeout}s",
+                    signal=name, run_id=ex.run_id, step_id=step_id)
+            await ex.wait_for_wakeup(deadline)
+
+    # -- child runs ------------------------------------------------------------------
+
+    async def child(self, workflow: Workflow[Any, T], /, *args: Any, **kwargs: Any) -> T:
+        """Run ``workflow`` as a child run (its own journal, linked to this run) and
+        return its result; a failed child raises :class:`RunFailedError`."""
+        step_name = f"child:{workflow.name}"
+        step_id, recorded = self._begin(step_name)
+        ex = self._ex
+        tp = return_type(workflow.fn)
+        outcome = self._outcome(recorded)
+        if outcome is not None:
+            return self._replay_outcome(step_id, outcome, tp)  # type: ignore[no-any-return]
+        ex.replaying = False
+        child_id = f"{ex.run_id}/{step_id}"
+        if not recorded:
+            await ex.create_child(child_id, step_id, step_name, workflow, args, kwargs)
+        while True:
+            child = await ex.child_settled(child_id)
+            if child.status in TERMINAL_STATUSES:
+                break
+            await ex.wait_for_wakeup(None)
+        if child.status == RunStatus.COMPLETED:
+            await ex.record([NewEvent(EventKind.STEP_COMPLETED, step_id, step_name,
+                                      child.result or "null")])
+            return decode(child.result or "null", tp)  # type: ignore[no-any-return]
+        err: BaseException
+        if child.status == RunStatus.CANCELLED:
+            err = RunCancelledError(f"child run {child_id} was cancelled",
+                                    run_id=ex.run_id, step_id=step_id)
+        else:
+            info = ErrorInfo.from_json(child.error or '{"type": "?", "message": "?"}')
+            err = RunFailedError(f"child run {child_id} failed: {info.type}: {info.message}",
+                                 error_type=info.type, run_id=ex.run_id, step_id=step_id)
+        await self._record_failure(step_id, step_name, err)
+        raise err
+
+    # -- fan-out ---------------------------------------------------------------------
+
+    async def gather(
+        self,
+        *aws: Awaitable[Any],
+        on_error: Literal["cancel", "collect"] = "cancel",
+    ) -> list[Any]:
+        """Run the awaitables as concurrent branches; join when all are done.
+
+        Results come back in branch order, whatever order the branches finish in. With
+        ``on_error="cancel"`` the first failure cancels the other branches and the failure
+        of the lowest-numbered failed branch is raised; with ``"collect"`` every branch
+        runs to its end and exceptions are returned in place of results.
+        """
+        if on_error not in ("cancel", "collect"):
+            raise ValueError("on_error must be 'cancel' or 'collect'")
+        gather_id, _ = self._begin("stalwart.gather")
+
+        async def branch(i: int, aw: Awaitable[Any]) -> Any:
+            _scope_var.set(_Scope(f"{gather_id}/{i}"))
+            return await aw
+
+        tasks = [asyncio.ensure_future(branch(i, aw)) for i, aw in enumerate(aws)]
+        return await _join(tasks, on_error)
+
+
+async def _join(tasks: list[asyncio.Future[Any]], on_error: str) -> list[Any]:
+    results: list[Any] = [None] * len(tasks)
+    failures: dict[int, BaseException] = {}
+    control: list[BaseException] = []
+    parks: list[Suspend] = []
+
+    def classify(i: int, t: asyncio.Future[Any]) -> None:
+        if t.cancelled():
+            return
+        exc = t.exception()
+        if exc is None:
+            results[i] = t.result()
+        elif isinstance(exc, Suspend):
+            parks.append(exc)
+        elif isinstance(exc, Exception) and not isinstance(exc, LeaseLostError | StoreError):
+            failures[i] = exc
+            results[i] = exc
+        else:
+            control.append(exc)
+
+    index = {t: i for i, t in enumerate(tasks)}
+    pending = set(tasks)
+    try:
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                classify(index[t], t)
+            if control or (failures and on_error == "cancel"):
+                for t in pending:
+                    t.cancel()
+                if pending:
+                    await asyncio.wait(pending)
+                for t in pending:
+                    classify(index[t], t)
+                pending = set()
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        raise
+    if control:
+        raise control[0]
+    if failures and on_error == "cancel":
+        raise failures[min(failures)]
+    if parks:
+        waiting = any(p.status == RunStatus.WAITING for p in parks)
+        wakes = [p.wake_at for p in parks if p.wake_at is not None]
+        raise Suspend(RunStatus.WAITING if waiting else RunStatus.SLEEPING,
+                      min(wakes) if wakes else None)
+    return results
+
+
+def bind_step_context(info: StepInfo) -> contextvars.Token[StepInfo | None]:
+    return _step_var.set(info)
+
+
+def unbind_step_context(token: contextvars.Token[StepInfo | None]) -> None:
+    _step_var.reset(token)
+
+
+def set_root_scope(scope: _Scope) -> None:
+    _scope_var.set(scope)
+
+
+def new_root_scope() -> _Scope:
+    return _Scope("")

@@ -1,0 +1,223 @@
+"""One execution of one run: replay state, journal writes, and the outcome.
+
+An execution starts when a worker claims a run's lease. It reads the run's journal,
+calls the workflow function from the top with a fresh :class:`Context` (recorded steps
+return their records), and ends in exactly one journal transaction that completes,
+fails, cancels or parks the run and releases the lease. Every write carries the lease,
+so an execution whose lease was taken over cannot change the run (fencing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import logging
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._clock import Clock
+from ._context import (
+    Context,
+    StepInfo,
+    Suspend,
+    bind_step_context,
+    new_root_scope,
+    set_root_scope,
+    unbind_step_context,
+)
+from ._serde import encode, encode_error, return_type
+from .errors import Cancelled, LeaseLostError, NonDeterminismError, StalwartError
+from .store._base import (
+    TERMINAL_STATUSES,
+    Event,
+    EventKind,
+    Finish,
+    Lease,
+    NewEvent,
+    RunRecord,
+    RunStatus,
+)
+
+if TYPE_CHECKING:
+    from ._runtime import Runtime
+    from ._workflow import Workflow
+
+__all__ = ["Execution"]
+
+log = logging.getLogger("stalwart.engine")
+
+
+async def race_event(event: asyncio.Event, clock: Clock, timeout: float) -> bool:
+    """Wait for ``event`` at most ``timeout`` seconds of ``clock`` time; True if it fired."""
+    if event.is_set():
+        return True
+    waiter = asyncio.ensure_future(event.wait())
+    sleeper = asyncio.ensure_future(clock.sleep(timeout))
+    try:
+        await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        sleeper.cancel()
+    return event.is_set()
+
+
+class Execution:
+    """The live state of a run while one worker executes it."""
+
+    def __init__(self, runtime: Runtime, lease: Lease, run: RunRecord,
+                 workflow: Workflow[Any, Any], events: list[Event]) -> None:
+        self.runtime = runtime
+        self.store = runtime.store
+        self.clock = runtime.clock
+        self.lease = lease
+        self.run = run
+        self.run_id = run.run_id
+        self.workflow = workflow
+        self.rng = random.Random(f"{run.run_id}:{lease.token}")
+        self.recorded: dict[str, list[Event]] = {}
+        for ev in events:
+            if ev.step_id is not None:
+                self.recorded.setdefault(ev.step_id, []).append(ev)
+        self.visited: set[str] = set()
+        self.replaying = bool(self.recorded)
+        self.cancel_requested = run.cancel_requested
+        self.finished = False
+        self.wakeup = asyncio.Event()
+        self.root_scope = new_root_scope()
+
+    # -- journal ---------------------------------------------------------------------
+
+    async def record(self, events: list[NewEvent], finish: Finish | None = None) -> None:
+        result = await self.store.append(self.lease, events, now=self.clock.now(),
+                                         finish=finish)
+        if result.cancel_requested:
+            self.cancel_requested = True
+
+    async def take_signal(self, name: str, step_id: str) -> str | None:
+        self.wakeup.clear()
+        return await self.store.take_signal(self.lease, name, step_id, now=self.clock.now())
+
+    async def create_child(self, child_id: str, step_id: str, step_name: str,
+                           workflow: Workflow[Any, Any], args: tuple[Any, ...],
+                           kwargs: dict[str, Any]) -> None:
+        self.runtime.register(workflow)
+        text = workflow.encode_input(args, kwargs)
+        await self.store.create_run(
+            run_id=child_id, workflow=workflow.name, input=text, now=self.clock.now(),
+            workflow_ref=workflow.ref, parent=self.lease, parent_step_id=step_id,
+            parent_events=[NewEvent(EventKind.CHILD_STARTED, step_id, step_name, child_id)])
+        self.runtime.poke()
+
+    async def child_settled(self, child_id: str) -> RunRecord:
+        self.wakeup.clear()
+        child = await self.store.get_run(child_id)
+        if child is None:
+            raise LeaseLostError(f"child run {child_id} vanished", run_id=self.run_id)
+        return child
+
+    # -- waiting ---------------------------------------------------------------------
+
+    async def wait_until(self, wake_at: float, status: RunStatus) -> None:
+        remaining = wake_at - self.clock.now()
+        if remaining <= 0:
+            return
+        if remaining > self.runtime.park_after:
+            raise Suspend(status, wake_at)
+        await self.clock.sleep(remaining)
+
+    async def wait_for_wakeup(self, deadline: float | None) -> None:
+        """Wait in memory for a local wake-up (signal, child finished) for a short while,
+        then park the run until ``deadline`` or the next wake-up."""
+        budget = self.runtime.park_after
+        if deadline is not None:
+            budget = min(budget, deadline - self.clock.now())
+        if budget > 0 and await race_event(self.wakeup, self.clock, budget):
+            return
+        if deadline is not None and self.clock.now() >= deadline:
+            return
+        raise Suspend(RunStatus.WAITING, deadline)
+
+    # -- running steps ---------------------------------------------------------------
+
+    async def invoke(self, info: StepInfo, fn: Callable[..., Any], args: tuple[Any, ...],
+                     kwargs: dict[str, Any], *, is_async: bool) -> Any:
+        token = bind_step_context(info)
+        try:
+            if is_async:
+                return await fn(*args, **kwargs)
+            cctx = contextvars.copy_context()
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self.runtime.thread_pool, functools.partial(cctx.run, fn, *args, **kwargs))
+        finally:
+            unbind_step_context(token)
+
+    # -- the whole run ---------------------------------------------------------------
+
+    async def execute(self) -> RunStatus | None:
+        """Run the workflow to its next resting point; returns the status it reached,
+        or ``None`` if the lease was lost (nothing more was written)."""
+        set_root_scope(self.root_scope)
+        ctx = Context(self)
+        try:
+            if self.cancel_requested:
+                raise Cancelled()
+            args, kwargs = self.workflow.decode_input(self.run.input)
+            result = await self.workflow.fn(ctx, *args, **kwargs)
+            self._check_all_visited()
+            text = encode(result, return_type(self.workflow.fn),
+                          what=f"result of workflow {self.workflow.name}")
+            await self._finish([NewEvent(EventKind.RUN_COMPLETED, payload=text)],
+                               Finish(RunStatus.COMPLETED, result=text))
+            return RunStatus.COMPLETED
+        except Suspend as park:
+            await self._finish([NewEvent(EventKind.RUN_SUSPENDED, name=str(park.status),
+                                         payload=None if park.wake_at is None
+                                         else repr(park.wake_at))],
+                               Finish(park.status, wake_at=park.wake_at))
+            return park.status
+        except Cancelled:
+            await self._finish([NewEvent(EventKind.RUN_CANCELLED)],
+                               Finish(RunStatus.CANCELLED))
+            return RunStatus.CANCELLED
+        except LeaseLostError as exc:
+            log.warning("run %s: lease lost, execution abandoned: %s", self.run_id, exc)
+            return None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, StalwartError) and exc.run_id is None:
+                exc.run_id = self.run_id
+            info = encode_error(exc).to_json()
+            try:
+                await self._finish([NewEvent(EventKind.RUN_FAILED, payload=info)],
+                                   Finish(RunStatus.FAILED, error=info))
+            except LeaseLostError:
+                return None
+            return RunStatus.FAILED
+        finally:
+            self.finished = True
+
+    async def _finish(self, events: list[NewEvent], finish: Finish) -> None:
+        self.finished = True
+        await self.store.append(self.lease, events, now=self.clock.now(), finish=finish)
+
+    def _check_all_visited(self) -> None:
+        missing = sorted(set(self.recorded) - self.visited, key=_step_sort_key)
+        if missing:
+            step_id = missing[0]
+            recorded = self.recorded[step_id][0].name
+            raise NonDeterminismError(
+                f"run {self.run_id}: step {step_id} is recorded as {recorded!r} but the "
+                "workflow code now finishes without calling it",
+                run_id=self.run_id, step_id=step_id, recorded=recorded, current=None)
+
+
+def _step_sort_key(step_id: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in step_id.split("/") if p.isdigit())
+
+
+def is_terminal(status: RunStatus | None) -> bool:
+    return status in TERMINAL_STATUSES

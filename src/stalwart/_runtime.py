@@ -1,0 +1,503 @@
+"""The runtime: a store, a registry of workflows, and a worker that executes runs.
+
+A :class:`Runtime` is both the client (start runs, signal, cancel, read results) and, by
+default, a worker: on first use it opens the store and starts a scheduler task that
+claims ready runs — new ones, parked ones whose time has come, and those whose owner
+died — and executes them. A lease records its owner's host and pid, so a runtime that
+starts on the same host reclaims a dead process's runs at once instead of waiting for
+the lease to expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, final, overload
+
+from ._clock import Clock, SystemClock
+from ._context import Context
+from ._execution import Execution, race_event
+from ._serde import ErrorInfo, decode, encode, import_ref, rebuild_error, return_type
+from .errors import (
+    ConfigurationError,
+    LeaseLostError,
+    RunCancelledError,
+    RunFailedError,
+    RunNotFoundError,
+    StoreError,
+    WorkflowNotFoundError,
+)
+from .store._base import TERMINAL_STATUSES, Event, Lease, Owner, RunRecord, RunStatus, Store
+from .store._sqlite import SQLiteStore
+
+__all__ = ["RunHandle", "Runtime", "open_store"]
+
+log = logging.getLogger("stalwart.runtime")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def open_store(store: Store | str | os.PathLike[str] | None) -> Store:
+    """A store from an instance, a URL or a path; ``None`` reads ``$STALWART_STORE`` and
+    falls back to ``./.stalwart/stalwart.db``."""
+    if store is None:
+        store = os.environ.get("STALWART_STORE") or None
+        if store is None:
+            return SQLiteStore()
+    if isinstance(store, os.PathLike):
+        return SQLiteStore(store)
+    if isinstance(store, str):
+        if store.startswith(("postgresql://", "postgres://")):
+            try:
+                from .store._postgres import PostgresStore
+            except ImportError as exc:
+                raise ConfigurationError(
+                    "a postgresql:// store needs the postgres extra: "
+                    "pip install 'stalwart[postgres]'") from exc
+            return PostgresStore(store)
+        if store.startswith("sqlite:///"):
+            return SQLiteStore(store[len("sqlite:///"):])
+        if "://" in store:
+            raise ConfigurationError(
+                f"unknown store URL {store!r}: use a file path, sqlite:///PATH or "
+                "postgresql://...")
+        return SQLiteStore(Path(store))
+    return store
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@final
+class RunHandle(Generic[R]):
+    """A started run: wait for its result, or signal or cancel it."""
+
+    def __init__(self, runtime: Runtime, run_id: str, created: bool = True) -> None:
+        self.runtime = runtime
+        self.run_id = run_id
+        self.created = created
+        """False when ``start`` found an existing run with the same id."""
+
+    def __repr__(self) -> str:
+        return f"<RunHandle {self.run_id}>"
+
+    async def status(self) -> RunStatus:
+        return (await self.runtime.get_run(self.run_id)).status
+
+    async def result(self, *, timeout: float | None = None) -> R:
+        """Wait for the run to end and return its result.
+
+        Raises:
+            RunFailedError: the run failed (``__cause__`` is the original error when it
+                can be rebuilt).
+            RunCancelledError: the run was cancelled.
+            TimeoutError: ``timeout`` seconds (of the runtime's clock) passed first.
+        """
+        rec = await self.runtime.wait_for_end(self.run_id, timeout=timeout)
+        return self.runtime.outcome(rec)  # type: ignore[no-any-return]
+
+    async def signal(self, name: str, payload: Any = None) -> None:
+        await self.runtime.signal(self.run_id, name, payload)
+
+    async def cancel(self) -> None:
+        await self.runtime.cancel(self.run_id)
+
+
+@final
+class Runtime:
+    """Runs durable workflows on a journal store.
+
+    Args:
+        store: a :class:`Store`, a path or ``sqlite:///PATH`` for the embedded SQLite
+            journal, or ``postgresql://...``; default ``$STALWART_STORE`` or
+            ``./.stalwart/stalwart.db``.
+        clock: the time source (tests pass a :class:`~stalwart.FakeClock`).
+        worker: execute runs in this process (default). ``False`` makes a pure client.
+        concurrency: runs executed at once by this runtime.
+        lease_seconds: how long a claim lasts without a heartbeat.
+        poll_interval: how often to look for work other processes made ready.
+        park_after: a sleep or wait longer than this parks the run (its task ends and
+            it is woken from the store); shorter ones wait in memory.
+        thread_pool_size: threads for synchronous steps.
+    """
+
+    def __init__(
+        self,
+        store: Store | str | os.PathLike[str] | None = None,
+        *,
+        clock: Clock | None = None,
+        worker: bool = True,
+        concurrency: int = 100,
+        lease_seconds: float = 30.0,
+        poll_interval: float = 1.0,
+        park_after: float = 5.0,
+        thread_pool_size: int = 32,
+    ) -> None:
+        if concurrency < 1:
+            raise ConfigurationError("concurrency must be at least 1")
+        if lease_seconds <= 0 or poll_interval <= 0 or park_after < 0:
+            raise ConfigurationError("lease_seconds and poll_interval must be positive, "
+                                     "park_after non-negative")
+        self.store = open_store(store)
+        self.clock = clock or SystemClock()
+        self.worker = worker
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.poll_interval = poll_interval
+        self.park_after = park_after
+        self.owner = Owner(id=uuid.uuid4().hex[:12], host=socket.gethostname(), pid=os.getpid())
+        self.thread_pool = ThreadPoolExecutor(max_workers=thread_pool_size,
+                                              thread_name_prefix="stalwart-step")
+        self._workflows: dict[str, Any] = {}
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._executions: dict[str, Execution] = {}
+        self._waiters: dict[str, asyncio.Event] = {}
+        self._wake = asyncio.Event()
+        self._started = False
+        self._start_lock: asyncio.Lock | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._last_steal_scan = float("-inf")
+
+    # -- registration ----------------------------------------------------------------
+
+    @overload
+    def workflow(self, fn: Callable[Concatenate[Context, P], Awaitable[R]], /) -> Any: ...
+
+    @overload
+    def workflow(self, *, name: str | None = None) -> Callable[..., Any]: ...
+
+    def workflow(self, fn: Any = None, /, *, name: str | None = None) -> Any:
+        """Register an async function ``(ctx, ...)`` as a workflow (a decorator)."""
+        from ._workflow import Workflow
+
+        def deco(f: Callable[Concatenate[Context, P], Awaitable[R]]) -> Workflow[P, R]:
+            wf: Workflow[P, R] = Workflow(f, name=name)
+            self.register(wf)
+            return wf
+
+        return deco(fn) if fn is not None else deco
+
+    def register(self, wf: Any) -> None:
+        """Make a workflow known to this runtime (so it can execute its runs)."""
+        existing = self._workflows.get(wf.name)
+        if existing is not None and existing.fn is not wf.fn:
+            raise ConfigurationError(f"two different workflows are named {wf.name!r}")
+        self._workflows[wf.name] = wf
+
+    def _resolve(self, name: str) -> Any:
+        wf = self._workflows.get(name)
+        if wf is None:
+            raise WorkflowNotFoundError(f"no workflow named {name!r} is registered")
+        return wf
+
+    @property
+    def workflows(self) -> dict[str, Any]:
+        return dict(self._workflows)
+
+    def import_workflows(self, refs: list[str]) -> None:
+        """Import ``module:attribute`` references and register the workflows found."""
+        from ._workflow import Workflow
+
+        for ref in refs:
+            try:
+                obj = import_ref(ref)
+            except Exception as exc:
+                raise WorkflowNotFoundError(f"cannot import {ref!r}: {exc}") from exc
+            if not isinstance(obj, Workflow):
+                raise WorkflowNotFoundError(f"{ref!r} is not a workflow")
+            self.register(obj)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def __aenter__(self) -> Runtime:
+        await self.open()
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Open the store and, for a worker, start executing (also recovers runs whose
+        owner died). Called implicitly by the other methods."""
+        if self._started:
+            return
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._started:
+                return
+            if self._closing:
+                raise StoreError("the runtime is closed")
+            await self.store.open()
+            self._wake = asyncio.Event()
+            if self.worker:
+                self._tasks.append(asyncio.create_task(self._scheduler(), name="sw-scheduler"))
+                self._tasks.append(asyncio.create_task(self._heartbeat(), name="sw-heartbeat"))
+            self._started = True
+
+    async def close(self) -> None:
+        """Stop executing and hand unfinished runs back (their leases are released when
+        the store supports it, else they expire), then close the store."""
+        if self._closing:
+            return
+        self._closing = True
+        for t in self._tasks:
+            t.cancel()
+        active = list(self._active.values())
+        for t in active:
+            t.cancel()
+        await asyncio.gather(*self._tasks, *active, return_exceptions=True)
+        if self._started:
+            await self.store.close()
+        self.thread_pool.shutdown(wait=False, cancel_futures=True)
+        self._started = False
+
+    def poke(self) -> None:
+        """Wake the scheduler (new work may be ready)."""
+        self._wake.set()
+
+    # -- the client API --------------------------------------------------------------
+
+    async def start(self, workflow: Any, /, *args: Any, run_id: str | None = None,
+                    **kwargs: Any) -> RunHandle[Any]:
+        """Start a run of ``workflow`` (a workflow object or its registered name).
+
+        ``run_id`` is an idempotency key for the whole run: starting again with the same
+        id returns a handle to the existing run (``handle.created`` is False).
+        """
+        await self.open()
+        wf = self._resolve(workflow) if isinstance(workflow, str) else workflow
+        self.register(wf)
+        text = wf.encode_input(args, kwargs)
+        rid = run_id or uuid.uuid4().hex
+        rec, created = await self.store.create_run(run_id=rid, workflow=wf.name, input=text,
+                                                   now=self.clock.now(), workflow_ref=wf.ref)
+        if not created and rec.workflow != wf.name:
+            raise ConfigurationError(
+                f"run id {rid!r} is already used by a run of workflow {rec.workflow!r}")
+        self.poke()
+        return RunHandle(self, rid, created)
+
+    async def run(self, workflow: Any, /, *args: Any, run_id: str | None = None,
+                  **kwargs: Any) -> Any:
+        """Start a run and wait for its result."""
+        handle = await self.start(workflow, *args, run_id=run_id, **kwargs)
+        return await handle.result()
+
+    def run_sync(self, workflow: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """``run`` for synchronous code: an event loop for the duration of the call."""
+
+        async def main() -> Any:
+            try:
+                return await self.run(workflow, *args, **kwargs)
+            finally:
+                await self.close()
+
+        return asyncio.run(main())
+
+    def handle(self, run_id: str) -> RunHandle[Any]:
+        return RunHandle(self, run_id, created=False)
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        await self.open()
+        rec = await self.store.get_run(run_id)
+        if rec is None:
+            raise RunNotFoundError(f"no run {run_id!r} in {self.store.url}", run_id=run_id)
+        return rec
+
+    async def list_runs(self, *, status: RunStatus | None = None,
+                        limit: int = 100) -> list[RunRecord]:
+        await self.open()
+        return await self.store.list_runs(status=status, limit=limit)
+
+    async def events(self, run_id: str) -> list[Event]:
+        await self.get_run(run_id)
+        return await self.store.load_events(run_id)
+
+    async def signal(self, run_id: str, name: str, payload: Any = None) -> RunRecord:
+        """Send a signal; it is kept until a ``ctx.wait_for_signal(name)`` takes it."""
+        await self.open()
+        rec = await self.store.send_signal(run_id, name, encode(payload, what="signal payload"),
+                                           now=self.clock.now())
+        self._local_wakeup(run_id)
+        return rec
+
+    async def cancel(self, run_id: str) -> RunRecord:
+        """Cancel a run (and its children); a running one stops at its next step."""
+        await self.open()
+        rec = await self.store.request_cancel(run_id, now=self.clock.now())
+        ex = self._executions.get(run_id)
+        if ex is not None:
+            ex.cancel_requested = True
+            ex.wakeup.set()
+        self._notify(run_id)
+        self.poke()
+        return rec
+
+    async def resume(self, run_id: str | None = None) -> list[str]:
+        """Claim ready runs now (or just ``run_id``) and execute them; returns their ids.
+
+        A run held by a live owner is left alone; one whose owner died on this host, or
+        whose lease expired, is taken over."""
+        await self.open()
+        if run_id is not None:
+            await self.get_run(run_id)
+        leases = await self._claim(limit=self.concurrency - len(self._active), run_id=run_id,
+                                   force_scan=True)
+        return [lease.run_id for lease in leases]
+
+    async def wait_for_end(self, run_id: str, *, timeout: float | None = None) -> RunRecord:
+        """Wait until the run is completed, failed or cancelled."""
+        deadline = None if timeout is None else self.clock.monotonic() + timeout
+        while True:
+            event = self._waiters.setdefault(run_id, asyncio.Event())
+            rec = await self.get_run(run_id)
+            if rec.status in TERMINAL_STATUSES:
+                return rec
+            wait = self.poll_interval
+            if deadline is not None:
+                left = deadline - self.clock.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"run {run_id} did not end within {timeout}s")
+                wait = min(wait, left)
+            await race_event(event, self.clock, wait)
+
+    def outcome(self, rec: RunRecord) -> Any:
+        """The result of an ended run, or its error raised."""
+        if rec.status == RunStatus.COMPLETED:
+            wf = self._workflows.get(rec.workflow)
+            tp = return_type(wf.fn) if wf is not None else Any
+            return decode(rec.result or "null", tp, what=f"result of run {rec.run_id}")
+        if rec.status == RunStatus.CANCELLED:
+            raise RunCancelledError(f"run {rec.run_id} was cancelled", run_id=rec.run_id)
+        info = ErrorInfo.from_json(rec.error or '{"type": "unknown", "message": ""}')
+        err = RunFailedError(f"run {rec.run_id} failed: {info.type}: {info.message}",
+                             error_type=info.type, run_id=rec.run_id)
+        raise err from rebuild_error(info, run_id=rec.run_id)
+
+    # -- the worker ------------------------------------------------------------------
+
+    def _notify(self, run_id: str) -> None:
+        ev = self._waiters.pop(run_id, None)
+        if ev is not None:
+            ev.set()
+
+    def _local_wakeup(self, run_id: str) -> None:
+        ex = self._executions.get(run_id)
+        if ex is not None:
+            ex.wakeup.set()
+        self.poke()
+
+    async def _steal_candidates(self) -> list[tuple[str, str, int]]:
+        out = []
+        for rec in await self.store.local_running(self.owner.host):
+            if rec.owner_pid is None or rec.lease_owner is None:
+                continue
+            if rec.owner_pid != self.owner.pid and not _pid_alive(rec.owner_pid):
+                out.append((rec.run_id, rec.lease_owner, rec.lease_token))
+        return out
+
+    async def _claim(self, *, limit: int, run_id: str | None = None,
+                     force_scan: bool = False) -> list[Lease]:
+        if limit <= 0 or self._closing:
+            return []
+        now = self.clock.now()
+        steal: list[tuple[str, str, int]] = []
+        if force_scan or self.clock.monotonic() - self._last_steal_scan >= self.poll_interval:
+            self._last_steal_scan = self.clock.monotonic()
+            steal = await self._steal_candidates()
+            if run_id is not None:
+                steal = [s for s in steal if s[0] == run_id]
+        leases = await self.store.claim(self.owner, now=now, lease_seconds=self.lease_seconds,
+                                        limit=limit, run_id=run_id, steal=steal,
+                                        workflows=list(self._workflows))
+        for lease in leases:
+            self._active[lease.run_id] = asyncio.create_task(
+                self._execute(lease), name=f"sw-run-{lease.run_id}")
+        return leases
+
+    async def _execute(self, lease: Lease) -> None:
+        run_id = lease.run_id
+        try:
+            rec = await self.store.get_run(run_id)
+            if rec is None:
+                return
+            wf = self._resolve(rec.workflow)
+            events = await self.store.load_events(run_id)
+            ex = Execution(self, lease, rec, wf, events)
+            self._executions[run_id] = ex
+            status = await ex.execute()
+            if status is not None and status in TERMINAL_STATUSES and rec.parent_run_id:
+                self._local_wakeup(rec.parent_run_id)
+        except asyncio.CancelledError:
+            raise
+        except LeaseLostError as exc:
+            log.warning("run %s: %s", run_id, exc)
+        except Exception:
+            log.exception("run %s: the engine failed while executing it", run_id)
+        finally:
+            self._executions.pop(run_id, None)
+            self._active.pop(run_id, None)
+            self._notify(run_id)
+            self.poke()
+
+    async def _scheduler(self) -> None:
+        while not self._closing:
+            self._wake.clear()
+            try:
+                await self._claim(limit=self.concurrency - len(self._active))
+                delay = self.poll_interval
+                nxt = await self.store.next_wake_at()
+                if nxt is not None:
+                    delay = max(0.0, min(delay, nxt - self.clock.now()))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("scheduler: cannot claim runs; retrying")
+                delay = self.poll_interval
+            if delay > 0 or not self._wake.is_set():
+                await race_event(self._wake, self.clock, delay)
+
+    async def _heartbeat(self) -> None:
+        interval = self.lease_seconds / 3
+        while not self._closing:
+            await self.clock.sleep(interval)
+            leases = [ex.lease for ex in self._executions.values()]
+            if not leases:
+                continue
+            try:
+                renewed = await self.store.renew(leases, now=self.clock.now(),
+                                                 lease_seconds=self.lease_seconds)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("heartbeat: cannot renew leases")
+                continue
+            for rid, lease in renewed.items():
+                ex = self._executions.get(rid)
+                if ex is None:
+                    continue
+                if lease is None:
+                    log.warning("run %s: lease taken over; stopping local execution", rid)
+                    task = self._active.get(rid)
+                    if task is not None:
+                        task.cancel()
+                else:
+                    ex.lease = lease

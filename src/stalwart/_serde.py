@@ -1,0 +1,181 @@
+"""Values in and out of the journal, with their types.
+
+Inputs, step results and workflow results are stored as JSON text. When the code that
+produced a value declares its type (a step function's return annotation, a workflow's
+parameters), the value is dumped and validated through a pydantic ``TypeAdapter`` of that
+type, so a step annotated ``-> Brief`` returns a ``Brief`` again on replay. Without an
+annotation, pydantic models are tagged with their import path and rebuilt from it, and
+everything else must be plain JSON.
+
+The live path returns the *decoded* value too (encode, then decode), so the workflow sees
+exactly the same value on its first execution as on any replay; a tuple does not turn
+into a list only after a crash.
+
+Exceptions are journaled as a JSON record plus, where possible, a pickle of the exception
+so that ``except ValueError`` in workflow code behaves the same on replay.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import inspect
+import json
+import pickle
+import traceback
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, get_type_hints
+
+from pydantic import BaseModel, TypeAdapter
+
+from .errors import SerializationError, StepError
+
+__all__ = ["ErrorInfo", "decode", "encode", "encode_error", "return_type", "rebuild_error"]
+
+_MODEL_TAG = "__stalwart_model__"
+_NO_HINT: Any = inspect.Signature.empty
+
+
+@lru_cache(maxsize=512)
+def _adapter(tp: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(tp)
+
+
+def _has_hint(tp: Any) -> bool:
+    return tp is not _NO_HINT and tp is not None and tp is not Any and tp is not object
+
+
+def _tag_models(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        cls = type(value)
+        return {_MODEL_TAG: f"{cls.__module__}:{cls.__qualname__}",
+                "data": value.model_dump(mode="json")}
+    if isinstance(value, dict):
+        return {k: _tag_models(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_tag_models(v) for v in value]
+    return value
+
+
+def _untag_models(value: Any) -> Any:
+    if isinstance(value, dict):
+        ref = value.get(_MODEL_TAG)
+        if isinstance(ref, str) and set(value) == {_MODEL_TAG, "data"}:
+            cls = import_ref(ref)
+            return cls.model_validate(value["data"])
+        return {k: _untag_models(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_untag_models(v) for v in value]
+    return value
+
+
+def import_ref(ref: str) -> Any:
+    """Import ``module:qualname`` and return the object."""
+    module_name, _, qualname = ref.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def encode(value: Any, tp: Any = _NO_HINT, *, what: str = "value") -> str:
+    """Serialize ``value`` (declared as ``tp`` when known) to JSON text.
+
+    Raises:
+        SerializationError: the value cannot be represented; ``what`` names its source.
+    """
+    try:
+        if _has_hint(tp):
+            return _adapter(tp).dump_json(value).decode()
+        return json.dumps(_tag_models(value), allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(
+            f"{what} of type {type(value).__name__} cannot be stored in the journal: {exc}"
+        ) from exc
+    except Exception as exc:  # pydantic's PydanticSerializationError and friends
+        raise SerializationError(
+            f"{what} of type {type(value).__name__} cannot be stored in the journal: {exc}"
+        ) from exc
+
+
+def decode(text: str, tp: Any = _NO_HINT, *, what: str = "value") -> Any:
+    """Read back a value written by :func:`encode` with the same ``tp``."""
+    try:
+        if _has_hint(tp):
+            return _adapter(tp).validate_json(text)
+        return _untag_models(json.loads(text))
+    except Exception as exc:
+        raise SerializationError(f"{what} in the journal cannot be read back: {exc}") from exc
+
+
+def return_type(fn: Any) -> Any:
+    """The declared return type of ``fn``, or the 'no hint' marker."""
+    target = inspect.unwrap(fn)
+    try:
+        hints = get_type_hints(target)
+    except Exception:
+        return _NO_HINT
+    tp = hints.get("return", _NO_HINT)
+    # An ``async def f() -> T`` declares T; the coroutine wrapper is not part of the value.
+    return tp
+
+
+def parameter_types(fn: Any) -> dict[str, Any]:
+    """Declared parameter types of ``fn`` (missing ones are absent)."""
+    target = inspect.unwrap(fn)
+    try:
+        hints = get_type_hints(target)
+    except Exception:
+        return {}
+    hints.pop("return", None)
+    return hints
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """An exception as the journal keeps it."""
+
+    type: str
+    message: str
+    traceback: str
+    pickled: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps({"type": self.type, "message": self.message,
+                           "traceback": self.traceback, "pickled": self.pickled})
+
+    @classmethod
+    def from_json(cls, text: str) -> ErrorInfo:
+        d = json.loads(text)
+        return cls(type=d["type"], message=d["message"], traceback=d.get("traceback", ""),
+                   pickled=d.get("pickled"))
+
+
+def encode_error(exc: BaseException) -> ErrorInfo:
+    cls = type(exc)
+    pickled: str | None
+    try:
+        raw = pickle.dumps(exc)
+        pickle.loads(raw)  # only keep pickles that round-trip
+        pickled = base64.b64encode(raw).decode()
+    except Exception:
+        pickled = None
+    return ErrorInfo(
+        type=f"{cls.__module__}.{cls.__qualname__}",
+        message=str(exc),
+        traceback="".join(traceback.format_exception(exc)),
+        pickled=pickled,
+    )
+
+
+def rebuild_error(info: ErrorInfo, **context: Any) -> BaseException:
+    """The recorded exception, rebuilt; a :class:`StepError` if its type cannot be."""
+    if info.pickled is not None:
+        try:
+            exc = pickle.loads(base64.b64decode(info.pickled))
+            if isinstance(exc, BaseException):
+                return exc
+        except Exception:
+            pass
+    return StepError(f"{info.type}: {info.message}", error_type=info.type, **context)

@@ -1,0 +1,127 @@
+"""Workflow definitions and how their inputs travel through the journal."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, final
+
+from pydantic import TypeAdapter
+
+from ._serde import _tag_models, _untag_models, parameter_types
+from .errors import ConfigurationError, SerializationError
+
+if TYPE_CHECKING:
+    from ._context import Context
+
+__all__ = ["Workflow"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_EMPTY = inspect.Parameter.empty
+
+
+def _to_jsonable(value: Any, tp: Any, what: str) -> Any:
+    try:
+        if tp is not _EMPTY and tp is not Any:
+            return TypeAdapter(tp).dump_python(value, mode="json")
+        out = _tag_models(value)
+        json.dumps(out, allow_nan=False)
+        return out
+    except Exception as exc:
+        raise SerializationError(f"{what} cannot be stored in the journal: {exc}") from exc
+
+
+def _from_jsonable(data: Any, tp: Any, what: str) -> Any:
+    try:
+        if tp is not _EMPTY and tp is not Any:
+            return TypeAdapter(tp).validate_python(data)
+        return _untag_models(data)
+    except Exception as exc:
+        raise SerializationError(f"{what} is not valid: {exc}") from exc
+
+
+@final
+class Workflow(Generic[P, R]):
+    """A registered workflow: an async function whose first parameter is the Context.
+
+    Created by ``@runtime.workflow``; pass it to ``runtime.start``/``runtime.run``, or to
+    ``ctx.child`` from another workflow.
+    """
+
+    def __init__(self, fn: Callable[Concatenate[Context, P], Awaitable[R]], *,
+                 name: str | None = None) -> None:
+        if not inspect.iscoroutinefunction(fn):
+            raise ConfigurationError(
+                f"workflow {getattr(fn, '__qualname__', fn)!r} must be an async function")
+        params = list(inspect.signature(fn).parameters.values())
+        if not params or params[0].kind not in (
+                inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            raise ConfigurationError(
+                f"workflow {fn.__qualname__!r} must take the Context as its first parameter")
+        self.fn = fn
+        self.name = name or fn.__qualname__
+        self.ref = f"{fn.__module__}:{fn.__qualname__}"
+        self._params = params[1:]
+        self._hints = parameter_types(fn)
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<Workflow {self.name}>"
+
+    def encode_input(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """Bind and serialize the arguments; also checks them against the annotations."""
+        sig = inspect.Signature(self._params)
+        try:
+            bound = sig.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise ConfigurationError(f"workflow {self.name}: {exc}") from exc
+        data: dict[str, Any] = {}
+        for pname, value in bound.arguments.items():
+            param = sig.parameters[pname]
+            tp = self._hints.get(pname, _EMPTY)
+            what = f"argument {pname!r} of workflow {self.name}"
+            if param.kind is inspect.Parameter.VAR_POSITIONAL:
+                data[pname] = [_to_jsonable(v, tp, what) for v in value]
+            elif param.kind is inspect.Parameter.VAR_KEYWORD:
+                data[pname] = {k: _to_jsonable(v, tp, what) for k, v in value.items()}
+            else:
+                data[pname] = _to_jsonable(value, tp, what)
+        text = json.dumps(data, separators=(",", ":"))
+        self.decode_input(text)  # fail now, at start, rather than in the worker
+        return text
+
+    def decode_input(self, text: str) -> tuple[list[Any], dict[str, Any]]:
+        data = json.loads(text)
+        args: list[Any] = []
+        kwargs: dict[str, Any] = {}
+        for param in self._params:
+            if param.name not in data:
+                continue
+            raw = data[param.name]
+            tp = self._hints.get(param.name, _EMPTY)
+            what = f"argument {param.name!r} of workflow {self.name}"
+            if param.kind is inspect.Parameter.VAR_POSITIONAL:
+                args.extend(_from_jsonable(v, tp, what) for v in raw)
+            elif param.kind is inspect.Parameter.VAR_KEYWORD:
+                kwargs.update({k: _from_jsonable(v, tp, what) for k, v in raw.items()})
+            elif param.kind is inspect.Parameter.KEYWORD_ONLY:
+                kwargs[param.name] = _from_jsonable(raw, tp, what)
+            else:
+                args.append(_from_jsonable(raw, tp, what))
+        return args, kwargs
+
+    def input_from_json(self, value: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Arguments from a CLI ``--input``: an object binds by name, an array by position,
+        anything else is the single argument."""
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            names = {p.name for p in self._params}
+            if set(value) <= names or any(p.kind is inspect.Parameter.VAR_KEYWORD
+                                          for p in self._params):
+                return (), dict(value)
+        if isinstance(value, list):
+            return tuple(value), {}
+        return (value,), {}

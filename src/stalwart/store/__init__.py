@@ -1,0 +1,13 @@
+"""Journal stores: the protocol and the embedded SQLite implementation."""
+
+from ._base import TERMINAL_STATUSES as TERMINAL_STATUSES
+from ._base import Event as Event
+from ._base import EventKind as EventKind
+from ._base import Finish as Finish
+from ._base import Lease as Lease
+from ._base import NewEvent as NewEvent
+from ._base import Owner as Owner
+from ._base import RunRecord as RunRecord
+from ._base import RunStatus as RunStatus
+from ._base import Store as Store
+from ._sqlite import SQLiteStore as SQLiteStore

@@ -1,0 +1,277 @@
+"""The store protocol: what the engine needs from a journal, and its records.
+
+A store keeps four things: the run table (status, input, result, lease), the append-only
+event journal of each run, pending signals, and links between parent and child runs.
+Every write made on behalf of an executing run carries that run's :class:`Lease`; the
+store rejects it with :class:`~stalwart.errors.LeaseLostError` when the lease is no
+longer the current one (its owner was presumed dead and another worker took over). That
+token check is the fencing that keeps two workers from both advancing one run.
+
+Implementations: :class:`~stalwart.store.SQLiteStore` (embedded default) and
+``PostgresStore``. Both pass ``tests/store/test_conformance.py``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+__all__ = [
+    "TERMINAL_STATUSES",
+    "Event",
+    "EventKind",
+    "Finish",
+    "Lease",
+    "NewEvent",
+    "Owner",
+    "RunRecord",
+    "RunStatus",
+    "Store",
+]
+
+SCHEMA_VERSION = 1
+"""The journal schema version this code reads and writes."""
+
+APP_ID = "stalwart"
+
+
+class RunStatus(enum.StrEnum):
+    """Where a run is in its life."""
+
+    PENDING = "pending"          # created or woken, waiting for a worker to claim it
+    RUNNING = "running"          # a worker holds its lease and is executing it
+    SLEEPING = "sleeping"        # parked on a durable timer until ``wake_at``
+    WAITING = "waiting"          # parked on a signal or a child run (``wake_at``: timeout)
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    DEAD_LETTERED = "dead_lettered"
+
+
+TERMINAL_STATUSES = frozenset(
+    {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.DEAD_LETTERED}
+)
+
+
+class EventKind(enum.StrEnum):
+    """Kinds of journal events."""
+
+    RUN_CREATED = "run_created"
+    RUN_CLAIMED = "run_claimed"
+    STEP_COMPLETED = "step_completed"
+    STEP_FAILED = "step_failed"
+    TIMER_STARTED = "timer_started"
+    SIGNAL_WAIT_STARTED = "signal_wait_started"
+    SIGNAL_RECEIVED = "signal_received"
+    SIGNAL_TIMED_OUT = "signal_timed_out"
+    CHILD_STARTED = "child_started"
+    RUN_SUSPENDED = "run_suspended"
+    RUN_COMPLETED = "run_completed"
+    RUN_FAILED = "run_failed"
+    RUN_CANCELLED = "run_cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who executes runs: a runtime instance, on a host, in a process."""
+
+    id: str
+    host: str
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The right to execute one run, until ``expires_at``; ``token`` fences stale owners."""
+
+    run_id: str
+    owner: str
+    token: int
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One row of the run table."""
+
+    run_id: str
+    workflow: str
+    workflow_ref: str | None
+    status: RunStatus
+    input: str
+    result: str | None
+    error: str | None
+    parent_run_id: str | None
+    parent_step_id: str | None
+    created_at: float
+    updated_at: float
+    wake_at: float | None
+    lease_owner: str | None
+    lease_token: int
+    lease_expires_at: float | None
+    owner_host: str | None
+    owner_pid: int | None
+    cancel_requested: bool
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to append; the store assigns its sequence number and time."""
+
+    kind: EventKind
+    step_id: str | None = None
+    name: str | None = None
+    payload: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A journaled event."""
+
+    run_id: str
+    seq: int
+    kind: EventKind
+    step_id: str | None
+    name: str | None
+    payload: str | None
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """How an append ends the execution it belongs to (releasing the lease).
+
+    ``status`` is terminal (with ``result`` or ``error``) or a parked state
+    (``SLEEPING``/``WAITING`` with ``wake_at``), or ``PENDING`` to hand the run back.
+    """
+
+    status: RunStatus
+    result: str | None = None
+    error: str | None = None
+    wake_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """What the store learned while appending: whether cancellation was requested."""
+
+    cancel_requested: bool
+
+
+@runtime_checkable
+class Store(Protocol):
+    """The journal and run table behind a runtime."""
+
+    @property
+    def url(self) -> str:
+        """A printable location of the store (no secrets)."""
+        ...
+
+    async def open(self) -> None:
+        """Open (and create or check the schema of) the store."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and threads."""
+        ...
+
+    async def create_run(
+        self,
+        *,
+        run_id: str,
+        workflow: str,
+        input: str,
+        now: float,
+        workflow_ref: str | None = None,
+        parent: Lease | None = None,
+        parent_step_id: str | None = None,
+        parent_events: Sequence[NewEvent] = (),
+    ) -> tuple[RunRecord, bool]:
+        """Create a pending run, or return the existing one with that id (``created=False``).
+
+        With ``parent``, the child link and ``parent_events`` are written in the same
+        transaction, fenced by the parent's lease.
+        """
+        ...
+
+    async def get_run(self, run_id: str) -> RunRecord | None: ...
+
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        parent_run_id: str | None = None,
+        limit: int = 100,
+    ) -> list[RunRecord]:
+        """Runs, newest first."""
+        ...
+
+    async def load_events(self, run_id: str) -> list[Event]: ...
+
+    async def claim(
+        self,
+        owner: Owner,
+        *,
+        now: float,
+        lease_seconds: float,
+        limit: int,
+        run_id: str | None = None,
+        steal: Sequence[tuple[str, str, int]] = (),
+        workflows: Sequence[str] | None = None,
+    ) -> list[Lease]:
+        """Claim up to ``limit`` runs that are ready: pending, parked and due, or running
+        with an expired lease. ``run_id`` restricts the claim to that run; ``workflows``
+        to runs of those workflows (the ones this worker can execute). ``steal`` lists
+        ``(run_id, owner, token)`` of runs whose owner is known dead; they are claimed
+        whatever their lease expiry, if still held by that owner and token."""
+        ...
+
+    async def local_running(self, host: str) -> list[RunRecord]:
+        """Running runs whose lease owner is a process on ``host``."""
+        ...
+
+    async def renew(
+        self, leases: Sequence[Lease], *, now: float, lease_seconds: float
+    ) -> dict[str, Lease | None]:
+        """Extend leases; ``None`` for each one that was lost."""
+        ...
+
+    async def append(
+        self,
+        lease: Lease,
+        events: Sequence[NewEvent],
+        *,
+        now: float,
+        finish: Finish | None = None,
+    ) -> AppendResult:
+        """Append events to the leased run, atomically; with ``finish``, end this execution.
+
+        Raises:
+            LeaseLostError: the lease is not the run's current one; nothing was written.
+        """
+        ...
+
+    async def send_signal(self, run_id: str, name: str, payload: str, *, now: float) -> RunRecord:
+        """Keep a signal for the run (delivered to the next matching wait) and wake it."""
+        ...
+
+    async def take_signal(
+        self, lease: Lease, name: str, step_id: str, *, now: float
+    ) -> str | None:
+        """Consume the oldest pending signal ``name`` and journal it at ``step_id``."""
+        ...
+
+    async def request_cancel(self, run_id: str, *, now: float) -> RunRecord:
+        """Cancel the run and its unfinished children: at once if no worker holds it,
+        else by flagging it for its worker to observe at the next step."""
+        ...
+
+    async def next_wake_at(self) -> float | None:
+        """The earliest ``wake_at`` of any parked run."""
+        ...
