@@ -1,0 +1,83 @@
+"""Language models behind one interface: OpenAI, Anthropic and an offline simulator.
+
+Everything here is re-exported from the private modules; the provider SDKs are imported
+only when an adapter for them is used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._base import PROVIDERS as PROVIDERS
+from ._base import Model as Model
+from ._base import parse_model as parse_model
+from ._failures import parse_retry_after as parse_retry_after
+from ._simulated import Latency as Latency
+from ._simulated import ScriptedReply as ScriptedReply
+from ._simulated import SimFaults as SimFaults
+from ._simulated import SimStatistics as SimStatistics
+from ._simulated import SimulatedModel as SimulatedModel
+from ._tokens import ApproximateTokenizer as ApproximateTokenizer
+from ._tokens import TiktokenTokenizer as TiktokenTokenizer
+from ._tokens import Tokenizer as Tokenizer
+from ._tokens import count_tokens as count_tokens
+from ._tokens import get_tokenizer as get_tokenizer
+from ._types import FinishReason as FinishReason
+from ._types import Message as Message
+from ._types import ModelOptions as ModelOptions
+from ._types import ModelRequest as ModelRequest
+from ._types import ModelResponse as ModelResponse
+from ._types import Role as Role
+from ._types import ToolCallRequest as ToolCallRequest
+from ._types import ToolSpec as ToolSpec
+from ._types import Usage as Usage
+
+if TYPE_CHECKING:
+    from ._anthropic import AnthropicModel as AnthropicModel
+    from ._openai import OpenAIModel as OpenAIModel
+
+__all__ = [
+    # the interface
+    "Model",
+    "parse_model",
+    "PROVIDERS",
+    # data
+    "Message",
+    "Role",
+    "ToolSpec",
+    "ToolCallRequest",
+    "ModelOptions",
+    "ModelRequest",
+    "ModelResponse",
+    "FinishReason",
+    "Usage",
+    # adapters
+    "OpenAIModel",
+    "AnthropicModel",
+    "SimulatedModel",
+    "SimFaults",
+    "Latency",
+    "ScriptedReply",
+    "SimStatistics",
+    # tokens
+    "Tokenizer",
+    "TiktokenTokenizer",
+    "ApproximateTokenizer",
+    "count_tokens",
+    "get_tokenizer",
+    # helpers
+    "parse_retry_after",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The SDK adapters load on first use: importing openai and anthropic costs ~1 s.
+    if name == "OpenAIModel":
+        from ._openai import OpenAIModel
+
+        return OpenAIModel
+    if name == "AnthropicModel":
+        from ._anthropic import AnthropicModel
+
+        return AnthropicModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,241 @@
+"""The provider-neutral vocabulary of a model call.
+
+Agents, policies and the journal speak these types; only the adapters speak a provider's
+wire format. Every type is a frozen pydantic model, so a :class:`ModelResponse` written
+to the journal as JSON reads back equal to the original (the engine replays recorded
+model calls instead of repeating them), and the converters to the OpenAI and Anthropic
+formats live next to the data they convert.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+
+__all__ = [
+    "FinishReason",
+    "Message",
+    "ModelOptions",
+    "ModelRequest",
+    "ModelResponse",
+    "Role",
+    "ToolCallRequest",
+    "ToolSpec",
+    "Usage",
+]
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "other"]
+"""Why generation ended, normalised across providers.
+
+``stop`` (a natural end or a stop sequence), ``length`` (``max_tokens`` reached),
+``tool_calls`` (the model wants tools run), ``content_filter`` (only seen on a response
+that was *returned*; adapters raise :class:`~stalwart.errors.ContentFilterError` instead),
+``other`` (anything a provider adds later).
+"""
+
+JsonObject = dict[str, JsonValue]
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class ToolCallRequest(BaseModel):
+    """A tool call the model asked for.
+
+    ``arguments`` is the raw JSON text exactly as the model produced it, which is what
+    the journal keeps and what goes back to the provider; :attr:`parsed` and
+    :attr:`parse_error` interpret it. Models do produce invalid JSON, and that must reach
+    the agent as data (so it can re-ask), not as an exception in the adapter.
+    """
+
+    model_config = _FROZEN
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+    @classmethod
+    def create(cls, id: str, name: str, arguments: Mapping[str, JsonValue] | None = None,
+               ) -> ToolCallRequest:
+        """Build a call from already-parsed arguments (tests, scripted models)."""
+        text = json.dumps(dict(arguments or {}), separators=(",", ":"), sort_keys=True)
+        return cls(id=id, name=name, arguments=text)
+
+    @property
+    def parsed(self) -> JsonObject | None:
+        """The arguments as a JSON object, or ``None`` when they are not one."""
+        value, _ = _parse_arguments(self.arguments)
+        return value
+
+    @property
+    def parse_error(self) -> str | None:
+        """Why :attr:`arguments` is not a JSON object, or ``None`` when it is."""
+        _, error = _parse_arguments(self.arguments)
+        return error
+
+
+def _parse_arguments(text: str) -> tuple[JsonObject | None, str | None]:
+    if not text.strip():
+        return {}, None  # some providers send "" for a call without arguments
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        return None, f"arguments are not valid JSON: {exc}"
+    if not isinstance(value, dict):
+        return None, f"arguments must be a JSON object, got {type(value).__name__}"
+    return value, None
+
+
+class Message(BaseModel):
+    """One turn of a conversation.
+
+    ``tool_calls`` appear only on assistant messages; ``tool_call_id`` (and optionally
+    ``name``) only on tool messages, which carry a tool's result as ``content``.
+    """
+
+    model_config = _FROZEN
+
+    role: Role
+    content: str | None = None
+    tool_calls: tuple[ToolCallRequest, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _check_role_fields(self) -> Message:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id it answers")
+        if self.role != "tool" and self.tool_call_id is not None:
+            raise ValueError("only tool messages carry a tool_call_id")
+        return self
+
+    @classmethod
+    def system(cls, content: str) -> Message:
+        """A system (instructions) message."""
+        return cls(role="system", content=content)
+
+    @classmethod
+    def user(cls, content: str, *, name: str | None = None) -> Message:
+        """A user message."""
+        return cls(role="user", content=content, name=name)
+
+    @classmethod
+    def assistant(cls, content: str | None = None, *,
+                  tool_calls: Sequence[ToolCallRequest] = ()) -> Message:
+        """An assistant message, possibly asking for tool calls."""
+        return cls(role="assistant", content=content, tool_calls=tuple(tool_calls))
+
+    @classmethod
+    def tool(cls, content: str, *, tool_call_id: str, name: str | None = None) -> Message:
+        """The result of the tool call ``tool_call_id``."""
+        return cls(role="tool", content=content, tool_call_id=tool_call_id, name=name)
+
+
+def _empty_object_schema() -> JsonObject:
+    return {"type": "object", "properties": {}}
+
+
+class ToolSpec(BaseModel):
+    """A tool the model may call: its name, what it does, and a JSON schema of its input."""
+
+    model_config = _FROZEN
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str = ""
+    parameters: JsonObject = Field(default_factory=_empty_object_schema)
+
+    def to_openai(self) -> JsonObject:
+        """The Chat Completions ``tools`` entry."""
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+            },
+        }
+
+    def to_anthropic(self) -> JsonObject:
+        """The Messages API ``tools`` entry."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "input_schema": self.parameters,
+        }
+
+
+class Usage(BaseModel):
+    """Tokens consumed by one call."""
+
+    model_config = _FROZEN
+
+    input_tokens: int = Field(default=0, ge=0)
+    output_tokens: int = Field(default=0, ge=0)
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens."""
+        return self.input_tokens + self.output_tokens
+
+
+class ModelOptions(BaseModel):
+    """Sampling and length options; ``None`` leaves the provider's default."""
+
+    model_config = _FROZEN
+
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(default=None, gt=0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    tool_choice: Literal["auto", "none", "required"] | None = None
+
+
+class ModelRequest(BaseModel):
+    """Everything a model needs for one completion."""
+
+    model_config = _FROZEN
+
+    messages: tuple[Message, ...]
+    tools: tuple[ToolSpec, ...] = ()
+    options: ModelOptions = ModelOptions()
+
+    @model_validator(mode="after")
+    def _check_messages(self) -> ModelRequest:
+        if not self.messages:
+            raise ValueError("a model request needs at least one message")
+        names = [t.name for t in self.tools]
+        if len(names) != len(set(names)):
+            raise ValueError(f"duplicate tool names in {names}")
+        return self
+
+    @classmethod
+    def of(cls, *messages: Message | str, tools: Sequence[ToolSpec] = (),
+           options: ModelOptions | None = None) -> ModelRequest:
+        """Shorthand: plain strings become user messages."""
+        msgs = tuple(Message.user(m) if isinstance(m, str) else m for m in messages)
+        return cls(messages=msgs, tools=tuple(tools), options=options or ModelOptions())
+
+
+class ModelResponse(BaseModel):
+    """What one completion returned, in the form the journal records."""
+
+    model_config = _FROZEN
+
+    content: str | None = None
+    tool_calls: tuple[ToolCallRequest, ...] = ()
+    finish_reason: FinishReason = "stop"
+    usage: Usage = Usage()
+    model: str = ""
+    provider: str = ""
+    raw_id: str | None = None
+
+    def to_message(self) -> Message:
+        """This response as the assistant turn to append to the conversation."""
+        return Message.assistant(self.content, tool_calls=self.tool_calls)
