@@ -1,0 +1,88 @@
+"""Resilience policies: retry, timeouts, circuit breakers, bulkheads and rate limits.
+
+Each policy is a frozen config plus, where it keeps state, a small stateful object with
+``statistics()``; all take an injected :class:`~stalwart.Clock` (and Retry a
+``random.Random``), so tests run in virtual time. The engine stacks them around every
+model and tool call, outermost first::
+
+    Budget → Fallback → Retry → CircuitBreaker → RateLimit → Bulkhead → Timeout → call
+
+The policies know nothing of the engine; they raise the
+:class:`~stalwart.errors.ResilienceError` subclasses and honour ``retryable`` and
+``retry_after`` on whatever they catch.
+"""
+
+from __future__ import annotations
+
+from ._breaker import BreakerPermit as BreakerPermit
+from ._breaker import BreakerRegistry as BreakerRegistry
+from ._breaker import BreakerState as BreakerState
+from ._breaker import BreakerStatistics as BreakerStatistics
+from ._breaker import BreakerTransition as BreakerTransition
+from ._breaker import CircuitBreaker as CircuitBreaker
+from ._breaker import CircuitBreakerConfig as CircuitBreakerConfig
+from ._bulkhead import Bulkhead as Bulkhead
+from ._bulkhead import BulkheadConfig as BulkheadConfig
+from ._bulkhead import BulkheadRegistry as BulkheadRegistry
+from ._bulkhead import BulkheadStatistics as BulkheadStatistics
+from ._ratelimit import RateLimit as RateLimit
+from ._ratelimit import RateLimiter as RateLimiter
+from ._ratelimit import RateLimiterRegistry as RateLimiterRegistry
+from ._ratelimit import RateLimitStatistics as RateLimitStatistics
+from ._ratelimit import TokenBucket as TokenBucket
+from ._retry import Attempt as Attempt
+from ._retry import Decision as Decision
+from ._retry import GiveUp as GiveUp
+from ._retry import Retry as Retry
+from ._retry import RetryEvent as RetryEvent
+from ._retry import RetryOn as RetryOn
+from ._retry import RetryState as RetryState
+from ._retry import Sleep as Sleep
+from ._retry import call_with_retry as call_with_retry
+from ._retry import decide as decide
+from ._timeout import DeadlineScope as DeadlineScope
+from ._timeout import Timeout as Timeout
+from ._timeout import current_deadline as current_deadline
+from ._timeout import deadline_scope as deadline_scope
+from ._timeout import remaining as remaining
+from ._timeout import with_timeout as with_timeout
+
+__all__ = [
+    # retry
+    "Retry",
+    "RetryOn",
+    "RetryState",
+    "RetryEvent",
+    "Attempt",
+    "Sleep",
+    "GiveUp",
+    "Decision",
+    "decide",
+    "call_with_retry",
+    # timeouts and deadlines
+    "Timeout",
+    "DeadlineScope",
+    "deadline_scope",
+    "current_deadline",
+    "remaining",
+    "with_timeout",
+    # circuit breakers
+    "CircuitBreakerConfig",
+    "CircuitBreaker",
+    "BreakerState",
+    "BreakerPermit",
+    "BreakerTransition",
+    "BreakerStatistics",
+    "BreakerRegistry",
+    # bulkheads
+    "BulkheadConfig",
+    "Bulkhead",
+    "BulkheadStatistics",
+    "BulkheadRegistry",
+    # rate limits
+    "RateLimit",
+    "TokenBucket",
+    "RateLimiter",
+    "RateLimitStatistics",
+    "RateLimiterRegistry",
+]
