@@ -57,7 +57,7 @@ T = TypeVar("T")
 _OUTCOMES = (EventKind.STEP_COMPLETED, EventKind.STEP_FAILED)
 
 
-class Suspend(BaseException):  # noqa: N818 - control flow, never seen by users
+class Suspend(BaseException):
     """Parks the run: its task ends, the run waits in the store until ``wake_at``."""
 
     def __init__(self, status: RunStatus, wake_at: float | None) -> None:
@@ -384,7 +384,7 @@ class Context:
         return await _join(tasks, on_error)
 
 
-async def _join(tasks: list[asyncio.Future[Any]], on_error: str) -> list[Any]:
+async def _join(tasks: Sequence[asyncio.Future[Any]], on_error: str) -> list[Any]:
     results: list[Any] = [None] * len(tasks)
     failures: dict[int, BaseException] = {}
     control: list[BaseException] = []

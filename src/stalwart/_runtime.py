@@ -57,12 +57,13 @@ def open_store(store: Store | str | os.PathLike[str] | None) -> Store:
     if isinstance(store, str):
         if store.startswith(("postgresql://", "postgres://")):
             try:
-                from .store._postgres import PostgresStore
+                from .store._postgres import PostgresStore  # type: ignore[import-not-found,unused-ignore]
             except ImportError as exc:
                 raise ConfigurationError(
                     "a postgresql:// store needs the postgres extra: "
                     "pip install 'stalwart[postgres]'") from exc
-            return PostgresStore(store)
+            pg: Store = PostgresStore(store)
+            return pg
         if store.startswith("sqlite:///"):
             return SQLiteStore(store[len("sqlite:///"):])
         if "://" in store:
@@ -180,7 +181,7 @@ class Runtime:
     def workflow(self, fn: Callable[Concatenate[Context, P], Awaitable[R]], /) -> Any: ...
 
     @overload
-    def workflow(self, *, name: str | None = None) -> Callable[..., Any]: ...
+    def workflow(self, fn: None = None, /, *, name: str | None = None) -> Callable[..., Any]: ...
 
     def workflow(self, fn: Any = None, /, *, name: str | None = None) -> Any:
         """Register an async function ``(ctx, ...)`` as a workflow (a decorator)."""

@@ -116,9 +116,8 @@ def return_type(fn: Any) -> Any:
         hints = get_type_hints(target)
     except Exception:
         return _NO_HINT
-    tp = hints.get("return", _NO_HINT)
     # An ``async def f() -> T`` declares T; the coroutine wrapper is not part of the value.
-    return tp
+    return hints.get("return", _NO_HINT)
 
 
 def parameter_types(fn: Any) -> dict[str, Any]:

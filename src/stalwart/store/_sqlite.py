@@ -243,7 +243,9 @@ class SQLiteStore:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            return self._check_or_create(conn) if tables_now else None
+            if tables_now:
+                self._check_or_create(conn)
+            return
         if app_id != _APPLICATION_ID or "stalwart_meta" not in tables:
             raise NotAStalwartStoreError(
                 f"{self._path} is an SQLite database but not a stalwart journal; "
@@ -518,7 +520,7 @@ class SQLiteStore:
     def _append_checked(self, conn: sqlite3.Connection, lease: Lease,
                         events: Sequence[NewEvent], now: float,
                         finish: Finish | None) -> AppendResult:
-        status, _, _, cancel, count, parent_run_id, wake_requested = self._check_lease(
+        _, _, _, cancel, count, parent_run_id, wake_requested = self._check_lease(
             conn, lease)
         if events:
             self._insert_events(conn, lease.run_id, count, events, now)
