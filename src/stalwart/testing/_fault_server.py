@@ -314,7 +314,8 @@ class _Handler(BaseHTTPRequestHandler):
         }.get(self.path.split("?")[0])  # type: ignore[assignment]
         fault, outcome = fs._decide() if proto else (None, "not_found")
         fs._record(RecordedRequest(
-            method="POST", path=self.path, headers={k.lower(): v for k, v in self.headers.items()}, body=body,
+            method="POST", path=self.path, body=body,
+            headers={k.lower(): v for k, v in self.headers.items()},
             received_at=time.monotonic(), outcome=outcome))
         if proto is None:
             self._send_json(404, {"error": {"message": f"no route {self.path}"}})
