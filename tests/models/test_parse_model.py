@@ -87,3 +87,16 @@ def test_public_names_are_pinned() -> None:
         assert getattr(models, name) is not None
     with pytest.raises(AttributeError):
         _ = models.NoSuchThing
+
+
+def test_unknown_option_is_configuration_error() -> None:
+    """An option the adapter does not take is reported as configuration, not TypeError."""
+    with pytest.raises(ConfigurationError, match="sim:x"):
+        parse_model("sim:x", temperature_of_the_sun=5000)
+
+
+def test_concrete_classes_are_final() -> None:
+    """Public concrete classes are closed for subclassing (extend via the Model protocol)."""
+    for cls in (OpenAIModel, AnthropicModel, SimulatedModel, models.SimFaults,
+                models.Latency, models.Message, models.ModelResponse, models.ToolSpec):
+        assert getattr(cls, "__final__", False), cls

@@ -9,6 +9,7 @@ when that provider is asked for.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 from stalwart.errors import ConfigurationError
@@ -53,8 +54,8 @@ def parse_model(spec: str | Model, /, **kwargs: Any) -> Model:
     ``timeout=``, ``seed=``, ``faults=``...).
 
     Raises:
-        ConfigurationError: unknown provider prefix, empty name, or keyword arguments
-            given together with a ready model instance.
+        ConfigurationError: unknown provider prefix, empty name, an option the adapter
+            does not take, a missing API key, or options given with a ready instance.
     """
     if not isinstance(spec, str):
         if not isinstance(spec, Model):
@@ -68,17 +69,27 @@ def parse_model(spec: str | Model, /, **kwargs: Any) -> Model:
     if not sep or not name:
         raise ConfigurationError(
             f"model {spec!r} must look like 'provider:name'; providers: {', '.join(PROVIDERS)}")
+    factory = _factory(provider)
+    if factory is None:
+        raise ConfigurationError(
+            f"unknown model provider {provider!r} in {spec!r}; known: {', '.join(PROVIDERS)}")
+    try:
+        return factory(name, **kwargs)
+    except TypeError as exc:  # an option this adapter does not take
+        raise ConfigurationError(f"bad options for {spec!r}: {exc}") from exc
+
+
+def _factory(provider: str) -> Callable[..., Model] | None:
     if provider == "openai":
         from ._openai import OpenAIModel
 
-        return OpenAIModel(name, **kwargs)
+        return OpenAIModel
     if provider == "anthropic":
         from ._anthropic import AnthropicModel
 
-        return AnthropicModel(name, **kwargs)
+        return AnthropicModel
     if provider == "sim":
         from ._simulated import SimulatedModel
 
-        return SimulatedModel(name, **kwargs)
-    raise ConfigurationError(
-        f"unknown model provider {provider!r} in {spec!r}; known: {', '.join(PROVIDERS)}")
+        return SimulatedModel
+    return None

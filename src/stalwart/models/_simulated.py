@@ -59,6 +59,7 @@ A :class:`~stalwart.errors.ModelError` instance in a scripted list is raised ins
 FaultKind = Literal["server_error", "rate_limited", "stall", "outage", "malformed"]
 
 
+@final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Latency:
     """How long a successful call takes, in seconds of the model's clock.
@@ -105,6 +106,7 @@ class Latency:
         return self.a * math.exp(self.b * z)
 
 
+@final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SimFaults:
     """What goes wrong, and how often.
@@ -155,6 +157,7 @@ class SimFaults:
                 raise ConfigurationError(f"outage window [{start}, {end}) is empty")
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class SimStatistics:
     """A snapshot of what the simulator has done."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Literal, final
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
@@ -43,6 +43,7 @@ JsonObject = dict[str, JsonValue]
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 
+@final
 class ToolCallRequest(BaseModel):
     """A tool call the model asked for.
 
@@ -90,6 +91,7 @@ def _parse_arguments(text: str) -> tuple[JsonObject | None, str | None]:
     return value, None
 
 
+@final
 class Message(BaseModel):
     """One turn of a conversation.
 
@@ -141,6 +143,7 @@ def _empty_object_schema() -> JsonObject:
     return {"type": "object", "properties": {}}
 
 
+@final
 class ToolSpec(BaseModel):
     """A tool the model may call: its name, what it does, and a JSON schema of its input."""
 
@@ -170,6 +173,7 @@ class ToolSpec(BaseModel):
         }
 
 
+@final
 class Usage(BaseModel):
     """Tokens consumed by one call."""
 
@@ -184,6 +188,7 @@ class Usage(BaseModel):
         return self.input_tokens + self.output_tokens
 
 
+@final
 class ModelOptions(BaseModel):
     """Sampling and length options; ``None`` leaves the provider's default."""
 
@@ -197,6 +202,7 @@ class ModelOptions(BaseModel):
     tool_choice: Literal["auto", "none", "required"] | None = None
 
 
+@final
 class ModelRequest(BaseModel):
     """Everything a model needs for one completion."""
 
@@ -223,6 +229,7 @@ class ModelRequest(BaseModel):
         return cls(messages=msgs, tools=tuple(tools), options=options or ModelOptions())
 
 
+@final
 class ModelResponse(BaseModel):
     """What one completion returned, in the form the journal records."""
 

@@ -39,6 +39,7 @@ FaultKind = Literal["status", "stall", "drop", "reset", "malformed", "missing_fi
                     "content_filter"]
 
 
+@final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Fault:
     """One misbehaviour, applied to one request. Build with the class methods."""
@@ -96,6 +97,7 @@ class Fault:
         return cls(kind="content_filter")
 
 
+@final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Reply:
     """A scripted successful completion.
@@ -110,6 +112,7 @@ class Reply:
     output_tokens: int = 5
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class RecordedRequest:
     """A request the server received, in arrival order (header names lower-cased)."""
