@@ -74,6 +74,7 @@ def failing(errors: list[BaseException]) -> Callable[[], Awaitable[str]]:
         {"max_elapsed": "soon"},
         {"initial": math.nan},
         {"jitter": "partial"},
+        {"max_attempts": None, "initial": 0.0},
         {"retry_on": 3},
     ],
 )
@@ -115,27 +116,37 @@ def test_equal_and_no_jitter() -> None:
 
 # -- properties of the decision core ---------------------------------------------------
 
-policies = st.builds(
-    Retry,
-    max_attempts=st.none() | st.integers(1, 50),
-    initial=st.floats(0.0, 100.0),
-    multiplier=st.floats(1.0, 10.0),
-    max_backoff=st.none() | st.floats(100.0, 10_000.0),
-    jitter=st.sampled_from(["full", "equal", "none"]),
-)
+@st.composite
+def policies(draw: st.DrawFn) -> Retry:
+    """Valid Retry policies (unlimited attempts need a non-zero initial backoff)."""
+    max_attempts = draw(st.none() | st.integers(1, 50))
+    positive = st.floats(0.001, 100.0)
+    return Retry(
+        max_attempts=max_attempts,
+        initial=draw(positive if max_attempts is None else positive | st.just(0.0)),
+        multiplier=draw(st.floats(1.0, 10.0)),
+        max_backoff=draw(st.none() | st.floats(100.0, 10_000.0)),
+        jitter=draw(st.sampled_from(["full", "equal", "none"])),
+    )
 
 
-@given(policy=policies, attempt=st.integers(1, 2_000), seed=st.integers(0, 2**32))
+@given(policy=policies(), attempt=st.integers(1, 2_000), seed=st.integers(0, 2**32))
 def test_backoff_bounds(policy: Retry, attempt: int, seed: int) -> None:
     """Every backoff lies in [0, min(cap, initial * multiplier ** (n - 1))]."""
     sleep = policy.backoff(attempt, random.Random(seed))
-    assert 0.0 <= sleep <= policy.ceiling(attempt)
-    cap = math.inf if policy.max_backoff is None else policy.max_backoff
-    assert policy.ceiling(attempt) <= cap
+    initial, cap = policy.initial, policy.max_backoff
+    assert isinstance(initial, float)
+    assert cap is None or isinstance(cap, float)
+    try:
+        raw = initial * policy.multiplier ** (attempt - 1) if initial else 0.0
+    except OverflowError:
+        raw = math.inf
+    assert 0.0 <= sleep <= min(math.inf if cap is None else cap, raw)
+    assert policy.ceiling(attempt) == min(math.inf if cap is None else cap, raw)
 
 
 @given(
-    policy=policies,
+    policy=policies(),
     attempt=st.integers(1, 60),
     retry_after=st.floats(0.0, 1_000.0),
     seed=st.integers(0, 2**32),
@@ -155,7 +166,7 @@ def test_sleep_is_never_shorter_than_retry_after(
 
 
 @given(
-    policy=policies,
+    policy=policies(),
     attempt=st.integers(1, 60),
     error=st.sampled_from(
         [
@@ -180,7 +191,7 @@ def test_non_retryable_errors_are_never_retried(
 
 @given(
     max_elapsed=st.floats(0.5, 500.0),
-    initial=st.floats(0.0, 50.0),
+    initial=st.floats(0.001, 50.0),
     seed=st.integers(0, 2**32),
 )
 def test_no_attempt_starts_after_max_elapsed(max_elapsed: float, initial: float, seed: int) -> None:

@@ -145,6 +145,10 @@ class Retry:
             raise ConfigurationError(f"Retry.max_attempts must be >= 1, got {self.max_attempts!r}")
         initial = check_non_negative(owner, "initial", self.initial)
         object.__setattr__(self, "initial", initial)
+        if initial == 0.0 and self.max_attempts is None:
+            raise ConfigurationError(
+                "Retry(max_attempts=None) needs initial > 0, or it retries in a hot loop"
+            )
         multiplier = self.multiplier
         if (
             isinstance(multiplier, bool)
@@ -173,6 +177,8 @@ class Retry:
     def ceiling(self, attempt: int) -> float:
         """The backoff ceiling after attempt number ``attempt`` (1-based) failed."""
         initial = to_seconds(self.initial)
+        if initial == 0.0:
+            return 0.0
         try:
             raw = initial * self.multiplier ** (attempt - 1)
         except OverflowError:
