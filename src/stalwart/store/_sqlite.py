@@ -432,10 +432,13 @@ class SQLiteStore:
             for sid, sowner, stoken in steal:
                 if len(ids) >= limit:
                     break
+                if run_id is not None and sid != run_id:
+                    continue
                 row = conn.execute(
-                    "SELECT 1 FROM runs WHERE run_id = ? AND status = 'running' "
+                    "SELECT workflow FROM runs WHERE run_id = ? AND status = 'running' "
                     "AND lease_owner = ? AND lease_token = ?", (sid, sowner, stoken)).fetchone()
-                if row and sid not in ids:
+                if (row and sid not in ids
+                        and (workflows is None or row[0] in workflows)):
                     ids.append(sid)
             leases = []
             expires = now + lease_seconds
@@ -529,6 +532,8 @@ class SQLiteStore:
             wake_at = finish.wake_at
             if new_status == RunStatus.WAITING and wake_requested:
                 new_status, wake_at = RunStatus.PENDING, None  # a wake-up raced the park
+            elif new_status == RunStatus.SLEEPING and cancel:
+                new_status, wake_at = RunStatus.PENDING, None  # so is a cancel: observe it now
             conn.execute(
                 "UPDATE runs SET status = ?, result = ?, error = ?, wake_at = ?, "
                 "lease_owner = NULL, lease_expires_at = NULL, updated_at = ? "
