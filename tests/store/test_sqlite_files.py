@@ -1,0 +1,184 @@
+"""The SQLite journal's file handling: what it refuses to open, and where it lives.
+
+A file that is not a journal this stalwart can use raises a typed error and is left
+byte-for-byte as it was: stalwart never "repairs" or upgrades someone else's data.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from stalwart._runtime import open_store
+from stalwart.errors import (
+    NotAStalwartStoreError,
+    SchemaVersionError,
+    StoreCorruptedError,
+    StoreError,
+)
+from stalwart.store import EventKind, NewEvent, Owner, SQLiteStore
+from stalwart.store._base import SCHEMA_VERSION
+from stalwart.store._sqlite import default_path
+
+OWNER = Owner(id="w", host="h", pid=1)
+
+
+async def make_journal(path: Path, runs: int = 1) -> None:
+    """A closed journal at ``path`` holding ``runs`` runs with a few events each."""
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        for i in range(runs):
+            await store.create_run(run_id=f"run-{i:04}", workflow="wf", input="x" * 200,
+                                   now=float(i))
+        for lease in await store.claim(OWNER, now=1e6, lease_seconds=60, limit=runs):
+            await store.append(lease, [
+                NewEvent(EventKind.STEP_COMPLETED, step_id=str(n), name="f", payload="y" * 300)
+                for n in range(3)], now=1e6)
+    finally:
+        await store.close()
+
+
+def set_meta(path: Path, key: str, value: str) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE stalwart_meta SET value = ? WHERE key = ?", (value, key))
+    conn.close()
+
+
+def contents(path: Path) -> bytes:
+    return path.read_bytes()  # small files: blocking the test's event loop is harmless
+
+
+async def refused(path: Path, error: type[StoreError]) -> StoreError:
+    """Opening ``path`` raises ``error``, the store stays closed and the bytes unchanged."""
+    before = contents(path)
+    store = SQLiteStore(path)
+    with pytest.raises(error) as info:
+        await store.open()
+    assert contents(path) == before
+    with pytest.raises(StoreError, match="not open"):
+        await store.get_run("x")
+    await store.close()
+    return info.value
+
+
+async def test_a_new_file_and_its_folder_are_created(tmp_path: Path) -> None:
+    """Opening a missing path creates the folder and a journal that opens again."""
+    path = tmp_path / "deep" / "er" / "journal.db"
+    await make_journal(path)
+    store = SQLiteStore(path)
+    await store.open()
+    assert [r.run_id for r in await store.list_runs()] == ["run-0000"]
+    await store.close()
+
+
+async def test_a_file_that_is_not_sqlite_is_refused_untouched(tmp_path: Path) -> None:
+    """A non-SQLite file raises NotAStalwartStoreError and keeps its bytes."""
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"my precious notes\n" * 500)
+    err = await refused(path, NotAStalwartStoreError)
+    assert "not an SQLite file" in str(err)
+
+
+async def test_a_directory_is_refused(tmp_path: Path) -> None:
+    """A directory path raises NotAStalwartStoreError."""
+    store = SQLiteStore(tmp_path)
+    with pytest.raises(NotAStalwartStoreError):
+        await store.open()
+
+
+async def test_an_sqlite_database_of_another_app_is_refused_untouched(tmp_path: Path) -> None:
+    """Another application's SQLite database raises NotAStalwartStoreError, unchanged."""
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY, note TEXT)")
+        conn.executemany("INSERT INTO runs (note) VALUES (?)", [("n",)] * 100)
+    conn.close()
+    await refused(path, NotAStalwartStoreError)
+
+
+async def test_a_foreign_database_with_a_stalwart_meta_table_is_refused(
+        tmp_path: Path) -> None:
+    """A table merely named stalwart_meta does not make a database a journal."""
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE stalwart_meta (key TEXT, value TEXT)")
+    conn.close()
+    await refused(path, NotAStalwartStoreError)
+
+
+@pytest.mark.parametrize("found", [SCHEMA_VERSION + 1, SCHEMA_VERSION - 1])
+async def test_a_journal_of_another_schema_version_is_refused_untouched(
+        tmp_path: Path, found: int) -> None:
+    """A journal of a newer or older schema raises SchemaVersionError, saying which."""
+    path = tmp_path / "journal.db"
+    await make_journal(path)
+    set_meta(path, "schema_version", str(found))
+    err = await refused(path, SchemaVersionError)
+    assert isinstance(err, SchemaVersionError)
+    assert (err.found, err.expected) == (found, SCHEMA_VERSION)
+    assert ("newer" if found > SCHEMA_VERSION else "older") in str(err)
+
+
+async def test_a_corrupted_journal_is_refused_untouched(tmp_path: Path) -> None:
+    """A journal with garbage in the middle raises StoreCorruptedError, unchanged."""
+    path = tmp_path / "journal.db"
+    await make_journal(path, runs=200)
+    data = bytearray(path.read_bytes())
+    page = 4096
+    assert len(data) > 20 * page
+    middle = (len(data) // page // 2) * page
+    data[middle:middle + 3 * page] = b"\xa5\x5a" * (3 * page // 2)
+    path.write_bytes(bytes(data))
+    await refused(path, StoreCorruptedError)
+
+
+async def test_a_truncated_header_is_refused_untouched(tmp_path: Path) -> None:
+    """A file holding only a prefix of a journal is refused, unchanged."""
+    path = tmp_path / "journal.db"
+    await make_journal(path)
+    path.write_bytes(path.read_bytes()[:100])
+    await refused(path, StoreError)
+
+
+async def test_the_default_path_is_in_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without $STALWART_STORE the journal is ./.stalwart/stalwart.db."""
+    monkeypatch.delenv("STALWART_STORE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert default_path() == Path(".stalwart") / "stalwart.db"
+    store = open_store(None)
+    assert isinstance(store, SQLiteStore)
+    await store.open()
+    await store.close()
+    assert (tmp_path / ".stalwart" / "stalwart.db").is_file()
+
+
+async def test_stalwart_store_env_var_names_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$STALWART_STORE set to a path is where the default store lives."""
+    target = tmp_path / "elsewhere" / "j.db"
+    monkeypatch.setenv("STALWART_STORE", os.fspath(target))
+    monkeypatch.chdir(tmp_path)
+    assert default_path() == target
+    for store in (SQLiteStore(), open_store(None)):
+        assert isinstance(store, SQLiteStore)
+        assert store.path == os.fspath(target)
+    store = SQLiteStore()
+    await store.open()
+    await store.close()
+    assert target.is_file()
+    assert not (tmp_path / ".stalwart").exists()
+
+
+def test_a_url_in_stalwart_store_is_not_taken_for_a_file(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """$STALWART_STORE holding a URL leaves SQLite's default path alone."""
+    monkeypatch.setenv("STALWART_STORE", "sqlite:///x.db")
+    assert default_path() == Path(".stalwart") / "stalwart.db"
+    store = open_store(None)
+    assert isinstance(store, SQLiteStore)
+    assert store.path == "x.db"
