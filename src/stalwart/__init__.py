@@ -7,15 +7,63 @@ distributed systems around every model and tool call.
 
 from __future__ import annotations
 
+from ._agent import Agent as Agent
+from ._agent import AgentResult as AgentResult
 from ._clock import Clock as Clock
 from ._clock import FakeClock as FakeClock
 from ._clock import SystemClock as SystemClock
 from ._context import Context as Context
 from ._context import StepInfo as StepInfo
 from ._context import current_step as current_step
+from ._policy import DEFAULT_POLICY as DEFAULT_POLICY
+from ._policy import INHERIT as INHERIT
+from ._policy import Policy as Policy
+from ._runtime import PolicyNote as PolicyNote
 from ._runtime import RunHandle as RunHandle
 from ._runtime import Runtime as Runtime
+from ._tools import Tool as Tool
+from ._tools import ToolArgumentsError as ToolArgumentsError
+from ._tools import ToolCall as ToolCall
 from ._workflow import Workflow as Workflow
+from .errors import AgentError as AgentError
+from .errors import AuthenticationError as AuthenticationError
+from .errors import BulkheadFullError as BulkheadFullError
+from .errors import CallTimeoutError as CallTimeoutError
+from .errors import CircuitOpenError as CircuitOpenError
+from .errors import ContentFilterError as ContentFilterError
+from .errors import FallbackExhaustedError as FallbackExhaustedError
+from .errors import InvalidRequestError as InvalidRequestError
+from .errors import MalformedResponseError as MalformedResponseError
+from .errors import MaxIterationsError as MaxIterationsError
+from .errors import ModelConnectionError as ModelConnectionError
+from .errors import ModelError as ModelError
+from .errors import ModelTimeoutError as ModelTimeoutError
+from .errors import OutputValidationError as OutputValidationError
+from .errors import ProviderOverloadedError as ProviderOverloadedError
+from .errors import RateLimitedError as RateLimitedError
+from .errors import RepairBudgetExceededError as RepairBudgetExceededError
+from .errors import ResilienceError as ResilienceError
+from .errors import RetryExhaustedError as RetryExhaustedError
+from .errors import ThrottledError as ThrottledError
+from .errors import ToolLoopError as ToolLoopError
+from .models import Message as Message
+from .models import Model as Model
+from .models import ModelOptions as ModelOptions
+from .models import ModelRequest as ModelRequest
+from .models import ModelResponse as ModelResponse
+from .models import SimFaults as SimFaults
+from .models import SimulatedModel as SimulatedModel
+from .models import ToolCallRequest as ToolCallRequest
+from .models import ToolSpec as ToolSpec
+from .models import Usage as Usage
+from .models import count_tokens as count_tokens
+from .models import parse_model as parse_model
+from .policies import BulkheadConfig as BulkheadConfig
+from .policies import CircuitBreakerConfig as CircuitBreakerConfig
+from .policies import RateLimit as RateLimit
+from .policies import Retry as Retry
+from .policies import RetryOn as RetryOn
+from .policies import Timeout as Timeout
 from .errors import Cancelled as Cancelled
 from .errors import ConfigurationError as ConfigurationError
 from .errors import ContextMisuseError as ContextMisuseError
@@ -48,6 +96,35 @@ __all__ = [
     "Context",
     "StepInfo",
     "current_step",
+    # agents, tools, models
+    "Agent",
+    "AgentResult",
+    "Tool",
+    "ToolCall",
+    "ToolArgumentsError",
+    "Model",
+    "parse_model",
+    "SimulatedModel",
+    "SimFaults",
+    "Message",
+    "ModelOptions",
+    "ModelRequest",
+    "ModelResponse",
+    "ToolCallRequest",
+    "ToolSpec",
+    "Usage",
+    "count_tokens",
+    # resilience policies
+    "Policy",
+    "INHERIT",
+    "DEFAULT_POLICY",
+    "PolicyNote",
+    "Retry",
+    "RetryOn",
+    "Timeout",
+    "CircuitBreakerConfig",
+    "BulkheadConfig",
+    "RateLimit",
     # time
     "Clock",
     "SystemClock",
@@ -74,5 +151,26 @@ __all__ = [
     "SignalTimeoutError",
     "RunFailedError",
     "RunCancelledError",
+    "ResilienceError",
+    "RetryExhaustedError",
+    "CallTimeoutError",
+    "CircuitOpenError",
+    "BulkheadFullError",
+    "ThrottledError",
+    "FallbackExhaustedError",
+    "ModelError",
+    "RateLimitedError",
+    "ProviderOverloadedError",
+    "ModelTimeoutError",
+    "ModelConnectionError",
+    "MalformedResponseError",
+    "InvalidRequestError",
+    "AuthenticationError",
+    "ContentFilterError",
+    "AgentError",
+    "MaxIterationsError",
+    "ToolLoopError",
+    "RepairBudgetExceededError",
+    "OutputValidationError",
     "Cancelled",
 ]

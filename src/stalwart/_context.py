@@ -48,6 +48,8 @@ from .store._base import TERMINAL_STATUSES, Event, EventKind, NewEvent, RunStatu
 
 if TYPE_CHECKING:
     from ._execution import Execution
+    from ._policy import Policy
+    from ._tools import Tool
     from ._workflow import Workflow
 
 __all__ = ["Context", "StepInfo", "current_step"]
@@ -357,6 +359,40 @@ class Context:
                                  error_type=info.type, run_id=ex.run_id, step_id=step_id)
         await self._record_failure(step_id, step_name, err)
         raise err
+
+    # -- tools and models --------------------------------------------------------------
+
+    async def tool(self, tool: Tool[Any, T], /, *, policy: Policy | None = None,
+                   _tool_call_id: str | None = None, **arguments: Any) -> T:
+        """Call a tool as one journaled step behind the policy stack.
+
+        Arguments are validated against the tool's signature first
+        (:class:`~stalwart.ToolArgumentsError`). The tool receives a
+        :class:`~stalwart.ToolCall` whose ``idempotency_key`` is stable across retries
+        and resumes. Policies: the tool's own, over the runtime's; ``policy`` over both.
+        """
+        from ._calls import Candidate, guarded_call
+        from ._tools import ToolCall
+
+        ex = self._ex
+        args = tool.validate(arguments)
+        effective = ex.runtime.effective_policy(tool.policy, policy)
+        tp = tool.return_type
+
+        async def call(step_id: str, attempt: int) -> Any:
+            kwargs = dict(args)
+            if tool.call_param is not None:
+                kwargs[tool.call_param] = ToolCall(ex.run_id, step_id, tool.name, attempt,
+                                                   _tool_call_id)
+            info = StepInfo(ex.run_id, step_id, f"tool:{tool.name}", attempt)
+            return await ex.invoke(info, tool.fn, (), kwargs, is_async=tool.is_async)
+
+        return await guarded_call(  # type: ignore[no-any-return]
+            self, name=f"tool:{tool.name}",
+            candidates=[Candidate(key=f"tool:{tool.name}", call=call)],
+            policy=effective, pool=None,
+            encode_result=lambda v: encode(v, tp, what=f"result of tool {tool.name!r}"),
+            decode_result=lambda text: decode(text, tp))
 
     # -- fan-out ---------------------------------------------------------------------
 

@@ -28,7 +28,13 @@ from ._context import (
     unbind_step_context,
 )
 from ._serde import encode, encode_error, return_type
-from .errors import Cancelled, LeaseLostError, NonDeterminismError, StalwartError
+from .errors import (
+    Cancelled,
+    LeaseLostError,
+    NonDeterminismError,
+    ResilienceError,
+    StalwartError,
+)
 from .store._base import (
     TERMINAL_STATUSES,
     Event,
@@ -47,6 +53,12 @@ if TYPE_CHECKING:
 __all__ = ["Execution"]
 
 log = logging.getLogger("stalwart.engine")
+
+_STEP_EVENTS = frozenset({
+    EventKind.STEP_COMPLETED, EventKind.STEP_FAILED, EventKind.ATTEMPT_FAILED,
+    EventKind.TIMER_STARTED, EventKind.SIGNAL_WAIT_STARTED, EventKind.SIGNAL_RECEIVED,
+    EventKind.SIGNAL_TIMED_OUT, EventKind.CHILD_STARTED,
+})
 
 
 async def race_event(event: asyncio.Event, clock: Clock, timeout: float) -> bool:
@@ -77,15 +89,27 @@ class Execution:
         self.workflow = workflow
         self.rng = random.Random(f"{run.run_id}:{lease.token}")
         self.recorded: dict[str, list[Event]] = {}
+        self._redriven: dict[str, int] = {}
         for ev in events:
-            if ev.step_id is not None:
+            if ev.kind == EventKind.RUN_REDRIVEN and ev.step_id is not None:
+                # `dlq retry`: the step that dead-lettered the run runs again, afresh.
+                self._redriven[ev.step_id] = ev.seq
+                kept = [e for e in self.recorded.get(ev.step_id, ())
+                        if e.kind != EventKind.STEP_FAILED]
+                self.recorded[ev.step_id] = kept
+            elif ev.step_id is not None and ev.kind in _STEP_EVENTS:
                 self.recorded.setdefault(ev.step_id, []).append(ev)
+        self.recorded = {k: v for k, v in self.recorded.items() if v}
         self.visited: set[str] = set()
         self.replaying = bool(self.recorded)
         self.cancel_requested = run.cancel_requested
         self.finished = False
         self.wakeup = asyncio.Event()
         self.root_scope = new_root_scope()
+
+    def redriven_after(self, step_id: str) -> int:
+        """The journal position after which this step's attempts count (0: all)."""
+        return self._redriven.get(step_id, 0)
 
     # -- journal ---------------------------------------------------------------------
 
@@ -191,12 +215,18 @@ class Execution:
             if isinstance(exc, StalwartError) and exc.run_id is None:
                 exc.run_id = self.run_id
             info = encode_error(exc).to_json()
+            # A run that exhausted its resilience policies goes to the dead-letter queue,
+            # from where `stalwart dlq retry` can send it through again.
+            dead = isinstance(exc, ResilienceError)
+            kind, status = ((EventKind.RUN_DEAD_LETTERED, RunStatus.DEAD_LETTERED) if dead
+                            else (EventKind.RUN_FAILED, RunStatus.FAILED))
+            step_id = exc.step_id if isinstance(exc, StalwartError) else None
             try:
-                await self._finish([NewEvent(EventKind.RUN_FAILED, payload=info)],
-                                   Finish(RunStatus.FAILED, error=info))
+                await self._finish([NewEvent(kind, step_id=step_id, payload=info)],
+                                   Finish(status, error=info))
             except LeaseLostError:
                 return None
-            return RunStatus.FAILED
+            return status
         finally:
             self.finished = True
 

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter, deque
+from dataclasses import dataclass
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, final, overload
 
 from ._clock import Clock, SystemClock
+from ._policy import DEFAULT_POLICY, Policy
 from ._context import Context
 from ._execution import Execution, race_event
 from ._serde import ErrorInfo, decode, encode, import_ref, rebuild_error, return_type
@@ -34,6 +37,8 @@ from .errors import (
     StoreError,
     WorkflowNotFoundError,
 )
+from .models import Model, parse_model
+from .policies import BreakerRegistry, BreakerTransition, BulkheadRegistry, RateLimiterRegistry
 from .store._base import TERMINAL_STATUSES, Event, Lease, Owner, RunRecord, RunStatus, Store
 from .store._sqlite import SQLiteStore
 
@@ -72,6 +77,18 @@ def open_store(store: Store | str | os.PathLike[str] | None) -> Store:
                 "postgresql://...")
         return SQLiteStore(Path(store))
     return store
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PolicyNote:
+    """One thing a policy did: ``retried``, ``fallback``, ``breaker_open``..."""
+
+    at: float
+    run_id: str | None
+    step_id: str | None
+    action: str
+    key: str
 
 
 def _pid_alive(pid: int) -> bool:
@@ -135,6 +152,10 @@ class Runtime:
         park_after: a sleep or wait longer than this parks the run (its task ends and
             it is woken from the store); shorter ones wait in memory.
         thread_pool_size: threads for synchronous steps.
+        policy: resilience policies for every model and tool call (over
+            :data:`~stalwart.DEFAULT_POLICY`); agents, tools and calls refine it.
+        models: model instances by spec (``{"sim:demo": SimulatedModel(...)}``), used
+            instead of building one from the spec.
     """
 
     def __init__(
@@ -148,6 +169,8 @@ class Runtime:
         poll_interval: float = 1.0,
         park_after: float = 5.0,
         thread_pool_size: int = 32,
+        policy: Policy | None = None,
+        models: Mapping[str, Model] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
@@ -174,6 +197,17 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._last_steal_scan = float("-inf")
+        self.policy = (policy or Policy()).over(DEFAULT_POLICY)
+        self.breakers = BreakerRegistry(clock=self.clock)
+        self.bulkheads = BulkheadRegistry(clock=self.clock)
+        self.rate_limiters = RateLimiterRegistry(clock=self.clock)
+        self._models: dict[str, Model] = dict(models or {})
+        self._owned_models: list[Model] = []
+        self.policy_log: deque[PolicyNote] = deque(maxlen=10_000)
+        """Recent policy actions (retries, breaker transitions, fallbacks), newest last."""
+        self.policy_counts: Counter[str] = Counter()
+        """How often each policy action happened in this process."""
+        self.breakers.add_listener(self._on_breaker)
 
     # -- registration ----------------------------------------------------------------
 
@@ -224,6 +258,49 @@ class Runtime:
                 raise WorkflowNotFoundError(f"{ref!r} is not a workflow")
             self.register(obj)
 
+    # -- models, tools and policies --------------------------------------------------
+
+    def tool(self, fn: Any = None, /, *, name: str | None = None,
+             description: str | None = None, policy: Policy | None = None) -> Any:
+        """Make a function a :class:`~stalwart.Tool` (a decorator, with or without
+        arguments)."""
+        from ._tools import Tool
+
+        def deco(f: Callable[..., Any]) -> Tool[Any, Any]:
+            return Tool(f, name=name, description=description, policy=policy)
+
+        return deco(fn) if fn is not None else deco
+
+    def model(self, spec: str | Model) -> Model:
+        """The model for a spec, built once per runtime (with the runtime's clock)."""
+        if not isinstance(spec, str):
+            return spec
+        found = self._models.get(spec)
+        if found is None:
+            found = parse_model(spec, clock=self.clock)
+            self._models[spec] = found
+            self._owned_models.append(found)
+        return found
+
+    def effective_policy(self, *levels: Policy | None) -> Policy:
+        """The policy for a call: the innermost (last) level wins field by field."""
+        out = self.policy
+        for level in levels:
+            if level is not None:
+                out = level.over(out)
+        return out
+
+    def note_policy(self, run_id: str, step_id: str | None, action: str, key: str) -> None:
+        """Record a policy action (for the demo, stats and tests)."""
+        self.policy_counts[action] += 1
+        self.policy_log.append(PolicyNote(self.clock.now(), run_id, step_id, action, key))
+
+    def _on_breaker(self, t: BreakerTransition) -> None:
+        action = f"breaker_{t.to_state.value}"
+        self.policy_counts[action] += 1
+        self.policy_log.append(PolicyNote(self.clock.now(), None, None, action, t.key))
+        log.info("circuit breaker %s: %s -> %s", t.key, t.from_state.value, t.to_state.value)
+
     # -- lifecycle -------------------------------------------------------------------
 
     async def __aenter__(self) -> Runtime:
@@ -267,6 +344,13 @@ class Runtime:
         await asyncio.gather(*self._tasks, *active, return_exceptions=True)
         if self._started:
             await self.store.close()
+        for m in self._owned_models:
+            aclose = getattr(m, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except Exception:
+                    log.exception("closing model %r failed", m)
         self.thread_pool.shutdown(wait=False, cancel_futures=True)
         self._started = False
 
@@ -364,6 +448,14 @@ class Runtime:
                                    force_scan=True)
         return [lease.run_id for lease in leases]
 
+    async def redrive(self, run_id: str) -> RunHandle[Any]:
+        """Send a dead-lettered run through again (``stalwart dlq retry``): the step that
+        exhausted its policies runs again with a fresh attempt count."""
+        await self.open()
+        await self.store.redrive(run_id, now=self.clock.now())
+        self.poke()
+        return RunHandle(self, run_id, created=False)
+
     async def wait_for_end(self, run_id: str, *, timeout: float | None = None) -> RunRecord:
         """Wait until the run is completed, failed or cancelled."""
         deadline = None if timeout is None else self.clock.monotonic() + timeout
@@ -389,7 +481,8 @@ class Runtime:
         if rec.status == RunStatus.CANCELLED:
             raise RunCancelledError(f"run {rec.run_id} was cancelled", run_id=rec.run_id)
         info = ErrorInfo.from_json(rec.error or '{"type": "unknown", "message": ""}')
-        err = RunFailedError(f"run {rec.run_id} failed: {info.type}: {info.message}",
+        verb = "was dead-lettered" if rec.status == RunStatus.DEAD_LETTERED else "failed"
+        err = RunFailedError(f"run {rec.run_id} {verb}: {info.type}: {info.message}",
                              error_type=info.type, run_id=rec.run_id)
         raise err from rebuild_error(info, run_id=rec.run_id)
 

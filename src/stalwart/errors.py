@@ -25,7 +25,13 @@ seconds, or ``None``) and where it happened (``run_id``, ``step_id``, ``attempt`
     │   ├── CallTimeoutError          a timeout or deadline scope expired; retryable
     │   ├── CircuitOpenError          the breaker rejected the call; not retryable
     │   ├── BulkheadFullError         no slot: queue full or queue_timeout; retryable
-    │   └── ThrottledError            the local rate limiter would wait past max_wait
+    │   ├── ThrottledError            the local rate limiter would wait past max_wait
+    │   └── FallbackExhaustedError    every model of a fallback chain failed
+    ├── AgentError                    an agent's loop could not produce an answer
+    │   ├── MaxIterationsError        the loop hit max_iterations (no fallback output)
+    │   ├── ToolLoopError             the same tool call with the same arguments, N times
+    │   ├── RepairBudgetExceededError too many malformed tool calls from the model
+    │   └── OutputValidationError     the final answer failed output_type after re-asks
     └── ModelError                    raised by model adapters and the simulator;
         │                             the ones below also carry provider, model, status_code
         ├── RateLimitedError          429; retryable, retry_after from Retry-After
@@ -47,6 +53,12 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AgentError",
+    "FallbackExhaustedError",
+    "MaxIterationsError",
+    "OutputValidationError",
+    "RepairBudgetExceededError",
+    "ToolLoopError",
     "AuthenticationError",
     "BulkheadFullError",
     "CallTimeoutError",
@@ -237,7 +249,7 @@ class ModelError(StalwartError):
     """Raised by a model adapter; subclasses say what kind of failure it was."""
 
 
-class Cancelled(BaseException):  # noqa: N818 - a control-flow signal, like trio.Cancelled
+class Cancelled(BaseException):
     """Raised inside a workflow whose run was cancelled, at its next step boundary.
 
     It derives from ``BaseException`` so that ``except Exception`` in workflow code does
@@ -402,3 +414,48 @@ class ThrottledError(ResilienceError):
     def __init__(self, message: str, *, key: str, **context: Any) -> None:
         super().__init__(message, **context)
         self.key = key
+
+
+class FallbackExhaustedError(ResilienceError):
+    """Every model of a fallback chain failed or had its breaker open.
+
+    Attributes:
+        keys: the dependency keys tried, in order.
+    """
+
+    def __init__(self, message: str, *, keys: tuple[str, ...], **context: Any) -> None:
+        super().__init__(message, **context)
+        self.keys = keys
+
+
+# --- agents --------------------------------------------------------------------------
+
+
+class AgentError(StalwartError):
+    """An agent's control loop ended without an answer.
+
+    Attributes:
+        agent: the agent's name.
+    """
+
+    def __init__(self, message: str, *, agent: str, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.agent = agent
+
+
+class MaxIterationsError(AgentError):
+    """The agent reached ``max_iterations`` model turns without a final answer."""
+
+
+class ToolLoopError(AgentError):
+    """The model asked for the same tool with the same arguments too many times."""
+
+
+class RepairBudgetExceededError(AgentError):
+    """The model sent more malformed tool calls (bad JSON, wrong types, unknown tools)
+    than the agent's repair budget allows."""
+
+
+class OutputValidationError(AgentError):
+    """The final answer did not validate against ``output_type`` after the re-asks
+    (an outcome check: it counts as a failure, not as an answer)."""

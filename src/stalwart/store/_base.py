@@ -62,6 +62,7 @@ class EventKind(enum.StrEnum):
     RUN_CLAIMED = "run_claimed"
     STEP_COMPLETED = "step_completed"
     STEP_FAILED = "step_failed"
+    ATTEMPT_FAILED = "attempt_failed"
     TIMER_STARTED = "timer_started"
     SIGNAL_WAIT_STARTED = "signal_wait_started"
     SIGNAL_RECEIVED = "signal_received"
@@ -71,6 +72,8 @@ class EventKind(enum.StrEnum):
     RUN_COMPLETED = "run_completed"
     RUN_FAILED = "run_failed"
     RUN_CANCELLED = "run_cancelled"
+    RUN_DEAD_LETTERED = "run_dead_lettered"
+    RUN_REDRIVEN = "run_redriven"
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,4 +277,14 @@ class Store(Protocol):
 
     async def next_wake_at(self) -> float | None:
         """The earliest ``wake_at`` of any parked run."""
+        ...
+
+    async def redrive(self, run_id: str, *, now: float) -> RunRecord:
+        """Put a dead-lettered run back to pending, journaling ``run_redriven`` with the
+        step id that dead-lettered it (so that step runs again with fresh attempts).
+
+        Raises:
+            RunNotFoundError: no such run.
+            ConfigurationError: the run is not dead-lettered.
+        """
         ...

@@ -674,6 +674,30 @@ class SQLiteStore:
 
         return await self._write(op)
 
+    async def redrive(self, run_id: str, *, now: float) -> RunRecord:
+        def op(conn: sqlite3.Connection) -> RunRecord:
+            row = conn.execute("SELECT status, event_count FROM runs WHERE run_id = ?",
+                               (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
+            if row[0] != RunStatus.DEAD_LETTERED:
+                raise ConfigurationError(
+                    f"run {run_id} is {row[0]}, not dead_lettered; only dead-lettered runs "
+                    "can be retried", run_id=run_id)
+            last = conn.execute(
+                "SELECT step_id FROM events WHERE run_id = ? AND kind = 'run_dead_lettered' "
+                "ORDER BY seq DESC LIMIT 1", (run_id,)).fetchone()
+            self._insert_events(conn, run_id, row[1], [NewEvent(
+                EventKind.RUN_REDRIVEN, step_id=last[0] if last else None)], now)
+            conn.execute(
+                "UPDATE runs SET status = 'pending', result = NULL, error = NULL, "
+                "cancel_requested = 0, updated_at = ? WHERE run_id = ?", (now, run_id))
+            out = conn.execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            return _run_record(out)
+
+        return await self._write(op)
+
     async def next_wake_at(self) -> float | None:
         def op() -> float | None:
             row = self._db().execute(

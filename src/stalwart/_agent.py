@@ -1,0 +1,304 @@
+"""Agents: a bounded, journaled tool-calling loop (ReAct).
+
+``await agent.run(ctx, input)`` alternates model turns and tool calls until the model
+answers without asking for tools. Every model turn and every tool call is a journaled
+step behind the policy stack, so a resumed run replays the conversation up to where it
+stopped without calling anything again.
+
+The loop is bounded: ``max_iterations`` model turns (then ``fallback_output`` or
+:class:`MaxIterationsError`); the same tool with the same arguments ``loop_limit`` times
+raises :class:`ToolLoopError`; malformed tool calls from the model (bad JSON, wrong
+types, unknown tools) go back to the model as structured tool errors, at most
+``max_repairs`` of them; a final answer that fails ``output_type`` is re-asked at most
+``max_reasks`` times, then :class:`OutputValidationError`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, final
+
+from pydantic import BaseModel, TypeAdapter
+from typing_extensions import TypeVar
+
+from ._calls import Candidate, guarded_call
+from ._policy import Policy
+from ._tools import Tool, ToolArgumentsError
+from .errors import (
+    ConfigurationError,
+    MaxIterationsError,
+    OutputValidationError,
+    RepairBudgetExceededError,
+    StoreError,
+    ToolLoopError,
+)
+from .models import (
+    Message,
+    Model,
+    ModelOptions,
+    ModelRequest,
+    ModelResponse,
+    ToolCallRequest,
+    Usage,
+    count_tokens,
+)
+
+if TYPE_CHECKING:
+    from ._context import Context
+
+__all__ = ["Agent", "AgentResult"]
+
+OutT = TypeVar("OutT", default=str)
+_MISSING: Any = object()
+_RESPONSE = TypeAdapter(ModelResponse)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class AgentResult(Generic[OutT]):
+    """What an agent run produced, with its accounting.
+
+    Attributes:
+        output: the validated answer (``str`` without an ``output_type``).
+        messages: the whole conversation.
+        usage: tokens summed over every model turn of this run of the agent.
+        iterations: model turns taken.
+        tool_calls: tool calls executed (repairs not counted).
+        models: which model answered each turn (fallbacks show here).
+        fallback_used: True when ``fallback_output`` was returned.
+    """
+
+    output: OutT
+    messages: tuple[Message, ...]
+    usage: Usage
+    iterations: int
+    tool_calls: int
+    models: tuple[str, ...] = field(default=())
+    fallback_used: bool = False
+
+
+def _input_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, BaseModel):
+        return value.model_dump_json()
+    try:
+        return json.dumps(TypeAdapter(Any).dump_python(value, mode="json"))
+    except Exception:
+        return str(value)
+
+
+def _strip_fences(text: str) -> str:
+    t = text.strip()
+    if t.startswith("```"):
+        t = t.split("\n", 1)[1] if "\n" in t else ""
+        if t.rstrip().endswith("```"):
+            t = t.rstrip()[:-3]
+    return t.strip()
+
+
+@final
+class Agent(Generic[OutT]):
+    """An LLM agent: a model, instructions, tools, and a bounded control loop.
+
+    Args:
+        name: identifies the agent in the journal, metrics and traces.
+        model: ``"provider:name"`` (``"sim:..."`` is the offline simulator) or a Model.
+        instructions: the system prompt.
+        tools: tools the model may call.
+        output_type: validate the final answer as this type (JSON); ``None``: text.
+        policy: resilience policies for this agent's calls (over the runtime's).
+        pool: the bulkhead pool its model calls share (default: the agent's name).
+        options: sampling options for every turn.
+        max_iterations, loop_limit, max_repairs, max_reasks: the loop's bounds.
+        fallback_output: returned instead of raising when max_iterations is reached.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        model: str | Model,
+        *,
+        instructions: str = "",
+        tools: Sequence[Tool[Any, Any]] = (),
+        output_type: type[OutT] | None = None,
+        policy: Policy | None = None,
+        pool: str | None = None,
+        options: ModelOptions | None = None,
+        max_iterations: int = 10,
+        loop_limit: int = 3,
+        max_repairs: int = 3,
+        max_reasks: int = 2,
+        fallback_output: Any = _MISSING,
+    ) -> None:
+        if not name:
+            raise ConfigurationError("an agent needs a name")
+        for label, value, low in (("max_iterations", max_iterations, 1),
+                                  ("loop_limit", loop_limit, 2),
+                                  ("max_repairs", max_repairs, 0),
+                                  ("max_reasks", max_reasks, 0)):
+            if not isinstance(value, int) or value < low:
+                raise ConfigurationError(f"Agent.{label} must be an int >= {low}")
+        names = [t.name for t in tools]
+        if len(names) != len(set(names)):
+            raise ConfigurationError(f"agent {name!r}: duplicate tool names {names}")
+        self.name = name
+        self.model = model
+        self.instructions = instructions
+        self.tools = {t.name: t for t in tools}
+        self.output_type = output_type
+        self.policy = policy
+        self.pool = pool or name
+        self.options = options or ModelOptions()
+        self.max_iterations = max_iterations
+        self.loop_limit = loop_limit
+        self.max_repairs = max_repairs
+        self.max_reasks = max_reasks
+        self.fallback_output = fallback_output
+        self._adapter: TypeAdapter[Any] | None = (
+            TypeAdapter(output_type) if output_type is not None else None)
+
+    def __repr__(self) -> str:
+        return f"<Agent {self.name} model={self.model!r}>"
+
+    def _system_prompt(self) -> str:
+        text = self.instructions
+        if self._adapter is not None:
+            schema = json.dumps(self._adapter.json_schema())
+            text = (f"{text}\n\nAnswer with JSON only, matching this JSON schema:\n{schema}"
+                    ).strip()
+        return text
+
+    async def run(self, ctx: Context, input: Any, *, policy: Policy | None = None) -> OutT:
+        """Run the loop and return the validated output."""
+        return (await self.run_result(ctx, input, policy=policy)).output
+
+    async def run_result(self, ctx: Context, input: Any, *,
+                         policy: Policy | None = None) -> AgentResult[OutT]:
+        """Run the loop and return the output with the conversation and accounting."""
+        runtime = ctx._ex.runtime
+        effective = runtime.effective_policy(self.policy, policy)
+        chain = [self.model, *effective.fallback_chain]
+        models = [runtime.model(spec) for spec in chain]
+        messages: list[Message] = []
+        system = self._system_prompt()
+        if system:
+            messages.append(Message.system(system))
+        messages.append(Message.user(_input_text(input)))
+        specs = tuple(t.spec for t in self.tools.values())
+        usage_in = usage_out = 0
+        answered_by: list[str] = []
+        seen: Counter[str] = Counter()
+        repairs = reasks = executed = 0
+
+        for _turn in range(self.max_iterations):
+            request = ModelRequest(messages=tuple(messages), tools=specs, options=self.options)
+            estimate = sum(count_tokens(m.content or "") for m in request.messages)
+            candidates = [
+                Candidate(key=f"{m.provider}:{m.name}",
+                          call=_completer(m, request), estimate_tokens=estimate,
+                          actual_tokens=lambda r: int(r.usage.input_tokens
+                                                      + r.usage.output_tokens))
+                for m in models
+            ]
+            response: ModelResponse = await guarded_call(
+                ctx, name=f"chat:{self.name}", candidates=candidates, policy=effective,
+                pool=self.pool,
+                encode_result=lambda r: _RESPONSE.dump_json(r).decode(),
+                decode_result=_RESPONSE.validate_json)
+            usage_in += response.usage.input_tokens
+            usage_out += response.usage.output_tokens
+            answered_by.append(f"{response.provider}:{response.model}")
+            messages.append(response.to_message())
+
+            if response.tool_calls:
+                for call in response.tool_calls:
+                    content, repaired = await self._run_tool(ctx, call, seen)
+                    if repaired:
+                        repairs += 1
+                        if repairs > self.max_repairs:
+                            raise RepairBudgetExceededError(
+                                f"agent {self.name!r}: more than {self.max_repairs} "
+                                f"malformed tool calls (last: {content})", agent=self.name,
+                                run_id=ctx.run_id)
+                    else:
+                        executed += 1
+                    messages.append(Message.tool(content, tool_call_id=call.id,
+                                                 name=call.name))
+                continue
+
+            text = response.content or ""
+            if self._adapter is None:
+                output: Any = text
+            else:
+                try:
+                    output = self._adapter.validate_json(_strip_fences(text))
+                except Exception as exc:
+                    reasks += 1
+                    if reasks > self.max_reasks:
+                        raise OutputValidationError(
+                            f"agent {self.name!r}: the answer does not match "
+                            f"{getattr(self.output_type, '__name__', self.output_type)} "
+                            f"after {self.max_reasks} re-asks: {exc}",
+                            agent=self.name, run_id=ctx.run_id) from None
+                    messages.append(Message.user(
+                        "Your answer was not valid: "
+                        f"{str(exc)[:2000]}\nReply again with JSON only, matching the "
+                        "schema."))
+                    continue
+            return AgentResult(output=output, messages=tuple(messages),
+                               usage=Usage(input_tokens=usage_in, output_tokens=usage_out),
+                               iterations=len(answered_by), tool_calls=executed,
+                               models=tuple(answered_by))
+
+        if self.fallback_output is not _MISSING:
+            return AgentResult(output=self.fallback_output, messages=tuple(messages),
+                               usage=Usage(input_tokens=usage_in, output_tokens=usage_out),
+                               iterations=len(answered_by), tool_calls=executed,
+                               models=tuple(answered_by), fallback_used=True)
+        raise MaxIterationsError(
+            f"agent {self.name!r}: no final answer after {self.max_iterations} model turns",
+            agent=self.name, run_id=ctx.run_id)
+
+    async def _run_tool(self, ctx: Context, call: ToolCallRequest,
+                        seen: Counter[str]) -> tuple[str, bool]:
+        """Execute one requested tool call; returns (message content, was a repair)."""
+        tool = self.tools.get(call.name)
+        if tool is None:
+            return _tool_error("unknown_tool", f"there is no tool named {call.name!r}; "
+                               f"available: {sorted(self.tools)}"), True
+        if call.parse_error is not None or call.parsed is None:
+            return _tool_error("invalid_json",
+                               f"arguments are not a JSON object: {call.parse_error}"), True
+        try:
+            arguments = tool.validate(dict(call.parsed))
+        except ToolArgumentsError as exc:
+            return _tool_error("invalid_arguments", json.dumps(exc.errors)), True
+        signature = f"{call.name}:{json.dumps(call.parsed, sort_keys=True)}"
+        seen[signature] += 1
+        if seen[signature] >= self.loop_limit:
+            raise ToolLoopError(
+                f"agent {self.name!r}: tool {call.name!r} was called {seen[signature]} times "
+                f"with the same arguments {call.arguments}", agent=self.name,
+                run_id=ctx.run_id)
+        try:
+            result = await ctx.tool(tool, _tool_call_id=call.id, **arguments)
+        except StoreError:
+            raise
+        except Exception as exc:
+            return _tool_error("tool_failed", f"{type(exc).__name__}: {exc}"), False
+        return (result if isinstance(result, str) else _input_text(result)), False
+
+
+def _completer(model: Model, request: ModelRequest) -> Any:
+    async def call(step_id: str, attempt: int) -> ModelResponse:
+        return await model.complete(request)
+
+    return call
+
+
+def _tool_error(kind: str, message: str) -> str:
+    return json.dumps({"error": {"type": kind, "message": message}})

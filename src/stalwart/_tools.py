@@ -1,0 +1,115 @@
+"""Tools: side-effecting functions a model may call, with validated arguments.
+
+``@app.tool`` wraps a sync or async function. Its parameters become a pydantic model
+(validation, and the JSON schema exported in the OpenAI and Anthropic tool formats); a
+parameter annotated :class:`ToolCall` is not part of the schema but receives the call's
+identity, whose ``idempotency_key`` is the same on every retry and after a crash, so the
+service behind the tool can deduplicate the effect.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, ParamSpec, TypeVar, final, get_type_hints
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from ._policy import Policy
+from .errors import ConfigurationError
+from .models import ToolSpec
+
+__all__ = ["Tool", "ToolCall", "ToolArgumentsError"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """The identity of one tool call, handed to a tool that declares a ToolCall parameter.
+
+    Attributes:
+        run_id, step_id: where the call is journaled.
+        tool: the tool's name.
+        attempt: 1 for the first attempt, 2 for the first retry, ...
+        tool_call_id: the model's id for the call, when a model asked for it.
+    """
+
+    run_id: str
+    step_id: str
+    tool: str
+    attempt: int
+    tool_call_id: str | None = None
+
+    @property
+    def idempotency_key(self) -> str:
+        """``"{run_id}:{step_id}"``: identical on every retry and after resume."""
+        return f"{self.run_id}:{self.step_id}"
+
+
+class ToolArgumentsError(ValueError):
+    """Arguments for a tool did not validate; ``errors`` is pydantic's list."""
+
+    def __init__(self, tool: str, errors: list[dict[str, Any]]) -> None:
+        super().__init__(f"invalid arguments for tool {tool!r}: {errors}")
+        self.tool = tool
+        self.errors = errors
+
+
+@final
+class Tool(Generic[P, R]):
+    """A registered tool. Call it from a workflow with ``ctx.tool(tool, **arguments)``;
+    give it to an :class:`~stalwart.Agent` to let a model call it."""
+
+    def __init__(self, fn: Callable[P, R], *, name: str | None = None,
+                 description: str | None = None, policy: Policy | None = None) -> None:
+        self.fn = fn
+        self.name = name or fn.__name__
+        self.description = description or inspect.getdoc(fn) or ""
+        self.policy = policy
+        self.is_async = inspect.iscoroutinefunction(fn)
+        try:
+            hints = get_type_hints(fn)
+        except Exception as exc:
+            raise ConfigurationError(f"tool {self.name!r}: cannot read annotations: {exc}") \
+                from exc
+        self.return_type: Any = hints.get("return", Any)
+        self.call_param: str | None = None
+        fields: dict[str, Any] = {}
+        for pname, param in inspect.signature(fn).parameters.items():
+            tp = hints.get(pname, Any)
+            if tp is ToolCall:
+                self.call_param = pname
+                continue
+            if param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+                raise ConfigurationError(
+                    f"tool {self.name!r}: *args/**kwargs cannot be described to a model")
+            default = ... if param.default is inspect.Parameter.empty else param.default
+            fields[pname] = (tp, default)
+        self.args_model: type[BaseModel] = create_model(
+            f"{self.name}_arguments", __config__=ConfigDict(extra="forbid"), **fields)
+        try:
+            self.spec = ToolSpec(name=self.name, description=self.description,
+                                 parameters=self.args_model.model_json_schema())
+        except Exception as exc:
+            raise ConfigurationError(f"tool {self.name!r}: {exc}") from exc
+
+    def __repr__(self) -> str:
+        return f"<Tool {self.name}>"
+
+    def validate(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """Validated keyword arguments (types coerced as pydantic does).
+
+        Raises:
+            ToolArgumentsError: unknown, missing or ill-typed arguments.
+        """
+        try:
+            model = self.args_model.model_validate(arguments)
+        except ValidationError as exc:
+            errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+                      for e in exc.errors()]
+            raise ToolArgumentsError(self.name, errors) from None
+        return {k: getattr(model, k) for k in type(model).model_fields}
