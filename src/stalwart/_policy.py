@@ -46,11 +46,11 @@ class Policy:
             its retries are exhausted (models only).
     """
 
-    retry: Retry | None | _Inherit = INHERIT
-    timeout: Timeout | float | None | _Inherit = INHERIT
-    breaker: CircuitBreakerConfig | None | _Inherit = INHERIT
-    rate_limit: RateLimit | None | _Inherit = INHERIT
-    bulkhead: BulkheadConfig | None | _Inherit = INHERIT
+    retry: Retry | _Inherit | None = INHERIT
+    timeout: Timeout | float | _Inherit | None = INHERIT
+    breaker: CircuitBreakerConfig | _Inherit | None = INHERIT
+    rate_limit: RateLimit | _Inherit | None = INHERIT
+    bulkhead: BulkheadConfig | _Inherit | None = INHERIT
     fallback: tuple[Any, ...] | _Inherit = INHERIT
 
     def __post_init__(self) -> None:

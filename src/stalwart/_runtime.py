@@ -12,21 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter, deque
-from dataclasses import dataclass
 import os
 import socket
 import uuid
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, final, overload
 
 from ._clock import Clock, SystemClock
-from ._policy import DEFAULT_POLICY, Policy
 from ._context import Context
 from ._execution import Execution, race_event
+from ._policy import DEFAULT_POLICY, Policy
 from ._serde import ErrorInfo, decode, encode, import_ref, rebuild_error, return_type
 from .errors import (
     ConfigurationError,
