@@ -416,7 +416,7 @@ class CircuitBreaker:
             permitted = self._config.permitted_calls_in_half_open
             self._permits = permitted
             self._metrics = _Metrics(
-                _CountWindow(permitted), self._config.minimum_calls
+                _CountWindow(permitted), min(self._config.minimum_calls, permitted)
             )
         event = BreakerTransition(self._key, before, to, self._clock.now())
         for listener in list(self._listeners):
