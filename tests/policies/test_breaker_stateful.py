@@ -81,7 +81,9 @@ class Model:
         if (failure >= self.config.failure_rate_threshold
                 or slow >= self.config.slow_call_rate_threshold):
             self.state = OPEN
-            self.open_until = now + float(self.config.wait_in_open)  # type: ignore[arg-type]
+            wait = self.config.wait_in_open
+            assert isinstance(wait, float)
+            self.open_until = now + wait
         elif self.state is HALF_OPEN:
             self.state, self.outcomes = CLOSED, []
 
@@ -123,17 +125,21 @@ class BreakerMachine(RuleBasedStateMachine):
     def acquire(self) -> None:
         now = self.clock.monotonic()
         allowed = self.model.acquire(now)
+        rejection: CircuitOpenError | None = None
         try:
             self.breaker.acquire()
         except CircuitOpenError as error:
-            assert not allowed
-            assert not error.retryable
-            if error.state == "open":
-                assert error.retry_after is not None
-                assert 0 < error.retry_after <= float(self.model.config.wait_in_open)  # type: ignore[arg-type]
-        else:
-            assert allowed
+            rejection = error
+        assert (rejection is None) == allowed
+        if rejection is None:
             self.in_flight += 1
+            return
+        assert not rejection.retryable
+        if rejection.state == "open":
+            wait = self.model.config.wait_in_open
+            assert isinstance(wait, float)
+            assert rejection.retry_after is not None
+            assert 0 < rejection.retry_after <= wait
 
     @precondition(lambda self: self.in_flight > 0)
     @rule(
