@@ -384,9 +384,10 @@ def test_registry_creates_one_breaker_per_key() -> None:
     clock = FakeClock()
     special = CircuitBreakerConfig(minimum_calls=1, window_size=1)
     registry = BreakerRegistry(clock=clock, overrides={"tool:send_email": special})
-    events: list[BreakerTransition] = []
-    registry.add_listener(events.append)
     gpt = registry.get("openai:gpt-4o")
+    assert gpt.key == "openai:gpt-4o"
+    events: list[BreakerTransition] = []
+    registry.add_listener(events.append)  # reaches breakers made before and after
     assert registry.get("openai:gpt-4o") is gpt
     assert gpt.config == CircuitBreakerConfig()
     email = registry.get("tool:send_email")
@@ -396,3 +397,5 @@ def test_registry_creates_one_breaker_per_key() -> None:
     assert events == [BreakerTransition("tool:send_email", CLOSED, OPEN, clock.now())]
     assert set(registry.statistics()) == {"openai:gpt-4o", "tool:send_email"}
     assert registry.statistics()["tool:send_email"].state is OPEN
+    trip(gpt)
+    assert events[-1] == BreakerTransition("openai:gpt-4o", CLOSED, OPEN, clock.now())

@@ -123,6 +123,24 @@ async def test_a_slot_handed_to_a_cancelled_waiter_moves_on() -> None:
     assert (stats.active, stats.queued) == (1, 0)
 
 
+async def test_a_release_skips_a_waiter_cancelled_but_not_yet_resumed() -> None:
+    """A waiter cancelled before its task runs again is passed over by release()."""
+    clock = FakeClock()
+    bulkhead = Bulkhead(BulkheadConfig(max_concurrent=1), clock=clock, name="pool")
+    await bulkhead.acquire()
+    first = asyncio.create_task(bulkhead.acquire())
+    second = asyncio.create_task(bulkhead.acquire())
+    await settle()
+    first.cancel()  # its future is cancelled now; its task resumes later
+    bulkhead.release()
+    await second
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    stats = bulkhead.statistics()
+    assert (stats.active, stats.queued) == (1, 0)
+    assert bulkhead.name == "pool"
+
+
 async def test_releasing_more_than_acquired_is_an_error() -> None:
     """An unmatched release raises instead of corrupting the count."""
     bulkhead = Bulkhead(clock=FakeClock())

@@ -202,6 +202,34 @@ async def test_cancelled_waiter_gives_its_reservation_back() -> None:
     assert (stats.waiting, stats.acquired, stats.requests_available) == (0, 1, 0.0)
 
 
+async def test_cancelled_token_waiter_gives_its_tokens_back() -> None:
+    """A token-only limiter refunds a cancelled waiter's tokens; settle is exact after."""
+    clock = FakeClock(start=0.0)
+    limiter = RateLimiter(RateLimit(tokens_per_minute=600), clock=clock, key="m")
+    await limiter.acquire(600)
+    task = asyncio.create_task(limiter.acquire(300))
+    await asyncio.sleep(0)
+    assert limiter.statistics().tokens_available == -300.0
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    stats = limiter.statistics()
+    assert (stats.tokens_available, stats.requests_available, limiter.key) == (0.0, None, "m")
+
+
+def test_settle_without_a_token_limit_does_nothing() -> None:
+    """A request-only limiter ignores token settlements."""
+    limiter = RateLimiter(RateLimit(requests_per_minute=60), clock=FakeClock())
+    limiter.settle(100, 5000)
+    assert limiter.statistics().tokens_available is None
+
+
+def test_bucket_reports_its_shape() -> None:
+    """A bucket exposes its capacity and refill rate."""
+    bucket = TokenBucket(100, 2.5, now=0.0)
+    assert (bucket.capacity, bucket.refill_per_second) == (100.0, 2.5)
+
+
 async def test_statistics_count_waits() -> None:
     """statistics() reports acquisitions and the total wait handed out."""
     clock = FakeClock(start=0.0, autojump=True)
@@ -223,5 +251,7 @@ def test_registry_returns_none_for_unlimited_keys() -> None:
     assert registry.get("anthropic:claude") is None
     assert registry.get("x", RateLimit(tokens_per_minute=10)) is not None
     assert set(registry.statistics()) == {"openai:gpt-4o", "x"}
+    assert "x" in registry
+    assert "anthropic:claude" not in registry
     with_default = RateLimiterRegistry(clock=clock, default=RateLimit(requests_per_minute=1))
     assert with_default.get("anything") is not None

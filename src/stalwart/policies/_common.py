@@ -7,7 +7,7 @@ decision code does plain arithmetic and two configs meaning the same thing compa
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Generic, TypeVar
 
@@ -88,12 +88,6 @@ class KeyedRegistry(Generic[_C, _P]):
 
     def __contains__(self, key: object) -> bool:
         return key in self._policies
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(self._policies))
-
-    def __len__(self) -> int:
-        return len(self._policies)
 
     def items(self) -> list[tuple[str, _P]]:
         """The policies created so far, by key, in creation order."""
