@@ -98,7 +98,7 @@ CREATE TABLE events (
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX events_one_outcome ON events (run_id, step_id)
-    WHERE kind IN ('step_completed', 'step_failed');
+    WHERE kind = 'step_completed';
 CREATE TABLE signals (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id TEXT NOT NULL,
@@ -599,8 +599,10 @@ class SQLiteStore:
             if err is not exc:
                 err.__cause__ = exc
             outcomes = [err] * len(batch)
-        for (*_, fut), outcome in zip(batch, outcomes, strict=True):
-            loop.call_soon_threadsafe(_settle, fut, outcome)
+        # One wake-up of the event loop for the whole batch, not one per waiting append.
+        loop.call_soon_threadsafe(
+            _settle_all, [(fut, outcome) for (*_, fut), outcome in zip(batch, outcomes,
+                                                                       strict=True)])
 
     # -- signals and cancellation ----------------------------------------------------
 
@@ -706,6 +708,12 @@ class SQLiteStore:
             return None if row is None or row[0] is None else float(row[0])
 
         return await self._call(op)
+
+
+def _settle_all(settled: list[tuple[asyncio.Future[AppendResult],
+                                    AppendResult | BaseException]]) -> None:
+    for fut, outcome in settled:
+        _settle(fut, outcome)
 
 
 def _settle(fut: asyncio.Future[AppendResult], outcome: AppendResult | BaseException) -> None:
