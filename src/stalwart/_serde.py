@@ -23,6 +23,8 @@ import inspect
 import json
 import pickle
 import traceback
+import types
+import weakref
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, get_type_hints
@@ -35,6 +37,7 @@ __all__ = ["ErrorInfo", "decode", "encode", "encode_error", "return_type", "rebu
 
 _MODEL_TAG = "__stalwart_model__"
 _NO_HINT: Any = inspect.Signature.empty
+_MISSING = object()
 
 
 @lru_cache(maxsize=512)
@@ -109,15 +112,29 @@ def decode(text: str, tp: Any = _NO_HINT, *, what: str = "value") -> Any:
         raise SerializationError(f"{what} in the journal cannot be read back: {exc}") from exc
 
 
+# get_type_hints evaluates string annotations on every call (~40 us); a step calls this
+# each time it runs, so plain functions keep their answer (weakly: a function that goes
+# away takes its entry with it).
+_RETURN_TYPES: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
 def return_type(fn: Any) -> Any:
     """The declared return type of ``fn``, or the 'no hint' marker."""
     target = inspect.unwrap(fn)
+    cacheable = isinstance(target, types.FunctionType)
+    if cacheable:
+        found = _RETURN_TYPES.get(target, _MISSING)
+        if found is not _MISSING:
+            return found
     try:
         hints = get_type_hints(target)
     except Exception:
         return _NO_HINT
     # An ``async def f() -> T`` declares T; the coroutine wrapper is not part of the value.
-    return hints.get("return", _NO_HINT)
+    tp = hints.get("return", _NO_HINT)
+    if cacheable:
+        _RETURN_TYPES[target] = tp
+    return tp
 
 
 def parameter_types(fn: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar,
 
 from pydantic import TypeAdapter
 
-from ._serde import _tag_models, _untag_models, parameter_types
+from ._serde import _adapter, _tag_models, _untag_models, parameter_types
 from .errors import ConfigurationError, SerializationError
 
 if TYPE_CHECKING:
@@ -23,10 +23,18 @@ R = TypeVar("R")
 _EMPTY = inspect.Parameter.empty
 
 
+def _type_adapter(tp: Any) -> TypeAdapter[Any]:
+    """A cached adapter (building one costs a millisecond, per start and per execution)."""
+    try:
+        return _adapter(tp)
+    except TypeError:  # an unhashable annotation, e.g. Annotated with a list in it
+        return TypeAdapter(tp)
+
+
 def _to_jsonable(value: Any, tp: Any, what: str) -> Any:
     try:
         if tp is not _EMPTY and tp is not Any:
-            return TypeAdapter(tp).dump_python(value, mode="json")
+            return _type_adapter(tp).dump_python(value, mode="json")
         out = _tag_models(value)
         json.dumps(out, allow_nan=False)
         return out
@@ -37,7 +45,7 @@ def _to_jsonable(value: Any, tp: Any, what: str) -> Any:
 def _from_jsonable(data: Any, tp: Any, what: str) -> Any:
     try:
         if tp is not _EMPTY and tp is not Any:
-            return TypeAdapter(tp).validate_python(data)
+            return _type_adapter(tp).validate_python(data)
         return _untag_models(data)
     except Exception as exc:
         raise SerializationError(f"{what} is not valid: {exc}") from exc
