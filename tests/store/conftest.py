@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import pytest
 
 from stalwart.store import SQLiteStore, Store
+from stalwart.testing import MemoryStore
 
 PG_ENV = "STALWART_TEST_POSTGRES_URL"
 PG_SKIP = f"set {PG_ENV}=postgresql://... to run the PostgreSQL conformance tests"
@@ -50,11 +51,13 @@ def pg_url() -> Iterator[str]:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "memory"])
 def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
     """``(backend, location)`` of an empty journal for one test."""
     if request.param == "sqlite":
         return "sqlite", str(tmp_path / "journal.db")
+    if request.param == "memory":
+        return "memory", ""
     return "postgres", str(request.getfixturevalue("pg_url"))
 
 
@@ -63,9 +66,12 @@ async def open_another(store_location: tuple[str, str]) -> AsyncIterator[StoreFa
     """Open one more store on the test's journal (closed after the test)."""
     backend, location = store_location
     opened: list[Store] = []
+    shared = MemoryStore()  # "another" in-memory store is the same one: one process
 
     async def factory() -> Store:
         store: Store
+        if backend == "memory":
+            return shared
         if backend == "sqlite":
             store = SQLiteStore(location)
         else:

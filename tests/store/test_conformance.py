@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from stalwart.errors import LeaseLostError, RunNotFoundError, StoreError
+from stalwart.errors import ConfigurationError, LeaseLostError, RunNotFoundError, StoreError
 from stalwart.store import (
     EventKind,
     Finish,
@@ -583,6 +583,30 @@ async def test_cancel_recurses_into_unfinished_children(store: Store) -> None:
     assert (await store.append(busy, [], now=T0 + 3)).cancel_requested
 
 
+async def test_redrive_puts_a_dead_lettered_run_back_to_pending(store: Store) -> None:
+    """redrive re-queues a dead-lettered run, journaling the step that dead-lettered it."""
+    lease = await running(store, "r1")
+    await store.append(lease, [NewEvent(EventKind.RUN_DEAD_LETTERED, step_id="3")], now=T0,
+                       finish=Finish(RunStatus.DEAD_LETTERED, error='{"type": "E"}'))
+    assert await ready_ids(store, now=T0 + 1) == []
+    rec = await store.redrive("r1", now=T0 + 2)
+    assert (rec.status, rec.result, rec.error, rec.cancel_requested) == (
+        RunStatus.PENDING, None, None, False)
+    last = (await store.load_events("r1"))[-1]
+    assert (last.kind, last.step_id, last.created_at) == (EventKind.RUN_REDRIVEN, "3", T0 + 2)
+    assert await ready_ids(store, now=T0 + 3) == ["r1"]
+
+
+async def test_redrive_refuses_other_runs(store: Store) -> None:
+    """Only a dead-lettered run can be redriven; an unknown one raises RunNotFoundError."""
+    await new_run(store, "r1")
+    with pytest.raises(ConfigurationError):
+        await store.redrive("r1", now=T0)
+    with pytest.raises(RunNotFoundError):
+        await store.redrive("nope", now=T0)
+    assert (await get(store, "r1")).status == RunStatus.PENDING
+
+
 # -- children --------------------------------------------------------------------------
 
 
@@ -714,5 +738,5 @@ async def test_concurrent_appends_of_one_run_get_distinct_seqs(store: Store) -> 
 async def test_open_is_idempotent_and_the_store_reports_a_url(store: Store) -> None:
     """open() on an open store is a no-op; url names the backend without secrets."""
     await store.open()
-    assert store.url.split(":", 1)[0] in ("sqlite", "postgresql")
+    assert store.url.split(":", 1)[0] in ("sqlite", "postgresql", "memory")
     assert isinstance(store, Store)

@@ -9,10 +9,12 @@ from ._fault_server import Fault as Fault
 from ._fault_server import FaultServer as FaultServer
 from ._fault_server import RecordedRequest as RecordedRequest
 from ._fault_server import Reply as Reply
+from ._memory_store import MemoryStore as MemoryStore
 
 __all__ = [
     "Fault",
     "FaultServer",
+    "MemoryStore",
     "RecordedRequest",
     "Reply",
 ]
