@@ -243,7 +243,8 @@ class MemoryStore:
         cancel = run.rec.cancel_requested
         if finish is not None:
             status, wake_at = finish.status, finish.wake_at
-            if (status == RunStatus.WAITING and run.wake_requested) or (status == RunStatus.SLEEPING and cancel):
+            woken = status == RunStatus.WAITING and run.wake_requested
+            if woken or (status == RunStatus.SLEEPING and cancel):
                 status, wake_at = RunStatus.PENDING, None
             self._set(run, status=status, result=finish.result, error=finish.error,
                       wake_at=wake_at, lease_owner=None, lease_expires_at=None, updated_at=now)
