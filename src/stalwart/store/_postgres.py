@@ -1,0 +1,816 @@
+"""The shared journal: PostgreSQL, for many workers on many machines.
+
+Same semantics as :class:`~stalwart.store.SQLiteStore` (both pass
+``tests/store/test_conformance.py``); what differs is how they are obtained:
+
+* **Fencing.** Every write that acts for a run locks its row (``SELECT … FOR UPDATE``)
+  and checks the lease owner and token in the same transaction as the write.
+* **Claims** pick ready runs with ``FOR UPDATE SKIP LOCKED``: racing workers each get
+  different runs and never wait on one another.
+* **Group commit.** Appends queue while earlier ones are being written; a flusher takes
+  the queue as one transaction, each append in its own savepoint, so a fenced-off
+  writer fails alone. A few flushers run at once, each on its own pooled connection.
+* **Wake-ups.** New runs, signals, finished executions and cancellations send
+  ``NOTIFY stalwart_wake`` (payload: the run id) when they commit;
+  :meth:`PostgresStore.wait_for_notification` lets a scheduler sleep until one comes.
+  Polling stays the safety net: a notification can be lost while a listener reconnects.
+* **Errors.** Connection failures, pool timeouts, deadlocks and serialization failures
+  become :class:`~stalwart.errors.StoreError` with ``retryable=True`` (deadlocks are
+  first retried here, a few times).
+
+The tables (``stalwart_meta``, ``stalwart_runs``, ``stalwart_events``,
+``stalwart_signals``) live in the first schema of the connection's ``search_path``
+(``?options=-csearch_path%3Dmyschema`` in the URL picks one). ``stalwart_meta`` holds the
+schema version; :meth:`PostgresStore.open` creates the tables or migrates an older schema,
+under an advisory lock so that workers starting together do it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg.errors import UniqueViolation
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool
+
+from ..errors import (
+    ConfigurationError,
+    LeaseLostError,
+    NotAStalwartStoreError,
+    RunNotFoundError,
+    SchemaVersionError,
+    StoreError,
+)
+from ._base import (
+    APP_ID,
+    SCHEMA_VERSION,
+    TERMINAL_STATUSES,
+    AppendResult,
+    Event,
+    EventKind,
+    Finish,
+    Lease,
+    NewEvent,
+    Owner,
+    RunRecord,
+    RunStatus,
+)
+
+__all__ = ["CHANNEL", "PostgresStore"]
+
+log = logging.getLogger("stalwart.store.postgres")
+
+T = TypeVar("T")
+Conn = AsyncConnection[TupleRow]
+
+CHANNEL = "stalwart_wake"
+"""The ``LISTEN``/``NOTIFY`` channel; each notification's payload is a run id."""
+
+_RUNS_COLUMNS = frozenset({
+    "run_id", "created_seq", "workflow", "workflow_ref", "status", "input", "result", "error",
+    "parent_run_id", "parent_step_id", "created_at", "updated_at", "wake_at", "lease_owner",
+    "lease_token", "lease_expires_at", "owner_host", "owner_pid", "cancel_requested",
+    "wake_requested", "event_count"})
+_TABLES = {
+    "stalwart_meta": frozenset({"key", "value"}),
+    "stalwart_runs": _RUNS_COLUMNS,
+    "stalwart_events": frozenset({"run_id", "seq", "kind", "step_id", "name", "payload",
+                                  "created_at"}),
+    "stalwart_signals": frozenset({"id", "run_id", "name", "payload", "created_at",
+                                   "consumed_step_id"}),
+}
+
+_SCHEMA = """
+CREATE TABLE stalwart_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE stalwart_runs (
+    run_id TEXT PRIMARY KEY,
+    created_seq BIGINT GENERATED ALWAYS AS IDENTITY,
+    workflow TEXT NOT NULL,
+    workflow_ref TEXT,
+    status TEXT NOT NULL,
+    input TEXT NOT NULL,
+    result TEXT,
+    error TEXT,
+    parent_run_id TEXT,
+    parent_step_id TEXT,
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    wake_at DOUBLE PRECISION,
+    lease_owner TEXT,
+    lease_token BIGINT NOT NULL DEFAULT 0,
+    lease_expires_at DOUBLE PRECISION,
+    owner_host TEXT,
+    owner_pid INTEGER,
+    cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
+    wake_requested BOOLEAN NOT NULL DEFAULT FALSE,
+    event_count INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX stalwart_runs_status ON stalwart_runs (status, wake_at);
+CREATE INDEX stalwart_runs_parent ON stalwart_runs (parent_run_id);
+CREATE INDEX stalwart_runs_created ON stalwart_runs (created_at, created_seq);
+CREATE TABLE stalwart_events (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    step_id TEXT,
+    name TEXT,
+    payload TEXT,
+    created_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+CREATE UNIQUE INDEX stalwart_events_one_outcome ON stalwart_events (run_id, step_id)
+    WHERE kind = 'step_completed';
+CREATE TABLE stalwart_signals (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    consumed_step_id TEXT
+);
+CREATE INDEX stalwart_signals_pending ON stalwart_signals (run_id, name, id)
+    WHERE consumed_step_id IS NULL;
+"""
+
+_MIGRATIONS: dict[int, tuple[str, ...]] = {}
+"""Statements that take the schema from version ``n`` to ``n + 1``, keyed by ``n``."""
+
+_RUN_COLUMNS = (
+    "run_id, workflow, workflow_ref, status, input, result, error, parent_run_id, "
+    "parent_step_id, created_at, updated_at, wake_at, lease_owner, lease_token, "
+    "lease_expires_at, owner_host, owner_pid, cancel_requested"
+)
+_SELECT_RUN = f"SELECT {_RUN_COLUMNS} FROM stalwart_runs WHERE run_id = %s"
+_READY = (
+    "(status = 'pending' OR (status = 'running' AND lease_expires_at < %(now)s) "
+    "OR (status IN ('sleeping', 'waiting') AND wake_at IS NOT NULL AND wake_at <= %(now)s))"
+)
+_TRANSIENT_ATTEMPTS = 5
+
+
+def _transient(exc: psycopg.Error) -> bool:
+    """A deadlock or serialization failure (SQLSTATE class 40): the transaction may be
+    retried. (psycopg's DeadlockDetected does not derive from TransactionRollback.)"""
+    return (exc.sqlstate or "").startswith("40")
+
+
+def _run_record(row: Sequence[Any]) -> RunRecord:
+    return RunRecord(
+        run_id=row[0], workflow=row[1], workflow_ref=row[2], status=RunStatus(row[3]),
+        input=row[4], result=row[5], error=row[6], parent_run_id=row[7],
+        parent_step_id=row[8], created_at=row[9], updated_at=row[10], wake_at=row[11],
+        lease_owner=row[12], lease_token=row[13], lease_expires_at=row[14],
+        owner_host=row[15], owner_pid=row[16], cancel_requested=bool(row[17]),
+    )
+
+
+def printable_url(url: str) -> str:
+    """``url`` without its password (in the user part or the query)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        netloc = f"{userinfo.split(':', 1)[0]}@{host}"
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "password"])
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+@dataclass(slots=True)
+class _Append:
+    lease: Lease
+    events: Sequence[NewEvent]
+    now: float
+    finish: Finish | None
+    future: asyncio.Future[AppendResult]
+    attempts: int = 0
+
+
+@final
+class PostgresStore:
+    """A journal in PostgreSQL, shared by any number of worker processes.
+
+    Args:
+        url: ``postgresql://user@host:port/dbname`` (libpq parameters in the query).
+        min_connections, max_connections: the size of the connection pool.
+        write_concurrency: group-commit flushers writing at once (each holds a connection).
+        max_batch: appends per group-commit transaction, at most.
+        connect_timeout: seconds to wait for a connection before a retryable StoreError.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_connections: int = 1,
+        max_connections: int = 10,
+        write_concurrency: int = 4,
+        max_batch: int = 64,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        if not 1 <= min_connections <= max_connections:
+            raise ConfigurationError("need 1 <= min_connections <= max_connections")
+        if not 1 <= write_concurrency <= max_connections or max_batch < 1:
+            raise ConfigurationError(
+                "need 1 <= write_concurrency <= max_connections and max_batch >= 1")
+        self._conninfo = url
+        self._url = printable_url(url)
+        self._min, self._max = min_connections, max_connections
+        self._write_concurrency = write_concurrency
+        self._max_batch = max_batch
+        self._connect_timeout = connect_timeout
+        self._pool: AsyncConnectionPool[Conn] | None = None
+        self._pending: list[_Append] = []
+        self._flushers: set[asyncio.Task[None]] = set()
+        self._listener: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+        self._notified = asyncio.Event()
+        self.commits = 0
+        """How many write transactions committed (for tests and benchmarks)."""
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        try:
+            conn = await AsyncConnection.connect(
+                self._conninfo, autocommit=True, connect_timeout=int(self._connect_timeout))
+        except psycopg.Error as exc:
+            raise self._error(exc, "cannot connect to") from exc
+        try:
+            async with conn:
+                await self._check_or_create(conn)
+        except psycopg.Error as exc:
+            raise self._error(exc, "cannot open the journal in") from exc
+        pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+            self._conninfo, min_size=self._min, max_size=self._max, open=False,
+            kwargs={"autocommit": True}, timeout=self._connect_timeout, name="stalwart")
+        try:
+            await pool.open(wait=True, timeout=self._connect_timeout)
+        except psycopg.Error as exc:
+            await pool.close()
+            raise self._error(exc, "cannot connect to") from exc
+        self._pool = pool
+
+    async def _check_or_create(self, conn: Conn) -> None:
+        async with conn.transaction():
+            row = await (await conn.execute("SELECT current_schema()")).fetchone()
+            schema = row[0] if row else None
+            if schema is None:
+                raise ConfigurationError(
+                    f"{self._url}: no schema of the search_path exists to hold the journal")
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
+                               (f"stalwart-schema:{schema}",))
+            found: dict[str, set[str]] = {}
+            for table, column in await (await conn.execute(
+                    "SELECT table_name, column_name FROM information_schema.columns "
+                    "WHERE table_schema = %s AND table_name = ANY(%s)",
+                    (schema, list(_TABLES)))).fetchall():
+                found.setdefault(table, set()).add(column)
+            where = f"{self._url} (schema {schema})"
+            if not found:
+                for stmt in _SCHEMA.split(";"):
+                    if stmt.strip():
+                        await conn.execute(stmt)
+                await conn.execute(
+                    "INSERT INTO stalwart_meta (key, value) VALUES ('app', %s), "
+                    "('schema_version', %s)", (APP_ID, str(SCHEMA_VERSION)))
+                return
+            if "stalwart_meta" not in found or found["stalwart_meta"] != _TABLES["stalwart_meta"]:
+                raise NotAStalwartStoreError(
+                    f"{where} has tables named like stalwart's ({', '.join(sorted(found))}) "
+                    "but no stalwart_meta of a journal; they were left untouched")
+            meta: dict[str, str] = dict(await (await conn.execute(
+                "SELECT key, value FROM stalwart_meta")).fetchall())
+            if meta.get("app") != APP_ID:
+                raise NotAStalwartStoreError(
+                    f"{where}: stalwart_meta does not belong to a stalwart journal; "
+                    "it was left untouched")
+            try:
+                version = int(meta.get("schema_version", ""))
+            except ValueError:
+                raise NotAStalwartStoreError(
+                    f"{where}: unreadable schema version {meta.get('schema_version')!r}"
+                ) from None
+            if version > SCHEMA_VERSION or any(
+                    v not in _MIGRATIONS for v in range(version, SCHEMA_VERSION)):
+                newer = "a newer" if version > SCHEMA_VERSION else "an older, unsupported"
+                raise SchemaVersionError(
+                    f"{where} was written by {newer} stalwart (journal schema {version}, this "
+                    f"stalwart reads {SCHEMA_VERSION}); it was left untouched",
+                    found=version, expected=SCHEMA_VERSION)
+            for v in range(version, SCHEMA_VERSION):
+                for stmt in _MIGRATIONS[v]:
+                    await conn.execute(stmt)
+            if version != SCHEMA_VERSION:
+                await conn.execute("UPDATE stalwart_meta SET value = %s "
+                                   "WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+                log.info("%s: journal schema migrated from %d to %d", where, version,
+                         SCHEMA_VERSION)
+            found = {t: c for t, c in found.items() if t != "stalwart_meta"}
+            for table, columns in _TABLES.items():
+                if table != "stalwart_meta" and not columns <= found.get(table, set()):
+                    raise NotAStalwartStoreError(
+                        f"{where}: table {table} does not have the columns of a stalwart "
+                        "journal; it was left untouched")
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+            self._listening = asyncio.Event()
+        while self._flushers:
+            await asyncio.gather(*self._flushers, return_exceptions=True)
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def _error(self, exc: BaseException, what: str) -> StoreError:
+        retryable = isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+        err = StoreError(f"{what} {self._url}: {exc}".strip(), retryable=retryable)
+        err.__cause__ = exc
+        return err
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Conn]:
+        if self._pool is None:
+            raise StoreError("the store is not open")
+        async with self._pool.connection() as conn:
+            yield conn
+
+    async def _read(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()
+                    ) -> list[TupleRow]:
+        try:
+            async with self._connection() as conn:
+                cur = await conn.execute(sql, args)
+                return await cur.fetchall()
+        except psycopg.Error as exc:
+            raise self._error(exc, "cannot read") from exc
+
+    async def _write(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        for attempt in range(1, _TRANSIENT_ATTEMPTS + 1):
+            try:
+                async with self._connection() as conn, conn.transaction():
+                    out = await fn(conn)
+                self.commits += 1
+                return out
+            except psycopg.Error as exc:
+                if not _transient(exc) or attempt == _TRANSIENT_ATTEMPTS:
+                    raise self._error(exc, "cannot write to") from exc
+                await asyncio.sleep(random.uniform(0, 0.01 * 2 ** attempt))
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    async def _notify(conn: Conn, run_id: str) -> None:
+        await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, run_id))
+
+    # -- runs ------------------------------------------------------------------------
+
+    async def create_run(
+        self,
+        *,
+        run_id: str,
+        workflow: str,
+        input: str,
+        now: float,
+        workflow_ref: str | None = None,
+        parent: Lease | None = None,
+        parent_step_id: str | None = None,
+        parent_events: Sequence[NewEvent] = (),
+    ) -> tuple[RunRecord, bool]:
+        async def op(conn: Conn) -> tuple[RunRecord, bool]:
+            if parent is not None:
+                await self._check_lease(conn, parent)
+            cur = await conn.execute(
+                "INSERT INTO stalwart_runs (run_id, workflow, workflow_ref, status, input, "
+                "parent_run_id, parent_step_id, created_at, updated_at, event_count) "
+                "VALUES (%s, %s, %s, 'pending', %s, %s, %s, %s, %s, 1) "
+                "ON CONFLICT (run_id) DO NOTHING RETURNING run_id",
+                (run_id, workflow, workflow_ref, input, parent.run_id if parent else None,
+                 parent_step_id, now, now))
+            created = await cur.fetchone() is not None
+            if created:
+                await self._insert_events(conn, run_id, 0, [NewEvent(
+                    EventKind.RUN_CREATED, name=workflow, payload=input)], now)
+                await self._notify(conn, run_id)
+            if parent is not None and parent_events:
+                await self._append_checked(conn, parent, parent_events, now, None)
+            row = await (await conn.execute(_SELECT_RUN, (run_id,))).fetchone()
+            assert row is not None
+            return _run_record(row), created
+
+        return await self._write(op)
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        rows = await self._read(_SELECT_RUN, (run_id,))
+        return _run_record(rows[0]) if rows else None
+
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        parent_run_id: str | None = None,
+        limit: int = 100,
+    ) -> list[RunRecord]:
+        clauses, args = [], []
+        if status is not None:
+            clauses.append("status = %s")
+            args.append(str(status))
+        if parent_run_id is not None:
+            clauses.append("parent_run_id = %s")
+            args.append(parent_run_id)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = await self._read(
+            f"SELECT {_RUN_COLUMNS} FROM stalwart_runs {where} "
+            "ORDER BY created_at DESC, created_seq DESC LIMIT %s", (*args, limit))
+        return [_run_record(r) for r in rows]
+
+    async def load_events(self, run_id: str) -> list[Event]:
+        rows = await self._read(
+            "SELECT run_id, seq, kind, step_id, name, payload, created_at FROM stalwart_events "
+            "WHERE run_id = %s ORDER BY seq", (run_id,))
+        return [Event(r[0], r[1], EventKind(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
+
+    # -- leases ----------------------------------------------------------------------
+
+    async def claim(
+        self,
+        owner: Owner,
+        *,
+        now: float,
+        lease_seconds: float,
+        limit: int,
+        run_id: str | None = None,
+        steal: Sequence[tuple[str, str, int]] = (),
+        workflows: Sequence[str] | None = None,
+    ) -> list[Lease]:
+        if limit <= 0 or (workflows is not None and not workflows):
+            return []
+        wf_clause = "" if workflows is None else " AND workflow = ANY(%(workflows)s)"
+        params: dict[str, Any] = {"now": now, "limit": limit, "run_id": run_id,
+                                  "workflows": list(workflows or ())}
+        only = "" if run_id is None else " AND run_id = %(run_id)s"
+        pick = (f"SELECT run_id FROM stalwart_runs WHERE {_READY}{wf_clause}{only} "
+                "ORDER BY created_at, created_seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED")
+        steal = [s for s in steal if run_id is None or s[0] == run_id]
+
+        async def op(conn: Conn) -> list[Lease]:
+            ids = [r[0] for r in await (await conn.execute(pick, params)).fetchall()]
+            for sid, sowner, stoken in steal:
+                if len(ids) >= limit:
+                    break
+                if sid in ids:
+                    continue
+                row = await (await conn.execute(
+                    "SELECT run_id FROM stalwart_runs WHERE run_id = %(sid)s "
+                    "AND status = 'running' AND lease_owner = %(owner)s "
+                    f"AND lease_token = %(token)s{wf_clause} FOR UPDATE SKIP LOCKED",
+                    {**params, "sid": sid, "owner": sowner, "token": stoken})).fetchone()
+                if row is not None:
+                    ids.append(sid)
+            if not ids:
+                return []
+            expires = now + lease_seconds
+            rows = await (await conn.execute(
+                "UPDATE stalwart_runs SET status = 'running', lease_owner = %s, "
+                "lease_token = lease_token + 1, lease_expires_at = %s, owner_host = %s, "
+                "owner_pid = %s, wake_at = NULL, wake_requested = FALSE, updated_at = %s, "
+                "event_count = event_count + 1 WHERE run_id = ANY(%s) "
+                "RETURNING run_id, lease_token, event_count",
+                (owner.id, expires, owner.host, owner.pid, now, ids))).fetchall()
+            by_id = {r[0]: (r[1], r[2]) for r in rows}
+            payload = json.dumps({"host": owner.host, "pid": owner.pid})
+            await conn.cursor().executemany(
+                "INSERT INTO stalwart_events (run_id, seq, kind, step_id, name, payload, "
+                "created_at) VALUES (%s, %s, %s, NULL, %s, %s, %s)",
+                [(rid, by_id[rid][1], str(EventKind.RUN_CLAIMED), owner.id, payload, now)
+                 for rid in ids])
+            return [Lease(rid, owner.id, by_id[rid][0], expires) for rid in ids]
+
+        return await self._write(op)
+
+    async def local_running(self, host: str) -> list[RunRecord]:
+        rows = await self._read(
+            f"SELECT {_RUN_COLUMNS} FROM stalwart_runs WHERE status = 'running' "
+            "AND owner_host = %s ORDER BY created_at, created_seq", (host,))
+        return [_run_record(r) for r in rows]
+
+    async def renew(
+        self, leases: Sequence[Lease], *, now: float, lease_seconds: float
+    ) -> dict[str, Lease | None]:
+        expires = now + lease_seconds
+
+        async def op(conn: Conn) -> dict[str, Lease | None]:
+            out: dict[str, Lease | None] = {}
+            for lease in leases:
+                cur = await conn.execute(
+                    "UPDATE stalwart_runs SET lease_expires_at = %s WHERE run_id = %s AND "
+                    "lease_owner = %s AND lease_token = %s AND status = 'running'",
+                    (expires, lease.run_id, lease.owner, lease.token))
+                out[lease.run_id] = (Lease(lease.run_id, lease.owner, lease.token, expires)
+                                     if cur.rowcount else None)
+            return out
+
+        return await self._write(op) if leases else {}
+
+    # -- the journal -----------------------------------------------------------------
+
+    @staticmethod
+    async def _check_lease(conn: Conn, lease: Lease) -> tuple[Any, ...]:
+        row = await (await conn.execute(
+            "SELECT status, lease_owner, lease_token, cancel_requested, event_count, "
+            "parent_run_id, wake_requested FROM stalwart_runs WHERE run_id = %s FOR UPDATE",
+            (lease.run_id,))).fetchone()
+        if (row is None or row[0] != RunStatus.RUNNING or row[1] != lease.owner
+                or row[2] != lease.token):
+            raise LeaseLostError(
+                f"run {lease.run_id}: lease {lease.owner}#{lease.token} is no longer current",
+                run_id=lease.run_id)
+        return tuple(row)
+
+    @staticmethod
+    async def _insert_events(conn: Conn, run_id: str, count: int,
+                             events: Sequence[NewEvent], now: float) -> int:
+        await conn.cursor().executemany(
+            "INSERT INTO stalwart_events (run_id, seq, kind, step_id, name, payload, "
+            "created_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            [(run_id, count + i + 1, str(e.kind), e.step_id, e.name, e.payload, now)
+             for i, e in enumerate(events)])
+        return count + len(events)
+
+    async def _wake_parent(self, conn: Conn, parent_run_id: str | None, now: float) -> None:
+        if parent_run_id is None:
+            return
+        await conn.execute(
+            "UPDATE stalwart_runs SET status = CASE WHEN status = 'waiting' THEN 'pending' "
+            "ELSE status END, wake_at = CASE WHEN status = 'waiting' THEN NULL "
+            "ELSE wake_at END, wake_requested = TRUE, updated_at = %s WHERE run_id = %s",
+            (now, parent_run_id))
+        await self._notify(conn, parent_run_id)
+
+    async def _append_checked(self, conn: Conn, lease: Lease, events: Sequence[NewEvent],
+                              now: float, finish: Finish | None) -> AppendResult:
+        _, _, _, cancel, count, parent_run_id, wake_requested = await self._check_lease(
+            conn, lease)
+        if events:
+            count = await self._insert_events(conn, lease.run_id, count, events, now)
+        if finish is not None:
+            status, wake_at = finish.status, finish.wake_at
+            if status == RunStatus.WAITING and wake_requested:
+                status, wake_at = RunStatus.PENDING, None  # a wake-up raced the park
+            elif status == RunStatus.SLEEPING and cancel:
+                status, wake_at = RunStatus.PENDING, None  # so did a cancel: observe it now
+            await conn.execute(
+                "UPDATE stalwart_runs SET status = %s, result = %s, error = %s, wake_at = %s, "
+                "lease_owner = NULL, lease_expires_at = NULL, event_count = %s, "
+                "updated_at = %s WHERE run_id = %s",
+                (str(status), finish.result, finish.error, wake_at, count, now, lease.run_id))
+            await self._notify(conn, lease.run_id)
+            if status in TERMINAL_STATUSES:
+                await self._wake_parent(conn, parent_run_id, now)
+        elif events:
+            await conn.execute(
+                "UPDATE stalwart_runs SET event_count = %s, updated_at = %s WHERE run_id = %s",
+                (count, now, lease.run_id))
+        return AppendResult(cancel_requested=bool(cancel))
+
+    async def append(
+        self,
+        lease: Lease,
+        events: Sequence[NewEvent],
+        *,
+        now: float,
+        finish: Finish | None = None,
+    ) -> AppendResult:
+        if self._pool is None:
+            raise StoreError("the store is not open")
+        fut: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Append(lease, events, now, finish, fut))
+        if len(self._flushers) < self._write_concurrency:
+            task = asyncio.create_task(self._flush_loop(), name="stalwart-pg-flush")
+            self._flushers.add(task)
+            task.add_done_callback(self._flushers.discard)
+        return await fut
+
+    async def _flush_loop(self) -> None:
+        while self._pending:
+            batch = self._pending[:self._max_batch]
+            del self._pending[:self._max_batch]
+            batch.sort(key=lambda item: item.lease.run_id)  # one lock order for all flushers
+            await self._flush(batch)
+
+    async def _flush(self, batch: list[_Append]) -> None:
+        """Write ``batch`` in one transaction, one savepoint per append."""
+        outcomes: list[AppendResult | BaseException | None] = []
+        try:
+            async with self._connection() as conn, conn.transaction():
+                for item in batch:
+                    try:
+                        async with conn.transaction():
+                            outcomes.append(await self._append_checked(
+                                conn, item.lease, item.events, item.now, item.finish))
+                    except LeaseLostError as exc:
+                        outcomes.append(exc)
+                    except UniqueViolation as exc:
+                        outcomes.append(LeaseLostError(
+                            f"run {item.lease.run_id}: a step outcome was already recorded "
+                            f"({exc})", run_id=item.lease.run_id))
+                    except psycopg.Error as exc:
+                        item.attempts += 1  # a deadlock victim tries again after this batch
+                        outcomes.append(None if _transient(exc)
+                                        and item.attempts < _TRANSIENT_ATTEMPTS
+                                        else self._error(exc, "cannot write to"))
+            self.commits += 1
+        except Exception as exc:
+            err = exc if isinstance(exc, StoreError) else self._error(exc, "cannot write to")
+            outcomes = [err] * len(batch)
+        retry = []
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if outcome is None:
+                retry.append(item)
+            elif not item.future.done():
+                if isinstance(outcome, BaseException):
+                    item.future.set_exception(outcome)
+                else:
+                    item.future.set_result(outcome)
+        if retry:
+            await asyncio.sleep(random.uniform(0, 0.02))
+            self._pending[:0] = retry
+
+    # -- signals and cancellation ----------------------------------------------------
+
+    async def send_signal(self, run_id: str, name: str, payload: str, *, now: float) -> RunRecord:
+        async def op(conn: Conn) -> RunRecord:
+            row = await (await conn.execute(
+                "SELECT status FROM stalwart_runs WHERE run_id = %s FOR UPDATE",
+                (run_id,))).fetchone()
+            if row is None:
+                raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
+            await conn.execute(
+                "INSERT INTO stalwart_signals (run_id, name, payload, created_at) "
+                "VALUES (%s, %s, %s, %s)", (run_id, name, payload, now))
+            await conn.execute(
+                "UPDATE stalwart_runs SET status = CASE WHEN status = 'waiting' THEN 'pending' "
+                "ELSE status END, wake_at = CASE WHEN status = 'waiting' THEN NULL "
+                "ELSE wake_at END, wake_requested = TRUE WHERE run_id = %s", (run_id,))
+            await self._notify(conn, run_id)
+            out = await (await conn.execute(_SELECT_RUN, (run_id,))).fetchone()
+            assert out is not None
+            return _run_record(out)
+
+        return await self._write(op)
+
+    async def take_signal(
+        self, lease: Lease, name: str, step_id: str, *, now: float
+    ) -> str | None:
+        async def op(conn: Conn) -> str | None:
+            await self._check_lease(conn, lease)
+            row = await (await conn.execute(
+                "SELECT id, payload FROM stalwart_signals WHERE run_id = %s AND name = %s "
+                "AND consumed_step_id IS NULL ORDER BY id LIMIT 1 FOR UPDATE",
+                (lease.run_id, name))).fetchone()
+            if row is None:
+                return None
+            await conn.execute("UPDATE stalwart_signals SET consumed_step_id = %s "
+                               "WHERE id = %s", (step_id, row[0]))
+            await self._append_checked(conn, lease, [NewEvent(
+                EventKind.SIGNAL_RECEIVED, step_id=step_id, name=name, payload=row[1])],
+                now, None)
+            return str(row[1])
+
+        return await self._write(op)
+
+    async def request_cancel(self, run_id: str, *, now: float) -> RunRecord:
+        async def cancel_one(conn: Conn, rid: str) -> None:
+            row = await (await conn.execute(
+                "SELECT status, lease_expires_at, event_count, parent_run_id "
+                "FROM stalwart_runs WHERE run_id = %s FOR UPDATE", (rid,))).fetchone()
+            if row is None or row[0] in TERMINAL_STATUSES:
+                return
+            status, expires, count, parent = row
+            if status == RunStatus.RUNNING and expires is not None and expires >= now:
+                await conn.execute(
+                    "UPDATE stalwart_runs SET cancel_requested = TRUE, wake_requested = TRUE "
+                    "WHERE run_id = %s", (rid,))
+            else:
+                count = await self._insert_events(conn, rid, count,
+                                                  [NewEvent(EventKind.RUN_CANCELLED)], now)
+                await conn.execute(
+                    "UPDATE stalwart_runs SET status = 'cancelled', cancel_requested = TRUE, "
+                    "lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL, "
+                    "event_count = %s, updated_at = %s WHERE run_id = %s", (count, now, rid))
+                await self._wake_parent(conn, parent, now)
+            await self._notify(conn, rid)
+            for (child,) in await (await conn.execute(
+                    "SELECT run_id FROM stalwart_runs WHERE parent_run_id = %s "
+                    "ORDER BY created_at, created_seq", (rid,))).fetchall():
+                await cancel_one(conn, child)
+
+        async def op(conn: Conn) -> RunRecord:
+            await cancel_one(conn, run_id)
+            row = await (await conn.execute(_SELECT_RUN, (run_id,))).fetchone()
+            if row is None:
+                raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
+            return _run_record(row)
+
+        return await self._write(op)
+
+    async def redrive(self, run_id: str, *, now: float) -> RunRecord:
+        async def op(conn: Conn) -> RunRecord:
+            row = await (await conn.execute(
+                "SELECT status, event_count FROM stalwart_runs WHERE run_id = %s FOR UPDATE",
+                (run_id,))).fetchone()
+            if row is None:
+                raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
+            if row[0] != RunStatus.DEAD_LETTERED:
+                raise ConfigurationError(
+                    f"run {run_id} is {row[0]}, not dead_lettered; only dead-lettered runs "
+                    "can be retried", run_id=run_id)
+            last = await (await conn.execute(
+                "SELECT step_id FROM stalwart_events WHERE run_id = %s "
+                "AND kind = 'run_dead_lettered' ORDER BY seq DESC LIMIT 1",
+                (run_id,))).fetchone()
+            count = await self._insert_events(conn, run_id, row[1], [NewEvent(
+                EventKind.RUN_REDRIVEN, step_id=last[0] if last else None)], now)
+            await conn.execute(
+                "UPDATE stalwart_runs SET status = 'pending', result = NULL, error = NULL, "
+                "cancel_requested = FALSE, event_count = %s, updated_at = %s "
+                "WHERE run_id = %s", (count, now, run_id))
+            await self._notify(conn, run_id)
+            out = await (await conn.execute(_SELECT_RUN, (run_id,))).fetchone()
+            assert out is not None
+            return _run_record(out)
+
+        return await self._write(op)
+
+    async def next_wake_at(self) -> float | None:
+        rows = await self._read(
+            "SELECT MIN(wake_at) FROM stalwart_runs WHERE status IN ('sleeping', 'waiting') "
+            "AND wake_at IS NOT NULL")
+        return None if not rows or rows[0][0] is None else float(rows[0][0])
+
+    # -- wake-ups --------------------------------------------------------------------
+
+    async def wait_for_notification(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds (wall-clock) for a ``stalwart_wake`` notification.
+
+        Returns True as soon as one arrived since the previous call (any process's new
+        run, signal, finished execution or cancellation: claimable work may exist), False
+        when the timeout passed first. The first call starts listening on a dedicated
+        connection; a dropped listener reconnects by itself (and reports True once, since
+        notifications may have been missed meanwhile). Never raises for connection
+        trouble: callers keep polling as a safety net.
+        """
+        if self._pool is None:
+            raise StoreError("the store is not open")
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen(), name="stalwart-pg-listen")
+        try:
+            await asyncio.wait_for(self._notified.wait(), timeout)
+        except TimeoutError:
+            return False
+        self._notified.clear()
+        return True
+
+    async def _listen(self) -> None:
+        delay, first = 0.1, True
+        while True:
+            try:
+                conn = await AsyncConnection.connect(
+                    self._conninfo, autocommit=True,
+                    connect_timeout=int(self._connect_timeout))
+                async with conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    self._listening.set()
+                    if not first:
+                        self._notified.set()
+                    first, delay = False, 0.1
+                    async for _ in conn.notifies():
+                        self._notified.set()
+            except psycopg.Error as exc:
+                log.warning("%s: LISTEN %s failed (%s); retrying in %.1fs", self._url,
+                            CHANNEL, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def listening(self) -> None:
+        """Wait until :meth:`wait_for_notification`'s listener is subscribed (tests)."""
+        await self._listening.wait()
