@@ -102,12 +102,12 @@ async def test_a_journal_of_an_unsupported_schema_version_is_refused(
 async def test_an_older_schema_is_migrated_on_open(
         pg: PostgresStore, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Open applies the migrations from the journal's version and records the new one."""
-    from stalwart.store import _postgres
+    from stalwart.store import _postgres_schema
 
     await pg.close()
     sql(pg_url, f"UPDATE stalwart_meta SET value = '{SCHEMA_VERSION - 1}' "
                 "WHERE key = 'schema_version'")
-    monkeypatch.setitem(_postgres._MIGRATIONS, SCHEMA_VERSION - 1,
+    monkeypatch.setitem(_postgres_schema.MIGRATIONS, SCHEMA_VERSION - 1,
                         ("CREATE TABLE migrated_marker (x INT)",))
     store = PostgresStore(pg_url)
     await store.open()

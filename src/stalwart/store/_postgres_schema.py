@@ -1,0 +1,158 @@
+"""The PostgreSQL journal's tables: their definition, version check and migrations.
+
+``stalwart_meta`` says whose tables these are (``app = 'stalwart'``) and which schema
+version they follow. Opening a store creates the tables in the connection's current
+schema when none of them exist; migrates them when they are older and every step is in
+:data:`MIGRATIONS`; and refuses (changing nothing) a newer schema or tables that merely
+share our names.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
+
+from ..errors import ConfigurationError, NotAStalwartStoreError, SchemaVersionError
+from ._base import APP_ID, SCHEMA_VERSION
+
+__all__ = ["MIGRATIONS", "SCHEMA", "TABLES", "check_or_create"]
+
+log = logging.getLogger("stalwart.store.postgres")
+
+Conn = AsyncConnection[TupleRow]
+
+_RUNS_COLUMNS = frozenset({
+    "run_id", "created_seq", "workflow", "workflow_ref", "status", "input", "result", "error",
+    "parent_run_id", "parent_step_id", "created_at", "updated_at", "wake_at", "lease_owner",
+    "lease_token", "lease_expires_at", "owner_host", "owner_pid", "cancel_requested",
+    "wake_requested", "event_count"})
+TABLES = {
+    "stalwart_meta": frozenset({"key", "value"}),
+    "stalwart_runs": _RUNS_COLUMNS,
+    "stalwart_events": frozenset({"run_id", "seq", "kind", "step_id", "name", "payload",
+                                  "created_at"}),
+    "stalwart_signals": frozenset({"id", "run_id", "name", "payload", "created_at",
+                                   "consumed_step_id"}),
+}
+
+SCHEMA = """
+CREATE TABLE stalwart_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE stalwart_runs (
+    run_id TEXT PRIMARY KEY,
+    created_seq BIGINT GENERATED ALWAYS AS IDENTITY,
+    workflow TEXT NOT NULL,
+    workflow_ref TEXT,
+    status TEXT NOT NULL,
+    input TEXT NOT NULL,
+    result TEXT,
+    error TEXT,
+    parent_run_id TEXT,
+    parent_step_id TEXT,
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    wake_at DOUBLE PRECISION,
+    lease_owner TEXT,
+    lease_token BIGINT NOT NULL DEFAULT 0,
+    lease_expires_at DOUBLE PRECISION,
+    owner_host TEXT,
+    owner_pid INTEGER,
+    cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
+    wake_requested BOOLEAN NOT NULL DEFAULT FALSE,
+    event_count INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX stalwart_runs_status ON stalwart_runs (status, wake_at);
+CREATE INDEX stalwart_runs_parent ON stalwart_runs (parent_run_id);
+CREATE INDEX stalwart_runs_created ON stalwart_runs (created_at, created_seq);
+CREATE TABLE stalwart_events (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    step_id TEXT,
+    name TEXT,
+    payload TEXT,
+    created_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+CREATE UNIQUE INDEX stalwart_events_one_outcome ON stalwart_events (run_id, step_id)
+    WHERE kind = 'step_completed';
+CREATE TABLE stalwart_signals (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    consumed_step_id TEXT
+);
+CREATE INDEX stalwart_signals_pending ON stalwart_signals (run_id, name, id)
+    WHERE consumed_step_id IS NULL;
+"""
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {}
+"""Statements that take the schema from version ``n`` to ``n + 1``, keyed by ``n``."""
+
+
+async def check_or_create(conn: Conn, url: str) -> None:
+    """Create the journal tables in the connection's current schema, or check (and
+    migrate) the ones there, under an advisory lock held until the transaction ends."""
+    async with conn.transaction():
+        row = await (await conn.execute("SELECT current_schema()")).fetchone()
+        schema = row[0] if row else None
+        if schema is None:
+            raise ConfigurationError(
+                f"{url}: no schema of the search_path exists to hold the journal")
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
+                           (f"stalwart-schema:{schema}",))
+        found: dict[str, set[str]] = {}
+        for table, column in await (await conn.execute(
+                "SELECT table_name, column_name FROM information_schema.columns "
+                "WHERE table_schema = %s AND table_name = ANY(%s)",
+                (schema, list(TABLES)))).fetchall():
+            found.setdefault(table, set()).add(column)
+        where = f"{url} (schema {schema})"
+        if not found:
+            for stmt in SCHEMA.split(";"):
+                if stmt.strip():
+                    await conn.execute(stmt)
+            await conn.execute(
+                "INSERT INTO stalwart_meta (key, value) VALUES ('app', %s), "
+                "('schema_version', %s)", (APP_ID, str(SCHEMA_VERSION)))
+            return
+        if "stalwart_meta" not in found or found["stalwart_meta"] != TABLES["stalwart_meta"]:
+            raise NotAStalwartStoreError(
+                f"{where} has tables named like stalwart's ({', '.join(sorted(found))}) "
+                "but no stalwart_meta of a journal; they were left untouched")
+        meta: dict[str, str] = dict(await (await conn.execute(
+            "SELECT key, value FROM stalwart_meta")).fetchall())
+        if meta.get("app") != APP_ID:
+            raise NotAStalwartStoreError(
+                f"{where}: stalwart_meta does not belong to a stalwart journal; "
+                "it was left untouched")
+        try:
+            version = int(meta.get("schema_version", ""))
+        except ValueError:
+            raise NotAStalwartStoreError(
+                f"{where}: unreadable schema version {meta.get('schema_version')!r}"
+            ) from None
+        if version > SCHEMA_VERSION or any(
+                v not in MIGRATIONS for v in range(version, SCHEMA_VERSION)):
+            newer = "a newer" if version > SCHEMA_VERSION else "an older, unsupported"
+            raise SchemaVersionError(
+                f"{where} was written by {newer} stalwart (journal schema {version}, this "
+                f"stalwart reads {SCHEMA_VERSION}); it was left untouched",
+                found=version, expected=SCHEMA_VERSION)
+        for v in range(version, SCHEMA_VERSION):
+            for stmt in MIGRATIONS[v]:
+                await conn.execute(stmt)
+        if version != SCHEMA_VERSION:
+            await conn.execute("UPDATE stalwart_meta SET value = %s "
+                               "WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+            log.info("%s: journal schema migrated from %d to %d", where, version,
+                     SCHEMA_VERSION)
+        found = {t: c for t, c in found.items() if t != "stalwart_meta"}
+        for table, columns in TABLES.items():
+            if table != "stalwart_meta" and not columns <= found.get(table, set()):
+                raise NotAStalwartStoreError(
+                    f"{where}: table {table} does not have the columns of a stalwart "
+                    "journal; it was left untouched")
