@@ -21,10 +21,10 @@ from stalwart.errors import (
     StoreError,
 )
 from stalwart.store import EventKind, Finish, NewEvent, Owner, RunStatus
-from stalwart.store._base import SCHEMA_VERSION
 
 psycopg = pytest.importorskip("psycopg")
 from stalwart.store._postgres import PostgresStore, printable_url  # noqa: E402
+from stalwart.store._postgres_schema import SCHEMA_VERSION  # noqa: E402
 
 OWNER = Owner(id="w", host="h", pid=1)
 

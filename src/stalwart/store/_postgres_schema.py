@@ -15,9 +15,13 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
 from ..errors import ConfigurationError, NotAStalwartStoreError, SchemaVersionError
-from ._base import APP_ID, SCHEMA_VERSION
+from ._base import APP_ID
 
-__all__ = ["MIGRATIONS", "SCHEMA", "TABLES", "check_or_create"]
+__all__ = ["MIGRATIONS", "SCHEMA", "SCHEMA_VERSION", "TABLES", "check_or_create"]
+
+SCHEMA_VERSION = 1
+"""The version of these tables. It is PostgreSQL's own (SQLite's file layout has its
+own number): bump it with a :data:`MIGRATIONS` entry whenever ``SCHEMA`` changes."""
 
 log = logging.getLogger("stalwart.store.postgres")
 
