@@ -3,9 +3,10 @@
 Why our own code rather than an ORM: the journal's guarantees are its transactions. Each
 write that advances a run is one ``BEGIN IMMEDIATE`` transaction that first checks the
 run's lease token (fencing), then appends events and updates the run row. Appends from
-many concurrently executing runs are *group-committed*: they queue while the previous
-commit is in flight and the next commit carries all of them (each in its own SAVEPOINT,
-so one fenced-out writer does not fail its neighbours). One execution's step is durable
+many concurrently executing runs — and every other write (starting runs, claims,
+signals) — are *group-committed*: they queue while the previous commit is in flight and
+the next commit carries all of them (each in its own SAVEPOINT, so one fenced-out or
+failing writer does not fail its neighbours). One execution's step is durable
 before that execution moves on; concurrent executions share the cost of a commit.
 
 All SQLite work happens on one dedicated thread that owns the connection; the event loop
@@ -162,8 +163,9 @@ class SQLiteStore:
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
-        self._pending: list[tuple[Lease, Sequence[NewEvent], float, Finish | None,
-                                  asyncio.Future[AppendResult]]] = []
+        # queued writes: (op, is_append, future); one _flush commits them together
+        self._pending: list[tuple[Callable[[sqlite3.Connection], Any], bool,
+                                  asyncio.Future[Any]]] = []
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self.commits = 0
@@ -297,24 +299,25 @@ class SQLiteStore:
             raise StoreError("the store is not open")
         return self._conn
 
-    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._db()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise StoreError(f"cannot start a write on {self._path}: {exc}",
-                             retryable=True) from exc
-        try:
-            out = fn(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        self.commits += 1
-        return out
-
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._call(self._tx, fn)
+        """Run ``fn`` in a write transaction; returns once it is committed. Concurrent
+        writes and appends share the commit (group commit), each in its own savepoint, so
+        an exception from ``fn`` undoes only ``fn``'s changes and is raised here."""
+        return await self._enqueue(fn, is_append=False)  # type: ignore[no-any-return]
+
+    def _enqueue(self, op: Callable[[sqlite3.Connection], Any], *,
+                 is_append: bool) -> asyncio.Future[Any]:
+        if self._executor is None:
+            raise StoreError("the store is not open")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        with self._lock:
+            self._pending.append((op, is_append, fut))
+            schedule = not self._flush_scheduled
+            self._flush_scheduled = True
+        if schedule:
+            self._executor.submit(self._flush, loop)
+        return fut
 
     # -- runs ------------------------------------------------------------------------
 
@@ -551,17 +554,15 @@ class SQLiteStore:
         now: float,
         finish: Finish | None = None,
     ) -> AppendResult:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[AppendResult] = loop.create_future()
-        with self._lock:
-            self._pending.append((lease, events, now, finish, fut))
-            schedule = not self._flush_scheduled
-            self._flush_scheduled = True
-        if schedule:
-            if self._executor is None:
-                raise StoreError("the store is not open")
-            self._executor.submit(self._flush, loop)
-        return await fut
+        def op(conn: sqlite3.Connection) -> AppendResult:
+            try:
+                return self._append_checked(conn, lease, events, now, finish)
+            except sqlite3.IntegrityError as exc:
+                raise LeaseLostError(
+                    f"run {lease.run_id}: a step outcome was already recorded ({exc})",
+                    run_id=lease.run_id) from exc
+
+        return await self._enqueue(op, is_append=True)  # type: ignore[no-any-return]
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
@@ -569,23 +570,27 @@ class SQLiteStore:
             self._flush_scheduled = False
         if not batch:
             return
-        outcomes: list[AppendResult | BaseException] = []
+        outcomes: list[Any] = []
         try:
             conn = self._db()
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                for lease, events, now, finish, _ in batch:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreError(f"cannot start a write on {self._path}: {exc}",
+                                 retryable=True) from exc
+            try:
+                for op, is_append, _ in batch:
                     conn.execute("SAVEPOINT one")
                     try:
-                        outcomes.append(self._append_checked(conn, lease, events, now, finish))
+                        outcomes.append(op(conn))
                         conn.execute("RELEASE one")
-                    except (LeaseLostError, sqlite3.IntegrityError) as exc:
+                    except Exception as exc:
+                        # a fenced-out append fails alone; any other append failure
+                        # (disk, corruption) fails the batch; a write's error is its own
+                        if is_append and not isinstance(exc, LeaseLostError):
+                            raise
                         conn.execute("ROLLBACK TO one")
                         conn.execute("RELEASE one")
-                        if isinstance(exc, sqlite3.IntegrityError):
-                            exc = LeaseLostError(
-                                f"run {lease.run_id}: a step outcome was already recorded "
-                                f"({exc})", run_id=lease.run_id)
                         outcomes.append(exc)
                 conn.execute("COMMIT")
                 self.commits += 1
@@ -599,7 +604,7 @@ class SQLiteStore:
             if err is not exc:
                 err.__cause__ = exc
             outcomes = [err] * len(batch)
-        # One wake-up of the event loop for the whole batch, not one per waiting append.
+        # One wake-up of the event loop for the whole batch, not one per waiting write.
         loop.call_soon_threadsafe(
             _settle_all, [(fut, outcome) for (*_, fut), outcome in zip(batch, outcomes,
                                                                        strict=True)])
@@ -710,13 +715,12 @@ class SQLiteStore:
         return await self._call(op)
 
 
-def _settle_all(settled: list[tuple[asyncio.Future[AppendResult],
-                                    AppendResult | BaseException]]) -> None:
+def _settle_all(settled: list[tuple[asyncio.Future[Any], Any]]) -> None:
     for fut, outcome in settled:
         _settle(fut, outcome)
 
 
-def _settle(fut: asyncio.Future[AppendResult], outcome: AppendResult | BaseException) -> None:
+def _settle(fut: asyncio.Future[Any], outcome: Any) -> None:
     if fut.done():
         return
     if isinstance(outcome, BaseException):
