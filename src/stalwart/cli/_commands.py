@@ -1,0 +1,350 @@
+"""``stalwart run``, ``resume``, ``signal`` and ``cancel``."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from .._runtime import Runtime
+from .._serde import ErrorInfo
+from .._workflow import Workflow
+from ..store._base import EventKind, RunRecord, RunStatus
+from ._common import (
+    FAILURE,
+    USAGE,
+    CliError,
+    StoreOption,
+    client_runtime,
+    console,
+    fmt_duration,
+    fmt_time,
+    parse_json,
+    preview,
+    run_async,
+    store_hint,
+)
+from ._loader import add_cwd_to_path, find_workflow, import_module, resolve_ref, workflows_in
+
+__all__ = ["cancel", "resume", "run", "signal"]
+
+_AT_REST = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED,
+                      RunStatus.DEAD_LETTERED, RunStatus.SLEEPING, RunStatus.WAITING})
+
+
+def _info(line: str) -> None:
+    """A progress or hint line: stderr, so that stdout carries only the result."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _failure_line(rec: RunRecord) -> str:
+    if rec.status == RunStatus.CANCELLED:
+        return f"run {rec.run_id} was cancelled"
+    try:
+        info = ErrorInfo.from_json(rec.error or "")
+        what = f"{info.type}: {info.message}"
+    except (ValueError, KeyError):
+        what = rec.error or "unknown error"
+    return f"run {rec.run_id} {rec.status}: {what}"
+
+
+# -- run -----------------------------------------------------------------------------
+
+
+async def _run(wf: Workflow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
+               store: str | None, run_id: str | None, wait: bool,
+               timeout: float | None) -> tuple[RunRecord, bool]:
+    rt = Runtime(store, worker=wait)
+    try:
+        with warnings.catch_warnings():
+            # A mistyped --input makes pydantic warn while dumping it, before the
+            # validation error that we report anyway.
+            warnings.filterwarnings("ignore", message="Pydantic serializer warnings")
+            handle = await rt.start(wf, *args, run_id=run_id, **kwargs)
+        if not wait:
+            return await rt.get_run(handle.run_id), handle.created
+        try:
+            rec = await rt.wait_for_end(handle.run_id, timeout=timeout)
+        except TimeoutError:
+            raise CliError(f"run {handle.run_id} did not end within {timeout}s; it is "
+                           f"unfinished: stalwart resume {handle.run_id}{store_hint(store)}",
+                           FAILURE) from None
+        return rec, handle.created
+    finally:
+        await rt.close()
+
+
+def run(
+    target: Annotated[str, typer.Argument(metavar="MODULE:WORKFLOW",
+                                          help="The workflow, e.g. app:weekly_report.")],
+    input_json: Annotated[str | None, typer.Option(
+        "--input", "-i", metavar="JSON",
+        help="Arguments: an object binds by name, an array by position, anything else "
+             "is the single argument.")] = None,
+    run_id: Annotated[str | None, typer.Option(
+        "--run-id", help="Choose the run id; starting an existing id again returns that "
+                         "run (an idempotency key for the whole run).")] = None,
+    store: StoreOption = None,
+    no_wait: Annotated[bool, typer.Option(
+        "--no-wait", help="Only enqueue the run; a worker (stalwart resume) executes it.")]
+    = False,
+    timeout: Annotated[float | None, typer.Option(
+        min=0, help="Give up waiting after this many seconds (the run stays resumable).")]
+    = None,
+) -> None:
+    """Run a workflow and print its result (JSON) on stdout."""
+    data = parse_json(input_json, "--input")
+    add_cwd_to_path()
+    wf = find_workflow(target)
+    args, kwargs = wf.input_from_json(data) if input_json is not None else ((), {})
+    started = time.monotonic()
+    rec, created = run_async(_run(wf, args, kwargs, store=store, run_id=run_id,
+                                  wait=not no_wait, timeout=timeout))
+    hint = f"stalwart runs show {rec.run_id}{store_hint(store)}"
+    if not created:
+        _info(f"run {rec.run_id} already existed ({rec.status}); not started again")
+    if no_wait:
+        sys.stdout.write(rec.run_id + "\n")
+        _info(f"run {rec.run_id} enqueued ({rec.status}); execute it with "
+              f"`stalwart resume {rec.run_id}{store_hint(store)}`, inspect it with `{hint}`")
+        return
+    if rec.status != RunStatus.COMPLETED:
+        raise CliError(f"{_failure_line(rec)} (details: {hint})", FAILURE)
+    sys.stdout.write((rec.result or "null") + "\n")
+    _info(f"run {rec.run_id} completed in {fmt_duration(time.monotonic() - started)}; "
+          f"inspect it with `{hint}`")
+
+
+# -- resume --------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    ready: list[RunRecord]
+    parked: list[RunRecord]
+    unresolved: list[tuple[RunRecord, str]]
+    workflows: dict[str, Workflow[Any, Any]]
+
+
+def _load_imports(imports: list[str]) -> dict[str, Workflow[Any, Any]]:
+    found: dict[str, Workflow[Any, Any]] = {}
+    for spec in imports:
+        wfs = ([find_workflow(spec)] if ":" in spec else workflows_in(import_module(spec)))
+        if not wfs:
+            raise CliError(f"module {spec!r} defines no workflows")
+        for wf in wfs:
+            found[wf.name] = wf
+    return found
+
+
+async def _plan(store: str | None, run_id: str | None, imports: list[str]) -> _Plan:
+    workflows = _load_imports(imports)
+    rt = client_runtime(store)
+    try:
+        if run_id is not None:
+            records = [await rt.get_run(run_id)]
+        else:
+            records = []
+            for status in (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SLEEPING,
+                           RunStatus.WAITING):
+                records.extend(await rt.list_runs(status=status, limit=100_000))
+        now = rt.clock.now()
+    finally:
+        await rt.close()
+    plan = _Plan(ready=[], parked=[], unresolved=[], workflows=workflows)
+    for rec in sorted(records, key=lambda r: r.created_at):
+        if rec.is_terminal:
+            continue
+        if rec.status in (RunStatus.SLEEPING, RunStatus.WAITING) and (
+                rec.wake_at is None or rec.wake_at > now):
+            plan.parked.append(rec)
+            continue
+        if rec.workflow not in workflows:
+            try:
+                if rec.workflow_ref is None:
+                    raise CliError("the run does not say where its workflow is defined")
+                wf = resolve_ref(rec.workflow_ref)
+                if wf.name != rec.workflow:
+                    raise CliError(f"{rec.workflow_ref} is now named {wf.name!r}")
+                workflows[wf.name] = wf
+            except CliError as exc:
+                plan.unresolved.append((rec, str(exc)))
+                continue
+        plan.ready.append(rec)
+    return plan
+
+
+async def _claimed_by(rt: Runtime, run_id: str) -> bool:
+    return any(e.kind == EventKind.RUN_CLAIMED and e.name == rt.owner.id
+               for e in await rt.store.load_events(run_id))
+
+
+async def _execute(store: str | None, plan: _Plan, run_id: str | None,
+                   timeout: float | None) -> tuple[list[RunRecord], list[RunRecord]]:
+    """Claim and run; returns (runs this process executed, ready runs left alone)."""
+    rt = Runtime(store, poll_interval=0.2)
+    for wf in plan.workflows.values():
+        rt.register(wf)
+    try:
+        await rt.resume(run_id)
+        candidates = [r.run_id for r in plan.ready]
+        ours: set[str] = set()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            for rid in candidates:
+                if rid not in ours and await _claimed_by(rt, rid):
+                    ours.add(rid)
+            busy = [rid for rid in ours
+                    if (await rt.get_run(rid)).status not in _AT_REST]
+            if not busy:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise CliError(f"runs still executing after {timeout}s: {', '.join(busy)}; "
+                               "they stay resumable", FAILURE)
+            await asyncio.sleep(0.05)
+        done = [await rt.get_run(rid) for rid in candidates if rid in ours]
+        left = [await rt.get_run(rid) for rid in candidates if rid not in ours]
+        return done, left
+    finally:
+        await rt.close()
+
+
+def resume(
+    run_id: Annotated[str | None, typer.Argument(
+        help="Resume only this run (default: every run that needs it).")] = None,
+    store: StoreOption = None,
+    imports: Annotated[list[str] | None, typer.Option(
+        "--import", metavar="MODULE",
+        help="Import workflows from MODULE (or MODULE:WORKFLOW) too; repeatable. Needed "
+             "when a run's own reference cannot be imported (e.g. it was started from "
+             "__main__).")] = None,
+    timeout: Annotated[float | None, typer.Option(
+        min=0, help="Stop waiting for the resumed runs after this many seconds.")] = None,
+) -> None:
+    """Finish runs whose process died (or that are due): replay, then continue."""
+    add_cwd_to_path()
+    plan = run_async(_plan(store, run_id, imports or []))
+    out = console()
+    if run_id is not None and not (plan.ready or plan.parked or plan.unresolved):
+        rec = run_async(_get(store, run_id))
+        out.print(f"run {run_id} has already ended ({rec.status}); nothing to resume")
+        return
+    for rec, why in plan.unresolved:
+        if run_id is not None:
+            raise CliError(f"cannot load the workflow of run {rec.run_id} "
+                           f"({rec.workflow}): {why}; pass --import MODULE", USAGE)
+        _info(f"warning: skipping run {rec.run_id} ({rec.workflow}): {why}; "
+              "pass --import MODULE")
+    done: list[RunRecord] = []
+    left: list[RunRecord] = []
+    if plan.ready:
+        before = {r.run_id: r.status for r in plan.ready}
+        done, left = run_async(_execute(store, plan, run_id, timeout))
+        if done:
+            table = Table(box=None, pad_edge=False)
+            for col in ("run id", "workflow", "was", "now"):
+                table.add_column(col, no_wrap=True)
+            table.add_column("result / error", no_wrap=True, overflow="ellipsis")
+            for rec in done:
+                if rec.status == RunStatus.COMPLETED:
+                    detail = preview(rec.result, 50)
+                elif rec.status in (RunStatus.SLEEPING, RunStatus.WAITING):
+                    detail = ("until " + fmt_time(rec.wake_at, date=True) if rec.wake_at
+                              else "until a signal or child")
+                else:
+                    detail = _failure_line(rec)
+                table.add_row(rec.run_id, rec.workflow, str(before[rec.run_id]),
+                              str(rec.status), Text(detail))
+            out.print(f"resumed {len(done)} run(s):")
+            out.print(table)
+    for rec in left:
+        holder = (f"pid {rec.owner_pid} on {rec.owner_host}" if rec.owner_pid
+                  else "another worker")
+        out.print(f"left alone: run {rec.run_id} is {rec.status}, held by {holder}")
+    for rec in plan.parked:
+        when = fmt_time(rec.wake_at, date=True) if rec.wake_at else "a signal or child run"
+        out.print(f"parked: run {rec.run_id} ({rec.status}) wakes at {when}; "
+                  "a running worker (or stalwart resume then) continues it")
+    if not (done or left or plan.parked or plan.unresolved):
+        out.print("nothing to resume")
+
+
+async def _get(store: str | None, run_id: str) -> RunRecord:
+    rt = client_runtime(store)
+    try:
+        return await rt.get_run(run_id)
+    finally:
+        await rt.close()
+
+
+# -- signal and cancel ---------------------------------------------------------------
+
+
+async def _signal(store: str | None, run_id: str, name: str, payload: Any) -> RunRecord:
+    rt = client_runtime(store)
+    try:
+        rec = await rt.get_run(run_id)
+        if rec.is_terminal:
+            raise CliError(f"run {run_id} has already ended ({rec.status}); "
+                           "it takes no more signals", FAILURE)
+        return await rt.signal(run_id, name, payload)
+    finally:
+        await rt.close()
+
+
+def signal(
+    run_id: Annotated[str, typer.Argument(help="The run to signal.")],
+    name: Annotated[str, typer.Argument(help="The signal name the workflow waits for.")],
+    payload: Annotated[str | None, typer.Option(
+        "--payload", "-p", metavar="JSON", help="The signal's value (default: null).")]
+    = None,
+    store: StoreOption = None,
+) -> None:
+    """Send a signal to a run (kept until ctx.wait_for_signal takes it)."""
+    value = parse_json(payload, "--payload")
+    rec = run_async(_signal(store, run_id, name, value))
+    out = console()
+    out.print(Text(f"signal {name!r} sent to run {run_id} (now {rec.status})"))
+    if rec.status == RunStatus.PENDING:
+        out.print(Text(f"a running worker delivers it; if none is running: "
+                       f"stalwart resume {run_id}{store_hint(store)}", style="dim"))
+
+
+async def _cancel(store: str | None, run_id: str) -> tuple[RunRecord, RunRecord]:
+    rt = client_runtime(store)
+    try:
+        before = await rt.get_run(run_id)
+        if before.is_terminal:
+            return before, before
+        return before, await rt.cancel(run_id)
+    finally:
+        await rt.close()
+
+
+def cancel(
+    run_id: Annotated[str, typer.Argument(help="The run to cancel (its children too).")],
+    store: StoreOption = None,
+) -> None:
+    """Cancel a run and its unfinished children."""
+    before, rec = run_async(_cancel(store, run_id))
+    out = console()
+    if before.is_terminal:
+        if before.status == RunStatus.CANCELLED:
+            out.print(f"run {run_id} was already cancelled")
+            return
+        raise CliError(f"run {run_id} has already ended ({before.status}); "
+                       "nothing to cancel", FAILURE)
+    if rec.status == RunStatus.CANCELLED:
+        out.print(f"run {run_id} cancelled")
+    else:
+        holder = f"pid {rec.owner_pid} on {rec.owner_host}" if rec.owner_pid else "its worker"
+        out.print(f"cancellation requested: run {run_id} is running; {holder} stops it "
+                  "at its next step")

@@ -1,0 +1,276 @@
+"""``stalwart runs``: list runs, show one as a story, print its raw journal."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .._runtime import Runtime
+from ..store._base import Event, RunRecord, RunStatus
+from ._common import (
+    JsonOption,
+    StoreOption,
+    client_runtime,
+    console,
+    fmt_duration,
+    fmt_time,
+    preview,
+    print_json,
+    run_async,
+    store_hint,
+)
+from ._timeline import RunStory, read_story
+
+__all__ = ["render_story", "runs_app", "story_json"]
+
+runs_app = typer.Typer(help="Inspect runs and their journals.", no_args_is_help=True)
+
+_STATUS_STYLE = {
+    RunStatus.COMPLETED: "green",
+    RunStatus.FAILED: "red",
+    RunStatus.DEAD_LETTERED: "red",
+    RunStatus.CANCELLED: "yellow",
+    RunStatus.RUNNING: "cyan",
+    RunStatus.PENDING: "cyan",
+    RunStatus.SLEEPING: "blue",
+    RunStatus.WAITING: "blue",
+}
+
+
+def _json_or_text(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def run_json(rec: RunRecord) -> dict[str, Any]:
+    error = _json_or_text(rec.error)
+    return {
+        "run_id": rec.run_id, "workflow": rec.workflow, "workflow_ref": rec.workflow_ref,
+        "status": str(rec.status), "input": _json_or_text(rec.input),
+        "result": _json_or_text(rec.result), "error": error,
+        "parent_run_id": rec.parent_run_id, "parent_step_id": rec.parent_step_id,
+        "created_at": rec.created_at, "updated_at": rec.updated_at, "wake_at": rec.wake_at,
+        "lease_owner": rec.lease_owner, "owner_host": rec.owner_host,
+        "owner_pid": rec.owner_pid, "cancel_requested": rec.cancel_requested,
+    }
+
+
+def event_json(ev: Event) -> dict[str, Any]:
+    return {"seq": ev.seq, "kind": str(ev.kind), "step_id": ev.step_id, "name": ev.name,
+            "payload": ev.payload, "created_at": ev.created_at}
+
+
+def story_json(story: RunStory, children: list[RunRecord]) -> dict[str, Any]:
+    out = run_json(story.run)
+    out["executions"] = [e.as_json() for e in story.executions]
+    out["steps"] = [s.as_json() for s in story.steps]
+    out["children"] = [{"run_id": c.run_id, "workflow": c.workflow, "status": str(c.status),
+                        "parent_step_id": c.parent_step_id} for c in children]
+    out["crashes"] = story.crashes
+    return out
+
+
+def _status(status: RunStatus) -> Text:
+    return Text(str(status), style=_STATUS_STYLE.get(status, ""))
+
+
+def _error_line(rec: RunRecord) -> str:
+    info = _json_or_text(rec.error)
+    if isinstance(info, dict):
+        return f"{info.get('type', '?')}: {info.get('message', '')}"
+    return str(info)
+
+
+# -- runs list -----------------------------------------------------------------------
+
+
+async def _list(store: str | None, status: RunStatus | None, limit: int) -> list[RunRecord]:
+    rt = client_runtime(store)
+    try:
+        return await rt.list_runs(status=status, limit=limit)
+    finally:
+        await rt.close()
+
+
+@runs_app.command("list")
+def list_runs(
+    status: Annotated[RunStatus | None, typer.Option(help="Only runs in this status.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many runs, newest first.")]
+    = 20,
+    as_json: JsonOption = False,
+    store: StoreOption = None,
+) -> None:
+    """List runs, newest first."""
+    records = run_async(_list(store, status, limit))
+    out = console()
+    if as_json:
+        print_json([run_json(r) for r in records])
+        return
+    if not records:
+        out.print("no runs" + (f" with status {status}" if status else ""))
+        return
+    table = Table(box=None, pad_edge=False)
+    table.add_column("run id", no_wrap=True)
+    for col in ("workflow", "status", "created", "updated"):
+        table.add_column(col)
+    table.add_column("result / error", no_wrap=True, overflow="ellipsis")
+    for r in records:
+        outcome = (preview(r.result, 40) if r.status == RunStatus.COMPLETED
+                   else preview(_error_line(r), 40) if r.error else "")
+        table.add_row(r.run_id, r.workflow, _status(r.status),
+                      fmt_time(r.created_at, date=True), fmt_time(r.updated_at),
+                      Text(outcome))
+    out.print(table)
+
+
+# -- runs show -----------------------------------------------------------------------
+
+
+async def _load_story(rt: Runtime, run_id: str) -> tuple[RunStory, list[RunRecord]]:
+    rec = await rt.get_run(run_id)
+    events = await rt.events(run_id)
+    children = await rt.store.list_runs(parent_run_id=run_id, limit=1000)
+    return read_story(rec, events), children
+
+
+async def _show(store: str | None, run_id: str) -> tuple[RunStory, list[RunRecord]]:
+    rt = client_runtime(store)
+    try:
+        return await _load_story(rt, run_id)
+    finally:
+        await rt.close()
+
+
+def render_story(out: Console, story: RunStory, children: list[RunRecord],
+                 store: str | None) -> None:
+    """Print a run: its facts, executions, steps and outcome."""
+    rec = story.run
+    head = Text.assemble(("run ", "bold"), (rec.run_id, "bold"), "  ", _status(rec.status))
+    out.print(head)
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="dim")
+    facts.add_column()
+    ref = f" ({rec.workflow_ref})" if rec.workflow_ref else ""
+    facts.add_row("workflow", Text(rec.workflow + ref))
+    facts.add_row("created", fmt_time(rec.created_at, date=True))
+    facts.add_row("updated", f"{fmt_time(rec.updated_at, date=True)}  "
+                  f"({fmt_duration(rec.updated_at - rec.created_at)} after creation)")
+    if rec.wake_at is not None and not rec.is_terminal:
+        facts.add_row("wakes at", fmt_time(rec.wake_at, date=True))
+    if rec.status == RunStatus.RUNNING and rec.owner_pid is not None:
+        facts.add_row("held by", f"pid {rec.owner_pid} on {rec.owner_host}")
+    if rec.cancel_requested and not rec.is_terminal:
+        facts.add_row("cancel", "requested")
+    facts.add_row("input", Text(preview(rec.input, 100)))
+    if rec.parent_run_id:
+        facts.add_row("parent", f"{rec.parent_run_id} (step {rec.parent_step_id})")
+    for child in children:
+        facts.add_row("child", Text.assemble(f"{child.run_id} (step {child.parent_step_id}, "
+                                             f"{child.workflow}) ", _status(child.status)))
+    out.print(facts)
+
+    if story.executions:
+        out.print()
+        title = "executions"
+        if story.crashes:
+            title += (f"  ({story.crashes} cut short by a crash or a lost lease, "
+                      "then taken over)")
+        out.print(Text(title, style="bold"))
+        table = Table(box=None, pad_edge=False)
+        for col in ("#", "claimed at", "host", "pid", "owner", "ended"):
+            table.add_column(col)
+        for ex in story.executions:
+            ended = ex.ended
+            if ended == "interrupted":
+                ended = f"interrupted -> taken over by #{ex.number + 1}"
+            elif ended == "running" and rec.owner_pid is not None:
+                ended = "running"
+            table.add_row(str(ex.number), fmt_time(ex.at), ex.host or "?",
+                          str(ex.pid or "?"), ex.owner, Text(ended))
+        out.print(table)
+
+    out.print()
+    out.print(Text("steps", style="bold"))
+    if not story.steps:
+        out.print("  (no steps recorded)")
+    else:
+        table = Table(box=None, pad_edge=False)
+        for col in ("id", "name", "outcome", "duration", "exec"):
+            table.add_column(col, no_wrap=True)
+        table.add_column("detail", no_wrap=True, overflow="ellipsis")
+        for st in story.steps:
+            style = "red" if st.outcome in ("failed", "timed out") else ""
+            detail = st.detail
+            if st.kind == "sleep" and st.ended_at is not None:
+                detail = f"until {fmt_time(st.ended_at)}"
+            table.add_row(st.step_id, Text(st.name), Text(st.outcome, style=style),
+                          fmt_duration(st.duration), f"#{st.execution}",
+                          Text(preview(detail, 60)))
+        out.print(table)
+
+    out.print()
+    if rec.status == RunStatus.COMPLETED:
+        out.print(Text.assemble(("result ", "bold"), preview(rec.result, 400)), soft_wrap=True)
+    elif rec.error:
+        out.print(Text.assemble(("error ", "bold red"), _error_line(rec)), soft_wrap=True)
+    else:
+        out.print(Text(f"not finished ({rec.status})", style="dim"))
+    out.print(Text(f"raw journal: stalwart runs events {rec.run_id}{store_hint(store)}",
+                   style="dim"))
+
+
+@runs_app.command("show")
+def show_run(
+    run_id: Annotated[str, typer.Argument(help="The run to show.")],
+    as_json: JsonOption = False,
+    store: StoreOption = None,
+) -> None:
+    """Show a run: status, times, executions (crash-resume), each step, the outcome."""
+    story, children = run_async(_show(store, run_id))
+    out = console()
+    if as_json:
+        print_json(story_json(story, children))
+        return
+    render_story(out, story, children, store)
+
+
+# -- runs events ---------------------------------------------------------------------
+
+
+async def _events(store: str | None, run_id: str) -> list[Event]:
+    rt = client_runtime(store)
+    try:
+        return await rt.events(run_id)
+    finally:
+        await rt.close()
+
+
+@runs_app.command("events")
+def run_events(
+    run_id: Annotated[str, typer.Argument(help="The run whose journal to print.")],
+    as_json: JsonOption = False,
+    store: StoreOption = None,
+) -> None:
+    """Print a run's raw journal, one event per row."""
+    events = run_async(_events(store, run_id))
+    out = console()
+    if as_json:
+        print_json([event_json(e) for e in events])
+        return
+    table = Table(box=None, pad_edge=False)
+    for col in ("seq", "time", "kind", "step", "name"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("payload", no_wrap=True, overflow="ellipsis")
+    for e in events:
+        table.add_row(str(e.seq), fmt_time(e.created_at), str(e.kind), e.step_id or "",
+                      Text(e.name or ""), Text(preview(e.payload, 70)))
+    out.print(table)

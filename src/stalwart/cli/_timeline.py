@@ -1,0 +1,251 @@
+"""A run's journal read as a story: executions (claims) and steps with durations.
+
+The journal records a step's *outcome*, not its start, so a step's start is inferred:
+it began once the step before it in the same scope had ended (for the first step of a
+``gather`` branch, once the ``gather`` began) and not before the execution that
+recorded it claimed the run. Timers, signal waits and child runs journal their start,
+so theirs is exact.
+
+Each ``run_claimed`` event opens an *execution*. One that ends without a
+``run_suspended``/``run_completed``/``run_failed``/``run_cancelled`` event before the
+next claim was cut short: its process died (or lost its lease) and the next claim took
+the run over — a crash and resume, as the journal sees it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from ..store._base import Event, EventKind, RunRecord, RunStatus
+
+__all__ = ["Execution", "RunStory", "Step", "read_story"]
+
+_END_KINDS = {
+    EventKind.RUN_SUSPENDED: "parked",
+    EventKind.RUN_COMPLETED: "completed",
+    EventKind.RUN_FAILED: "failed",
+    EventKind.RUN_CANCELLED: "cancelled",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    """One claim of the run by a worker, and how it ended."""
+
+    number: int
+    seq: int
+    at: float
+    owner: str
+    host: str | None
+    pid: int | None
+    ended: str
+    """``completed``, ``failed``, ``cancelled``, ``parked (sleeping)``, ``interrupted``
+    (cut short; the next execution took over) or ``running``."""
+    ended_at: float | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"number": self.number, "seq": self.seq, "at": self.at, "owner": self.owner,
+                "host": self.host, "pid": self.pid, "ended": self.ended,
+                "ended_at": self.ended_at}
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step id of the journal."""
+
+    step_id: str
+    name: str
+    kind: str
+    """``step``, ``sleep``, ``signal`` or ``child``."""
+    outcome: str
+    """``completed``, ``failed``, ``slept``, ``sleeping``, ``received``, ``timed out``,
+    ``waiting`` or ``running``."""
+    started_at: float | None
+    ended_at: float | None
+    execution: int
+    """The number of the execution that recorded the step's first event."""
+    detail: str
+    """The result (JSON), the error, the child run id or the wake-up time."""
+    seq: int
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return max(0.0, self.ended_at - self.started_at)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"step_id": self.step_id, "name": self.name, "kind": self.kind,
+                "outcome": self.outcome, "started_at": self.started_at,
+                "ended_at": self.ended_at, "duration": self.duration,
+                "execution": self.execution, "detail": self.detail, "seq": self.seq}
+
+
+@dataclass(frozen=True, slots=True)
+class RunStory:
+    run: RunRecord
+    executions: list[Execution]
+    steps: list[Step]
+
+    @property
+    def crashes(self) -> int:
+        """Executions cut short and taken over by a later one."""
+        return sum(1 for e in self.executions if e.ended == "interrupted")
+
+
+def _split(step_id: str) -> tuple[str, int]:
+    prefix, _, last = step_id.rpartition("/")
+    try:
+        return prefix, int(last)
+    except ValueError:
+        return prefix, 0
+
+
+def _sort_key(step_id: str) -> tuple[int, ...]:
+    return tuple(int(p) if p.isdigit() else -1 for p in step_id.split("/"))
+
+
+def _error_text(payload: str | None) -> str:
+    try:
+        info = json.loads(payload or "{}")
+        return f"{info.get('type', '?')}: {info.get('message', '')}"
+    except (ValueError, AttributeError):
+        return payload or ""
+
+
+def _executions(run: RunRecord, events: list[Event]) -> list[Execution]:
+    claims = [e for e in events if e.kind == EventKind.RUN_CLAIMED]
+    out = []
+    for i, claim in enumerate(claims):
+        nxt = claims[i + 1].seq if i + 1 < len(claims) else None
+        span = [e for e in events if e.seq > claim.seq and (nxt is None or e.seq < nxt)]
+        ended, ended_at = "interrupted", None
+        for e in span:
+            if e.kind in _END_KINDS:
+                ended, ended_at = _END_KINDS[e.kind], e.created_at
+                if e.kind == EventKind.RUN_SUSPENDED and e.name:
+                    ended = f"parked ({e.name})"
+        if ended == "interrupted" and nxt is None:
+            ended = "running" if run.status == RunStatus.RUNNING else "interrupted"
+        try:
+            where = json.loads(claim.payload or "{}")
+        except ValueError:
+            where = {}
+        out.append(Execution(number=i + 1, seq=claim.seq, at=claim.created_at,
+                             owner=claim.name or "?", host=where.get("host"),
+                             pid=where.get("pid"), ended=ended, ended_at=ended_at))
+    return out
+
+
+def read_story(run: RunRecord, events: list[Event], *, now: float | None = None) -> RunStory:
+    """Executions and steps of ``run`` from its journal ``events`` (in ``seq`` order);
+    ``now`` (default: the wall clock) tells a finished sleep from a pending one."""
+    executions = _executions(run, events)
+    by_step: dict[str, list[Event]] = {}
+    for e in events:
+        if e.step_id is not None:
+            by_step.setdefault(e.step_id, []).append(e)
+
+    def execution_of(seq: int) -> int:
+        number = 0
+        for ex in executions:
+            if ex.seq < seq:
+                number = ex.number
+        return number
+
+    def claim_time(seq: int) -> float | None:
+        n = execution_of(seq)
+        return executions[n - 1].at if n else None
+
+    def own_start(sid: str) -> float | None:
+        evs = by_step.get(sid)
+        if evs and evs[0].kind in (EventKind.TIMER_STARTED, EventKind.SIGNAL_WAIT_STARTED,
+                                   EventKind.CHILD_STARTED):
+            return evs[0].created_at
+        return None
+
+    @cache
+    def start_of(sid: str) -> float | None:
+        exact = own_start(sid)
+        if exact is not None:
+            return exact
+        prefix, k = _split(sid)
+        base: float | None = None
+        if k > 1:
+            base = end_of(f"{prefix}/{k - 1}" if prefix else str(k - 1))
+        elif prefix:  # the first step of a gather branch: the gather's own start
+            gather_id, _, _ = prefix.rpartition("/")
+            base = start_of(gather_id) if gather_id else None
+        evs = by_step.get(sid)
+        floor = claim_time(evs[0].seq) if evs else None
+        known = [t for t in (base, floor) if t is not None]
+        return max(known) if known else None
+
+    @cache
+    def end_of(sid: str) -> float | None:
+        evs = by_step.get(sid)
+        if evs:
+            if evs[0].kind == EventKind.TIMER_STARTED:
+                return _wake_at(evs[0])
+            return evs[-1].created_at
+        inside = [end_of(s) for s in by_step if s.startswith(sid + "/")]
+        ends = [t for t in inside if t is not None]
+        if ends:  # a gather: it ended when its last branch step did
+            return max(ends)
+        return start_of(sid)
+
+    steps = []
+    for sid in sorted(by_step, key=_sort_key):
+        evs = by_step[sid]
+        steps.append(_step(sid, evs, run, start_of(sid), end_of(sid), execution_of(evs[0].seq),
+                           time.time() if now is None else now))
+    return RunStory(run=run, executions=executions, steps=steps)
+
+
+def _wake_at(ev: Event) -> float | None:
+    try:
+        return float(json.loads(ev.payload or "{}")["wake_at"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _step(sid: str, evs: list[Event], run: RunRecord, started: float | None,
+          ended: float | None, execution: int, now: float) -> Step:
+    first, last = evs[0], evs[-1]
+    name = first.name or "?"
+    kinds = {e.kind for e in evs}
+    if first.kind == EventKind.TIMER_STARTED:
+        wake = _wake_at(first)
+        done = run.is_terminal or wake is None or wake <= now
+        return Step(sid, name, "sleep", "slept" if done else "sleeping", started,
+                    ended if done else None, execution, f"until {wake}", first.seq)
+    if first.kind == EventKind.SIGNAL_WAIT_STARTED:
+        if EventKind.SIGNAL_RECEIVED in kinds:
+            got = next(e for e in evs if e.kind == EventKind.SIGNAL_RECEIVED)
+            return Step(sid, name, "signal", "received", started, got.created_at, execution,
+                        got.payload or "null", first.seq)
+        if EventKind.SIGNAL_TIMED_OUT in kinds:
+            return Step(sid, name, "signal", "timed out", started, last.created_at, execution,
+                        "", first.seq)
+        return Step(sid, name, "signal", "waiting", started, None, execution, "", first.seq)
+    if first.kind == EventKind.CHILD_STARTED:
+        child = first.payload or ""
+        if EventKind.STEP_COMPLETED in kinds:
+            return Step(sid, name, "child", "completed", started, last.created_at, execution,
+                        child, first.seq)
+        if EventKind.STEP_FAILED in kinds:
+            return Step(sid, name, "child", "failed", started, last.created_at, execution,
+                        f"{child}: {_error_text(last.payload)}", first.seq)
+        return Step(sid, name, "child", "running", started, None, execution, child, first.seq)
+    if last.kind == EventKind.STEP_FAILED:
+        return Step(sid, name, "step", "failed", started, ended, execution,
+                    _error_text(last.payload), first.seq)
+    if last.kind == EventKind.SIGNAL_RECEIVED:  # a signal taken without a recorded wait
+        return Step(sid, name, "signal", "received", started, ended, execution,
+                    last.payload or "null", first.seq)
+    return Step(sid, name, "step", "completed", started, ended, execution,
+                last.payload or "null", first.seq)
