@@ -1,0 +1,58 @@
+"""``stalwart demo``: a real SIGKILL mid-run, a resume, and an effect applied once."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from conftest import Cli, Project
+
+
+@pytest.mark.slow
+def test_the_demo_crashes_a_process_resumes_and_applies_the_effect_once(
+        cli: Cli, project: Project) -> None:
+    """Offline, no TTY, no stdin: exit 0; the output and the journal show one crash."""
+    proc = cli.script("demo", cwd=project.dir, timeout=90)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "SIGKILL" in out
+    assert "replays from the journal, running nothing" in out
+    assert "applied exactly once" in out
+    assert "Traceback" not in out + proc.stderr
+    match = re.search(r"stalwart runs show (demo-[0-9a-f]+) --store (\S+)", out)
+    assert match, out
+    run_id, store = match.groups()
+    assert store == ".stalwart/demo.db" and (project.dir / store).exists()
+    data = json.loads(cli("runs", "show", run_id, "--json", "--store", store).stdout)
+    assert data["status"] == "completed"
+    assert data["crashes"] == 1
+    assert data["result"]["deduplicated"] is True
+    pids = {e["pid"] for e in data["executions"]}
+    assert len(pids) == 2  # the killed child, then the demo's own process
+
+
+def test_the_demo_needs_a_file_store(cli: Cli, project: Project) -> None:
+    """A server URL cannot be crashed locally: one line, exit 2."""
+    line = cli.one_line_error(cli("demo", "--store", "postgresql://localhost/x"), 2)
+    assert "needs an SQLite file" in line
+
+
+def test_a_foreign_ledger_is_reported_not_used(cli: Cli, project: Project) -> None:
+    """A file in the ledger's place that is not one: one line pointing at --fresh."""
+    (project.dir / "d-ledger.db").write_text("not sqlite")
+    line = cli.one_line_error(cli("demo", "--store", str(project.dir / "d.db")), 2)
+    assert "is not a demo ledger" in line and "--fresh" in line
+
+
+@pytest.mark.slow
+def test_fresh_replaces_a_broken_journal_and_ledger(cli: Cli, project: Project) -> None:
+    """--fresh deletes the old files first, so the demo runs (here, in this process)."""
+    (project.dir / "d.db").write_text("old journal")
+    (project.dir / "d-ledger.db").write_text("old ledger")
+    result = cli("demo", "--store", str(project.dir / "d.db"), "--fresh")
+    assert result.exit_code == 0, result.output
+    assert "applied exactly once" in result.stdout

@@ -1,0 +1,138 @@
+"""Every bad input ends in one ``error:`` line on stderr, a non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from stalwart import SQLiteStore
+
+if TYPE_CHECKING:
+    from conftest import Cli, Project
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["run", "{m}:nope"], "has no workflow 'nope'"),
+    (["run", "no_such_module_xyz:wf"], "no module named 'no_such_module_xyz'"),
+    (["run", "{m}:NOT_A_WORKFLOW"], "is not a stalwart workflow"),
+    (["run", "{m}"], "name the workflow as MODULE:WORKFLOW"),
+    (["run", "{m}:adder", "--input", "{bad json"], "--input is not valid JSON"),
+    (["run", "{m}:adder", "--input", '{"a": 1}'], "missing a required argument: 'b'"),
+    (["run", "{m}:adder", "--input", '{"a": "x", "b": 2}'], "argument 'a' of workflow adder"),
+    (["run", "{m}:adder", "--bogus"], "No such option: --bogus"),
+    (["run"], "Missing argument"),
+    (["runs", "list", "--status", "bogus"], "Invalid value for '--status'"),
+    (["runs", "list", "--limit", "0"], "Invalid value for '--limit'"),
+    (["nonsense"], "No such command"),
+    (["signal", "r", "go", "--payload", "{x"], "--payload is not valid JSON"),
+    (["resume", "--import", "no_such_module_xyz"], "no module named"),
+])
+def test_bad_arguments_and_input_exit_2(cli: Cli, project: Project, args: list[str],
+                                        needle: str) -> None:
+    """Unknown workflows and modules, invalid JSON, bad options: exit 2, one line."""
+    argv = [a.replace("{m}", project.module) for a in args]
+    if argv[0] != "nonsense":
+        argv += ["--store", project.store]
+    line = cli.one_line_error(cli(*argv), 2)
+    assert needle in line
+
+
+@pytest.mark.parametrize("args", [
+    ["runs", "show", "missing"],
+    ["runs", "events", "missing"],
+    ["signal", "missing", "go"],
+    ["cancel", "missing"],
+    ["resume", "missing"],
+])
+def test_an_unknown_run_id_exits_2(cli: Cli, project: Project, args: list[str]) -> None:
+    """Each command that takes a run id names the run it could not find."""
+    assert cli("run", project.wf("adder"), "-i", "[1, 2]", "--store",
+               project.store).exit_code == 0
+    line = cli.one_line_error(cli(*args, "--store", project.store), 2)
+    assert "no run 'missing'" in line
+
+
+def _text_file(p: Path) -> None:
+    p.write_text("hello, I am not a database\n")
+
+
+def _foreign_sqlite(p: Path) -> None:
+    conn = sqlite3.connect(p)
+    conn.execute("CREATE TABLE invoices (id INTEGER)")
+    conn.commit()
+    conn.close()
+
+
+def _corrupted(p: Path) -> None:
+    p.write_bytes(b"SQLite format 3\x00" + b"\xde\xad\xbe\xef" * 1024)
+
+
+def _other_version(p: Path) -> None:
+    async def create() -> None:
+        store = SQLiteStore(p)
+        await store.open()
+        await store.close()
+
+    asyncio.run(create())
+    conn = sqlite3.connect(p)
+    conn.execute("UPDATE stalwart_meta SET value = '99' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize(("make", "needle"), [
+    (_text_file, "not a stalwart journal"),
+    (_foreign_sqlite, "not a stalwart journal"),
+    (_corrupted, "cannot be read as a journal"),
+    (_other_version, "journal schema 99"),
+    (None, "no stalwart journal at"),
+], ids=["text-file", "foreign-sqlite", "corrupted", "other-version", "missing"])
+@pytest.mark.parametrize("command", [
+    ["runs", "list"], ["runs", "show", "r"], ["run", "{m}:adder", "-i", "[1, 2]"],
+    ["resume"], ["cancel", "r"],
+], ids=["list", "show", "run", "resume", "cancel"])
+def test_an_unusable_store_exits_2_and_is_left_untouched(
+        cli: Cli, project: Project, make: Callable[[Path], None] | None, needle: str,
+        command: list[str]) -> None:
+    """Foreign, corrupted, other-version or missing journals: one line, file unchanged."""
+    path = project.dir / "store.db"
+    if make is not None:
+        make(path)
+    before = path.read_bytes() if path.exists() else None
+    argv = [a.replace("{m}", project.module) for a in command]
+    result = cli(*argv, "--store", str(path))
+    if make is None and command[0] == "run":
+        assert result.exit_code == 0  # `run` creates a new journal; only readers refuse
+        return
+    line = cli.one_line_error(result, 2)
+    assert needle in line
+    assert (path.read_bytes() if path.exists() else None) == before
+
+
+def test_an_unknown_store_url_exits_2(cli: Cli, project: Project) -> None:
+    """A URL scheme stalwart does not know is a usage error."""
+    line = cli.one_line_error(cli("runs", "list", "--store", "mysql://db/x"), 2)
+    assert "unknown store URL" in line
+
+
+def test_the_console_script_reports_a_foreign_store_in_one_line(
+        cli: Cli, project: Project) -> None:
+    """In a real process too: exit 2, one stderr line, no traceback."""
+    _text_file(project.dir / "notes.txt")
+    proc = cli.script("runs", "show", "r", "--store", "notes.txt", cwd=project.dir)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert (project.dir / "notes.txt").read_text() == "hello, I am not a database\n"
+
+
+def test_help_exits_0(cli: Cli) -> None:
+    """--help and a bare group print help rather than an error."""
+    assert cli("--help").exit_code == 0
+    runs = cli("runs")
+    assert runs.exit_code == 0 and "show" in runs.stdout

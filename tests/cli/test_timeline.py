@@ -1,0 +1,94 @@
+"""Reading a journal as a story: step durations, executions and crash-resume."""
+
+from __future__ import annotations
+
+import json
+
+from stalwart.cli._timeline import read_story
+from stalwart.store import Event, EventKind, RunRecord, RunStatus
+
+
+def _record(status: RunStatus = RunStatus.COMPLETED) -> RunRecord:
+    return RunRecord(
+        run_id="r", workflow="wf", workflow_ref="m:wf", status=status, input="{}",
+        result="1", error=None, parent_run_id=None, parent_step_id=None, created_at=0.0,
+        updated_at=13.0, wake_at=None, lease_owner=None, lease_token=3,
+        lease_expires_at=None, owner_host="h", owner_pid=11, cancel_requested=False)
+
+
+def _journal(*rows: tuple[float, EventKind, str | None, str | None, str | None]) -> list[Event]:
+    return [Event("r", i + 1, kind, step, name, payload, at)
+            for i, (at, kind, step, name, payload) in enumerate(rows)]
+
+
+def _claim(at: float, pid: int) -> tuple[float, EventKind, None, str, str]:
+    return (at, EventKind.RUN_CLAIMED, None, f"owner{pid}",
+            json.dumps({"host": "h", "pid": pid}))
+
+
+JOURNAL = _journal(
+    (0.0, EventKind.RUN_CREATED, None, "wf", "{}"),
+    _claim(1.0, 10),
+    (2.0, EventKind.STEP_COMPLETED, "1", "plan", "[1, 2]"),
+    (3.0, EventKind.STEP_COMPLETED, "2/1/1", "research", '"b"'),
+    (5.0, EventKind.STEP_COMPLETED, "2/0/1", "research", '"a"'),
+    (6.0, EventKind.STEP_COMPLETED, "2/0/2", "check", "true"),
+    (6.5, EventKind.TIMER_STARTED, "3", "stalwart.sleep", '{"wake_at": 10.0, "seconds": 3.5}'),
+    (6.5, EventKind.RUN_SUSPENDED, None, "sleeping", "10.0"),
+    _claim(10.0, 10),
+    _claim(12.0, 11),
+    (13.0, EventKind.STEP_COMPLETED, "4", "publish", '{"ok": true}'),
+    (13.0, EventKind.RUN_COMPLETED, None, None, "1"),
+)
+
+
+def test_durations_follow_the_scope_of_each_step() -> None:
+    """A step starts when its predecessor in the same scope ended; branches at the gather."""
+    story = read_story(_record(), JOURNAL, now=100.0)
+    got = {s.step_id: (s.started_at, s.ended_at, s.outcome) for s in story.steps}
+    assert got == {
+        "1": (1.0, 2.0, "completed"),
+        "2/0/1": (2.0, 5.0, "completed"),
+        "2/0/2": (5.0, 6.0, "completed"),
+        "2/1/1": (2.0, 3.0, "completed"),
+        "3": (6.5, 10.0, "slept"),
+        "4": (12.0, 13.0, "completed"),  # not before the execution that recorded it began
+    }
+    assert [s.step_id for s in story.steps] == ["1", "2/0/1", "2/0/2", "2/1/1", "3", "4"]
+
+
+def test_an_execution_without_an_end_event_was_cut_short() -> None:
+    """Claim #2 never parked or finished before claim #3: a crash, taken over."""
+    story = read_story(_record(), JOURNAL, now=100.0)
+    assert [(e.number, e.pid, e.ended) for e in story.executions] == [
+        (1, 10, "parked (sleeping)"), (2, 10, "interrupted"), (3, 11, "completed")]
+    assert story.crashes == 1
+    assert [s.execution for s in story.steps] == [1, 1, 1, 1, 1, 3]
+
+
+def test_a_live_execution_is_running_and_a_pending_sleep_is_sleeping() -> None:
+    """The last claim of a running run is running; a timer not yet due is sleeping."""
+    journal = JOURNAL[:7]
+    story = read_story(_record(RunStatus.RUNNING), journal, now=8.0)
+    assert [e.ended for e in story.executions] == ["running"]
+    assert story.steps[-1].outcome == "sleeping" and story.steps[-1].ended_at is None
+    assert story.crashes == 0
+
+
+def test_failed_steps_signals_and_children_are_described() -> None:
+    """A failure shows its type and message; a signal its payload; a child its run id."""
+    error = json.dumps({"type": "builtins.ValueError", "message": "bad", "traceback": ""})
+    journal = _journal(
+        _claim(0.0, 1),
+        (1.0, EventKind.STEP_FAILED, "1", "fetch", error),
+        (1.5, EventKind.SIGNAL_WAIT_STARTED, "2", "signal:go", '{"deadline": null}'),
+        (4.0, EventKind.SIGNAL_RECEIVED, "2", "go", '{"x": 1}'),
+        (4.5, EventKind.CHILD_STARTED, "3", "child:sub", "r/3"),
+        (6.0, EventKind.STEP_COMPLETED, "3", "child:sub", "7"),
+    )
+    steps = read_story(_record(RunStatus.RUNNING), journal, now=10.0).steps
+    assert [(s.kind, s.outcome, s.detail, s.duration) for s in steps] == [
+        ("step", "failed", "builtins.ValueError: bad", 1.0),
+        ("signal", "received", '{"x": 1}', 2.5),
+        ("child", "completed", "r/3", 1.5),
+    ]
