@@ -37,8 +37,17 @@ from .._demo import (
     research_report,
 )
 from .._runtime import Runtime
+from ..errors import StoreError
 from ..store._base import Event, EventKind, RunRecord, RunStatus
-from ._common import FAILURE, CliError, console, fmt_duration, fmt_time, preview
+from ._common import (
+    FAILURE,
+    CliError,
+    console,
+    exit_code_for,
+    fmt_duration,
+    fmt_time,
+    preview,
+)
 from ._demo_child import PARK_AFTER
 from ._timeline import RunStory, read_story
 
@@ -186,7 +195,15 @@ async def _crash_and_resume(out: Console, db: Path, ledger: Path, run_id: str,
                             log: IO[bytes]) -> _Outcome:
     watcher = Runtime(str(db), worker=False)
     try:
-        await watcher.open()  # an unusable store fails here, before any process starts
+        try:
+            await watcher.open()  # an unusable store fails here, before any process starts
+        except StoreError as exc:
+            raise CliError(f"{exc}; `stalwart demo --fresh` deletes it and starts over",
+                           exit_code_for(exc)) from None
+        out.print(Text(f"stalwart demo: run {run_id} of research_report (plan -> 3 parallel "
+                       "research steps -> durable sleep -> publish), journal "
+                       f"{db}", style="bold"), soft_wrap=True)
+        out.print()
         started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "stalwart.cli._demo_child", str(db), run_id, str(ledger),
@@ -313,10 +330,6 @@ def demo(
         raise CliError(f"{ledger} is not a demo ledger ({exc}); run with --fresh") from None
     out = console()
     run_id = f"demo-{uuid.uuid4().hex[:8]}"
-    out.print(Text(f"stalwart demo: run {run_id} of research_report (plan -> 3 parallel "
-                   "research steps -> durable sleep -> publish), journal "
-                   f"{db_arg}", style="bold"), soft_wrap=True)
-    out.print()
     t0 = time.monotonic()
     with tempfile.TemporaryFile() as log:
         outcome = asyncio.run(_crash_and_resume(out, db, ledger, run_id, log))
