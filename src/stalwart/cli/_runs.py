@@ -210,8 +210,8 @@ def render_story(out: Console, story: RunStory, children: list[RunRecord],
         for st in story.steps:
             style = "red" if st.outcome in ("failed", "timed out") else ""
             detail = st.detail
-            if st.kind == "sleep" and st.ended_at is not None:
-                detail = f"until {fmt_time(st.ended_at)}"
+            if st.kind == "sleep":
+                detail = f"until {fmt_time(st.wake_at, date=True)}"
             table.add_row(st.step_id, Text(st.name), Text(st.outcome, style=style),
                           fmt_duration(st.duration), f"#{st.execution}",
                           Text(preview(detail, 60)))

@@ -71,6 +71,8 @@ class Step:
     detail: str
     """The result (JSON), the error, the child run id or the wake-up time."""
     seq: int
+    wake_at: float | None = None
+    """For a sleep: when it is (or was) due."""
 
     @property
     def duration(self) -> float | None:
@@ -82,7 +84,8 @@ class Step:
         return {"step_id": self.step_id, "name": self.name, "kind": self.kind,
                 "outcome": self.outcome, "started_at": self.started_at,
                 "ended_at": self.ended_at, "duration": self.duration,
-                "execution": self.execution, "detail": self.detail, "seq": self.seq}
+                "execution": self.execution, "detail": self.detail, "seq": self.seq,
+                "wake_at": self.wake_at}
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +225,8 @@ def _step(sid: str, evs: list[Event], run: RunRecord, started: float | None,
         wake = _wake_at(first)
         done = run.is_terminal or wake is None or wake <= now
         return Step(sid, name, "sleep", "slept" if done else "sleeping", started,
-                    ended if done else None, execution, f"until {wake}", first.seq)
+                    ended if done else None, execution, first.payload or "", first.seq,
+                    wake_at=wake)
     if first.kind == EventKind.SIGNAL_WAIT_STARTED:
         if EventKind.SIGNAL_RECEIVED in kinds:
             got = next(e for e in evs if e.kind == EventKind.SIGNAL_RECEIVED)
