@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._context import StepInfo, bind_step_context, unbind_step_context
 from ._policy import Policy
 from ._serde import ErrorInfo, encode_error, rebuild_error
 from .errors import (
@@ -155,10 +156,12 @@ async def guarded_call(
                         await limiter.acquire(cand.estimate_tokens)
                     if bulkhead is not None:
                         await bulkhead.acquire()
+                    token = bind_step_context(StepInfo(ex.run_id, step_id, name, number))
                     try:
                         result = await with_timeout(cand.call(step_id, number), per_attempt,
                                                     clock=clock)
                     finally:
+                        unbind_step_context(token)
                         if bulkhead is not None:
                             bulkhead.release()
                 except BaseException as exc:

@@ -56,11 +56,11 @@ class FakeClock(Clock):
 
     Args:
         start: the initial wall time (``now()``); ``monotonic()`` starts at 0.
-        autojump: when true, a sleep that is the earliest pending deadline completes as
-            soon as the event loop has run ``idle_hops`` rounds without any other sleeper
-            registering or waking, advancing time exactly to that deadline. Work that
-            waits on threads or sockets is not "idle" in that sense; drive such tests
-            with :meth:`advance` instead.
+        autojump: when true, time jumps to the earliest pending sleep as soon as the
+            event loop has had no ready callback for ``idle_hops`` rounds and no sleeper
+            registered or woke meanwhile — every task is blocked on the clock. Work that
+            waits on threads or sockets looks idle too; drive such tests with
+            :meth:`advance` (or use :class:`~stalwart.testing.MemoryStore`).
         idle_hops: loop iterations that count as idle (see ``autojump``).
     """
 
@@ -134,8 +134,14 @@ class FakeClock(Clock):
         self._jumper = None
         if generation != self._generation:
             return  # something happened since; the newer sleeper scheduled its own check
-        if hops > 0:
-            self._jumper = loop.call_soon(self._maybe_jump, loop, generation, hops - 1)
+        # Idle means: no other callback is ready to run (trio's "all tasks blocked").
+        # asyncio keeps ready callbacks in ``_ready``; where a loop has no such attribute
+        # (uvloop), only the hop count is used.
+        ready = getattr(loop, "_ready", None)
+        busy = ready is not None and len(ready) > 0
+        if busy or hops > 0:
+            self._jumper = loop.call_soon(self._maybe_jump, loop, generation,
+                                          self._idle_hops if busy else hops - 1)
             return
         while self._heap and self._heap[0][2].done():  # cancelled sleeps
             heapq.heappop(self._heap)
