@@ -313,6 +313,7 @@ class Context:
             await ex.record([NewEvent(EventKind.SIGNAL_WAIT_STARTED, step_id, step_name,
                                       json.dumps({"deadline": deadline}))])
         ex.replaying = False
+        since = ex.clock.monotonic()
         while True:
             payload = await ex.take_signal(name, step_id)
             if payload is not None:
@@ -322,7 +323,7 @@ class Context:
                 raise SignalTimeoutError(
                     f"run {ex.run_id}: no signal {name!r} within {timeout}s",
                     signal=name, run_id=ex.run_id, step_id=step_id)
-            await ex.wait_for_wakeup(deadline)
+            await ex.wait_for_wakeup(deadline, since)
 
     # -- child runs ------------------------------------------------------------------
 
@@ -340,11 +341,12 @@ class Context:
         child_id = f"{ex.run_id}/{step_id}"
         if not recorded:
             await ex.create_child(child_id, step_id, step_name, workflow, args, kwargs)
+        since = ex.clock.monotonic()
         while True:
             child = await ex.child_settled(child_id)
             if child.status in TERMINAL_STATUSES:
                 break
-            await ex.wait_for_wakeup(None)
+            await ex.wait_for_wakeup(None, since)
         if child.status == RunStatus.COMPLETED:
             await ex.record([NewEvent(EventKind.STEP_COMPLETED, step_id, step_name,
                                       child.result or "null")])

@@ -151,13 +151,17 @@ class Execution:
             raise Suspend(status, wake_at)
         await self.clock.sleep(remaining)
 
-    async def wait_for_wakeup(self, deadline: float | None) -> None:
-        """Wait in memory for a local wake-up (signal, child finished) for a short while,
-        then park the run until ``deadline`` or the next wake-up."""
-        budget = self.runtime.park_after
+    async def wait_for_wakeup(self, deadline: float | None, since: float) -> None:
+        """Wait in memory for a wake-up (a local signal or child ending) or for the next
+        poll, for at most ``park_after`` seconds since ``since`` (monotonic) in all; then
+        park the run until ``deadline`` or the next wake-up. Callers re-check the store
+        after each return, so wake-ups from other processes are seen within a poll."""
+        now = self.clock.monotonic()
+        budget = min(self.runtime.poll_interval, since + self.runtime.park_after - now)
         if deadline is not None:
             budget = min(budget, deadline - self.clock.now())
-        if budget > 0 and await race_event(self.wakeup, self.clock, budget):
+        if budget > 0:
+            await race_event(self.wakeup, self.clock, budget)
             return
         if deadline is not None and self.clock.now() >= deadline:
             return

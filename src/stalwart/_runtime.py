@@ -39,7 +39,16 @@ from .errors import (
 )
 from .models import Model, parse_model
 from .policies import BreakerRegistry, BreakerTransition, BulkheadRegistry, RateLimiterRegistry
-from .store._base import TERMINAL_STATUSES, Event, Lease, Owner, RunRecord, RunStatus, Store
+from .store._base import (
+    TERMINAL_STATUSES,
+    Event,
+    Finish,
+    Lease,
+    Owner,
+    RunRecord,
+    RunStatus,
+    Store,
+)
 from .store._sqlite import SQLiteStore
 
 __all__ = ["RunHandle", "Runtime", "open_store"]
@@ -339,9 +348,12 @@ class Runtime:
         for t in self._tasks:
             t.cancel()
         active = list(self._active.values())
+        leases = [ex.lease for ex in self._executions.values()]
         for t in active:
             t.cancel()
         await asyncio.gather(*self._tasks, *active, return_exceptions=True)
+        if self._started and leases:
+            await self._release(leases)
         if self._started:
             await self.store.close()
         for m in self._owned_models:
@@ -353,6 +365,18 @@ class Runtime:
                     log.exception("closing model %r failed", m)
         self.thread_pool.shutdown(wait=False, cancel_futures=True)
         self._started = False
+
+    async def _release(self, leases: list[Lease]) -> None:
+        """Hand interrupted runs back (pending) so any worker can take them at once."""
+        for lease in leases:
+            try:
+                await self.store.append(lease, [], now=self.clock.now(),
+                                        finish=Finish(RunStatus.PENDING))
+            except LeaseLostError:
+                pass
+            except Exception:
+                log.exception("run %s: could not release its lease; it will expire",
+                              lease.run_id)
 
     def poke(self) -> None:
         """Wake the scheduler (new work may be ready)."""

@@ -34,7 +34,9 @@ def _type_adapter(tp: Any) -> TypeAdapter[Any]:
 def _to_jsonable(value: Any, tp: Any, what: str) -> Any:
     try:
         if tp is not _EMPTY and tp is not Any:
-            return _type_adapter(tp).dump_python(value, mode="json")
+            adapter = _type_adapter(tp)
+            # Validate first: dumping a value of the wrong type would only warn.
+            return adapter.dump_python(adapter.validate_python(value), mode="json")
         out = _tag_models(value)
         json.dumps(out, allow_nan=False)
         return out
@@ -132,4 +134,6 @@ class Workflow(Generic[P, R]):
                 return (), dict(value)
         if isinstance(value, list):
             return tuple(value), {}
+        if value is None and not self._params:
+            return (), {}
         return (value,), {}
