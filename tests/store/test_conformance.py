@@ -22,6 +22,7 @@ from stalwart.store import (
     RunRecord,
     RunStatus,
     Store,
+    WorkerRecord,
 )
 
 StoreFactory = Callable[[], Awaitable[Store]]
@@ -740,3 +741,63 @@ async def test_open_is_idempotent_and_the_store_reports_a_url(store: Store) -> N
     await store.open()
     assert store.url.split(":", 1)[0] in ("sqlite", "postgresql", "memory")
     assert isinstance(store, Store)
+
+
+# -- the workers registry --------------------------------------------------------------
+
+
+def worker(worker_id: str, *, heartbeat_at: float = T0, started_at: float = T0,
+           in_flight: int = 0, stopped_at: float | None = None,
+           pools: tuple[str, ...] = ()) -> WorkerRecord:
+    return WorkerRecord(worker_id=worker_id, host="host-a", pid=101, started_at=started_at,
+                        heartbeat_at=heartbeat_at, concurrency=8, in_flight=in_flight,
+                        lease_seconds=LEASE, pools=pools, stopped_at=stopped_at)
+
+
+async def test_save_worker_inserts_then_replaces_its_row(store: Store) -> None:
+    """A worker's row is written at start and replaced by each heartbeat and its stop."""
+    assert await store.list_workers(since=0.0) == []
+    first = worker("w1", pools=("gpu", "default"))
+    await store.save_worker(first)
+    assert await store.list_workers(since=0.0) == [first]
+    beat = worker("w1", heartbeat_at=T0 + 10, in_flight=3, pools=("gpu", "default"))
+    await store.save_worker(beat)
+    stopped = worker("w1", heartbeat_at=T0 + 12, stopped_at=T0 + 12, pools=("gpu", "default"))
+    await store.save_worker(stopped)
+    assert await store.list_workers(since=0.0) == [stopped]
+
+
+async def test_list_workers_since_and_in_start_order(store: Store) -> None:
+    """Only workers heard from since the cut-off are listed, oldest start first."""
+    await store.save_worker(worker("late", started_at=T0 + 5, heartbeat_at=T0 + 50))
+    await store.save_worker(worker("early", started_at=T0, heartbeat_at=T0 + 40))
+    await store.save_worker(worker("gone", started_at=T0 - 100, heartbeat_at=T0 - 90))
+    listed = await store.list_workers(since=T0)
+    assert [w.worker_id for w in listed] == ["early", "late"]
+    assert [w.worker_id for w in await store.list_workers(since=T0 + 45)] == ["late"]
+
+
+async def test_forget_workers_deletes_only_old_rows(store: Store) -> None:
+    """forget_workers removes rows last heard from before the cut-off and counts them."""
+    for i in range(3):
+        await store.save_worker(worker(f"old{i}", heartbeat_at=T0 - 1000 - i))
+    await store.save_worker(worker("fresh", heartbeat_at=T0))
+    assert await store.forget_workers(before=T0 - 500) == 3
+    assert [w.worker_id for w in await store.list_workers(since=0.0)] == ["fresh"]
+    assert await store.forget_workers(before=T0 - 500) == 0
+
+
+async def test_workers_registry_is_shared_between_stores(open_another: StoreFactory) -> None:
+    """Two processes on one journal see each other's workers."""
+    one, two = await open_another(), await open_another()
+    await one.save_worker(worker("w1"))
+    await two.save_worker(worker("w2", started_at=T0 + 1))
+    assert [w.worker_id for w in await one.list_workers(since=0.0)] == ["w1", "w2"]
+
+
+def test_worker_alive_follows_heartbeat_age_and_stop() -> None:
+    """A worker is alive until a lease period passes without a heartbeat, or it stops."""
+    w = worker("w1", heartbeat_at=T0)
+    assert w.alive(T0 + LEASE)
+    assert not w.alive(T0 + LEASE + 0.001)
+    assert not worker("w1", stopped_at=T0).alive(T0)

@@ -10,4 +10,5 @@ from ._base import Owner as Owner
 from ._base import RunRecord as RunRecord
 from ._base import RunStatus as RunStatus
 from ._base import Store as Store
+from ._base import WorkerRecord as WorkerRecord
 from ._sqlite import SQLiteStore as SQLiteStore

@@ -29,6 +29,7 @@ __all__ = [
     "RunRecord",
     "RunStatus",
     "Store",
+    "WorkerRecord",
 ]
 
 SCHEMA_VERSION = 1
@@ -74,6 +75,14 @@ class EventKind(enum.StrEnum):
     RUN_CANCELLED = "run_cancelled"
     RUN_DEAD_LETTERED = "run_dead_lettered"
     RUN_REDRIVEN = "run_redriven"
+    CALL_TIMED = "call_timed"
+    """A model or tool call's wall-clock start, duration and attempt count; journaled in
+    the same append as the call's outcome (no extra commit), just before it."""
+    CHECK_FAILED = "check_failed"
+    """An output failed its outcome check (a semantic failure) but the step kept it (an
+    agent's turn, answered by a re-ask); journaled with the step's outcome."""
+    RUN_FORKED = "run_forked"
+    """The run was forked from another run's journal (``stalwart runs fork``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +176,31 @@ class AppendResult:
     cancel_requested: bool
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerRecord:
+    """One row of the workers registry: a runtime that executes runs, as it last reported.
+
+    A worker writes its row when it starts, at every heartbeat and when it stops cleanly
+    (``stopped_at``). One whose heartbeats stopped without a clean stop died (SIGKILL, a
+    lost machine or network); its leases expire and other workers take its runs over.
+    """
+
+    worker_id: str
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    concurrency: int
+    in_flight: int
+    lease_seconds: float
+    pools: tuple[str, ...] = ()
+    stopped_at: float | None = None
+
+    def alive(self, now: float) -> bool:
+        """Not stopped, and heard from within one lease period (the leases' own rule)."""
+        return self.stopped_at is None and now - self.heartbeat_at <= self.lease_seconds
+
+
 @runtime_checkable
 class Store(Protocol):
     """The journal and run table behind a runtime."""
@@ -195,11 +229,14 @@ class Store(Protocol):
         parent: Lease | None = None,
         parent_step_id: str | None = None,
         parent_events: Sequence[NewEvent] = (),
+        events: Sequence[NewEvent] = (),
     ) -> tuple[RunRecord, bool]:
         """Create a pending run, or return the existing one with that id (``created=False``).
 
         With ``parent``, the child link and ``parent_events`` are written in the same
-        transaction, fenced by the parent's lease.
+        transaction, fenced by the parent's lease. ``events`` are journaled in the new
+        run after its ``run_created``, in the same transaction (a fork's copied prefix),
+        so no worker can claim the run before they are there.
         """
         ...
 
@@ -287,4 +324,19 @@ class Store(Protocol):
             RunNotFoundError: no such run.
             ConfigurationError: the run is not dead-lettered.
         """
+        ...
+
+    # -- the workers registry (operational state: no run depends on it) --------------
+
+    async def save_worker(self, worker: WorkerRecord) -> None:
+        """Insert or replace ``worker``'s row (at start, at each heartbeat, at a stop)."""
+        ...
+
+    async def list_workers(self, *, since: float) -> list[WorkerRecord]:
+        """Workers heard from (a heartbeat or a stop) at or after ``since``, in the order
+        they started."""
+        ...
+
+    async def forget_workers(self, *, before: float) -> int:
+        """Delete the rows of workers last heard from before ``before``; how many went."""
         ...

@@ -60,6 +60,7 @@ from ._base import (
     Owner,
     RunRecord,
     RunStatus,
+    WorkerRecord,
 )
 from ._postgres_schema import check_or_create
 
@@ -84,6 +85,8 @@ _READY = (
     "OR (status IN ('sleeping', 'waiting') AND wake_at IS NOT NULL AND wake_at <= %(now)s))"
 )
 _TRANSIENT_ATTEMPTS = 5
+_WORKER_COLUMNS = ("worker_id, host, pid, started_at, heartbeat_at, concurrency, in_flight, "
+                   "lease_seconds, pools, stopped_at")
 
 
 def _transient(exc: psycopg.Error) -> bool:
@@ -261,6 +264,7 @@ class PostgresStore:
         parent: Lease | None = None,
         parent_step_id: str | None = None,
         parent_events: Sequence[NewEvent] = (),
+        events: Sequence[NewEvent] = (),
     ) -> tuple[RunRecord, bool]:
         async def op(conn: Conn) -> tuple[RunRecord, bool]:
             if parent is not None:
@@ -268,14 +272,14 @@ class PostgresStore:
             cur = await conn.execute(
                 "INSERT INTO stalwart_runs (run_id, workflow, workflow_ref, status, input, "
                 "parent_run_id, parent_step_id, created_at, updated_at, event_count) "
-                "VALUES (%s, %s, %s, 'pending', %s, %s, %s, %s, %s, 1) "
+                "VALUES (%s, %s, %s, 'pending', %s, %s, %s, %s, %s, %s) "
                 "ON CONFLICT (run_id) DO NOTHING RETURNING run_id",
                 (run_id, workflow, workflow_ref, input, parent.run_id if parent else None,
-                 parent_step_id, now, now))
+                 parent_step_id, now, now, 1 + len(events)))
             created = await cur.fetchone() is not None
             if created:
                 await self._insert_events(conn, run_id, 0, [NewEvent(
-                    EventKind.RUN_CREATED, name=workflow, payload=input)], now)
+                    EventKind.RUN_CREATED, name=workflow, payload=input), *events], now)
                 await self._notify(conn, run_id)
             if parent is not None and parent_events:
                 await self._append_checked(conn, parent, parent_events, now, None)
@@ -680,3 +684,38 @@ class PostgresStore:
     async def listening(self) -> None:
         """Wait until :meth:`wait_for_notification`'s listener is subscribed (tests)."""
         await self._listening.wait()
+
+    # -- the workers registry --------------------------------------------------------
+
+    async def save_worker(self, worker: WorkerRecord) -> None:
+        async def op(conn: Conn) -> None:
+            await conn.execute(
+                f"INSERT INTO stalwart_workers ({_WORKER_COLUMNS}) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (worker_id) "
+                "DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid, "
+                "started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at, "
+                "concurrency = EXCLUDED.concurrency, in_flight = EXCLUDED.in_flight, "
+                "lease_seconds = EXCLUDED.lease_seconds, pools = EXCLUDED.pools, "
+                "stopped_at = EXCLUDED.stopped_at",
+                (worker.worker_id, worker.host, worker.pid, worker.started_at,
+                 worker.heartbeat_at, worker.concurrency, worker.in_flight,
+                 worker.lease_seconds, list(worker.pools), worker.stopped_at))
+
+        await self._write(op)
+
+    async def list_workers(self, *, since: float) -> list[WorkerRecord]:
+        rows = await self._read(
+            f"SELECT {_WORKER_COLUMNS} FROM stalwart_workers WHERE heartbeat_at >= %s "
+            "ORDER BY started_at, worker_id", (since,))
+        return [WorkerRecord(
+            worker_id=r[0], host=r[1], pid=r[2], started_at=r[3], heartbeat_at=r[4],
+            concurrency=r[5], in_flight=r[6], lease_seconds=r[7], pools=tuple(r[8]),
+            stopped_at=r[9]) for r in rows]
+
+    async def forget_workers(self, *, before: float) -> int:
+        async def op(conn: Conn) -> int:
+            cur = await conn.execute("DELETE FROM stalwart_workers WHERE heartbeat_at < %s",
+                                     (before,))
+            return cur.rowcount
+
+        return await self._write(op)

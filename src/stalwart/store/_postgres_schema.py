@@ -17,7 +17,7 @@ from psycopg.rows import TupleRow
 from ..errors import ConfigurationError, NotAStalwartStoreError, SchemaVersionError
 from ._base import APP_ID
 
-__all__ = ["MIGRATIONS", "SCHEMA", "SCHEMA_VERSION", "TABLES", "check_or_create"]
+__all__ = ["MIGRATIONS", "SCHEMA", "SCHEMA_VERSION", "TABLES", "WORKERS_SCHEMA", "check_or_create"]
 
 SCHEMA_VERSION = 1
 """The version of these tables. It is PostgreSQL's own (SQLite's file layout has its
@@ -93,6 +93,24 @@ CREATE INDEX stalwart_signals_pending ON stalwart_signals (run_id, name, id)
     WHERE consumed_step_id IS NULL;
 """
 
+WORKERS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS stalwart_workers (
+    worker_id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    heartbeat_at DOUBLE PRECISION NOT NULL,
+    concurrency INTEGER NOT NULL,
+    in_flight INTEGER NOT NULL,
+    lease_seconds DOUBLE PRECISION NOT NULL,
+    pools TEXT[] NOT NULL,
+    stopped_at DOUBLE PRECISION
+)
+"""
+"""The workers registry: operational state that no run depends on. It is created when
+missing (under the schema lock, after the journal's tables check out) and ignored by
+stalwarts that predate it, so adding it did not change :data:`SCHEMA_VERSION`."""
+
 MIGRATIONS: dict[int, tuple[str, ...]] = {}
 """Statements that take the schema from version ``n`` to ``n + 1``, keyed by ``n``."""
 
@@ -122,6 +140,7 @@ async def check_or_create(conn: Conn, url: str) -> None:
             await conn.execute(
                 "INSERT INTO stalwart_meta (key, value) VALUES ('app', %s), "
                 "('schema_version', %s)", (APP_ID, str(SCHEMA_VERSION)))
+            await conn.execute(WORKERS_SCHEMA)
             return
         if "stalwart_meta" not in found or found["stalwart_meta"] != TABLES["stalwart_meta"]:
             raise NotAStalwartStoreError(
@@ -160,3 +179,4 @@ async def check_or_create(conn: Conn, url: str) -> None:
                 raise NotAStalwartStoreError(
                     f"{where}: table {table} does not have the columns of a stalwart "
                     "journal; it was left untouched")
+        await conn.execute(WORKERS_SCHEMA)

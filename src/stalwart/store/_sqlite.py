@@ -22,6 +22,7 @@ step lost that way runs again on resume, with the same idempotency key.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import threading
@@ -52,6 +53,7 @@ from ._base import (
     Owner,
     RunRecord,
     RunStatus,
+    WorkerRecord,
 )
 
 __all__ = ["SQLiteStore"]
@@ -110,6 +112,26 @@ CREATE TABLE signals (
 );
 CREATE INDEX signals_pending ON signals (run_id, name) WHERE consumed_step_id IS NULL;
 """
+
+# The workers registry is operational state that no run depends on: created when
+# missing, at every open, and ignored by stalwarts that predate it, so adding it did not
+# change the journal's schema version.
+_WORKERS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS workers (
+    worker_id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    heartbeat_at REAL NOT NULL,
+    concurrency INTEGER NOT NULL,
+    in_flight INTEGER NOT NULL,
+    lease_seconds REAL NOT NULL,
+    pools TEXT NOT NULL,
+    stopped_at REAL
+)
+"""
+_WORKER_COLUMNS = ("worker_id, host, pid, started_at, heartbeat_at, concurrency, in_flight, "
+                   "lease_seconds, pools, stopped_at")
 
 _RUN_COLUMNS = (
     "run_id, workflow, workflow_ref, status, input, result, error, parent_run_id, parent_step_id, "
@@ -212,6 +234,7 @@ class SQLiteStore:
                                timeout=self._busy_timeout)
         try:
             self._check_or_create(conn)
+            conn.execute(_WORKERS_SCHEMA)
         except BaseException:
             conn.close()
             raise
@@ -332,6 +355,7 @@ class SQLiteStore:
         parent: Lease | None = None,
         parent_step_id: str | None = None,
         parent_events: Sequence[NewEvent] = (),
+        events: Sequence[NewEvent] = (),
     ) -> tuple[RunRecord, bool]:
         def op(conn: sqlite3.Connection) -> tuple[RunRecord, bool]:
             if parent is not None:
@@ -349,7 +373,7 @@ class SQLiteStore:
                 )
                 self._insert_events(conn, run_id, 0,
                                     [NewEvent(EventKind.RUN_CREATED, name=workflow,
-                                              payload=input)], now)
+                                              payload=input), *events], now)
             if parent is not None and parent_events:
                 self._append_checked(conn, parent, parent_events, now, None)
             row = conn.execute(
@@ -714,6 +738,42 @@ class SQLiteStore:
 
         return await self._call(op)
 
+
+    # -- the workers registry --------------------------------------------------------
+
+    async def save_worker(self, worker: WorkerRecord) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                f"INSERT OR REPLACE INTO workers ({_WORKER_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (worker.worker_id, worker.host, worker.pid, worker.started_at,
+                 worker.heartbeat_at, worker.concurrency, worker.in_flight,
+                 worker.lease_seconds, json.dumps(list(worker.pools)), worker.stopped_at))
+
+        await self._write(op)
+
+    async def list_workers(self, *, since: float) -> list[WorkerRecord]:
+        def op() -> list[WorkerRecord]:
+            rows = self._db().execute(
+                f"SELECT {_WORKER_COLUMNS} FROM workers WHERE heartbeat_at >= ? "
+                "ORDER BY started_at, worker_id", (since,)).fetchall()
+            return [_worker_record(r) for r in rows]
+
+        return await self._call(op)
+
+    async def forget_workers(self, *, before: float) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute("DELETE FROM workers WHERE heartbeat_at < ?",
+                                (before,)).rowcount
+
+        return await self._write(op)
+
+
+def _worker_record(row: Sequence[Any]) -> WorkerRecord:
+    return WorkerRecord(
+        worker_id=row[0], host=row[1], pid=row[2], started_at=row[3], heartbeat_at=row[4],
+        concurrency=row[5], in_flight=row[6], lease_seconds=row[7],
+        pools=tuple(json.loads(row[8])), stopped_at=row[9])
 
 def _settle_all(settled: list[tuple[asyncio.Future[Any], Any]]) -> None:
     for fut, outcome in settled:

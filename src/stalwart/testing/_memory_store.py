@@ -27,6 +27,7 @@ from ..store._base import (
     Owner,
     RunRecord,
     RunStatus,
+    WorkerRecord,
 )
 
 __all__ = ["MemoryStore"]
@@ -57,6 +58,7 @@ class MemoryStore:
         self._runs: dict[str, _Run] = {}
         self._signals: list[_Signal] = []
         self._order = 0
+        self._workers: dict[str, WorkerRecord] = {}
         self.commits = 0
         """Write operations performed (the counterpart of SQLiteStore.commits)."""
 
@@ -120,6 +122,7 @@ class MemoryStore:
         parent: Lease | None = None,
         parent_step_id: str | None = None,
         parent_events: Sequence[NewEvent] = (),
+        events: Sequence[NewEvent] = (),
     ) -> tuple[RunRecord, bool]:
         await self._yield()
         parent_run = self._check(parent) if parent is not None else None
@@ -142,7 +145,7 @@ class MemoryStore:
                 lease_expires_at=None, owner_host=None, owner_pid=None, cancel_requested=False)
             existing = self._runs[run_id] = _Run(rec, order=self._order)
             self._append_events(existing, [NewEvent(EventKind.RUN_CREATED, name=workflow,
-                                                    payload=input)], now)
+                                                    payload=input), *events], now)
         if parent_run is not None and parent_events:
             self._append_events(parent_run, parent_events, now)
         self.commits += 1
@@ -326,3 +329,23 @@ class MemoryStore:
                  if r.rec.status in (RunStatus.SLEEPING, RunStatus.WAITING)
                  and r.rec.wake_at is not None]
         return min(wakes) if wakes else None
+
+    # -- the workers registry --------------------------------------------------------
+
+    async def save_worker(self, worker: WorkerRecord) -> None:
+        await self._yield()
+        self._workers[worker.worker_id] = worker
+        self.commits += 1
+
+    async def list_workers(self, *, since: float) -> list[WorkerRecord]:
+        await self._yield()
+        return sorted((w for w in self._workers.values() if w.heartbeat_at >= since),
+                      key=lambda w: (w.started_at, w.worker_id))
+
+    async def forget_workers(self, *, before: float) -> int:
+        await self._yield()
+        gone = [k for k, w in self._workers.items() if w.heartbeat_at < before]
+        for k in gone:
+            del self._workers[k]
+        self.commits += 1
+        return len(gone)
