@@ -78,6 +78,26 @@ async def boom(ctx: sw.Context) -> None:
     raise ValueError("kaboom")
 
 
+def _service_is_up(marker: str) -> bool:
+    return Path(marker).exists()
+
+
+async def lookup(query: str, call: sw.ToolCall, marker: str) -> str:
+    if not _service_is_up(marker):
+        raise TimeoutError(f"lookup service down (attempt {call.attempt})")
+    return f"found {query}"
+
+
+lookup_tool = sw.Tool(lookup, policy=sw.Policy(
+    retry=sw.Retry(max_attempts=3, initial=0.001, max_backoff=0.002)))
+
+
+@app.workflow
+async def fragile(ctx: sw.Context, query: str, marker: str) -> str:
+    first = await ctx.step(add, 1, 2)
+    return f"{first}:{await ctx.tool(lookup_tool, query=query, marker=marker)}"
+
+
 NOT_A_WORKFLOW = 42
 '''
 

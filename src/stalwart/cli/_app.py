@@ -15,6 +15,7 @@ from ..errors import StalwartError
 from . import _commands
 from ._common import FAILURE, USAGE, CliError, exit_code_for
 from ._demo import demo
+from ._dlq import dlq_app
 from ._runs import runs_app
 
 __all__ = ["app", "main"]
@@ -98,6 +99,7 @@ app.command("signal")(_commands.signal)
 app.command("cancel")(_commands.cancel)
 app.command("demo")(demo)
 app.add_typer(runs_app, name="runs")
+app.add_typer(dlq_app, name="dlq")
 
 
 def main() -> None:
