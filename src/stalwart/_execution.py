@@ -34,6 +34,7 @@ from .errors import (
     NonDeterminismError,
     ResilienceError,
     StalwartError,
+    StoreError,
 )
 from .store._base import (
     TERMINAL_STATUSES,
@@ -213,7 +214,9 @@ class Execution:
         except LeaseLostError as exc:
             log.warning("run %s: lease lost, execution abandoned: %s", self.run_id, exc)
             return None
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, StoreError):
+            # A journal failure is no outcome of the run: recording one (had the store
+            # come back meanwhile) would fail a run over a database restart.
             raise
         except Exception as exc:
             if isinstance(exc, StalwartError) and exc.run_id is None:

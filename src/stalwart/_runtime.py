@@ -16,18 +16,21 @@ import os
 import socket
 import uuid
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, final, overload
 
+from ._budget import Budget
 from ._clock import Clock, SystemClock
 from ._context import Context
+from ._cost import PriceTable, Prices, UsageReport, usage_report
 from ._execution import Execution, race_event
 from ._policy import DEFAULT_POLICY, Policy
 from ._serde import ErrorInfo, decode, encode, import_ref, rebuild_error, return_type
+from ._timetravel import ReplayReport
 from .errors import (
     ConfigurationError,
     LeaseLostError,
@@ -48,12 +51,16 @@ from .store._base import (
     RunRecord,
     RunStatus,
     Store,
+    WorkerRecord,
 )
 from .store._sqlite import SQLiteStore
 
 __all__ = ["RunHandle", "Runtime", "open_store"]
 
 log = logging.getLogger("stalwart.runtime")
+
+WORKERS_KEPT_FOR = 7 * 86_400.0
+"""Seconds a worker's row stays in the registry after its last heartbeat."""
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -161,10 +168,18 @@ class Runtime:
         park_after: a sleep or wait longer than this parks the run (its task ends and
             it is woken from the store); shorter ones wait in memory.
         thread_pool_size: threads for synchronous steps.
+        budget: limits on what each run may spend (tokens, cost, calls, seconds); a
+            workflow's and an agent's own budgets apply on top.
+        prices: model prices for cost accounting and ``max_cost``: overrides over the
+            built-in table, a :class:`~stalwart.PriceTable`, or a function
+            ``(provider, model) -> Price | None``.
         policy: resilience policies for every model and tool call (over
             :data:`~stalwart.DEFAULT_POLICY`); agents, tools and calls refine it.
         models: model instances by spec (``{"sim:demo": SimulatedModel(...)}``), used
             instead of building one from the spec.
+        pools: execute only runs of workflows in these worker pools
+            (``@app.workflow(pool="gpu")``; a workflow without one is in ``"default"``).
+            ``None`` (default) serves every registered workflow.
     """
 
     def __init__(
@@ -178,8 +193,11 @@ class Runtime:
         poll_interval: float = 1.0,
         park_after: float = 5.0,
         thread_pool_size: int = 32,
+        budget: Budget | None = None,
+        prices: Prices | None = None,
         policy: Policy | None = None,
         models: Mapping[str, Model] | None = None,
+        pools: Collection[str] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
@@ -205,8 +223,13 @@ class Runtime:
         self._start_lock: asyncio.Lock | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._draining = False
+        self.pools = None if pools is None else frozenset(pools)
+        self.started_at: float | None = None
         self._last_steal_scan = float("-inf")
         self.policy = (policy or Policy()).over(DEFAULT_POLICY)
+        self.budget = budget
+        self.prices = PriceTable.of(prices)
         self.breakers = BreakerRegistry(clock=self.clock)
         self.bulkheads = BulkheadRegistry(clock=self.clock)
         self.rate_limiters = RateLimiterRegistry(clock=self.clock)
@@ -224,14 +247,17 @@ class Runtime:
     def workflow(self, fn: Callable[Concatenate[Context, P], Awaitable[R]], /) -> Any: ...
 
     @overload
-    def workflow(self, fn: None = None, /, *, name: str | None = None) -> Callable[..., Any]: ...
+    def workflow(self, fn: None = None, /, *, name: str | None = None,
+                 pool: str | None = None) -> Callable[..., Any]: ...
 
-    def workflow(self, fn: Any = None, /, *, name: str | None = None) -> Any:
-        """Register an async function ``(ctx, ...)`` as a workflow (a decorator)."""
+    def workflow(self, fn: Any = None, /, *, name: str | None = None,
+                 pool: str | None = None) -> Any:
+        """Register an async function ``(ctx, ...)`` as a workflow (a decorator).
+        ``pool`` names the worker pool whose workers execute its runs."""
         from ._workflow import Workflow
 
         def deco(f: Callable[Concatenate[Context, P], Awaitable[R]]) -> Workflow[P, R]:
-            wf: Workflow[P, R] = Workflow(f, name=name)
+            wf: Workflow[P, R] = Workflow(f, name=name, pool=pool)
             self.register(wf)
             return wf
 
@@ -335,8 +361,10 @@ class Runtime:
             await self.store.open()
             self._wake = asyncio.Event()
             if self.worker:
+                self.started_at = self.clock.now()
                 self._tasks.append(asyncio.create_task(self._scheduler(), name="sw-scheduler"))
                 self._tasks.append(asyncio.create_task(self._heartbeat(), name="sw-heartbeat"))
+                self._listen_for_notifications()
             self._started = True
 
     async def close(self) -> None:
@@ -354,6 +382,8 @@ class Runtime:
         await asyncio.gather(*self._tasks, *active, return_exceptions=True)
         if self._started and leases:
             await self._release(leases)
+        if self._started and self.started_at is not None:
+            await self._report_worker(stopped=True)
         if self._started:
             await self.store.close()
         for m in self._owned_models:
@@ -381,6 +411,25 @@ class Runtime:
     def poke(self) -> None:
         """Wake the scheduler (new work may be ready)."""
         self._wake.set()
+
+    async def drain(self, grace: float) -> int:
+        """Stop claiming runs and wait up to ``grace`` seconds (of the runtime's clock) for
+        the executing ones to end or park; returns how many still execute.
+
+        A graceful shutdown is ``drain`` then :meth:`close`, which hands the runs still
+        executing back to the store: another worker replays them at once, and only their
+        in-flight steps run again (with the same idempotency keys)."""
+        self._draining = True
+        self.poke()
+        if self._active:
+            sleeper = asyncio.ensure_future(self.clock.sleep(grace))
+            try:
+                while self._active and not sleeper.done():
+                    await asyncio.wait({*self._active.values(), sleeper},
+                                       return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+        return len(self._active)
 
     # -- the client API --------------------------------------------------------------
 
@@ -472,6 +521,28 @@ class Runtime:
                                    force_scan=True)
         return [lease.run_id for lease in leases]
 
+    async def usage(self, run_id: str) -> UsageReport:
+        """Tokens, calls and cost of a run — in total, per agent, model and tool — read
+        from its journal and priced with this runtime's prices."""
+        return usage_report(await self.events(run_id), self.prices)
+
+    async def replay(self, run_id: str) -> ReplayReport:
+        """Re-run the current code of ``run_id``'s workflow against its journal, calling
+        nothing external, and report whether the code is still deterministic for it."""
+        from ._timetravel import replay_run
+
+        await self.open()
+        return await replay_run(self, run_id)
+
+    async def fork(self, run_id: str, *, at: str, model: str | None = None,
+                   run_id_for_fork: str | None = None) -> RunHandle[Any]:
+        """Start a new run that reuses ``run_id``'s recorded results before step ``at``
+        and executes from there — with ``model`` for agent turns from ``at`` on, when
+        given. The fork's journal records its origin."""
+        from ._timetravel import fork_run
+
+        return await fork_run(self, run_id, at=at, model=model, new_run_id=run_id_for_fork)
+
     async def redrive(self, run_id: str) -> RunHandle[Any]:
         """Send a dead-lettered run through again (``stalwart dlq retry``): the step that
         exhausted its policies runs again with a fresh attempt count."""
@@ -481,13 +552,24 @@ class Runtime:
         return RunHandle(self, run_id, created=False)
 
     async def wait_for_end(self, run_id: str, *, timeout: float | None = None) -> RunRecord:
-        """Wait until the run is completed, failed or cancelled."""
+        """Wait until the run is completed, failed or cancelled.
+
+        A store that cannot be reached for a while (a database restart) is retried at
+        every poll until ``timeout``."""
         deadline = None if timeout is None else self.clock.monotonic() + timeout
+        await self.open()
+        self._listen_for_notifications()
         while True:
             event = self._waiters.setdefault(run_id, asyncio.Event())
-            rec = await self.get_run(run_id)
-            if rec.status in TERMINAL_STATUSES:
-                return rec
+            try:
+                rec = await self.get_run(run_id)
+            except StoreError as exc:
+                if not exc.retryable:
+                    raise
+                log.warning("run %s: cannot read it (%s); retrying", run_id, exc)
+            else:
+                if rec.status in TERMINAL_STATUSES:
+                    return rec
             wait = self.poll_interval
             if deadline is not None:
                 left = deadline - self.clock.monotonic()
@@ -532,9 +614,21 @@ class Runtime:
                 out.append((rec.run_id, rec.lease_owner, rec.lease_token))
         return out
 
+    @property
+    def in_flight(self) -> int:
+        """How many runs this runtime is executing now."""
+        return len(self._active)
+
+    def served_workflows(self) -> list[str]:
+        """The workflows whose runs this runtime claims: its pools' (all without pools)."""
+        if self.pools is None:
+            return list(self._workflows)
+        return [name for name, wf in self._workflows.items()
+                if (getattr(wf, "pool", None) or "default") in self.pools]
+
     async def _claim(self, *, limit: int, run_id: str | None = None,
                      force_scan: bool = False) -> list[Lease]:
-        if limit <= 0 or self._closing:
+        if limit <= 0 or self._closing or self._draining:
             return []
         now = self.clock.now()
         steal: list[tuple[str, str, int]] = []
@@ -545,7 +639,7 @@ class Runtime:
                 steal = [s for s in steal if s[0] == run_id]
         leases = await self.store.claim(self.owner, now=now, lease_seconds=self.lease_seconds,
                                         limit=limit, run_id=run_id, steal=steal,
-                                        workflows=list(self._workflows))
+                                        workflows=self.served_workflows())
         for lease in leases:
             self._active[lease.run_id] = asyncio.create_task(
                 self._execute(lease), name=f"sw-run-{lease.run_id}")
@@ -568,6 +662,13 @@ class Runtime:
             raise
         except LeaseLostError as exc:
             log.warning("run %s: %s", run_id, exc)
+        except StoreError as exc:
+            # The journal failed under the run (a database restart, a lost connection).
+            # Nothing about the run was decided: hand it back for a replay, here or on
+            # another worker, once the store answers again.
+            log.warning("run %s: the journal failed (%s); handing the run back", run_id, exc)
+            current = self._executions.pop(run_id, None)
+            await self._hand_back(current.lease if current is not None else lease)
         except Exception:
             log.exception("run %s: the engine failed while executing it", run_id)
         finally:
@@ -593,10 +694,82 @@ class Runtime:
             if delay > 0 or not self._wake.is_set():
                 await race_event(self._wake, self.clock, delay)
 
+    async def _hand_back(self, lease: Lease) -> None:
+        """Release ``lease`` (the run goes back to pending), retrying while the store is
+        unreachable, until the lease would have expired anyway."""
+        delay = 0.05
+        while not self._closing:
+            try:
+                await self.store.append(lease, [], now=self.clock.now(),
+                                        finish=Finish(RunStatus.PENDING))
+                return
+            except LeaseLostError:
+                return
+            except StoreError as exc:
+                if self.clock.now() + delay >= lease.expires_at:
+                    log.warning("run %s: cannot hand it back (%s); its lease expires",
+                                lease.run_id, exc)
+                    return
+            await self.clock.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _listen_for_notifications(self) -> None:
+        """With a store that sends wake-ups (PostgreSQL's LISTEN/NOTIFY), poke the
+        scheduler and wake ``wait_for_end`` callers on each; polling stays the net."""
+        wait = getattr(self.store, "wait_for_notification", None)
+        if wait is None or self._closing or any(
+                t.get_name() == "sw-notifications" for t in self._tasks):
+            return
+        self._tasks.append(asyncio.create_task(self._notifications(wait),
+                                               name="sw-notifications"))
+
+    async def _notifications(self, wait: Callable[[float], Awaitable[bool]]) -> None:
+        while not self._closing:
+            try:
+                woken = await wait(max(self.poll_interval, 1.0))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("notifications: cannot wait for them; polling only")
+                await self.clock.sleep(self.poll_interval)
+                continue
+            if woken:
+                self.poke()
+                waiters, self._waiters = self._waiters, {}
+                for ev in waiters.values():
+                    ev.set()
+
+    def worker_record(self, *, stopped: bool = False) -> WorkerRecord:
+        """This runtime's row in the workers registry, as of now."""
+        now = self.clock.now()
+        return WorkerRecord(
+            worker_id=self.owner.id, host=self.owner.host, pid=self.owner.pid,
+            started_at=self.started_at if self.started_at is not None else now,
+            heartbeat_at=now, concurrency=self.concurrency, in_flight=len(self._active),
+            lease_seconds=self.lease_seconds,
+            pools=tuple(sorted(self.pools)) if self.pools is not None else (),
+            stopped_at=now if stopped else None)
+
+    async def _report_worker(self, *, stopped: bool = False) -> None:
+        try:
+            await self.store.save_worker(self.worker_record(stopped=stopped))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("workers registry: cannot report this worker (%s)", exc)
+
     async def _heartbeat(self) -> None:
         interval = self.lease_seconds / 3
+        await self._report_worker()
+        try:
+            await self.store.forget_workers(before=self.clock.now() - WORKERS_KEPT_FOR)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("workers registry: cannot forget old workers (%s)", exc)
         while not self._closing:
             await self.clock.sleep(interval)
+            await self._report_worker()
             leases = [ex.lease for ex in self._executions.values()]
             if not leases:
                 continue

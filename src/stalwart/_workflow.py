@@ -62,7 +62,7 @@ class Workflow(Generic[P, R]):
     """
 
     def __init__(self, fn: Callable[Concatenate[Context, P], Awaitable[R]], *,
-                 name: str | None = None) -> None:
+                 name: str | None = None, pool: str | None = None) -> None:
         if not inspect.iscoroutinefunction(fn):
             raise ConfigurationError(
                 f"workflow {getattr(fn, '__qualname__', fn)!r} must be an async function")
@@ -73,6 +73,9 @@ class Workflow(Generic[P, R]):
                 f"workflow {fn.__qualname__!r} must take the Context as its first parameter")
         self.fn = fn
         self.name = name or fn.__qualname__
+        self.pool = pool
+        """The worker pool that executes its runs (``stalwart worker --pool``); ``None``
+        is the ``"default"`` pool."""
         self.ref = f"{fn.__module__}:{fn.__qualname__}"
         self._params = params[1:]
         self._hints = parameter_types(fn)

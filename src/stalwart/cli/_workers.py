@@ -1,0 +1,226 @@
+"""``stalwart worker`` (a process that executes runs until SIGTERM) and ``workers list``.
+
+A worker imports the modules that define workflows, registers every workflow it finds
+and claims their runs from the store — on PostgreSQL, any number of workers on any
+number of machines share one journal. On SIGTERM or SIGINT it stops claiming, lets the
+runs it executes finish for ``--grace`` seconds, then hands the rest back (another
+worker replays them at once); a second signal skips what is left of the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from .._runtime import Runtime
+from .._workflow import Workflow
+from ..store._base import RunRecord, RunStatus, WorkerRecord
+from ._common import (
+    CliError,
+    JsonOption,
+    StoreOption,
+    client_runtime,
+    console,
+    fmt_duration,
+    fmt_time,
+    print_json,
+    run_async,
+)
+from ._loader import add_cwd_to_path, find_workflow, import_module, workflows_in
+
+__all__ = ["worker", "workers_app"]
+
+log = logging.getLogger("stalwart.worker")
+
+
+def _info(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _workflows(imports: list[str]) -> dict[str, Workflow[Any, Any]]:
+    found: dict[str, Workflow[Any, Any]] = {}
+    for spec in imports:
+        wfs = [find_workflow(spec)] if ":" in spec else workflows_in(import_module(spec))
+        if not wfs:
+            raise CliError(f"module {spec!r} defines no workflows")
+        for wf in wfs:
+            other = found.get(wf.name)
+            if other is not None and other.fn is not wf.fn:
+                raise CliError(f"two different workflows are named {wf.name!r} "
+                               f"({other.ref} and {wf.ref})")
+            found[wf.name] = wf
+    return found
+
+
+# -- stalwart worker -----------------------------------------------------------------
+
+
+async def _serve(rt: Runtime, grace: float) -> int:
+    """Execute runs until a signal; returns how many runs were handed back."""
+    loop = asyncio.get_running_loop()
+    signals = asyncio.Queue[int]()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
+    try:
+        await rt.open()
+        served = rt.served_workflows()
+        pools = f", pools {', '.join(sorted(rt.pools))}" if rt.pools is not None else ""
+        _info(f"worker {rt.owner.id} (pid {rt.owner.pid} on {rt.owner.host}) executes "
+              f"{', '.join(sorted(served)) or 'nothing'} from {rt.store.url}; "
+              f"concurrency {rt.concurrency}{pools}")
+        if not served:
+            _info("warning: no imported workflow is in the pools served; this worker "
+                  "will claim nothing")
+        first = await signals.get()
+        _info(f"{signal.Signals(first).name}: no more claims; waiting up to {grace:g}s for "
+              f"{rt.in_flight} executing run(s) (signal again to stop at once)")
+        drain = asyncio.ensure_future(rt.drain(grace))
+        again = asyncio.ensure_future(signals.get())
+        await asyncio.wait({drain, again}, return_when=asyncio.FIRST_COMPLETED)
+        again.cancel()
+        drain.cancel()
+        left = rt.in_flight
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await rt.close()
+    return left
+
+
+def worker(
+    imports: Annotated[list[str], typer.Option(
+        "--import", metavar="MODULE",
+        help="Import workflows from MODULE (every workflow defined there) or "
+             "MODULE:WORKFLOW; repeatable, at least one.")],
+    store: StoreOption = None,
+    concurrency: Annotated[int, typer.Option(
+        min=1, help="Runs executed at once by this worker.")] = 100,
+    pools: Annotated[list[str] | None, typer.Option(
+        "--pool", metavar="NAME",
+        help="Serve only workflows of this worker pool (@app.workflow(pool=NAME); "
+             "'default' for those without one); repeatable. Default: all imported.")]
+    = None,
+    grace: Annotated[float, typer.Option(
+        min=0, help="On SIGTERM/SIGINT, seconds to let executing runs finish before "
+                    "handing them back.")] = 30.0,
+    lease_seconds: Annotated[float, typer.Option(
+        "--lease", min=0.1,
+        help="Seconds a claim lasts without a heartbeat: how soon other workers take "
+             "over the runs of a worker that died.")] = 30.0,
+    poll_interval: Annotated[float, typer.Option(
+        "--poll", min=0.01,
+        help="Seconds between looks for ready runs when no notification arrives.")] = 1.0,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Log at INFO level (default: warnings only).")] = False,
+) -> None:
+    """Execute runs from the store until SIGTERM: one of any number of workers."""
+    add_cwd_to_path()
+    workflows = _workflows(imports)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    rt = Runtime(store, concurrency=concurrency, lease_seconds=lease_seconds,
+                 poll_interval=poll_interval, pools=pools or None)
+    for wf in workflows.values():
+        rt.register(wf)
+    left = run_async(_serve(rt, grace))
+    _info(f"worker {rt.owner.id} stopped" + (
+        f"; handed {left} unfinished run(s) back to the store" if left else ""))
+
+
+# -- stalwart workers list -----------------------------------------------------------
+
+workers_app = typer.Typer(
+    help="The workers registry: who executes runs, and what they hold.",
+    no_args_is_help=True,
+)
+
+
+def _state(w: WorkerRecord, now: float) -> str:
+    if w.stopped_at is not None:
+        return "stopped"
+    return "live" if w.alive(now) else "dead"
+
+
+async def _read(store: str | None, since: float) -> tuple[list[WorkerRecord],
+                                                           list[RunRecord], float]:
+    rt = client_runtime(store)
+    try:
+        await rt.open()
+        now = time.time()
+        workers = await rt.store.list_workers(since=now - since)
+        running = await rt.store.list_runs(status=RunStatus.RUNNING, limit=1_000_000)
+    finally:
+        await rt.close()
+    return workers, running, now
+
+
+def _lease_view(r: RunRecord, now: float) -> dict[str, Any]:
+    return {"run_id": r.run_id, "workflow": r.workflow,
+            "expires_in": None if r.lease_expires_at is None
+            else round(r.lease_expires_at - now, 3)}
+
+
+@workers_app.command("list")
+def list_workers(
+    store: StoreOption = None,
+    json_out: JsonOption = False,
+    since: Annotated[float, typer.Option(
+        min=0, help="Also show workers stopped or dead within this many seconds.")]
+    = 3600.0,
+) -> None:
+    """Live workers (and recently stopped or dead ones), their leases and heartbeats."""
+    workers, running, now = run_async(_read(store, since))
+    leases: dict[str, list[RunRecord]] = {}
+    for r in running:
+        if r.lease_owner is not None:
+            leases.setdefault(r.lease_owner, []).append(r)
+    rows = [(w, _state(w, now), leases.pop(w.worker_id, [])) for w in workers]
+    orphans = [r for held in leases.values() for r in held]
+    if json_out:
+        print_json({
+            "now": now,
+            "workers": [{
+                "worker_id": w.worker_id, "state": state, "host": w.host, "pid": w.pid,
+                "started_at": w.started_at, "heartbeat_at": w.heartbeat_at,
+                "heartbeat_age": round(now - w.heartbeat_at, 3),
+                "stopped_at": w.stopped_at, "concurrency": w.concurrency,
+                "in_flight": w.in_flight, "lease_seconds": w.lease_seconds,
+                "pools": list(w.pools), "leases": [_lease_view(r, now) for r in held],
+            } for w, state, held in rows],
+            "unregistered_leases": [_lease_view(r, now) | {"owner": r.lease_owner}
+                                    for r in orphans],
+        })
+        return
+    out = console()
+    if not rows and not orphans:
+        out.print(f"no workers heard from in the last {fmt_duration(since)}")
+        return
+    table = Table(box=None, pad_edge=False)
+    for col in ("worker", "state", "host", "pid", "started", "heartbeat", "in flight",
+                "leases", "pools"):
+        table.add_column(col, no_wrap=True)
+    for w, state, held in rows:
+        style = {"live": "green", "dead": "red"}.get(state, "dim")
+        expired = sum(1 for r in held if (r.lease_expires_at or 0) < now)
+        held_text = str(len(held)) + (f" ({expired} expired)" if expired else "")
+        table.add_row(w.worker_id, f"[{style}]{state}[/]", w.host, str(w.pid),
+                      fmt_time(w.started_at, date=True),
+                      f"{fmt_duration(now - w.heartbeat_at)} ago",
+                      f"{w.in_flight}/{w.concurrency}", held_text,
+                      ", ".join(w.pools) or "all")
+    out.print(table)
+    dead = [(w, held) for w, state, held in rows if state == "dead" and held]
+    for w, held in dead:
+        out.print(f"worker {w.worker_id} is dead: its {len(held)} run(s) go to other "
+                  f"workers when their leases expire (at most {fmt_duration(w.lease_seconds)})")
+    if orphans:
+        out.print(f"{len(orphans)} running run(s) are leased by workers not in the registry "
+                  f"(heard from more than {fmt_duration(since)} ago, or older stalwarts)")
