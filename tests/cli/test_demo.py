@@ -1,4 +1,5 @@
-"""``stalwart demo``: a real SIGKILL mid-run, a resume, and an effect applied once."""
+"""``stalwart demo``: agents on faulty models, a real SIGKILL mid-run, a resume, and an
+effect applied once."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ if TYPE_CHECKING:
 @pytest.mark.slow
 def test_the_demo_crashes_a_process_resumes_and_applies_the_effect_once(
         cli: Cli, project: Project) -> None:
-    """Offline, no TTY, no stdin: exit 0; the output and the journal show one crash."""
+    """Offline, no TTY, no stdin: exit 0; the output and the journal show one crash, the
+    policies at work (retries, a breaker trip, fallbacks), the result and one effect."""
     proc = cli.script("demo", cwd=project.dir, timeout=90)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
@@ -30,9 +32,33 @@ def test_the_demo_crashes_a_process_resumes_and_applies_the_effect_once(
     data = json.loads(cli("runs", "show", run_id, "--json", "--store", store).stdout)
     assert data["status"] == "completed"
     assert data["crashes"] == 1
-    assert data["result"]["deduplicated"] is True
+    result = data["result"]
+    assert result["deduplicated"] is True
+    assert len(result["notes"]) == 3 and result["report"].startswith("Report")
+    assert result["written_by"] == ["sim:writer-backup"]
     pids = {e["pid"] for e in data["executions"]}
     assert len(pids) == 2  # the killed child, then the demo's own process
+
+    # What the policies did, as printed: the seeded faults tell the same story each time.
+    counts = re.search(r"policy_counts: (.*?)  \(child pid", out)
+    assert counts, out
+    assert counts.group(1) == ("breaker_open=1, breaker_rejected=2, fallback=2, "
+                               "fallback_answered=2, retried=7")
+    assert "429 x3, Retry-After 0.3s" in out and "500 x1" in out
+    assert "sim:writer: 3 failed calls, then closed -> open; 2 later call(s) rejected" in out
+    assert out.count("answered by sim:writer-backup") == 2
+    assert "after resume:  no policy actions" in out
+    assert re.search(r"policies: +7 retries, 2 calls refused by an open breaker, 2 turns "
+                     r"answered by a fallback model", out)
+    assert re.search(r"result: +\{\"topic\"", out)
+
+    # ... and the journal agrees: every failed attempt is an attempt_failed event.
+    events = json.loads(cli("runs", "events", run_id, "--json", "--store", store).stdout)
+    failed = [json.loads(e["payload"]) for e in events if e["kind"] == "attempt_failed"]
+    assert sum(f["next"] == "retry" for f in failed) == 7
+    assert sum(f["next"] == "fallback" for f in failed) == 2
+    assert sum(f["key"] == "sim:writer" and "CircuitOpenError" in f["error"]["type"]
+               for f in failed) == 2
 
 
 def test_the_demo_needs_a_file_store(cli: Cli, project: Project) -> None:

@@ -1,12 +1,16 @@
-"""``stalwart demo``: a durable workflow, a real ``SIGKILL``, a resume; offline, seconds.
+"""``stalwart demo``: agents on flaky models, a real ``SIGKILL``, a resume; offline, seconds.
 
-The parent process starts the demo workflow in a child process, watches the journal and
-the ledger, and kills the child with ``SIGKILL`` at the worst moment: ``publish_report``
-has applied its external effect but its result is not in the journal yet. The parent
-then takes the run over (its owner's pid is dead, so it need not wait for the lease to
-expire), replays the recorded steps from the journal without running them, runs the
-interrupted step again with the same idempotency key, and shows that the ledger applied
-the effect once.
+The parent process starts the demo workflow in a child process: three researcher agents
+fan out on simulated models that return 500s and 429 bursts, and a writer agent whose
+primary model is down joins them through its circuit breaker and a fallback model. The
+parent watches the journal and the ledger, and kills the child with ``SIGKILL`` at the
+worst moment: ``publish_report`` has applied its external effect but its result is not
+in the journal yet. The parent then takes the run over (its owner's pid is dead, so it
+need not wait for the lease to expire), replays the recorded steps — every model turn
+included — from the journal without running them, runs the interrupted step again with
+the same idempotency key, and shows that the ledger applied the effect once, next to
+what the resilience policies did (from the journal's ``attempt_failed`` events and the
+child runtime's ``policy_counts``).
 """
 
 from __future__ import annotations
@@ -29,11 +33,15 @@ from rich.table import Table
 from rich.text import Text
 
 from .._demo import (
+    RETRY_AFTER,
+    WRITER_BACKUP,
+    WRITER_PRIMARY,
     LedgerEffect,
     LedgerExecution,
     ensure_ledger,
     ledger_effects,
     ledger_executions,
+    ledger_policy_notes,
     research_report,
 )
 from .._runtime import Runtime
@@ -48,7 +56,8 @@ from ._common import (
     fmt_time,
     preview,
 )
-from ._demo_child import PARK_AFTER
+from ._demo_child import demo_runtime
+from ._demo_policies import PolicyStory, read_attempt, read_policies, render_policies
 from ._timeline import RunStory, read_story
 
 __all__ = ["demo"]
@@ -122,6 +131,9 @@ class _Narrator:
                 self.say(f"{who} claims the run (execution #{self.claims})")
         elif ev.kind == EventKind.STEP_COMPLETED:
             self.say(f"{who} step {ev.step_id} {ev.name}: done -> {preview(ev.payload, 50)}")
+        elif ev.kind == EventKind.ATTEMPT_FAILED:
+            self.say(f"{who} step {ev.step_id} {ev.name}: {read_attempt(ev).describe()}",
+                     "yellow")
         elif ev.kind == EventKind.STEP_FAILED:
             self.say(f"{who} step {ev.step_id} {ev.name}: failed", "red")
         elif ev.kind == EventKind.TIMER_STARTED:
@@ -161,8 +173,10 @@ async def _until_crash_point(rt: Runtime, narrator: _Narrator, run_id: str, ledg
         await asyncio.sleep(0.02)
 
 
-async def _resume(db: Path, narrator: _Narrator, run_id: str) -> tuple[RunRecord, list[Event]]:
-    rt = Runtime(str(db), park_after=PARK_AFTER, poll_interval=0.1)
+async def _resume(db: Path, narrator: _Narrator,
+                  run_id: str) -> tuple[RunRecord, list[Event], dict[str, int]]:
+    """Take the run over in this process; also returns this runtime's policy_counts."""
+    rt = demo_runtime(str(db))
     rt.register(research_report)
     try:
         await rt.resume(run_id)
@@ -172,7 +186,7 @@ async def _resume(db: Path, narrator: _Narrator, run_id: str) -> tuple[RunRecord
             events = await rt.events(run_id)
             narrator.feed(events)
             if rec.is_terminal:
-                return rec, events
+                return rec, events, dict(rt.policy_counts)
             if time.monotonic() > deadline:
                 raise CliError(f"run {run_id} did not finish after the resume", FAILURE)
             await asyncio.sleep(0.02)
@@ -189,6 +203,8 @@ class _Outcome:
     child_pid: int
     killed_during: str
     kill_seconds: float
+    policies: PolicyStory
+    resume_policy_counts: dict[str, int]
 
 
 async def _crash_and_resume(out: Console, db: Path, ledger: Path, run_id: str,
@@ -200,9 +216,13 @@ async def _crash_and_resume(out: Console, db: Path, ledger: Path, run_id: str,
         except StoreError as exc:
             raise CliError(f"{exc}; `stalwart demo --fresh` deletes it and starts over",
                            exit_code_for(exc)) from None
-        out.print(Text(f"stalwart demo: run {run_id} of research_report (plan -> 3 parallel "
-                       "research steps -> durable sleep -> publish), journal "
-                       f"{db}", style="bold"), soft_wrap=True)
+        out.print(Text(f"stalwart demo: run {run_id} of research_report (plan -> 3 researcher "
+                       "agents in parallel -> a writer agent with a tool -> durable sleep "
+                       f"-> publish), journal {db}", style="bold"), soft_wrap=True)
+        out.print(Text("  the models are offline simulations with injected faults: the "
+                       "researchers' return 500s and 429 bursts (Retry-After "
+                       f"{RETRY_AFTER:g}s); the writer's primary {WRITER_PRIMARY} is down, "
+                       f"{WRITER_BACKUP} is its fallback", style="dim"), soft_wrap=True)
         out.print()
         started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
@@ -235,11 +255,14 @@ async def _crash_and_resume(out: Console, db: Path, ledger: Path, run_id: str,
                  f"{', '.join(recorded)}")
     out.print()
     out.print(Text(f"3. this process (pid {os.getpid()}) resumes the run", "bold"))
-    rec, events = await _resume(db, narrator, run_id)
+    rec, events, resume_counts = await _resume(db, narrator, run_id)
     return _Outcome(run=rec, story=read_story(rec, events),
                     executions=ledger_executions(str(ledger), run_id),
                     effects=ledger_effects(str(ledger), run_id), child_pid=proc.pid,
-                    killed_during=in_flight, kill_seconds=kill_seconds)
+                    killed_during=in_flight, kill_seconds=kill_seconds,
+                    policies=read_policies(events, ledger_policy_notes(str(ledger),
+                                                                       proc.pid)),
+                    resume_policy_counts=resume_counts)
 
 
 def _report(out: Console, result: _Outcome, db_arg: str) -> None:
@@ -260,16 +283,18 @@ def _report(out: Console, result: _Outcome, db_arg: str) -> None:
     replayed = 0
     for st in story.steps:
         runs = [x for x in result.executions if x.step_id == st.step_id]
-        where = " + ".join(f"{x.pid} ({proc_name(x.pid)})" for x in runs) or "-"
+        where = " + ".join(f"{x.pid} ({proc_name(x.pid)})" for x in runs)
+        if not runs and 0 < st.execution <= len(story.executions):
+            pid = story.executions[st.execution - 1].pid or 0  # a model turn or a tool
+            where = f"{pid} ({proc_name(pid)})"
         before = st.execution <= crash_exec
         if st.kind == "sleep":
-            what = ("durable timer, journaled before the crash; not restarted"
-                    if before else "durable timer")
+            what = "durable timer, journaled before the crash" if before else "durable timer"
         elif len(runs) > 1:
             what = ("in flight at the crash; ran again with the same idempotency key, "
                     "so the ledger ignored the repeat")
         elif before:
-            what = "ran before the crash; replayed from the journal, not run again"
+            what = "ran before the crash; replayed, not run again"
             replayed += 1
         else:
             what = "ran after the resume"
@@ -288,8 +313,16 @@ def _report(out: Console, result: _Outcome, db_arg: str) -> None:
                       ended)
     out.print(table)
 
+    out.print()
+    render_policies(out, result.policies, f"child pid {result.child_pid}")
+    after = ", ".join(f"{k}={v}" for k, v in sorted(result.resume_policy_counts.items()))
+    out.print(f"  after resume:  {after or 'no policy actions'} in pid {here}: the model "
+              "turns were replayed from the journal, no model was called again",
+              soft_wrap=True)
+
     publish_runs = [x for x in result.executions if x.name.endswith("publish_report")]
     keys = sorted({e.key for e in result.effects})
+    pol = result.policies
     out.print()
     out.print(Text("what this shows", style="bold"))
     out.print(f"  crash:        SIGKILL of pid {result.child_pid} after "
@@ -300,6 +333,10 @@ def _report(out: Console, result: _Outcome, db_arg: str) -> None:
     out.print(f"  side effect:  {len(result.effects)} ledger entry for key "
               f"{', '.join(keys) or '-'} although publish_report ran {len(publish_runs)} "
               f"times -> applied exactly once", soft_wrap=True)
+    out.print(f"  policies:     {pol.retries} retries, "
+              f"{sum(1 for a in pol.attempts if a.breaker_rejected)} calls refused by an "
+              f"open breaker, {len(pol.fallbacks)} turns answered by a fallback model; "
+              f"the run still completed", soft_wrap=True)
     out.print(Text("  result:       " + (result.run.result or "null")), soft_wrap=True)
     out.print()
     out.print(Text("inspect it:", style="bold"))
