@@ -21,6 +21,8 @@ EXPECTED = {
     "BreakerTransition", "BreakerStatistics", "BreakerRegistry",
     "BulkheadConfig", "Bulkhead", "BulkheadStatistics", "BulkheadRegistry",
     "RateLimit", "TokenBucket", "RateLimiter", "RateLimitStatistics", "RateLimiterRegistry",
+    "ClusterBulkhead", "ClusterBulkheadRegistry", "ClusterRateLimiter",
+    "ClusterRateLimiterRegistry",
 }
 
 

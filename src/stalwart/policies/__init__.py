@@ -7,6 +7,9 @@ model and tool call, outermost first::
 
     Budget → Fallback → Retry → CircuitBreaker → RateLimit → Bulkhead → Timeout → call
 
+Bulkheads and rate limits come in two kinds with one interface: in-process ones, and
+``Cluster*`` ones whose state is kept in the store and shared by every worker.
+
 The policies know nothing of the engine; they raise the
 :class:`~stalwart.errors.ResilienceError` subclasses and honour ``retryable`` and
 ``retry_after`` on whatever they catch.
@@ -25,6 +28,10 @@ from ._bulkhead import Bulkhead as Bulkhead
 from ._bulkhead import BulkheadConfig as BulkheadConfig
 from ._bulkhead import BulkheadRegistry as BulkheadRegistry
 from ._bulkhead import BulkheadStatistics as BulkheadStatistics
+from ._distributed import ClusterBulkhead as ClusterBulkhead
+from ._distributed import ClusterBulkheadRegistry as ClusterBulkheadRegistry
+from ._distributed import ClusterRateLimiter as ClusterRateLimiter
+from ._distributed import ClusterRateLimiterRegistry as ClusterRateLimiterRegistry
 from ._ratelimit import RateLimit as RateLimit
 from ._ratelimit import RateLimiter as RateLimiter
 from ._ratelimit import RateLimiterRegistry as RateLimiterRegistry
@@ -85,4 +92,9 @@ __all__ = [
     "RateLimiter",
     "RateLimitStatistics",
     "RateLimiterRegistry",
+    # cluster-wide bulkheads and rate limits (kept in the store)
+    "ClusterBulkhead",
+    "ClusterBulkheadRegistry",
+    "ClusterRateLimiter",
+    "ClusterRateLimiterRegistry",
 ]

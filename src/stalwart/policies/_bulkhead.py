@@ -240,3 +240,7 @@ class BulkheadRegistry:
     def statistics(self) -> dict[str, BulkheadStatistics]:
         """A snapshot of every bulkhead created so far, by name."""
         return {name: bulkhead.statistics() for name, bulkhead in self._registry.items()}
+
+    async def aclose(self) -> None:
+        """Nothing to wait for: in-process state needs no flushing (the cluster-wide
+        registry's counterpart sends its last writes to the store)."""

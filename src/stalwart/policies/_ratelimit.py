@@ -330,3 +330,7 @@ class RateLimiterRegistry:
     def statistics(self) -> dict[str, RateLimitStatistics]:
         """A snapshot of every limiter created so far, by key."""
         return {key: limiter.statistics() for key, limiter in self._registry.items()}
+
+    async def aclose(self) -> None:
+        """Nothing to wait for: in-process state needs no flushing (the cluster-wide
+        registry's counterpart sends its last writes to the store)."""

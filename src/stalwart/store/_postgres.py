@@ -62,6 +62,13 @@ from ._base import (
     RunStatus,
     WorkerRecord,
 )
+from ._limits import (
+    BucketDraw,
+    BucketState,
+    Reservation,
+    plan_adjustment,
+    plan_reservation,
+)
 from ._postgres_schema import check_or_create
 
 __all__ = ["CHANNEL", "PostgresStore"]
@@ -719,3 +726,108 @@ class PostgresStore:
             return cur.rowcount
 
         return await self._write(op)
+
+    # -- cluster-wide limits ---------------------------------------------------------
+    # A bucket's row is locked (FOR UPDATE, in key order so two reservations never
+    # deadlock) from read to write. Acquiring a bulkhead slot takes a transaction-level
+    # advisory lock on the pool, so concurrent acquirers count the slots one at a time.
+
+    @property
+    def cluster_limits_default(self) -> bool:
+        return True  # this store exists to be shared by many workers
+
+    @staticmethod
+    async def _lock_buckets(conn: Conn, draws: Sequence[BucketDraw], now: float
+                            ) -> list[BucketState | None]:
+        keys = sorted({d.key for d in draws})
+        rows = await (await conn.execute(
+            "SELECT key, tokens, updated_at FROM stalwart_rate_buckets WHERE key = ANY(%s) "
+            "ORDER BY key FOR UPDATE", (keys,))).fetchall()
+        found = {r[0]: BucketState(r[1], r[2]) for r in rows}
+        missing = [k for k in keys if k not in found]
+        if missing:
+            # Create them full, then lock them: a racing creator's row wins (DO NOTHING).
+            by_key = {d.key: d for d in draws}
+            await conn.cursor().executemany(
+                "INSERT INTO stalwart_rate_buckets (key, tokens, updated_at, capacity, "
+                "refill_per_second) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (key) DO NOTHING",
+                [(k, by_key[k].capacity, now, by_key[k].capacity,
+                  by_key[k].refill_per_second) for k in missing])
+            rows = await (await conn.execute(
+                "SELECT key, tokens, updated_at FROM stalwart_rate_buckets "
+                "WHERE key = ANY(%s) ORDER BY key FOR UPDATE", (missing,))).fetchall()
+            found.update({r[0]: BucketState(r[1], r[2]) for r in rows})
+        return [found[d.key] for d in draws]
+
+    @staticmethod
+    async def _save_buckets(conn: Conn, draws: Sequence[BucketDraw],
+                            states: Sequence[BucketState]) -> None:
+        await conn.cursor().executemany(
+            "UPDATE stalwart_rate_buckets SET tokens = %s, updated_at = %s, capacity = %s, "
+            "refill_per_second = %s WHERE key = %s",
+            [(st.tokens, st.updated_at, d.capacity, d.refill_per_second, d.key)
+             for d, st in zip(draws, states, strict=True)])
+
+    async def rate_reserve(self, draws: Sequence[BucketDraw], *, now: float,
+                           max_wait: float | None = None) -> Reservation:
+        async def op(conn: Conn) -> Reservation:
+            states = await self._lock_buckets(conn, draws, now)
+            reservation, after = plan_reservation(states, draws, now=now, max_wait=max_wait)
+            await self._save_buckets(conn, draws, after)
+            return reservation
+
+        return await self._write(op)
+
+    async def rate_adjust(self, draws: Sequence[BucketDraw], *, now: float) -> tuple[float, ...]:
+        async def op(conn: Conn) -> tuple[float, ...]:
+            states = await self._lock_buckets(conn, draws, now)
+            after = [plan_adjustment(st, d, now=now) for st, d in zip(states, draws, strict=True)]
+            await self._save_buckets(conn, draws, after)
+            return tuple(st.tokens for st in after)
+
+        return await self._write(op)
+
+    async def bulkhead_acquire(self, pool: str, holder: str, *, max_concurrent: int,
+                               now: float, lease_seconds: float) -> bool:
+        async def op(conn: Conn) -> bool:
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('stalwart-bulkhead'), "
+                "hashtext(current_schema() || ':' || %s))", (pool,))
+            await conn.execute("DELETE FROM stalwart_bulkhead_slots WHERE pool = %s "
+                               "AND expires_at < %s", (pool, now))
+            row = await (await conn.execute(
+                "SELECT count(*), bool_or(holder = %s) FROM stalwart_bulkhead_slots "
+                "WHERE pool = %s", (holder, pool))).fetchone()
+            assert row is not None
+            if not row[1] and row[0] >= max_concurrent:
+                return False
+            await conn.execute(
+                "INSERT INTO stalwart_bulkhead_slots (pool, holder, acquired_at, expires_at) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (pool, holder) "
+                "DO UPDATE SET expires_at = EXCLUDED.expires_at",
+                (pool, holder, now, now + lease_seconds))
+            return True
+
+        return await self._write(op)
+
+    async def bulkhead_renew(self, holders: Sequence[str], *, now: float,
+                             lease_seconds: float) -> set[str]:
+        async def op(conn: Conn) -> set[str]:
+            rows = await (await conn.execute(
+                "UPDATE stalwart_bulkhead_slots SET expires_at = %s WHERE holder = ANY(%s) "
+                "RETURNING holder", (now + lease_seconds, list(holders)))).fetchall()
+            return {r[0] for r in rows}
+
+        return await self._write(op) if holders else set()
+
+    async def bulkhead_release(self, pool: str, holder: str) -> None:
+        async def op(conn: Conn) -> None:
+            await conn.execute("DELETE FROM stalwart_bulkhead_slots WHERE pool = %s "
+                               "AND holder = %s", (pool, holder))
+
+        await self._write(op)
+
+    async def bulkhead_active(self, pool: str, *, now: float) -> int:
+        rows = await self._read("SELECT count(*) FROM stalwart_bulkhead_slots "
+                                "WHERE pool = %s AND expires_at >= %s", (pool, now))
+        return int(rows[0][0])

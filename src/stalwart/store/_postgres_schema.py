@@ -19,9 +19,12 @@ from ._base import APP_ID
 
 __all__ = ["MIGRATIONS", "SCHEMA", "SCHEMA_VERSION", "TABLES", "WORKERS_SCHEMA", "check_or_create"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The version of these tables. It is PostgreSQL's own (SQLite's file layout has its
-own number): bump it with a :data:`MIGRATIONS` entry whenever ``SCHEMA`` changes."""
+own number): bump it with a :data:`MIGRATIONS` entry whenever ``SCHEMA`` changes.
+
+2. ``stalwart_rate_buckets`` and ``stalwart_bulkhead_slots``: the cluster-wide limits
+   (a stalwart that predates them would not honour them, so they are versioned)."""
 
 log = logging.getLogger("stalwart.store.postgres")
 
@@ -39,7 +42,28 @@ TABLES = {
                                   "created_at"}),
     "stalwart_signals": frozenset({"id", "run_id", "name", "payload", "created_at",
                                    "consumed_step_id"}),
+    "stalwart_rate_buckets": frozenset({"key", "tokens", "updated_at", "capacity",
+                                        "refill_per_second"}),
+    "stalwart_bulkhead_slots": frozenset({"pool", "holder", "acquired_at", "expires_at"}),
 }
+
+_LIMITS = (
+    """CREATE TABLE stalwart_rate_buckets (
+    key TEXT PRIMARY KEY,
+    tokens DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    capacity DOUBLE PRECISION NOT NULL,
+    refill_per_second DOUBLE PRECISION NOT NULL
+)""",
+    """CREATE TABLE stalwart_bulkhead_slots (
+    pool TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    acquired_at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (pool, holder)
+)""",
+    "CREATE INDEX stalwart_bulkhead_slots_holder ON stalwart_bulkhead_slots (holder)",
+)
 
 SCHEMA = """
 CREATE TABLE stalwart_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -91,7 +115,7 @@ CREATE TABLE stalwart_signals (
 );
 CREATE INDEX stalwart_signals_pending ON stalwart_signals (run_id, name, id)
     WHERE consumed_step_id IS NULL;
-"""
+""" + ";\n".join(_LIMITS) + ";\n"
 
 WORKERS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS stalwart_workers (
@@ -111,7 +135,9 @@ CREATE TABLE IF NOT EXISTS stalwart_workers (
 missing (under the schema lock, after the journal's tables check out) and ignored by
 stalwarts that predate it, so adding it did not change :data:`SCHEMA_VERSION`."""
 
-MIGRATIONS: dict[int, tuple[str, ...]] = {}
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: _LIMITS,
+}
 """Statements that take the schema from version ``n`` to ``n + 1``, keyed by ``n``."""
 
 
@@ -126,12 +152,7 @@ async def check_or_create(conn: Conn, url: str) -> None:
                 f"{url}: no schema of the search_path exists to hold the journal")
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
                            (f"stalwart-schema:{schema}",))
-        found: dict[str, set[str]] = {}
-        for table, column in await (await conn.execute(
-                "SELECT table_name, column_name FROM information_schema.columns "
-                "WHERE table_schema = %s AND table_name = ANY(%s)",
-                (schema, list(TABLES)))).fetchall():
-            found.setdefault(table, set()).add(column)
+        found = await _columns(conn, schema)
         where = f"{url} (schema {schema})"
         if not found:
             for stmt in SCHEMA.split(";"):
@@ -173,6 +194,7 @@ async def check_or_create(conn: Conn, url: str) -> None:
                                "WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
             log.info("%s: journal schema migrated from %d to %d", where, version,
                      SCHEMA_VERSION)
+            found = await _columns(conn, schema)
         found = {t: c for t, c in found.items() if t != "stalwart_meta"}
         for table, columns in TABLES.items():
             if table != "stalwart_meta" and not columns <= found.get(table, set()):
@@ -180,3 +202,14 @@ async def check_or_create(conn: Conn, url: str) -> None:
                     f"{where}: table {table} does not have the columns of a stalwart "
                     "journal; it was left untouched")
         await conn.execute(WORKERS_SCHEMA)
+
+
+async def _columns(conn: Conn, schema: str) -> dict[str, set[str]]:
+    """The columns of the tables named like ours in ``schema``, by table."""
+    found: dict[str, set[str]] = {}
+    for table, column in await (await conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = ANY(%s)",
+            (schema, list(TABLES)))).fetchall():
+        found.setdefault(table, set()).add(column)
+    return found

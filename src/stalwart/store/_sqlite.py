@@ -55,6 +55,13 @@ from ._base import (
     RunStatus,
     WorkerRecord,
 )
+from ._limits import (
+    BucketDraw,
+    BucketState,
+    Reservation,
+    plan_adjustment,
+    plan_reservation,
+)
 
 __all__ = ["SQLiteStore"]
 
@@ -130,6 +137,15 @@ CREATE TABLE IF NOT EXISTS workers (
     stopped_at REAL
 )
 """
+# Cluster-wide limits (token buckets, bulkhead slots) are operational state too: no run
+# depends on them, so like the workers registry they are created when missing.
+_LIMITS_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS rate_buckets (key TEXT PRIMARY KEY, tokens REAL NOT NULL, "
+    "updated_at REAL NOT NULL, capacity REAL NOT NULL, refill_per_second REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS bulkhead_slots (pool TEXT NOT NULL, holder TEXT NOT NULL, "
+    "acquired_at REAL NOT NULL, expires_at REAL NOT NULL, PRIMARY KEY (pool, holder))",
+    "CREATE INDEX IF NOT EXISTS bulkhead_slots_holder ON bulkhead_slots (holder)",
+)
 _WORKER_COLUMNS = ("worker_id, host, pid, started_at, heartbeat_at, concurrency, in_flight, "
                    "lease_seconds, pools, stopped_at")
 
@@ -235,6 +251,8 @@ class SQLiteStore:
         try:
             self._check_or_create(conn)
             conn.execute(_WORKERS_SCHEMA)
+            for stmt in _LIMITS_SCHEMA:
+                conn.execute(stmt)
         except BaseException:
             conn.close()
             raise
@@ -767,6 +785,97 @@ class SQLiteStore:
                                 (before,)).rowcount
 
         return await self._write(op)
+
+
+    # -- cluster-wide limits (processes sharing this file share them) -----------------
+    # Each operation is one write: the group commit runs it inside BEGIN IMMEDIATE, so
+    # it holds the file's write lock against every other process from read to write.
+
+    @property
+    def cluster_limits_default(self) -> bool:
+        return False  # embedded: usually one process; opt in with Runtime(limits="cluster")
+
+    @staticmethod
+    def _buckets(conn: sqlite3.Connection, draws: Sequence[BucketDraw]
+                 ) -> list[BucketState | None]:
+        out: list[BucketState | None] = []
+        for draw in draws:
+            row = conn.execute("SELECT tokens, updated_at FROM rate_buckets WHERE key = ?",
+                               (draw.key,)).fetchone()
+            out.append(None if row is None else BucketState(row[0], row[1]))
+        return out
+
+    @staticmethod
+    def _save_buckets(conn: sqlite3.Connection, draws: Sequence[BucketDraw],
+                      states: Sequence[BucketState]) -> None:
+        conn.executemany(
+            "INSERT OR REPLACE INTO rate_buckets (key, tokens, updated_at, capacity, "
+            "refill_per_second) VALUES (?, ?, ?, ?, ?)",
+            [(d.key, s.tokens, s.updated_at, d.capacity, d.refill_per_second)
+             for d, s in zip(draws, states, strict=True)])
+
+    async def rate_reserve(self, draws: Sequence[BucketDraw], *, now: float,
+                           max_wait: float | None = None) -> Reservation:
+        def op(conn: sqlite3.Connection) -> Reservation:
+            reservation, states = plan_reservation(self._buckets(conn, draws), draws,
+                                                   now=now, max_wait=max_wait)
+            self._save_buckets(conn, draws, states)
+            return reservation
+
+        return await self._write(op)
+
+    async def rate_adjust(self, draws: Sequence[BucketDraw], *, now: float) -> tuple[float, ...]:
+        def op(conn: sqlite3.Connection) -> tuple[float, ...]:
+            states = [plan_adjustment(self._buckets(conn, [d])[0], d, now=now) for d in draws]
+            self._save_buckets(conn, draws, states)
+            return tuple(s.tokens for s in states)
+
+        return await self._write(op)
+
+    async def bulkhead_acquire(self, pool: str, holder: str, *, max_concurrent: int,
+                               now: float, lease_seconds: float) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            conn.execute("DELETE FROM bulkhead_slots WHERE pool = ? AND expires_at < ?",
+                         (pool, now))
+            held = conn.execute("SELECT count(*), sum(holder = ?) FROM bulkhead_slots "
+                                "WHERE pool = ?", (holder, pool)).fetchone()
+            if not held[1] and held[0] >= max_concurrent:
+                return False
+            conn.execute(
+                "INSERT INTO bulkhead_slots (pool, holder, acquired_at, expires_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (pool, holder) "
+                "DO UPDATE SET expires_at = excluded.expires_at",
+                (pool, holder, now, now + lease_seconds))
+            return True
+
+        return await self._write(op)
+
+    async def bulkhead_renew(self, holders: Sequence[str], *, now: float,
+                             lease_seconds: float) -> set[str]:
+        def op(conn: sqlite3.Connection) -> set[str]:
+            kept = set()
+            for holder in holders:
+                if conn.execute("UPDATE bulkhead_slots SET expires_at = ? WHERE holder = ?",
+                                (now + lease_seconds, holder)).rowcount:
+                    kept.add(holder)
+            return kept
+
+        return await self._write(op) if holders else set()
+
+    async def bulkhead_release(self, pool: str, holder: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM bulkhead_slots WHERE pool = ? AND holder = ?",
+                         (pool, holder))
+
+        await self._write(op)
+
+    async def bulkhead_active(self, pool: str, *, now: float) -> int:
+        def op() -> int:
+            row = self._db().execute("SELECT count(*) FROM bulkhead_slots "
+                                     "WHERE pool = ? AND expires_at >= ?", (pool, now)).fetchone()
+            return int(row[0])
+
+        return await self._call(op)
 
 
 def _worker_record(row: Sequence[Any]) -> WorkerRecord:

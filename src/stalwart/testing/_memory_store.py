@@ -29,6 +29,13 @@ from ..store._base import (
     RunStatus,
     WorkerRecord,
 )
+from ..store._limits import (
+    BucketDraw,
+    BucketState,
+    Reservation,
+    plan_adjustment,
+    plan_reservation,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -59,6 +66,8 @@ class MemoryStore:
         self._signals: list[_Signal] = []
         self._order = 0
         self._workers: dict[str, WorkerRecord] = {}
+        self._buckets: dict[str, BucketState] = {}
+        self._slots: dict[str, dict[str, float]] = {}  # pool -> holder -> expires_at
         self.commits = 0
         """Write operations performed (the counterpart of SQLiteStore.commits)."""
 
@@ -349,3 +358,58 @@ class MemoryStore:
             del self._workers[k]
         self.commits += 1
         return len(gone)
+
+    # -- cluster-wide limits (shared by the runtimes that share this object) ------------
+
+    @property
+    def cluster_limits_default(self) -> bool:
+        return False
+
+    async def rate_reserve(self, draws: Sequence[BucketDraw], *, now: float,
+                           max_wait: float | None = None) -> Reservation:
+        await self._yield()
+        reservation, states = plan_reservation(
+            [self._buckets.get(d.key) for d in draws], draws, now=now, max_wait=max_wait)
+        for draw, state in zip(draws, states, strict=True):
+            self._buckets[draw.key] = state
+        self.commits += 1
+        return reservation
+
+    async def rate_adjust(self, draws: Sequence[BucketDraw], *, now: float) -> tuple[float, ...]:
+        await self._yield()
+        for draw in draws:
+            self._buckets[draw.key] = plan_adjustment(self._buckets.get(draw.key), draw, now=now)
+        self.commits += 1
+        return tuple(self._buckets[d.key].tokens for d in draws)
+
+    async def bulkhead_acquire(self, pool: str, holder: str, *, max_concurrent: int,
+                               now: float, lease_seconds: float) -> bool:
+        await self._yield()
+        slots = self._slots.setdefault(pool, {})
+        for gone in [h for h, expires in slots.items() if expires < now]:
+            del slots[gone]
+        if holder not in slots and len(slots) >= max_concurrent:
+            return False
+        slots[holder] = now + lease_seconds
+        self.commits += 1
+        return True
+
+    async def bulkhead_renew(self, holders: Sequence[str], *, now: float,
+                             lease_seconds: float) -> set[str]:
+        await self._yield()
+        wanted, kept = set(holders), set()
+        for slots in self._slots.values():
+            for holder in wanted & slots.keys():
+                slots[holder] = now + lease_seconds
+                kept.add(holder)
+        self.commits += 1
+        return kept
+
+    async def bulkhead_release(self, pool: str, holder: str) -> None:
+        await self._yield()
+        self._slots.get(pool, {}).pop(holder, None)
+        self.commits += 1
+
+    async def bulkhead_active(self, pool: str, *, now: float) -> int:
+        await self._yield()
+        return sum(1 for expires in self._slots.get(pool, {}).values() if expires >= now)
