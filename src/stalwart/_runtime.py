@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, final, overload
+from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, final, overload
 
 from ._clock import Clock, SystemClock
 from ._context import Context
@@ -38,7 +38,15 @@ from .errors import (
     WorkflowNotFoundError,
 )
 from .models import Model, parse_model
-from .policies import BreakerRegistry, BreakerTransition, BulkheadRegistry, RateLimiterRegistry
+from .policies import (
+    BreakerRegistry,
+    BreakerTransition,
+    BulkheadRegistry,
+    ClusterBulkheadRegistry,
+    ClusterRateLimiterRegistry,
+    RateLimiterRegistry,
+)
+from .policies._distributed import shared_limit_store
 from .store._base import (
     TERMINAL_STATUSES,
     Event,
@@ -172,6 +180,11 @@ class Runtime:
         pools: execute only runs of workflows in these worker pools
             (``@app.workflow(pool="gpu")``; a workflow without one is in ``"default"``).
             ``None`` (default) serves every registered workflow.
+        limits: where bulkheads and rate limits keep their state: ``"cluster"`` in the
+            store, shared by every worker on it (ten workers do not get ten times a
+            provider's quota); ``"local"`` in this process; ``"auto"`` (default) is
+            cluster on PostgreSQL and local on the embedded stores. Circuit breakers are
+            always per worker.
     """
 
     def __init__(
@@ -188,6 +201,7 @@ class Runtime:
         policy: Policy | None = None,
         models: Mapping[str, Model] | None = None,
         pools: Collection[str] | None = None,
+        limits: Literal["auto", "cluster", "local"] = "auto",
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
@@ -219,8 +233,19 @@ class Runtime:
         self._last_steal_scan = float("-inf")
         self.policy = (policy or Policy()).over(DEFAULT_POLICY)
         self.breakers = BreakerRegistry(clock=self.clock)
-        self.bulkheads = BulkheadRegistry(clock=self.clock)
-        self.rate_limiters = RateLimiterRegistry(clock=self.clock)
+        shared = shared_limit_store(limits, self.store)
+        self.limits: Literal["cluster", "local"] = "local" if shared is None else "cluster"
+        """Whether bulkheads and rate limits are shared through the store."""
+        self.bulkheads: BulkheadRegistry | ClusterBulkheadRegistry
+        self.rate_limiters: RateLimiterRegistry | ClusterRateLimiterRegistry
+        if shared is None:
+            self.bulkheads = BulkheadRegistry(clock=self.clock)
+            self.rate_limiters = RateLimiterRegistry(clock=self.clock)
+        else:
+            self.bulkheads = ClusterBulkheadRegistry(
+                store=shared, clock=self.clock, worker_id=self.owner.id,
+                lease_seconds=self.lease_seconds)
+            self.rate_limiters = ClusterRateLimiterRegistry(store=shared, clock=self.clock)
         self._models: dict[str, Model] = dict(models or {})
         self._owned_models: list[Model] = []
         self.policy_log: deque[PolicyNote] = deque(maxlen=10_000)
@@ -373,6 +398,8 @@ class Runtime:
         if self._started and self.started_at is not None:
             await self._report_worker(stopped=True)
         if self._started:
+            await self.bulkheads.aclose()  # slot releases still on their way to the store
+            await self.rate_limiters.aclose()
             await self.store.close()
         for m in self._owned_models:
             aclose = getattr(m, "aclose", None)
