@@ -717,6 +717,9 @@ class Runtime:
                                                name="sw-notifications"))
 
     async def _notifications(self, wait: Callable[[float], Awaitable[bool]]) -> None:
+        # The first wait subscribes; what was notified before that is caught by one
+        # look once it returns.
+        first = True
         while not self._closing:
             try:
                 woken = await wait(max(self.poll_interval, 1.0))
@@ -726,7 +729,8 @@ class Runtime:
                 log.exception("notifications: cannot wait for them; polling only")
                 await self.clock.sleep(self.poll_interval)
                 continue
-            if woken:
+            if woken or first:
+                first = False
                 self.poke()
                 waiters, self._waiters = self._waiters, {}
                 for ev in waiters.values():

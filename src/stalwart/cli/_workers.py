@@ -29,7 +29,6 @@ from ._common import (
     client_runtime,
     console,
     fmt_duration,
-    fmt_time,
     print_json,
     run_async,
 )
@@ -204,7 +203,7 @@ def list_workers(
         out.print(f"no workers heard from in the last {fmt_duration(since)}")
         return
     table = Table(box=None, pad_edge=False)
-    for col in ("worker", "state", "host", "pid", "started", "heartbeat", "in flight",
+    for col in ("worker", "state", "host", "pid", "up", "heartbeat", "in flight",
                 "leases", "pools"):
         table.add_column(col, no_wrap=True)
     for w, state, held in rows:
@@ -212,15 +211,20 @@ def list_workers(
         expired = sum(1 for r in held if (r.lease_expires_at or 0) < now)
         held_text = str(len(held)) + (f" ({expired} expired)" if expired else "")
         table.add_row(w.worker_id, f"[{style}]{state}[/]", w.host, str(w.pid),
-                      fmt_time(w.started_at, date=True),
+                      fmt_duration((w.stopped_at or w.heartbeat_at) - w.started_at),
                       f"{fmt_duration(now - w.heartbeat_at)} ago",
                       f"{w.in_flight}/{w.concurrency}", held_text,
                       ", ".join(w.pools) or "all")
     out.print(table)
     dead = [(w, held) for w, state, held in rows if state == "dead" and held]
     for w, held in dead:
-        out.print(f"worker {w.worker_id} is dead: its {len(held)} run(s) go to other "
-                  f"workers when their leases expire (at most {fmt_duration(w.lease_seconds)})")
+        if all((r.lease_expires_at or 0) < now for r in held):
+            out.print(f"worker {w.worker_id} is dead: its {len(held)} run(s) are free for "
+                      "any worker (their leases expired)")
+        else:
+            out.print(f"worker {w.worker_id} is dead: its {len(held)} run(s) go to other "
+                      "workers when their leases expire (at most "
+                      f"{fmt_duration(w.lease_seconds)})")
     if orphans:
         out.print(f"{len(orphans)} running run(s) are leased by workers not in the registry "
                   f"(heard from more than {fmt_duration(since)} ago, or older stalwarts)")

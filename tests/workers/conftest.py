@@ -1,0 +1,94 @@
+"""Fixtures for the fleet tests: a fresh PostgreSQL schema, worker processes, ledgers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import pytest
+
+HERE = Path(__file__).parent
+PG_ENV = "STALWART_TEST_POSTGRES_URL"
+PG_SKIP = f"set {PG_ENV}=postgresql://... to run the PostgreSQL fleet tests"
+
+
+def with_search_path(url: str, schema: str) -> str:
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "options"]
+    query.append(("options", f"-csearch_path={schema}"))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search path is a fresh schema, dropped after the test."""
+    url = os.environ.get(PG_ENV)
+    if not url:
+        pytest.skip(PG_SKIP)
+    import psycopg
+
+    schema = f"stalwart_fleet_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield with_search_path(url, schema)
+    finally:
+        with psycopg.connect(url, autocommit=True, connect_timeout=30) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+class Fleet:
+    """``stalwart worker`` processes on one store; all stopped (SIGKILL) at the end."""
+
+    def __init__(self, store: str, tmp: Path, env: dict[str, str] | None = None) -> None:
+        self.store = store
+        self.tmp = tmp
+        self.env = {**os.environ, **(env or {})}
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str) -> subprocess.Popen[bytes]:
+        n = len(self.procs)
+        log = (self.tmp / f"worker-{n}.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stalwart.cli", "worker", "--store", self.store,
+             "--import", "fleet_app", *args],
+            cwd=HERE, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def log(self, proc: subprocess.Popen[bytes]) -> str:
+        return (self.tmp / f"worker-{self.procs.index(proc)}.log").read_text()
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+        """SIGTERM and wait: the worker's exit status."""
+        proc.send_signal(signal.SIGTERM)
+        return proc.wait(timeout=timeout)
+
+    def kill_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def make_fleet(tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
+    """``make_fleet(store, env=None)``: a fleet whose workers are killed after the test."""
+    made: list[Fleet] = []
+
+    def make(store: str, env: dict[str, str] | None = None) -> Fleet:
+        folder = tmp_path / f"fleet-{len(made)}"
+        folder.mkdir()
+        made.append(Fleet(store, folder, env))
+        return made[-1]
+
+    yield make
+    for fleet in made:
+        fleet.kill_all()

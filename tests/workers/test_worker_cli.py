@@ -1,0 +1,208 @@
+"""``stalwart worker`` and ``stalwart workers list`` as real processes.
+
+Workers run ``fleet_app`` (this folder) on an SQLite journal — the commands work the same
+on PostgreSQL, where the last test checks that notifications wake a worker between polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from stalwart import Runtime
+from stalwart.store import RunRecord, RunStatus
+
+HERE = Path(__file__).parent
+Fleet = Any  # conftest.Fleet (conftest modules are not importable by name)
+
+
+def _load_app() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("fleet_app", HERE / "fleet_app.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("fleet_app", module)
+    spec.loader.exec_module(module)
+    return sys.modules["fleet_app"]
+
+
+fa = _load_app()
+
+pytestmark = pytest.mark.slow
+
+
+def cli(*args: str, cwd: Path = HERE) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "stalwart.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def workers_json(store: str) -> dict[str, Any]:
+    out = cli("workers", "list", "--store", store, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+async def until(check: Callable[[], Any], timeout: float = 30.0) -> None:
+
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def record(store: str, run_id: str) -> RunRecord:
+    async with Runtime(store, worker=False) as client:
+        return await client.get_run(run_id)
+
+
+async def start(store: str, workflow: Any, *args: Any, run_id: str) -> None:
+    async with Runtime(store, worker=False) as client:
+        await client.start(workflow, *args, run_id=run_id)
+
+
+async def status_is(store: str, run_id: str, *statuses: RunStatus) -> bool:
+    return (await record(store, run_id)).status in statuses
+
+
+async def registered(store: str, proc: subprocess.Popen[bytes]) -> bool:
+    async with Runtime(store, worker=False) as client:
+        return any(w.pid == proc.pid for w in await client.store.list_workers(since=0))
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> str:
+    return str(tmp_path / "journal.db")
+
+
+async def test_worker_executes_runs_and_stops_cleanly_on_sigterm(
+        journal: str, make_fleet: Callable[..., Fleet]) -> None:
+    """Runs enqueued by a client complete; the registry shows the worker live, then
+    stopped after SIGTERM (exit status 0)."""
+    fleet = make_fleet(journal)
+    proc = fleet.start("--poll", "0.05", "--concurrency", "3")
+    await until(lambda: registered(journal, proc))
+    for i in range(3):
+        await start(journal, fa.chain, i, run_id=f"run-{i}")
+    for i in range(3):
+        await until(lambda i=i: status_is(journal, f"run-{i}", RunStatus.COMPLETED))
+        assert json.loads((await record(journal, f"run-{i}")).result or "") == fa.expected(i)
+    listed = workers_json(journal)["workers"]
+    assert [(w["pid"], w["state"], w["concurrency"]) for w in listed] == [
+        (proc.pid, "live", 3)]
+    assert fleet.stop(proc) == 0, fleet.log(proc)
+    assert "stopped" in fleet.log(proc)
+    assert [w["state"] for w in workers_json(journal)["workers"]] == ["stopped"]
+
+
+async def test_sigterm_lets_an_executing_step_finish_within_the_grace_period(
+        journal: str, make_fleet: Callable[..., Fleet]) -> None:
+    """SIGTERM during a 1.5 s step: the worker finishes the run, then exits."""
+    fleet = make_fleet(journal)
+    proc = fleet.start("--poll", "0.05", "--grace", "20")
+    await start(journal, fa.linger, 1.5, run_id="slow")
+    await until(lambda: status_is(journal, "slow", RunStatus.RUNNING))
+    assert fleet.stop(proc) == 0, fleet.log(proc)
+    assert (await record(journal, "slow")).status == RunStatus.COMPLETED
+
+
+async def test_after_the_grace_period_the_run_is_handed_back_and_resumed(
+        journal: str, make_fleet: Callable[..., Fleet]) -> None:
+    """A step longer than --grace is interrupted: the run goes back to pending at once
+    and the next worker completes it."""
+    fleet = make_fleet(journal)
+    proc = fleet.start("--poll", "0.05", "--grace", "0.2")
+    await start(journal, fa.linger, 2.0, run_id="slow")
+    await until(lambda: status_is(journal, "slow", RunStatus.RUNNING))
+    assert fleet.stop(proc) == 0, fleet.log(proc)
+    assert "handed 1 unfinished run(s) back" in fleet.log(proc)
+    rec = await record(journal, "slow")
+    assert (rec.status, rec.lease_owner) == (RunStatus.PENDING, None)
+    fleet.start("--poll", "0.05")
+    await until(lambda: status_is(journal, "slow", RunStatus.COMPLETED))
+
+
+async def test_pool_restricts_what_a_worker_claims(
+        journal: str, make_fleet: Callable[..., Fleet]) -> None:
+    """A --pool gpu worker runs gpu_chain and leaves chain to a default-pool worker."""
+    fleet = make_fleet(journal)
+    gpu = fleet.start("--poll", "0.05", "--pool", "gpu")
+    await start(journal, fa.chain, 1, run_id="plain")
+    await start(journal, fa.gpu_chain, 1, run_id="pooled")
+    await until(lambda: status_is(journal, "pooled", RunStatus.COMPLETED))
+    assert (await record(journal, "plain")).status == RunStatus.PENDING
+    assert workers_json(journal)["workers"][0]["pools"] == ["gpu"]
+    fleet.stop(gpu)
+    fleet.start("--poll", "0.05", "--pool", "default")
+    await until(lambda: status_is(journal, "plain", RunStatus.COMPLETED))
+
+
+async def test_workers_list_shows_a_killed_worker_dead_with_its_lease(
+        journal: str, make_fleet: Callable[..., Fleet]) -> None:
+    """SIGKILL leaves the worker's row and lease: once its heartbeat is older than its
+    lease, the list calls it dead and shows the run it still holds."""
+    fleet = make_fleet(journal)
+    proc = fleet.start("--poll", "0.05", "--lease", "1")
+    await start(journal, fa.linger, 30.0, run_id="held")
+    await until(lambda: status_is(journal, "held", RunStatus.RUNNING))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    await asyncio.sleep(1.2)
+    [row] = workers_json(journal)["workers"]
+    assert (row["pid"], row["state"]) == (proc.pid, "dead")
+    assert row["heartbeat_age"] > 1.0
+    assert [lease["run_id"] for lease in row["leases"]] == ["held"]
+    table = cli("workers", "list", "--store", journal)
+    assert table.returncode == 0
+    assert "dead" in table.stdout and "1 (1 expired)" in table.stdout
+
+
+def test_worker_without_an_import_is_a_usage_error(journal: str) -> None:
+    """`stalwart worker` with no --import fails with one error line and status 2."""
+    out = cli("worker", "--store", journal)
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1
+
+
+def test_worker_with_a_module_without_workflows_is_a_usage_error(journal: str) -> None:
+    """--import of a module that defines no workflow is refused before anything runs."""
+    out = cli("worker", "--store", journal, "--import", "json")
+    assert out.returncode == 2
+    assert "defines no workflows" in out.stderr
+
+
+def test_workers_list_with_no_workers(tmp_path: Path) -> None:
+    """An empty registry says so (and --json gives an empty list)."""
+    journal = str(tmp_path / "journal.db")
+
+    async def make() -> None:
+        async with Runtime(journal, worker=False):
+            pass
+
+    asyncio.run(make())
+    out = cli("workers", "list", "--store", journal)
+    assert out.returncode == 0 and "no workers heard from" in out.stdout
+    assert workers_json(journal)["workers"] == []
+
+
+async def test_notifications_wake_a_worker_between_polls(
+        pg_url: str, make_fleet: Callable[..., Fleet]) -> None:
+    """On PostgreSQL a worker polling once a minute still starts a new run at once: the
+    run's creation NOTIFYs it."""
+    fleet = make_fleet(pg_url)
+    proc = fleet.start("--poll", "60")
+    await until(lambda: registered(pg_url, proc))
+    await start(pg_url, fa.chain, 3, run_id="woken")
+    await until(lambda: status_is(pg_url, "woken", RunStatus.COMPLETED), timeout=20)
+    assert fleet.stop(proc) == 0, fleet.log(proc)
