@@ -228,6 +228,7 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._draining = False
+        self._claims_in_flight = 0
         self.pools = None if pools is None else frozenset(pools)
         self.started_at: float | None = None
         self._last_steal_scan = float("-inf")
@@ -605,6 +606,12 @@ class Runtime:
                 continue
             if rec.owner_pid != self.owner.pid and not _pid_alive(rec.owner_pid):
                 out.append((rec.run_id, rec.lease_owner, rec.lease_token))
+            elif (rec.lease_owner == self.owner.id and rec.run_id not in self._active
+                  and not self._claims_in_flight):
+                # Ours, yet nothing here executes it (and no claim's reply is pending):
+                # a claim whose reply was lost with the connection, or a hand-back that
+                # never reached the store.
+                out.append((rec.run_id, rec.lease_owner, rec.lease_token))
         return out
 
     @property
@@ -630,9 +637,13 @@ class Runtime:
             steal = await self._steal_candidates()
             if run_id is not None:
                 steal = [s for s in steal if s[0] == run_id]
-        leases = await self.store.claim(self.owner, now=now, lease_seconds=self.lease_seconds,
-                                        limit=limit, run_id=run_id, steal=steal,
-                                        workflows=self.served_workflows())
+        self._claims_in_flight += 1
+        try:
+            leases = await self.store.claim(
+                self.owner, now=now, lease_seconds=self.lease_seconds, limit=limit,
+                run_id=run_id, steal=steal, workflows=self.served_workflows())
+        finally:
+            self._claims_in_flight -= 1
         for lease in leases:
             self._active[lease.run_id] = asyncio.create_task(
                 self._execute(lease), name=f"sw-run-{lease.run_id}")
