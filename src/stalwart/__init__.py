@@ -9,24 +9,32 @@ from __future__ import annotations
 
 from ._agent import Agent as Agent
 from ._agent import AgentResult as AgentResult
+from ._budget import Budget as Budget
 from ._clock import Clock as Clock
 from ._clock import FakeClock as FakeClock
 from ._clock import SystemClock as SystemClock
 from ._context import Context as Context
 from ._context import StepInfo as StepInfo
 from ._context import current_step as current_step
+from ._cost import Price as Price
+from ._cost import PriceTable as PriceTable
+from ._cost import UsageReport as UsageReport
+from ._cost import usage_report as usage_report
 from ._policy import DEFAULT_POLICY as DEFAULT_POLICY
 from ._policy import INHERIT as INHERIT
 from ._policy import Policy as Policy
 from ._runtime import PolicyNote as PolicyNote
 from ._runtime import RunHandle as RunHandle
 from ._runtime import Runtime as Runtime
+from ._timetravel import ReplayReport as ReplayReport
 from ._tools import Tool as Tool
 from ._tools import ToolArgumentsError as ToolArgumentsError
 from ._tools import ToolCall as ToolCall
 from ._workflow import Workflow as Workflow
 from .errors import AgentError as AgentError
 from .errors import AuthenticationError as AuthenticationError
+from .errors import BudgetExceeded as BudgetExceeded
+from .errors import BudgetExceededError as BudgetExceededError
 from .errors import BulkheadFullError as BulkheadFullError
 from .errors import CallTimeoutError as CallTimeoutError
 from .errors import Cancelled as Cancelled
@@ -44,6 +52,7 @@ from .errors import ModelError as ModelError
 from .errors import ModelTimeoutError as ModelTimeoutError
 from .errors import NonDeterminismError as NonDeterminismError
 from .errors import NotAStalwartStoreError as NotAStalwartStoreError
+from .errors import OutcomeCheckError as OutcomeCheckError
 from .errors import OutputValidationError as OutputValidationError
 from .errors import ProviderOverloadedError as ProviderOverloadedError
 from .errors import RateLimitedError as RateLimitedError
@@ -125,6 +134,13 @@ __all__ = [
     "CircuitBreakerConfig",
     "BulkheadConfig",
     "RateLimit",
+    # budgets, cost and time travel
+    "Budget",
+    "Price",
+    "PriceTable",
+    "UsageReport",
+    "usage_report",
+    "ReplayReport",
     # time
     "Clock",
     "SystemClock",
@@ -158,6 +174,9 @@ __all__ = [
     "BulkheadFullError",
     "ThrottledError",
     "FallbackExhaustedError",
+    "BudgetExceededError",
+    "BudgetExceeded",
+    "OutcomeCheckError",
     "ModelError",
     "RateLimitedError",
     "ProviderOverloadedError",

@@ -9,25 +9,32 @@ The loop is bounded: ``max_iterations`` model turns (then ``fallback_output`` or
 :class:`MaxIterationsError`); the same tool with the same arguments ``loop_limit`` times
 raises :class:`ToolLoopError`; malformed tool calls from the model (bad JSON, wrong
 types, unknown tools) go back to the model as structured tool errors, at most
-``max_repairs`` of them; a final answer that fails ``output_type`` is re-asked at most
-``max_reasks`` times, then :class:`OutputValidationError`.
+``max_repairs`` of them; a final answer that fails ``output_type`` (or the agent's
+``check``) is re-asked at most ``max_reasks`` times, then :class:`OutputValidationError`.
+Such an answer is a semantic failure of the model that gave it: it counts against that
+model's circuit breaker and is journaled (``check_failed``) for the statistics.
+
+An agent's :class:`~stalwart.Budget` holds one ``run`` of it, on top of the run's.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, final
 
 from pydantic import BaseModel, TypeAdapter
 from typing_extensions import TypeVar
 
+from ._budget import Budget, agent_budget
 from ._calls import Candidate, guarded_call
+from ._context import outcome_problem
 from ._policy import Policy
 from ._tools import Tool, ToolArgumentsError
 from .errors import (
+    BudgetExceededError,
     ConfigurationError,
     MaxIterationsError,
     OutputValidationError,
@@ -115,6 +122,10 @@ class Agent(Generic[OutT]):
         options: sampling options for every turn.
         max_iterations, loop_limit, max_repairs, max_reasks: the loop's bounds.
         fallback_output: returned instead of raising when max_iterations is reached.
+        budget: limits on one run of this agent (tokens, cost, calls, run age).
+        check: an outcome check on the validated output (``False``, a reason string or
+            an exception fails it): a failing answer is re-asked like an invalid one,
+            and counts as a failure of the model that gave it.
     """
 
     def __init__(
@@ -133,6 +144,8 @@ class Agent(Generic[OutT]):
         max_repairs: int = 3,
         max_reasks: int = 2,
         fallback_output: Any = _MISSING,
+        budget: Budget | None = None,
+        check: Callable[[OutT], object] | None = None,
     ) -> None:
         if not name:
             raise ConfigurationError("an agent needs a name")
@@ -158,6 +171,8 @@ class Agent(Generic[OutT]):
         self.max_repairs = max_repairs
         self.max_reasks = max_reasks
         self.fallback_output = fallback_output
+        self.budget = budget
+        self.check = check
         self._adapter: TypeAdapter[Any] | None = (
             TypeAdapter(output_type) if output_type is not None else None)
 
@@ -176,9 +191,34 @@ class Agent(Generic[OutT]):
         """Run the loop and return the validated output."""
         return (await self.run_result(ctx, input, policy=policy)).output
 
+    def _verdict(self, response: ModelResponse) -> tuple[Any, str | None]:
+        """A final answer's output, and what is wrong with it (``None``: nothing)."""
+        if response.tool_calls:
+            return None, None
+        text = response.content or ""
+        if self._adapter is None:
+            output: Any = text
+        else:
+            try:
+                output = self._adapter.validate_json(_strip_fences(text))
+            except Exception as exc:
+                return None, (
+                    f"the answer does not match "
+                    f"{getattr(self.output_type, '__name__', self.output_type)}: {exc}")
+        if self.check is not None:
+            problem = outcome_problem(self.check, output)
+            if problem is not None:
+                return output, f"the answer failed its check: {problem}"
+        return output, None
+
     async def run_result(self, ctx: Context, input: Any, *,
                          policy: Policy | None = None) -> AgentResult[OutT]:
         """Run the loop and return the output with the conversation and accounting."""
+        with agent_budget(self.name, self.budget):
+            return await self._loop(ctx, input, policy)
+
+    async def _loop(self, ctx: Context, input: Any,
+                    policy: Policy | None) -> AgentResult[OutT]:
         runtime = ctx._ex.runtime
         effective = runtime.effective_policy(self.policy, policy)
         chain = [self.model, *effective.fallback_chain]
@@ -197,18 +237,22 @@ class Agent(Generic[OutT]):
         for _turn in range(self.max_iterations):
             request = ModelRequest(messages=tuple(messages), tools=specs, options=self.options)
             estimate = sum(count_tokens(m.content or "") for m in request.messages)
+            override = ctx._ex.model_override(ctx._next_step_id())
+            turn_models = models if override is None else [
+                runtime.model(override), *models[1:]]
             candidates = [
                 Candidate(key=f"{m.provider}:{m.name}",
                           call=_completer(m, request), estimate_tokens=estimate,
                           actual_tokens=lambda r: int(r.usage.input_tokens
                                                       + r.usage.output_tokens))
-                for m in models
+                for m in turn_models
             ]
             response: ModelResponse = await guarded_call(
                 ctx, name=f"chat:{self.name}", candidates=candidates, policy=effective,
                 pool=self.pool,
                 encode_result=lambda r: _RESPONSE.dump_json(r).decode(),
-                decode_result=_RESPONSE.validate_json)
+                decode_result=_RESPONSE.validate_json,
+                check=lambda r: self._verdict(r)[1])
             usage_in += response.usage.input_tokens
             usage_out += response.usage.output_tokens
             answered_by.append(f"{response.provider}:{response.model}")
@@ -230,25 +274,18 @@ class Agent(Generic[OutT]):
                                                  name=call.name))
                 continue
 
-            text = response.content or ""
-            if self._adapter is None:
-                output: Any = text
-            else:
-                try:
-                    output = self._adapter.validate_json(_strip_fences(text))
-                except Exception as exc:
-                    reasks += 1
-                    if reasks > self.max_reasks:
-                        raise OutputValidationError(
-                            f"agent {self.name!r}: the answer does not match "
-                            f"{getattr(self.output_type, '__name__', self.output_type)} "
-                            f"after {self.max_reasks} re-asks: {exc}",
-                            agent=self.name, run_id=ctx.run_id) from None
-                    messages.append(Message.user(
-                        "Your answer was not valid: "
-                        f"{str(exc)[:2000]}\nReply again with JSON only, matching the "
-                        "schema."))
-                    continue
+            output, problem = self._verdict(response)
+            if problem is not None:
+                reasks += 1
+                if reasks > self.max_reasks:
+                    raise OutputValidationError(
+                        f"agent {self.name!r}: {problem} (after {self.max_reasks} "
+                        "re-asks)", agent=self.name, run_id=ctx.run_id) from None
+                again = ("Reply again with JSON only, matching the schema."
+                         if self._adapter is not None else "Reply again.")
+                messages.append(Message.user(
+                    f"Your answer was not valid: {problem[:2000]}\n{again}"))
+                continue
             return AgentResult(output=output, messages=tuple(messages),
                                usage=Usage(input_tokens=usage_in, output_tokens=usage_out),
                                iterations=len(answered_by), tool_calls=executed,
@@ -286,7 +323,7 @@ class Agent(Generic[OutT]):
                 run_id=ctx.run_id)
         try:
             result = await ctx.tool(tool, _tool_call_id=call.id, **arguments)
-        except StoreError:
+        except (StoreError, BudgetExceededError):
             raise
         except Exception as exc:
             return _tool_error("tool_failed", f"{type(exc).__name__}: {exc}"), False

@@ -13,6 +13,13 @@ the step waits out the recorded backoff (parking the run if it is long) and cont
 with the next attempt number. The decision what to do after a failure comes from the
 pure core :func:`stalwart.policies.decide`; this module only carries it out.
 
+Outermost of all sits the run's :class:`~stalwart.Budget`: checked before every attempt,
+fed with each settled call's usage. A call's timing (wall-clock start, duration of the
+last attempt, attempts) is journaled as ``call_timed`` in the same append as its outcome,
+and each failed attempt's payload carries its ``duration``: latency statistics read
+them, at no extra commit. An outcome ``check`` that fails is a semantic failure: it
+counts against the dependency's breaker like an error.
+
 Why not :func:`stalwart.policies.call_with_retry`: its loop keeps its state in memory,
 and here each decision must be journaled before it is acted on.
 """
@@ -24,13 +31,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._context import StepInfo, bind_step_context, unbind_step_context
+from ._context import StepInfo, bind_step_context, outcome_problem, unbind_step_context
 from ._policy import Policy
 from ._serde import ErrorInfo, encode_error, rebuild_error
 from .errors import (
+    BudgetExceededError,
     CircuitOpenError,
+    ConfigurationError,
     FallbackExhaustedError,
     LeaseLostError,
+    OutcomeCheckError,
     ResilienceError,
     RetryExhaustedError,
     SerializationError,
@@ -94,8 +104,16 @@ async def guarded_call(
     pool: str | None,
     encode_result: Callable[[Any], str],
     decode_result: Callable[[str], Any],
+    check: Callable[[Any], object] | None = None,
+    reject_failed_check: bool = False,
 ) -> Any:
-    """Make the call as one journaled step under ``policy``; see the module docstring."""
+    """Make the call as one journaled step under ``policy``; see the module docstring.
+
+    ``check`` is an outcome check on a successful result. A result that fails it counts
+    as a failure for the candidate's breaker; with ``reject_failed_check`` the attempt
+    fails (:class:`OutcomeCheckError`, retried like an error), otherwise the result is
+    kept and a ``check_failed`` event is journaled with it (an agent re-asks instead).
+    """
     ex = ctx._ex
     runtime = ex.runtime
     clock = ex.clock
@@ -103,10 +121,14 @@ async def guarded_call(
     outcome = ctx._outcome(recorded)
     if outcome is not None:
         if outcome.kind == EventKind.STEP_COMPLETED:
-            return decode_result(outcome.payload or "null")
+            value = decode_result(outcome.payload or "null")
+            ex.budget.settled(value, live=False)
+            return value
+        ex.budget.settled(None, live=False)
         raise rebuild_error(ErrorInfo.from_json(outcome.payload or "{}"),
                             run_id=ex.run_id, step_id=step_id)
-    ex.replaying = False
+    ex.go_live(step_id, name)
+    started_at = clock.now()
     priors = _priors(recorded or (), ex.redriven_after(step_id))
     retry = policy.retry_policy
     timeout = policy.timeout_policy
@@ -124,11 +146,15 @@ async def guarded_call(
     state = RetryState(attempt=len(priors), first_attempt_at=clock.now())
 
     async def fail(err: BaseException, *, attempt: int, ci: int, nxt: str,
-                   retry_at: float | None = None) -> None:
+                   retry_at: float | None = None, duration: float | None = None) -> None:
         await ex.record([NewEvent(EventKind.ATTEMPT_FAILED, step_id, name, json.dumps({
             "candidate": ci, "attempt": attempt, "at": clock.now(), "next": nxt,
-            "retry_at": retry_at, "key": candidates[ci].key,
+            "retry_at": retry_at, "key": candidates[ci].key, "duration": duration,
             "error": json.loads(encode_error(err).to_json())}))])
+
+    async def settle_failed(exc: BaseException) -> None:
+        await _record_failure(ctx, step_id, name, exc)
+        ex.budget.settled(None, live=True)
 
     for ci in range(start, len(candidates)):
         cand = candidates[ci]
@@ -146,7 +172,14 @@ async def guarded_call(
             decision = Attempt(1) if not mine else GiveUp("no retry policy", exhausted=True)
         while isinstance(decision, Attempt):
             number = decision.number
+            try:
+                ex.budget.check(step_id, cand.key)
+            except (BudgetExceededError, ConfigurationError) as exc:
+                await _record_failure(ctx, step_id, name, exc)
+                raise
             state = state.started()
+            semantic: OutcomeCheckError | None = None
+            t_call: float | None = None
             try:
                 if breaker is not None:
                     breaker.acquire()
@@ -157,6 +190,7 @@ async def guarded_call(
                     if bulkhead is not None:
                         await bulkhead.acquire()
                     token = bind_step_context(StepInfo(ex.run_id, step_id, name, number))
+                    t_call = clock.monotonic()
                     try:
                         result = await with_timeout(cand.call(step_id, number), per_attempt,
                                                     clock=clock)
@@ -164,6 +198,15 @@ async def guarded_call(
                         unbind_step_context(token)
                         if bulkhead is not None:
                             bulkhead.release()
+                    problem = outcome_problem(check, result) if check is not None else None
+                    if problem is not None:
+                        semantic = OutcomeCheckError(
+                            f"step {name!r} ({step_id}): the result of {cand.key} failed its "
+                            f"check: {problem}", key=cand.key, reason=problem,
+                            run_id=ex.run_id, step_id=step_id, attempt=number)
+                        runtime.note_policy(ex.run_id, step_id, "check_failed", cand.key)
+                        if reject_failed_check:
+                            raise semantic
                 except BaseException as exc:
                     if breaker is not None:
                         if isinstance(exc, Exception) and not _is_local_limit(exc):
@@ -172,7 +215,10 @@ async def guarded_call(
                             breaker.release()
                     raise
                 if breaker is not None:
-                    breaker.on_success(clock.monotonic() - t0)
+                    if semantic is not None:
+                        breaker.on_error(clock.monotonic() - t0, semantic)
+                    else:
+                        breaker.on_success(clock.monotonic() - t0)
                 if limiter is not None and cand.actual_tokens is not None:
                     limiter.settle(cand.estimate_tokens, cand.actual_tokens(result))
             except (LeaseLostError, StoreError):
@@ -183,6 +229,7 @@ async def guarded_call(
                 runtime.note_policy(ex.run_id, step_id, "breaker_rejected", cand.key)
                 break
             except Exception as exc:
+                took = None if t_call is None else clock.monotonic() - t_call
                 state = state.failed(exc)
                 if retry is not None:
                     decision = decide(retry, state, exc, clock.now(), ex.rng,
@@ -192,7 +239,8 @@ async def guarded_call(
                                       exhausted=bool(getattr(exc, "retryable", False)))
                 if isinstance(decision, Sleep):
                     retry_at = clock.now() + decision.seconds
-                    await fail(exc, attempt=number, ci=ci, nxt="retry", retry_at=retry_at)
+                    await fail(exc, attempt=number, ci=ci, nxt="retry", retry_at=retry_at,
+                               duration=took)
                     runtime.note_policy(ex.run_id, step_id, "retried", cand.key)
                     await ex.wait_until(retry_at, RunStatus.SLEEPING)
                     decision = Attempt(decision.next_attempt)
@@ -200,20 +248,31 @@ async def guarded_call(
                 assert isinstance(decision, GiveUp)
                 errors.append(exc)
                 if not decision.exhausted:
-                    await fail(exc, attempt=number, ci=ci, nxt="fail")
-                    await _record_failure(ctx, step_id, name, exc)
+                    await fail(exc, attempt=number, ci=ci, nxt="fail", duration=took)
+                    await settle_failed(exc)
                     raise
-                await fail(exc, attempt=number, ci=ci, nxt="fallback" if more else "fail")
+                await fail(exc, attempt=number, ci=ci, nxt="fallback" if more else "fail",
+                           duration=took)
                 break
             else:
                 try:
                     text = encode_result(result)
                 except SerializationError as exc:
-                    await _record_failure(ctx, step_id, name, exc)
+                    await settle_failed(exc)
                     raise
                 if ci > 0:
                     runtime.note_policy(ex.run_id, step_id, "fallback_answered", cand.key)
-                await ex.record([NewEvent(EventKind.STEP_COMPLETED, step_id, name, text)])
+                took = clock.monotonic() - (t_call if t_call is not None else t0)
+                events = [NewEvent(EventKind.CALL_TIMED, step_id, name, json.dumps({
+                    "started_at": started_at, "duration": took, "attempts": number,
+                    "key": cand.key})),
+                    NewEvent(EventKind.STEP_COMPLETED, step_id, name, text)]
+                if semantic is not None:
+                    events.insert(0, NewEvent(EventKind.CHECK_FAILED, step_id, name, json.dumps({
+                        "key": cand.key, "attempt": number, "error": "OutcomeCheckError",
+                        "reason": semantic.reason})))
+                await ex.record(events)
+                ex.budget.settled(result, live=True)
                 return decode_result(text)
         if more:
             runtime.note_policy(ex.run_id, step_id, "fallback", candidates[ci + 1].key)
@@ -231,7 +290,7 @@ async def guarded_call(
             f"{type(final).__name__}: {final}", attempts=state.attempt,
             errors=tuple(errors), reason="attempts exhausted", run_id=ex.run_id,
             step_id=step_id)
-    await _record_failure(ctx, step_id, name, err)
+    await settle_failed(err)
     if final is not None:
         raise err from final
     raise err

@@ -38,6 +38,7 @@ from .errors import (
     ContextMisuseError,
     LeaseLostError,
     NonDeterminismError,
+    OutcomeCheckError,
     RunCancelledError,
     RunFailedError,
     SerializationError,
@@ -113,6 +114,22 @@ def current_step() -> StepInfo:
     if info is None:
         raise ContextMisuseError("current_step() is only available inside a step")
     return info
+
+
+def outcome_problem(check: Callable[[Any], object], value: Any) -> str | None:
+    """Run an outcome check: ``None`` when ``value`` passes, else what was wrong.
+
+    The check fails by returning ``False`` or a non-empty string (the reason), or by
+    raising; ``True`` and ``None`` pass."""
+    try:
+        verdict = check(value)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    if verdict is False:
+        return f"{_callable_name(check)} returned False"
+    if isinstance(verdict, str) and verdict:
+        return verdict
+    return None
 
 
 def _callable_name(fn: Any) -> str:
@@ -210,20 +227,24 @@ class Context:
 
     @overload
     async def step(self, fn: Callable[..., Awaitable[T]], /, *args: Any, name: str | None = None,
-                   **kwargs: Any) -> T: ...
+                   check: Callable[[T], object] | None = None, **kwargs: Any) -> T: ...
 
     @overload
     async def step(self, fn: Callable[..., T], /, *args: Any, name: str | None = None,
-                   **kwargs: Any) -> T: ...
+                   check: Callable[[T], object] | None = None, **kwargs: Any) -> T: ...
 
     async def step(self, fn: Callable[..., Any], /, *args: Any, name: str | None = None,
-                   **kwargs: Any) -> Any:
+                   check: Callable[[Any], object] | None = None, **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` once, durably; a recorded step returns its record.
 
         Sync functions run in the runtime's thread pool. The result must be JSON-compatible
         or a pydantic model; the function's return annotation, when present, is used to
         rebuild it with its type. An exception is recorded and re-raised (also on replay).
         Code inside the step can read its idempotency key with :func:`current_step`.
+
+        ``check`` is an outcome check on the result (see :func:`outcome_problem`): a
+        result that fails it fails the step with :class:`~stalwart.OutcomeCheckError`,
+        journaled like any other failure (a semantic failure: "it returned, but wrong").
         """
         step_name = name or _callable_name(fn)
         step_id, recorded = self._begin(step_name)
@@ -231,7 +252,7 @@ class Context:
         outcome = self._outcome(recorded)
         if outcome is not None:
             return self._replay_outcome(step_id, outcome, tp)
-        self._ex.replaying = False
+        self._ex.go_live(step_id, step_name)
         info = StepInfo(self._ex.run_id, step_id, step_name, attempt=1)
         try:
             result = await self._ex.invoke(info, fn, args, kwargs, is_async=_is_async(fn))
@@ -240,6 +261,16 @@ class Context:
         except Exception as exc:
             await self._record_failure(step_id, step_name, exc)
             raise
+        if check is not None:
+            problem = outcome_problem(check, result)
+            if problem is not None:
+                key = f"step:{step_name}"
+                err = OutcomeCheckError(
+                    f"step {step_name!r} ({step_id}): its result failed the check: {problem}",
+                    key=key, reason=problem, run_id=self._ex.run_id, step_id=step_id)
+                self._ex.runtime.note_policy(self._ex.run_id, step_id, "check_failed", key)
+                await self._record_failure(step_id, step_name, err)
+                raise err
         return await self._record_value(step_id, step_name, result, tp)
 
     async def _recorded_value(self, name: str, make: Callable[[], T]) -> T:
@@ -247,7 +278,7 @@ class Context:
         outcome = self._outcome(recorded)
         if outcome is not None:
             return self._replay_outcome(step_id, outcome, Any)  # type: ignore[no-any-return]
-        self._ex.replaying = False
+        self._ex.go_live(step_id, name)
         return await self._record_value(step_id, name, make(), Any)  # type: ignore[no-any-return]
 
     async def now(self) -> float:
@@ -277,7 +308,7 @@ class Context:
         if recorded:
             wake_at = float(json.loads(recorded[0].payload or "{}")["wake_at"])
         else:
-            self._ex.replaying = False
+            self._ex.go_live(step_id, "stalwart.sleep")
             wake_at = self._ex.clock.now() + seconds
             await self._ex.record([NewEvent(EventKind.TIMER_STARTED, step_id, "stalwart.sleep",
                                             json.dumps({"wake_at": wake_at,
@@ -308,11 +339,11 @@ class Context:
         if recorded:
             deadline = json.loads(recorded[0].payload or "{}").get("deadline")
         else:
-            ex.replaying = False
+            ex.go_live(step_id, step_name)
             deadline = None if timeout is None else ex.clock.now() + timeout
             await ex.record([NewEvent(EventKind.SIGNAL_WAIT_STARTED, step_id, step_name,
                                       json.dumps({"deadline": deadline}))])
-        ex.replaying = False
+        ex.go_live(step_id, step_name)
         since = ex.clock.monotonic()
         while True:
             payload = await ex.take_signal(name, step_id)
@@ -337,7 +368,7 @@ class Context:
         outcome = self._outcome(recorded)
         if outcome is not None:
             return self._replay_outcome(step_id, outcome, tp)  # type: ignore[no-any-return]
-        ex.replaying = False
+        ex.go_live(step_id, step_name)
         child_id = f"{ex.run_id}/{step_id}"
         if not recorded:
             await ex.create_child(child_id, step_id, step_name, workflow, args, kwargs)
@@ -365,6 +396,7 @@ class Context:
     # -- tools and models --------------------------------------------------------------
 
     async def tool(self, tool: Tool[Any, T], /, *, policy: Policy | None = None,
+                   check: Callable[[T], object] | None = None,
                    _tool_call_id: str | None = None, **arguments: Any) -> T:
         """Call a tool as one journaled step behind the policy stack.
 
@@ -372,6 +404,9 @@ class Context:
         (:class:`~stalwart.ToolArgumentsError`). The tool receives a
         :class:`~stalwart.ToolCall` whose ``idempotency_key`` is stable across retries
         and resumes. Policies: the tool's own, over the runtime's; ``policy`` over both.
+        ``check`` is an outcome check on the result: a result that fails it is a failed
+        attempt (:class:`~stalwart.OutcomeCheckError`, retryable) — it counts against the
+        tool's circuit breaker and is retried like an error.
         """
         from ._calls import Candidate, guarded_call
         from ._tools import ToolCall
@@ -394,7 +429,13 @@ class Context:
             candidates=[Candidate(key=f"tool:{tool.name}", call=call)],
             policy=effective, pool=None,
             encode_result=lambda v: encode(v, tp, what=f"result of tool {tool.name!r}"),
-            decode_result=lambda text: decode(text, tp))
+            decode_result=lambda text: decode(text, tp), check=check, reject_failed_check=True)
+
+    def _next_step_id(self) -> str:
+        """The id the next step begun in the calling scope will get."""
+        scope = _scope_var.get() or self._ex.root_scope
+        n = scope.counter + 1
+        return f"{scope.prefix}/{n}" if scope.prefix else str(n)
 
     # -- fan-out ---------------------------------------------------------------------
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import json
 import logging
 import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ._budget import RunBudget
 from ._clock import Clock
 from ._context import (
     Context,
@@ -45,6 +47,7 @@ from .store._base import (
     NewEvent,
     RunRecord,
     RunStatus,
+    Store,
 )
 
 if TYPE_CHECKING:
@@ -80,9 +83,17 @@ class Execution:
     """The live state of a run while one worker executes it."""
 
     def __init__(self, runtime: Runtime, lease: Lease, run: RunRecord,
-                 workflow: Workflow[Any, Any], events: list[Event]) -> None:
+                 workflow: Workflow[Any, Any], events: list[Event], *,
+                 store: Store | None = None, replay_only: bool = False) -> None:
         self.runtime = runtime
-        self.store = runtime.store
+        self.store = store if store is not None else runtime.store
+        self.replay_only = replay_only
+        """Replay the journal without running anything (``Runtime.replay``): a step that
+        is not recorded parks the execution instead of running (see :meth:`go_live`)."""
+        self.unrecorded: list[tuple[str, str]] = []
+        """In replay-only mode: the steps the code asked for that the journal lacks."""
+        self.fork_at: tuple[int, ...] | None = None
+        self.fork_model: str | None = None
         self.clock = runtime.clock
         self.lease = lease
         self.run = run
@@ -100,13 +111,34 @@ class Execution:
                 self.recorded[ev.step_id] = kept
             elif ev.step_id is not None and ev.kind in _STEP_EVENTS:
                 self.recorded.setdefault(ev.step_id, []).append(ev)
+            elif ev.kind == EventKind.RUN_FORKED:
+                fork = json.loads(ev.payload or "{}")
+                self.fork_at = _step_sort_key(str(fork.get("at", "")))
+                self.fork_model = fork.get("model")
         self.recorded = {k: v for k, v in self.recorded.items() if v}
+        self.budget = RunBudget(self, events)
         self.visited: set[str] = set()
         self.replaying = bool(self.recorded)
         self.cancel_requested = run.cancel_requested
         self.finished = False
         self.wakeup = asyncio.Event()
         self.root_scope = new_root_scope()
+
+    def go_live(self, step_id: str, name: str) -> None:
+        """The step ``step_id`` is about to run for real (it has no recorded outcome).
+
+        In replay-only mode nothing may run: the step is noted as unrecorded and this
+        branch of the workflow parks (a ``gather``'s other branches go on replaying)."""
+        if self.replay_only:
+            self.unrecorded.append((step_id, name))
+            raise Suspend(RunStatus.WAITING, None)
+        self.replaying = False
+
+    def model_override(self, step_id: str) -> str | None:
+        """The model a fork runs agent turns at and after its fork point with."""
+        if self.fork_model is None or self.fork_at is None:
+            return None
+        return self.fork_model if _step_sort_key(step_id) >= self.fork_at else None
 
     def redriven_after(self, step_id: str) -> int:
         """The journal position after which this step's attempts count (0: all)."""
@@ -145,6 +177,8 @@ class Execution:
     # -- waiting ---------------------------------------------------------------------
 
     async def wait_until(self, wake_at: float, status: RunStatus) -> None:
+        if self.replay_only:
+            return  # a recorded timer: replay does not wait for it
         remaining = wake_at - self.clock.now()
         if remaining <= 0:
             return

@@ -23,11 +23,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, final, overload
 
+from ._budget import Budget
 from ._clock import Clock, SystemClock
 from ._context import Context
+from ._cost import Prices, PriceTable, UsageReport, usage_report
 from ._execution import Execution, race_event
 from ._policy import DEFAULT_POLICY, Policy
 from ._serde import ErrorInfo, decode, encode, import_ref, rebuild_error, return_type
+from ._timetravel import ReplayReport
 from .errors import (
     ConfigurationError,
     LeaseLostError,
@@ -173,6 +176,11 @@ class Runtime:
         park_after: a sleep or wait longer than this parks the run (its task ends and
             it is woken from the store); shorter ones wait in memory.
         thread_pool_size: threads for synchronous steps.
+        budget: limits on what each run may spend (tokens, cost, calls, seconds); a
+            workflow's and an agent's own budgets apply on top.
+        prices: model prices for cost accounting and ``max_cost``: overrides over the
+            built-in table, a :class:`~stalwart.PriceTable`, or a function
+            ``(provider, model) -> Price | None``.
         policy: resilience policies for every model and tool call (over
             :data:`~stalwart.DEFAULT_POLICY`); agents, tools and calls refine it.
         models: model instances by spec (``{"sim:demo": SimulatedModel(...)}``), used
@@ -198,6 +206,8 @@ class Runtime:
         poll_interval: float = 1.0,
         park_after: float = 5.0,
         thread_pool_size: int = 32,
+        budget: Budget | None = None,
+        prices: Prices | None = None,
         policy: Policy | None = None,
         models: Mapping[str, Model] | None = None,
         pools: Collection[str] | None = None,
@@ -233,6 +243,8 @@ class Runtime:
         self.started_at: float | None = None
         self._last_steal_scan = float("-inf")
         self.policy = (policy or Policy()).over(DEFAULT_POLICY)
+        self.budget = budget
+        self.prices = PriceTable.of(prices)
         self.breakers = BreakerRegistry(clock=self.clock)
         shared = shared_limit_store(limits, self.store)
         self.limits: Literal["cluster", "local"] = "local" if shared is None else "cluster"
@@ -262,16 +274,17 @@ class Runtime:
 
     @overload
     def workflow(self, fn: None = None, /, *, name: str | None = None,
-                 pool: str | None = None) -> Callable[..., Any]: ...
+                 pool: str | None = None, budget: Budget | None = None) -> Callable[..., Any]: ...
 
     def workflow(self, fn: Any = None, /, *, name: str | None = None,
-                 pool: str | None = None) -> Any:
+                 pool: str | None = None, budget: Budget | None = None) -> Any:
         """Register an async function ``(ctx, ...)`` as a workflow (a decorator).
-        ``pool`` names the worker pool whose workers execute its runs."""
+        ``pool`` names the worker pool whose workers execute its runs; ``budget`` limits
+        what each of its runs may spend (on top of the runtime's)."""
         from ._workflow import Workflow
 
         def deco(f: Callable[Concatenate[Context, P], Awaitable[R]]) -> Workflow[P, R]:
-            wf: Workflow[P, R] = Workflow(f, name=name, pool=pool)
+            wf: Workflow[P, R] = Workflow(f, name=name, pool=pool, budget=budget)
             self.register(wf)
             return wf
 
@@ -536,6 +549,28 @@ class Runtime:
         leases = await self._claim(limit=self.concurrency - len(self._active), run_id=run_id,
                                    force_scan=True)
         return [lease.run_id for lease in leases]
+
+    async def usage(self, run_id: str) -> UsageReport:
+        """Tokens, calls and cost of a run — in total, per agent, model and tool — read
+        from its journal and priced with this runtime's prices."""
+        return usage_report(await self.events(run_id), self.prices)
+
+    async def replay(self, run_id: str) -> ReplayReport:
+        """Re-run the current code of ``run_id``'s workflow against its journal, calling
+        nothing external, and report whether the code is still deterministic for it."""
+        from ._timetravel import replay_run
+
+        await self.open()
+        return await replay_run(self, run_id)
+
+    async def fork(self, run_id: str, *, at: str, model: str | None = None,
+                   run_id_for_fork: str | None = None) -> RunHandle[Any]:
+        """Start a new run that reuses ``run_id``'s recorded results before step ``at``
+        and executes from there — with ``model`` for agent turns from ``at`` on, when
+        given. The fork's journal records its origin."""
+        from ._timetravel import fork_run
+
+        return await fork_run(self, run_id, at=at, model=model, new_run_id=run_id_for_fork)
 
     async def redrive(self, run_id: str) -> RunHandle[Any]:
         """Send a dead-lettered run through again (``stalwart dlq retry``): the step that

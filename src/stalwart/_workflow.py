@@ -13,6 +13,7 @@ from ._serde import _adapter, _tag_models, _untag_models, parameter_types
 from .errors import ConfigurationError, SerializationError
 
 if TYPE_CHECKING:
+    from ._budget import Budget
     from ._context import Context
 
 __all__ = ["Workflow"]
@@ -62,7 +63,8 @@ class Workflow(Generic[P, R]):
     """
 
     def __init__(self, fn: Callable[Concatenate[Context, P], Awaitable[R]], *,
-                 name: str | None = None, pool: str | None = None) -> None:
+                 name: str | None = None, pool: str | None = None,
+                 budget: Budget | None = None) -> None:
         if not inspect.iscoroutinefunction(fn):
             raise ConfigurationError(
                 f"workflow {getattr(fn, '__qualname__', fn)!r} must be an async function")
@@ -76,6 +78,8 @@ class Workflow(Generic[P, R]):
         self.pool = pool
         """The worker pool that executes its runs (``stalwart worker --pool``); ``None``
         is the ``"default"`` pool."""
+        self.budget = budget
+        """Limits on what each run of it may spend (:class:`~stalwart.Budget`)."""
         self.ref = f"{fn.__module__}:{fn.__qualname__}"
         self._params = params[1:]
         self._hints = parameter_types(fn)

@@ -26,7 +26,10 @@ seconds, or ``None``) and where it happened (``run_id``, ``step_id``, ``attempt`
     │   ├── CircuitOpenError          the breaker rejected the call; not retryable
     │   ├── BulkheadFullError         no slot: queue full or queue_timeout; retryable
     │   ├── ThrottledError            the local rate limiter would wait past max_wait
-    │   └── FallbackExhaustedError    every model of a fallback chain failed
+    │   ├── FallbackExhaustedError    every model of a fallback chain failed
+    │   └── BudgetExceededError       a run or agent reached a Budget (alias BudgetExceeded)
+    ├── OutcomeCheckError             an output failed its check (a semantic failure);
+    │                                 retryable: "HTTP 200 but wrong" may be right next time
     ├── AgentError                    an agent's loop could not produce an answer
     │   ├── MaxIterationsError        the loop hit max_iterations (no fallback output)
     │   ├── ToolLoopError             the same tool call with the same arguments, N times
@@ -60,6 +63,8 @@ __all__ = [
     "RepairBudgetExceededError",
     "ToolLoopError",
     "AuthenticationError",
+    "BudgetExceeded",
+    "BudgetExceededError",
     "BulkheadFullError",
     "CallTimeoutError",
     "Cancelled",
@@ -75,6 +80,7 @@ __all__ = [
     "ModelTimeoutError",
     "NonDeterminismError",
     "NotAStalwartStoreError",
+    "OutcomeCheckError",
     "ProviderOverloadedError",
     "RateLimitedError",
     "ResilienceError",
@@ -426,6 +432,52 @@ class FallbackExhaustedError(ResilienceError):
     def __init__(self, message: str, *, keys: tuple[str, ...], **context: Any) -> None:
         super().__init__(message, **context)
         self.keys = keys
+
+
+class BudgetExceededError(ResilienceError):
+    """A run (or an agent within it) reached one of its :class:`~stalwart.Budget` limits;
+    the call that would have gone over was not made. Not retryable: the totals are
+    rebuilt from the journal, so the same budget stops the run again after a resume.
+
+    Attributes:
+        budget: which limit: ``"max_tokens"``, ``"max_cost"``, ``"max_steps"`` or
+            ``"max_seconds"``.
+        level: where the budget was set: ``"runtime"``, ``"workflow"`` or ``"agent"``.
+        limit: the limit's value.
+        used: how much had been used when the next call was refused.
+        over: ``used - limit`` (zero or more; at most one call's worth).
+    """
+
+    def __init__(self, message: str, *, budget: str, level: str, limit: float, used: float,
+                 **context: Any) -> None:
+        super().__init__(message, **context)
+        self.budget = budget
+        self.level = level
+        self.limit = limit
+        self.used = used
+        self.over = max(0.0, used - limit)
+
+
+BudgetExceeded = BudgetExceededError
+"""The name the design notes use for :class:`BudgetExceededError`."""
+
+
+class OutcomeCheckError(StalwartError):
+    """An output failed its outcome check: ``output_type`` validation or a ``check=``
+    predicate. It is a failure like a 500 for breakers, retries and statistics.
+
+    Attributes:
+        key: the dependency that produced the output (``provider:model``, ``tool:name``,
+            ``step:name``).
+        reason: what was wrong, in words.
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, *, key: str, reason: str = "", **context: Any) -> None:
+        super().__init__(message, **context)
+        self.key = key
+        self.reason = reason
 
 
 # --- agents --------------------------------------------------------------------------

@@ -1,0 +1,233 @@
+"""Time travel from the event log: replay a run against today's code, fork it.
+
+**Replay** (Temporal's replayer): the current workflow code runs against a recorded
+journal with nothing external allowed — every step must come from the journal. The
+execution writes only to a throwaway in-memory store, and a step the journal does not
+have parks its branch instead of running. The report says whether the code still makes
+the same steps in the same order and reaches the same outcome; a run that had not ended
+may stop where its journal stops.
+
+**Fork**: a new run of the same workflow and input whose journal starts with the
+origin's recorded outcomes of every step *before* the fork step (in step-id order, so a
+``gather``'s earlier branches count as before), copied in the same transaction that
+creates the run. Executing it replays that prefix — nothing external is called for it —
+and runs the rest for real, optionally with another model for agent turns at and after
+the fork step. The fork's journal opens with ``run_forked`` (origin, step, model, the
+steps it reused), which ``stalwart runs show`` prints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, final
+
+from .errors import ConfigurationError
+from .store._base import (
+    TERMINAL_STATUSES,
+    Event,
+    EventKind,
+    NewEvent,
+    Owner,
+    RunStatus,
+)
+
+if TYPE_CHECKING:
+    from ._runtime import RunHandle, Runtime
+
+__all__ = ["ForkInfo", "ReplayReport", "fork_info", "fork_run", "replay_run"]
+
+_STEP_ID = re.compile(r"^[0-9]+(/[0-9]+)*$")
+_COPIED = frozenset({
+    EventKind.STEP_COMPLETED, EventKind.STEP_FAILED, EventKind.ATTEMPT_FAILED,
+    EventKind.TIMER_STARTED, EventKind.SIGNAL_WAIT_STARTED, EventKind.SIGNAL_RECEIVED,
+    EventKind.SIGNAL_TIMED_OUT, EventKind.CHILD_STARTED, EventKind.CALL_TIMED,
+    EventKind.CHECK_FAILED,
+})
+_SETTLED = frozenset({EventKind.STEP_COMPLETED, EventKind.STEP_FAILED,
+                      EventKind.SIGNAL_RECEIVED, EventKind.SIGNAL_TIMED_OUT})
+
+
+def step_key(step_id: str) -> tuple[int, ...]:
+    """Step ids in execution order: ``2 < 3/0/1 < 3/1/1 < 4``."""
+    return tuple(int(p) for p in step_id.split("/") if p.isdigit())
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ReplayReport:
+    """What replaying a recorded run with the current code found.
+
+    Attributes:
+        run_id, workflow: the run replayed.
+        recorded_status: the run's status in the journal.
+        replayed: how the replay ended: ``completed``, ``failed``, ``stopped`` (at the
+            journal's end, or at a step it lacks) or ``cancelled``.
+        deterministic: the code made the recorded steps, in order, and reached the
+            recorded outcome.
+        steps_recorded, steps_replayed: step ids in the journal, and how many the code
+            reached.
+        divergences: what differs, first first (empty when deterministic).
+        step_id: where the first divergence is, when it is at a step.
+    """
+
+    run_id: str
+    workflow: str
+    recorded_status: str
+    replayed: str
+    deterministic: bool
+    steps_recorded: int
+    steps_replayed: int
+    divergences: tuple[str, ...] = ()
+    step_id: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"divergences": list(self.divergences)}
+
+
+async def replay_run(runtime: Runtime, run_id: str) -> ReplayReport:
+    """Replay ``run_id``'s journal with the workflow code registered now; see the module
+    docstring. Nothing is written to the runtime's store and no step runs."""
+    from ._execution import Execution
+    from .testing import MemoryStore
+
+    rec = await runtime.get_run(run_id)
+    wf = runtime._resolve(rec.workflow)
+    events = await runtime.store.load_events(run_id)
+    scratch = MemoryStore()
+    await scratch.create_run(run_id=rec.run_id, workflow=rec.workflow, input=rec.input,
+                             now=rec.created_at, workflow_ref=rec.workflow_ref)
+    leases = await scratch.claim(Owner("replay", "replay", 0), now=runtime.clock.now(),
+                                 lease_seconds=1e9, limit=1, run_id=rec.run_id)
+    ex = Execution(runtime, leases[0], dataclasses.replace(rec, cancel_requested=False), wf,
+                   events, store=scratch, replay_only=True)
+    # Its own task: the execution sets context variables that must not leak to the caller.
+    status = await asyncio.create_task(ex.execute())
+    after = await scratch.get_run(rec.run_id)
+    assert after is not None
+    recorded_ids = set(ex.recorded)
+    unvisited = sorted(recorded_ids - ex.visited, key=step_key)
+    problems: list[str] = []
+    where: str | None = None
+    error = json.loads(after.error) if after.error else {}
+    if str(error.get("type", "")).endswith("NonDeterminismError"):
+        problems.append(str(error.get("message", "")))
+        where = _step_in(error)
+    ended = rec.status in TERMINAL_STATUSES and rec.status != RunStatus.CANCELLED
+    if ex.unrecorded and (ended or unvisited):
+        sid, name = min(ex.unrecorded, key=lambda s: step_key(s[0]))
+        problems.append(f"the code now calls {name!r} at step {sid}, which the journal "
+                        "does not have")
+        where = where or sid
+    if unvisited and not problems:
+        sid = unvisited[0]
+        problems.append(f"recorded step {sid} ({ex.recorded[sid][0].name!r}) is never "
+                        "reached by the code now")
+        where = sid
+    replayed = {RunStatus.COMPLETED: "completed", RunStatus.CANCELLED: "cancelled"}.get(
+        status or after.status, "failed" if after.status in TERMINAL_STATUSES else "stopped")
+    if not problems:
+        if rec.status == RunStatus.COMPLETED:
+            if replayed != "completed":
+                problems.append(f"the run completed, but replaying it {replayed}"
+                                + (f": {error.get('type')}: {error.get('message')}"
+                                   if error else ""))
+            elif after.result != rec.result:
+                problems.append(f"the result differs: recorded {rec.result}, "
+                                f"replayed {after.result}")
+        elif rec.status in (RunStatus.FAILED, RunStatus.DEAD_LETTERED):
+            recorded_error = json.loads(rec.error or "{}")
+            if replayed != "failed":
+                problems.append(f"the run {rec.status}, but replaying it {replayed}")
+            elif recorded_error.get("type") != error.get("type"):
+                problems.append(f"the run failed with {recorded_error.get('type')}, the "
+                                f"replay with {error.get('type')}")
+    return ReplayReport(run_id=rec.run_id, workflow=rec.workflow,
+                        recorded_status=str(rec.status), replayed=replayed,
+                        deterministic=not problems, steps_recorded=len(recorded_ids),
+                        steps_replayed=len(ex.visited & recorded_ids),
+                        divergences=tuple(problems), step_id=where)
+
+
+def _step_in(error: dict[str, Any]) -> str | None:
+    match = re.search(r"step ([0-9/]+)", str(error.get("message", "")))
+    return match.group(1) if match else None
+
+
+# -- forks -------------------------------------------------------------------------------
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ForkInfo:
+    """Where a forked run came from (its ``run_forked`` event)."""
+
+    origin: str
+    at: str
+    model: str | None
+    reused: tuple[str, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"origin": self.origin, "at": self.at, "model": self.model,
+                "reused": list(self.reused)}
+
+
+def fork_info(events: list[Event]) -> ForkInfo | None:
+    """The fork origin recorded in a journal, or ``None`` for a run that is no fork."""
+    for ev in events[:2]:
+        if ev.kind == EventKind.RUN_FORKED:
+            d = json.loads(ev.payload or "{}")
+            return ForkInfo(origin=str(d.get("origin")), at=str(d.get("at")),
+                            model=d.get("model"), reused=tuple(d.get("reused", ())))
+    return None
+
+
+async def fork_run(runtime: Runtime, run_id: str, *, at: str, model: str | None = None,
+                   new_run_id: str | None = None) -> RunHandle[Any]:
+    """Start a fork of ``run_id`` at step ``at``; see the module docstring.
+
+    Raises:
+        RunNotFoundError: no run ``run_id``.
+        ConfigurationError: ``at`` is not a step id of that run's journal, or
+            ``new_run_id`` is taken.
+    """
+    from ._runtime import RunHandle
+
+    if not _STEP_ID.match(at):
+        raise ConfigurationError(f"{at!r} is not a step id (like 3 or 4/0/2)")
+    rec = await runtime.get_run(run_id)
+    events = await runtime.store.load_events(run_id)
+    by_step: dict[str, list[Event]] = {}
+    for ev in events:
+        if ev.step_id is not None and ev.kind in _COPIED:
+            by_step.setdefault(ev.step_id, []).append(ev)
+    if not any(s == at or s.startswith(at + "/") for s in by_step):
+        raise ConfigurationError(f"run {run_id} has no step {at} (see stalwart runs show "
+                                 f"{run_id})")
+    if model is not None:
+        runtime.model(model)  # a bad spec fails now, not in the middle of the fork
+    limit = step_key(at)
+    reused = sorted((sid for sid, evs in by_step.items()
+                     if step_key(sid) < limit and _settled(evs)), key=step_key)
+    keep = set(reused)
+    copied = [NewEvent(ev.kind, ev.step_id, ev.name, ev.payload)
+              for ev in events if ev.step_id in keep and ev.kind in _COPIED]
+    marker = NewEvent(EventKind.RUN_FORKED, payload=json.dumps(
+        {"origin": run_id, "at": at, "model": model, "reused": reused}))
+    rid = new_run_id or f"{run_id}.fork-{uuid.uuid4().hex[:6]}"
+    await runtime.open()
+    _, created = await runtime.store.create_run(
+        run_id=rid, workflow=rec.workflow, input=rec.input, now=runtime.clock.now(),
+        workflow_ref=rec.workflow_ref, events=[marker, *copied])
+    if not created:
+        raise ConfigurationError(f"run id {rid!r} is already taken")
+    runtime.poke()
+    return RunHandle(runtime, rid, True)
+
+
+def _settled(evs: list[Event]) -> bool:
+    return evs[0].kind == EventKind.TIMER_STARTED or any(e.kind in _SETTLED for e in evs)
