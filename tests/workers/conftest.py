@@ -14,6 +14,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import pytest
 
 HERE = Path(__file__).parent
+# `fleet_app` (the workers' module) and `fleet_checks` import by name, in the tests as in
+# the worker processes (which run with this folder as their working directory).
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
 PG_ENV = "STALWART_TEST_POSTGRES_URL"
 PG_SKIP = f"set {PG_ENV}=postgresql://... to run the PostgreSQL fleet tests"
 

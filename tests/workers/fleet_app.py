@@ -24,17 +24,6 @@ from typing import Any
 from stalwart import Context, Workflow, current_step
 
 STEPS = 5
-LEDGER_TABLES = """
-CREATE TABLE IF NOT EXISTS fleet_dedup (key TEXT PRIMARY KEY, pid INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS fleet_raw (
-    execution TEXT PRIMARY KEY,
-    key TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    started_at DOUBLE PRECISION NOT NULL,
-    ended_at DOUBLE PRECISION
-);
-"""
-
 _pool: Any = None
 
 

@@ -7,7 +7,6 @@ on PostgreSQL, where the last test checks that notifications wake a worker betwe
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import signal
@@ -16,9 +15,9 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import fleet_app as fa  # this folder is on sys.path (see conftest.py)
 import pytest
 
 from stalwart import Runtime
@@ -26,18 +25,6 @@ from stalwart.store import RunRecord, RunStatus
 
 HERE = Path(__file__).parent
 Fleet = Any  # conftest.Fleet (conftest modules are not importable by name)
-
-
-def _load_app() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fleet_app", HERE / "fleet_app.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("fleet_app", module)
-    spec.loader.exec_module(module)
-    return sys.modules["fleet_app"]
-
-
-fa = _load_app()
 
 pytestmark = pytest.mark.slow
 
