@@ -31,7 +31,7 @@ from typing_extensions import TypeVar
 from ._budget import Budget, agent_budget
 from ._calls import Candidate, guarded_call
 from ._context import outcome_problem
-from ._policy import Policy
+from ._policy import INHERIT, Policy, _Inherit
 from ._tools import Tool, ToolArgumentsError
 from .errors import (
     BudgetExceededError,
@@ -51,6 +51,13 @@ from .models import (
     ToolCallRequest,
     Usage,
     count_tokens,
+)
+from .telemetry._interceptor import (
+    AgentEndInput,
+    AgentStartInput,
+    CaptureContent,
+    ModelCallEndInput,
+    ModelCallStartInput,
 )
 
 if TYPE_CHECKING:
@@ -126,6 +133,9 @@ class Agent(Generic[OutT]):
         check: an outcome check on the validated output (``False``, a reason string or
             an exception fails it): a failing answer is re-asked like an invalid one,
             and counts as a failure of the model that gave it.
+        capture_content: record this agent's prompts, completions and tool
+            arguments/results on its trace spans (``True``), only their SHA-256 digests
+            (``"hash"``) or not at all (``False``); default: the runtime's ``Tracing``.
     """
 
     def __init__(
@@ -146,6 +156,7 @@ class Agent(Generic[OutT]):
         fallback_output: Any = _MISSING,
         budget: Budget | None = None,
         check: Callable[[OutT], object] | None = None,
+        capture_content: CaptureContent | _Inherit = INHERIT,
     ) -> None:
         if not name:
             raise ConfigurationError("an agent needs a name")
@@ -173,6 +184,10 @@ class Agent(Generic[OutT]):
         self.fallback_output = fallback_output
         self.budget = budget
         self.check = check
+        if capture_content not in (True, False, "hash", INHERIT):
+            raise ConfigurationError(
+                f"agent {name!r}: capture_content must be True, False, 'hash' or INHERIT")
+        self.capture_content = capture_content
         self._adapter: TypeAdapter[Any] | None = (
             TypeAdapter(output_type) if output_type is not None else None)
 
@@ -214,8 +229,25 @@ class Agent(Generic[OutT]):
     async def run_result(self, ctx: Context, input: Any, *,
                          policy: Policy | None = None) -> AgentResult[OutT]:
         """Run the loop and return the output with the conversation and accounting."""
-        with agent_budget(self.name, self.budget):
-            return await self._loop(ctx, input, policy)
+        ic = ctx._ex.interceptor
+        if not ic.active:
+            with agent_budget(self.name, self.budget):
+                return await self._loop(ctx, input, policy)
+        primary = ctx._ex.runtime.model(self.model)
+        handle = ic.agent_started(AgentStartInput(
+            ctx.run_id, self.name, ctx._next_step_id(), primary.provider, primary.name,
+            live=not ctx._ex.replaying,
+            capture_content=None if self.capture_content is INHERIT else self.capture_content))
+        try:
+            with agent_budget(self.name, self.budget):
+                result = await self._loop(ctx, input, policy)
+        except BaseException as exc:
+            ic.agent_ended(AgentEndInput(handle, error=exc))
+            raise
+        ic.agent_ended(AgentEndInput(
+            handle, iterations=result.iterations, tool_calls=result.tool_calls,
+            input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens))
+        return result
 
     async def _loop(self, ctx: Context, input: Any,
                     policy: Policy | None) -> AgentResult[OutT]:
@@ -242,7 +274,8 @@ class Agent(Generic[OutT]):
                 runtime.model(override), *models[1:]]
             candidates = [
                 Candidate(key=f"{m.provider}:{m.name}",
-                          call=_completer(m, request), estimate_tokens=estimate,
+                          call=_completer(m, request, ctx, self.name),
+                          estimate_tokens=estimate,
                           actual_tokens=lambda r: int(r.usage.input_tokens
                                                       + r.usage.output_tokens))
                 for m in turn_models
@@ -330,9 +363,22 @@ class Agent(Generic[OutT]):
         return (result if isinstance(result, str) else _input_text(result)), False
 
 
-def _completer(model: Model, request: ModelRequest) -> Any:
+def _completer(model: Model, request: ModelRequest, ctx: Context, agent: str) -> Any:
+    ic = ctx._ex.interceptor
+
     async def call(step_id: str, attempt: int) -> ModelResponse:
-        return await model.complete(request)
+        if not ic.active:
+            return await model.complete(request)
+        handle = ic.model_call_started(ModelCallStartInput(
+            ctx.run_id, step_id, attempt, f"{model.provider}:{model.name}", model.provider,
+            model.name, request, agent))
+        try:
+            response = await model.complete(request)
+        except BaseException as exc:
+            ic.model_call_ended(ModelCallEndInput(handle, error=exc))
+            raise
+        ic.model_call_ended(ModelCallEndInput(handle, response=response))
+        return response
 
     return call
 

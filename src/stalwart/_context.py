@@ -410,6 +410,7 @@ class Context:
         """
         from ._calls import Candidate, guarded_call
         from ._tools import ToolCall
+        from .telemetry._interceptor import ToolCallEndInput, ToolCallStartInput
 
         ex = self._ex
         args = tool.validate(arguments)
@@ -422,7 +423,18 @@ class Context:
                 kwargs[tool.call_param] = ToolCall(ex.run_id, step_id, tool.name, attempt,
                                                    _tool_call_id)
             info = StepInfo(ex.run_id, step_id, f"tool:{tool.name}", attempt)
-            return await ex.invoke(info, tool.fn, (), kwargs, is_async=tool.is_async)
+            ic = ex.interceptor
+            if not ic.active:
+                return await ex.invoke(info, tool.fn, (), kwargs, is_async=tool.is_async)
+            handle = ic.tool_call_started(ToolCallStartInput(
+                ex.run_id, step_id, attempt, tool.name, _tool_call_id, args))
+            try:
+                result = await ex.invoke(info, tool.fn, (), kwargs, is_async=tool.is_async)
+            except BaseException as exc:
+                ic.tool_call_ended(ToolCallEndInput(handle, error=exc))
+                raise
+            ic.tool_call_ended(ToolCallEndInput(handle, result=result))
+            return result
 
         return await guarded_call(  # type: ignore[no-any-return]
             self, name=f"tool:{tool.name}",

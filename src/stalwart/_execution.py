@@ -49,6 +49,13 @@ from .store._base import (
     RunStatus,
     Store,
 )
+from .telemetry._interceptor import (
+    NOOP,
+    RunEndInput,
+    RunStartInput,
+    StepEndInput,
+    StepStartInput,
+)
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -58,6 +65,7 @@ __all__ = ["Execution"]
 
 log = logging.getLogger("stalwart.engine")
 
+_OUTCOMES = (EventKind.STEP_COMPLETED, EventKind.STEP_FAILED)
 _STEP_EVENTS = frozenset({
     EventKind.STEP_COMPLETED, EventKind.STEP_FAILED, EventKind.ATTEMPT_FAILED,
     EventKind.TIMER_STARTED, EventKind.SIGNAL_WAIT_STARTED, EventKind.SIGNAL_RECEIVED,
@@ -123,6 +131,9 @@ class Execution:
         self.finished = False
         self.wakeup = asyncio.Event()
         self.root_scope = new_root_scope()
+        # A replay-only execution (``Runtime.replay``) re-reads what was traced already.
+        self.interceptor = NOOP if replay_only else runtime.interceptor
+        self.outcome: Finish | None = None
 
     def go_live(self, step_id: str, name: str) -> None:
         """The step ``step_id`` is about to run for real (it has no recorded outcome).
@@ -133,6 +144,12 @@ class Execution:
             self.unrecorded.append((step_id, name))
             raise Suspend(RunStatus.WAITING, None)
         self.replaying = False
+        # Timers and signal waits are no spans: they have no outcome to end one.
+        if self.interceptor.active and name != "stalwart.sleep" and not name.startswith(
+                "signal:"):
+            first = self.recorded.get(step_id)
+            self.interceptor.step_started(StepStartInput(
+                self.run_id, step_id, name, first[0].created_at if first else None))
 
     def model_override(self, step_id: str) -> str | None:
         """The model a fork runs agent turns at and after its fork point with."""
@@ -151,6 +168,12 @@ class Execution:
                                          finish=finish)
         if result.cancel_requested:
             self.cancel_requested = True
+        if self.interceptor.active:
+            for ev in events:
+                if ev.kind in _OUTCOMES and ev.step_id is not None:
+                    self.interceptor.step_ended(StepEndInput(
+                        self.run_id, ev.step_id, ev.name or "",
+                        ev.payload if ev.kind == EventKind.STEP_FAILED else None))
 
     async def take_signal(self, name: str, step_id: str) -> str | None:
         self.wakeup.clear()
@@ -224,6 +247,7 @@ class Execution:
         or ``None`` if the lease was lost (nothing more was written)."""
         set_root_scope(self.root_scope)
         ctx = Context(self)
+        self.interceptor.run_started(RunStartInput(self.run, resumed=bool(self.recorded)))
         try:
             if self.cancel_requested:
                 raise Cancelled()
@@ -270,10 +294,15 @@ class Execution:
             return status
         finally:
             self.finished = True
+            out = self.outcome
+            self.interceptor.run_ended(RunEndInput(
+                self.run, out.status if out is not None else None,
+                out.error if out is not None else None))
 
     async def _finish(self, events: list[NewEvent], finish: Finish) -> None:
         self.finished = True
         await self.store.append(self.lease, events, now=self.clock.now(), finish=finish)
+        self.outcome = finish
 
     def _check_all_visited(self) -> None:
         missing = sorted(set(self.recorded) - self.visited, key=_step_sort_key)

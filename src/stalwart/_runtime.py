@@ -62,6 +62,8 @@ from .store._base import (
     WorkerRecord,
 )
 from .store._sqlite import SQLiteStore
+from .telemetry._config import Tracing
+from .telemetry._interceptor import NOOP, Interceptor, PolicyInput
 
 __all__ = ["RunHandle", "Runtime", "open_store"]
 
@@ -193,6 +195,8 @@ class Runtime:
             provider's quota); ``"local"`` in this process; ``"auto"`` (default) is
             cluster on PostgreSQL and local on the embedded stores. Circuit breakers are
             always per worker.
+        tracing: trace every run with OpenTelemetry (``stalwart.telemetry.Tracing()``,
+            the ``otel`` extra); ``None`` (default): no tracing, at no cost.
     """
 
     def __init__(
@@ -212,6 +216,7 @@ class Runtime:
         models: Mapping[str, Model] | None = None,
         pools: Collection[str] | None = None,
         limits: Literal["auto", "cluster", "local"] = "auto",
+        tracing: Tracing | None = None,
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
@@ -266,6 +271,8 @@ class Runtime:
         self.policy_counts: Counter[str] = Counter()
         """How often each policy action happened in this process."""
         self.breakers.add_listener(self._on_breaker)
+        self.interceptor: Interceptor = NOOP if tracing is None else tracing.bind(self)
+        """The hooks executions call (see :mod:`stalwart.telemetry`)."""
 
     # -- registration ----------------------------------------------------------------
 
@@ -356,6 +363,8 @@ class Runtime:
         """Record a policy action (for the demo, stats and tests)."""
         self.policy_counts[action] += 1
         self.policy_log.append(PolicyNote(self.clock.now(), run_id, step_id, action, key))
+        if self.interceptor.active:
+            self.interceptor.policy_noted(PolicyInput(run_id, step_id, action, key))
 
     def _on_breaker(self, t: BreakerTransition) -> None:
         action = f"breaker_{t.to_state.value}"

@@ -1,0 +1,530 @@
+"""The OpenTelemetry interceptor: spans and metrics for the runs of one runtime.
+
+Span tree of a run (every id derived from the journal's names, see ``_ids``)::
+
+    workflow {name}                     the run: from its creation to its end
+      step {name}                       a step that executed (``ctx.step``, a child...)
+      invoke_agent {agent}              an agent's loop
+        step chat:{agent}               the model turn (a journaled step)
+          chat {model}                  each attempt, each fallback model
+        step tool:{name}
+          execute_tool {name}           each attempt
+
+Replay safety. Nothing is emitted for a step replayed from the journal; an agent whose
+steps all replay emits nothing either (its span is created when its first step runs).
+A run span is emitted once, by the execution that ends the run; an execution that parks
+the run or dies leaves it (and any step it had not finished) unexported, and the next
+execution re-creates it with the same ids. Span timestamps come from the runtime's
+clock, so under a :class:`~stalwart.FakeClock` they are virtual, like the journal's.
+
+Stalwart's own spans are parented explicitly (by id), not through OpenTelemetry's
+ambient context, because a run's steps span several tasks and several processes.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import copy
+import hashlib
+import json
+import logging
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import metrics as metrics_api
+from opentelemetry import trace as trace_api
+from opentelemetry.context import Context as OtelContext
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.trace import Tracer as SdkTracer
+from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
+
+from ..errors import ConfigurationError
+from ..store._base import TERMINAL_STATUSES, RunStatus
+from ._ids import span_id_for, trace_id_for
+from ._interceptor import (
+    AgentEndInput,
+    AgentStartInput,
+    CaptureContent,
+    Interceptor,
+    ModelCallEndInput,
+    ModelCallStartInput,
+    PolicyInput,
+    RunEndInput,
+    RunStartInput,
+    StepEndInput,
+    StepStartInput,
+    ToolCallEndInput,
+    ToolCallStartInput,
+)
+
+if TYPE_CHECKING:
+    from .._runtime import Runtime
+    from ._config import Tracing
+
+__all__ = ["OTelInterceptor"]
+
+log = logging.getLogger("stalwart.telemetry")
+
+_SCOPE = "stalwart"
+_TRACES_KEPT = 10_000
+"""Trace ids of recent runs kept in memory, so their child runs join their trace."""
+_TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
+                  16777216, 67108864)
+_DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24,
+                     20.48, 40.96, 81.92)
+_BREAKER_LEVEL = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class _ChosenIds(IdGenerator):
+    """Hands out the ids stalwart chose for the span being started (else the SDK's)."""
+
+    def __init__(self, base: IdGenerator) -> None:
+        self.base = base
+        self.trace_id: int | None = None
+        self.span_id: int | None = None
+
+    def generate_span_id(self) -> int:
+        if self.span_id is not None:
+            return self.span_id
+        return self.base.generate_span_id()
+
+    def generate_trace_id(self) -> int:
+        if self.trace_id is not None:
+            return self.trace_id
+        return self.base.generate_trace_id()
+
+    def is_trace_id_random(self) -> bool:
+        return False  # run trace ids are hashes of run ids
+
+
+@dataclass(slots=True)
+class _Run:
+    trace_id: int
+    span: Span
+    flags: TraceFlags
+    context: OtelContext
+    """The run span as a parent (built once per execution)."""
+    steps: dict[str, Span] = field(default_factory=dict)
+    retries: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Agent:
+    run_id: str
+    span_id: int
+    name: str
+    attributes: dict[str, Any]
+    started: float
+    capture: CaptureContent | None
+    span: Span | None = None
+    token: contextvars.Token[tuple[_Agent, ...]] | None = None
+
+
+@dataclass(slots=True)
+class _Call:
+    span: Span
+    started: float
+    attributes: dict[str, Any]
+    capture: CaptureContent
+
+
+def _parent(trace_id: int, span_id: int | None, flags: TraceFlags) -> OtelContext:
+    """A context whose current span is the one with these ids (empty for a root)."""
+    if span_id is None:
+        return OtelContext()
+    return trace_api.set_span_in_context(NonRecordingSpan(SpanContext(
+        trace_id, span_id, is_remote=False, trace_flags=flags)), OtelContext())
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1e9)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _error_of(info_json: str) -> tuple[str, str]:
+    try:
+        info = json.loads(info_json)
+        return str(info.get("type") or "error"), str(info.get("message") or "")
+    except (ValueError, AttributeError):
+        return "error", info_json[:200]
+
+
+def _json(value: Any) -> str:
+    try:
+        from pydantic import TypeAdapter
+
+        return TypeAdapter(Any).dump_json(value).decode()
+    except Exception:
+        return json.dumps(str(value))
+
+
+class OTelInterceptor(Interceptor):
+    """Spans and metrics for one runtime's runs (built by :meth:`Tracing.bind`)."""
+
+    def __init__(self, config: Tracing, runtime: Runtime) -> None:
+        provider = config.tracer_provider
+        if provider is None:
+            provider = trace_api.get_tracer_provider()
+            if not isinstance(provider, SdkTracerProvider):
+                from ._setup import configure
+
+                configure()
+                provider = trace_api.get_tracer_provider()
+        base = provider.get_tracer(_SCOPE)
+        if not isinstance(base, SdkTracer):
+            raise ConfigurationError(
+                "Tracing needs an OpenTelemetry SDK TracerProvider (its spans get ids "
+                "derived from the run, so a resumed run continues its trace); got "
+                f"{type(provider).__name__}")
+        # A private copy of the SDK's tracer for this scope, differing only in where its
+        # ids come from: other tracers of the provider are untouched.
+        tracer = copy.copy(base)
+        self._ids = _ChosenIds(base.id_generator)
+        tracer.id_generator = self._ids
+        self._tracer = tracer
+        self._config = config
+        self._clock = runtime.clock
+        self._runtime = weakref.ref(runtime)
+        self._runs: dict[str, _Run] = {}
+        self._traces: dict[str, int] = {}
+        self._agents: contextvars.ContextVar[tuple[_Agent, ...]] = contextvars.ContextVar(
+            "stalwart_otel_agents", default=())
+        self._metrics = config.metrics
+        if config.metrics:
+            self._setup_metrics(config.meter_provider or metrics_api.get_meter_provider())
+
+    # -- spans -----------------------------------------------------------------------
+
+    def _start(self, name: str, *, trace_id: int, span_id: int, parent: int | OtelContext | None,
+               flags: TraceFlags, kind: SpanKind = SpanKind.INTERNAL,
+               attributes: dict[str, Any] | None = None, at: float | None = None) -> Span:
+        ctx = parent if isinstance(parent, OtelContext) else _parent(trace_id, parent, flags)
+        self._ids.trace_id, self._ids.span_id = trace_id, span_id
+        try:
+            return self._tracer.start_span(
+                name, context=ctx, kind=kind, attributes=attributes,
+                start_time=_ns(self._clock.now() if at is None else at))
+        finally:
+            self._ids.trace_id = self._ids.span_id = None
+
+    def _end(self, span: Span) -> None:
+        span.end(end_time=_ns(self._clock.now()))
+
+    def _trace_of(self, run_id: str, parent_run_id: str | None) -> int:
+        if parent_run_id is None:
+            return trace_id_for(run_id)
+        known = self._traces.get(parent_run_id)
+        return known if known is not None else trace_id_for(parent_run_id)
+
+    def run_started(self, input: RunStartInput) -> None:
+        run = input.run
+        trace_id = self._trace_of(run.run_id, run.parent_run_id)
+        parent = None
+        if run.parent_run_id is not None and run.parent_step_id is not None:
+            parent = span_id_for(run.parent_run_id, "step", run.parent_step_id)
+        attributes: dict[str, Any] = {"stalwart.run_id": run.run_id,
+                                      "stalwart.workflow": run.workflow}
+        if run.parent_run_id is not None:
+            attributes["stalwart.parent_run_id"] = run.parent_run_id
+        if input.resumed:
+            attributes["stalwart.resumed"] = True
+        span = self._start(f"workflow {run.workflow}", trace_id=trace_id,
+                           span_id=span_id_for(run.run_id, "run"), parent=parent,
+                           flags=TraceFlags(TraceFlags.SAMPLED), attributes=attributes,
+                           at=run.created_at)
+        flags = span.get_span_context().trace_flags
+        self._runs[run.run_id] = _Run(trace_id, span, flags, _parent(
+            trace_id, span_id_for(run.run_id, "run"), flags))
+        self._traces[run.run_id] = trace_id
+        if len(self._traces) > _TRACES_KEPT:
+            del self._traces[next(iter(self._traces))]
+
+    def run_ended(self, input: RunEndInput) -> None:
+        state = self._runs.pop(input.run.run_id, None)
+        if state is None or input.status not in TERMINAL_STATUSES:
+            return  # parked or interrupted: the execution that ends the run emits it
+        span = state.span
+        span.set_attribute("stalwart.run.status", str(input.status))
+        if input.status in (RunStatus.FAILED, RunStatus.DEAD_LETTERED):
+            kind, message = _error_of(input.error or "{}")
+            span.set_attribute("error.type", kind)
+            span.set_status(Status(StatusCode.ERROR, message))
+        self._end(span)
+
+    def _parent_of_step(self, run_id: str, state: _Run) -> int | OtelContext:
+        frames = self._agents.get()
+        if not frames or frames[-1].run_id != run_id:
+            return state.context
+        self._materialize(frames, state)
+        return frames[-1].span_id
+
+    def _materialize(self, frames: Sequence[_Agent], state: _Run) -> None:
+        parent = span_id_for(frames[0].run_id, "run")
+        for frame in frames:
+            if frame.span is None:
+                frame.span = self._start(
+                    f"invoke_agent {frame.name}", trace_id=state.trace_id,
+                    span_id=frame.span_id, parent=parent, flags=state.flags,
+                    attributes=frame.attributes, at=frame.started)
+            parent = frame.span_id
+
+    def step_started(self, input: StepStartInput) -> None:
+        state = self._runs.get(input.run_id)
+        if state is None or input.step_id in state.steps:
+            return
+        parent = self._parent_of_step(input.run_id, state)
+        state.steps[input.step_id] = self._start(
+            f"step {input.name}", trace_id=state.trace_id,
+            span_id=span_id_for(input.run_id, "step", input.step_id), parent=parent,
+            flags=state.flags, at=input.since,
+            attributes={"stalwart.run_id": input.run_id, "stalwart.step_id": input.step_id,
+                        "stalwart.step.name": input.name})
+
+    def step_ended(self, input: StepEndInput) -> None:
+        state = self._runs.get(input.run_id)
+        span = state.steps.pop(input.step_id, None) if state is not None else None
+        if span is None or state is None:
+            return
+        retries = state.retries.pop(input.step_id, 0)
+        if retries:
+            span.set_attribute("stalwart.retries", retries)
+        if input.error is not None:
+            kind, message = _error_of(input.error)
+            span.set_attribute("error.type", kind)
+            span.set_status(Status(StatusCode.ERROR, message))
+        self._end(span)
+
+    # -- agents ----------------------------------------------------------------------
+
+    def agent_started(self, input: AgentStartInput) -> Any:
+        state = self._runs.get(input.run_id)
+        if state is None:
+            return None
+        frame = _Agent(
+            run_id=input.run_id, name=input.agent,
+            span_id=span_id_for(input.run_id, "agent", input.first_step_id),
+            attributes={"gen_ai.operation.name": "invoke_agent",
+                        "gen_ai.agent.name": input.agent,
+                        "gen_ai.provider.name": input.provider,
+                        "gen_ai.request.model": input.model,
+                        "stalwart.run_id": input.run_id,
+                        "stalwart.step_id": input.first_step_id},
+            started=self._clock.now(), capture=input.capture_content)
+        frames = (*self._agents.get(), frame)
+        frame.token = self._agents.set(frames)
+        if input.live:
+            self._materialize(frames, state)
+        return frame
+
+    def agent_ended(self, input: AgentEndInput) -> None:
+        frame = input.handle
+        if not isinstance(frame, _Agent):
+            return
+        if frame.token is not None:
+            self._agents.reset(frame.token)
+        span = frame.span
+        if span is None:
+            return  # replayed whole: emitted by the execution that ran it
+        span.set_attributes({"gen_ai.usage.input_tokens": input.input_tokens,
+                             "gen_ai.usage.output_tokens": input.output_tokens,
+                             "stalwart.agent.iterations": input.iterations,
+                             "stalwart.agent.tool_calls": input.tool_calls})
+        if input.error is not None:
+            span.set_attribute("error.type", type(input.error).__name__)
+            span.set_status(Status(StatusCode.ERROR, str(input.error)))
+        self._end(span)
+
+    def _capture(self) -> CaptureContent:
+        frames = self._agents.get()
+        if frames and frames[-1].capture is not None:
+            return frames[-1].capture
+        return self._config.capture_content
+
+    def _content(self, span: Span, capture: CaptureContent, key: str, text: str,
+                 digest_key: str) -> None:
+        if capture == "hash":
+            span.set_attribute(digest_key, _digest(text))
+        elif capture:
+            span.set_attribute(key, text)
+
+    # -- model and tool calls --------------------------------------------------------
+
+    def _call_span(self, run_id: str, step_id: str, name: str, what: tuple[str, ...],
+                   kind: SpanKind, attributes: dict[str, Any]) -> _Call | None:
+        state = self._runs.get(run_id)
+        if state is None or step_id not in state.steps:
+            return None
+        at = self._clock.now()
+        span = self._start(name, trace_id=state.trace_id,
+                           span_id=span_id_for(run_id, "call", step_id, *what),
+                           parent=span_id_for(run_id, "step", step_id), flags=state.flags,
+                           kind=kind, attributes=attributes, at=at)
+        return _Call(span, at, attributes, self._capture())
+
+    def model_call_started(self, input: ModelCallStartInput) -> Any:
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "chat", "gen_ai.provider.name": input.provider,
+            "gen_ai.request.model": input.model, "stalwart.run_id": input.run_id,
+            "stalwart.step_id": input.step_id, "stalwart.attempt": input.attempt}
+        if input.agent is not None:
+            attributes["gen_ai.agent.name"] = input.agent
+        options = input.request.options
+        for attr, value in (("gen_ai.request.temperature", options.temperature),
+                            ("gen_ai.request.max_tokens", options.max_tokens),
+                            ("gen_ai.request.top_p", options.top_p),
+                            ("gen_ai.request.seed", options.seed)):
+            if value is not None:
+                attributes[attr] = value
+        runtime = self._runtime()
+        if runtime is not None and input.key in runtime.breakers:
+            attributes["stalwart.breaker.state"] = str(runtime.breakers.get(input.key).state)
+        call = self._call_span(input.run_id, input.step_id, f"chat {input.model}",
+                               (input.key, str(input.attempt)), SpanKind.CLIENT, attributes)
+        if call is not None and call.capture:
+            messages = [m.model_dump(mode="json", exclude_none=True)
+                        for m in input.request.messages]
+            self._content(call.span, call.capture, "gen_ai.input.messages",
+                          json.dumps(messages), "stalwart.input.sha256")
+        return call
+
+    def model_call_ended(self, input: ModelCallEndInput) -> None:
+        call = input.handle
+        if not isinstance(call, _Call):
+            return
+        span, response = call.span, input.response
+        metric_attrs = {k: call.attributes[k] for k in (
+            "gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model")}
+        if response is not None:
+            span.set_attributes({
+                "gen_ai.response.model": response.model,
+                "gen_ai.response.finish_reasons": (response.finish_reason,),
+                "gen_ai.usage.input_tokens": response.usage.input_tokens,
+                "gen_ai.usage.output_tokens": response.usage.output_tokens})
+            if response.raw_id:
+                span.set_attribute("gen_ai.response.id", response.raw_id)
+            if call.capture:
+                out = [response.to_message().model_dump(mode="json", exclude_none=True)]
+                self._content(span, call.capture, "gen_ai.output.messages", json.dumps(out),
+                              "stalwart.output.sha256")
+            metric_attrs["gen_ai.response.model"] = response.model
+            if self._metrics:
+                for token_type, count in (("input", response.usage.input_tokens),
+                                          ("output", response.usage.output_tokens)):
+                    self._token_usage.record(count, {**metric_attrs,
+                                                     "gen_ai.token.type": token_type})
+        self._finish_call(call, input.error, metric_attrs)
+
+    def _finish_call(self, call: _Call, error: BaseException | None,
+                     metric_attrs: dict[str, Any]) -> None:
+        if error is not None:
+            kind = type(error).__name__
+            call.span.set_attribute("error.type", kind)
+            call.span.set_status(Status(StatusCode.ERROR, str(error)))
+            metric_attrs["error.type"] = kind
+        end = self._clock.now()
+        call.span.end(end_time=_ns(end))
+        if self._metrics:
+            self._duration.record(max(0.0, end - call.started), metric_attrs)
+
+    def tool_call_started(self, input: ToolCallStartInput) -> Any:
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": input.tool,
+            "stalwart.run_id": input.run_id, "stalwart.step_id": input.step_id,
+            "stalwart.attempt": input.attempt}
+        if input.call_id is not None:
+            attributes["gen_ai.tool.call.id"] = input.call_id
+        call = self._call_span(input.run_id, input.step_id, f"execute_tool {input.tool}",
+                               (str(input.attempt),), SpanKind.INTERNAL, attributes)
+        if call is not None and call.capture:
+            self._content(call.span, call.capture, "gen_ai.tool.call.arguments",
+                          _json(dict(input.arguments)), "stalwart.input.sha256")
+        return call
+
+    def tool_call_ended(self, input: ToolCallEndInput) -> None:
+        call = input.handle
+        if not isinstance(call, _Call):
+            return
+        if input.error is None and call.capture:
+            self._content(call.span, call.capture, "gen_ai.tool.call.result",
+                          _json(input.result), "stalwart.output.sha256")
+        self._finish_call(call, input.error, {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": call.attributes["gen_ai.tool.name"]})
+
+    # -- policies --------------------------------------------------------------------
+
+    def policy_noted(self, input: PolicyInput) -> None:
+        if input.action == "retried" and self._metrics:
+            self._retries.add(1, {"stalwart.policy.key": input.key})
+        state = self._runs.get(input.run_id)
+        span = (state.steps.get(input.step_id) if state is not None
+                and input.step_id is not None else None)
+        if span is None or state is None or input.step_id is None:
+            return
+        span.add_event(f"stalwart.{input.action}", {"stalwart.policy.key": input.key},
+                       timestamp=_ns(self._clock.now()))
+        if input.action == "retried":
+            state.retries[input.step_id] = state.retries.get(input.step_id, 0) + 1
+            span.set_attribute("stalwart.retried", True)
+        elif input.action == "fallback_answered":
+            span.set_attribute("stalwart.fallback.model", input.key)
+        elif input.action == "breaker_rejected":
+            span.set_attribute("stalwart.breaker.rejected", True)
+
+    # -- metrics ---------------------------------------------------------------------
+
+    def _setup_metrics(self, provider: metrics_api.MeterProvider) -> None:
+        meter = provider.get_meter(_SCOPE)
+        self._token_usage = meter.create_histogram(
+            "gen_ai.client.token.usage", unit="{token}",
+            description="Number of input and output tokens used",
+            explicit_bucket_boundaries_advisory=_TOKEN_BUCKETS)
+        self._duration = meter.create_histogram(
+            "gen_ai.client.operation.duration", unit="s",
+            description="GenAI operation duration",
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS)
+        self._retries = meter.create_counter(
+            "stalwart.retries", unit="{retry}",
+            description="Attempts retried by the retry policy")
+        runtime = self._runtime
+        meter.create_observable_gauge(
+            "stalwart.breaker.state", callbacks=[lambda o: _breaker_states(runtime(), o)],
+            description="Circuit breaker state: 0 closed, 1 half-open, 2 open")
+        meter.create_observable_gauge(
+            "stalwart.bulkhead.queued", unit="{call}",
+            callbacks=[lambda o: _bulkheads(runtime(), "queued")],
+            description="Calls waiting for a bulkhead slot")
+        meter.create_observable_gauge(
+            "stalwart.bulkhead.active", unit="{call}",
+            callbacks=[lambda o: _bulkheads(runtime(), "active")],
+            description="Calls holding a bulkhead slot")
+
+
+def _breaker_states(runtime: Runtime | None, options: CallbackOptions) -> Iterable[Observation]:
+    if runtime is None:
+        return []
+    return [Observation(_BREAKER_LEVEL.get(str(s.state), 0),
+                        {"stalwart.breaker.key": key, "stalwart.breaker.state": str(s.state)})
+            for key, s in runtime.breakers.statistics().items()]
+
+
+def _bulkheads(runtime: Runtime | None, which: str) -> Iterable[Observation]:
+    if runtime is None:
+        return []
+    return [Observation(getattr(s, which), {"stalwart.bulkhead.pool": name})
+            for name, s in runtime.bulkheads.statistics().items()]
