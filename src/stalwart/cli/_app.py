@@ -17,6 +17,7 @@ from ._common import FAILURE, USAGE, CliError, exit_code_for
 from ._demo import demo
 from ._dlq import dlq_app
 from ._runs import runs_app
+from ._stats import stats
 from ._workers import worker, workers_app
 
 __all__ = ["app", "main"]
@@ -100,6 +101,7 @@ app.command("signal")(_commands.signal)
 app.command("cancel")(_commands.cancel)
 app.command("demo")(demo)
 app.add_typer(runs_app, name="runs")
+app.command("stats")(stats)
 app.add_typer(dlq_app, name="dlq")
 app.command("worker")(worker)
 app.add_typer(workers_app, name="workers")

@@ -10,7 +10,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .._cost import UsageReport, usage_report
 from .._runtime import Runtime
+from .._timetravel import ForkInfo, fork_info
 from ..store._base import Event, RunRecord, RunStatus
 from ._common import (
     JsonOption,
@@ -25,10 +27,14 @@ from ._common import (
     store_hint,
 )
 from ._timeline import RunStory, read_story
+from ._views import fork, replay, trace
 
 __all__ = ["render_story", "runs_app", "story_json"]
 
 runs_app = typer.Typer(help="Inspect runs and their journals.", no_args_is_help=True)
+runs_app.command("trace")(trace)
+runs_app.command("replay")(replay)
+runs_app.command("fork")(fork)
 
 _STATUS_STYLE = {
     RunStatus.COMPLETED: "green",
@@ -69,8 +75,12 @@ def event_json(ev: Event) -> dict[str, Any]:
             "payload": ev.payload, "created_at": ev.created_at}
 
 
-def story_json(story: RunStory, children: list[RunRecord]) -> dict[str, Any]:
+def story_json(story: RunStory, children: list[RunRecord],
+               usage: UsageReport | None = None, fork: ForkInfo | None = None,
+               ) -> dict[str, Any]:
     out = run_json(story.run)
+    out["usage"] = usage.as_json() if usage is not None else None
+    out["forked_from"] = fork.as_json() if fork is not None else None
     out["executions"] = [e.as_json() for e in story.executions]
     out["steps"] = [s.as_json() for s in story.steps]
     out["children"] = [{"run_id": c.run_id, "workflow": c.workflow, "status": str(c.status),
@@ -142,16 +152,33 @@ async def _load_story(rt: Runtime, run_id: str) -> tuple[RunStory, list[RunRecor
     return read_story(rec, events), children
 
 
-async def _show(store: str | None, run_id: str) -> tuple[RunStory, list[RunRecord]]:
+async def _show(store: str | None, run_id: str,
+                ) -> tuple[RunStory, list[RunRecord], UsageReport, ForkInfo | None]:
     rt = client_runtime(store)
     try:
-        return await _load_story(rt, run_id)
+        story, children = await _load_story(rt, run_id)
+        events = await rt.events(run_id)
+        return story, children, usage_report(events, rt.prices), fork_info(events)
     finally:
         await rt.close()
 
 
+def _usage_line(usage: UsageReport) -> str:
+    from ._trace import fmt_cost
+
+    t = usage.total
+    cost = fmt_cost(t.cost)
+    if t.cost is None:
+        cost = (f"unknown ({t.unpriced_calls} call(s) to unpriced models"
+                + (f"; priced part {fmt_cost(t.priced_cost)})" if t.priced_cost else ")"))
+    models = ", ".join(f"{k} {v.calls}x" for k, v in usage.by_model.items())
+    return (f"{t.tokens} tokens ({t.input_tokens} in, {t.output_tokens} out), cost {cost}; "
+            f"{t.calls} call(s)" + (f": {models}" if models else ""))
+
+
 def render_story(out: Console, story: RunStory, children: list[RunRecord],
-                 store: str | None) -> None:
+                 store: str | None, usage: UsageReport | None = None,
+                 fork: ForkInfo | None = None) -> None:
     """Print a run: its facts, executions, steps and outcome."""
     rec = story.run
     head = Text.assemble(("run ", "bold"), (rec.run_id, "bold"), "  ", _status(rec.status))
@@ -173,6 +200,12 @@ def render_story(out: Console, story: RunStory, children: list[RunRecord],
     facts.add_row("input", Text(preview(rec.input, 100)))
     if rec.parent_run_id:
         facts.add_row("parent", f"{rec.parent_run_id} (step {rec.parent_step_id})")
+    if fork is not None:
+        facts.add_row("forked", Text(f"forked from {fork.origin} at step {fork.at}"
+                                     + (f" with model {fork.model}" if fork.model else "")
+                                     + f" ({len(fork.reused)} step(s) reused)"))
+    if usage is not None and usage.total.calls:
+        facts.add_row("usage", Text(_usage_line(usage)))
     for child in children:
         facts.add_row("child", Text.assemble(f"{child.run_id} (step {child.parent_step_id}, "
                                              f"{child.workflow}) ", _status(child.status)))
@@ -224,7 +257,8 @@ def render_story(out: Console, story: RunStory, children: list[RunRecord],
         out.print(Text.assemble(("error ", "bold red"), _error_line(rec)), soft_wrap=True)
     else:
         out.print(Text(f"not finished ({rec.status})", style="dim"))
-    out.print(Text(f"raw journal: stalwart runs events {rec.run_id}{store_hint(store)}",
+    out.print(Text(f"raw journal: stalwart runs events {rec.run_id}{store_hint(store)}; "
+                   f"waterfall: stalwart runs trace {rec.run_id}{store_hint(store)}",
                    style="dim"))
 
 
@@ -235,12 +269,12 @@ def show_run(
     store: StoreOption = None,
 ) -> None:
     """Show a run: status, times, executions (crash-resume), each step, the outcome."""
-    story, children = run_async(_show(store, run_id))
+    story, children, usage, fork = run_async(_show(store, run_id))
     out = console()
     if as_json:
-        print_json(story_json(story, children))
+        print_json(story_json(story, children, usage, fork))
         return
-    render_story(out, story, children, store)
+    render_story(out, story, children, store, usage, fork)
 
 
 # -- runs events ---------------------------------------------------------------------

@@ -1,0 +1,173 @@
+"""``stalwart stats``: per model and per tool — calls, errors by kind, latency, tokens,
+cost and breaker state — over the runs of a period, read from the journal.
+
+Latency is per attempt, from the journal: ``call_timed`` gives the duration of a call's
+last attempt, and every ``attempt_failed`` its own. Breaker state lives in the memory
+of the processes that make the calls, so a CLI process cannot know it; what the journal
+does show is a breaker *rejecting* a call (an attempt failed with ``CircuitOpenError``).
+The column says ``open@TIME`` when the latest journaled attempt for a dependency was
+such a rejection, and ``n/a`` otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from .._cost import PriceTable, Tally, call_usages
+from .._runtime import Runtime
+from ..store._base import Event, EventKind, RunRecord
+from ._common import (
+    USAGE,
+    CliError,
+    JsonOption,
+    StoreOption,
+    client_runtime,
+    console,
+    fmt_time,
+    print_json,
+    run_async,
+)
+from ._trace import fmt_cost
+
+__all__ = ["parse_duration", "percentile", "stats"]
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``15m``, ``2h``, ``7d``, ``1w`` (or plain seconds) as seconds."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw]?)\s*", text)
+    if m is None:
+        raise CliError(f"--since {text!r} is not a duration like 90s, 15m, 2h or 7d", USAGE)
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The nearest-rank percentile ``q`` (0-100) of ``values``; ``None`` when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+@dataclass
+class _Row:
+    kind: str
+    tally: Tally = field(default_factory=Tally)
+    latencies: list[float] = field(default_factory=list)
+    rejected_at: float | None = None
+    last_attempt_at: float | None = None
+
+    def as_json(self, key: str) -> dict[str, Any]:
+        return {"key": key, "kind": self.kind, **self.tally.as_json(),
+                "p50": percentile(self.latencies, 50), "p95": percentile(self.latencies, 95),
+                "breaker": self.breaker}
+
+    @property
+    def breaker(self) -> str:
+        if self.rejected_at is not None and self.rejected_at == self.last_attempt_at:
+            return f"open@{fmt_time(self.rejected_at)}"
+        return "n/a"
+
+
+def aggregate(runs: list[tuple[RunRecord, list[Event]]], prices: PriceTable,
+              ) -> dict[str, _Row]:
+    """Rows by dependency key over the given runs' journals."""
+    rows: dict[str, _Row] = {}
+    for _run, events in runs:
+        for call in call_usages(events, prices):
+            if call.reused:
+                continue
+            row = rows.setdefault(call.key, _Row(kind=call.kind))
+            row.tally.add(call)
+            row.latencies.extend(call.attempt_durations)
+        for ev in events:
+            if ev.kind not in (EventKind.ATTEMPT_FAILED, EventKind.CALL_TIMED):
+                continue
+            d = json.loads(ev.payload or "{}")
+            seen = rows.get(str(d.get("key")))
+            if seen is None:
+                continue
+            if seen.last_attempt_at is None or ev.created_at >= seen.last_attempt_at:
+                seen.last_attempt_at = ev.created_at
+            if ev.kind == EventKind.ATTEMPT_FAILED and str(
+                    d.get("error", {}).get("type", "")).endswith("CircuitOpenError"):
+                seen.rejected_at = max(seen.rejected_at or 0.0, ev.created_at)
+    return rows
+
+
+async def _collect(rt: Runtime, since: float | None,
+                   limit: int) -> list[tuple[RunRecord, list[Event]]]:
+    try:
+        records = await rt.list_runs(limit=limit)
+        now = time.time()
+        out = []
+        for rec in records:
+            if since is not None and rec.updated_at < now - since:
+                continue
+            out.append((rec, await rt.store.load_events(rec.run_id)))
+        return out
+    finally:
+        await rt.close()
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1000:.0f}ms" if seconds < 10 else f"{seconds:.1f}s"
+
+
+def stats(
+    since: Annotated[str | None, typer.Option(
+        "--since", metavar="DURATION",
+        help="Only runs active in this period: 90s, 15m, 2h, 7d.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Look at most at this many runs, "
+                                                   "newest first.")] = 1000,
+    as_json: JsonOption = False,
+    store: StoreOption = None,
+) -> None:
+    """Per model and tool: calls, errors by kind, p50/p95 latency, tokens, cost, breaker.
+
+    Read from the journal of the runs active in ``--since`` (all runs without it)."""
+    window = parse_duration(since) if since is not None else None
+    rt = client_runtime(store)
+    runs = run_async(_collect(rt, window, limit))
+    rows = aggregate(runs, rt.prices)
+    ordered = sorted(rows.items(), key=lambda kv: (kv[1].kind != "model", kv[0]))
+    if as_json:
+        print_json({"runs": len(runs), "since": window,
+                    "rows": [row.as_json(key) for key, row in ordered]})
+        return
+    out = console()
+    scope = f"in the last {since}" if since else "in the journal"
+    out.print(Text(f"{len(runs)} run(s) {scope}", style="bold"))
+    if not rows:
+        out.print("no model or tool calls")
+        return
+    table = Table(box=None, pad_edge=False)
+    for col in ("dependency", "calls", "failed", "errors", "p50", "p95", "tokens", "cost",
+                "breaker"):
+        table.add_column(col, no_wrap=col != "errors")
+    for key, row in ordered:
+        t = row.tally
+        errors = ", ".join(f"{k} x{n}" for k, n in sorted(t.errors.items())) or "-"
+        cost = fmt_cost(t.cost) if row.kind == "model" else "-"
+        if t.cost is None and t.priced_cost:
+            cost = f">= {fmt_cost(t.priced_cost)} ({t.unpriced_calls} unpriced)"
+        table.add_row(key, str(t.calls), str(t.failed), Text(errors), _ms(percentile(
+            row.latencies, 50)), _ms(percentile(row.latencies, 95)),
+            str(t.tokens) if row.kind == "model" else "-", cost, row.breaker)
+    out.print(table)
+    out.print(Text("breaker: open@TIME when the latest journaled attempt was rejected by an "
+                   "open breaker; live breaker state is held by the worker processes, not "
+                   "the journal (n/a)", style="dim"))
