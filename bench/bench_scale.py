@@ -148,8 +148,7 @@ def spawn_worker(url: str, concurrency: int) -> subprocess.Popen[bytes]:
     """A ``stalwart worker`` process serving this module's workflow."""
     return subprocess.Popen(
         [sys.executable, "-m", "stalwart.cli", "worker", "--store", url,
-         "--import", "bench_scale", "--concurrency", str(concurrency), "--poll", "0.2",
-         "--grace", "5"],
+         "--import", "bench_scale", "--concurrency", str(concurrency), "--grace", "5"],
         cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

@@ -731,9 +731,11 @@ class Runtime:
             try:
                 await self._claim(limit=self.concurrency - len(self._active))
                 delay = self.poll_interval
-                nxt = await self.store.next_wake_at()
-                if nxt is not None:
-                    delay = max(0.0, min(delay, nxt - self.clock.now()))
+                # At capacity (or draining) no timer matters: a run ending pokes us.
+                if len(self._active) < self.concurrency and not self._draining:
+                    nxt = await self.store.next_wake_at()
+                    if nxt is not None:
+                        delay = max(0.0, min(delay, nxt - self.clock.now()))
             except asyncio.CancelledError:
                 raise
             except Exception:

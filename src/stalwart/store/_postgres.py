@@ -11,7 +11,9 @@ Same semantics as :class:`~stalwart.store.SQLiteStore` (both pass
   the queue as one transaction, each append in its own savepoint, so a fenced-off
   writer fails alone. A few flushers run at once, each on its own pooled connection.
 * **Wake-ups.** New runs, signals, finished executions and cancellations send
-  ``NOTIFY stalwart_wake`` (payload: the run id) when they commit;
+  ``NOTIFY stalwart_wake`` (payload: the run id) right after they commit, coalesced by
+  one notifier per store (not inside the write: PostgreSQL serializes the commits of
+  transactions that NOTIFY, a convoy that stalled concurrent workers);
   :meth:`PostgresStore.wait_for_notification` lets a scheduler sleep until one comes.
   Polling stays the safety net: a notification can be lost while a listener reconnects.
 * **Errors.** Connection failures, pool timeouts, deadlocks and serialization failures
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import random
@@ -92,6 +95,9 @@ _READY = (
     "OR (status IN ('sleeping', 'waiting') AND wake_at IS NOT NULL AND wake_at <= %(now)s))"
 )
 _TRANSIENT_ATTEMPTS = 5
+_notes: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "stalwart_pg_notes", default=None)
+"""The run ids the current write transaction will notify about once it commits."""
 _WORKER_COLUMNS = ("worker_id, host, pid, started_at, heartbeat_at, concurrency, in_flight, "
                    "lease_seconds, pools, stopped_at")
 
@@ -170,6 +176,8 @@ class PostgresStore:
         self._pending: list[_Append] = []
         self._flushers: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
+        self._to_notify: set[str] = set()
+        self._notifier: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
         self._notified = asyncio.Event()
         self.commits = 0
@@ -213,6 +221,8 @@ class PostgresStore:
             self._listening = asyncio.Event()
         while self._flushers:
             await asyncio.gather(*self._flushers, return_exceptions=True)
+        if self._notifier is not None:
+            await asyncio.gather(self._notifier, return_exceptions=True)
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -243,20 +253,56 @@ class PostgresStore:
 
     async def _write(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
         for attempt in range(1, _TRANSIENT_ATTEMPTS + 1):
+            notes: list[str] = []
+            token = _notes.set(notes)
             try:
                 async with self._connection() as conn, conn.transaction():
                     out = await fn(conn)
                 self.commits += 1
+                self._send_notifications(notes)
                 return out
             except psycopg.Error as exc:
                 if not _transient(exc) or attempt == _TRANSIENT_ATTEMPTS:
                     raise self._error(exc, "cannot write to") from exc
                 await asyncio.sleep(random.uniform(0, 0.01 * 2 ** attempt))
+            finally:
+                _notes.reset(token)
         raise AssertionError("unreachable")
 
-    @staticmethod
-    async def _notify(conn: Conn, run_id: str) -> None:
-        await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, run_id))
+    async def _notify(self, conn: Conn, run_id: str) -> None:
+        """Wake listeners about ``run_id`` once the current write commits."""
+        notes = _notes.get()
+        if notes is None:  # outside _write/_flush: notify within the transaction
+            await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, run_id))
+        else:
+            notes.append(run_id)
+
+    def _send_notifications(self, run_ids: list[str]) -> None:
+        """Queue ``run_ids`` for the notifier, which sends them in its own transactions.
+
+        Not in the write's transaction: PostgreSQL serializes the commits of transactions
+        that NOTIFY (one lock, held through the commit's WAL flush), which made the
+        writes of concurrent workers queue behind one another. A notification lost to a
+        crash between the commit and the notifier is covered by the listeners' polling.
+        """
+        if not run_ids or self._pool is None:
+            return
+        self._to_notify.update(run_ids)
+        if self._notifier is None or self._notifier.done():
+            self._notifier = asyncio.create_task(self._notify_loop(),
+                                                 name="stalwart-pg-notify")
+
+    async def _notify_loop(self) -> None:
+        while self._to_notify and self._pool is not None:
+            run_ids = sorted(self._to_notify)
+            self._to_notify.clear()
+            try:
+                async with self._connection() as conn:
+                    await conn.execute("SELECT pg_notify(%s, x) FROM unnest(%s::text[]) AS x",
+                                       (CHANNEL, run_ids))
+            except (psycopg.Error, StoreError) as exc:
+                log.warning("%s: NOTIFY %s failed (%s); listeners will poll", self._url,
+                            CHANNEL, exc)
 
     # -- runs ------------------------------------------------------------------------
 
@@ -497,13 +543,17 @@ class PostgresStore:
     async def _flush(self, batch: list[_Append]) -> None:
         """Write ``batch`` in one transaction, one savepoint per append."""
         outcomes: list[AppendResult | BaseException | None] = []
+        notes: list[str] = []
+        token = _notes.set(notes)
         try:
             async with self._connection() as conn, conn.transaction():
                 for item in batch:
+                    mark = len(notes)
                     try:
                         async with conn.transaction():
                             outcomes.append(await self._append_checked(
                                 conn, item.lease, item.events, item.now, item.finish))
+                        mark = len(notes)
                     except LeaseLostError as exc:
                         outcomes.append(exc)
                     except UniqueViolation as exc:
@@ -515,10 +565,14 @@ class PostgresStore:
                         outcomes.append(None if _transient(exc)
                                         and item.attempts < _TRANSIENT_ATTEMPTS
                                         else self._error(exc, "cannot write to"))
+                    del notes[mark:]  # a rolled-back savepoint notifies nobody
             self.commits += 1
+            self._send_notifications(notes)
         except Exception as exc:
             err = exc if isinstance(exc, StoreError) else self._error(exc, "cannot write to")
             outcomes = [err] * len(batch)
+        finally:
+            _notes.reset(token)
         retry = []
         for item, outcome in zip(batch, outcomes, strict=True):
             if outcome is None:
