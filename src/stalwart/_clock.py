@@ -138,7 +138,7 @@ class FakeClock(Clock):
         # asyncio keeps ready callbacks in ``_ready``; where a loop has no such attribute
         # (uvloop), only the hop count is used.
         ready = getattr(loop, "_ready", None)
-        busy = ready is not None and len(ready) > 0
+        busy = ready is not None and not all(_is_jumper(h) for h in ready)
         if busy or hops > 0:
             self._jumper = loop.call_soon(self._maybe_jump, loop, generation,
                                           self._idle_hops if busy else hops - 1)
@@ -151,3 +151,10 @@ class FakeClock(Clock):
         self._wake_due()
         if self._heap:
             self._schedule_jump(loop, self._generation, self._idle_hops)
+
+
+def _is_jumper(handle: object) -> bool:
+    """A ready callback that is some FakeClock's idle check, not work: two autojump
+    clocks on one loop must not count each other's checks as activity."""
+    callback = getattr(handle, "_callback", None)
+    return getattr(callback, "__func__", None) is FakeClock._maybe_jump

@@ -1,0 +1,76 @@
+"""FakeClock: manual advance, autojump to exact deadlines, several clocks on one loop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import stalwart as sw
+
+
+async def test_advance_wakes_exactly_the_due_sleeps() -> None:
+    """advance() moves time and wakes only the sleeps whose deadline passed."""
+    clock = sw.FakeClock(start=100.0)
+    woke: list[float] = []
+
+    async def sleeper(d: float) -> None:
+        await clock.sleep(d)
+        woke.append(clock.monotonic())
+
+    tasks = [asyncio.create_task(sleeper(d)) for d in (5, 10)]
+    await asyncio.sleep(0)
+    await clock.advance(5)
+    assert woke == [5.0]
+    await clock.advance(5)
+    await asyncio.gather(*tasks)
+    assert woke == [5.0, 10.0]
+    assert clock.now() == 110.0
+
+
+async def test_autojump_runs_an_hour_of_sleeps_at_exact_times() -> None:
+    """With autojump, interleaved sleeps finish at exactly their virtual deadlines."""
+    clock = sw.FakeClock(autojump=True)
+    seen: list[tuple[str, float]] = []
+
+    async def ticker(name: str, period: float, n: int) -> None:
+        for _ in range(n):
+            await clock.sleep(period)
+            seen.append((name, clock.monotonic()))
+
+    await asyncio.gather(ticker("a", 600, 6), ticker("b", 1500, 2))
+    assert [t for n, t in seen if n == "a"] == [600, 1200, 1800, 2400, 3000, 3600]
+    assert [t for n, t in seen if n == "b"] == [1500, 3000]
+
+
+async def test_two_autojump_clocks_on_one_loop_both_jump() -> None:
+    """One clock's idle check is not work for another: both still jump."""
+    c1, c2 = sw.FakeClock(autojump=True), sw.FakeClock(autojump=True)
+    await asyncio.wait_for(asyncio.gather(c1.sleep(5), c2.sleep(7)), timeout=5)
+    assert (c1.monotonic(), c2.monotonic()) == (5.0, 7.0)
+
+
+async def test_autojump_does_not_jump_while_work_is_ready() -> None:
+    """Time stands still while other tasks still have work to do."""
+    clock = sw.FakeClock(autojump=True)
+    observed: list[float] = []
+
+    async def busy() -> None:
+        for _ in range(200):
+            observed.append(clock.monotonic())
+            await asyncio.sleep(0)
+
+    await asyncio.gather(busy(), clock.sleep(30))
+    assert set(observed) == {0.0}
+    assert clock.monotonic() == 30.0
+
+
+def test_time_never_moves_backwards() -> None:
+    """advance() and set_time() refuse to go back."""
+    clock = sw.FakeClock(start=50.0)
+    with pytest.raises(ValueError):
+        clock.advance_sync(-1)
+    with pytest.raises(ValueError):
+        clock.set_time(49.0)
+    clock.set_time(60.0)
+    assert clock.now() == 60.0 and clock.monotonic() == 10.0
