@@ -18,7 +18,10 @@ execution re-creates it with the same ids. Span timestamps come from the runtime
 clock, so under a :class:`~stalwart.FakeClock` they are virtual, like the journal's.
 
 Stalwart's own spans are parented explicitly (by id), not through OpenTelemetry's
-ambient context, because a run's steps span several tasks and several processes.
+ambient context, because a run's steps span several tasks and several processes. When the
+provider samples everything and no processor looks at spans as they start (the usual
+setup), spans skip the SDK's ``Span`` and reach the processors as the ``ReadableSpan`` it
+would have built (see ``_spans``); otherwise they go through ``Tracer.start_span``.
 """
 
 from __future__ import annotations
@@ -42,7 +45,6 @@ from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import (
     NonRecordingSpan,
-    Span,
     SpanContext,
     SpanKind,
     Status,
@@ -52,7 +54,7 @@ from opentelemetry.trace import (
 
 from ..errors import ConfigurationError
 from ..store._base import TERMINAL_STATUSES, RunStatus
-from ._ids import span_id_for, trace_id_for
+from ._ids import RunIds, span_id_for, trace_id_for
 from ._interceptor import (
     AgentEndInput,
     AgentStartInput,
@@ -68,6 +70,7 @@ from ._interceptor import (
     ToolCallEndInput,
     ToolCallStartInput,
 )
+from ._spans import DirectSpan, SpanLike, SpanSink
 
 if TYPE_CHECKING:
     from .._runtime import Runtime
@@ -111,12 +114,11 @@ class _ChosenIds(IdGenerator):
 
 @dataclass(slots=True)
 class _Run:
-    trace_id: int
-    span: Span
-    flags: TraceFlags
-    context: OtelContext
-    """The run span as a parent (built once per execution)."""
-    steps: dict[str, Span] = field(default_factory=dict)
+    ids: RunIds
+    span: SpanLike
+    context: SpanContext
+    """The run span's context: its trace id, flags and the parent of its steps."""
+    steps: dict[str, SpanLike] = field(default_factory=dict)
     retries: dict[str, int] = field(default_factory=dict)
 
 
@@ -128,24 +130,19 @@ class _Agent:
     attributes: dict[str, Any]
     started: float
     capture: CaptureContent | None
-    span: Span | None = None
+    span: SpanLike | None = None
     token: contextvars.Token[tuple[_Agent, ...]] | None = None
 
 
 @dataclass(slots=True)
 class _Call:
-    span: Span
+    span: SpanLike
     started: float
     attributes: dict[str, Any]
     capture: CaptureContent
 
 
-def _parent(trace_id: int, span_id: int | None, flags: TraceFlags) -> OtelContext:
-    """A context whose current span is the one with these ids (empty for a root)."""
-    if span_id is None:
-        return OtelContext()
-    return trace_api.set_span_in_context(NonRecordingSpan(SpanContext(
-        trace_id, span_id, is_remote=False, trace_flags=flags)), OtelContext())
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 
 
 def _ns(seconds: float) -> int:
@@ -197,6 +194,7 @@ class OTelInterceptor(Interceptor):
         self._ids = _ChosenIds(base.id_generator)
         tracer.id_generator = self._ids
         self._tracer = tracer
+        self._sink = SpanSink(base)
         self._config = config
         self._clock = runtime.clock
         self._runtime = weakref.ref(runtime)
@@ -210,19 +208,24 @@ class OTelInterceptor(Interceptor):
 
     # -- spans -----------------------------------------------------------------------
 
-    def _start(self, name: str, *, trace_id: int, span_id: int, parent: int | OtelContext | None,
-               flags: TraceFlags, kind: SpanKind = SpanKind.INTERNAL,
-               attributes: dict[str, Any] | None = None, at: float | None = None) -> Span:
-        ctx = parent if isinstance(parent, OtelContext) else _parent(trace_id, parent, flags)
+    def _start(self, name: str, *, trace_id: int, span_id: int, parent: SpanContext | None,
+               kind: SpanKind = SpanKind.INTERNAL, attributes: dict[str, Any] | None = None,
+               at: float | None = None) -> SpanLike:
+        start = _ns(self._clock.now() if at is None else at)
+        if self._sink.direct():
+            return DirectSpan(self._sink, name, SpanContext(trace_id, span_id, False, _SAMPLED),
+                              parent, kind, attributes, start)
+        ctx = OtelContext() if parent is None else trace_api.set_span_in_context(
+            NonRecordingSpan(parent), OtelContext())
         self._ids.trace_id, self._ids.span_id = trace_id, span_id
         try:
-            return self._tracer.start_span(
-                name, context=ctx, kind=kind, attributes=attributes,
-                start_time=_ns(self._clock.now() if at is None else at))
+            span = self._tracer.start_span(name, context=ctx, kind=kind, attributes=attributes,
+                                           start_time=start)
         finally:
             self._ids.trace_id = self._ids.span_id = None
+        return span
 
-    def _end(self, span: Span) -> None:
+    def _end(self, span: SpanLike) -> None:
         span.end(end_time=_ns(self._clock.now()))
 
     def _trace_of(self, run_id: str, parent_run_id: str | None) -> int:
@@ -236,20 +239,19 @@ class OTelInterceptor(Interceptor):
         trace_id = self._trace_of(run.run_id, run.parent_run_id)
         parent = None
         if run.parent_run_id is not None and run.parent_step_id is not None:
-            parent = span_id_for(run.parent_run_id, "step", run.parent_step_id)
+            parent = SpanContext(trace_id, span_id_for(run.parent_run_id, "step",
+                                                       run.parent_step_id), False, _SAMPLED)
         attributes: dict[str, Any] = {"stalwart.run_id": run.run_id,
                                       "stalwart.workflow": run.workflow}
         if run.parent_run_id is not None:
             attributes["stalwart.parent_run_id"] = run.parent_run_id
         if input.resumed:
             attributes["stalwart.resumed"] = True
+        ids = RunIds(run.run_id)
         span = self._start(f"workflow {run.workflow}", trace_id=trace_id,
-                           span_id=span_id_for(run.run_id, "run"), parent=parent,
-                           flags=TraceFlags(TraceFlags.SAMPLED), attributes=attributes,
+                           span_id=ids.span("run"), parent=parent, attributes=attributes,
                            at=run.created_at)
-        flags = span.get_span_context().trace_flags
-        self._runs[run.run_id] = _Run(trace_id, span, flags, _parent(
-            trace_id, span_id_for(run.run_id, "run"), flags))
+        self._runs[run.run_id] = _Run(ids, span, span.get_span_context())
         self._traces[run.run_id] = trace_id
         if len(self._traces) > _TRACES_KEPT:
             del self._traces[next(iter(self._traces))]
@@ -266,22 +268,24 @@ class OTelInterceptor(Interceptor):
             span.set_status(Status(StatusCode.ERROR, message))
         self._end(span)
 
-    def _parent_of_step(self, run_id: str, state: _Run) -> int | OtelContext:
+    def _parent_of_step(self, run_id: str, state: _Run) -> SpanContext:
         frames = self._agents.get()
         if not frames or frames[-1].run_id != run_id:
             return state.context
-        self._materialize(frames, state)
-        return frames[-1].span_id
+        return self._materialize(frames, state)
 
-    def _materialize(self, frames: Sequence[_Agent], state: _Run) -> None:
-        parent = span_id_for(frames[0].run_id, "run")
+    def _materialize(self, frames: Sequence[_Agent], state: _Run) -> SpanContext:
+        """Start the spans of the agents in ``frames`` not started yet; the innermost's
+        context."""
+        parent = state.context
         for frame in frames:
             if frame.span is None:
                 frame.span = self._start(
-                    f"invoke_agent {frame.name}", trace_id=state.trace_id,
-                    span_id=frame.span_id, parent=parent, flags=state.flags,
-                    attributes=frame.attributes, at=frame.started)
-            parent = frame.span_id
+                    f"invoke_agent {frame.name}", trace_id=parent.trace_id,
+                    span_id=frame.span_id, parent=parent, attributes=dict(frame.attributes),
+                    at=frame.started)
+            parent = frame.span.get_span_context()
+        return parent
 
     def step_started(self, input: StepStartInput) -> None:
         state = self._runs.get(input.run_id)
@@ -289,9 +293,8 @@ class OTelInterceptor(Interceptor):
             return
         parent = self._parent_of_step(input.run_id, state)
         state.steps[input.step_id] = self._start(
-            f"step {input.name}", trace_id=state.trace_id,
-            span_id=span_id_for(input.run_id, "step", input.step_id), parent=parent,
-            flags=state.flags, at=input.since,
+            f"step {input.name}", trace_id=parent.trace_id,
+            span_id=state.ids.step(input.step_id), parent=parent, at=input.since,
             attributes={"stalwart.run_id": input.run_id, "stalwart.step_id": input.step_id,
                         "stalwart.step.name": input.name})
 
@@ -317,7 +320,7 @@ class OTelInterceptor(Interceptor):
             return None
         frame = _Agent(
             run_id=input.run_id, name=input.agent,
-            span_id=span_id_for(input.run_id, "agent", input.first_step_id),
+            span_id=state.ids.span("agent", input.first_step_id),
             attributes={"gen_ai.operation.name": "invoke_agent",
                         "gen_ai.agent.name": input.agent,
                         "gen_ai.provider.name": input.provider,
@@ -355,7 +358,7 @@ class OTelInterceptor(Interceptor):
             return frames[-1].capture
         return self._config.capture_content
 
-    def _content(self, span: Span, capture: CaptureContent, key: str, text: str,
+    def _content(self, span: SpanLike, capture: CaptureContent, key: str, text: str,
                  digest_key: str) -> None:
         if capture == "hash":
             span.set_attribute(digest_key, _digest(text))
@@ -367,13 +370,14 @@ class OTelInterceptor(Interceptor):
     def _call_span(self, run_id: str, step_id: str, name: str, what: tuple[str, ...],
                    kind: SpanKind, attributes: dict[str, Any]) -> _Call | None:
         state = self._runs.get(run_id)
-        if state is None or step_id not in state.steps:
+        step = state.steps.get(step_id) if state is not None else None
+        if state is None or step is None:
             return None
         at = self._clock.now()
-        span = self._start(name, trace_id=state.trace_id,
-                           span_id=span_id_for(run_id, "call", step_id, *what),
-                           parent=span_id_for(run_id, "step", step_id), flags=state.flags,
-                           kind=kind, attributes=attributes, at=at)
+        parent = step.get_span_context()
+        span = self._start(name, trace_id=parent.trace_id,
+                           span_id=state.ids.span("call", step_id, *what), parent=parent,
+                           kind=kind, attributes=dict(attributes), at=at)
         return _Call(span, at, attributes, self._capture())
 
     def model_call_started(self, input: ModelCallStartInput) -> Any:

@@ -1,0 +1,222 @@
+"""Finished spans built directly, when going through the SDK's ``Span`` would change nothing.
+
+A trivial step costs ~80 us, and the SDK's span path adds several times what tracing may
+add to it. ``start_span`` runs the sampler and builds a ``Span`` with a lock,
+``BoundedAttributes`` and ``BoundedList``s, and ``end`` calls the processors' hooks and
+copies the span into a ``ReadableSpan``. When the provider is set up so that none of
+that can change what its processors receive, a span is gathered in a
+:class:`DirectSpan` (a dict of attributes, a list of events). At its end it goes to the
+provider's span processor as the ``ReadableSpan`` the SDK would have built, with the same
+context, parent, kind, attributes, events, status, times, resource and scope. That holds
+when (checked by :meth:`SpanSink.direct` for every span, since processors can be added
+at any time):
+
+- the sampler is ``ALWAYS_ON``, or ``ParentBased`` with ``ALWAYS_ON`` for roots and for
+  sampled local parents (the SDK's default, ``parentbased_always_on``). Every stalwart
+  span is then recorded and sampled, with no sampler attributes, and its trace state is
+  its parent's (stalwart's parents have none). Any other sampler, ratio-based ones
+  included, gets the SDK path and decides for itself;
+- every span processor's ``on_start`` and ``_on_ending`` are the SDK's no-ops (its
+  ``SimpleSpanProcessor`` and ``BatchSpanProcessor``, or any processor that overrides
+  neither). No processor could see the span before it ends;
+- the tracer is enabled and the SDK's own span metrics
+  (``OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED``) are off.
+
+Span limits are applied as the SDK applies them, with ``BoundedAttributes`` and
+``BoundedList``, whenever they could cut something. Attribute values other than plain
+``str``/``bool``/``int``/``float`` are cleaned by ``BoundedAttributes`` too.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping
+from time import time_ns
+from typing import Any, Protocol, final
+
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, SpanProcessor
+from opentelemetry.sdk.trace import Tracer as SdkTracer
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, StaticSampler
+from opentelemetry.sdk.util import BoundedList
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.util.types import AnyValue
+
+try:
+    from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics as _NoMetrics
+except ImportError:  # pragma: no cover - an SDK older than its own span metrics
+    class _NoMetrics:  # type: ignore[no-redef]
+        """An SDK without span metrics records none."""
+
+_NO_METRICS = _NoMetrics()
+
+__all__ = ["DirectSpan", "SpanLike", "SpanSink"]
+
+log = logging.getLogger("stalwart.telemetry")
+
+_PLAIN = frozenset({str, bool, int, float})
+_UNSET = Status(StatusCode.UNSET)
+_NOOP_ON_START = frozenset({SpanProcessor.on_start, SimpleSpanProcessor.on_start,
+                            BatchSpanProcessor.on_start})
+# Older SDKs have no ``_on_ending`` hook (None): nothing to skip there.
+_NOOP_ON_ENDING = frozenset({getattr(cls, "_on_ending", None) for cls in (
+    SpanProcessor, SimpleSpanProcessor, BatchSpanProcessor)})
+
+
+class SpanLike(Protocol):
+    """What the interceptor does with a span: the SDK's ``Span`` or a :class:`DirectSpan`."""
+
+    def get_span_context(self) -> SpanContext: ...
+
+    def set_attribute(self, key: str, value: AnyValue) -> None: ...
+
+    def set_attributes(self, attributes: Mapping[str, AnyValue]) -> None: ...
+
+    def add_event(self, name: str, attributes: Mapping[str, AnyValue] | None = None,
+                  timestamp: int | None = None) -> None: ...
+
+    def set_status(self, status: Status, description: str | None = None) -> None: ...
+
+    def end(self, end_time: int | None = None) -> None: ...
+
+
+def _always_on(sampler: Sampler | None) -> bool:
+    return type(sampler) is StaticSampler and sampler._decision is Decision.RECORD_AND_SAMPLE
+
+
+def _samples_everything(sampler: Sampler) -> bool:
+    if type(sampler) is ParentBased:
+        return _always_on(sampler._root) and _always_on(sampler._local_parent_sampled)
+    return _always_on(sampler)
+
+
+@final
+class SpanSink:
+    """Where direct spans go: the span processor of one SDK tracer (see the module doc)."""
+
+    __slots__ = ("_checked", "_ok", "_processors_ok", "info", "limits", "plain_max",
+                 "processor", "resource", "scope", "tracer")
+
+    def __init__(self, tracer: SdkTracer) -> None:
+        self.tracer = tracer
+        self.processor = tracer.span_processor
+        self.resource = tracer.resource
+        self.scope = getattr(tracer, "_instrumentation_scope", None)
+        limits = getattr(tracer, "_span_limits", None)
+        self.limits = limits if isinstance(limits, SpanLimits) else SpanLimits()
+        self.info = tracer.instrumentation_info
+        # Up to this many plain attributes, no limit can cut anything (-1: a length limit).
+        self.plain_max: int = (-1 if self.limits.max_span_attribute_length is not None
+                               else self.limits.max_span_attributes or sys.maxsize)
+        self._ok = (_samples_everything(tracer.sampler) and self.scope is not None
+                    and isinstance(limits, SpanLimits)
+                    and isinstance(getattr(tracer, "_tracer_metrics", _NO_METRICS), _NoMetrics))
+        self._checked: object = None
+        self._processors_ok = False
+
+    def direct(self) -> bool:
+        """Whether a span starting now may be a :class:`DirectSpan`."""
+        if not self._ok:
+            return False
+        processors = getattr(self.processor, "_span_processors", None)
+        if processors is not self._checked:  # a processor was added (or first call)
+            self._checked = processors
+            self._processors_ok = processors is not None and all(
+                type(p).on_start in _NOOP_ON_START
+                and getattr(type(p), "_on_ending", None) in _NOOP_ON_ENDING
+                for p in processors)
+        if not self._processors_ok:
+            return False
+        config = getattr(self.tracer, "_tracer_config", None)  # None: an SDK without it
+        return config is None or config.is_enabled is True
+
+
+@final
+class DirectSpan:
+    """A span that becomes a ``ReadableSpan`` for the sink's processor when it ends.
+
+    It takes ``attributes`` over (the caller must not use that dict afterwards)."""
+
+    __slots__ = ("_attributes", "_context", "_ended", "_events", "_kind", "_name",
+                 "_parent", "_sink", "_start", "_status")
+
+    def __init__(self, sink: SpanSink, name: str, context: SpanContext,
+                 parent: SpanContext | None, kind: SpanKind,
+                 attributes: dict[str, Any] | None, start_time: int) -> None:
+        self._sink = sink
+        self._name = name
+        self._context = context
+        self._parent = parent
+        self._kind = kind
+        self._attributes: dict[str, Any] = attributes if attributes is not None else {}
+        self._events: list[Event] | None = None
+        self._status = _UNSET
+        self._start = start_time
+        self._ended = False
+
+    def get_span_context(self) -> SpanContext:
+        return self._context
+
+    def is_recording(self) -> bool:
+        return not self._ended
+
+    def set_attribute(self, key: str, value: AnyValue) -> None:
+        if self._ended:
+            log.warning("Setting attribute on ended span.")
+            return
+        self._attributes[key] = value
+
+    def set_attributes(self, attributes: Mapping[str, AnyValue]) -> None:
+        if self._ended:
+            log.warning("Setting attribute on ended span.")
+            return
+        self._attributes.update(attributes)
+
+    def add_event(self, name: str, attributes: Mapping[str, AnyValue] | None = None,
+                  timestamp: int | None = None) -> None:
+        if self._ended:
+            log.warning("Calling add_event on an ended span.")
+            return
+        limits = self._sink.limits
+        event = Event(name, BoundedAttributes(
+            limits.max_event_attributes, attributes,
+            max_value_len=limits.max_attribute_length, immutable=True), timestamp)
+        if self._events is None:
+            self._events = []
+        self._events.append(event)
+
+    def set_status(self, status: Status, description: str | None = None) -> None:
+        # As the SDK's Span: a status of OK is final, UNSET changes nothing.
+        if self._ended:
+            log.warning("Calling set_status on an ended span.")
+            return
+        if self._status.status_code is StatusCode.OK or status.status_code is StatusCode.UNSET:
+            return
+        self._status = status
+
+    def end(self, end_time: int | None = None) -> None:
+        if self._ended:
+            log.warning("Calling end() on an ended span.")
+            return
+        self._ended = True
+        sink = self._sink
+        attributes: Mapping[str, Any] = self._attributes
+        if len(attributes) > sink.plain_max or not _PLAIN.issuperset(
+                map(type, attributes.values())):
+            attributes = BoundedAttributes(
+                sink.limits.max_span_attributes, attributes, immutable=True,
+                max_value_len=sink.limits.max_span_attribute_length)
+        events: Any = ()
+        if self._events is not None:
+            events = BoundedList(sink.limits.max_events)
+            for event in self._events:
+                events.append(event)
+        sink.processor.on_end(ReadableSpan(
+            name=self._name, context=self._context, parent=self._parent,
+            resource=sink.resource, attributes=attributes, events=events,
+            kind=self._kind, status=self._status, start_time=self._start,
+            end_time=end_time if end_time is not None else time_ns(),
+            instrumentation_info=sink.info,
+            instrumentation_scope=sink.scope))
