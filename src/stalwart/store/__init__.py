@@ -15,3 +15,21 @@ from ._limits import BucketDraw as BucketDraw
 from ._limits import LimitStore as LimitStore
 from ._limits import Reservation as Reservation
 from ._sqlite import SQLiteStore as SQLiteStore
+
+__all__ = [
+    "Store",
+    "SQLiteStore",
+    "LimitStore",
+    "RunRecord",
+    "RunStatus",
+    "TERMINAL_STATUSES",
+    "Event",
+    "EventKind",
+    "NewEvent",
+    "Finish",
+    "Lease",
+    "Owner",
+    "WorkerRecord",
+    "BucketDraw",
+    "Reservation",
+]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, final, runtime_checkable
 
 __all__ = [
     "TERMINAL_STATUSES",
@@ -85,6 +85,7 @@ class EventKind(enum.StrEnum):
     """The run was forked from another run's journal (``stalwart runs fork``)."""
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class Owner:
     """Who executes runs: a runtime instance, on a host, in a process."""
@@ -94,6 +95,7 @@ class Owner:
     pid: int
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class Lease:
     """The right to execute one run, until ``expires_at``; ``token`` fences stale owners."""
@@ -104,6 +106,7 @@ class Lease:
     expires_at: float
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class RunRecord:
     """One row of the run table."""
@@ -132,6 +135,7 @@ class RunRecord:
         return self.status in TERMINAL_STATUSES
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class NewEvent:
     """An event to append; the store assigns its sequence number and time."""
@@ -142,6 +146,7 @@ class NewEvent:
     payload: str | None = None
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class Event:
     """A journaled event."""
@@ -155,6 +160,7 @@ class Event:
     created_at: float
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class Finish:
     """How an append ends the execution it belongs to (releasing the lease).
@@ -169,6 +175,7 @@ class Finish:
     wake_at: float | None = None
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class AppendResult:
     """What the store learned while appending: whether cancellation was requested."""
@@ -176,6 +183,7 @@ class AppendResult:
     cancel_requested: bool
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class WorkerRecord:
     """One row of the workers registry: a runtime that executes runs, as it last reported.

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, final
 
 if TYPE_CHECKING:
     from ..models import ModelRequest, ModelResponse
@@ -58,6 +58,7 @@ CaptureContent = bool | Literal["hash"]
 default) never, ``True`` as text, ``"hash"`` only their SHA-256 digests."""
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class RunStartInput:
     run: RunRecord
@@ -65,6 +66,7 @@ class RunStartInput:
     """The journal already held events for the run (this execution replays first)."""
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class RunEndInput:
     run: RunRecord
@@ -74,6 +76,7 @@ class RunEndInput:
     """The run's error (``ErrorInfo`` JSON) when it failed."""
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class StepStartInput:
     run_id: str
@@ -83,6 +86,7 @@ class StepStartInput:
     """When the journal first saw this step (a step resumed after a crash), else None."""
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class StepEndInput:
     run_id: str
@@ -92,6 +96,7 @@ class StepEndInput:
     """``ErrorInfo`` JSON when the step failed; ``None`` when it completed."""
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class AgentStartInput:
     run_id: str
@@ -106,6 +111,7 @@ class AgentStartInput:
     """The agent's own choice; ``None`` inherits the runtime's."""
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class AgentEndInput:
     handle: Any
@@ -116,6 +122,7 @@ class AgentEndInput:
     error: BaseException | None = None
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class ModelCallStartInput:
     run_id: str
@@ -129,6 +136,7 @@ class ModelCallStartInput:
     agent: str | None = None
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class ModelCallEndInput:
     handle: Any
@@ -136,6 +144,7 @@ class ModelCallEndInput:
     error: BaseException | None = None
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class ToolCallStartInput:
     run_id: str
@@ -147,6 +156,7 @@ class ToolCallStartInput:
     arguments: Mapping[str, Any]
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class ToolCallEndInput:
     handle: Any
@@ -154,6 +164,7 @@ class ToolCallEndInput:
     error: BaseException | None = None
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class PolicyInput:
     run_id: str

@@ -1,0 +1,95 @@
+"""The public surface: pinned names, everything importable, closed by default."""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import inspect
+
+import pytest
+
+import stalwart
+
+PUBLIC = {
+    # runtime and workflows
+    "Runtime", "RunHandle", "Workflow", "Context", "StepInfo", "current_step",
+    "RunRecord", "RunStatus", "Store", "SQLiteStore",
+    # time
+    "Clock", "SystemClock", "FakeClock",
+    # agents, tools, models
+    "Agent", "AgentResult", "Tool", "ToolCall", "ToolArgumentsError", "Model",
+    "parse_model", "SimulatedModel", "SimFaults", "Message", "ModelOptions",
+    "ModelRequest", "ModelResponse", "ToolCallRequest", "ToolSpec", "Usage",
+    "count_tokens",
+    # policies, budgets, cost, time travel
+    "Policy", "INHERIT", "DEFAULT_POLICY", "PolicyNote", "Retry", "RetryOn", "Timeout",
+    "CircuitBreakerConfig", "BulkheadConfig", "RateLimit", "Budget", "Price", "PriceTable",
+    "UsageReport", "usage_report", "ReplayReport",
+    # errors
+    "StalwartError", "ConfigurationError", "SerializationError", "StoreError",
+    "NotAStalwartStoreError", "SchemaVersionError", "StoreCorruptedError", "LeaseLostError",
+    "RunNotFoundError", "WorkflowNotFoundError", "NonDeterminismError", "StepError",
+    "ContextMisuseError", "SignalTimeoutError", "RunFailedError", "RunCancelledError",
+    "ResilienceError", "RetryExhaustedError", "CallTimeoutError", "CircuitOpenError",
+    "BulkheadFullError", "ThrottledError", "FallbackExhaustedError", "BudgetExceededError",
+    "BudgetExceeded", "OutcomeCheckError", "ModelError", "RateLimitedError",
+    "ProviderOverloadedError", "ModelTimeoutError", "ModelConnectionError",
+    "MalformedResponseError", "InvalidRequestError", "AuthenticationError",
+    "ContentFilterError", "AgentError", "MaxIterationsError", "ToolLoopError",
+    "RepairBudgetExceededError", "OutputValidationError", "Cancelled",
+}
+
+PACKAGES = ["stalwart", "stalwart.testing", "stalwart.models", "stalwart.policies",
+            "stalwart.store", "stalwart.telemetry"]
+
+# Classes meant to be subclassed: the interceptor base of telemetry hooks.
+EXTENSION_POINTS = {"Interceptor"}
+
+
+def test_top_level_names_are_pinned() -> None:
+    """stalwart.__all__ changes only on purpose (update this list with the changelog)."""
+    assert set(stalwart.__all__) == PUBLIC
+    assert len(stalwart.__all__) == len(PUBLIC)
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_every_exported_name_exists(package: str) -> None:
+    """Each package's __all__ names real attributes."""
+    module = importlib.import_module(package)
+    assert module.__all__, package
+    missing = [n for n in module.__all__ if not hasattr(module, n)]
+    assert missing == []
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_concrete_public_classes_are_final(package: str) -> None:
+    """Closed by default: extend through Protocols, ABCs and the named extension points."""
+    module = importlib.import_module(package)
+    open_classes = []
+    for name in module.__all__:
+        obj = getattr(module, name)
+        if (not inspect.isclass(obj) or issubclass(obj, BaseException | enum.Enum)
+                or getattr(obj, "_is_protocol", False) or inspect.isabstract(obj)
+                or name in EXTENSION_POINTS):
+            continue
+        if not getattr(obj, "__final__", False):
+            open_classes.append(name)
+    assert open_classes == []
+
+
+def test_every_error_derives_from_the_root_except_control_flow() -> None:
+    """One hierarchy: every exported exception is a StalwartError, but Cancelled."""
+    for name in stalwart.__all__:
+        obj = getattr(stalwart, name)
+        if inspect.isclass(obj) and issubclass(obj, BaseException):
+            if name == "Cancelled":
+                assert not issubclass(obj, Exception)
+            else:
+                assert issubclass(obj, stalwart.StalwartError), name
+
+
+def test_the_package_is_typed() -> None:
+    """py.typed ships with the package."""
+    import pathlib
+
+    assert (pathlib.Path(stalwart.__file__).parent / "py.typed").is_file()
