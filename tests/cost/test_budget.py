@@ -23,7 +23,9 @@ def forever(request: ModelRequest) -> ToolCallRequest:
 
 
 def make_search(calls: list[str]) -> sw.Tool[Any, Any]:
-    def search(q: str) -> str:
+    # async: a sync tool runs in a thread, and the autojump clock takes a thread wait
+    # for idleness (virtual time would slip past the budget's exact bound).
+    async def search(q: str) -> str:
         calls.append(q)
         return f"results for {q}"
 
