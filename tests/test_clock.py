@@ -74,3 +74,24 @@ def test_time_never_moves_backwards() -> None:
         clock.set_time(49.0)
     clock.set_time(60.0)
     assert clock.now() == 60.0 and clock.monotonic() == 10.0
+
+
+async def test_autojump_waits_while_activity_is_held() -> None:
+    """Work in a thread, marked with activity(), keeps virtual time still."""
+    clock = sw.FakeClock(autojump=True)
+    loop = asyncio.get_running_loop()
+    seen: list[float] = []
+
+    def blocking() -> float:
+        import time
+
+        time.sleep(0.05)  # real work in a thread, invisible to the event loop
+        return clock.monotonic()
+
+    async def threaded() -> None:
+        with clock.activity():
+            seen.append(await loop.run_in_executor(None, blocking))
+
+    await asyncio.gather(threaded(), clock.sleep(1))
+    assert seen == [0.0]
+    assert clock.monotonic() == 1.0

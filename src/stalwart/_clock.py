@@ -15,6 +15,8 @@ import heapq
 import itertools
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import final
 
 __all__ = ["Clock", "FakeClock", "SystemClock"]
@@ -34,6 +36,13 @@ class Clock(ABC):
     @abstractmethod
     async def sleep(self, seconds: float) -> None:
         """Suspend the calling task for ``seconds`` of this clock's time."""
+
+    def activity(self) -> AbstractContextManager[None]:
+        """Mark work the event loop cannot see (a thread running a step) as under way.
+
+        A real clock ignores it; :class:`FakeClock` does not jump while any is held.
+        """
+        return nullcontext()
 
 
 @final
@@ -58,9 +67,11 @@ class FakeClock(Clock):
         start: the initial wall time (``now()``); ``monotonic()`` starts at 0.
         autojump: when true, time jumps to the earliest pending sleep as soon as the
             event loop has had no ready callback for ``idle_hops`` rounds and no sleeper
-            registered or woke meanwhile — every task is blocked on the clock. Work that
-            waits on threads or sockets looks idle too; drive such tests with
-            :meth:`advance` (or use :class:`~stalwart.testing.MemoryStore`).
+            registered or woke meanwhile — every task is blocked on the clock. Work in
+            threads counts only while someone holds :meth:`activity` (the engine does
+            for synchronous steps); other thread or socket waits look idle, so drive
+            such tests with :meth:`advance` (or use
+            :class:`~stalwart.testing.MemoryStore` rather than SQLite).
         idle_hops: loop iterations that count as idle (see ``autojump``).
     """
 
@@ -74,12 +85,25 @@ class FakeClock(Clock):
         self._seq = itertools.count()
         self._generation = 0
         self._jumper: asyncio.Handle | None = None
+        self._held = 0
 
     def now(self) -> float:
         return self._offset + self._mono
 
     def monotonic(self) -> float:
         return self._mono
+
+    @contextmanager
+    def _hold(self) -> Iterator[None]:
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
+
+    def activity(self) -> AbstractContextManager[None]:
+        """While held, autojump waits: work is under way outside the event loop."""
+        return self._hold()
 
     @property
     def pending_sleeps(self) -> int:
@@ -138,7 +162,7 @@ class FakeClock(Clock):
         # asyncio keeps ready callbacks in ``_ready``; where a loop has no such attribute
         # (uvloop), only the hop count is used.
         ready = getattr(loop, "_ready", None)
-        busy = ready is not None and not all(_is_jumper(h) for h in ready)
+        busy = self._held > 0 or (ready is not None and not all(_is_jumper(h) for h in ready))
         if busy or hops > 0:
             self._jumper = loop.call_soon(self._maybe_jump, loop, generation,
                                           self._idle_hops if busy else hops - 1)

@@ -235,8 +235,9 @@ class Execution:
                 return await fn(*args, **kwargs)
             cctx = contextvars.copy_context()
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(
-                self.runtime.thread_pool, functools.partial(cctx.run, fn, *args, **kwargs))
+            with self.clock.activity():  # a virtual clock must not jump past a thread
+                return await loop.run_in_executor(
+                    self.runtime.thread_pool, functools.partial(cctx.run, fn, *args, **kwargs))
         finally:
             unbind_step_context(token)
 
