@@ -114,6 +114,7 @@ class _ChosenIds(IdGenerator):
 
 @dataclass(slots=True)
 class _Run:
+    trace_id: int
     ids: RunIds
     span: SpanLike
     context: SpanContext
@@ -251,7 +252,7 @@ class OTelInterceptor(Interceptor):
         span = self._start(f"workflow {run.workflow}", trace_id=trace_id,
                            span_id=ids.span("run"), parent=parent, attributes=attributes,
                            at=run.created_at)
-        self._runs[run.run_id] = _Run(ids, span, span.get_span_context())
+        self._runs[run.run_id] = _Run(trace_id, ids, span, span.get_span_context())
         self._traces[run.run_id] = trace_id
         if len(self._traces) > _TRACES_KEPT:
             del self._traces[next(iter(self._traces))]
@@ -288,29 +289,38 @@ class OTelInterceptor(Interceptor):
         return parent
 
     def step_started(self, input: StepStartInput) -> None:
-        state = self._runs.get(input.run_id)
-        if state is None or input.step_id in state.steps:
+        # The hot path of tracing (every step that runs): kept free of extra calls.
+        run_id, step_id, name = input.run_id, input.step_id, input.name
+        state = self._runs.get(run_id)
+        if state is None or step_id in state.steps:
             return
-        parent = self._parent_of_step(input.run_id, state)
-        state.steps[input.step_id] = self._start(
-            f"step {input.name}", trace_id=parent.trace_id,
-            span_id=state.ids.step(input.step_id), parent=parent, at=input.since,
-            attributes={"stalwart.run_id": input.run_id, "stalwart.step_id": input.step_id,
-                        "stalwart.step.name": input.name})
+        parent = self._parent_of_step(run_id, state)
+        attributes = {"stalwart.run_id": run_id, "stalwart.step_id": step_id,
+                      "stalwart.step.name": name}
+        if self._sink.direct():
+            state.steps[step_id] = DirectSpan(
+                self._sink, f"step {name}",
+                SpanContext(state.trace_id, state.ids.step(step_id), False, _SAMPLED),
+                parent, SpanKind.INTERNAL, attributes,
+                _ns(self._clock.now() if input.since is None else input.since))
+            return
+        state.steps[step_id] = self._start(
+            f"step {name}", trace_id=state.trace_id, span_id=state.ids.step(step_id),
+            parent=parent, at=input.since, attributes=attributes)
 
     def step_ended(self, input: StepEndInput) -> None:
         state = self._runs.get(input.run_id)
         span = state.steps.pop(input.step_id, None) if state is not None else None
         if span is None or state is None:
             return
-        retries = state.retries.pop(input.step_id, 0)
+        retries = state.retries.pop(input.step_id, 0) if state.retries else 0
         if retries:
             span.set_attribute("stalwart.retries", retries)
         if input.error is not None:
             kind, message = _error_of(input.error)
             span.set_attribute("error.type", kind)
             span.set_status(Status(StatusCode.ERROR, message))
-        self._end(span)
+        span.end(_ns(self._clock.now()))
 
     # -- agents ----------------------------------------------------------------------
 

@@ -108,8 +108,9 @@ class SpanSink:
         self.limits = limits if isinstance(limits, SpanLimits) else SpanLimits()
         self.info = tracer.instrumentation_info
         # Up to this many plain attributes, no limit can cut anything (-1: a length limit).
+        most = self.limits.max_span_attributes
         self.plain_max: int = (-1 if self.limits.max_span_attribute_length is not None
-                               else self.limits.max_span_attributes or sys.maxsize)
+                               else sys.maxsize if most is None else most)
         self._ok = (_samples_everything(tracer.sampler) and self.scope is not None
                     and isinstance(limits, SpanLimits)
                     and isinstance(getattr(tracer, "_tracer_metrics", _NO_METRICS), _NoMetrics))
@@ -213,10 +214,9 @@ class DirectSpan:
             events = BoundedList(sink.limits.max_events)
             for event in self._events:
                 events.append(event)
+        # Positional (cheaper): ReadableSpan's parameters in their order, unchanged since
+        # SDK 1.11 added instrumentation_scope; test_direct_spans checks every field.
         sink.processor.on_end(ReadableSpan(
-            name=self._name, context=self._context, parent=self._parent,
-            resource=sink.resource, attributes=attributes, events=events,
-            kind=self._kind, status=self._status, start_time=self._start,
-            end_time=end_time if end_time is not None else time_ns(),
-            instrumentation_info=sink.info,
-            instrumentation_scope=sink.scope))
+            self._name, self._context, self._parent, sink.resource, attributes, events, (),
+            self._kind, sink.info, self._status, self._start,
+            end_time if end_time is not None else time_ns(), sink.scope))
