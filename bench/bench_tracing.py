@@ -222,7 +222,7 @@ def table(synchronous: core.Sync, floors: list[float],
             spans = "" if s.spans is None else str(s.spans)
             spread = "" if mode == "off" else f"{min(s.ratios):.2f}-{max(s.ratios):.2f}"
             lines.append(f"  {wl:5}  {mode:8} {s.steps:>6} {spans:>6} {rate:>9,.0f} "
-                         f"{rate / floor:>7.2f} {ratio:>6.2f}  {spread:11}  {target:12}")
+                         f"{rate / floor:>7.2f} {ratio:>6.3f}  {spread:11}  {target:12}")
     return "\n".join(lines), missed
 
 
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--synchronous", choices=["FULL", "NORMAL", "both"], default="both",
                         type=str.upper)
-    parser.add_argument("--rounds", type=int, default=7,
+    parser.add_argument("--rounds", type=int, default=11,
                         help="rounds of every (workload, mode); medians are reported")
     parser.add_argument("--dir", type=Path, default=None,
                         help="where to put the fresh database files (default: a temp dir)")
