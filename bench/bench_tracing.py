@@ -6,16 +6,16 @@ For each SQLite ``synchronous`` setting it runs bench_core's workloads (its own
 functions, on fresh files) three ways:
 
 off     ``Runtime()`` without tracing (the baseline of the ratios);
-memory  ``Tracing`` to the SDK's ``InMemorySpanExporter`` through a synchronous
-        ``SimpleSpanProcessor``, metrics to an ``InMemoryMetricReader``: making the
-        spans and metrics, exporting each span as it ends, and keeping them all;
-batch   the SDK's ``BatchSpanProcessor`` to an exporter that only counts the spans:
-        making the spans and queueing them, as in production, without encoding them
-        (the cost of the instrumentation itself; not a target row);
+memory  ``Tracing`` to the SDK's ``InMemorySpanExporter`` through the SDK's
+        ``BatchSpanProcessor`` (the processor production uses), metrics to an
+        ``InMemoryMetricReader``: making the spans, queueing them and keeping them all,
+        without a transport;
+simple  the same exporter through a synchronous ``SimpleSpanProcessor``, as tests set it
+        up: each span is exported, on the event loop, as it ends (not a target row);
 otlp    ``stalwart.telemetry.configure()`` from ``OTEL_EXPORTER_OTLP_ENDPOINT`` pointing
-        at a local OTLP/HTTP receiver on 127.0.0.1 that this script starts (it decodes
-        every protobuf payload): batched span export and periodic metric export, as in
-        production.
+        at a local OTLP/HTTP receiver on 127.0.0.1 that this script starts in a process of
+        its own (it decodes every protobuf payload): batched span export over HTTP and
+        periodic metric export, as in production.
 
 The measurements are interleaved in ``--rounds`` rounds: each round measures bench_core's
 floor (raw sqlite3, one row per transaction) and then each workload in every mode, the
@@ -36,24 +36,24 @@ import asyncio
 import contextlib
 import functools
 import gc
+import multiprocessing
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     SimpleSpanProcessor,
-    SpanExporter,
-    SpanExportResult,
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -63,9 +63,45 @@ import bench_core as core
 import stalwart as sw
 from stalwart.telemetry import OTLPReceiver, Tracing, configure
 
-MODES = ("off", "memory", "batch", "otlp")
+MODES = ("off", "memory", "simple", "otlp")
 TARGET_MODES = ("memory", "otlp")
 TARGET_W2 = 0.90
+
+
+def _serve(conn: Connection) -> None:
+    """The receiver process: an ``OTLPReceiver`` answering ``spans`` and ``requests``."""
+    with OTLPReceiver() as receiver:
+        conn.send(receiver.endpoint)
+        while (command := conn.recv()) != "stop":
+            conn.send(len(receiver.spans()) if command == "spans" else receiver.requests)
+
+
+class Receiver:
+    """An :class:`OTLPReceiver` in a process of its own, as a collector would be: the
+    HTTP serving and protobuf decoding do not share this process's GIL."""
+
+    def __init__(self) -> None:
+        self._conn, theirs = multiprocessing.get_context("spawn").Pipe()
+        self._process = multiprocessing.get_context("spawn").Process(
+            target=_serve, args=(theirs,), daemon=True)
+
+    def __enter__(self) -> Receiver:
+        self._process.start()
+        self.endpoint: str = self._conn.recv()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._conn.send("stop")
+        self._process.join(10)
+
+    def spans(self) -> int:
+        self._conn.send("spans")
+        return int(self._conn.recv())
+
+    @property
+    def requests(self) -> int:
+        self._conn.send("requests")
+        return int(self._conn.recv())
 
 
 @dataclass(frozen=True)
@@ -75,40 +111,22 @@ class Measured:
     spans: int | None
 
 
-class Counted(SpanExporter):
-    """Drops the spans it is given, counting them."""
-
-    def __init__(self) -> None:
-        self.spans = 0
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.spans += len(spans)
-        return SpanExportResult.SUCCESS
-
-
 class Mode:
     """One way of running the workloads: a ``Tracing`` (or none) and its span count."""
 
-    def __init__(self, name: str, receiver: OTLPReceiver) -> None:
+    def __init__(self, name: str, receiver: Receiver) -> None:
         self.name = name
         self.receiver = receiver
         self.tracing: Tracing | None = None
         self._memory: InMemorySpanExporter | None = None
-        self._counted: Counted | None = None
         self._providers: Any = None
 
     def __enter__(self) -> Mode:
-        if self.name == "batch":
-            self._counted = Counted()
-            tp = TracerProvider()
-            tp.add_span_processor(BatchSpanProcessor(self._counted))
-            mp = MeterProvider(metric_readers=[InMemoryMetricReader()])
-            self._providers = (tp, mp)
-            self.tracing = Tracing(tracer_provider=tp, meter_provider=mp)
-        elif self.name == "memory":
+        if self.name in ("memory", "simple"):
             self._memory = InMemorySpanExporter()
             tp = TracerProvider()
-            tp.add_span_processor(SimpleSpanProcessor(self._memory))
+            tp.add_span_processor(BatchSpanProcessor(self._memory) if self.name == "memory"
+                                  else SimpleSpanProcessor(self._memory))
             mp = MeterProvider(metric_readers=[InMemoryMetricReader()])
             self._providers = (tp, mp)
             self.tracing = Tracing(tracer_provider=tp, meter_provider=mp)
@@ -128,9 +146,7 @@ class Mode:
         self._providers[0].force_flush()
         if self._memory is not None:
             return len(self._memory.get_finished_spans())
-        if self._counted is not None:
-            return self._counted.spans
-        return len(self.receiver.spans())
+        return self.receiver.spans()
 
     def __exit__(self, *exc: object) -> None:
         if self._providers is not None:
@@ -151,8 +167,8 @@ def runtimes_with(tracing: Tracing | None) -> Iterator[None]:
 
 
 async def measure_one(mode_name: str, workload: Callable[..., Any], path: Path,
-                      synchronous: core.Sync, receiver: OTLPReceiver) -> Measured:
-    before = len(receiver.spans())
+                      synchronous: core.Sync, receiver: Receiver) -> Measured:
+    before = receiver.spans()
     with Mode(mode_name, receiver) as mode, runtimes_with(mode.tracing):
         result: core.Result = await workload(path, synchronous)
         spans = mode.spans()
@@ -176,7 +192,7 @@ class Series:
 
 
 async def measure(folder: Path, synchronous: core.Sync, rounds: int,
-                  receiver: OTLPReceiver) -> tuple[list[float], dict[tuple[str, str], Series]]:
+                  receiver: Receiver) -> tuple[list[float], dict[tuple[str, str], Series]]:
     """``rounds`` rounds of: the floor, then W1 and W2 in every mode, the modes' order
     rotating from round to round; each ratio is to ``off`` of the same round."""
     tag = synchronous.lower()
@@ -243,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
           + f"  (median of {rounds} rounds)")
     missed = False
     t0 = time.perf_counter()
-    with OTLPReceiver() as receiver, tempfile.TemporaryDirectory(
+    with Receiver() as receiver, tempfile.TemporaryDirectory(
             prefix="stalwart-bench-", dir=args.dir) as tmp:
         print(f"OTLP/HTTP receiver at {receiver.endpoint}")
         for synchronous in settings:
@@ -253,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             print()
             print(text, flush=True)
         print(f"\nreceiver: {receiver.requests} OTLP requests decoded, "
-              f"{len(receiver.spans()):,} spans; {time.perf_counter() - t0:.0f} s in all")
+              f"{receiver.spans():,} spans; {time.perf_counter() - t0:.0f} s in all")
     return 1 if missed else 0
 
 

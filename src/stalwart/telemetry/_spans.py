@@ -52,7 +52,7 @@ except ImportError:  # pragma: no cover - an SDK older than its own span metrics
 
 _NO_METRICS = _NoMetrics()
 
-__all__ = ["DirectSpan", "SpanLike", "SpanSink"]
+__all__ = ["DirectSpan", "EndedSpan", "SpanLike", "SpanSink"]
 
 log = logging.getLogger("stalwart.telemetry")
 
@@ -97,7 +97,7 @@ class SpanSink:
     """Where direct spans go: the span processor of one SDK tracer (see the module doc)."""
 
     __slots__ = ("_checked", "_ok", "_processors_ok", "info", "limits", "plain_max",
-                 "processor", "resource", "scope", "tracer")
+                 "processor", "processors", "resource", "scope", "tracer")
 
     def __init__(self, tracer: SdkTracer) -> None:
         self.tracer = tracer
@@ -116,6 +116,8 @@ class SpanSink:
                     and isinstance(getattr(tracer, "_tracer_metrics", _NO_METRICS), _NoMetrics))
         self._checked: object = None
         self._processors_ok = False
+        self.processors: tuple[SpanProcessor, ...] | None = None
+        """The provider's processors, when direct spans may go to them."""
 
     def direct(self) -> bool:
         """Whether a span starting now may be a :class:`DirectSpan`."""
@@ -128,6 +130,7 @@ class SpanSink:
                 type(p).on_start in _NOOP_ON_START
                 and getattr(type(p), "_on_ending", None) in _NOOP_ON_ENDING
                 for p in processors)
+            self.processors = processors if self._processors_ok else None
         if not self._processors_ok:
             return False
         config = getattr(self.tracer, "_tracer_config", None)  # None: an SDK without it
@@ -203,6 +206,16 @@ class DirectSpan:
             return
         self._ended = True
         sink = self._sink
+        span = EndedSpan(self, end_time if end_time is not None else time_ns())
+        processors = sink.processors
+        if processors is not None and len(processors) == 1:
+            processors[0].on_end(span)  # what the provider's multi-processor would do
+        else:
+            sink.processor.on_end(span)
+
+    def readable(self, end_time: int) -> tuple[Any, ...]:
+        """``ReadableSpan``'s arguments for this span, ended at ``end_time``."""
+        sink = self._sink
         attributes: Mapping[str, Any] = self._attributes
         if len(attributes) > sink.plain_max or not _PLAIN.issuperset(
                 map(type, attributes.values())):
@@ -216,7 +229,29 @@ class DirectSpan:
                 events.append(event)
         # Positional (cheaper): ReadableSpan's parameters in their order, unchanged since
         # SDK 1.11 added instrumentation_scope; test_direct_spans checks every field.
-        sink.processor.on_end(ReadableSpan(
-            self._name, self._context, self._parent, sink.resource, attributes, events, (),
-            self._kind, sink.info, self._status, self._start,
-            end_time if end_time is not None else time_ns(), sink.scope))
+        return (self._name, self._context, self._parent, sink.resource, attributes, events,
+                (), self._kind, sink.info, self._status, self._start, end_time, sink.scope)
+
+
+class EndedSpan(ReadableSpan):
+    """The ``ReadableSpan`` of an ended :class:`DirectSpan`, filled in when first read.
+
+    A batch span processor only looks at a span's context when it is handed the span;
+    its exporter reads the rest later, on the processor's thread. So only ``_context`` is
+    set here, on the event loop, and the first read of anything else builds the fields
+    the SDK's constructor would have set (from the ended ``DirectSpan``, which nothing
+    changes any more): the work moves off the loop, the span read is the same."""
+
+    def __init__(self, span: DirectSpan, end_time: int) -> None:
+        self._context = span._context
+        self._pending: DirectSpan | None = span
+        self._pending_end = end_time
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for what is not set yet: the SDK's fields, on their first read.
+        pending = self.__dict__.get("_pending")
+        if pending is None or not name.startswith("_") or name.startswith("__"):
+            raise AttributeError(name)
+        ReadableSpan.__init__(self, *pending.readable(self._pending_end))
+        self._pending = None
+        return object.__getattribute__(self, name)

@@ -1,0 +1,303 @@
+"""OTLP/HTTP span export with stalwart's own protobuf encoder.
+
+Why our own encoder: the SDK's (``opentelemetry-exporter-otlp-proto-common``) builds a
+protobuf message object for every span, attribute and value, ~18 us per span on the
+batch processor's thread. That thread holds the GIL meanwhile, so the cost lands on the
+runtime's event loop: for trivial steps it is more than everything else tracing costs put
+together (``bench/bench_tracing.py``). The OTLP protobuf format is a stable, public
+specification (``opentelemetry-proto`` v1, whose field numbers never change); this module
+writes its bytes directly, keeping the encoded form of attributes that repeat (a run's id,
+a step's name) in a bounded cache. ``tests/telemetry/test_otlp_encoder.py`` decodes what
+it writes with the official proto classes and checks it equals the SDK encoder's message
+for every kind of span, attribute value, event, link, status, resource and scope.
+
+Everything else, endpoint, headers, timeout, compression, TLS, the size limit and the
+exporter's own metrics, is the SDK's: :class:`OTLPSpanExporter` subclasses the SDK's
+exporter and only encodes. Where the SDK's internals it hands the bytes to are missing
+(another SDK version), it falls back to the SDK's own ``export``.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, final
+
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+    OTLPSpanExporter as _SdkOTLPSpanExporter,
+)
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.trace import SpanKind, StatusCode
+
+__all__ = ["OTLPSpanExporter", "encode_spans"]
+
+log = logging.getLogger("stalwart.telemetry")
+
+_pack_double = struct.Struct("<d").pack
+_pack_fixed64 = struct.Struct("<Q").pack
+_pack_fixed32 = struct.Struct("<I").pack
+_ONE_BYTE = [bytes((n,)) for n in range(0x80)]
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+_UINT64 = (1 << 64) - 1
+
+# OTLP span kinds (trace.proto Span.SpanKind): 0 is "unspecified", never sent by the SDK.
+_KIND = {SpanKind.INTERNAL: b"\x30\x01", SpanKind.SERVER: b"\x30\x02",
+         SpanKind.CLIENT: b"\x30\x03", SpanKind.PRODUCER: b"\x30\x04",
+         SpanKind.CONSUMER: b"\x30\x05"}
+# SpanFlags: bit 8 says bit 9 is meaningful; bit 9 says the parent is remote.
+_HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200
+
+_CACHE_MAX = 8192
+_YIELD_EVERY = 16
+_field_cache: dict[tuple[bytes, str, type, object], bytes] = {}
+
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return _ONE_BYTE[n]
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field (a string, bytes or a message)."""
+    n = len(payload)
+    return tag + (_ONE_BYTE[n] if n < 0x80 else _varint(n)) + payload
+
+
+# -- common.proto: AnyValue, KeyValue -------------------------------------------------
+
+
+def _any(value: Any) -> bytes:
+    """The body of an ``AnyValue`` holding ``value`` (the SDK's ``_encode_value`` rules)."""
+    if value is None:
+        return b""
+    if isinstance(value, bool):
+        return b"\x10\x01" if value else b"\x10\x00"
+    if isinstance(value, str):
+        return _field(b"\x0a", value.encode())
+    if isinstance(value, int):
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise ValueError(f"Value out of range: {value}")
+        return b"\x18" + _varint(value & _UINT64)
+    if isinstance(value, float):
+        return b"\x21" + _pack_double(value)
+    if isinstance(value, bytes):
+        return _field(b"\x3a", value)
+    if isinstance(value, Sequence):
+        return _field(b"\x2a", b"".join(_field(b"\x0a", _any(v)) for v in value))
+    if isinstance(value, Mapping):
+        return _field(b"\x32", b"".join(_field(b"\x0a", _key_value(str(k), v))
+                                        for k, v in value.items()))
+    raise TypeError(f"Invalid type {type(value)} of value {value}")
+
+
+def _key_value(key: str, value: Any) -> bytes:
+    """The body of a ``KeyValue``."""
+    return (_field(b"\x0a", key.encode()) if key else b"") + _field(b"\x12", _any(value))
+
+
+def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> list[bytes]:
+    """One ``tag`` field per attribute; an attribute that cannot be encoded is left out
+    and logged (as the SDK does). Fields of plain values are cached: a run's id, a step's
+    name and most attribute values repeat from span to span."""
+    if not attributes:
+        return []
+    out = []
+    cache = _field_cache
+    for key, value in attributes.items():
+        kind = type(value)
+        plain = kind is str or kind is int or kind is bool
+        if plain:
+            found = cache.get((tag, key, kind, value))
+            if found is not None:
+                out.append(found)
+                continue
+        try:
+            field = _field(tag, _key_value(key, value))
+        except Exception as error:
+            log.exception("Failed to encode key %s: %s", key, error)
+            continue
+        if plain:
+            if len(cache) >= _CACHE_MAX:
+                cache.clear()
+            cache[(tag, key, kind, value)] = field
+        out.append(field)
+    return out
+
+
+# -- trace.proto: Span ----------------------------------------------------------------
+
+
+def _span(span: ReadableSpan) -> bytes:
+    ctx = span.context
+    assert ctx is not None
+    parts = [b"\x0a\x10" + ctx.trace_id.to_bytes(16, "big"),
+             b"\x12\x08" + ctx.span_id.to_bytes(8, "big")]
+    if ctx.trace_state:
+        state = ",".join(f"{k}={v}" for k, v in ctx.trace_state.items())
+        if state:
+            parts.append(_field(b"\x1a", state.encode()))
+    parent = span.parent
+    if parent:
+        parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
+    if span.name:
+        parts.append(_field(b"\x2a", span.name.encode()))
+    kind = span.kind
+    parts.append(b"\x30\x01" if kind is SpanKind.INTERNAL else _KIND[kind])
+    if span.start_time:
+        parts.append(b"\x39" + _pack_fixed64(span.start_time))
+    if span.end_time:
+        parts.append(b"\x41" + _pack_fixed64(span.end_time))
+    parts += _attributes(b"\x4a", span.attributes)
+    dropped = span.dropped_attributes
+    if dropped:
+        parts.append(b"\x50" + _varint(dropped))
+    for event in span.events:
+        body = [b"\x09" + _pack_fixed64(event.timestamp)] if event.timestamp else []
+        if event.name:
+            body.append(_field(b"\x12", event.name.encode()))
+        body += _attributes(b"\x1a", event.attributes)
+        if event.dropped_attributes:
+            body.append(b"\x20" + _varint(event.dropped_attributes))
+        parts.append(_field(b"\x5a", b"".join(body)))
+    if span.dropped_events:
+        parts.append(b"\x60" + _varint(span.dropped_events))
+    for link in span.links:
+        body = [b"\x0a\x10" + link.context.trace_id.to_bytes(16, "big"),
+                b"\x12\x08" + link.context.span_id.to_bytes(8, "big")]
+        body += _attributes(b"\x22", link.attributes)
+        if link.dropped_attributes:
+            body.append(b"\x28" + _varint(link.dropped_attributes))
+        flags = _HAS_IS_REMOTE | (_IS_REMOTE if link.context.is_remote else 0)
+        body.append(b"\x35" + _pack_fixed32(flags))
+        parts.append(_field(b"\x6a", b"".join(body)))
+    if span.dropped_links:
+        parts.append(b"\x70" + _varint(span.dropped_links))
+    status = span.status
+    if status is not None:
+        code, description = status.status_code, status.description
+        if code is StatusCode.UNSET and not description:
+            parts.append(b"\x7a\x00")
+        else:
+            body = [_field(b"\x12", description.encode())] if description else []
+            if code.value:
+                body.append(b"\x18" + _varint(code.value))
+            parts.append(_field(b"\x7a", b"".join(body)))
+    flags = _HAS_IS_REMOTE | (_IS_REMOTE if parent is not None and parent.is_remote else 0)
+    parts.append(b"\x85\x01" + _pack_fixed32(flags))
+    return b"".join(parts)
+
+
+@final
+class _Groups:
+    """Spans grouped by resource, then by instrumentation scope, as OTLP nests them (and
+    in the SDK's order: groups by equality, in order of first appearance). Hashing a
+    ``Resource`` serializes its attributes, so consecutive spans sharing the same objects
+    (the usual case) are grouped without hashing."""
+
+    __slots__ = ("_last", "resources")
+
+    def __init__(self) -> None:
+        self.resources: dict[Any, dict[Any, list[bytes]]] = {}
+        self._last: tuple[Any, Any, list[bytes]] | None = None
+
+    def add(self, span: ReadableSpan) -> None:
+        resource, scope = span.resource, span.instrumentation_scope or None
+        last = self._last
+        if last is not None and last[0] is resource and last[1] is scope:
+            encoded = last[2]
+        else:
+            scopes = self.resources.get(resource)
+            if scopes is None:
+                scopes = self.resources[resource] = {}
+            found = scopes.get(scope)
+            if found is None:
+                found = scopes[scope] = []
+            encoded = found
+            self._last = (resource, scope, encoded)
+        encoded.append(_field(b"\x12", _span(span)))
+
+    def request(self) -> bytes:
+        out = []
+        for resource, scopes in self.resources.items():
+            body = [_field(b"\x0a", b"".join(_attributes(b"\x0a", resource.attributes)))]
+            for scope, spans in scopes.items():
+                scope_spans = [_field(b"\x0a", _scope(scope)), *spans]
+                if scope is not None and scope.schema_url:
+                    scope_spans.append(_field(b"\x1a", scope.schema_url.encode()))
+                body.append(_field(b"\x12", b"".join(scope_spans)))
+            if resource.schema_url:
+                body.append(_field(b"\x1a", resource.schema_url.encode()))
+            out.append(_field(b"\x0a", b"".join(body)))
+        return b"".join(out)
+
+
+def _scope(scope: Any) -> bytes:
+    if scope is None:
+        return b""
+    body = [_field(b"\x0a", scope.name.encode())] if scope.name else []
+    if scope.version:
+        body.append(_field(b"\x12", scope.version.encode()))
+    body += _attributes(b"\x1a", scope.attributes)
+    return b"".join(body)
+
+
+def encode_spans(spans: Sequence[ReadableSpan], *, yield_every: int = 0) -> bytes:
+    """The serialized ``ExportTraceServiceRequest`` for ``spans``: the message the SDK's
+    ``encode_spans`` builds, as bytes.
+
+    With ``yield_every=N``, the encoding thread lets other threads have the GIL after
+    every ``N`` spans (see :class:`OTLPSpanExporter`)."""
+    groups = _Groups()
+    if yield_every <= 0:
+        for span in spans:
+            groups.add(span)
+    else:
+        for i, span in enumerate(spans, 1):
+            groups.add(span)
+            if not i % yield_every:
+                time.sleep(0)
+    return groups.request()
+
+
+class OTLPSpanExporter(_SdkOTLPSpanExporter):
+    """The SDK's OTLP/HTTP span exporter (same arguments, same ``OTEL_EXPORTER_OTLP_*``
+    variables) encoding with :func:`encode_spans`, ~4x cheaper than the SDK's encoder."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        client = getattr(self, "_client", None)
+        metrics = getattr(self, "_metrics", None)
+        limit = getattr(self, "_max_request_size", None)
+        if client is None or metrics is None or not isinstance(limit, int):
+            return super().export(spans)  # an SDK laid out differently: its own path
+        if self._shutdown:
+            log.warning("Exporter already shutdown, ignoring batch")
+            return SpanExportResult.FAILURE
+        with metrics.export_operation(len(spans)) as result:
+            try:
+                data = encode_spans(spans, yield_every=_YIELD_EVERY)
+            except Exception as error:
+                log.error("Failed to encode span batch: %s", error)
+                result.error = error
+                return SpanExportResult.FAILURE
+            if 0 < limit < len(data):
+                log.warning("Dropping span batch: serialized size %d bytes exceeds "
+                            "max_request_size %d bytes.", len(data), limit)
+                result.error = ValueError(f"span batch of {len(data)} bytes exceeds "
+                                          f"max_request_size {limit}")
+                return SpanExportResult.FAILURE
+            outcome = client.export(data)
+            if not outcome.success:
+                result.error = outcome.error
+                if outcome.status_code is not None:
+                    result.error_attrs = {"http.response.status_code": outcome.status_code}
+                return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
