@@ -234,10 +234,12 @@ class Agent(Generic[OutT]):
             with agent_budget(self.name, self.budget):
                 return await self._loop(ctx, input, policy)
         primary = ctx._ex.runtime.model(self.model)
+        first_step_id = ctx._next_step_id()
         handle = ic.agent_started(AgentStartInput(
-            ctx.run_id, self.name, ctx._next_step_id(), primary.provider, primary.name,
+            ctx.run_id, self.name, first_step_id, primary.provider, primary.name,
             live=not ctx._ex.replaying,
-            capture_content=None if self.capture_content is INHERIT else self.capture_content))
+            capture_content=None if self.capture_content is INHERIT else self.capture_content,
+            since=ctx._ex.first_seen(first_step_id)))
         try:
             with agent_budget(self.name, self.budget):
                 result = await self._loop(ctx, input, policy)

@@ -110,6 +110,7 @@ class Execution:
         self.rng = random.Random(f"{run.run_id}:{lease.token}")
         self.recorded: dict[str, list[Event]] = {}
         self._redriven: dict[str, int] = {}
+        self._call_started: dict[str, str] = {}
         for ev in events:
             if ev.kind == EventKind.RUN_REDRIVEN and ev.step_id is not None:
                 # `dlq retry`: the step that dead-lettered the run runs again, afresh.
@@ -119,6 +120,8 @@ class Execution:
                 self.recorded[ev.step_id] = kept
             elif ev.step_id is not None and ev.kind in _STEP_EVENTS:
                 self.recorded.setdefault(ev.step_id, []).append(ev)
+            elif ev.kind == EventKind.CALL_TIMED and ev.step_id is not None:
+                self._call_started[ev.step_id] = ev.payload or ""
             elif ev.kind == EventKind.RUN_FORKED:
                 fork = json.loads(ev.payload or "{}")
                 self.fork_at = _step_sort_key(str(fork.get("at", "")))
@@ -147,9 +150,24 @@ class Execution:
         # Timers and signal waits are no spans: they have no outcome to end one.
         if self.interceptor.active and name != "stalwart.sleep" and not name.startswith(
                 "signal:"):
-            first = self.recorded.get(step_id)
             self.interceptor.step_started(StepStartInput(
-                self.run_id, step_id, name, first[0].created_at if first else None))
+                self.run_id, step_id, name, self.first_seen(step_id)))
+
+    def first_seen(self, step_id: str) -> float | None:
+        """When step ``step_id`` began, as the journal tells (``None``: not recorded): its
+        call's recorded start (``call_timed``), else its first event's time."""
+        events = self.recorded.get(step_id)
+        if not events:
+            return None
+        timed = self._call_started.get(step_id)
+        if timed:
+            try:
+                started = json.loads(timed).get("started_at")
+            except (ValueError, AttributeError):
+                started = None
+            if isinstance(started, int | float):
+                return float(started)
+        return events[0].created_at
 
     def model_override(self, step_id: str) -> str | None:
         """The model a fork runs agent turns at and after its fork point with."""

@@ -18,9 +18,11 @@ from stalwart.telemetry import span_id_for, trace_id_for
 CHILD = Path(__file__).with_name("trace_child.py")
 
 
-def run_child(store: Path, spans: Path, run_id: str) -> subprocess.CompletedProcess[str]:
+def run_child(store: Path, spans: Path, run_id: str,
+              kill_at: str = "b1") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.run([sys.executable, str(CHILD), str(store), str(spans), run_id],
+    return subprocess.run([sys.executable, str(CHILD), str(store), str(spans), run_id,
+                           kill_at],
                           capture_output=True, text=True, timeout=90, env=env, check=False)
 
 
@@ -57,3 +59,32 @@ def test_sigkill_and_resume_keep_one_trace_without_duplicate_spans(tmp_path: Pat
                    "step b2"}  # spans of both processes hang under the one run span
     known = set(ids)
     assert all(r["parent"] in known for r in rows if r["parent"] is not None)
+
+
+@pytest.mark.slow
+def test_an_agent_resumed_mid_loop_keeps_its_start_and_its_parent(tmp_path: Path) -> None:
+    """Process 1 dies inside the agent's tool call; process 2 replays the first model turn
+    and finishes the agent. The agent's span (emitted once, by process 2) starts when the
+    agent's first model call began in process 1, not when process 2 resumed it."""
+    store, spans, run_id = tmp_path / "j.db", tmp_path / "spans.jsonl", "crash-trace-2"
+    first = run_child(store, spans, run_id, kill_at="lookup")
+    assert first.returncode == -signal.SIGKILL, first.stderr
+    second = run_child(store, spans, run_id, kill_at="lookup")
+    assert second.returncode == 0, second.stderr
+
+    rows = [json.loads(line) for line in spans.read_text().splitlines()]
+    pids = sorted({r["pid"] for r in rows}, key=[r["pid"] for r in rows].index)
+    first_pid, second_pid = pids
+    assert sorted(r["name"] for r in rows if r["pid"] == first_pid) == sorted([
+        "step a1", "step a2", "step a3", "step chat:scout", "chat scout"])
+    (agent,) = [r for r in rows if r["name"] == "invoke_agent scout"]
+    assert agent["pid"] == second_pid
+    first_turn = next(r for r in rows if r["name"] == "step chat:scout")
+    assert first_turn["pid"] == first_pid and first_turn["parent"] == agent["span_id"]
+    # It starts with its first model call as journaled (the journal has no earlier
+    # mark of the agent), inside the first turn's span and before the resume.
+    assert first_turn["start"] <= agent["start"] < first_turn["end"]
+    resumed = [r for r in rows if r["pid"] == second_pid and r is not agent]
+    assert agent["start"] < min(r["start"] for r in resumed if r["name"] != "workflow traced")
+    assert agent["end"] >= max(r["end"] for r in rows if r["parent"] == agent["span_id"])
+    assert max(Counter(r["span_id"] for r in rows).values()) == 1

@@ -1,11 +1,12 @@
 """The traced process that ``test_crash_resume.py`` kills and starts again.
 
-``python trace_child.py STORE SPANS_FILE RUN_ID`` starts (or resumes) one run of
-``traced`` on the SQLite journal ``STORE`` with tracing on, and exports every ended span
-as one fsync'ed JSON line to ``SPANS_FILE`` (a real SDK exporter, synchronous, so a span
-is on disk once it has ended). The step ``b1`` SIGKILLs its own process the first time
-it runs (a marker file beside the spans remembers it), after ``a1..a3`` and an agent
-turn were journaled and exported.
+``python trace_child.py STORE SPANS_FILE RUN_ID [KILL_AT]`` starts (or resumes) one run
+of ``traced`` on the SQLite journal ``STORE`` with tracing on, and exports every ended
+span as one fsync'ed JSON line to ``SPANS_FILE`` (a real SDK exporter, synchronous, so a
+span is on disk once it has ended). The step ``KILL_AT`` (default ``b1``, after ``a1..a3``
+and an agent were journaled and exported; or ``lookup``, the agent's tool, mid-agent)
+SIGKILLs its own process the first time it runs (a marker file beside the spans
+remembers it).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class FileExporter(SpanExporter):
             line = json.dumps({
                 "name": s.name, "trace_id": s.context.trace_id, "span_id": s.context.span_id,
                 "parent": s.parent.span_id if s.parent is not None else None,
-                "pid": os.getpid(), "attributes": dict(s.attributes or {})}, default=str)
+                "pid": os.getpid(), "start": s.start_time, "end": s.end_time,
+                "attributes": dict(s.attributes or {})}, default=str)
             os.write(self.fd, (line + "\n").encode())
         os.fsync(self.fd)
         return SpanExportResult.SUCCESS
@@ -47,12 +49,17 @@ class FileExporter(SpanExporter):
 
 
 MARKER: Path | None = None
+KILL_AT = "b1"
+
+
+def die_once_at(label: str) -> None:
+    if label == KILL_AT and MARKER is not None and not MARKER.exists():
+        MARKER.write_text("killed once")
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def work(label: str) -> str:
-    if label == "b1" and MARKER is not None and not MARKER.exists():
-        MARKER.write_text("killed once")
-        os.kill(os.getpid(), signal.SIGKILL)
+    die_once_at(label)
     return label.upper()
 
 
@@ -63,6 +70,7 @@ def script(request: ModelRequest) -> str | ToolCallRequest:
 
 
 def lookup(q: str) -> str:
+    die_once_at("lookup")
     return f"{q}: bright"
 
 
@@ -96,5 +104,6 @@ async def main(store: str, spans: Path, run_id: str) -> str:
 
 if __name__ == "__main__":
     store_path, spans_path, rid = sys.argv[1:4]
+    KILL_AT = sys.argv[4] if len(sys.argv) > 4 else KILL_AT
     MARKER = Path(spans_path).with_suffix(".killed")
     print(json.dumps(asyncio.run(main(store_path, Path(spans_path), rid))), flush=True)

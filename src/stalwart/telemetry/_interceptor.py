@@ -109,6 +109,9 @@ class AgentStartInput:
     """False while the run replays: the agent may finish without running anything."""
     capture_content: CaptureContent | None = None
     """The agent's own choice; ``None`` inherits the runtime's."""
+    since: float | None = None
+    """When the agent began, from the journal, if its first step is recorded (a resumed
+    run): the start of its first model call. ``None``: it begins now."""
 
 
 @final

@@ -337,7 +337,8 @@ class OTelInterceptor(Interceptor):
                         "gen_ai.request.model": input.model,
                         "stalwart.run_id": input.run_id,
                         "stalwart.step_id": input.first_step_id},
-            started=self._clock.now(), capture=input.capture_content)
+            started=self._clock.now() if input.since is None else input.since,
+            capture=input.capture_content)
         frames = (*self._agents.get(), frame)
         frame.token = self._agents.set(frames)
         if input.live:
