@@ -375,7 +375,8 @@ def _completer(model: Model, request: ModelRequest, ctx: Context, agent: str) ->
             ctx.run_id, step_id, attempt, f"{model.provider}:{model.name}", model.provider,
             model.name, request, agent))
         try:
-            response = await model.complete(request)
+            with ic.activated(ctx.run_id, step_id, handle):
+                response = await model.complete(request)
         except BaseException as exc:
             ic.model_call_ended(ModelCallEndInput(handle, error=exc))
             raise

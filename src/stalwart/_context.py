@@ -429,7 +429,8 @@ class Context:
             handle = ic.tool_call_started(ToolCallStartInput(
                 ex.run_id, step_id, attempt, tool.name, _tool_call_id, args))
             try:
-                result = await ex.invoke(info, tool.fn, (), kwargs, is_async=tool.is_async)
+                result = await ex.invoke(info, tool.fn, (), kwargs, is_async=tool.is_async,
+                                         handle=handle)
             except BaseException as exc:
                 ic.tool_call_ended(ToolCallEndInput(handle, error=exc))
                 raise

@@ -246,16 +246,20 @@ class Execution:
     # -- running steps ---------------------------------------------------------------
 
     async def invoke(self, info: StepInfo, fn: Callable[..., Any], args: tuple[Any, ...],
-                     kwargs: dict[str, Any], *, is_async: bool) -> Any:
+                     kwargs: dict[str, Any], *, is_async: bool, handle: Any = None) -> Any:
+        """Call the user's ``fn`` for a step or tool (``handle``: its tool call's, from
+        the interceptor), in a thread unless it is async."""
         token = bind_step_context(info)
         try:
-            if is_async:
-                return await fn(*args, **kwargs)
-            cctx = contextvars.copy_context()
-            loop = asyncio.get_running_loop()
-            with self.clock.activity():  # a virtual clock must not jump past a thread
-                return await loop.run_in_executor(
-                    self.runtime.thread_pool, functools.partial(cctx.run, fn, *args, **kwargs))
+            with self.interceptor.activated(info.run_id, info.step_id, handle):
+                if is_async:
+                    return await fn(*args, **kwargs)
+                cctx = contextvars.copy_context()
+                loop = asyncio.get_running_loop()
+                with self.clock.activity():  # a virtual clock must not jump past a thread
+                    return await loop.run_in_executor(
+                        self.runtime.thread_pool,
+                        functools.partial(cctx.run, fn, *args, **kwargs))
         finally:
             unbind_step_context(token)
 

@@ -19,6 +19,10 @@ Where the runtime calls them:
 ``tool_call_*``        around one attempt of one tool (``execute_tool {name}``)
 ``policy_noted``       a policy acted: ``retried``, ``fallback``, ``fallback_answered``,
                        ``breaker_rejected``, ``check_failed``...
+``activated``          around user code: a step's function, a tool, a model adapter's
+                       call; what the interceptor makes current there (OpenTelemetry:
+                       the step's, tool call's or model call's span, so spans the code
+                       makes itself nest under it)
 =====================  ==============================================================
 
 The ``*_started`` hooks of agents, model calls and tool calls return a handle that the
@@ -28,6 +32,7 @@ must not block; an exception from a hook propagates (interceptors must not raise
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, final
@@ -221,8 +226,18 @@ class Interceptor:
     def policy_noted(self, input: PolicyInput) -> None:
         """A resilience policy acted."""
 
+    def activated(self, run_id: str, step_id: str,
+                  handle: Any = None) -> contextlib.AbstractContextManager[object]:
+        """A context manager entered around user code that runs for step ``step_id``:
+        the step's function, or the tool or model call whose ``*_started`` hook
+        returned ``handle``."""
+        return _NO_SCOPE
+
     def close(self) -> None:
         """The runtime closes."""
+
+
+_NO_SCOPE: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
 
 
 class _NoOp(Interceptor):

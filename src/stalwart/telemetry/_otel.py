@@ -26,6 +26,7 @@ would have built (see ``_spans``); otherwise they go through ``Tracer.start_span
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import copy
 import hashlib
@@ -36,6 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import metrics as metrics_api
 from opentelemetry import trace as trace_api
 from opentelemetry.context import Context as OtelContext
@@ -144,6 +146,25 @@ class _Call:
 
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_NOTHING: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+
+
+class _Current:
+    """Makes a span OpenTelemetry's current span (in this task or thread) while entered."""
+
+    __slots__ = ("_parent", "_token")
+
+    def __init__(self, parent: SpanContext) -> None:
+        self._parent = parent
+        self._token: object = None
+
+    def __enter__(self) -> object:
+        self._token = otel_context.attach(
+            trace_api.set_span_in_context(NonRecordingSpan(self._parent)))
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        otel_context.detach(self._token)  # type: ignore[arg-type]
 
 
 def _ns(seconds: float) -> int:
@@ -480,6 +501,22 @@ class OTelInterceptor(Interceptor):
         self._finish_call(call, input.error, {
             "gen_ai.operation.name": "execute_tool",
             "gen_ai.tool.name": call.attributes["gen_ai.tool.name"]})
+
+    # -- user code -------------------------------------------------------------------
+
+    def activated(self, run_id: str, step_id: str,
+                  handle: Any = None) -> contextlib.AbstractContextManager[object]:
+        """Make the call's (else the step's) span OpenTelemetry's current span, so spans
+        the user's code starts (its own, or an instrumented library's) are its children."""
+        if isinstance(handle, _Call):
+            parent = handle.span.get_span_context()
+        else:
+            state = self._runs.get(run_id)
+            span = state.steps.get(step_id) if state is not None else None
+            if span is None:
+                return _NOTHING
+            parent = span.get_span_context()
+        return _Current(parent)
 
     # -- policies --------------------------------------------------------------------
 

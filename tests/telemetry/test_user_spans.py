@@ -1,0 +1,93 @@
+"""Spans that user code makes itself (or an instrumented library it calls) nest under the
+stalwart span it runs in: a step's, a tool call's, a model call's."""
+
+from __future__ import annotations
+
+from opentelemetry import trace as trace_api
+
+import stalwart as sw
+from stalwart.models import ModelRequest, ModelResponse, ToolCallRequest
+from stalwart.testing import MemoryStore
+
+from .conftest import Otel
+
+
+TRACERS: list[trace_api.Tracer] = []
+
+
+def user_span(name: str) -> None:
+    """What instrumented code does: a span under whatever span is current."""
+    with TRACERS[-1].start_as_current_span(name):
+        pass
+
+
+class Instrumented:
+    """A model adapter whose HTTP client is instrumented (it makes a span per request)."""
+
+    def __init__(self, inner: sw.SimulatedModel) -> None:
+        self.inner = inner
+
+    @property
+    def provider(self) -> str:
+        return self.inner.provider
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        user_span("POST /v1/chat/completions")
+        return await self.inner.complete(request)
+
+
+def script(request: ModelRequest) -> str | ToolCallRequest:
+    if request.messages[-1].role == "user":
+        return ToolCallRequest.create("call-1", "lookup", {"q": "sky"})
+    return "the sky is blue"
+
+
+def lookup(q: str) -> str:  # sync: runs in a worker thread
+    user_span("SELECT facts")
+    return f"{q} is blue"
+
+
+def fetch(url: str) -> str:  # a sync step, in a worker thread
+    user_span(f"GET {url}")
+    return "page"
+
+
+async def parse(text: str) -> int:  # an async step, on the loop
+    user_span("parse")
+    return len(text)
+
+
+async def test_user_spans_nest_under_steps_tools_and_model_calls(otel: Otel) -> None:
+    TRACERS.append(otel.tracer_provider.get_tracer("user-code"))
+    app = sw.Runtime(MemoryStore(), clock=sw.FakeClock(autojump=True),
+                     models={"sim:sky": Instrumented(sw.SimulatedModel("sky", script=script))},
+                     tracing=otel.tracing())
+    agent = sw.Agent("guide", "sim:sky", tools=[sw.Tool(lookup)])
+
+    @app.workflow(name="nested")
+    async def nested(ctx: sw.Context) -> str:
+        page = await ctx.step(fetch, "https://example.com", name="fetch")
+        await ctx.step(parse, page, name="parse")
+        return await agent.run(ctx, "sky?")
+
+    async with app:
+        assert await app.run(nested, run_id="nested-1") == "the sky is blue"
+
+    def parent_of(name: str) -> str:
+        (span,) = [s for s in otel.spans() if s.name == name]
+        assert span.parent is not None and span.context.trace_id == span.parent.trace_id
+        (parent,) = [s for s in otel.spans() if s.context.span_id == span.parent.span_id]
+        return parent.name
+
+    assert parent_of("GET https://example.com") == "step fetch"
+    assert parent_of("parse") == "step parse"
+    assert parent_of("SELECT facts") == "execute_tool lookup"
+    model_spans = [s for s in otel.spans() if s.name == "POST /v1/chat/completions"]
+    chats = {s.context.span_id for s in otel.spans() if s.name == "chat sky"}
+    assert len(model_spans) == 2 and {s.parent.span_id for s in model_spans} == chats
+    # Outside a step, nothing of the run is current any more.
+    assert not trace_api.get_current_span().get_span_context().is_valid
