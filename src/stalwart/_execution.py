@@ -111,10 +111,15 @@ class Execution:
         self.recorded: dict[str, list[Event]] = {}
         self._redriven: dict[str, int] = {}
         self._call_started: dict[str, str] = {}
+        self.redrives = 0
+        """How many times ``dlq retry`` sent the run through again."""
+        self.redriven_at: float | None = None
         for ev in events:
             if ev.kind == EventKind.RUN_REDRIVEN and ev.step_id is not None:
                 # `dlq retry`: the step that dead-lettered the run runs again, afresh.
                 self._redriven[ev.step_id] = ev.seq
+                self.redrives += 1
+                self.redriven_at = ev.created_at
                 kept = [e for e in self.recorded.get(ev.step_id, ())
                         if e.kind != EventKind.STEP_FAILED]
                 self.recorded[ev.step_id] = kept
@@ -270,7 +275,9 @@ class Execution:
         or ``None`` if the lease was lost (nothing more was written)."""
         set_root_scope(self.root_scope)
         ctx = Context(self)
-        self.interceptor.run_started(RunStartInput(self.run, resumed=bool(self.recorded)))
+        self.interceptor.run_started(RunStartInput(self.run, resumed=bool(self.recorded),
+                                                   redrives=self.redrives,
+                                                   redriven_at=self.redriven_at))
         try:
             if self.cancel_requested:
                 raise Cancelled()

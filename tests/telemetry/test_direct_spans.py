@@ -239,3 +239,7 @@ def test_run_ids_match_span_id_for() -> None:
         assert ids.span(*what) == span_id_for("run-42", *what)
     assert ids.step("1/0/2") == span_id_for("run-42", "step", "1/0/2")
     assert RunIds("run-43").step("1") != ids.step("1")
+    redriven = RunIds("run-42", redrive=2)
+    assert redriven.span("run") == span_id_for("run-42", "redrive", "2", "run")
+    assert redriven.step("5") == span_id_for("run-42", "redrive", "2", "step", "5")
+    assert redriven.step("5") not in (ids.step("5"), RunIds("run-42", redrive=1).step("5"))

@@ -1,16 +1,21 @@
 """Spans that user code makes itself (or an instrumented library it calls) nest under the
-stalwart span it runs in: a step's, a tool call's, a model call's."""
+stalwart span it runs in: a step's, a tool call's, a model call's. A redriven run's
+spans go under a run span of their own."""
 
 from __future__ import annotations
 
+from collections import Counter
+
+import pytest
 from opentelemetry import trace as trace_api
+from opentelemetry.trace import StatusCode
 
 import stalwart as sw
 from stalwart.models import ModelRequest, ModelResponse, ToolCallRequest
+from stalwart.telemetry import span_id_for
 from stalwart.testing import MemoryStore
 
 from .conftest import Otel
-
 
 TRACERS: list[trace_api.Tracer] = []
 
@@ -91,3 +96,46 @@ async def test_user_spans_nest_under_steps_tools_and_model_calls(otel: Otel) -> 
     assert len(model_spans) == 2 and {s.parent.span_id for s in model_spans} == chats
     # Outside a step, nothing of the run is current any more.
     assert not trace_api.get_current_span().get_span_context().is_valid
+
+
+async def test_a_redriven_run_gets_a_run_span_of_its_own_under_the_first(otel: Otel) -> None:
+    """The run's span ended when the run was dead-lettered; ``dlq retry`` does not emit
+    it again but opens a child span for what the redrive runs."""
+    healthy: list[bool] = []
+
+    async def service() -> str:
+        if not healthy:
+            raise TimeoutError("service down")
+        return "served"
+
+    tool = sw.Tool(service, policy=sw.Policy(retry=sw.Retry(max_attempts=2, initial=0.01),
+                                             breaker=None))
+    app = sw.Runtime(MemoryStore(), clock=sw.FakeClock(autojump=True), tracing=otel.tracing())
+
+    @app.workflow(name="redriven")
+    async def redriven(ctx: sw.Context) -> str:
+        await ctx.step(parse, "abc", name="before")
+        return await ctx.tool(tool)
+
+    async with app:
+        handle = await app.start(redriven, run_id="redriven-1")
+        with pytest.raises(sw.RunFailedError):
+            await handle.result()
+        healthy.append(True)
+        await app.redrive(handle.run_id)
+        assert await handle.result() == "served"
+
+    spans = otel.spans()
+    assert max(Counter(s.context.span_id for s in spans).values()) == 1
+    first, second = sorted(otel.named("workflow redriven"), key=lambda s: s.start_time or 0)
+    assert first.context.span_id == span_id_for("redriven-1", "run")
+    assert first.attributes["stalwart.run.status"] == "dead_lettered"
+    assert first.status.status_code is StatusCode.ERROR
+    assert second.parent is not None and second.parent.span_id == first.context.span_id
+    assert second.attributes["stalwart.redrive"] == 1
+    assert second.attributes["stalwart.run.status"] == "completed"
+    assert (second.start_time or 0) >= (first.end_time or 0)
+    tool_steps = sorted(otel.named("step tool:service"), key=lambda s: s.start_time or 0)
+    assert [s.parent.span_id for s in tool_steps if s.parent] == [
+        first.context.span_id, second.context.span_id]
+    assert [s.status.status_code for s in tool_steps] == [StatusCode.ERROR, StatusCode.UNSET]

@@ -42,13 +42,18 @@ def span_id_for(run_id: str, *what: str) -> int:
 @final
 class RunIds:
     """:func:`span_id_for` for one run, cheaper: the hash of the run's prefix is kept and
-    copied for each span (``RunIds(r).span(*what) == span_id_for(r, *what)``)."""
+    copied for each span (``RunIds(r).span(*what) == span_id_for(r, *what)``).
+
+    ``redrive=n`` (n > 0) gives the ids of what the run's n-th redrive (``dlq retry``)
+    executes, distinct from those of earlier executions, which were emitted already:
+    ``RunIds(r, redrive=n).span(*what) == span_id_for(r, "redrive", str(n), *what)``."""
 
     __slots__ = ("_prefix", "_step", "run_id")
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, *, redrive: int = 0) -> None:
         self.run_id = run_id
-        self._prefix = _hasher(8, ("span", run_id))
+        self._prefix = _hasher(8, ("span", run_id) if not redrive
+                               else ("span", run_id, "redrive", str(redrive)))
         self._step = self._prefix.copy()
         self._step.update(b"step\x00")
 

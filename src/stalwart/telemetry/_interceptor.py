@@ -69,6 +69,11 @@ class RunStartInput:
     run: RunRecord
     resumed: bool
     """The journal already held events for the run (this execution replays first)."""
+    redrives: int = 0
+    """How many times the run was sent through again after it was dead-lettered
+    (``stalwart dlq retry``); 0 for a run that never was."""
+    redriven_at: float | None = None
+    """When it was last sent through again (``None``: never)."""
 
 
 @final

@@ -17,6 +17,13 @@ the run or dies leaves it (and any step it had not finished) unexported, and the
 execution re-creates it with the same ids. Span timestamps come from the runtime's
 clock, so under a :class:`~stalwart.FakeClock` they are virtual, like the journal's.
 
+A run sent through again after it was dead-lettered (``dlq retry``) already emitted its
+run span (with the error); each redrive gets a ``workflow`` span of its own, a child of
+the run's, and what it executes gets ids of its own (``RunIds(run, redrive=n)``).
+
+User code (a step's function, a tool, a model adapter) runs with the step's or call's span
+as OpenTelemetry's current span, so spans it or an instrumented library starts nest there.
+
 Stalwart's own spans are parented explicitly (by id), not through OpenTelemetry's
 ambient context, because a run's steps span several tasks and several processes. When the
 provider samples everything and no processor looks at spans as they start (the usual
@@ -269,10 +276,18 @@ class OTelInterceptor(Interceptor):
             attributes["stalwart.parent_run_id"] = run.parent_run_id
         if input.resumed:
             attributes["stalwart.resumed"] = True
-        ids = RunIds(run.run_id)
+        ids = RunIds(run.run_id, redrive=input.redrives)
+        at = run.created_at
+        if input.redrives:
+            # The run's span ended when it was dead-lettered, and its steps' spans with
+            # it: what a redrive executes gets ids of its own, under a span of its own
+            # that is a child of the run's (a span is emitted once).
+            parent = SpanContext(trace_id, span_id_for(run.run_id, "run"), False, _SAMPLED)
+            attributes["stalwart.redrive"] = input.redrives
+            at = input.redriven_at if input.redriven_at is not None else self._clock.now()
         span = self._start(f"workflow {run.workflow}", trace_id=trace_id,
                            span_id=ids.span("run"), parent=parent, attributes=attributes,
-                           at=run.created_at)
+                           at=at)
         self._runs[run.run_id] = _Run(trace_id, ids, span, span.get_span_context())
         self._traces[run.run_id] = trace_id
         if len(self._traces) > _TRACES_KEPT:
