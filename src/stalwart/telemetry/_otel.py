@@ -128,6 +128,8 @@ class _Run:
     span: SpanLike
     context: SpanContext
     """The run span's context: its trace id, flags and the parent of its steps."""
+    direct: bool = True
+    """Its spans skip the SDK's ``Span`` (see ``_spans``); else the sampler sees each."""
     steps: dict[str, SpanLike] = field(default_factory=dict)
     retries: dict[str, int] = field(default_factory=dict)
 
@@ -153,6 +155,7 @@ class _Call:
 
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _NOTHING: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
 
 
@@ -228,6 +231,8 @@ class OTelInterceptor(Interceptor):
         self._clock = runtime.clock
         self._runtime = weakref.ref(runtime)
         self._runs: dict[str, _Run] = {}
+        self._dropped: dict[str, SpanContext] = {}
+        """Runs executing here that the sampler dropped: their (unsampled) context."""
         self._traces: dict[str, int] = {}
         self._agents: contextvars.ContextVar[tuple[_Agent, ...]] = contextvars.ContextVar(
             "stalwart_otel_agents", default=())
@@ -238,10 +243,10 @@ class OTelInterceptor(Interceptor):
     # -- spans -----------------------------------------------------------------------
 
     def _start(self, name: str, *, trace_id: int, span_id: int, parent: SpanContext | None,
-               kind: SpanKind = SpanKind.INTERNAL, attributes: dict[str, Any] | None = None,
-               at: float | None = None) -> SpanLike:
+               direct: bool, kind: SpanKind = SpanKind.INTERNAL,
+               attributes: dict[str, Any] | None = None, at: float | None = None) -> SpanLike:
         start = _ns(self._clock.now() if at is None else at)
-        if self._sink.direct():
+        if direct and self._sink.direct():
             return DirectSpan(self._sink, name, SpanContext(trace_id, span_id, False, _SAMPLED),
                               parent, kind, attributes, start)
         ctx = OtelContext() if parent is None else trace_api.set_span_in_context(
@@ -285,15 +290,24 @@ class OTelInterceptor(Interceptor):
             parent = SpanContext(trace_id, span_id_for(run.run_id, "run"), False, _SAMPLED)
             attributes["stalwart.redrive"] = input.redrives
             at = input.redriven_at if input.redriven_at is not None else self._clock.now()
-        span = self._start(f"workflow {run.workflow}", trace_id=trace_id,
-                           span_id=ids.span("run"), parent=parent, attributes=attributes,
-                           at=at)
-        self._runs[run.run_id] = _Run(trace_id, ids, span, span.get_span_context())
         self._traces[run.run_id] = trace_id
         if len(self._traces) > _TRACES_KEPT:
             del self._traces[next(iter(self._traces))]
+        sampled = self._sink.sampled(trace_id)
+        if sampled is False:
+            # Dropped by the sampler, as each of its spans would be: none is made. Code
+            # inside still sees the run's (unsampled) context, so its spans drop too.
+            self._dropped[run.run_id] = SpanContext(trace_id, ids.span("run"), False,
+                                                    _NOT_SAMPLED)
+            return
+        span = self._start(f"workflow {run.workflow}", trace_id=trace_id,
+                           span_id=ids.span("run"), parent=parent, attributes=attributes,
+                           at=at, direct=sampled is True)
+        self._runs[run.run_id] = _Run(trace_id, ids, span, span.get_span_context(),
+                                      direct=sampled is True)
 
     def run_ended(self, input: RunEndInput) -> None:
+        self._dropped.pop(input.run.run_id, None)
         state = self._runs.pop(input.run.run_id, None)
         if state is None or input.status not in TERMINAL_STATUSES:
             return  # parked or interrupted: the execution that ends the run emits it
@@ -320,7 +334,7 @@ class OTelInterceptor(Interceptor):
                 frame.span = self._start(
                     f"invoke_agent {frame.name}", trace_id=parent.trace_id,
                     span_id=frame.span_id, parent=parent, attributes=dict(frame.attributes),
-                    at=frame.started)
+                    at=frame.started, direct=state.direct)
             parent = frame.span.get_span_context()
         return parent
 
@@ -333,7 +347,7 @@ class OTelInterceptor(Interceptor):
         parent = self._parent_of_step(run_id, state)
         attributes = {"stalwart.run_id": run_id, "stalwart.step_id": step_id,
                       "stalwart.step.name": name}
-        if self._sink.direct():
+        if state.direct and self._sink.direct():
             state.steps[step_id] = DirectSpan(
                 self._sink, f"step {name}",
                 SpanContext(state.trace_id, state.ids.step(step_id), False, _SAMPLED),
@@ -342,7 +356,7 @@ class OTelInterceptor(Interceptor):
             return
         state.steps[step_id] = self._start(
             f"step {name}", trace_id=state.trace_id, span_id=state.ids.step(step_id),
-            parent=parent, at=input.since, attributes=attributes)
+            parent=parent, at=input.since, attributes=attributes, direct=state.direct)
 
     def step_ended(self, input: StepEndInput) -> None:
         state = self._runs.get(input.run_id)
@@ -419,12 +433,17 @@ class OTelInterceptor(Interceptor):
         state = self._runs.get(run_id)
         step = state.steps.get(step_id) if state is not None else None
         if state is None or step is None:
-            return None
+            dropped = self._dropped.get(run_id)
+            if dropped is None:
+                return None
+            # A run its sampler dropped: no span, but the call's metrics all the same.
+            return _Call(NonRecordingSpan(dropped), self._clock.now(), attributes, False)
         at = self._clock.now()
         parent = step.get_span_context()
         span = self._start(name, trace_id=parent.trace_id,
                            span_id=state.ids.span("call", step_id, *what), parent=parent,
-                           kind=kind, attributes=dict(attributes), at=at)
+                           kind=kind, attributes=dict(attributes), at=at,
+                           direct=state.direct)
         return _Call(span, at, attributes, self._capture())
 
     def model_call_started(self, input: ModelCallStartInput) -> Any:
@@ -529,7 +548,8 @@ class OTelInterceptor(Interceptor):
             state = self._runs.get(run_id)
             span = state.steps.get(step_id) if state is not None else None
             if span is None:
-                return _NOTHING
+                dropped = self._dropped.get(run_id)
+                return _NOTHING if dropped is None else _Current(dropped)
             parent = span.get_span_context()
         return _Current(parent)
 

@@ -14,8 +14,11 @@ at any time):
 - the sampler is ``ALWAYS_ON``, or ``ParentBased`` with ``ALWAYS_ON`` for roots and for
   sampled local parents (the SDK's default, ``parentbased_always_on``). Every stalwart
   span is then recorded and sampled, with no sampler attributes, and its trace state is
-  its parent's (stalwart's parents have none). Any other sampler, ratio-based ones
-  included, gets the SDK path and decides for itself;
+  its parent's (stalwart's parents have none). Or the sampler decides a whole trace from
+  its id (``traceidratio``, ``parentbased_traceidratio``, ``parentbased_always_off``):
+  :meth:`SpanSink.sampled` then decides once per run, and a sampled run's spans are all
+  recorded and sampled as above, while a dropped run makes no span at all. Any other
+  sampler gets the SDK path and decides for itself;
 - every span processor's ``on_start`` and ``_on_ending`` are the SDK's no-ops (its
   ``SimpleSpanProcessor`` and ``BatchSpanProcessor``, or any processor that overrides
   neither). No processor could see the span before it ends;
@@ -39,7 +42,14 @@ from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, SpanProcessor
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
-from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, StaticSampler
+from opentelemetry.sdk.trace.sampling import (
+    Decision,
+    ParentBased,
+    ParentBasedTraceIdRatio,
+    Sampler,
+    StaticSampler,
+    TraceIdRatioBased,
+)
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AnyValue
@@ -92,11 +102,28 @@ def _samples_everything(sampler: Sampler) -> bool:
     return _always_on(sampler)
 
 
+def _per_trace(sampler: Sampler) -> Sampler | None:
+    """The sampler that decides a whole trace from its id alone, if ``sampler`` is one of
+    the SDK's that do: ``traceidratio``, or ``parentbased_*`` over a ratio or static
+    root, whose spans under a local parent follow that parent. ``None`` otherwise."""
+    if type(sampler) is TraceIdRatioBased:
+        return sampler
+    if type(sampler) in (ParentBased, ParentBasedTraceIdRatio):
+        root: Sampler = getattr(sampler, "_root")  # noqa: B009 - the SDK's own field
+        sampled = getattr(sampler, "_local_parent_sampled")  # noqa: B009
+        not_sampled = getattr(sampler, "_local_parent_not_sampled")  # noqa: B009
+        follows = (_always_on(sampled) and type(not_sampled) is StaticSampler
+                   and not_sampled._decision is Decision.DROP)
+        if follows and type(root) in (TraceIdRatioBased, StaticSampler):
+            return root
+    return None
+
+
 @final
 class SpanSink:
     """Where direct spans go: the span processor of one SDK tracer (see the module doc)."""
 
-    __slots__ = ("_checked", "_ok", "_processors_ok", "info", "limits", "plain_max",
+    __slots__ = ("_checked", "_ok", "_processors_ok", "_root", "info", "limits", "plain_max",
                  "processor", "processors", "resource", "scope", "tracer")
 
     def __init__(self, tracer: SdkTracer) -> None:
@@ -111,13 +138,28 @@ class SpanSink:
         most = self.limits.max_span_attributes
         self.plain_max: int = (-1 if self.limits.max_span_attribute_length is not None
                                else sys.maxsize if most is None else most)
-        self._ok = (_samples_everything(tracer.sampler) and self.scope is not None
-                    and isinstance(limits, SpanLimits)
+        self._ok = (self.scope is not None and isinstance(limits, SpanLimits)
                     and isinstance(getattr(tracer, "_tracer_metrics", _NO_METRICS), _NoMetrics))
+        self._root: Sampler | None = None
+        if not _samples_everything(tracer.sampler):
+            self._root = _per_trace(tracer.sampler)
+            if self._root is None:
+                self._ok = False  # any other sampler decides every span itself
         self._checked: object = None
         self._processors_ok = False
         self.processors: tuple[SpanProcessor, ...] | None = None
         """The provider's processors, when direct spans may go to them."""
+
+    def sampled(self, trace_id: int) -> bool | None:
+        """Whether the trace ``trace_id`` (a run's) is sampled, decided once for all its
+        spans as the sampler would decide each of them; ``None`` when the sampler must
+        see every span (the SDK path)."""
+        if not self._ok:
+            return None
+        if self._root is None:
+            return True
+        return self._root.should_sample(
+            None, trace_id, "").decision is Decision.RECORD_AND_SAMPLE
 
     def direct(self) -> bool:
         """Whether a span starting now may be a :class:`DirectSpan`."""
