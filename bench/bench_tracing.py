@@ -1,6 +1,7 @@
 """Tracing overhead: the core benchmark's W1 and W2 with tracing off and on, in one run.
 
-    python bench/bench_tracing.py [--synchronous FULL|NORMAL|both] [--rounds N] [--dir DIR]
+    python bench/bench_tracing.py [--synchronous FULL|NORMAL|both] [--rounds N] [--repeat R]
+                                  [--modes off,memory,otlp[,simple]] [--dir DIR]
 
 For each SQLite ``synchronous`` setting it runs bench_core's workloads (its own
 functions, on fresh files) three ways:
@@ -16,17 +17,22 @@ otlp    ``stalwart.telemetry.configure()`` from ``OTEL_EXPORTER_OTLP_ENDPOINT`` 
         at a local OTLP/HTTP receiver on 127.0.0.1 that this script starts in a process of
         its own (it decodes every protobuf payload): batched span export over HTTP and
         periodic metric export, as in production.
+otlp-proc  the same with ``configure(export_from="process")``: the batch processor hands
+        its batches to a child process that encodes and posts them
+        (``stalwart.telemetry.ProcessSpanExporter``), off this process's GIL.
 
 The measurements are interleaved in ``--rounds`` rounds: each round measures bench_core's
 floor (raw sqlite3, one row per transaction) and then each workload in every mode, the
-order of the modes rotating from one round to the next. A mode's ratio in a round is its
-throughput over ``off``'s in the same round. The table prints the median ratio per mode,
-the spread of the ratios over the rounds, and the median throughput, also as a multiple
-of the floor. On a shared machine, neighbours slow down some measurements; pairing each
-measurement with an ``off`` measured seconds before or after, and taking medians, keeps
-their effect out of the ratios. Every traced measurement checks that the exporter got
-one span per step plus one per run. Target (memory and otlp): tracing keeps >= 0.90 of
-W2's throughput (costs <= 10 %).
+order of the modes rotating from one round to the next; a measurement runs the workload
+``--repeat`` times back to back (fresh files) under one tracing setup, since one W2 lasts
+well under a second and a single fsync stall or collection would swing it. A mode's ratio
+in a round is its throughput over ``off``'s in the same round. The table prints the
+median ratio per mode, the spread of the ratios over the rounds, and the median
+throughput, also as a multiple of the floor. On a shared machine, neighbours slow down
+some measurements; pairing each measurement with an ``off`` measured seconds before or
+after, and taking medians, keeps their effect out of the ratios. Every traced
+measurement checks that the exporter got one span per step plus one per run. Target
+(memory and otlp): tracing keeps >= 0.90 of W2's throughput (costs <= 10 %).
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -63,8 +69,9 @@ import bench_core as core
 import stalwart as sw
 from stalwart.telemetry import OTLPReceiver, Tracing, configure
 
-MODES = ("off", "memory", "simple", "otlp")
-TARGET_MODES = ("memory", "otlp")
+MODES = ("off", "memory", "simple", "otlp", "otlp-proc")
+DEFAULT_MODES = ("off", "memory", "otlp", "otlp-proc")
+TARGET_MODES = ("memory", "otlp", "otlp-proc")
 TARGET_W2 = 0.90
 
 
@@ -130,9 +137,10 @@ class Mode:
             mp = MeterProvider(metric_readers=[InMemoryMetricReader()])
             self._providers = (tp, mp)
             self.tracing = Tracing(tracer_provider=tp, meter_provider=mp)
-        elif self.name == "otlp":
+        elif self.name in ("otlp", "otlp-proc"):
             os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.receiver.endpoint
-            providers = configure(set_global=False)
+            providers = configure(set_global=False, export_from="process"
+                                  if self.name == "otlp-proc" else "thread")
             assert providers is not None
             self._providers = (providers.tracer_provider, providers.meter_provider)
             self.tracing = Tracing(tracer_provider=providers.tracer_provider,
@@ -167,14 +175,21 @@ def runtimes_with(tracing: Tracing | None) -> Iterator[None]:
 
 
 async def measure_one(mode_name: str, workload: Callable[..., Any], path: Path,
-                      synchronous: core.Sync, receiver: Receiver) -> Measured:
-    before = receiver.spans()
+                      synchronous: core.Sync, receiver: Receiver, repeat: int) -> Measured:
+    """``workload`` ``repeat`` times back to back (fresh files) under one tracing setup:
+    its steps and seconds summed, as one measurement."""
+    before = receiver.spans() if mode_name.startswith("otlp") else 0
+    results: list[core.Result] = []
     with Mode(mode_name, receiver) as mode, runtimes_with(mode.tracing):
-        result: core.Result = await workload(path, synchronous)
+        for k in range(repeat):
+            results.append(await workload(path.with_suffix(f".{k}.db"), synchronous))
         spans = mode.spans()
-    if spans is not None and mode_name == "otlp":
+    if spans is not None:
         spans -= before
-    runs = 1 if result.name == "W1" else core.W2_RUNS
+    first = results[0]
+    result = core.Result(first.name, first.what, sum(r.steps for r in results),
+                         sum(r.seconds for r in results))
+    runs = repeat * (1 if result.name == "W1" else core.W2_RUNS)
     if spans is not None and spans != result.steps + runs:
         raise SystemExit(f"{mode_name} {result.name}: exported {spans} spans, expected "
                          f"{result.steps + runs}")
@@ -191,8 +206,9 @@ class Series:
     spans: int | None = None
 
 
-async def measure(folder: Path, synchronous: core.Sync, rounds: int,
-                  receiver: Receiver) -> tuple[list[float], dict[tuple[str, str], Series]]:
+async def measure(folder: Path, synchronous: core.Sync, rounds: int, repeat: int,
+                  modes: Sequence[str], receiver: Receiver,
+                  ) -> tuple[list[float], dict[tuple[str, str], Series]]:
     """``rounds`` rounds of: the floor, then W1 and W2 in every mode, the modes' order
     rotating from round to round; each ratio is to ``off`` of the same round."""
     tag = synchronous.lower()
@@ -201,14 +217,14 @@ async def measure(folder: Path, synchronous: core.Sync, rounds: int,
     for i in range(rounds):
         floors.append(core.floor(folder / f"floor-{tag}-{i}.db", synchronous,
                                  core.W1_STEPS).rate)
-        order = MODES[i % len(MODES):] + MODES[:i % len(MODES)]
+        order = [*modes[i % len(modes):], *modes[:i % len(modes)]]
         for wl_name, workload in (("W1", core.w1), ("W2", core.w2)):
             got: dict[str, Measured] = {}
             for mode in order:
                 gc.collect()  # no mode pays for the garbage of the one before
                 got[mode] = await measure_one(mode, workload,
                                               folder / f"{wl_name}-{mode}-{tag}-{i}.db",
-                                              synchronous, receiver)
+                                              synchronous, receiver, repeat)
             for mode, m in got.items():
                 s = series.setdefault((wl_name, mode), Series())
                 s.rates.append(m.result.rate)
@@ -217,16 +233,16 @@ async def measure(folder: Path, synchronous: core.Sync, rounds: int,
     return floors, series
 
 
-def table(synchronous: core.Sync, floors: list[float],
+def table(synchronous: core.Sync, modes: Sequence[str], floors: list[float],
           series: dict[tuple[str, str], Series]) -> tuple[str, bool]:
     floor = statistics.median(floors)
     lines = [f"synchronous={synchronous} (WAL)",
-             f"  {'':5}  {'tracing':8} {'steps':>6} {'spans':>6} {'steps/s':>9} "
+             f"  {'':5}  {'tracing':9} {'steps':>6} {'spans':>6} {'steps/s':>9} "
              f"{'x floor':>7} {'x off':>6}  {'x off range':11}  {'target':12}",
-             f"  {'FLOOR':5}  {'raw sqlite3, 1 row per txn':35} {floor:>9,.0f} {1:>7.2f}"]
+             f"  {'FLOOR':5}  {'raw sqlite3, 1 row per txn':36} {floor:>9,.0f} {1:>7.2f}"]
     missed = False
     for wl in ("W1", "W2"):
-        for mode in MODES:
+        for mode in modes:
             s = series[(wl, mode)]
             ratio = statistics.median(s.ratios)
             rate = statistics.median(s.rates)
@@ -237,7 +253,7 @@ def table(synchronous: core.Sync, floors: list[float],
                 target = f">={TARGET_W2:.2f} {'ok' if ok else 'MISS'}"
             spans = "" if s.spans is None else str(s.spans)
             spread = "" if mode == "off" else f"{min(s.ratios):.2f}-{max(s.ratios):.2f}"
-            lines.append(f"  {wl:5}  {mode:8} {s.steps:>6} {spans:>6} {rate:>9,.0f} "
+            lines.append(f"  {wl:5}  {mode:9} {s.steps:>6} {spans:>6} {rate:>9,.0f} "
                          f"{rate / floor:>7.2f} {ratio:>6.3f}  {spread:11}  {target:12}")
     return "\n".join(lines), missed
 
@@ -246,25 +262,34 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--synchronous", choices=["FULL", "NORMAL", "both"], default="both",
                         type=str.upper)
-    parser.add_argument("--rounds", type=int, default=11,
+    parser.add_argument("--rounds", type=int, default=9,
                         help="rounds of every (workload, mode); medians are reported")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of a workload, back to back, in one measurement")
+    parser.add_argument("--modes", default=",".join(DEFAULT_MODES),
+                        help=f"comma-separated, from {', '.join(MODES)} (off is always run)")
     parser.add_argument("--dir", type=Path, default=None,
                         help="where to put the fresh database files (default: a temp dir)")
     args = parser.parse_args(argv)
     settings: list[core.Sync] = (["FULL", "NORMAL"] if args.synchronous == "BOTH"
                                  else [args.synchronous])
     os.environ.setdefault("OTEL_SERVICE_NAME", "stalwart-bench")
-    rounds = max(1, args.rounds)
+    rounds, repeat = max(1, args.rounds), max(1, args.repeat)
+    modes = ["off", *(m for m in MODES[1:] if m in args.modes.split(","))]
+    unknown = set(args.modes.split(",")) - set(MODES)
+    if unknown:
+        parser.error(f"unknown modes: {', '.join(sorted(unknown))}")
     print(core.header().replace("bench_core", "bench_tracing")
-          + f"  (median of {rounds} rounds)")
+          + f"  (median of {rounds} rounds; each measurement {repeat} runs of a workload)")
     missed = False
     t0 = time.perf_counter()
     with Receiver() as receiver, tempfile.TemporaryDirectory(
             prefix="stalwart-bench-", dir=args.dir) as tmp:
         print(f"OTLP/HTTP receiver at {receiver.endpoint}")
         for synchronous in settings:
-            floors, series = asyncio.run(measure(Path(tmp), synchronous, rounds, receiver))
-            text, miss = table(synchronous, floors, series)
+            floors, series = asyncio.run(measure(Path(tmp), synchronous, rounds, repeat,
+                                                 modes, receiver))
+            text, miss = table(synchronous, modes, floors, series)
             missed |= miss
             print()
             print(text, flush=True)

@@ -12,8 +12,10 @@ Turn it on per runtime::
 :class:`Interceptor` and its ``*Input`` dataclasses are the hooks the runtime calls;
 :class:`Tracing` binds the OpenTelemetry one. :func:`configure` builds SDK providers from
 the ``OTEL_*`` environment variables (``Tracing()`` calls it when no global SDK provider
-is set). :class:`OTLPReceiver` is a local OTLP/HTTP endpoint that decodes what it gets
-(for tests). This package imports without the extra; ``configure``, ``OTLPReceiver`` and
+is set). :class:`OTLPSpanExporter` is the SDK's OTLP/HTTP exporter with a faster encoder
+(what ``configure`` uses); :class:`ProcessSpanExporter` exports from a child process, off
+this process's GIL. :class:`OTLPReceiver` is a local OTLP/HTTP endpoint that decodes what
+it gets (for tests). This package imports without the extra; ``configure``, ``OTLPReceiver`` and
 ``Tracing.bind`` need it.
 """
 
@@ -40,15 +42,19 @@ from ._interceptor import ToolCallEndInput as ToolCallEndInput
 from ._interceptor import ToolCallStartInput as ToolCallStartInput
 
 if TYPE_CHECKING:
+    from ._otlp import OTLPSpanExporter as OTLPSpanExporter
     from ._receiver import OTLPReceiver as OTLPReceiver
     from ._setup import Providers as Providers
     from ._setup import configure as configure
+    from ._sidecar import ProcessSpanExporter as ProcessSpanExporter
 
 __all__ = [
     "Tracing",
     "configure",
     "Providers",
     "OTLPReceiver",
+    "OTLPSpanExporter",
+    "ProcessSpanExporter",
     "CaptureContent",
     "trace_id_for",
     "span_id_for",
@@ -78,4 +84,12 @@ def __getattr__(name: str) -> Any:
         from ._receiver import OTLPReceiver
 
         return OTLPReceiver
+    if name == "OTLPSpanExporter":
+        from ._otlp import OTLPSpanExporter
+
+        return OTLPSpanExporter
+    if name == "ProcessSpanExporter":
+        from ._sidecar import ProcessSpanExporter
+
+        return ProcessSpanExporter
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -268,6 +268,7 @@ def encode_spans(spans: Sequence[ReadableSpan], *, yield_every: int = 0) -> byte
     return groups.request()
 
 
+@final
 class OTLPSpanExporter(_SdkOTLPSpanExporter):
     """The SDK's OTLP/HTTP span exporter (same arguments, same ``OTEL_EXPORTER_OTLP_*``
     variables) encoding with :func:`encode_spans`, ~4x cheaper than the SDK's encoder."""

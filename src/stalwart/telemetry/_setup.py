@@ -16,6 +16,8 @@ SDK's own auto-configuration does, without needing ``opentelemetry-instrument``:
 ``OTEL_TRACES_SAMPLER[_ARG]``      read by the SDK ``TracerProvider``
 ``OTEL_BSP_*``, ``OTEL_METRIC_``   read by the batch span processor and the periodic
 ``EXPORT_INTERVAL``                metric reader
+``STALWART_SPAN_EXPORT``           ``thread`` (default) or ``process``: where OTLP spans
+                                   are encoded and posted (``configure(export_from=)``)
 =================================  ========================================================
 """
 
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import final
+from typing import Literal, cast, final
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -67,12 +69,27 @@ def _check_protocol() -> None:
                 f"{var}={value!r}: the otel extra exports OTLP over http/protobuf only")
 
 
-def _span_exporter() -> SpanExporter | None:
+SpanExport = Literal["thread", "process"]
+
+
+def _where(export_from: SpanExport | None) -> SpanExport:
+    value = export_from or (os.environ.get("STALWART_SPAN_EXPORT") or "thread").strip().lower()
+    if value not in ("thread", "process"):
+        raise ConfigurationError(
+            f"STALWART_SPAN_EXPORT={value!r}: use thread (the default) or process")
+    return cast(SpanExport, value)
+
+
+def _span_exporter(export_from: SpanExport) -> SpanExporter | None:
     kind = _choice("OTEL_TRACES_EXPORTER")
     if kind == "none":
         return None
     if kind == "console":
         return ConsoleSpanExporter()
+    if export_from == "process":
+        from ._sidecar import ProcessSpanExporter
+
+        return ProcessSpanExporter()
     from ._otlp import OTLPSpanExporter  # the SDK's, with a faster encoder
 
     return OTLPSpanExporter()
@@ -91,7 +108,8 @@ def _metric_exporter() -> MetricExporter | None:
 
 def configure(*, span_exporter: SpanExporter | None = None,
               metric_reader: MetricReader | None = None, resource: Resource | None = None,
-              set_global: bool = True) -> Providers | None:
+              set_global: bool = True, export_from: SpanExport | None = None,
+              ) -> Providers | None:
     """Build SDK tracer and meter providers from the ``OTEL_*`` environment variables
     (see the module docstring) and, with ``set_global``, install them as OpenTelemetry's
     global providers, which ``Tracing()`` uses by default.
@@ -103,6 +121,10 @@ def configure(*, span_exporter: SpanExporter | None = None,
             what ``OTEL_METRICS_EXPORTER`` names.
         resource: the resource; default ``Resource.create()`` (``OTEL_SERVICE_NAME``...).
         set_global: install the providers globally (OpenTelemetry allows this once).
+        export_from: ``"thread"`` (the SDK's way): OTLP spans are encoded and posted on
+            the batch processor's thread; ``"process"``: by a child process
+            (:class:`~stalwart.telemetry.ProcessSpanExporter`), which keeps that work
+            off this process's GIL. Default: ``STALWART_SPAN_EXPORT``, else thread.
 
     Returns:
         The providers, or ``None`` when ``OTEL_SDK_DISABLED`` is true.
@@ -110,9 +132,10 @@ def configure(*, span_exporter: SpanExporter | None = None,
     if (os.environ.get("OTEL_SDK_DISABLED") or "").strip().lower() == "true":
         return None
     _check_protocol()
+    where = _where(export_from)
     resource = resource or Resource.create()
     tracer_provider = TracerProvider(resource=resource)
-    exporter = span_exporter if span_exporter is not None else _span_exporter()
+    exporter = span_exporter if span_exporter is not None else _span_exporter(where)
     if exporter is not None:
         tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
     readers: list[MetricReader] = []

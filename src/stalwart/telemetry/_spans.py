@@ -289,6 +289,12 @@ class EndedSpan(ReadableSpan):
         self._pending: DirectSpan | None = span
         self._pending_end = end_time
 
+    def fields(self) -> tuple[Any, ...] | None:
+        """``ReadableSpan``'s arguments for this span, without filling it in; ``None``
+        once it was filled in (read its properties then)."""
+        pending = self.__dict__.get("_pending")
+        return None if pending is None else pending.readable(self._pending_end)
+
     def __getattr__(self, name: str) -> Any:
         # Only reached for what is not set yet: the SDK's fields, on their first read.
         pending = self.__dict__.get("_pending")

@@ -1,0 +1,362 @@
+"""Span export from a helper process: encoding and HTTP off this process's GIL.
+
+Why our own: OpenTelemetry's batch span processor exports on a thread of the traced
+process. In Python that thread shares the GIL with the event loop, so every microsecond
+it spends turning spans into OTLP protobuf and posting them over HTTP (~7-10 us per span
+even with our encoder, see ``bench/bench_tracing.py``) is taken from the runs being
+traced. :class:`ProcessSpanExporter` is a ``SpanExporter`` for that processor that only
+copies each span's fields into plain tuples and writes them, pickled, to a pipe (~2 us
+per span). A child process (``python -m stalwart.telemetry._sidecar``) rebuilds the
+``ReadableSpan``s and hands them to an :class:`~stalwart.telemetry._otlp.OTLPSpanExporter`
+configured from the same ``OTEL_EXPORTER_OTLP_*`` variables (it inherits the environment).
+No collector sidecar or extra service is needed, and the semantics stay the SDK's: the
+batch processor still batches, bounds its queue and drops when full.
+
+``export`` returns when the child has exported the batch, with its result, so a
+provider's ``force_flush`` still means "exported"; the waiting is a blocked read on the
+processor's thread, which holds no GIL. A batch handed to the child before this process
+is SIGKILLed is still exported (the child finishes it, then sees the pipe close).
+
+Protocol (stdin of the child): frames of a 4-byte big-endian length and a pickle of
+``("config", kwargs)`` (first), ``("spans", resources, scopes, spans)``, ``("flush",)``
+or ``("stop",)``; the child answers each with one line on its stdout: ``ok`` or
+``failed``. The constructor waits for the answer to ``config`` (the child's imports take
+~0.5-1 s), so no batch waits for them. If the child dies, the next export starts a new
+one (the batch in flight is reported as failed).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import select
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from typing import IO, Any, cast, final
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import TraceState
+
+from ._spans import EndedSpan
+
+__all__ = ["ProcessSpanExporter"]
+
+log = logging.getLogger("stalwart.telemetry")
+
+_LENGTH = struct.Struct(">I")
+_START_WAIT_MILLIS = 30_000
+_EXPORT_WAIT_MILLIS = 60_000
+"""How long an export waits for the child's answer (its HTTP timeout is 10 s)."""
+_KINDS = {kind.value: kind for kind in SpanKind}
+_CODES = {code.value: code for code in StatusCode}
+
+
+def _context(ctx: SpanContext | None) -> tuple[Any, ...] | None:
+    if ctx is None:
+        return None
+    state = tuple(ctx.trace_state.items()) if ctx.trace_state else ()
+    return (ctx.trace_id, ctx.span_id, ctx.is_remote, int(ctx.trace_flags), state)
+
+
+def _attrs(attributes: Any) -> tuple[dict[str, Any], int]:
+    if not attributes:
+        return {}, 0
+    return dict(attributes), int(getattr(attributes, "dropped", 0) or 0)
+
+
+class _Tables:
+    """Resources and scopes of one batch, sent once each and referred to by index."""
+
+    def __init__(self) -> None:
+        self.resources: list[tuple[dict[str, Any], str]] = []
+        self.scopes: list[tuple[str, str | None, str | None, dict[str, Any]] | None] = []
+        self._resource_index: dict[int, int] = {}
+        self._scope_index: dict[int, int] = {}
+
+    def resource(self, resource: Resource) -> int:
+        found = self._resource_index.get(id(resource))
+        if found is None:
+            found = self._resource_index[id(resource)] = len(self.resources)
+            self.resources.append((dict(resource.attributes), resource.schema_url))
+        return found
+
+    def scope(self, scope: InstrumentationScope | None) -> int:
+        found = self._scope_index.get(id(scope))
+        if found is None:
+            found = self._scope_index[id(scope)] = len(self.scopes)
+            self.scopes.append(None if scope is None else (
+                scope.name, scope.version, scope.schema_url, dict(scope.attributes or {})))
+        return found
+
+
+def _pack(span: ReadableSpan, tables: _Tables) -> tuple[Any, ...]:
+    """A span's fields as plain values (an ended direct span's without filling it in)."""
+    if isinstance(span, EndedSpan):
+        fields = span.fields()
+        if fields is not None:
+            (name, context, parent, resource, attributes, events, links, kind, _info,
+             status, start, end, scope) = fields
+            return _pack_fields(name, context, parent, resource, attributes, events, links,
+                                kind, status, start, end, scope, 0, 0, tables)
+    return _pack_fields(span.name, span.context, span.parent, span.resource,
+                        span.attributes, span.events, span.links, span.kind, span.status,
+                        span.start_time, span.end_time, span.instrumentation_scope,
+                        span.dropped_events, span.dropped_links, tables,
+                        dropped_attributes=span.dropped_attributes)
+
+
+def _pack_fields(name: str, context: SpanContext | None, parent: SpanContext | None,
+                 resource: Resource, attributes: Any, events: Sequence[Event],
+                 links: Sequence[Link], kind: SpanKind, status: Status | None,
+                 start: int | None, end: int | None, scope: InstrumentationScope | None,
+                 dropped_events: int, dropped_links: int, tables: _Tables,
+                 dropped_attributes: int | None = None) -> tuple[Any, ...]:
+    attrs, dropped = _attrs(attributes)
+    if dropped_attributes is not None:
+        dropped = dropped_attributes
+    return (
+        name, _context(context), _context(parent), kind.value, start, end, attrs, dropped,
+        [(e.name, e.timestamp, *_attrs(e.attributes)) for e in events] if events else None,
+        dropped_events or int(getattr(events, "dropped", 0) or 0),
+        [(_context(link.context), *_attrs(link.attributes)) for link in links]
+        if links else None,
+        dropped_links,
+        None if status is None else (status.status_code.value, status.description),
+        tables.resource(resource), tables.scope(scope))
+
+
+@final
+class ProcessSpanExporter(SpanExporter):
+    """Exports spans from a child process (see the module docstring).
+
+    Args:
+        exporter_args: keyword arguments for the child's ``OTLPSpanExporter`` (endpoint,
+            headers, timeout, compression...); by default it reads ``OTEL_*`` like the
+            SDK's exporter.
+        python: the interpreter to run the child with (default: this one).
+    """
+
+    def __init__(self, *, python: str | None = None, **exporter_args: Any) -> None:
+        self._python = python or sys.executable
+        self._args = exporter_args
+        self._lock = threading.Lock()
+        self._child: subprocess.Popen[bytes] | None = None
+        self._shutdown = False
+        with self._lock:  # started now: the child imports for ~1 s, not on a batch's time
+            self._start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        child = self._child
+        if child is not None and child.poll() is None:
+            return child
+        if child is not None:
+            log.warning("span export process exited (%s); starting another", child.returncode)
+            _close(child)
+        child = subprocess.Popen(
+            [self._python, "-m", "stalwart.telemetry._sidecar"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=os.environ.copy(),
+            close_fds=True)
+        self._child = child
+        # The child answers once its exporter is built (it imports for ~0.5-1 s): batches
+        # sent before that would wait, and the processor's queue fill meanwhile.
+        answer = self._ask(("config", self._args), _START_WAIT_MILLIS)
+        if answer != b"ok\n":
+            log.error("span export process: did not start (%s)",
+                      answer.decode(errors="replace").strip() or "no answer")
+        return child
+
+    @staticmethod
+    def _write(pipe: IO[bytes], message: tuple[Any, ...]) -> None:
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        pipe.write(_LENGTH.pack(len(data)) + data)
+        pipe.flush()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._shutdown:
+            log.warning("Exporter already shutdown, ignoring batch")
+            return SpanExportResult.FAILURE
+        tables = _Tables()
+        packed = [_pack(span, tables) for span in spans]
+        with self._lock:
+            try:
+                self._start()
+            except OSError as error:
+                log.error("span export process: cannot start it: %s", error)
+                return SpanExportResult.FAILURE
+            answer = self._ask(("spans", tables.resources, tables.scopes, packed),
+                               _EXPORT_WAIT_MILLIS)
+        if answer != b"ok\n":
+            log.error("span export process: a batch of %d spans was not exported (%s)",
+                      len(spans), answer.decode(errors="replace").strip() or "no answer")
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def _ask(self, message: tuple[Any, ...], timeout_millis: float) -> bytes:
+        """Send ``message`` and wait for the child's one-line answer (b"": none came)."""
+        child = self._child
+        if child is None or child.poll() is not None:
+            return b""
+        assert child.stdin is not None
+        assert child.stdout is not None
+        try:
+            self._write(child.stdin, message)
+        except (OSError, ValueError):
+            return b""
+        ready, _, _ = select.select([child.stdout], [], [], timeout_millis / 1000)
+        return child.stdout.readline() if ready else b""
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Nothing waits here: each ``export`` returns once the child has exported."""
+        return not self._shutdown
+
+    def shutdown(self) -> None:
+        with self._lock:
+            if self._shutdown:
+                return
+            self._shutdown = True
+            child = self._child
+            if child is None:
+                return
+            self._ask(("stop",), _EXPORT_WAIT_MILLIS)
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            _close(child)
+
+
+def _close(child: subprocess.Popen[bytes]) -> None:
+    for pipe in (child.stdin, child.stdout):
+        if pipe is not None:
+            try:
+                pipe.close()
+            except OSError:
+                pass  # a broken pipe to a dead child: nothing left to flush
+
+
+# -- the child process ----------------------------------------------------------------
+
+
+def _unpack_context(value: tuple[Any, ...] | None) -> SpanContext | None:
+    if value is None:
+        return None
+    trace_id, span_id, remote, flags, state = value
+    return SpanContext(trace_id, span_id, remote, TraceFlags(flags),
+                       TraceState(list(state)) if state else None)
+
+
+def _bounded(attributes: dict[str, Any], dropped: int) -> Any:
+    if not dropped:
+        return attributes
+    from opentelemetry.attributes import BoundedAttributes
+
+    bounded = BoundedAttributes(None, attributes, immutable=True)
+    bounded.dropped = dropped
+    return bounded
+
+
+def _unpack(packed: tuple[Any, ...], resources: list[Resource],
+            scopes: list[InstrumentationScope | None]) -> ReadableSpan:
+    (name, context, parent, kind, start, end, attrs, dropped, events, dropped_events,
+     links, dropped_links, status, resource, scope) = packed
+    from opentelemetry.sdk.util import BoundedList
+
+    event_list: Any = ()
+    if events or dropped_events:
+        event_list = BoundedList(None)
+        for e_name, ts, e_attrs, e_dropped in events or ():
+            event_list.append(Event(e_name, _bounded(e_attrs, e_dropped), ts))
+        event_list.dropped = dropped_events
+    link_list: Any = ()
+    if links or dropped_links:
+        link_list = BoundedList(None)
+        for l_context, l_attrs, l_dropped in links or ():
+            link_list.append(Link(cast(SpanContext, _unpack_context(l_context)),
+                                  _bounded(l_attrs, l_dropped)))
+        link_list.dropped = dropped_links
+    return ReadableSpan(
+        name=name, context=_unpack_context(context), parent=_unpack_context(parent),
+        resource=resources[resource], attributes=_bounded(attrs, dropped),
+        events=event_list, links=link_list, kind=_KINDS[kind],
+        status=cast(Status, None if status is None else Status(_CODES[status[0]], status[1])),
+        start_time=start, end_time=end, instrumentation_scope=scopes[scope])
+
+
+def _read(pipe: IO[bytes]) -> tuple[Any, ...] | None:
+    head = pipe.read(_LENGTH.size)
+    if len(head) < _LENGTH.size:
+        return None  # the parent closed the pipe (or died)
+    (size,) = _LENGTH.unpack(head)
+    body = pipe.read(size)
+    if len(body) < size:
+        return None
+    message: tuple[Any, ...] = pickle.loads(body)
+    return message
+
+
+def main() -> int:
+    """The child: export what arrives on stdin until ``stop`` or the end of the pipe."""
+    from ._otlp import OTLPSpanExporter
+
+    logging.basicConfig(level=logging.WARNING, format="stalwart span exporter: %(message)s")
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    first = _read(stdin)
+    if first is None or first[0] != "config":
+        return 2
+    try:
+        exporter = OTLPSpanExporter(**first[1])
+    except Exception as error:
+        log.exception("cannot build the OTLP exporter: %s", error)
+        stdout.write(b"failed\n")
+        stdout.flush()
+        return 2
+    stdout.write(b"ok\n")
+    stdout.flush()
+    resource_cache: dict[Any, Resource] = {}
+    while (message := _read(stdin)) is not None:
+        kind = message[0]
+        if kind == "spans":
+            _, raw_resources, raw_scopes, packed = message
+            resources = []
+            for attrs, schema_url in raw_resources:
+                key: Any = (tuple(sorted(attrs.items(), key=lambda kv: kv[0])), schema_url)
+                try:
+                    hash(key)
+                except TypeError:
+                    key = None  # unhashable values: not cached
+                resource = resource_cache.get(key) if key is not None else None
+                if resource is None:
+                    resource = Resource(attrs, schema_url)
+                    if key is not None and len(resource_cache) < 64:
+                        resource_cache[key] = resource
+                resources.append(resource)
+            scopes = [None if s is None else InstrumentationScope(s[0], s[1], s[2], s[3])
+                      for s in raw_scopes]
+            try:
+                spans = [_unpack(p, resources, scopes) for p in packed]
+                result = exporter.export(spans)
+            except Exception as error:  # a bad span must not end the exporter
+                log.exception("cannot export a batch: %s", error)
+                result = SpanExportResult.FAILURE
+            stdout.write(b"ok\n" if result is SpanExportResult.SUCCESS else b"failed\n")
+            stdout.flush()
+        elif kind in ("flush", "stop"):
+            stdout.write(b"ok\n")
+            stdout.flush()
+            if kind == "stop":
+                break
+    exporter.shutdown()  # type: ignore[no-untyped-call]
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Span export from a child process: what reaches a real OTLP receiver is what the SDK
+would send; results, a dying child and a dying parent are handled."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExportResult,
+)
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import stalwart as sw
+from stalwart.telemetry import OTLPReceiver, ProcessSpanExporter, Tracing, configure
+from stalwart.testing import MemoryStore
+
+from .test_otlp_encoder import VALUES, span
+
+pytestmark = pytest.mark.slow  # each test starts a Python child process
+
+
+@pytest.fixture
+def receiver() -> Iterator[OTLPReceiver]:
+    with OTLPReceiver() as rx:
+        yield rx
+
+
+def merged(rx: OTLPReceiver) -> ExportTraceServiceRequest:
+    out = ExportTraceServiceRequest()
+    for request in rx.traces:
+        out.MergeFrom(request)
+    return out
+
+
+def test_every_kind_of_span_arrives_as_the_sdk_would_send_it(receiver: OTLPReceiver) -> None:
+    from opentelemetry.sdk.trace import Event
+    from opentelemetry.trace import Link, SpanContext, Status, StatusCode, TraceFlags
+
+    sampled = TraceFlags(TraceFlags.SAMPLED)
+    spans = [span(0, attributes={k: v for k, v in VALUES.items() if k != "too_big"}),
+             span(1, events=(Event("e", {"x": 1}, timestamp=5),),
+                  links=(Link(SpanContext(3, 4, True, sampled), {"why": "fork"}),),
+                  status=Status(StatusCode.ERROR, "boom")),
+             span(2, parent=None, resource=Resource({"service.name": "other"}, "s://u"))]
+    exporter = ProcessSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces")
+    try:
+        assert exporter.export(spans) is SpanExportResult.SUCCESS
+    finally:
+        exporter.shutdown()
+    assert exporter.export(spans) is SpanExportResult.FAILURE  # after shutdown
+    assert receiver.traces == [sdk_encode(spans)]
+
+
+async def test_a_traced_run_exports_through_the_child_as_through_memory(
+        receiver: OTLPReceiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same run, traced into memory and through the child process (spans built
+    directly, never filled in in this process): the same OTLP spans arrive."""
+    resource = Resource({"service.name": "same"})
+
+    async def work(n: int) -> int:
+        return n * 2
+
+    async def traced(provider: TracerProvider, run_id: str) -> None:
+        app = sw.Runtime(MemoryStore(), clock=sw.FakeClock(autojump=True),
+                         tracing=Tracing(tracer_provider=provider, metrics=False))
+
+        @app.workflow(name="doubling")
+        async def doubling(ctx: sw.Context) -> int:
+            total = 0
+            for i in range(40):
+                total += await ctx.step(work, i, name=f"w{i % 3}")
+            return total
+
+        async with app:
+            assert await app.run(doubling, run_id=run_id) == 2 * sum(range(40))
+
+    memory = InMemorySpanExporter()
+    in_memory = TracerProvider(resource=resource)
+    in_memory.add_span_processor(SimpleSpanProcessor(memory))
+    await traced(in_memory, "double-1")
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+    providers = configure(set_global=False, resource=resource, export_from="process")
+    assert providers is not None
+    await traced(providers.tracer_provider, "double-1")
+    assert providers.tracer_provider.force_flush()
+    providers.tracer_provider.shutdown()
+    providers.meter_provider.shutdown()
+
+    def by_id(request: ExportTraceServiceRequest) -> list[bytes]:
+        return sorted(s.SerializeToString() for rs in request.resource_spans
+                      for ss in rs.scope_spans for s in ss.spans)
+
+    expected = sdk_encode(memory.get_finished_spans())
+    assert len(by_id(expected)) == 41
+    assert by_id(merged(receiver)) == by_id(expected)
+
+
+def test_a_failed_export_is_reported_and_a_dead_child_replaced(
+        receiver: OTLPReceiver) -> None:
+    exporter = ProcessSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces")
+    try:
+        first = exporter._child
+        assert first is not None
+        first.kill()
+        first.wait()
+        assert exporter.export([span(0)]) is SpanExportResult.SUCCESS  # a new child
+        assert exporter._child is not first
+    finally:
+        exporter.shutdown()
+    dead = ProcessSpanExporter(endpoint="http://127.0.0.1:9/v1/traces", timeout=0.5)
+    try:
+        assert dead.export([span(1)]) is SpanExportResult.FAILURE  # nothing listens
+    finally:
+        dead.shutdown()
+    assert len(receiver.spans()) == 1
+
+
+PARENT = """
+import sys, time
+from stalwart.telemetry import ProcessSpanExporter
+exporter = ProcessSpanExporter(endpoint=sys.argv[1])
+print(exporter._child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_child_exits_when_its_parent_is_killed(tmp_path: Path,
+                                                   receiver: OTLPReceiver) -> None:
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    parent = subprocess.Popen([sys.executable, str(script), f"{receiver.endpoint}/v1/traces"],
+                              stdout=subprocess.PIPE, env=env, text=True)
+    assert parent.stdout is not None
+    child_pid = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    parent.stdout.close()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child_pid, 0)
+        except ProcessLookupError:
+            return  # gone: no orphan left behind
+        try:  # reap it if it is ours (it is not: its parent was killed)
+            os.waitpid(child_pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
+    os.kill(child_pid, signal.SIGKILL)
+    pytest.fail("the export process outlived its parent")
+
+
+def test_configure_rejects_an_unknown_export_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STALWART_SPAN_EXPORT", "elsewhere")
+    with pytest.raises(sw.ConfigurationError, match="STALWART_SPAN_EXPORT"):
+        configure(set_global=False)
+
+
+def test_the_batch_processor_drives_it(receiver: OTLPReceiver) -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(
+        ProcessSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces")))
+    tracer = provider.get_tracer("user")
+    for i in range(700):
+        with tracer.start_as_current_span(f"s{i}"):
+            pass
+    assert provider.force_flush()
+    provider.shutdown()
+    assert len(receiver.spans()) == 700
