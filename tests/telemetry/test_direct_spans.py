@@ -178,6 +178,7 @@ async def test_direct_spans_are_what_the_sdk_path_exports(
     assert [dump(s) for s in a] == [dump(s) for s in b]
     for x, y in zip(a, b, strict=True):
         assert encode_spans([x]).SerializeToString() == encode_spans([y]).SerializeToString()
+        assert x.to_json() == y.to_json()
     if other == "watched":
         assert sorted(watch.started) == sorted(s.name for s in b)
 
@@ -248,3 +249,38 @@ def test_run_ids_match_span_id_for() -> None:
     assert redriven.span("run") == span_id_for("run-42", "redrive", "2", "run")
     assert redriven.step("5") == span_id_for("run-42", "redrive", "2", "step", "5")
     assert redriven.step("5") not in (ids.step("5"), RunIds("run-42", redrive=1).step("5"))
+
+
+async def test_spans_are_filled_in_on_first_read_not_on_the_loop() -> None:
+    """Through a batch processor, a step's span reaches the exporter unfilled; reading
+    it fills it in, the same as the SDK's would read."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from stalwart.telemetry._spans import EndedSpan
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=RESOURCE)
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    app = sw.Runtime(MemoryStore(), clock=sw.FakeClock(autojump=True),
+                     tracing=sw.telemetry.Tracing(tracer_provider=provider, metrics=False))
+
+    async def one() -> int:
+        return 1
+
+    @app.workflow(name="lazy")
+    async def lazy(ctx: sw.Context) -> int:
+        return await ctx.step(one, name="one")
+
+    async with app:
+        await app.run(lazy, run_id="lazy-1")
+    assert provider.force_flush()
+    spans = exporter.get_finished_spans()
+    assert [type(s) for s in spans] == [EndedSpan, EndedSpan]
+    assert all(isinstance(s, EndedSpan) and s.fields() is not None for s in spans)
+    step = next(s for s in spans if s.name == "step one")  # reading fills it in
+    assert isinstance(step, EndedSpan) and step.fields() is None
+    assert dict(step.attributes or {}) == {"stalwart.run_id": "lazy-1",
+                                           "stalwart.step_id": "1",
+                                           "stalwart.step.name": "one"}
+    assert step.parent is not None and step.parent.span_id == span_id_for("lazy-1", "run")
+    provider.shutdown()
