@@ -76,7 +76,9 @@ async def test_user_spans_nest_under_steps_tools_and_model_calls(otel: Otel) -> 
     @app.workflow(name="nested")
     async def nested(ctx: sw.Context) -> str:
         page = await ctx.step(fetch, "https://example.com", name="fetch")
-        await ctx.step(parse, page, name="parse")
+        user_span("between steps")  # workflow code: under the run
+        await ctx.gather(ctx.step(parse, page, name="parse"),
+                         ctx.step(fetch, "https://example.org", name="fetch-too"))
         return await agent.run(ctx, "sky?")
 
     async with app:
@@ -89,7 +91,9 @@ async def test_user_spans_nest_under_steps_tools_and_model_calls(otel: Otel) -> 
         return parent.name
 
     assert parent_of("GET https://example.com") == "step fetch"
-    assert parent_of("parse") == "step parse"
+    assert parent_of("between steps") == "workflow nested"
+    assert parent_of("parse") == "step parse"  # in gather branches, each its own step
+    assert parent_of("GET https://example.org") == "step fetch-too"
     assert parent_of("SELECT facts") == "execute_tool lookup"
     model_spans = [s for s in otel.spans() if s.name == "POST /v1/chat/completions"]
     chats = {s.context.span_id for s in otel.spans() if s.name == "chat sky"}

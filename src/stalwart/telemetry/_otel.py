@@ -61,6 +61,7 @@ from opentelemetry.trace import (
     TraceFlags,
 )
 
+from .._context import _step_var
 from ..errors import ConfigurationError
 from ..store._base import TERMINAL_STATUSES, RunStatus
 from ._ids import RunIds, span_id_for, trace_id_for
@@ -159,6 +160,25 @@ _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _NOTHING: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
 
 
+class _RunSpan(NonRecordingSpan):
+    """OpenTelemetry's current span while a run executes (set once per execution): the
+    span of the step the calling code runs in, as the runtime's step context says, else
+    the run's. Per-step activation would cost a context attach and detach per step."""
+
+    def __init__(self, context: SpanContext, run_id: str, steps: dict[str, SpanLike]) -> None:
+        super().__init__(context)
+        self._run_id = run_id
+        self._steps = steps
+
+    def get_span_context(self) -> SpanContext:
+        info = _step_var.get()
+        if info is not None and info.run_id == self._run_id:
+            span = self._steps.get(info.step_id)
+            if span is not None:
+                return span.get_span_context()
+        return super().get_span_context()
+
+
 class _Current:
     """Makes a span OpenTelemetry's current span (in this task or thread) while entered."""
 
@@ -232,6 +252,8 @@ class OTelInterceptor(Interceptor):
         self._runtime = weakref.ref(runtime)
         self._runs: dict[str, _Run] = {}
         self._dropped: dict[str, SpanContext] = {}
+        self._current: dict[str, contextvars.Token[OtelContext]] = {}
+        """The OpenTelemetry context tokens of the executions running here, by run."""
         """Runs executing here that the sampler dropped: their (unsampled) context."""
         self._traces: dict[str, int] = {}
         self._agents: contextvars.ContextVar[tuple[_Agent, ...]] = contextvars.ContextVar(
@@ -297,16 +319,25 @@ class OTelInterceptor(Interceptor):
         if sampled is False:
             # Dropped by the sampler, as each of its spans would be: none is made. Code
             # inside still sees the run's (unsampled) context, so its spans drop too.
-            self._dropped[run.run_id] = SpanContext(trace_id, ids.span("run"), False,
-                                                    _NOT_SAMPLED)
+            dropped = SpanContext(trace_id, ids.span("run"), False, _NOT_SAMPLED)
+            self._dropped[run.run_id] = dropped
+            self._make_current(run.run_id, _RunSpan(dropped, run.run_id, {}))
             return
         span = self._start(f"workflow {run.workflow}", trace_id=trace_id,
                            span_id=ids.span("run"), parent=parent, attributes=attributes,
                            at=at, direct=sampled is True)
-        self._runs[run.run_id] = _Run(trace_id, ids, span, span.get_span_context(),
-                                      direct=sampled is True)
+        state = _Run(trace_id, ids, span, span.get_span_context(), direct=sampled is True)
+        self._runs[run.run_id] = state
+        self._make_current(run.run_id, _RunSpan(state.context, run.run_id, state.steps))
+
+    def _make_current(self, run_id: str, span: _RunSpan) -> None:
+        """For the rest of this execution (its task), ``span`` is the current span."""
+        self._current[run_id] = otel_context.attach(trace_api.set_span_in_context(span))
 
     def run_ended(self, input: RunEndInput) -> None:
+        token = self._current.pop(input.run.run_id, None)
+        if token is not None:
+            otel_context.detach(token)
         self._dropped.pop(input.run.run_id, None)
         state = self._runs.pop(input.run.run_id, None)
         if state is None or input.status not in TERMINAL_STATUSES:
@@ -540,18 +571,13 @@ class OTelInterceptor(Interceptor):
 
     def activated(self, run_id: str, step_id: str,
                   handle: Any = None) -> contextlib.AbstractContextManager[object]:
-        """Make the call's (else the step's) span OpenTelemetry's current span, so spans
-        the user's code starts (its own, or an instrumented library's) are its children."""
+        """Make a tool or model call's span OpenTelemetry's current span, so spans the
+        code it runs starts (its own, or an instrumented library's) are its children.
+        A step's function needs nothing here: the run's current span (``_RunSpan``)
+        resolves to the step's span through the runtime's step context."""
         if isinstance(handle, _Call):
-            parent = handle.span.get_span_context()
-        else:
-            state = self._runs.get(run_id)
-            span = state.steps.get(step_id) if state is not None else None
-            if span is None:
-                dropped = self._dropped.get(run_id)
-                return _NOTHING if dropped is None else _Current(dropped)
-            parent = span.get_span_context()
-        return _Current(parent)
+            return _Current(handle.span.get_span_context())
+        return _NOTHING
 
     # -- policies --------------------------------------------------------------------
 
