@@ -7,12 +7,15 @@ on PostgreSQL, where the last test checks that notifications wake a worker betwe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -193,3 +196,72 @@ async def test_notifications_wake_a_worker_between_polls(
     await start(pg_url, fa.chain, 3, run_id="woken")
     await until(lambda: status_is(pg_url, "woken", RunStatus.COMPLETED), timeout=20)
     assert fleet.stop(proc) == 0, fleet.log(proc)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_for_log(fleet: Fleet, proc: subprocess.Popen[bytes], text: str) -> None:
+    async def seen() -> bool:
+        return text in fleet.log(proc)
+    await until(seen, timeout=30)
+
+
+async def test_a_worker_waits_for_an_unreachable_store_and_stops_on_sigterm(
+        make_fleet: Callable[..., Fleet]) -> None:
+    """Nothing listens where the store should be: the worker says so and retries
+    instead of exiting; SIGTERM stops it cleanly."""
+    fleet = make_fleet(f"postgresql://127.0.0.1:{free_port()}/nowhere")
+    proc = fleet.start()
+    await wait_for_log(fleet, proc, "cannot reach the store")
+    await wait_for_log(fleet, proc, "retrying in 2s")  # it backs off
+    assert proc.poll() is None
+    assert fleet.stop(proc) == 0, fleet.log(proc)
+    assert "while waiting for the store: stopping" in fleet.log(proc)
+
+
+async def test_a_worker_started_before_its_database_serves_once_it_is_up(
+        pg_url: str, make_fleet: Callable[..., Fleet]) -> None:
+    """The worker's address for PostgreSQL is a proxy that opens only later (a database
+    starting after its workers): the worker retries, connects, and executes runs."""
+    target = urllib.parse.urlsplit(pg_url)
+    port = free_port()
+    proxied = target._replace(netloc=f"{target.username + '@' if target.username else ''}"
+                                     f"127.0.0.1:{port}").geturl()
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def forward(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection(target.hostname or "127.0.0.1",
+                                                           target.port or 5432)
+        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+            await asyncio.gather(pipe(client_r, server_w), pipe(server_r, client_w))
+
+    fleet = make_fleet(proxied)
+    proc = fleet.start("--poll", "0.2")
+    await wait_for_log(fleet, proc, "cannot reach the store")
+    proxy = await asyncio.start_server(forward, "127.0.0.1", port)
+    try:
+        await wait_for_log(fleet, proc, "executes")
+        await start(pg_url, fa.chain, 3, run_id="late-db")
+        await until(lambda: status_is(pg_url, "late-db", RunStatus.COMPLETED), timeout=30)
+        # Stop it while the proxy (on this event loop) still carries its goodbyes.
+        proc.send_signal(signal.SIGTERM)
+
+        async def stopped() -> bool:
+            return proc.poll() is not None
+        await until(stopped, timeout=30)
+        assert proc.returncode == 0, fleet.log(proc)
+    finally:
+        proxy.close()

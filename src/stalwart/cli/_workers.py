@@ -21,6 +21,7 @@ from rich.table import Table
 
 from .._runtime import Runtime
 from .._workflow import Workflow
+from ..errors import StoreError
 from ..store._base import RunRecord, RunStatus, WorkerRecord
 from ._common import (
     CliError,
@@ -62,6 +63,30 @@ def _workflows(imports: list[str]) -> dict[str, Workflow[Any, Any]]:
 # -- stalwart worker -----------------------------------------------------------------
 
 
+_FIRST_RETRY, _MAX_RETRY = 1.0, 30.0
+
+
+async def _open_when_reachable(rt: Runtime, signals: asyncio.Queue[int]) -> bool:
+    """Open the runtime, retrying while the store cannot be reached (a database that
+    starts after its workers, or restarts); ``False`` if a signal came first."""
+    delay = _FIRST_RETRY
+    while True:
+        try:
+            await rt.open()
+            return True
+        except StoreError as exc:
+            if not exc.retryable:
+                raise
+            _info(f"cannot reach the store ({exc}); retrying in {delay:g}s")
+        try:
+            sig = await asyncio.wait_for(signals.get(), delay)
+        except TimeoutError:
+            delay = min(delay * 2, _MAX_RETRY)
+            continue
+        _info(f"{signal.Signals(sig).name} while waiting for the store: stopping")
+        return False
+
+
 async def _serve(rt: Runtime, grace: float) -> int:
     """Execute runs until a signal; returns how many runs were handed back."""
     loop = asyncio.get_running_loop()
@@ -69,7 +94,8 @@ async def _serve(rt: Runtime, grace: float) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, signals.put_nowait, sig)
     try:
-        await rt.open()
+        if not await _open_when_reachable(rt, signals):
+            return 0
         served = rt.served_workflows()
         pools = f", pools {', '.join(sorted(rt.pools))}" if rt.pools is not None else ""
         _info(f"worker {rt.owner.id} (pid {rt.owner.pid} on {rt.owner.host}) executes "
@@ -120,7 +146,10 @@ def worker(
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Log at INFO level (default: warnings only).")] = False,
 ) -> None:
-    """Execute runs from the store until SIGTERM: one of any number of workers."""
+    """Execute runs from the store until SIGTERM: one of any number of workers.
+
+    A store that cannot be reached at start (a database still starting) is retried,
+    1 s apart and doubling up to 30 s, until it can be or a signal arrives."""
     add_cwd_to_path()
     workflows = _workflows(imports)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO if verbose else logging.WARNING,
