@@ -173,6 +173,13 @@ async def test_direct_spans_are_what_the_sdk_path_exports(
 
     assert await run_everything(direct) is True
     assert await run_everything(sdk) is False
+    # stalwart's encoder reads the direct spans' raw fields (before anything fills them
+    # in): the same bytes as the SDK's encoder reading them filled in.
+    from stalwart.telemetry._otlp import encode_spans as stalwart_encode
+
+    unread = list(direct.spans())
+    raw = stalwart_encode(unread)
+    assert raw == encode_spans(unread).SerializeToString()
 
     a, b = exported(direct), exported(sdk)
     assert [dump(s) for s in a] == [dump(s) for s in b]
@@ -277,8 +284,14 @@ async def test_spans_are_filled_in_on_first_read_not_on_the_loop() -> None:
     spans = exporter.get_finished_spans()
     assert [type(s) for s in spans] == [EndedSpan, EndedSpan]
     assert all(isinstance(s, EndedSpan) and s.fields() is not None for s in spans)
-    step = next(s for s in spans if s.name == "step one")  # reading fills it in
-    assert isinstance(step, EndedSpan) and step.fields() is None
+    from stalwart.telemetry._otlp import encode_spans as stalwart_encode
+
+    ours = stalwart_encode(spans)  # encodes the raw fields: fills nothing in
+    assert all(isinstance(s, EndedSpan) and s.fields() is not None for s in spans)
+    assert ours == encode_spans(spans).SerializeToString()  # the SDK's reads them
+    assert all(isinstance(s, EndedSpan) and s.fields() is None for s in spans)
+    step = next(s for s in spans if s.name == "step one")
+    assert isinstance(step, EndedSpan)
     assert dict(step.attributes or {}) == {"stalwart.run_id": "lazy-1",
                                            "stalwart.step_id": "1",
                                            "stalwart.step.name": "one"}

@@ -28,9 +28,11 @@ from typing import Any, final
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as _SdkOTLPSpanExporter,
 )
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
+
+from ._spans import EndedSpan
 
 __all__ = ["OTLPSpanExporter", "encode_spans"]
 
@@ -136,8 +138,10 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> list[bytes]
 # -- trace.proto: Span ----------------------------------------------------------------
 
 
-def _span(span: ReadableSpan) -> bytes:
-    ctx = span.context
+def _span(name: str, ctx: SpanContext | None, parent: SpanContext | None, kind: SpanKind,
+          start: int | None, end: int | None, attributes: Mapping[str, Any] | None,
+          dropped_attributes: int, events: Sequence[Event], dropped_events: int,
+          links: Sequence[Link], dropped_links: int, status: Status | None) -> bytes:
     assert ctx is not None
     parts = [b"\x0a\x10" + ctx.trace_id.to_bytes(16, "big"),
              b"\x12\x08" + ctx.span_id.to_bytes(8, "big")]
@@ -145,22 +149,19 @@ def _span(span: ReadableSpan) -> bytes:
         state = ",".join(f"{k}={v}" for k, v in ctx.trace_state.items())
         if state:
             parts.append(_field(b"\x1a", state.encode()))
-    parent = span.parent
     if parent:
         parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-    if span.name:
-        parts.append(_field(b"\x2a", span.name.encode()))
-    kind = span.kind
+    if name:
+        parts.append(_field(b"\x2a", name.encode()))
     parts.append(b"\x30\x01" if kind is SpanKind.INTERNAL else _KIND[kind])
-    if span.start_time:
-        parts.append(b"\x39" + _pack_fixed64(span.start_time))
-    if span.end_time:
-        parts.append(b"\x41" + _pack_fixed64(span.end_time))
-    parts += _attributes(b"\x4a", span.attributes)
-    dropped = span.dropped_attributes
-    if dropped:
-        parts.append(b"\x50" + _varint(dropped))
-    for event in span.events:
+    if start:
+        parts.append(b"\x39" + _pack_fixed64(start))
+    if end:
+        parts.append(b"\x41" + _pack_fixed64(end))
+    parts += _attributes(b"\x4a", attributes)
+    if dropped_attributes:
+        parts.append(b"\x50" + _varint(dropped_attributes))
+    for event in events:
         body = [b"\x09" + _pack_fixed64(event.timestamp)] if event.timestamp else []
         if event.name:
             body.append(_field(b"\x12", event.name.encode()))
@@ -168,9 +169,9 @@ def _span(span: ReadableSpan) -> bytes:
         if event.dropped_attributes:
             body.append(b"\x20" + _varint(event.dropped_attributes))
         parts.append(_field(b"\x5a", b"".join(body)))
-    if span.dropped_events:
-        parts.append(b"\x60" + _varint(span.dropped_events))
-    for link in span.links:
+    if dropped_events:
+        parts.append(b"\x60" + _varint(dropped_events))
+    for link in links:
         body = [b"\x0a\x10" + link.context.trace_id.to_bytes(16, "big"),
                 b"\x12\x08" + link.context.span_id.to_bytes(8, "big")]
         body += _attributes(b"\x22", link.attributes)
@@ -179,9 +180,8 @@ def _span(span: ReadableSpan) -> bytes:
         flags = _HAS_IS_REMOTE | (_IS_REMOTE if link.context.is_remote else 0)
         body.append(b"\x35" + _pack_fixed32(flags))
         parts.append(_field(b"\x6a", b"".join(body)))
-    if span.dropped_links:
-        parts.append(b"\x70" + _varint(span.dropped_links))
-    status = span.status
+    if dropped_links:
+        parts.append(b"\x70" + _varint(dropped_links))
     if status is not None:
         code, description = status.status_code, status.description
         if code is StatusCode.UNSET and not description:
@@ -210,7 +210,20 @@ class _Groups:
         self._last: tuple[Any, Any, list[bytes]] | None = None
 
     def add(self, span: ReadableSpan) -> None:
-        resource, scope = span.resource, span.instrumentation_scope or None
+        fields = span.fields() if type(span) is EndedSpan else None
+        if fields is not None:  # a direct span not filled in: read its raw fields
+            (name, context, parent, resource, attributes, events, links, kind, _info,
+             status, start, end, scope) = fields
+            encoded_span = _span(name, context, parent, kind, start, end, attributes,
+                                 getattr(attributes, "dropped", 0), events,
+                                 getattr(events, "dropped", 0), links, 0, status)
+        else:
+            resource, scope = span.resource, span.instrumentation_scope
+            encoded_span = _span(
+                span.name, span.context, span.parent, span.kind, span.start_time,
+                span.end_time, span.attributes, span.dropped_attributes, span.events,
+                span.dropped_events, span.links, span.dropped_links, span.status)
+        scope = scope or None
         last = self._last
         if last is not None and last[0] is resource and last[1] is scope:
             encoded = last[2]
@@ -223,7 +236,7 @@ class _Groups:
                 found = scopes[scope] = []
             encoded = found
             self._last = (resource, scope, encoded)
-        encoded.append(_field(b"\x12", _span(span)))
+        encoded.append(_field(b"\x12", encoded_span))
 
     def request(self) -> bytes:
         out = []
