@@ -116,10 +116,16 @@ async def test_a_redriven_run_gets_a_run_span_of_its_own_under_the_first(otel: O
                                              breaker=None))
     app = sw.Runtime(MemoryStore(), clock=sw.FakeClock(autojump=True), tracing=otel.tracing())
 
+    @app.workflow(name="leaf")
+    async def leaf(ctx: sw.Context) -> int:
+        return await ctx.step(parse, "leaf", name="leaf-step")
+
     @app.workflow(name="redriven")
     async def redriven(ctx: sw.Context) -> str:
         await ctx.step(parse, "abc", name="before")
-        return await ctx.tool(tool)
+        served = await ctx.tool(tool)
+        await ctx.child(leaf)  # started by the redrive: under the redrive's step span
+        return served
 
     async with app:
         handle = await app.start(redriven, run_id="redriven-1")
@@ -143,3 +149,9 @@ async def test_a_redriven_run_gets_a_run_span_of_its_own_under_the_first(otel: O
     assert [s.parent.span_id for s in tool_steps if s.parent] == [
         first.context.span_id, second.context.span_id]
     assert [s.status.status_code for s in tool_steps] == [StatusCode.ERROR, StatusCode.UNSET]
+    (child_step,) = otel.named("step child:leaf")
+    (child_run,) = otel.named("workflow leaf")
+    assert child_step.parent is not None
+    assert child_step.parent.span_id == second.context.span_id
+    assert child_run.parent is not None
+    assert child_run.parent.span_id == child_step.context.span_id

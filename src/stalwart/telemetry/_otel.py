@@ -295,8 +295,13 @@ class OTelInterceptor(Interceptor):
         trace_id = self._trace_of(run.run_id, run.parent_run_id)
         parent = None
         if run.parent_run_id is not None and run.parent_step_id is not None:
-            parent = SpanContext(trace_id, span_id_for(run.parent_run_id, "step",
-                                                       run.parent_step_id), False, _SAMPLED)
+            # The parent's ids, from its execution if it runs here (it may be a redrive,
+            # whose ids are its own), else as a first execution names them.
+            executing = self._runs.get(run.parent_run_id)
+            parent = SpanContext(trace_id, executing.ids.step(run.parent_step_id)
+                                 if executing is not None else
+                                 span_id_for(run.parent_run_id, "step", run.parent_step_id),
+                                 False, _SAMPLED)
         attributes: dict[str, Any] = {"stalwart.run_id": run.run_id,
                                       "stalwart.workflow": run.workflow}
         if run.parent_run_id is not None:
