@@ -124,7 +124,7 @@ class SpanSink:
     """Where direct spans go: the span processor of one SDK tracer (see the module doc)."""
 
     __slots__ = ("_checked", "_ok", "_processors_ok", "_root", "info", "limits", "plain_max",
-                 "processor", "processors", "resource", "scope", "tracer")
+                 "processor", "resource", "scope", "tracer")
 
     def __init__(self, tracer: SdkTracer) -> None:
         self.tracer = tracer
@@ -147,8 +147,6 @@ class SpanSink:
                 self._ok = False  # any other sampler decides every span itself
         self._checked: object = None
         self._processors_ok = False
-        self.processors: tuple[SpanProcessor, ...] | None = None
-        """The provider's processors, when direct spans may go to them."""
 
     def sampled(self, trace_id: int) -> bool | None:
         """Whether the trace ``trace_id`` (a run's) is sampled, decided once for all its
@@ -172,7 +170,6 @@ class SpanSink:
                 type(p).on_start in _NOOP_ON_START
                 and getattr(type(p), "_on_ending", None) in _NOOP_ON_ENDING
                 for p in processors)
-            self.processors = processors if self._processors_ok else None
         if not self._processors_ok:
             return False
         config = getattr(self.tracer, "_tracer_config", None)  # None: an SDK without it
@@ -247,13 +244,8 @@ class DirectSpan:
             log.warning("Calling end() on an ended span.")
             return
         self._ended = True
-        sink = self._sink
-        span = EndedSpan(self, end_time if end_time is not None else time_ns())
-        processors = sink.processors
-        if processors is not None and len(processors) == 1:
-            processors[0].on_end(span)  # what the provider's multi-processor would do
-        else:
-            sink.processor.on_end(span)
+        self._sink.processor.on_end(EndedSpan(self, end_time if end_time is not None
+                                              else time_ns()))
 
     def readable(self, end_time: int) -> tuple[Any, ...]:
         """``ReadableSpan``'s arguments for this span, ended at ``end_time``."""
