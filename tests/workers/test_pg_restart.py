@@ -65,7 +65,14 @@ async def test_workers_reconnect_after_a_postgres_restart_and_finish(
     await fc.wait_for_completed(pg_url, RUNS, timeout=90)
     for proc in procs:
         assert proc.poll() is None, fleet.log(proc)
-    beats = dict(fc.query(pg_url, "SELECT pid, heartbeat_at FROM stalwart_workers"))
+    # The runs may finish before the next heartbeat is due (every lease/3 s): wait,
+    # bounded, for a heartbeat written after the restart.
+    deadline = time.monotonic() + 30
+    while True:
+        beats = dict(fc.query(pg_url, "SELECT pid, heartbeat_at FROM stalwart_workers"))
+        if all(beats[p.pid] > restarted for p in procs) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
     for proc in procs:
         assert fleet.stop(proc) == 0, fleet.log(proc)
 
