@@ -4,6 +4,7 @@ OTLP bytes. Other samplers and processors that watch span starts take the SDK pa
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterator
 from typing import Any
 
@@ -180,6 +181,13 @@ async def test_direct_spans_are_what_the_sdk_path_exports(
     unread = list(direct.spans())
     raw = stalwart_encode(unread)
     assert raw == encode_spans(unread).SerializeToString()
+    # ...and as the export process gets them: packed from the raw fields, pickled.
+    from stalwart.telemetry._otlp import encode_packed
+    from stalwart.telemetry._sidecar import _pack, _rebuild_tables, _Tables
+
+    tables = _Tables()
+    packed = pickle.loads(pickle.dumps([_pack(s, tables) for s in unread]))
+    assert encode_packed(*_rebuild_tables(tables.resources, tables.scopes, {}), packed) == raw
 
     a, b = exported(direct), exported(sdk)
     assert [dump(s) for s in a] == [dump(s) for s in b]

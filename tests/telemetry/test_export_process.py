@@ -22,9 +22,11 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanContext, TraceFlags, TraceState
 
 import stalwart as sw
 from stalwart.telemetry import OTLPReceiver, ProcessSpanExporter, Tracing, configure
+from stalwart.telemetry._sidecar import _context
 from stalwart.testing import MemoryStore
 
 from .test_otlp_encoder import VALUES, span
@@ -164,6 +166,18 @@ def test_the_child_exits_when_its_parent_is_killed(tmp_path: Path,
         time.sleep(0.05)
     os.kill(child_pid, signal.SIGKILL)
     pytest.fail("the export process outlived its parent")
+
+
+@pytest.mark.parametrize("ctx", [
+    SpanContext(7, 8, False, TraceFlags(TraceFlags.SAMPLED)),
+    SpanContext(2**128 - 1, 2**64 - 1, True, TraceFlags(TraceFlags.DEFAULT),
+                TraceState([("k", "v"), ("a", "b")])),
+])
+def test_contexts_are_packed_from_their_fields(ctx: SpanContext) -> None:
+    """``_context`` reads a SpanContext as a tuple: its layout is the properties'."""
+    assert _context(ctx) == (ctx.trace_id, ctx.span_id, ctx.is_remote, int(ctx.trace_flags),
+                             tuple(ctx.trace_state.items()))
+    assert _context(None) is None
 
 
 def test_configure_rejects_an_unknown_export_place(monkeypatch: pytest.MonkeyPatch) -> None:

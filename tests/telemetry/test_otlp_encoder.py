@@ -5,6 +5,7 @@ over real HTTP to a receiver that decodes it."""
 from __future__ import annotations
 
 import logging
+import pickle
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,7 +31,8 @@ from opentelemetry.trace import (
 )
 
 from stalwart.telemetry import OTLPReceiver
-from stalwart.telemetry._otlp import OTLPSpanExporter, encode_spans
+from stalwart.telemetry._otlp import OTLPSpanExporter, encode_packed, encode_spans
+from stalwart.telemetry._sidecar import _pack, _rebuild_tables, _Tables
 
 SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 RESOURCE = Resource.create({"service.name": "encoder", "deployment": "test"})
@@ -59,10 +61,17 @@ def span(i: int = 0, **overrides: Any) -> ReadableSpan:
 
 
 def assert_same(spans: list[ReadableSpan]) -> None:
+    """Our encoding equals the SDK's: of the spans, and of the spans as the export
+    process receives them (packed in this process, pickled, encoded there)."""
     ours = encode_spans(spans)
     theirs = sdk_encode(spans)
     assert ExportTraceServiceRequest.FromString(ours) == theirs
     assert ours == theirs.SerializeToString()
+    tables = _Tables()
+    packed = pickle.loads(pickle.dumps([_pack(s, tables) for s in spans]))
+    resources, scopes = _rebuild_tables(
+        *pickle.loads(pickle.dumps((tables.resources, tables.scopes))), {})
+    assert encode_packed(resources, scopes, packed) == ours
 
 
 @pytest.fixture(autouse=True)
