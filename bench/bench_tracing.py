@@ -131,10 +131,13 @@ class Mode:
     def __enter__(self) -> Mode:
         if self.name in ("memory", "simple"):
             self._memory = InMemorySpanExporter()
-            tp = TracerProvider()
+            # Not shut down at exit: the atexit hook would keep each measurement's
+            # provider, and through it the exporter's spans, alive to the end.
+            tp = TracerProvider(shutdown_on_exit=False)
             tp.add_span_processor(BatchSpanProcessor(self._memory) if self.name == "memory"
                                   else SimpleSpanProcessor(self._memory))
-            mp = MeterProvider(metric_readers=[InMemoryMetricReader()])
+            mp = MeterProvider(metric_readers=[InMemoryMetricReader()],
+                               shutdown_on_exit=False)
             self._providers = (tp, mp)
             self.tracing = Tracing(tracer_provider=tp, meter_provider=mp)
         elif self.name in ("otlp", "otlp-proc"):
@@ -160,6 +163,8 @@ class Mode:
         if self._providers is not None:
             for provider in self._providers:
                 provider.shutdown()
+        if self._memory is not None:
+            self._memory.clear()  # no measurement pays for collecting the last one's spans
 
 
 @contextlib.contextmanager
