@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import struct
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, final
 
@@ -53,7 +52,6 @@ _LOCAL_PARENT = b"\x85\x01" + struct.pack("<I", _HAS_IS_REMOTE)
 _REMOTE_PARENT = b"\x85\x01" + struct.pack("<I", _HAS_IS_REMOTE | _IS_REMOTE)
 
 _CACHE_MAX = 8192
-_YIELD_EVERY = 16
 _field_cache: dict[tuple[bytes, str, type, object], bytes] = {}
 
 
@@ -300,21 +298,12 @@ def _scope(scope: Any) -> bytes:
     return b"".join(body)
 
 
-def encode_spans(spans: Sequence[ReadableSpan], *, yield_every: int = 0) -> bytes:
+def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
     """The serialized ``ExportTraceServiceRequest`` for ``spans``: the message the SDK's
-    ``encode_spans`` builds, as bytes.
-
-    With ``yield_every=N``, the encoding thread lets other threads have the GIL after
-    every ``N`` spans (see :class:`OTLPSpanExporter`)."""
+    ``encode_spans`` builds, as bytes."""
     groups = _Groups()
-    if yield_every <= 0:
-        for span in spans:
-            groups.add(span)
-    else:
-        for i, span in enumerate(spans, 1):
-            groups.add(span)
-            if not i % yield_every:
-                time.sleep(0)
+    for span in spans:
+        groups.add(span)
     return groups.request()
 
 
@@ -346,7 +335,7 @@ class OTLPSpanExporter(_SdkOTLPSpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if not self.packs:
             return super().export(spans)  # an SDK laid out differently: its own path
-        return self._send(len(spans), lambda: encode_spans(spans, yield_every=_YIELD_EVERY))
+        return self._send(len(spans), lambda: encode_spans(spans))
 
     def export_packed(self, resources: Sequence[Any], scopes: Sequence[Any],
                       packed: Sequence[tuple[Any, ...]]) -> SpanExportResult:
