@@ -41,7 +41,7 @@ import json
 import logging
 import weakref
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -80,7 +80,7 @@ from ._interceptor import (
     ToolCallEndInput,
     ToolCallStartInput,
 )
-from ._spans import DirectSpan, SpanLike, SpanSink
+from ._spans import DirectSpan, LazySpan, SpanLike, SpanSink
 
 if TYPE_CHECKING:
     from .._runtime import Runtime
@@ -122,17 +122,131 @@ class _ChosenIds(IdGenerator):
         return False  # run trace ids are hashes of run ids
 
 
-@dataclass(slots=True)
+_Step = SpanLike | tuple[str, int, SpanContext | None]
+"""A step executing: its span, or, while nothing needed one (the usual step), only its
+name, start time and parent (``None``: the run); its span is then made when it ends (a
+``LazySpan``)."""
+
+
 class _Run:
-    trace_id: int
-    ids: RunIds
-    span: SpanLike
-    context: SpanContext
-    """The run span's context: its trace id, flags and the parent of its steps."""
-    direct: bool = True
-    """Its spans skip the SDK's ``Span`` (see ``_spans``); else the sampler sees each."""
-    steps: dict[str, SpanLike] = field(default_factory=dict)
-    retries: dict[str, int] = field(default_factory=dict)
+    """A run executing here: its steps executing, and its ids, each computed when first
+    needed (for most runs only where their spans are read, off the event loop)."""
+
+    __slots__ = ("_context", "_ids", "_trace_id", "attributes", "direct", "parent",
+                 "redrive", "retries", "run_id", "sink", "span", "start", "steps",
+                 "workflow")
+
+    def __init__(self, run_id: str, workflow: str, sink: SpanSink, *, direct: bool,
+                 redrive: int, trace_id: int | None, parent: SpanContext | None,
+                 attributes: dict[str, Any], start: float) -> None:
+        self.run_id = run_id
+        self.workflow = workflow
+        self.sink = sink
+        self.direct = direct
+        """Its spans skip the SDK's ``Span`` (see ``_spans``); else the sampler sees each."""
+        self.redrive = redrive
+        self._trace_id = trace_id  # None: the run's own (a hash of its id)
+        self._ids: RunIds | None = None
+        self._context: SpanContext | None = None
+        self.parent = parent
+        self.attributes = attributes
+        self.start = start
+        self.span: SpanLike | None = None
+        """Its span, when made as it started (the SDK's path); else a ``LazySpan``
+        is made as it ends."""
+        self.steps: dict[str, _Step] = {}
+        self.retries: dict[str, int] = {}
+
+    @property
+    def trace_id(self) -> int:
+        if self._trace_id is None:
+            self._trace_id = trace_id_for(self.run_id)
+        return self._trace_id
+
+    @property
+    def ids(self) -> RunIds:
+        if self._ids is None:
+            self._ids = RunIds(self.run_id, redrive=self.redrive)
+        return self._ids
+
+    @property
+    def context(self) -> SpanContext:
+        """The run span's context: its trace id, flags and the parent of its steps."""
+        if self._context is None:
+            self._context = (self.span.get_span_context() if self.span is not None else
+                             SpanContext(self.trace_id, self.ids.span("run"), False, _SAMPLED))
+        return self._context
+
+    def step_context(self, step_id: str) -> SpanContext:
+        """The context of step ``step_id``'s span."""
+        return SpanContext(self.trace_id, self.ids.step(step_id), False, _SAMPLED)
+
+    def span_context(self, what: tuple[Any, ...]) -> SpanContext:
+        """A ``LazySpan``'s context: ``("run", ...)`` or ``("step", step_id, ...)``."""
+        return self.context if what[0] == "run" else self.step_context(what[1])
+
+    def span_fields(self, what: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``ReadableSpan``'s arguments for a ``LazySpan``: the run's, ``("run", status,
+        error JSON, end)``, or a plain step's, ``("step", step_id, name, parent, start,
+        end, error JSON)``."""
+        name, span_id, parent, start, end, attributes, error = self._span_of(what)
+        return self.sink.fields(
+            name, SpanContext(self.trace_id, span_id, False, _SAMPLED), parent,
+            SpanKind.INTERNAL, attributes, None,
+            _UNSET if error is None else Status(StatusCode.ERROR, error), start, end)
+
+    def span_parts(self, what: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """A ``LazySpan`` as plain values (see ``LazySpan.parts``)."""
+        name, span_id, parent, start, end, attributes, error = self._span_of(what)
+        sink = self.sink
+        if len(attributes) > sink.plain_max:
+            return None
+        return (name, self.trace_id, span_id, None if parent is None else parent[1], start,
+                end, attributes, (0, None) if error is None else (_ERROR, error),
+                sink.resource, sink.scope)
+
+    def _span_of(self, what: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``(name, span id, parent context, start, end, attributes, error message or
+        None)`` of a ``LazySpan``'s ``what``."""
+        message: str | None = None
+        if what[0] == "step":
+            _, step_id, name, parent, start, end, error = what
+            attributes = {"stalwart.run_id": self.run_id, "stalwart.step_id": step_id,
+                          "stalwart.step.name": name}
+            if error is not None:
+                attributes["error.type"], message = _error_of(error)
+            return (f"step {name}", self.ids.step(step_id), parent or self.context, start,
+                    end, attributes, message)
+        _, status, error, end = what
+        attributes = dict(self.attributes)
+        attributes["stalwart.run.status"] = str(status)
+        if status in (RunStatus.FAILED, RunStatus.DEAD_LETTERED):
+            attributes["error.type"], message = _error_of(error or "{}")
+        return (f"workflow {self.workflow}", self.context[1], self.parent, _ns(self.start),
+                end, attributes, message)
+
+    def current(self, step_id: str) -> SpanContext | None:
+        """The context of step ``step_id``'s span if it is executing, else ``None``."""
+        step = self.steps.get(step_id)
+        if step is None:
+            return None
+        if type(step) is tuple:
+            return self.step_context(step_id)
+        return step.get_span_context()  # type: ignore[union-attr]
+
+    def promote(self, step_id: str) -> SpanLike | None:
+        """Step ``step_id``'s span, made now if it was not yet (something is about to
+        add to it); ``None`` if the step is not executing."""
+        step = self.steps.get(step_id)
+        if type(step) is not tuple:
+            return step  # type: ignore[return-value]
+        name, start, parent = step
+        span = DirectSpan(self.sink, f"step {name}", self.step_context(step_id),
+                          parent or self.context, SpanKind.INTERNAL,
+                          {"stalwart.run_id": self.run_id, "stalwart.step_id": step_id,
+                           "stalwart.step.name": name}, start)
+        self.steps[step_id] = span
+        return span
 
 
 @dataclass(slots=True)
@@ -156,6 +270,8 @@ class _Call:
 
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_UNSET = Status(StatusCode.UNSET)
+_ERROR = StatusCode.ERROR.value
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _NOTHING: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
 
@@ -163,20 +279,24 @@ _NOTHING: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
 class _RunSpan(NonRecordingSpan):
     """OpenTelemetry's current span while a run executes (set once per execution): the
     span of the step the calling code runs in, as the runtime's step context says, else
-    the run's. Per-step activation would cost a context attach and detach per step."""
+    the run's. Per-step activation would cost a context attach and detach per step.
+    ``state`` ``None``: a run the sampler dropped, of (unsampled) ``context``."""
 
-    def __init__(self, context: SpanContext, run_id: str, steps: dict[str, SpanLike]) -> None:
-        super().__init__(context)
+    def __init__(self, context: SpanContext | None, run_id: str, state: _Run | None) -> None:
+        super().__init__(context)  # type: ignore[arg-type]  # see get_span_context
         self._run_id = run_id
-        self._steps = steps
+        self._state = state
 
     def get_span_context(self) -> SpanContext:
+        state = self._state
+        if state is None:
+            return super().get_span_context()
         info = _step_var.get()
         if info is not None and info.run_id == self._run_id:
-            span = self._steps.get(info.step_id)
-            if span is not None:
-                return span.get_span_context()
-        return super().get_span_context()
+            current = state.current(info.step_id)
+            if current is not None:
+                return current
+        return state.context
 
 
 class _Current:
@@ -284,56 +404,60 @@ class OTelInterceptor(Interceptor):
     def _end(self, span: SpanLike) -> None:
         span.end(end_time=_ns(self._clock.now()))
 
-    def _trace_of(self, run_id: str, parent_run_id: str | None) -> int:
-        if parent_run_id is None:
-            return trace_id_for(run_id)
-        known = self._traces.get(parent_run_id)
-        return known if known is not None else trace_id_for(parent_run_id)
+    def _trace_of(self, run_id: str) -> int:
+        """The trace id of run ``run_id``: a child run's is its parent's."""
+        known = self._traces.get(run_id)
+        return known if known is not None else trace_id_for(run_id)
 
     def run_started(self, input: RunStartInput) -> None:
         run = input.run
-        trace_id = self._trace_of(run.run_id, run.parent_run_id)
+        trace_id = None  # the run's own, computed when needed
         parent = None
-        if run.parent_run_id is not None and run.parent_step_id is not None:
-            # The parent's ids, from its execution if it runs here (it may be a redrive,
-            # whose ids are its own), else as a first execution names them.
-            executing = self._runs.get(run.parent_run_id)
-            parent = SpanContext(trace_id, executing.ids.step(run.parent_step_id)
-                                 if executing is not None else
-                                 span_id_for(run.parent_run_id, "step", run.parent_step_id),
-                                 False, _SAMPLED)
         attributes: dict[str, Any] = {"stalwart.run_id": run.run_id,
                                       "stalwart.workflow": run.workflow}
         if run.parent_run_id is not None:
+            trace_id = self._trace_of(run.parent_run_id)
+            self._traces[run.run_id] = trace_id
+            if len(self._traces) > _TRACES_KEPT:
+                del self._traces[next(iter(self._traces))]
             attributes["stalwart.parent_run_id"] = run.parent_run_id
+            if run.parent_step_id is not None:
+                # The parent's ids, from its execution if it runs here (it may be a
+                # redrive, whose ids are its own), else as a first execution names them.
+                executing = self._runs.get(run.parent_run_id)
+                parent = SpanContext(
+                    trace_id, executing.ids.step(run.parent_step_id) if executing is not None
+                    else span_id_for(run.parent_run_id, "step", run.parent_step_id),
+                    False, _SAMPLED)
         if input.resumed:
             attributes["stalwart.resumed"] = True
-        ids = RunIds(run.run_id, redrive=input.redrives)
         at = run.created_at
         if input.redrives:
             # The run's span ended when it was dead-lettered, and its steps' spans with
             # it: what a redrive executes gets ids of its own, under a span of its own
             # that is a child of the run's (a span is emitted once).
-            parent = SpanContext(trace_id, span_id_for(run.run_id, "run"), False, _SAMPLED)
+            parent = SpanContext(trace_id or trace_id_for(run.run_id),
+                                 span_id_for(run.run_id, "run"), False, _SAMPLED)
             attributes["stalwart.redrive"] = input.redrives
             at = input.redriven_at if input.redriven_at is not None else self._clock.now()
-        self._traces[run.run_id] = trace_id
-        if len(self._traces) > _TRACES_KEPT:
-            del self._traces[next(iter(self._traces))]
-        sampled = self._sink.sampled(trace_id)
+        sink = self._sink
+        state = _Run(run.run_id, run.workflow, sink, direct=True, redrive=input.redrives,
+                     trace_id=trace_id, parent=parent, attributes=attributes, start=at)
+        sampled = True if sink.samples_all else sink.sampled(state.trace_id)
         if sampled is False:
             # Dropped by the sampler, as each of its spans would be: none is made. Code
             # inside still sees the run's (unsampled) context, so its spans drop too.
-            dropped = SpanContext(trace_id, ids.span("run"), False, _NOT_SAMPLED)
+            dropped = SpanContext(state.trace_id, state.ids.span("run"), False, _NOT_SAMPLED)
             self._dropped[run.run_id] = dropped
-            self._make_current(run.run_id, _RunSpan(dropped, run.run_id, {}))
+            self._make_current(run.run_id, _RunSpan(dropped, run.run_id, None))
             return
-        span = self._start(f"workflow {run.workflow}", trace_id=trace_id,
-                           span_id=ids.span("run"), parent=parent, attributes=attributes,
-                           at=at, direct=sampled is True)
-        state = _Run(trace_id, ids, span, span.get_span_context(), direct=sampled is True)
+        state.direct = sampled is True
+        if not (state.direct and sink.direct()):  # the SDK's path: its span now
+            state.span = self._start(f"workflow {run.workflow}", trace_id=state.trace_id,
+                                     span_id=state.ids.span("run"), parent=parent,
+                                     attributes=attributes, at=at, direct=False)
         self._runs[run.run_id] = state
-        self._make_current(run.run_id, _RunSpan(state.context, run.run_id, state.steps))
+        self._make_current(run.run_id, _RunSpan(None, run.run_id, state))
 
     def _make_current(self, run_id: str, span: _RunSpan) -> None:
         """For the rest of this execution (its task), ``span`` is the current span."""
@@ -348,6 +472,10 @@ class OTelInterceptor(Interceptor):
         if state is None or input.status not in TERMINAL_STATUSES:
             return  # parked or interrupted: the execution that ends the run emits it
         span = state.span
+        if span is None:  # a LazySpan, read (and filled in) by the exporter
+            self._sink.emit(LazySpan(state, ("run", input.status, input.error,
+                                             _ns(self._clock.now()))))
+            return
         span.set_attribute("stalwart.run.status", str(input.status))
         if input.status in (RunStatus.FAILED, RunStatus.DEAD_LETTERED):
             kind, message = _error_of(input.error or "{}")
@@ -355,10 +483,11 @@ class OTelInterceptor(Interceptor):
             span.set_status(Status(StatusCode.ERROR, message))
         self._end(span)
 
-    def _parent_of_step(self, run_id: str, state: _Run) -> SpanContext:
+    def _parent_of_step(self, run_id: str, state: _Run) -> SpanContext | None:
+        """The parent of a step's span: its agent's, or ``None`` for the run's."""
         frames = self._agents.get()
         if not frames or frames[-1].run_id != run_id:
-            return state.context
+            return None
         return self._materialize(frames, state)
 
     def _materialize(self, frames: Sequence[_Agent], state: _Run) -> SpanContext:
@@ -375,30 +504,35 @@ class OTelInterceptor(Interceptor):
         return parent
 
     def step_started(self, input: StepStartInput) -> None:
-        # The hot path of tracing (every step that runs): kept free of extra calls.
-        run_id, step_id, name = input.run_id, input.step_id, input.name
+        # The hot path of tracing (every step that runs): kept free of extra calls. A
+        # direct run's step only notes its start; its span is made when it ends.
+        run_id, step_id = input.run_id, input.step_id
         state = self._runs.get(run_id)
         if state is None or step_id in state.steps:
             return
         parent = self._parent_of_step(run_id, state)
-        attributes = {"stalwart.run_id": run_id, "stalwart.step_id": step_id,
-                      "stalwart.step.name": name}
         if state.direct and self._sink.direct():
-            state.steps[step_id] = DirectSpan(
-                self._sink, f"step {name}",
-                SpanContext(state.trace_id, state.ids.step(step_id), False, _SAMPLED),
-                parent, SpanKind.INTERNAL, attributes,
-                _ns(self._clock.now() if input.since is None else input.since))
+            state.steps[step_id] = (input.name, _ns(
+                self._clock.now() if input.since is None else input.since), parent)
             return
+        name = input.name
         state.steps[step_id] = self._start(
             f"step {name}", trace_id=state.trace_id, span_id=state.ids.step(step_id),
-            parent=parent, at=input.since, attributes=attributes, direct=state.direct)
+            parent=parent or state.context, at=input.since, direct=state.direct,
+            attributes={"stalwart.run_id": run_id, "stalwart.step_id": step_id,
+                        "stalwart.step.name": name})
 
     def step_ended(self, input: StepEndInput) -> None:
         state = self._runs.get(input.run_id)
-        span = state.steps.pop(input.step_id, None) if state is not None else None
-        if span is None or state is None:
+        step = state.steps.pop(input.step_id, None) if state is not None else None
+        if step is None or state is None:
             return
+        if type(step) is tuple:  # nothing was added to it: a LazySpan
+            name, start, parent = step
+            self._sink.emit(LazySpan(state, ("step", input.step_id, name, parent, start,
+                                             _ns(self._clock.now()), input.error)))
+            return
+        span: SpanLike = step  # type: ignore[assignment]
         retries = state.retries.pop(input.step_id, 0) if state.retries else 0
         if retries:
             span.set_attribute("stalwart.retries", retries)
@@ -467,15 +601,14 @@ class OTelInterceptor(Interceptor):
     def _call_span(self, run_id: str, step_id: str, name: str, what: tuple[str, ...],
                    kind: SpanKind, attributes: dict[str, Any]) -> _Call | None:
         state = self._runs.get(run_id)
-        step = state.steps.get(step_id) if state is not None else None
-        if state is None or step is None:
+        parent = state.current(step_id) if state is not None else None
+        if state is None or parent is None:
             dropped = self._dropped.get(run_id)
             if dropped is None:
                 return None
             # A run its sampler dropped: no span, but the call's metrics all the same.
             return _Call(NonRecordingSpan(dropped), self._clock.now(), attributes, False)
         at = self._clock.now()
-        parent = step.get_span_context()
         span = self._start(name, trace_id=parent.trace_id,
                            span_id=state.ids.span("call", step_id, *what), parent=parent,
                            kind=kind, attributes=dict(attributes), at=at,
@@ -590,7 +723,7 @@ class OTelInterceptor(Interceptor):
         if input.action == "retried" and self._metrics:
             self._retries.add(1, {"stalwart.policy.key": input.key})
         state = self._runs.get(input.run_id)
-        span = (state.steps.get(input.step_id) if state is not None
+        span = (state.promote(input.step_id) if state is not None
                 and input.step_id is not None else None)
         if span is None or state is None or input.step_id is None:
             return

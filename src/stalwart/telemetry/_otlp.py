@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status
 
-from ._spans import EndedSpan
+from ._spans import EndedSpan, LazySpan
 
 __all__ = ["OTLPSpanExporter", "encode_packed", "encode_spans"]
 
@@ -46,6 +46,7 @@ _UINT64 = (1 << 64) - 1
 
 # OTLP span kinds (trace.proto Span.SpanKind): 0 is "unspecified", never sent by the SDK.
 _KIND = {kind.value: b"\x30" + bytes((kind.value + 1,)) for kind in SpanKind}
+_INTERNAL = SpanKind.INTERNAL.value
 # SpanFlags: bit 8 says bit 9 is meaningful; bit 9 says the parent is remote.
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200
 _LOCAL_PARENT = b"\x85\x01" + struct.pack("<I", _HAS_IS_REMOTE)
@@ -241,7 +242,15 @@ class _Groups:
         self._last: tuple[Any, Any, list[bytes]] | None = None
 
     def add(self, span: ReadableSpan) -> None:
-        fields = span.fields() if type(span) is EndedSpan else None
+        parts = span.parts() if type(span) is LazySpan else None
+        if parts is not None:  # plain values, no SDK object made
+            (name, trace_id, span_id, parent_id, start, end, attributes, status, resource,
+             scope) = parts
+            self.add_encoded(resource, scope, _span(
+                name, trace_id, span_id, None, parent_id, False, _INTERNAL, start, end,
+                attributes, 0, (), 0, (), 0, status))
+            return
+        fields = span.fields() if isinstance(span, EndedSpan) else None
         if fields is not None:  # a direct span not filled in: read its raw fields
             (name, context, parent, resource, attributes, events, links, kind, _info,
              status, start, end, scope) = fields

@@ -47,7 +47,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
-from ._spans import EndedSpan
+from ._spans import EndedSpan, LazySpan
 
 __all__ = ["ProcessSpanExporter"]
 
@@ -58,6 +58,8 @@ _START_WAIT_MILLIS = 30_000
 _EXPORT_WAIT_MILLIS = 60_000
 """How long an export waits for the child's answer (its HTTP timeout is 10 s)."""
 _KINDS = {kind.value: kind for kind in SpanKind}
+_INTERNAL = SpanKind.INTERNAL.value
+_SAMPLED = int(TraceFlags.SAMPLED)
 _CODES = {code.value: code for code in StatusCode}
 
 
@@ -104,6 +106,15 @@ class _Tables:
 
 def _pack(span: ReadableSpan, tables: _Tables) -> tuple[Any, ...]:
     """A span's fields as plain values (an ended direct span's without filling it in)."""
+    if type(span) is LazySpan:
+        parts = span.parts()
+        if parts is not None:
+            (name, trace_id, span_id, parent_id, start, end, attributes, status, resource,
+             scope) = parts
+            return (name, (trace_id, span_id, False, _SAMPLED, ()),
+                    None if parent_id is None else (trace_id, parent_id, False, _SAMPLED, ()),
+                    _INTERNAL, start, end, attributes, 0, None, 0, None, 0, status,
+                    tables.resource(resource), tables.scope(scope))
     if isinstance(span, EndedSpan):
         fields = span.fields()
         if fields is not None:

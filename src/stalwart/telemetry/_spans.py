@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from time import time_ns
 from typing import Any, Protocol, final
 
@@ -62,7 +62,7 @@ except ImportError:  # pragma: no cover - an SDK older than its own span metrics
 
 _NO_METRICS = _NoMetrics()
 
-__all__ = ["DirectSpan", "EndedSpan", "SpanLike", "SpanSink"]
+__all__ = ["DirectSpan", "EndedSpan", "LazySpan", "SpanLike", "SpanSink", "SpanSource"]
 
 log = logging.getLogger("stalwart.telemetry")
 
@@ -119,11 +119,39 @@ def _per_trace(sampler: Sampler) -> Sampler | None:
     return None
 
 
+def _emitter(processors: Sequence[SpanProcessor] | None,
+             ) -> Callable[[ReadableSpan], None] | None:
+    """Where a sampled span goes when every processor is the SDK's
+    ``BatchSpanProcessor``: straight into their queues. Its ``on_end`` only checks that
+    the span is sampled (a direct span always is) before queueing it, and that check
+    reads the span's context, which a ``StepSpan`` computes only when read (a hash):
+    skipping it keeps that off the event loop. ``None`` for any other processor (or an
+    SDK whose batch processor is built otherwise): call ``on_end``."""
+    if not processors:
+        return None
+    queues: list[Callable[[ReadableSpan], None]] = []
+    for processor in processors:
+        inner = getattr(processor, "_batch_processor", None)
+        if type(processor) is not BatchSpanProcessor or not callable(
+                getattr(inner, "emit", None)):
+            return None
+        queues.append(inner.emit)  # type: ignore[union-attr]
+    if len(queues) == 1:
+        return queues[0]
+
+    def emit_all(span: ReadableSpan) -> None:
+        for emit in queues:
+            emit(span)
+
+    return emit_all
+
+
 @final
 class SpanSink:
     """Where direct spans go: the span processor of one SDK tracer (see the module doc)."""
 
-    __slots__ = ("_checked", "_ok", "_processors_ok", "_root", "info", "limits", "plain_max",
+    __slots__ = ("_checked", "_emit", "_ok", "_processors_ok", "_root", "info", "limits",
+                 "plain_max",
                  "processor", "resource", "scope", "tracer")
 
     def __init__(self, tracer: SdkTracer) -> None:
@@ -147,6 +175,12 @@ class SpanSink:
                 self._ok = False  # any other sampler decides every span itself
         self._checked: object = None
         self._processors_ok = False
+        self._emit: Callable[[ReadableSpan], None] = self.processor.on_end
+
+    @property
+    def samples_all(self) -> bool:
+        """Whether every trace is sampled (no need to look at a trace's id)."""
+        return self._ok and self._root is None
 
     def sampled(self, trace_id: int) -> bool | None:
         """Whether the trace ``trace_id`` (a run's) is sampled, decided once for all its
@@ -159,6 +193,33 @@ class SpanSink:
         return self._root.should_sample(
             None, trace_id, "").decision is Decision.RECORD_AND_SAMPLE
 
+    def fields(self, name: str, context: SpanContext, parent: SpanContext | None,
+               kind: SpanKind, attributes: Mapping[str, Any], events: list[Event] | None,
+               status: Status, start: int, end: int) -> tuple[Any, ...]:
+        """``ReadableSpan``'s arguments for a span of this sink's tracer, its limits
+        applied to ``attributes`` and ``events`` as the SDK's ``Span`` applies them."""
+        if len(attributes) > self.plain_max or not _PLAIN.issuperset(
+                map(type, attributes.values())):
+            attributes = BoundedAttributes(
+                self.limits.max_span_attributes, attributes, immutable=True,
+                max_value_len=self.limits.max_span_attribute_length)
+        bounded: Any = ()
+        if events is not None:
+            bounded = BoundedList(self.limits.max_events)
+            for event in events:
+                bounded.append(event)
+        # Positional (cheaper): ReadableSpan's parameters in their order, unchanged since
+        # SDK 1.11 added instrumentation_scope; test_direct_spans checks every field.
+        return (name, context, parent, self.resource, attributes, bounded, (), kind,
+                self.info, status, start, end, self.scope)
+
+    def emit(self, span: ReadableSpan) -> None:
+        """Hand an ended direct span to the processors (those of now: one may have been
+        added since the span started, as the SDK's ``Span`` would hand it too)."""
+        if getattr(self.processor, "_span_processors", None) is not self._checked:
+            self.direct()
+        self._emit(span)
+
     def direct(self) -> bool:
         """Whether a span starting now may be a :class:`DirectSpan`."""
         if not self._ok:
@@ -170,6 +231,7 @@ class SpanSink:
                 type(p).on_start in _NOOP_ON_START
                 and getattr(type(p), "_on_ending", None) in _NOOP_ON_ENDING
                 for p in processors)
+            self._emit = _emitter(processors) or self.processor.on_end
         if not self._processors_ok:
             return False
         config = getattr(self.tracer, "_tracer_config", None)  # None: an SDK without it
@@ -244,27 +306,13 @@ class DirectSpan:
             log.warning("Calling end() on an ended span.")
             return
         self._ended = True
-        self._sink.processor.on_end(EndedSpan(self, end_time if end_time is not None
-                                              else time_ns()))
+        self._sink.emit(EndedSpan(self, end_time if end_time is not None else time_ns()))
 
     def readable(self, end_time: int) -> tuple[Any, ...]:
         """``ReadableSpan``'s arguments for this span, ended at ``end_time``."""
-        sink = self._sink
-        attributes: Mapping[str, Any] = self._attributes
-        if len(attributes) > sink.plain_max or not _PLAIN.issuperset(
-                map(type, attributes.values())):
-            attributes = BoundedAttributes(
-                sink.limits.max_span_attributes, attributes, immutable=True,
-                max_value_len=sink.limits.max_span_attribute_length)
-        events: Any = ()
-        if self._events is not None:
-            events = BoundedList(sink.limits.max_events)
-            for event in self._events:
-                events.append(event)
-        # Positional (cheaper): ReadableSpan's parameters in their order, unchanged since
-        # SDK 1.11 added instrumentation_scope; test_direct_spans checks every field.
-        return (self._name, self._context, self._parent, sink.resource, attributes, events,
-                (), self._kind, sink.info, self._status, self._start, end_time, sink.scope)
+        return self._sink.fields(self._name, self._context, self._parent, self._kind,
+                                 self._attributes, self._events, self._status, self._start,
+                                 end_time)
 
 
 class EndedSpan(ReadableSpan):
@@ -278,20 +326,73 @@ class EndedSpan(ReadableSpan):
 
     def __init__(self, span: DirectSpan, end_time: int) -> None:
         self._context = span._context
-        self._pending: DirectSpan | None = span
+        self._pending: Any = span
         self._pending_end = end_time
+
+    def _readable(self) -> tuple[Any, ...]:
+        """``ReadableSpan``'s arguments, from what is pending."""
+        span: DirectSpan = self._pending
+        return span.readable(self._pending_end)
 
     def fields(self) -> tuple[Any, ...] | None:
         """``ReadableSpan``'s arguments for this span, without filling it in; ``None``
         once it was filled in (read its properties then)."""
-        pending = self.__dict__.get("_pending")
-        return None if pending is None else pending.readable(self._pending_end)
+        return None if self.__dict__.get("_pending") is None else self._readable()
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for what is not set yet: the SDK's fields, on their first read.
-        pending = self.__dict__.get("_pending")
-        if pending is None or not name.startswith("_") or name.startswith("__"):
+        if (self.__dict__.get("_pending") is None or not name.startswith("_")
+                or name.startswith("__")):
             raise AttributeError(name)
-        ReadableSpan.__init__(self, *pending.readable(self._pending_end))
+        ReadableSpan.__init__(self, *self._readable())
         self._pending = None
         return object.__getattribute__(self, name)
+
+
+class SpanSource(Protocol):
+    """What a :class:`LazySpan` is built from when first read (a run's state, which
+    knows its ids), given what the span stands for (``what``, a tuple it chose)."""
+
+    def span_context(self, what: tuple[Any, ...]) -> SpanContext: ...
+
+    def span_fields(self, what: tuple[Any, ...]) -> tuple[Any, ...]: ...
+
+    def span_parts(self, what: tuple[Any, ...]) -> tuple[Any, ...] | None: ...
+
+
+@final
+class LazySpan(EndedSpan):
+    """The ``ReadableSpan`` of a span that ended before anything needed it (a plain step:
+    no events, no nested call, no policy acted; a run's own span), made from what the
+    event loop knew when it ended: ``what`` (ids, name, times, outcome), read by its
+    ``source``. Everything else, its context included (ids are hashes), is computed on
+    first read, on the exporter's side: the loop pays for one small object a span."""
+
+    def __init__(self, source: SpanSource, what: tuple[Any, ...]) -> None:
+        self._pending = source
+        self._what = what
+
+    @property
+    def context(self) -> SpanContext:
+        """The span's context (only it is computed, when the span is not filled in)."""
+        context: SpanContext | None = self.__dict__.get("_context")
+        if context is None:
+            context = self._context = self._pending.span_context(self._what)
+        return context
+
+    def get_span_context(self) -> SpanContext:
+        return self.context
+
+    def _readable(self) -> tuple[Any, ...]:
+        source: SpanSource = self._pending
+        return source.span_fields(self._what)
+
+    def parts(self) -> tuple[Any, ...] | None:
+        """The span as plain values, for an encoder, without filling it in: ``(name,
+        trace id, span id, parent span id or None, start, end, attributes, (status
+        code value, description), resource, scope)``; its kind is ``INTERNAL``, its
+        parent local, it has no events, links or trace state, nothing was dropped.
+        ``None`` once filled in, or when span limits could cut its attributes (read
+        :meth:`fields` then)."""
+        source: SpanSource | None = self.__dict__.get("_pending")
+        return None if source is None else source.span_parts(self._what)
