@@ -176,18 +176,20 @@ async def test_direct_spans_are_what_the_sdk_path_exports(
     assert await run_everything(sdk) is False
     # stalwart's encoder reads the direct spans' raw fields (before anything fills them
     # in): the same bytes as the SDK's encoder reading them filled in.
+    from stalwart.telemetry._otlp import encode_packed
     from stalwart.telemetry._otlp import encode_spans as stalwart_encode
+    from stalwart.telemetry._sidecar import _Known, _pack, _Tables
 
     unread = list(direct.spans())
-    raw = stalwart_encode(unread)
-    assert raw == encode_spans(unread).SerializeToString()
-    # ...and as the export process gets them: packed from the raw fields, pickled.
-    from stalwart.telemetry._otlp import encode_packed
-    from stalwart.telemetry._sidecar import _pack, _rebuild_tables, _Tables
-
+    # As the export process gets them: packed from the raw fields (a plain step's as the
+    # few values the child builds its span from), pickled.
     tables = _Tables()
-    packed = pickle.loads(pickle.dumps([_pack(s, tables) for s in unread]))
-    assert encode_packed(*_rebuild_tables(tables.resources, tables.scopes, {}), packed) == raw
+    packed = [_pack(s, tables) for s in unread]
+    assert (sum(len(p) == 2 for p in packed) > 0) is (other != "limits")
+    raw = stalwart_encode(unread)
+    message = pickle.loads(pickle.dumps((*tables.take(), packed)))
+    assert encode_packed(*_Known().batch(message)) == raw
+    assert raw == encode_spans(unread).SerializeToString()  # (this fills them in)
 
     a, b = exported(direct), exported(sdk)
     assert [dump(s) for s in a] == [dump(s) for s in b]
@@ -304,4 +306,57 @@ async def test_spans_are_filled_in_on_first_read_not_on_the_loop() -> None:
                                            "stalwart.step_id": "1",
                                            "stalwart.step.name": "one"}
     assert step.parent is not None and step.parent.span_id == span_id_for("lazy-1", "run")
+    provider.shutdown()
+
+
+async def test_the_export_process_is_sent_each_run_once_across_batches(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs, resources and scopes go to the export process once, numbered, and later
+    batches refer to them by number; with fewer kept than runs in flight, both sides
+    forget the same oldest ones and a run is sent again when next needed. Each batch
+    encodes as the SDK encodes the same spans."""
+    from stalwart.telemetry import _sidecar
+    from stalwart.telemetry._otlp import encode_packed
+    from stalwart.telemetry._spans import LazySpan
+
+    monkeypatch.setattr(_sidecar, "_KEPT", 3)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=RESOURCE)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = sw.Runtime(MemoryStore(), clock=sw.FakeClock(autojump=True), concurrency=8,
+                     tracing=sw.telemetry.Tracing(tracer_provider=provider, metrics=False))
+
+    async def one(i: int) -> int:
+        if i == 3:
+            raise ValueError("three")
+        return i
+
+    @app.workflow(name="batches")
+    async def batches(ctx: sw.Context) -> int:
+        total = 0
+        for i in range(4):
+            try:
+                total += await ctx.step(one, i, name=f"s{i}")
+            except ValueError:
+                total -= 1
+        return total
+
+    async with app:
+        handles = [await app.start(batches, run_id=f"b-{k}") for k in range(6)]
+        assert [await h.result() for h in handles] == [2] * 6
+    spans = list(exporter.get_finished_spans())
+    assert len(spans) == 6 * 5 and all(type(s) is LazySpan for s in spans)
+    tables, known = _sidecar._Tables(), _sidecar._Known()
+    sent_runs = 0
+    for start in range(0, len(spans), 4):  # batches of 4 spans, runs interleaved
+        batch = spans[start:start + 4]
+        packed = [_sidecar._pack(s, tables) for s in batch]
+        assert all(len(p) == 2 for p in packed)  # every one built by the child
+        message = pickle.loads(pickle.dumps((*tables.take(), packed)))
+        sent_runs += len(message[2])
+        assert encode_packed(*known.batch(message)) == (
+            encode_spans(batch).SerializeToString())
+        known.forget()
+        assert len(known.runs) <= 3
+    assert 6 < sent_runs < len(spans)  # some runs sent again after being forgotten
     provider.shutdown()

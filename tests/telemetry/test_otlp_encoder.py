@@ -32,7 +32,7 @@ from opentelemetry.trace import (
 
 from stalwart.telemetry import OTLPReceiver
 from stalwart.telemetry._otlp import OTLPSpanExporter, encode_packed, encode_spans
-from stalwart.telemetry._sidecar import _pack, _rebuild_tables, _Tables
+from stalwart.telemetry._sidecar import _Known, _pack, _Tables
 
 SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 RESOURCE = Resource.create({"service.name": "encoder", "deployment": "test"})
@@ -68,10 +68,9 @@ def assert_same(spans: list[ReadableSpan]) -> None:
     assert ExportTraceServiceRequest.FromString(ours) == theirs
     assert ours == theirs.SerializeToString()
     tables = _Tables()
-    packed = pickle.loads(pickle.dumps([_pack(s, tables) for s in spans]))
-    resources, scopes = _rebuild_tables(
-        *pickle.loads(pickle.dumps((tables.resources, tables.scopes))), {})
-    assert encode_packed(resources, scopes, packed) == ours
+    packed = [_pack(s, tables) for s in spans]
+    message = pickle.loads(pickle.dumps((*tables.take(), packed)))
+    assert encode_packed(*_Known().batch(message)) == ours
 
 
 @pytest.fixture(autouse=True)

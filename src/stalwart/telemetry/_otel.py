@@ -81,6 +81,7 @@ from ._interceptor import (
     ToolCallStartInput,
 )
 from ._spans import DirectSpan, LazySpan, SpanLike, SpanSink
+from ._steps import STEP_ATTRIBUTES_MAX, error_of, run_span, step_span
 
 if TYPE_CHECKING:
     from .._runtime import Runtime
@@ -187,8 +188,8 @@ class _Run:
 
     def span_fields(self, what: tuple[Any, ...]) -> tuple[Any, ...]:
         """``ReadableSpan``'s arguments for a ``LazySpan``: the run's, ``("run", status,
-        error JSON, end)``, or a plain step's, ``("step", step_id, name, parent, start,
-        end, error JSON)``."""
+        error JSON, end)``, or a plain step's, ``("step", step_id, name, parent span id
+        or None: the run's, start, end, error JSON)``."""
         name, span_id, parent, start, end, attributes, error = self._span_of(what)
         return self.sink.fields(
             name, SpanContext(self.trace_id, span_id, False, _SAMPLED), parent,
@@ -208,22 +209,35 @@ class _Run:
     def _span_of(self, what: tuple[Any, ...]) -> tuple[Any, ...]:
         """``(name, span id, parent context, start, end, attributes, error message or
         None)`` of a ``LazySpan``'s ``what``."""
-        message: str | None = None
         if what[0] == "step":
-            _, step_id, name, parent, start, end, error = what
-            attributes = {"stalwart.run_id": self.run_id, "stalwart.step_id": step_id,
-                          "stalwart.step.name": name}
-            if error is not None:
-                attributes["error.type"], message = _error_of(error)
-            return (f"step {name}", self.ids.step(step_id), parent or self.context, start,
-                    end, attributes, message)
+            _, step_id, name, parent_id, start, end, error = what
+            span_name, attributes, message = step_span(self.run_id, step_id, name, error)
+            return (span_name, self.ids.step(step_id), self.context if parent_id is None
+                    else SpanContext(self.trace_id, parent_id, False, _SAMPLED), start, end,
+                    attributes, message)
         _, status, error, end = what
-        attributes = dict(self.attributes)
-        attributes["stalwart.run.status"] = str(status)
-        if status in (RunStatus.FAILED, RunStatus.DEAD_LETTERED):
-            attributes["error.type"], message = _error_of(error or "{}")
-        return (f"workflow {self.workflow}", self.context[1], self.parent, _ns(self.start),
-                end, attributes, message)
+        name, attributes, message = run_span(self.attributes, status, error)
+        return (name, self.context[1], self.parent, _ns(self.start), end, attributes,
+                message)
+
+    def span_packed(self, what: tuple[Any, ...]) -> tuple[Any, ...]:
+        """What the span export process builds a ``LazySpan`` from, with this run's
+        :meth:`packable`: a step's ``what`` as it is; the run's, ``("run", status, error
+        JSON, end, start, parent span id or None, attributes at its start)``."""
+        if what[0] == "step":
+            return what
+        parent = self.parent
+        return (*what, _ns(self.start), None if parent is None else parent[1],
+                self.attributes)
+
+    def packable(self) -> tuple[Any, ...] | None:
+        """What the span export process needs to build this run's plain step spans
+        itself (``_sidecar``): ``(run id, redrive, trace id or None: the run's own,
+        resource, scope)``; ``None`` when span limits could cut a step's attributes."""
+        sink = self.sink
+        if sink.plain_max < STEP_ATTRIBUTES_MAX:
+            return None
+        return (self.run_id, self.redrive, self._trace_id, sink.resource, sink.scope)
 
     def current(self, step_id: str) -> SpanContext | None:
         """The context of step ``step_id``'s span if it is executing, else ``None``."""
@@ -241,10 +255,9 @@ class _Run:
         if type(step) is not tuple:
             return step  # type: ignore[return-value]
         name, start, parent = step
-        span = DirectSpan(self.sink, f"step {name}", self.step_context(step_id),
-                          parent or self.context, SpanKind.INTERNAL,
-                          {"stalwart.run_id": self.run_id, "stalwart.step_id": step_id,
-                           "stalwart.step.name": name}, start)
+        span_name, attributes, _ = step_span(self.run_id, step_id, name, None)
+        span = DirectSpan(self.sink, span_name, self.step_context(step_id),
+                          parent or self.context, SpanKind.INTERNAL, attributes, start)
         self.steps[step_id] = span
         return span
 
@@ -323,14 +336,6 @@ def _ns(seconds: float) -> int:
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _error_of(info_json: str) -> tuple[str, str]:
-    try:
-        info = json.loads(info_json)
-        return str(info.get("type") or "error"), str(info.get("message") or "")
-    except (ValueError, AttributeError):
-        return "error", info_json[:200]
 
 
 def _json(value: Any) -> str:
@@ -473,12 +478,12 @@ class OTelInterceptor(Interceptor):
             return  # parked or interrupted: the execution that ends the run emits it
         span = state.span
         if span is None:  # a LazySpan, read (and filled in) by the exporter
-            self._sink.emit(LazySpan(state, ("run", input.status, input.error,
+            self._sink.emit(LazySpan(state, ("run", str(input.status), input.error,
                                              _ns(self._clock.now()))))
             return
         span.set_attribute("stalwart.run.status", str(input.status))
         if input.status in (RunStatus.FAILED, RunStatus.DEAD_LETTERED):
-            kind, message = _error_of(input.error or "{}")
+            kind, message = error_of(input.error or "{}")
             span.set_attribute("error.type", kind)
             span.set_status(Status(StatusCode.ERROR, message))
         self._end(span)
@@ -515,12 +520,11 @@ class OTelInterceptor(Interceptor):
             state.steps[step_id] = (input.name, _ns(
                 self._clock.now() if input.since is None else input.since), parent)
             return
-        name = input.name
+        span_name, attributes, _ = step_span(run_id, step_id, input.name, None)
         state.steps[step_id] = self._start(
-            f"step {name}", trace_id=state.trace_id, span_id=state.ids.step(step_id),
+            span_name, trace_id=state.trace_id, span_id=state.ids.step(step_id),
             parent=parent or state.context, at=input.since, direct=state.direct,
-            attributes={"stalwart.run_id": run_id, "stalwart.step_id": step_id,
-                        "stalwart.step.name": name})
+            attributes=attributes)
 
     def step_ended(self, input: StepEndInput) -> None:
         state = self._runs.get(input.run_id)
@@ -529,15 +533,16 @@ class OTelInterceptor(Interceptor):
             return
         if type(step) is tuple:  # nothing was added to it: a LazySpan
             name, start, parent = step
-            self._sink.emit(LazySpan(state, ("step", input.step_id, name, parent, start,
-                                             _ns(self._clock.now()), input.error)))
+            self._sink.emit(LazySpan(state, (
+                "step", input.step_id, name, None if parent is None else parent[1], start,
+                _ns(self._clock.now()), input.error)))
             return
         span: SpanLike = step  # type: ignore[assignment]
         retries = state.retries.pop(input.step_id, 0) if state.retries else 0
         if retries:
             span.set_attribute("stalwart.retries", retries)
         if input.error is not None:
-            kind, message = _error_of(input.error)
+            kind, message = error_of(input.error)
             span.set_attribute("error.type", kind)
             span.set_status(Status(StatusCode.ERROR, message))
         span.end(_ns(self._clock.now()))

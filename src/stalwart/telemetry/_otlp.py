@@ -316,11 +316,11 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
     return groups.request()
 
 
-def encode_packed(resources: Sequence[Any], scopes: Sequence[Any],
+def encode_packed(resources: Mapping[int, Any], scopes: Mapping[int, Any],
                   packed: Iterable[tuple[Any, ...]]) -> bytes:
     """The serialized ``ExportTraceServiceRequest`` for spans packed by the span export
     process's parent (``_sidecar``): each refers to its ``Resource`` and
-    ``InstrumentationScope`` by its index in ``resources`` and ``scopes``. The same bytes
+    ``InstrumentationScope`` by its number in ``resources`` and ``scopes``. The same bytes
     as :func:`encode_spans` of the ``ReadableSpan``\\ s they were packed from."""
     groups = _Groups()
     for span in packed:
@@ -346,7 +346,7 @@ class OTLPSpanExporter(_SdkOTLPSpanExporter):
             return super().export(spans)  # an SDK laid out differently: its own path
         return self._send(len(spans), lambda: encode_spans(spans))
 
-    def export_packed(self, resources: Sequence[Any], scopes: Sequence[Any],
+    def export_packed(self, resources: Mapping[int, Any], scopes: Mapping[int, Any],
                       packed: Sequence[tuple[Any, ...]]) -> SpanExportResult:
         """Export spans packed by ``_sidecar`` (see :func:`encode_packed`); only when
         :attr:`packs`."""

@@ -20,10 +20,15 @@ processor's thread, which holds no GIL. A batch handed to the child before this 
 is SIGKILLed is still exported (the child finishes it, then sees the pipe close).
 
 Protocol (stdin of the child): frames of a 4-byte big-endian length and a pickle of
-``("config", kwargs)`` (first), ``("spans", resources, scopes, spans)``, ``("flush",)``
-or ``("stop",)``; the child answers each with one line on its stdout: ``ok`` or
-``failed``. The constructor waits for the answer to ``config`` (the child's imports take
-~0.5-1 s), so no batch waits for them. If the child dies, the next export starts a new
+``("config", kwargs)`` (first), ``("spans", new resources, new scopes, new runs, spans)``,
+``("flush",)`` or ``("stop",)``; the child answers each with one line on its stdout:
+``ok`` or ``failed``. Resources, scopes and runs are sent once, numbered, with the first
+batch that refers to them (``_Tables``); spans refer to them by number. A span stalwart
+made without the SDK's ``Span`` (a ``LazySpan``: a plain step's, a run's) travels as
+``(run number, the few values it was made from)``, and the child computes its ids and
+attributes itself (``_expand``), as the traced process would have. The constructor waits
+for the answer to ``config`` (the child's imports take ~0.5-1 s), so no batch waits for
+them. If the child dies, the next export starts a new
 one (the batch in flight is reported as failed).
 """
 
@@ -37,7 +42,7 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import IO, Any, cast, final
 
 from opentelemetry.sdk.resources import Resource
@@ -47,7 +52,9 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
-from ._spans import EndedSpan, LazySpan
+from ._ids import RunIds, trace_id_for
+from ._spans import EndedSpan, LazySpan, SpanSource
+from ._steps import run_span, step_span
 
 __all__ = ["ProcessSpanExporter"]
 
@@ -59,6 +66,8 @@ _EXPORT_WAIT_MILLIS = 60_000
 """How long an export waits for the child's answer (its HTTP timeout is 10 s)."""
 _KINDS = {kind.value: kind for kind in SpanKind}
 _INTERNAL = SpanKind.INTERNAL.value
+_COMPACT_LENGTH = 2
+"""The length of a ``LazySpan``'s packed tuple, ``(run index, what)`` (any other's is 15)."""
 _SAMPLED = int(TraceFlags.SAMPLED)
 _CODES = {code.value: code for code in StatusCode}
 
@@ -79,35 +88,92 @@ def _attrs(attributes: Any) -> tuple[dict[str, Any], int]:
     return dict(attributes), int(getattr(attributes, "dropped", 0) or 0)
 
 
+_KEPT = 8192
+"""How many resources, scopes and runs the child is sent once and then referred to by
+number (each kind, oldest forgotten first; both sides keep the same ones)."""
+
+
+@final
 class _Tables:
-    """Resources and scopes of one batch, sent once each and referred to by index."""
+    """Resources, scopes and runs the child knows: each is sent once, with the first
+    batch that refers to it, then referred to by its number. A batch of 512 spans holds
+    spans of hundreds of runs, and a run's spans arrive over several batches, so runs are
+    kept from batch to batch (up to ``_KEPT`` of each kind, in the order they were
+    numbered, as the child keeps them: a number in use here is known there). A new child
+    knows nothing: the exporter starts a new ``_Tables`` with it."""
 
     def __init__(self) -> None:
-        self.resources: list[tuple[dict[str, Any], str]] = []
-        self.scopes: list[tuple[str, str | None, str | None, dict[str, Any]] | None] = []
-        self._resource_index: dict[int, int] = {}
-        self._scope_index: dict[int, int] = {}
+        self._resources: dict[int, tuple[Resource, int]] = {}  # id -> (kept alive, number)
+        self._scopes: dict[int, tuple[InstrumentationScope | None, int]] = {}
+        self._runs: dict[SpanSource, int | None] = {}
+        self._numbers = [0, 0, 0]
+        self.resources: list[tuple[int, tuple[dict[str, Any], str]]] = []
+        """The resources numbered since the last :meth:`take`, to send: ``(number,
+        (attributes, schema URL))``; likewise ``scopes`` and ``runs``."""
+        self.scopes: list[tuple[int, tuple[str, str | None, str | None, dict[str, Any]]
+                                | None]] = []
+        self.runs: list[tuple[int, tuple[str, int, int | None, int, int]]] = []
+
+    def take(self) -> tuple[list[Any], list[Any], list[Any]]:
+        """What was numbered since the last call (it is sent with the next batch)."""
+        taken = (self.resources, self.scopes, self.runs)
+        self.resources, self.scopes, self.runs = [], [], []
+        return taken
+
+    def _number(self, kind: int, table: dict[Any, Any]) -> int:
+        number = self._numbers[kind]
+        self._numbers[kind] = number + 1
+        if len(table) >= _KEPT:
+            del table[next(iter(table))]
+        return number
+
+    def run(self, source: SpanSource) -> int | None:
+        """The number of the run whose lazy spans (``LazySpan``) the child builds from
+        ``(run id, redrive, trace id or None, resource number, scope number)``; ``None``
+        when the child may not (span limits could cut a step's attributes)."""
+        runs = self._runs
+        if source in runs:
+            return runs[source]
+        packable = source.packable()
+        found = None
+        if packable is not None:
+            run_id, redrive, trace_id, resource, scope = packable
+            entry = (run_id, redrive, trace_id, self.resource(resource), self.scope(scope))
+            found = self._number(2, runs)
+            self.runs.append((found, entry))
+        runs[source] = found
+        return found
 
     def resource(self, resource: Resource) -> int:
-        found = self._resource_index.get(id(resource))
-        if found is None:
-            found = self._resource_index[id(resource)] = len(self.resources)
-            self.resources.append((dict(resource.attributes), resource.schema_url))
-        return found
+        found = self._resources.get(id(resource))
+        if found is not None:
+            return found[1]
+        number = self._number(0, self._resources)
+        self._resources[id(resource)] = (resource, number)
+        self.resources.append((number, (dict(resource.attributes), resource.schema_url)))
+        return number
 
     def scope(self, scope: InstrumentationScope | None) -> int:
-        found = self._scope_index.get(id(scope))
-        if found is None:
-            found = self._scope_index[id(scope)] = len(self.scopes)
-            self.scopes.append(None if scope is None else (
-                scope.name, scope.version, scope.schema_url, dict(scope.attributes or {})))
-        return found
+        found = self._scopes.get(id(scope))
+        if found is not None:
+            return found[1]
+        number = self._number(1, self._scopes)
+        self._scopes[id(scope)] = (scope, number)
+        self.scopes.append((number, None if scope is None else (
+            scope.name, scope.version, scope.schema_url, dict(scope.attributes or {}))))
+        return number
 
 
 def _pack(span: ReadableSpan, tables: _Tables) -> tuple[Any, ...]:
-    """A span's fields as plain values (an ended direct span's without filling it in)."""
-    if type(span) is LazySpan:
-        parts = span.parts()
+    """A span's fields as plain values (an ended direct span's without filling it in);
+    a plain step's as the few values the child builds its span from (see ``_expand``)."""
+    pending = span.pending() if type(span) is LazySpan else None
+    if pending is not None:  # not filled in
+        source, what = pending
+        run = tables.run(source)
+        if run is not None:
+            return (run, source.span_packed(what))
+        parts = source.span_parts(what)
         if parts is not None:
             (name, trace_id, span_id, parent_id, start, end, attributes, status, resource,
              scope) = parts
@@ -173,6 +239,7 @@ class ProcessSpanExporter(SpanExporter):
         self._args = exporter_args
         self._lock = threading.Lock()
         self._child: subprocess.Popen[bytes] | None = None
+        self._tables = _Tables()
         self._shutdown = False
         with self._lock:  # started now: the child imports for ~1 s, not on a batch's time
             self._start()
@@ -184,6 +251,7 @@ class ProcessSpanExporter(SpanExporter):
         if child is not None:
             log.warning("span export process exited (%s); starting another", child.returncode)
             _close(child)
+        self._tables = _Tables()  # what the last child knew, the new one does not
         child = subprocess.Popen(
             [self._python, "-m", "stalwart.telemetry._sidecar"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=os.environ.copy(),
@@ -207,16 +275,15 @@ class ProcessSpanExporter(SpanExporter):
         if self._shutdown:
             log.warning("Exporter already shutdown, ignoring batch")
             return SpanExportResult.FAILURE
-        tables = _Tables()
-        packed = [_pack(span, tables) for span in spans]
         with self._lock:
             try:
                 self._start()
             except OSError as error:
                 log.error("span export process: cannot start it: %s", error)
                 return SpanExportResult.FAILURE
-            answer = self._ask(("spans", tables.resources, tables.scopes, packed),
-                               _EXPORT_WAIT_MILLIS)
+            tables = self._tables
+            packed = [_pack(span, tables) for span in spans]
+            answer = self._ask(("spans", *tables.take(), packed), _EXPORT_WAIT_MILLIS)
         if answer != b"ok\n":
             log.error("span export process: a batch of %d spans was not exported (%s)",
                       len(spans), answer.decode(errors="replace").strip() or "no answer")
@@ -288,8 +355,8 @@ def _bounded(attributes: dict[str, Any], dropped: int) -> Any:
     return bounded
 
 
-def _unpack(packed: tuple[Any, ...], resources: list[Resource],
-            scopes: list[InstrumentationScope | None]) -> ReadableSpan:
+def _unpack(packed: tuple[Any, ...], resources: Mapping[int, Resource],
+            scopes: Mapping[int, InstrumentationScope | None]) -> ReadableSpan:
     (name, context, parent, kind, start, end, attrs, dropped, events, dropped_events,
      links, dropped_links, status, resource, scope) = packed
     from opentelemetry.sdk.util import BoundedList
@@ -315,28 +382,69 @@ def _unpack(packed: tuple[Any, ...], resources: list[Resource],
         start_time=start, end_time=end, instrumentation_scope=scopes[scope])
 
 
-def _rebuild_tables(raw_resources: list[tuple[dict[str, Any], str]],
-                    raw_scopes: list[tuple[str, str | None, str | None, dict[str, Any]] | None],
-                    cache: dict[Any, Resource]) -> tuple[list[Resource],
-                                                        list[InstrumentationScope | None]]:
-    """A batch's resources and scopes (``_Tables``) as the SDK's objects again; resources
-    are kept in ``cache`` from batch to batch (the same few arrive every time)."""
-    resources = []
-    for attrs, schema_url in raw_resources:
-        key: Any = (tuple(sorted(attrs.items(), key=lambda kv: kv[0])), schema_url)
-        try:
-            hash(key)
-        except TypeError:
-            key = None  # unhashable values: not cached
-        resource = cache.get(key) if key is not None else None
-        if resource is None:
-            resource = Resource(attrs, schema_url)
-            if key is not None and len(cache) < 64:
-                cache[key] = resource
-        resources.append(resource)
-    scopes = [None if s is None else InstrumentationScope(s[0], s[1], s[2], s[3])
-              for s in raw_scopes]
-    return resources, scopes
+@final
+class _Known:
+    """The child's side of ``_Tables``: what it was sent, by number (the same ones kept),
+    as the SDK's objects; a run as ``(run id, its RunIds, trace id, run span id,
+    resource number, scope number)``, its ids hashed once."""
+
+    def __init__(self) -> None:
+        self.resources: dict[int, Resource] = {}
+        self.scopes: dict[int, InstrumentationScope | None] = {}
+        self.runs: dict[int, tuple[str, RunIds, int, int, int, int]] = {}
+
+    def batch(self, message: tuple[Any, ...]) -> tuple[dict[int, Resource],
+                                                      dict[int, InstrumentationScope | None],
+                                                      list[tuple[Any, ...]]]:
+        """A ``spans`` message's ``(new resources, new scopes, new runs, packed)`` as
+        what ``encode_packed`` takes: every span a full packed tuple."""
+        new_resources, new_scopes, new_runs, packed = message
+        for number, (attributes, schema_url) in new_resources:
+            self.resources[number] = Resource(attributes, schema_url)
+        for number, raw in new_scopes:
+            self.scopes[number] = None if raw is None else InstrumentationScope(*raw)
+        for number, (run_id, redrive, trace_id, resource, scope) in new_runs:
+            ids = RunIds(run_id, redrive=redrive)
+            self.runs[number] = (
+                run_id, ids, trace_id if trace_id is not None else trace_id_for(run_id),
+                ids.span("run"), resource, scope)
+        runs = self.runs
+        return self.resources, self.scopes, [
+            _expand(p, runs) if len(p) == _COMPACT_LENGTH else p for p in packed]
+
+    def forget(self) -> None:
+        """Forget all but the newest ``_KEPT`` of each kind, once a batch is exported (not
+        before: the parent may have forgotten some while packing it, after packing spans
+        that refer to them). Numbers grow, so what the parent may still refer to is
+        among the newest."""
+        for table in (self.resources, self.scopes, self.runs):
+            while len(table) > _KEPT:
+                del table[next(iter(table))]
+
+
+def _expand(compact: tuple[Any, ...],
+            runs: dict[int, tuple[str, RunIds, int, int, int, int]]) -> tuple[Any, ...]:
+    """A span packed as ``(run number, what)`` (a ``LazySpan``'s, see
+    ``_otel._Run.span_packed``) as the full packed tuple ``_pack`` makes of other spans:
+    the values ``_otel`` would have given it (ids from ``RunIds``, the rest from
+    ``_steps``)."""
+    run, what = compact
+    run_id, ids, trace_id, run_span_id, resource, scope = runs[run]
+    if what[0] == "step":
+        _, step_id, name, parent_id, start, end, error = what
+        span_name, attributes, message = step_span(run_id, step_id, name, error)
+        span_id = ids.step(step_id)
+        if parent_id is None:
+            parent_id = run_span_id
+    else:
+        _, status, error, end, start, parent_id, start_attributes = what
+        span_name, attributes, message = run_span(start_attributes, status, error)
+        span_id = run_span_id
+    return (span_name, (trace_id, span_id, False, _SAMPLED, ()),
+            None if parent_id is None else (trace_id, parent_id, False, _SAMPLED, ()),
+            _INTERNAL, start, end, attributes, 0, None, 0, None, 0,
+            (StatusCode.UNSET.value, None) if message is None
+            else (StatusCode.ERROR.value, message), resource, scope)
 
 
 def _read(pipe: IO[bytes]) -> tuple[Any, ...] | None:
@@ -369,13 +477,12 @@ def main() -> int:
         return 2
     stdout.write(b"ok\n")
     stdout.flush()
-    resource_cache: dict[Any, Resource] = {}
+    known = _Known()
     while (message := _read(stdin)) is not None:
         kind = message[0]
         if kind == "spans":
-            _, raw_resources, raw_scopes, packed = message
-            resources, scopes = _rebuild_tables(raw_resources, raw_scopes, resource_cache)
             try:
+                resources, scopes, packed = known.batch(message[1:])
                 if exporter.packs:
                     result = exporter.export_packed(resources, scopes, packed)
                 else:  # an SDK laid out differently: the SDK's export of rebuilt spans
@@ -383,6 +490,7 @@ def main() -> int:
             except Exception as error:  # a bad span must not end the exporter
                 log.exception("cannot export a batch: %s", error)
                 result = SpanExportResult.FAILURE
+            known.forget()
             stdout.write(b"ok\n" if result is SpanExportResult.SUCCESS else b"failed\n")
             stdout.flush()
         elif kind in ("flush", "stop"):

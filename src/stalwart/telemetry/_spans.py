@@ -359,6 +359,10 @@ class SpanSource(Protocol):
 
     def span_parts(self, what: tuple[Any, ...]) -> tuple[Any, ...] | None: ...
 
+    def span_packed(self, what: tuple[Any, ...]) -> tuple[Any, ...]: ...
+
+    def packable(self) -> tuple[Any, ...] | None: ...
+
 
 @final
 class LazySpan(EndedSpan):
@@ -386,6 +390,11 @@ class LazySpan(EndedSpan):
     def _readable(self) -> tuple[Any, ...]:
         source: SpanSource = self._pending
         return source.span_fields(self._what)
+
+    def pending(self) -> tuple[SpanSource, tuple[Any, ...]] | None:
+        """Its source and ``what`` while it is not filled in, else ``None``."""
+        source: SpanSource | None = self.__dict__.get("_pending")
+        return None if source is None else (source, self._what)
 
     def parts(self) -> tuple[Any, ...] | None:
         """The span as plain values, for an encoder, without filling it in: ``(name,
