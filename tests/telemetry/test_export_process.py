@@ -197,3 +197,46 @@ def test_the_batch_processor_drives_it(receiver: OTLPReceiver) -> None:
     assert provider.force_flush()
     provider.shutdown()
     assert len(receiver.spans()) == 700
+
+
+FORKS = """
+import os, sys
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from stalwart.telemetry import ProcessSpanExporter
+
+memory = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(memory))
+for name in ("before", "in the fork", "after"):
+    provider.get_tracer("t").start_span(name).end()
+before, forked, after = memory.get_finished_spans()
+exporter = ProcessSpanExporter(endpoint=sys.argv[1])
+assert exporter.export([before]).name == "SUCCESS"
+first = exporter._child.pid
+pid = os.fork()
+if pid == 0:
+    ok = exporter.export([forked]).name == "SUCCESS" and exporter._child.pid != first
+    exporter.shutdown()
+    os._exit(0 if ok else 1)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, status
+assert exporter.export([after]).name == "SUCCESS" and exporter._child.pid == first
+exporter.shutdown()
+print("ok")
+"""
+
+
+def test_a_forked_process_exports_through_a_child_of_its_own(
+        tmp_path: Path, receiver: OTLPReceiver) -> None:
+    """After a fork (a pre-forking server), the copy starts its own export child instead
+    of writing into the pipes of its parent's: both go on exporting."""
+    script = tmp_path / "forks.py"
+    script.write_text(FORKS)
+    done = subprocess.run([sys.executable, str(script), f"{receiver.endpoint}/v1/traces"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+    assert "exited" not in done.stderr  # the fork's copy knew the child was not its own
+    assert sorted(s.name for s in receiver.spans()) == ["after", "before", "in the fork"]

@@ -240,6 +240,7 @@ class ProcessSpanExporter(SpanExporter):
         self._lock = threading.Lock()
         self._child: subprocess.Popen[bytes] | None = None
         self._tables = _Tables()
+        self._pid = os.getpid()
         self._shutdown = False
         with self._lock:  # started now: the child imports for ~1 s, not on a batch's time
             self._start()
@@ -275,6 +276,8 @@ class ProcessSpanExporter(SpanExporter):
         if self._shutdown:
             log.warning("Exporter already shutdown, ignoring batch")
             return SpanExportResult.FAILURE
+        if self._pid != os.getpid():
+            self._forked()
         with self._lock:
             try:
                 self._start()
@@ -289,6 +292,17 @@ class ProcessSpanExporter(SpanExporter):
                       len(spans), answer.decode(errors="replace").strip() or "no answer")
             return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
+
+    def _forked(self) -> None:
+        """This is a forked copy of the process that started the child (a pre-forking
+        server): that child and its pipes are the other process's, and the lock may have
+        been held by a thread that was not forked. Close this copy's ends of the pipes
+        (so the child sees the end of its own parent's) and start a child of our own."""
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        inherited, self._child = self._child, None
+        if inherited is not None:
+            _close(inherited)
 
     def _ask(self, message: tuple[Any, ...], timeout_millis: float) -> bytes:
         """Send ``message`` and wait for the child's one-line answer (b"": none came)."""
