@@ -5,10 +5,11 @@ process. In Python that thread shares the GIL with the event loop, so every micr
 it spends turning spans into OTLP protobuf and posting them over HTTP (~7-10 us per span
 even with our encoder, see ``bench/bench_tracing.py``) is taken from the runs being
 traced. :class:`ProcessSpanExporter` is a ``SpanExporter`` for that processor that only
-copies each span's fields into plain tuples and writes them, pickled, to a pipe (~1.5 us
-per span in all). A child process (``python -m stalwart.telemetry._sidecar``) encodes the
-tuples as they are (``_otlp.encode_packed``, ~2 us per span; rebuilding ``ReadableSpan``\\ s
-first would triple that) and posts them with an
+copies each span's fields into plain tuples (for stalwart's lazy spans, the few values
+they were made from) and writes them, pickled, to a pipe (~1.5 us per span in all). A
+child process (``python -m stalwart.telemetry._sidecar``) encodes the tuples as they are
+(``_otlp.encode_packed``, ~2 us per span; rebuilding ``ReadableSpan``\\ s first would
+triple that) and posts them with an
 :class:`~stalwart.telemetry._otlp.OTLPSpanExporter` configured from the same
 ``OTEL_EXPORTER_OTLP_*`` variables (it inherits the environment).
 No collector sidecar or extra service is needed, and the semantics stay the SDK's: the
