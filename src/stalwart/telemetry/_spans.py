@@ -124,7 +124,7 @@ def _emitter(processors: Sequence[SpanProcessor] | None,
     """Where a sampled span goes when every processor is the SDK's
     ``BatchSpanProcessor``: straight into their queues. Its ``on_end`` only checks that
     the span is sampled (a direct span always is) before queueing it, and that check
-    reads the span's context, which a ``StepSpan`` computes only when read (a hash):
+    reads the span's context, which a ``LazySpan`` computes only when read (a hash):
     skipping it keeps that off the event loop. ``None`` for any other processor (or an
     SDK whose batch processor is built otherwise): call ``on_end``."""
     if not processors:
