@@ -86,6 +86,7 @@ from ._steps import STEP_ATTRIBUTES_MAX, error_of, run_span, step_span
 if TYPE_CHECKING:
     from .._runtime import Runtime
     from ._config import Tracing
+    from ._otlp import PlainSpans
 
 __all__ = ["OTelInterceptor"]
 
@@ -133,8 +134,8 @@ class _Run:
     """A run executing here: its steps executing, and its ids, each computed when first
     needed (for most runs only where their spans are read, off the event loop)."""
 
-    __slots__ = ("_context", "_ids", "_trace_id", "attributes", "direct", "parent",
-                 "redrive", "retries", "run_id", "sink", "span", "start", "steps",
+    __slots__ = ("_context", "_ids", "_plain", "_trace_id", "attributes", "direct",
+                 "parent", "redrive", "retries", "run_id", "sink", "span", "start", "steps",
                  "workflow")
 
     def __init__(self, run_id: str, workflow: str, sink: SpanSink, *, direct: bool,
@@ -149,6 +150,7 @@ class _Run:
         self._trace_id = trace_id  # None: the run's own (a hash of its id)
         self._ids: RunIds | None = None
         self._context: SpanContext | None = None
+        self._plain: PlainSpans | None = None
         self.parent = parent
         self.attributes = attributes
         self.start = start
@@ -205,6 +207,23 @@ class _Run:
         return (name, self.trace_id, span_id, None if parent is None else parent[1], start,
                 end, attributes, (0, None) if error is None else (_ERROR, error),
                 sink.resource, sink.scope)
+
+    def span_encoded(self, what: tuple[Any, ...]) -> tuple[Any, Any, bytes] | None:
+        """A plain step's ``LazySpan`` as OTLP bytes (see ``LazySpan.encoded``): a step
+        that completed, when no span limit could cut its attributes."""
+        if what[0] != "step" or what[6] is not None:
+            return None
+        sink = self.sink
+        if sink.plain_max < STEP_ATTRIBUTES_MAX:
+            return None
+        plain = self._plain
+        if plain is None:
+            from ._otlp import PlainSpans  # only the OTLP encoder asks (it is imported)
+
+            plain = self._plain = PlainSpans(self.run_id, self.ids, self.trace_id,
+                                             self.context.span_id)
+        encoded = plain.step(what[1], what[2], what[3], what[4], what[5])
+        return None if encoded is None else (sink.resource, sink.scope, encoded)
 
     def _span_of(self, what: tuple[Any, ...]) -> tuple[Any, ...]:
         """``(name, span id, parent context, start, end, attributes, error message or

@@ -27,7 +27,9 @@ Protocol (stdin of the child): frames of a 4-byte big-endian length and a pickle
 batch that refers to them (``_Tables``); spans refer to them by number. A span stalwart
 made without the SDK's ``Span`` (a ``LazySpan``: a plain step's, a run's) travels as
 ``(run number, the few values it was made from)``, and the child computes its ids and
-attributes itself (``_expand``), as the traced process would have. The constructor waits
+attributes itself (``_expand``), as the traced process would have; a plain step's it
+encodes straight to bytes with its run's ``PlainSpans``, as the traced process's encoder
+does. The constructor waits
 for the answer to ``config`` (the child's imports take ~0.5-1 s), so no batch waits for
 them. If the child dies, the next export starts a new
 one (the batch in flight is reported as failed).
@@ -54,6 +56,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from opentelemetry.trace.span import TraceState
 
 from ._ids import RunIds, trace_id_for
+from ._otlp import PlainSpans
 from ._spans import EndedSpan, LazySpan, SpanSource
 from ._steps import run_span, step_span
 
@@ -401,18 +404,19 @@ def _unpack(packed: tuple[Any, ...], resources: Mapping[int, Resource],
 class _Known:
     """The child's side of ``_Tables``: what it was sent, by number (the same ones kept),
     as the SDK's objects; a run as ``(run id, its RunIds, trace id, run span id,
-    resource number, scope number)``, its ids hashed once."""
+    resource number, scope number, its PlainSpans)``, its ids hashed once."""
 
     def __init__(self) -> None:
         self.resources: dict[int, Resource] = {}
         self.scopes: dict[int, InstrumentationScope | None] = {}
-        self.runs: dict[int, tuple[str, RunIds, int, int, int, int]] = {}
+        self.runs: dict[int, _KnownRun] = {}
 
     def batch(self, message: tuple[Any, ...]) -> tuple[dict[int, Resource],
                                                       dict[int, InstrumentationScope | None],
                                                       list[tuple[Any, ...]]]:
         """A ``spans`` message's ``(new resources, new scopes, new runs, packed)`` as
-        what ``encode_packed`` takes: every span a full packed tuple."""
+        what ``encode_packed`` takes: every span a full packed tuple, or, a plain step's,
+        ``(resource number, scope number, its Span message)``."""
         new_resources, new_scopes, new_runs, packed = message
         for number, (attributes, schema_url) in new_resources:
             self.resources[number] = Resource(attributes, schema_url)
@@ -420,12 +424,24 @@ class _Known:
             self.scopes[number] = None if raw is None else InstrumentationScope(*raw)
         for number, (run_id, redrive, trace_id, resource, scope) in new_runs:
             ids = RunIds(run_id, redrive=redrive)
-            self.runs[number] = (
-                run_id, ids, trace_id if trace_id is not None else trace_id_for(run_id),
-                ids.span("run"), resource, scope)
+            trace_id = trace_id if trace_id is not None else trace_id_for(run_id)
+            run_span_id = ids.span("run")
+            self.runs[number] = (run_id, ids, trace_id, run_span_id, resource, scope,
+                                 PlainSpans(run_id, ids, trace_id, run_span_id))
         runs = self.runs
-        return self.resources, self.scopes, [
-            _expand(p, runs) if len(p) == _COMPACT_LENGTH else p for p in packed]
+        out: list[tuple[Any, ...]] = []
+        for p in packed:
+            if len(p) != _COMPACT_LENGTH:
+                out.append(p)
+                continue
+            run = runs[p[0]]
+            what = p[1]
+            encoded = None
+            if what[0] == "step" and what[6] is None:  # see _otel._Run.span_encoded
+                _, step_id, name, parent_id, start, end, _error = what
+                encoded = run[6].step(step_id, name, parent_id, start, end)
+            out.append(_expand(run, what) if encoded is None else (run[4], run[5], encoded))
+        return self.resources, self.scopes, out
 
     def forget(self) -> None:
         """Forget all but the newest ``_KEPT`` of each kind, once a batch is exported (not
@@ -437,14 +453,15 @@ class _Known:
                 del table[next(iter(table))]
 
 
-def _expand(compact: tuple[Any, ...],
-            runs: dict[int, tuple[str, RunIds, int, int, int, int]]) -> tuple[Any, ...]:
+_KnownRun = tuple[str, RunIds, int, int, int, int, PlainSpans]
+
+
+def _expand(run: _KnownRun, what: tuple[Any, ...]) -> tuple[Any, ...]:
     """A span packed as ``(run number, what)`` (a ``LazySpan``'s, see
     ``_otel._Run.span_packed``) as the full packed tuple ``_pack`` makes of other spans:
     the values ``_otel`` would have given it (ids from ``RunIds``, the rest from
     ``_steps``)."""
-    run, what = compact
-    run_id, ids, trace_id, run_span_id, resource, scope = runs[run]
+    run_id, ids, trace_id, run_span_id, resource, scope, _plain = run
     if what[0] == "step":
         _, step_id, name, parent_id, start, end, error = what
         span_name, attributes, message = step_span(run_id, step_id, name, error)

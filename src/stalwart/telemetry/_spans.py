@@ -359,6 +359,8 @@ class SpanSource(Protocol):
 
     def span_parts(self, what: tuple[Any, ...]) -> tuple[Any, ...] | None: ...
 
+    def span_encoded(self, what: tuple[Any, ...]) -> tuple[Any, Any, bytes] | None: ...
+
     def span_packed(self, what: tuple[Any, ...]) -> tuple[Any, ...]: ...
 
     def packable(self) -> tuple[Any, ...] | None: ...
@@ -405,3 +407,10 @@ class LazySpan(EndedSpan):
         :meth:`fields` then)."""
         source: SpanSource | None = self.__dict__.get("_pending")
         return None if source is None else source.span_parts(self._what)
+
+    def encoded(self) -> tuple[Any, Any, bytes] | None:
+        """``(resource, scope, the OTLP Span message)`` for a plain step's span, encoded
+        by its source without filling it in; ``None`` for any other, or once filled in
+        (read :meth:`parts` then)."""
+        source: SpanSource | None = self.__dict__.get("_pending")
+        return None if source is None else source.span_encoded(self._what)

@@ -9,7 +9,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["error_of", "run_span", "step_span"]
+__all__ = ["RUN_ID", "STEP_ID", "STEP_NAME", "error_of", "run_span", "step_name", "step_span"]
+
+RUN_ID = "stalwart.run_id"
+STEP_ID = "stalwart.step_id"
+STEP_NAME = "stalwart.step.name"
+"""The attributes every step span has, in this order (``_otlp.PlainSpans`` encodes them
+without building the dict)."""
 
 
 def error_of(info_json: str) -> tuple[str, str]:
@@ -26,12 +32,16 @@ def step_span(run_id: str, step_id: str, name: str,
               error: str | None) -> tuple[str, dict[str, Any], str | None]:
     """A plain step's span name, attributes and error message (``None``: it completed),
     from its run id, step id, step name and ``ErrorInfo`` JSON when it failed."""
-    attributes: dict[str, Any] = {"stalwart.run_id": run_id, "stalwart.step_id": step_id,
-                                  "stalwart.step.name": name}
+    attributes: dict[str, Any] = {RUN_ID: run_id, STEP_ID: step_id, STEP_NAME: name}
     message = None
     if error is not None:
         attributes["error.type"], message = error_of(error)
-    return f"step {name}", attributes, message
+    return step_name(name), attributes, message
+
+
+def step_name(name: str) -> str:
+    """The name of the span of the step called ``name``."""
+    return f"step {name}"
 
 
 def run_span(attributes: dict[str, Any], status: str,
