@@ -199,3 +199,39 @@ def test_a_batch_over_the_size_limit_is_dropped_whole() -> None:
         assert exporter.export([span(0)]) is SpanExportResult.SUCCESS
         exporter.shutdown()
     assert len(rx.spans()) == 1
+
+
+def test_a_plain_http_endpoint_is_posted_to_with_urllib3_where_requests_would_send_the_same(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lighter transport only where nothing in the environment or the arguments
+    would make ``requests`` send something else; the batch arrives either way."""
+    import requests
+    from opentelemetry.exporter.http.transport._requests import RequestsHTTPTransport
+    from opentelemetry.exporter.http.transport._urllib3 import Urllib3HTTPTransport
+
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NETRC"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "")
+    with OTLPReceiver() as rx:
+        url = f"{rx.endpoint}/v1/traces"
+
+        def transport(**kwargs: Any) -> object:
+            exporter = OTLPSpanExporter(**kwargs)
+            assert exporter.export([span(0)]) is SpanExportResult.SUCCESS
+            exporter.shutdown()
+            return type(exporter._client._transport)
+
+        assert transport(endpoint=url) is Urllib3HTTPTransport
+        assert transport(endpoint=url, session=requests.Session()) is RequestsHTTPTransport
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url)
+        assert transport() is Urllib3HTTPTransport
+        monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # the proxy would be used
+        exporter = OTLPSpanExporter(endpoint=url)
+        assert type(exporter._client._transport) is RequestsHTTPTransport
+        exporter.shutdown()
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # ... but not for this endpoint
+        assert transport(endpoint=url) is Urllib3HTTPTransport
+    assert len(rx.spans()) == 4
+    tls = OTLPSpanExporter(endpoint="https://127.0.0.1:9/v1/traces")
+    assert type(tls._client._transport) is RequestsHTTPTransport
+    tls.shutdown()
