@@ -240,3 +240,59 @@ def test_a_forked_process_exports_through_a_child_of_its_own(
     assert done.stdout.strip() == "ok"
     assert "exited" not in done.stderr  # the fork's copy knew the child was not its own
     assert sorted(s.name for s in receiver.spans()) == ["after", "before", "in the fork"]
+
+
+@pytest.mark.parametrize("python", ["/nonexistent/python", "/bin/false"])
+def test_where_no_child_can_run_spans_are_exported_in_this_process(
+        python: str, receiver: OTLPReceiver, caplog: pytest.LogCaptureFixture) -> None:
+    """Spawning fails, or the "interpreter" exits at once: the batches go out from this
+    process instead, with a warning, and no child is started again for each batch."""
+    exporter = ProcessSpanExporter(python=python, endpoint=f"{receiver.endpoint}/v1/traces")
+    try:
+        assert exporter.export([span(0)]) is SpanExportResult.SUCCESS
+        assert exporter._child is None
+        assert exporter.export([span(1)]) is SpanExportResult.SUCCESS
+        assert exporter._child is None
+    finally:
+        exporter.shutdown()
+    assert [s.name for s in receiver.spans()] == ["step 0", "step 1"]
+    assert sum("exporting spans in this process instead" in r.getMessage()
+               for r in caplog.records) == 1
+
+
+def test_arguments_the_child_cannot_build_an_exporter_from_fail_every_export(
+        receiver: OTLPReceiver, caplog: pytest.LogCaptureFixture) -> None:
+    exporter = ProcessSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces",
+                                   no_such_argument=1)
+    try:
+        assert exporter.export([span(0)]) is SpanExportResult.FAILURE
+        child = exporter._child
+        assert exporter.export([span(1)]) is SpanExportResult.FAILURE
+        assert exporter._child is child  # no new child tried for every batch
+    finally:
+        exporter.shutdown()
+    assert receiver.spans() == []
+    assert any("cannot build the OTLP exporter" in r.getMessage() for r in caplog.records)
+
+
+def test_configure_exports_from_a_child_where_more_than_one_cpu_is_there(
+        monkeypatch: pytest.MonkeyPatch, receiver: OTLPReceiver) -> None:
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor as Batch
+
+    from stalwart.telemetry import _otlp, _setup
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+    monkeypatch.delenv("STALWART_SPAN_EXPORT", raising=False)
+    for cpus, expected in ((1, _otlp.OTLPSpanExporter), (2, ProcessSpanExporter)):
+        monkeypatch.setattr(_setup, "_cpus", lambda cpus=cpus: cpus)
+        providers = configure(set_global=False)
+        assert providers is not None
+        try:
+            (processor,) = providers.tracer_provider._active_span_processor._span_processors
+            assert isinstance(processor, Batch)
+            assert type(processor.span_exporter) is expected
+        finally:
+            providers.tracer_provider.shutdown()
+            providers.meter_provider.shutdown()
+    monkeypatch.setenv("STALWART_SPAN_EXPORT", "thread")
+    assert _setup._where(None) == "thread"

@@ -16,8 +16,9 @@ SDK's own auto-configuration does, without needing ``opentelemetry-instrument``:
 ``OTEL_TRACES_SAMPLER[_ARG]``      read by the SDK ``TracerProvider``
 ``OTEL_BSP_*``, ``OTEL_METRIC_``   read by the batch span processor and the periodic
 ``EXPORT_INTERVAL``                metric reader
-``STALWART_SPAN_EXPORT``           ``thread`` (default) or ``process``: where OTLP spans
-                                   are encoded and posted (``configure(export_from=)``)
+``STALWART_SPAN_EXPORT``           ``auto`` (default), ``thread`` or ``process``: where
+                                   OTLP spans are encoded and posted
+                                   (``configure(export_from=)``)
 =================================  ========================================================
 """
 
@@ -69,18 +70,28 @@ def _check_protocol() -> None:
                 f"{var}={value!r}: the otel extra exports OTLP over http/protobuf only")
 
 
-SpanExport = Literal["thread", "process"]
+SpanExport = Literal["auto", "thread", "process"]
 
 
-def _where(export_from: SpanExport | None) -> SpanExport:
-    value = export_from or (os.environ.get("STALWART_SPAN_EXPORT") or "thread").strip().lower()
-    if value not in ("thread", "process"):
+def _where(export_from: SpanExport | None) -> Literal["thread", "process"]:
+    value = export_from or (os.environ.get("STALWART_SPAN_EXPORT") or "auto").strip().lower()
+    if value not in ("auto", "thread", "process"):
         raise ConfigurationError(
-            f"STALWART_SPAN_EXPORT={value!r}: use thread (the default) or process")
-    return cast(SpanExport, value)
+            f"STALWART_SPAN_EXPORT={value!r}: use auto (the default), thread or process")
+    if value == "auto":
+        return "process" if _cpus() > 1 else "thread"
+    return cast(Literal["thread", "process"], value)
 
 
-def _span_exporter(export_from: SpanExport) -> SpanExporter | None:
+def _cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _span_exporter(export_from: Literal["thread", "process"]) -> SpanExporter | None:
     kind = _choice("OTEL_TRACES_EXPORTER")
     if kind == "none":
         return None
@@ -124,7 +135,8 @@ def configure(*, span_exporter: SpanExporter | None = None,
         export_from: ``"thread"`` (the SDK's way): OTLP spans are encoded and posted on
             the batch processor's thread; ``"process"``: by a child process
             (:class:`~stalwart.telemetry.ProcessSpanExporter`), which keeps that work
-            off this process's GIL. Default: ``STALWART_SPAN_EXPORT``, else thread.
+            off this process's GIL; ``"auto"``: process where this process may use more
+            than one CPU, else thread. Default: ``STALWART_SPAN_EXPORT``, else auto.
 
     Returns:
         The providers, or ``None`` when ``OTEL_SDK_DISABLED`` is true.

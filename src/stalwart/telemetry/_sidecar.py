@@ -29,10 +29,12 @@ made without the SDK's ``Span`` (a ``LazySpan``: a plain step's, a run's) travel
 ``(run number, the few values it was made from)``, and the child computes its ids and
 attributes itself (``_expand``), as the traced process would have; a plain step's it
 encodes straight to bytes with its run's ``PlainSpans``, as the traced process's encoder
-does. The constructor waits
-for the answer to ``config`` (the child's imports take ~0.5-1 s), so no batch waits for
-them. If the child dies, the next export starts a new
-one (the batch in flight is reported as failed).
+does. The constructor starts the child and does not wait for it: its imports (~0.5-1 s)
+overlap the application's start, and the first export reads its answer to ``config``.
+If the child dies, the next export starts a new one (the batch in flight is reported as
+failed). If no child can run here (spawning fails, or the interpreter will not run it),
+export goes on in this process, on the processor's thread, with a warning: spans are
+not lost over where they are encoded.
 """
 
 from __future__ import annotations
@@ -243,54 +245,113 @@ class ProcessSpanExporter(SpanExporter):
         self._args = exporter_args
         self._lock = threading.Lock()
         self._child: subprocess.Popen[bytes] | None = None
+        self._starting = False
+        """The child was sent its ``config`` and has not answered it yet."""
+        self._in_thread: SpanExporter | None = None
+        """Where batches go when no child can run here: this process's OTLP exporter."""
+        self._refused = False
+        """The child could not build an exporter from ``exporter_args``."""
         self._tables = _Tables()
         self._pid = os.getpid()
         self._shutdown = False
-        with self._lock:  # started now: the child imports for ~1 s, not on a batch's time
+        with self._lock:  # started now: it imports for ~1 s while the application starts
             self._start()
 
-    def _start(self) -> subprocess.Popen[bytes]:
+    def _start(self) -> subprocess.Popen[bytes] | None:
+        """The child, started (without waiting for it) if there is none alive; ``None``
+        when it cannot be (export then goes on in this process)."""
         child = self._child
         if child is not None and child.poll() is None:
             return child
         if child is not None:
             log.warning("span export process exited (%s); starting another", child.returncode)
             _close(child)
+            self._child = None
+        if self._in_thread is not None:
+            return None
         self._tables = _Tables()  # what the last child knew, the new one does not
-        child = subprocess.Popen(
-            [self._python, "-m", "stalwart.telemetry._sidecar"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=os.environ.copy(),
-            close_fds=True)
+        try:
+            child = subprocess.Popen(
+                [self._python, "-m", "stalwart.telemetry._sidecar"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=os.environ.copy(),
+                close_fds=True)
+        except OSError as error:
+            self._export_here(f"cannot start it: {error}")
+            return None
         self._child = child
-        # The child answers once its exporter is built (it imports for ~0.5-1 s): batches
-        # sent before that would wait, and the processor's queue fill meanwhile.
-        answer = self._ask(("config", self._args), _START_WAIT_MILLIS)
-        if answer != b"ok\n":
-            log.error("span export process: did not start (%s)",
-                      answer.decode(errors="replace").strip() or "no answer")
+        # It answers once its exporter is built: the first export reads that answer.
+        self._starting = self._send(("config", self._args))
         return child
 
-    @staticmethod
-    def _write(pipe: IO[bytes], message: tuple[Any, ...]) -> None:
+    def _export_here(self, why: str) -> None:
+        """No child can export for this process: export on the processor's thread, as
+        ``export_from="thread"`` does, from now on."""
+        from ._otlp import OTLPSpanExporter
+
+        log.warning("span export process: %s; exporting spans in this process instead", why)
+        self._in_thread = OTLPSpanExporter(**self._args)
+
+    def _send(self, message: tuple[Any, ...]) -> bool:
+        child = self._child
+        if child is None or child.stdin is None:
+            return False
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        pipe.write(_LENGTH.pack(len(data)) + data)
-        pipe.flush()
+        try:
+            child.stdin.write(_LENGTH.pack(len(data)) + data)
+            child.stdin.flush()
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def _answer(self, timeout_millis: float) -> bytes:
+        """The child's next one-line answer (b"": none came in time, or it died)."""
+        child = self._child
+        if child is None or child.stdout is None:
+            return b""
+        ready, _, _ = select.select([child.stdout], [], [], timeout_millis / 1000)
+        return child.stdout.readline() if ready else b""
+
+    def _ready(self) -> bool:
+        """Whether the child can take a batch: it answered its ``config`` (read now if
+        still pending). A child that cannot even start Python's imports here (an
+        interpreter that is no ``python``, a sandbox) hands export to this process."""
+        if not self._starting:
+            return True
+        self._starting = False
+        answer = self._answer(_START_WAIT_MILLIS)
+        if answer == b"ok\n":
+            return True
+        if answer == b"failed\n":  # its exporter refused the arguments: so would ours
+            log.error("span export process: cannot build the OTLP exporter (see above); "
+                      "no span will be exported")
+            self._refused = True
+            return False
+        child = self._child
+        if child is not None:
+            child.kill()
+            child.wait()
+            _close(child)
+            self._child = None
+        self._export_here("it did not start")
+        return False
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._shutdown:
             log.warning("Exporter already shutdown, ignoring batch")
             return SpanExportResult.FAILURE
+        if self._refused:
+            return SpanExportResult.FAILURE
         if self._pid != os.getpid():
             self._forked()
         with self._lock:
-            try:
-                self._start()
-            except OSError as error:
-                log.error("span export process: cannot start it: %s", error)
-                return SpanExportResult.FAILURE
-            tables = self._tables
-            packed = [_pack(span, tables) for span in spans]
-            answer = self._ask(("spans", *tables.take(), packed), _EXPORT_WAIT_MILLIS)
+            if self._start() is not None and self._ready():
+                tables = self._tables
+                packed = [_pack(span, tables) for span in spans]
+                answer = self._ask(("spans", *tables.take(), packed), _EXPORT_WAIT_MILLIS)
+            elif self._in_thread is not None:
+                return self._in_thread.export(spans)
+            else:
+                answer = b""
         if answer != b"ok\n":
             log.error("span export process: a batch of %d spans was not exported (%s)",
                       len(spans), answer.decode(errors="replace").strip() or "no answer")
@@ -311,16 +372,9 @@ class ProcessSpanExporter(SpanExporter):
     def _ask(self, message: tuple[Any, ...], timeout_millis: float) -> bytes:
         """Send ``message`` and wait for the child's one-line answer (b"": none came)."""
         child = self._child
-        if child is None or child.poll() is not None:
+        if child is None or child.poll() is not None or not self._send(message):
             return b""
-        assert child.stdin is not None
-        assert child.stdout is not None
-        try:
-            self._write(child.stdin, message)
-        except (OSError, ValueError):
-            return b""
-        ready, _, _ = select.select([child.stdout], [], [], timeout_millis / 1000)
-        return child.stdout.readline() if ready else b""
+        return self._answer(timeout_millis)
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Nothing waits here: each ``export`` returns once the child has exported."""
@@ -331,9 +385,14 @@ class ProcessSpanExporter(SpanExporter):
             if self._shutdown:
                 return
             self._shutdown = True
+            if self._in_thread is not None:
+                self._in_thread.shutdown()
             child = self._child
             if child is None:
                 return
+            if self._starting:  # never exported: its answer to config comes first
+                self._starting = False
+                self._answer(_START_WAIT_MILLIS)
             self._ask(("stop",), _EXPORT_WAIT_MILLIS)
             try:
                 child.wait(10)
