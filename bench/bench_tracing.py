@@ -16,10 +16,14 @@ simple  the same exporter through a synchronous ``SimpleSpanProcessor``, as test
 otlp    ``stalwart.telemetry.configure()`` from ``OTEL_EXPORTER_OTLP_ENDPOINT`` pointing
         at a local OTLP/HTTP receiver on 127.0.0.1 that this script starts in a process of
         its own (it decodes every protobuf payload): batched span export over HTTP and
-        periodic metric export, as in production.
-otlp-proc  the same with ``configure(export_from="process")``: the batch processor hands
-        its batches to a child process that encodes and posts them
-        (``stalwart.telemetry.ProcessSpanExporter``), off this process's GIL.
+        periodic metric export, as in production, with configure()'s defaults. Where
+        this process may use more than one CPU that is ``export_from="auto"`` ->
+        process: the batch processor hands its batches to a child process that encodes
+        and posts them (``stalwart.telemetry.ProcessSpanExporter``), off this process's
+        GIL; on one CPU, the thread (the header says which).
+otlp-thread  the same with ``configure(export_from="thread")``: spans encoded and posted
+        on the batch processor's thread, as the SDK does (not a target row: on one CPU
+        it is what ``otlp`` does anyway, with more it is the default no longer).
 
 The measurements are interleaved in ``--rounds`` rounds: each round measures bench_core's
 floor (raw sqlite3, one row per transaction) and then each workload in every mode, the
@@ -32,7 +36,7 @@ throughput, also as a multiple of the floor. On a shared machine, neighbours slo
 some measurements; pairing each measurement with an ``off`` measured seconds before or
 after, and taking medians, keeps their effect out of the ratios. Every traced
 measurement checks that the exporter got one span per step plus one per run. Target
-(memory and otlp): tracing keeps >= 0.90 of W2's throughput (costs <= 10 %).
+(memory and otlp, the default): tracing keeps >= 0.90 of W2's throughput (costs <= 10 %).
 """
 
 from __future__ import annotations
@@ -68,10 +72,11 @@ import bench_core as core
 
 import stalwart as sw
 from stalwart.telemetry import OTLPReceiver, Tracing, configure
+from stalwart.telemetry._setup import _cpus, _where
 
-MODES = ("off", "memory", "simple", "otlp", "otlp-proc")
-DEFAULT_MODES = ("off", "memory", "otlp", "otlp-proc")
-TARGET_MODES = ("memory", "otlp", "otlp-proc")
+MODES = ("off", "memory", "simple", "otlp", "otlp-thread")
+DEFAULT_MODES = ("off", "memory", "otlp", "otlp-thread")
+TARGET_MODES = ("memory", "otlp")
 TARGET_W2 = 0.90
 
 
@@ -140,10 +145,10 @@ class Mode:
                                shutdown_on_exit=False)
             self._providers = (tp, mp)
             self.tracing = Tracing(tracer_provider=tp, meter_provider=mp)
-        elif self.name in ("otlp", "otlp-proc"):
+        elif self.name in ("otlp", "otlp-thread"):
             os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.receiver.endpoint
-            providers = configure(set_global=False, export_from="process"
-                                  if self.name == "otlp-proc" else "thread")
+            providers = configure(set_global=False, export_from="thread"
+                                  if self.name == "otlp-thread" else None)
             assert providers is not None
             self._providers = (providers.tracer_provider, providers.meter_provider)
             self.tracing = Tracing(tracer_provider=providers.tracer_provider,
@@ -182,14 +187,17 @@ def runtimes_with(tracing: Tracing | None) -> Iterator[None]:
 async def measure_one(mode_name: str, workload: Callable[..., Any], path: Path,
                       synchronous: core.Sync, receiver: Receiver, repeat: int) -> Measured:
     """``workload`` ``repeat`` times back to back (fresh files) under one tracing setup:
-    its steps and seconds summed, as one measurement."""
-    before = receiver.spans() if mode_name.startswith("otlp") else 0
+    its steps and seconds summed, as one measurement. One untimed run comes first, in
+    every mode: what is paid once per process (imports, the export child's start) is
+    no part of a throughput."""
     results: list[core.Result] = []
     with Mode(mode_name, receiver) as mode, runtimes_with(mode.tracing):
+        await workload(path.with_suffix(".warm.db"), synchronous)
+        before = mode.spans()
         for k in range(repeat):
             results.append(await workload(path.with_suffix(f".{k}.db"), synchronous))
         spans = mode.spans()
-    if spans is not None:
+    if spans is not None and before is not None:
         spans -= before
     first = results[0]
     result = core.Result(first.name, first.what, sum(r.steps for r in results),
@@ -242,9 +250,9 @@ def table(synchronous: core.Sync, modes: Sequence[str], floors: list[float],
           series: dict[tuple[str, str], Series]) -> tuple[str, bool]:
     floor = statistics.median(floors)
     lines = [f"synchronous={synchronous} (WAL)",
-             f"  {'':5}  {'tracing':9} {'steps':>6} {'spans':>6} {'steps/s':>9} "
+             f"  {'':5}  {'tracing':11} {'steps':>6} {'spans':>6} {'steps/s':>9} "
              f"{'x floor':>7} {'x off':>6}  {'x off range':11}  {'target':12}",
-             f"  {'FLOOR':5}  {'raw sqlite3, 1 row per txn':36} {floor:>9,.0f} {1:>7.2f}"]
+             f"  {'FLOOR':5}  {'raw sqlite3, 1 row per txn':38} {floor:>9,.0f} {1:>7.2f}"]
     missed = False
     for wl in ("W1", "W2"):
         for mode in modes:
@@ -252,13 +260,16 @@ def table(synchronous: core.Sync, modes: Sequence[str], floors: list[float],
             ratio = statistics.median(s.ratios)
             rate = statistics.median(s.rates)
             target = ""
-            if wl == "W2" and mode in TARGET_MODES:
+            if wl == "W2" and mode in (*TARGET_MODES, "otlp-thread"):
                 ok = ratio >= TARGET_W2
-                missed |= not ok
+                if mode in TARGET_MODES:
+                    missed |= not ok
                 target = f">={TARGET_W2:.2f} {'ok' if ok else 'MISS'}"
+                if mode not in TARGET_MODES:
+                    target = f"({target})"
             spans = "" if s.spans is None else str(s.spans)
             spread = "" if mode == "off" else f"{min(s.ratios):.2f}-{max(s.ratios):.2f}"
-            lines.append(f"  {wl:5}  {mode:9} {s.steps:>6} {spans:>6} {rate:>9,.0f} "
+            lines.append(f"  {wl:5}  {mode:11} {s.steps:>6} {spans:>6} {rate:>9,.0f} "
                          f"{rate / floor:>7.2f} {ratio:>6.3f}  {spread:11}  {target:12}")
     return "\n".join(lines), missed
 
@@ -290,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     with Receiver() as receiver, tempfile.TemporaryDirectory(
             prefix="stalwart-bench-", dir=args.dir) as tmp:
-        print(f"OTLP/HTTP receiver at {receiver.endpoint}")
+        print(f"OTLP/HTTP receiver at {receiver.endpoint}; otlp: configure() exports spans "
+              f"from {_where(None)} here ({_cpus()} CPUs, STALWART_SPAN_EXPORT="
+              f"{os.environ.get('STALWART_SPAN_EXPORT') or 'auto'})")
         for synchronous in settings:
             floors, series = asyncio.run(measure(Path(tmp), synchronous, rounds, repeat,
                                                  modes, receiver))
