@@ -296,3 +296,17 @@ def test_configure_exports_from_a_child_where_more_than_one_cpu_is_there(
             providers.meter_provider.shutdown()
     monkeypatch.setenv("STALWART_SPAN_EXPORT", "thread")
     assert _setup._where(None) == "thread"
+
+
+def test_the_child_runs_at_a_lower_priority(receiver: OTLPReceiver) -> None:
+    """Export is background work: the child yields the CPU to the runs it traces."""
+    for niceness in (10, 0):
+        exporter = ProcessSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces",
+                                       niceness=niceness)
+        try:
+            assert exporter.export([span(niceness)]) is SpanExportResult.SUCCESS
+            assert exporter._child is not None
+            assert (os.getpriority(os.PRIO_PROCESS, exporter._child.pid)
+                    == min(19, os.getpriority(os.PRIO_PROCESS, 0) + niceness))
+        finally:
+            exporter.shutdown()

@@ -21,8 +21,8 @@ processor's thread, which holds no GIL. A batch handed to the child before this 
 is SIGKILLed is still exported (the child finishes it, then sees the pipe close).
 
 Protocol (stdin of the child): frames of a 4-byte big-endian length and a pickle of
-``("config", kwargs)`` (first), ``("spans", new resources, new scopes, new runs, spans)``,
-``("flush",)`` or ``("stop",)``; the child answers each with one line on its stdout:
+``("config", kwargs, niceness)`` (first), ``("spans", new resources, new scopes, new
+runs, spans)``, ``("flush",)`` or ``("stop",)``; the child answers each with one line on its stdout:
 ``ok`` or ``failed``. Resources, scopes and runs are sent once, numbered, with the first
 batch that refers to them (``_Tables``); spans refer to them by number. A span stalwart
 made without the SDK's ``Span`` (a ``LazySpan``: a plain step's, a run's) travels as
@@ -238,10 +238,15 @@ class ProcessSpanExporter(SpanExporter):
             headers, timeout, compression...); by default it reads ``OTEL_*`` like the
             SDK's exporter.
         python: the interpreter to run the child with (default: this one).
+        niceness: how much lower than this process's the child's CPU priority is
+            (``os.nice``; default 10, 0 to keep it): export is background work, so
+            where the CPUs are busy the runs it traces get them first.
     """
 
-    def __init__(self, *, python: str | None = None, **exporter_args: Any) -> None:
+    def __init__(self, *, python: str | None = None, niceness: int = 10,
+                 **exporter_args: Any) -> None:
         self._python = python or sys.executable
+        self._niceness = niceness
         self._args = exporter_args
         self._lock = threading.Lock()
         self._child: subprocess.Popen[bytes] | None = None
@@ -280,7 +285,7 @@ class ProcessSpanExporter(SpanExporter):
             return None
         self._child = child
         # It answers once its exporter is built: the first export reads that answer.
-        self._starting = self._send(("config", self._args))
+        self._starting = self._send(("config", self._args, self._niceness))
         return child
 
     def _export_here(self, why: str) -> None:
@@ -559,6 +564,12 @@ def main() -> int:
     first = _read(stdin)
     if first is None or first[0] != "config":
         return 2
+    niceness = first[2] if len(first) > 2 else 0
+    if niceness and hasattr(os, "nice"):
+        try:
+            os.nice(niceness)
+        except OSError as error:  # a sandbox may refuse it: export at the same priority
+            log.warning("cannot lower the export process's priority: %s", error)
     try:
         exporter = OTLPSpanExporter(**first[1])
     except Exception as error:
