@@ -59,6 +59,7 @@ def test_every_kind_of_span_arrives_as_the_sdk_would_send_it(receiver: OTLPRecei
              span(2, parent=None, resource=Resource({"service.name": "other"}, "s://u"))]
     exporter = ProcessSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces")
     try:
+        assert exporter.started()
         assert exporter.export(spans) is SpanExportResult.SUCCESS
     finally:
         exporter.shutdown()
@@ -98,6 +99,10 @@ async def test_a_traced_run_exports_through_the_child_as_through_memory(
     monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
     providers = configure(set_global=False, resource=resource, export_from="process")
     assert providers is not None
+    (processor,) = providers.tracer_provider._active_span_processor._span_processors
+    assert isinstance(processor, BatchSpanProcessor)
+    exporter = processor.span_exporter
+    assert isinstance(exporter, ProcessSpanExporter) and exporter.started()
     await traced(providers.tracer_provider, "double-1")
     assert providers.tracer_provider.force_flush()
     providers.tracer_provider.shutdown()
@@ -116,12 +121,15 @@ def test_a_failed_export_is_reported_and_a_dead_child_replaced(
         receiver: OTLPReceiver) -> None:
     exporter = ProcessSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces")
     try:
+        assert exporter.started()
         first = exporter._child
         assert first is not None
         first.kill()
         first.wait()
         assert exporter.export([span(0)]) is SpanExportResult.SUCCESS  # a new child
         assert exporter._child is not first
+        assert exporter.started()  # ... which takes the next batch
+        assert exporter.export([span(2)]) is SpanExportResult.SUCCESS
     finally:
         exporter.shutdown()
     dead = ProcessSpanExporter(endpoint="http://127.0.0.1:9/v1/traces", timeout=0.5)
@@ -129,7 +137,7 @@ def test_a_failed_export_is_reported_and_a_dead_child_replaced(
         assert dead.export([span(1)]) is SpanExportResult.FAILURE  # nothing listens
     finally:
         dead.shutdown()
-    assert len(receiver.spans()) == 1
+    assert len(receiver.spans()) == 2
 
 
 PARENT = """
@@ -188,8 +196,9 @@ def test_configure_rejects_an_unknown_export_place(monkeypatch: pytest.MonkeyPat
 
 def test_the_batch_processor_drives_it(receiver: OTLPReceiver) -> None:
     provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(
-        ProcessSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces")))
+    exporter = ProcessSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces")
+    assert exporter.started()
+    provider.add_span_processor(BatchSpanProcessor(exporter))
     tracer = provider.get_tracer("user")
     for i in range(700):
         with tracer.start_as_current_span(f"s{i}"):
@@ -213,11 +222,13 @@ for name in ("before", "in the fork", "after"):
     provider.get_tracer("t").start_span(name).end()
 before, forked, after = memory.get_finished_spans()
 exporter = ProcessSpanExporter(endpoint=sys.argv[1])
+assert exporter.started()
 assert exporter.export([before]).name == "SUCCESS"
 first = exporter._child.pid
 pid = os.fork()
 if pid == 0:
-    ok = exporter.export([forked]).name == "SUCCESS" and exporter._child.pid != first
+    ok = (exporter.started() and exporter.export([forked]).name == "SUCCESS"
+          and exporter._child.pid != first)
     exporter.shutdown()
     os._exit(0 if ok else 1)
 _, status = os.waitpid(pid, 0)
@@ -249,6 +260,7 @@ def test_where_no_child_can_run_spans_are_exported_in_this_process(
     process instead, with a warning, and no child is started again for each batch."""
     exporter = ProcessSpanExporter(python=python, endpoint=f"{receiver.endpoint}/v1/traces")
     try:
+        assert not exporter.started()
         assert exporter.export([span(0)]) is SpanExportResult.SUCCESS
         assert exporter._child is None
         assert exporter.export([span(1)]) is SpanExportResult.SUCCESS
@@ -258,6 +270,29 @@ def test_where_no_child_can_run_spans_are_exported_in_this_process(
     assert [s.name for s in receiver.spans()] == ["step 0", "step 1"]
     assert sum("exporting spans in this process instead" in r.getMessage()
                for r in caplog.records) == 1
+
+
+def test_batches_go_out_from_this_process_while_the_child_is_starting(
+        tmp_path: Path, receiver: OTLPReceiver) -> None:
+    """A busy start does not wait for the child's imports (nor let the processor's
+    queue fill and drop): the first batches are exported here, then the child takes
+    over."""
+    slow = tmp_path / "slow-python"
+    slow.write_text(f"#!/bin/sh\nsleep 1\nexec {sys.executable} \"$@\"\n")
+    slow.chmod(0o755)
+    exporter = ProcessSpanExporter(python=str(slow),
+                                   endpoint=f"{receiver.endpoint}/v1/traces")
+    try:
+        assert exporter.export([span(0)]) is SpanExportResult.SUCCESS
+        assert exporter._local is not None and exporter._starting  # sent from here
+        assert exporter.started()
+        local = exporter._local
+        assert exporter.export([span(1)]) is SpanExportResult.SUCCESS
+        assert exporter._local is local and not exporter._starting
+        assert exporter._tables._resources  # packed for the child: it took this one
+    finally:
+        exporter.shutdown()
+    assert sorted(s.name for s in receiver.spans()) == ["step 0", "step 1"]
 
 
 def test_arguments_the_child_cannot_build_an_exporter_from_fail_every_export(
@@ -304,6 +339,7 @@ def test_the_child_runs_at_a_lower_priority(receiver: OTLPReceiver) -> None:
         exporter = ProcessSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces",
                                        niceness=niceness)
         try:
+            assert exporter.started()
             assert exporter.export([span(niceness)]) is SpanExportResult.SUCCESS
             assert exporter._child is not None
             assert (os.getpriority(os.PRIO_PROCESS, exporter._child.pid)

@@ -252,8 +252,10 @@ class ProcessSpanExporter(SpanExporter):
         self._child: subprocess.Popen[bytes] | None = None
         self._starting = False
         """The child was sent its ``config`` and has not answered it yet."""
-        self._in_thread: SpanExporter | None = None
-        """Where batches go when no child can run here: this process's OTLP exporter."""
+        self._local: SpanExporter | None = None
+        """This process's OTLP exporter, made when a batch must go out from here: while
+        the child is still starting, or for good when no child can run here."""
+        self._no_child = False
         self._refused = False
         """The child could not build an exporter from ``exporter_args``."""
         self._tables = _Tables()
@@ -272,7 +274,7 @@ class ProcessSpanExporter(SpanExporter):
             log.warning("span export process exited (%s); starting another", child.returncode)
             _close(child)
             self._child = None
-        if self._in_thread is not None:
+        if self._no_child:
             return None
         self._tables = _Tables()  # what the last child knew, the new one does not
         try:
@@ -291,10 +293,21 @@ class ProcessSpanExporter(SpanExporter):
     def _export_here(self, why: str) -> None:
         """No child can export for this process: export on the processor's thread, as
         ``export_from="thread"`` does, from now on."""
-        from ._otlp import OTLPSpanExporter
-
         log.warning("span export process: %s; exporting spans in this process instead", why)
-        self._in_thread = OTLPSpanExporter(**self._args)
+        self._no_child = True
+
+    def _here(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Export ``spans`` from this process, on the calling (processor's) thread."""
+        if self._local is None:
+            from ._otlp import OTLPSpanExporter
+
+            try:
+                self._local = OTLPSpanExporter(**self._args)
+            except Exception as error:  # arguments no exporter takes
+                log.error("span export: cannot build the OTLP exporter: %s", error)
+                self._refused = True
+                return SpanExportResult.FAILURE
+        return self._local.export(spans)
 
     def _send(self, message: tuple[Any, ...]) -> bool:
         child = self._child
@@ -317,13 +330,20 @@ class ProcessSpanExporter(SpanExporter):
         return child.stdout.readline() if ready else b""
 
     def _ready(self) -> bool:
-        """Whether the child can take a batch: it answered its ``config`` (read now if
-        still pending). A child that cannot even start Python's imports here (an
+        """Whether the child takes this batch: it answered its ``config`` (read now if
+        it has come). Not while it is still importing: batches go out from this process
+        meanwhile, rather than wait and let the processor's queue fill (and drop) at a
+        busy start. A child that cannot even start Python's imports here (an
         interpreter that is no ``python``, a sandbox) hands export to this process."""
         if not self._starting:
             return True
+        child = self._child
+        if child is None or child.stdout is None:
+            return False
+        if child.poll() is None and not select.select([child.stdout], [], [], 0)[0]:
+            return False  # still starting
         self._starting = False
-        answer = self._answer(_START_WAIT_MILLIS)
+        answer = child.stdout.readline()  # b"": it exited without answering
         if answer == b"ok\n":
             return True
         if answer == b"failed\n":  # its exporter refused the arguments: so would ours
@@ -331,14 +351,26 @@ class ProcessSpanExporter(SpanExporter):
                       "no span will be exported")
             self._refused = True
             return False
-        child = self._child
-        if child is not None:
-            child.kill()
-            child.wait()
-            _close(child)
-            self._child = None
+        child.kill()
+        child.wait()
+        _close(child)
+        self._child = None
         self._export_here("it did not start")
         return False
+
+    def started(self, timeout: float = 30.0) -> bool:
+        """Wait up to ``timeout`` seconds for the child to take batches (until then, and
+        where no child can run, batches are exported from this process); whether it
+        does now."""
+        if self._pid != os.getpid():
+            self._forked()
+        with self._lock:
+            child = None if self._shutdown else self._start()
+            if child is None or child.stdout is None:
+                return False
+            if self._starting:
+                select.select([child.stdout], [], [], timeout)
+            return self._ready()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._shutdown:
@@ -353,8 +385,8 @@ class ProcessSpanExporter(SpanExporter):
                 tables = self._tables
                 packed = [_pack(span, tables) for span in spans]
                 answer = self._ask(("spans", *tables.take(), packed), _EXPORT_WAIT_MILLIS)
-            elif self._in_thread is not None:
-                return self._in_thread.export(spans)
+            elif not self._refused:  # the child is starting, or none can run here
+                return self._here(spans)
             else:
                 answer = b""
         if answer != b"ok\n":
@@ -390,8 +422,8 @@ class ProcessSpanExporter(SpanExporter):
             if self._shutdown:
                 return
             self._shutdown = True
-            if self._in_thread is not None:
-                self._in_thread.shutdown()
+            if self._local is not None:
+                self._local.shutdown()
             child = self._child
             if child is None:
                 return
