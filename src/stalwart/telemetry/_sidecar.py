@@ -362,8 +362,7 @@ class ProcessSpanExporter(SpanExporter):
         """Wait up to ``timeout`` seconds for the child to take batches (until then, and
         where no child can run, batches are exported from this process); whether it
         does now."""
-        if self._pid != os.getpid():
-            self._forked()
+        self._check_fork()
         with self._lock:
             child = None if self._shutdown else self._start()
             if child is None or child.stdout is None:
@@ -378,8 +377,7 @@ class ProcessSpanExporter(SpanExporter):
             return SpanExportResult.FAILURE
         if self._refused:
             return SpanExportResult.FAILURE
-        if self._pid != os.getpid():
-            self._forked()
+        self._check_fork()
         with self._lock:
             if self._start() is not None and self._ready():
                 tables = self._tables
@@ -394,6 +392,10 @@ class ProcessSpanExporter(SpanExporter):
                       len(spans), answer.decode(errors="replace").strip() or "no answer")
             return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
+
+    def _check_fork(self) -> None:
+        if self._pid != os.getpid():
+            self._forked()
 
     def _forked(self) -> None:
         """This is a forked copy of the process that started the child (a pre-forking
