@@ -253,13 +253,19 @@ def test_a_forked_process_exports_through_a_child_of_its_own(
     assert sorted(s.name for s in receiver.spans()) == ["after", "before", "in the fork"]
 
 
+@pytest.mark.parametrize("exited_first", [False, True], ids=["racing", "exited-first"])
 @pytest.mark.parametrize("python", ["/nonexistent/python", "/bin/false"])
 def test_where_no_child_can_run_spans_are_exported_in_this_process(
-        python: str, receiver: OTLPReceiver, caplog: pytest.LogCaptureFixture) -> None:
+        python: str, exited_first: bool, receiver: OTLPReceiver,
+        caplog: pytest.LogCaptureFixture) -> None:
     """Spawning fails, or the "interpreter" exits at once: the batches go out from this
-    process instead, with a warning, and no child is started again for each batch."""
+    process instead, with a warning, and no child is started again for each batch.
+    ``exited-first``: the child is gone before anything looks at it, which is not a
+    crash to start another for (it never answered its config)."""
     exporter = ProcessSpanExporter(python=python, endpoint=f"{receiver.endpoint}/v1/traces")
     try:
+        if exited_first and exporter._child is not None:
+            exporter._child.wait(30)
         assert not exporter.started()
         assert exporter.export([span(0)]) is SpanExportResult.SUCCESS
         assert exporter._child is None
@@ -270,6 +276,7 @@ def test_where_no_child_can_run_spans_are_exported_in_this_process(
     assert [s.name for s in receiver.spans()] == ["step 0", "step 1"]
     assert sum("exporting spans in this process instead" in r.getMessage()
                for r in caplog.records) == 1
+    assert not any("starting another" in r.getMessage() for r in caplog.records)
 
 
 def test_batches_go_out_from_this_process_while_the_child_is_starting(

@@ -270,6 +270,12 @@ class ProcessSpanExporter(SpanExporter):
         child = self._child
         if child is not None and child.poll() is None:
             return child
+        if child is not None and self._starting:
+            # It exited before answering its config: whether it ever started (then it
+            # crashed: start another) or not (no child can run here) is in its answer.
+            self._ready()
+            if self._child is None or self._refused:
+                return None
         if child is not None:
             log.warning("span export process exited (%s); starting another", child.returncode)
             _close(child)
@@ -286,8 +292,10 @@ class ProcessSpanExporter(SpanExporter):
             self._export_here(f"cannot start it: {error}")
             return None
         self._child = child
-        # It answers once its exporter is built: the first export reads that answer.
-        self._starting = self._send(("config", self._args, self._niceness))
+        # It answers once its exporter is built: the first export reads that answer. A
+        # child that is gone already cannot take the config: its answer (none) says so.
+        self._starting = True
+        self._send(("config", self._args, self._niceness))
         return child
 
     def _export_here(self, why: str) -> None:
