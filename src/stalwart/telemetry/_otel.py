@@ -39,8 +39,9 @@ import copy
 import hashlib
 import json
 import logging
+import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +62,7 @@ from opentelemetry.trace import (
     TraceFlags,
 )
 
+from .._clock import SystemClock
 from .._context import _step_var
 from ..errors import ConfigurationError
 from ..store._base import TERMINAL_STATUSES, RunStatus
@@ -80,7 +82,7 @@ from ._interceptor import (
     ToolCallEndInput,
     ToolCallStartInput,
 )
-from ._spans import DirectSpan, LazySpan, SpanLike, SpanSink
+from ._spans import DirectSpan, LazySpan, SpanLike, SpanSink, lazy_step
 from ._steps import STEP_ATTRIBUTES_MAX, error_of, run_span, step_span
 
 if TYPE_CHECKING:
@@ -158,7 +160,7 @@ class _Run:
         """Its span, when made as it started (the SDK's path); else a ``LazySpan``
         is made as it ends."""
         self.steps: dict[str, _Step] = {}
-        self.retries: dict[str, int] = {}
+        self.retries: dict[str, int] | None = None  # made by the first retry
 
     @property
     def trace_id(self) -> int:
@@ -306,6 +308,8 @@ _UNSET = Status(StatusCode.UNSET)
 _ERROR = StatusCode.ERROR.value
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _NOTHING: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+_NO_STEPS: dict[str, Any] = {}
+"""The steps of every run that ended (never written: a run that ended has no execution)."""
 
 
 class _RunSpan(NonRecordingSpan):
@@ -393,6 +397,10 @@ class OTelInterceptor(Interceptor):
         self._sink = SpanSink(base)
         self._config = config
         self._clock = runtime.clock
+        # Now in nanoseconds, for span times: the real clock's without a float between.
+        self._now_ns: Callable[[], int] = (
+            time.time_ns if type(runtime.clock) is SystemClock
+            else lambda: _ns(runtime.clock.now()))
         self._runtime = weakref.ref(runtime)
         self._runs: dict[str, _Run] = {}
         self._dropped: dict[str, SpanContext] = {}
@@ -493,7 +501,12 @@ class OTelInterceptor(Interceptor):
             otel_context.detach(token)
         self._dropped.pop(input.run.run_id, None)
         state = self._runs.pop(input.run.run_id, None)
-        if state is None or input.status not in TERMINAL_STATUSES:
+        if state is None:
+            return
+        # Its spans keep the state alive as long as an exporter keeps them (an in-memory
+        # one, for good); the steps dict has nothing more to do.
+        state.steps = _NO_STEPS
+        if input.status not in TERMINAL_STATUSES:
             return  # parked or interrupted: the execution that ends the run emits it
         span = state.span
         if span is None:  # a LazySpan, read (and filled in) by the exporter
@@ -506,13 +519,6 @@ class OTelInterceptor(Interceptor):
             span.set_attribute("error.type", kind)
             span.set_status(Status(StatusCode.ERROR, message))
         self._end(span)
-
-    def _parent_of_step(self, run_id: str, state: _Run) -> SpanContext | None:
-        """The parent of a step's span: its agent's, or ``None`` for the run's."""
-        frames = self._agents.get()
-        if not frames or frames[-1].run_id != run_id:
-            return None
-        return self._materialize(frames, state)
 
     def _materialize(self, frames: Sequence[_Agent], state: _Run) -> SpanContext:
         """Start the spans of the agents in ``frames`` not started yet; the innermost's
@@ -530,31 +536,39 @@ class OTelInterceptor(Interceptor):
     def step_started(self, input: StepStartInput) -> None:
         # The hot path of tracing (every step that runs): kept free of extra calls. A
         # direct run's step only notes its start; its span is made when it ends.
-        run_id, step_id = input.run_id, input.step_id
+        run_id = input.run_id
         state = self._runs.get(run_id)
-        if state is None or step_id in state.steps:
+        if state is None:
             return
-        parent = self._parent_of_step(run_id, state)
+        step_id, steps = input.step_id, state.steps
+        if step_id in steps:
+            return
+        frames = self._agents.get()
+        parent = (self._materialize(frames, state)
+                  if frames and frames[-1].run_id == run_id else None)
         if state.direct and self._sink.direct():
-            state.steps[step_id] = (input.name, _ns(
-                self._clock.now() if input.since is None else input.since), parent)
+            since = input.since
+            steps[step_id] = (input.name, self._now_ns() if since is None
+                              else _ns(since), parent)
             return
         span_name, attributes, _ = step_span(run_id, step_id, input.name, None)
-        state.steps[step_id] = self._start(
+        steps[step_id] = self._start(
             span_name, trace_id=state.trace_id, span_id=state.ids.step(step_id),
             parent=parent or state.context, at=input.since, direct=state.direct,
             attributes=attributes)
 
     def step_ended(self, input: StepEndInput) -> None:
         state = self._runs.get(input.run_id)
-        step = state.steps.pop(input.step_id, None) if state is not None else None
-        if step is None or state is None:
+        if state is None:
             return
+        step = state.steps.pop(input.step_id, None)
         if type(step) is tuple:  # nothing was added to it: a LazySpan
             name, start, parent = step
-            self._sink.emit(LazySpan(state, (
-                "step", input.step_id, name, None if parent is None else parent[1], start,
-                _ns(self._clock.now()), input.error)))
+            self._sink.emit(lazy_step(state, input.step_id, name,
+                                      None if parent is None else parent[1], start,
+                                      self._now_ns(), input.error))
+            return
+        if step is None:
             return
         span: SpanLike = step  # type: ignore[assignment]
         retries = state.retries.pop(input.step_id, 0) if state.retries else 0
@@ -754,7 +768,10 @@ class OTelInterceptor(Interceptor):
         span.add_event(f"stalwart.{input.action}", {"stalwart.policy.key": input.key},
                        timestamp=_ns(self._clock.now()))
         if input.action == "retried":
-            state.retries[input.step_id] = state.retries.get(input.step_id, 0) + 1
+            retries = state.retries
+            if retries is None:
+                retries = state.retries = {}
+            retries[input.step_id] = retries.get(input.step_id, 0) + 1
             span.set_attribute("stalwart.retried", True)
         elif input.action == "fallback_answered":
             span.set_attribute("stalwart.fallback.model", input.key)
