@@ -27,16 +27,19 @@ otlp-thread  the same with ``configure(export_from="thread")``: spans encoded an
 
 The measurements are interleaved in ``--rounds`` rounds: each round measures bench_core's
 floor (raw sqlite3, one row per transaction) and then each workload in every mode, the
-order of the modes rotating from one round to the next; a measurement runs the workload
-``--repeat`` times back to back (fresh files) under one tracing setup, since one W2 lasts
-well under a second and a single fsync stall or collection would swing it. A mode's ratio
-in a round is its throughput over ``off``'s in the same round. The table prints the
-median ratio per mode, the spread of the ratios over the rounds, and the median
-throughput, also as a multiple of the floor. On a shared machine, neighbours slow down
-some measurements; pairing each measurement with an ``off`` measured seconds before or
-after, and taking medians, keeps their effect out of the ratios. Every traced
-measurement checks that the exporter got one span per step plus one per run. Target
-(memory and otlp, the default): tracing keeps >= 0.90 of W2's throughput (costs <= 10 %).
+order of the modes rotating from one round to the next. Within a round every mode is set
+up once, and the workload runs once in each mode in turn, ``--repeat`` times over (fresh
+files), so that the runs a ratio compares are seconds apart: on this machine
+consecutive W2 runs without tracing ranged over 4,300-6,800 steps/s, and the speed
+drifts by more than tracing costs within a few seconds. A mode's runs in a round are
+summed as one measurement; its ratio is its throughput over ``off``'s in the same round.
+The table prints the median ratio per mode, the spread of the ratios over the rounds,
+and the median throughput, also as a multiple of the floor. Each mode's spans are
+counted after each of its runs (one receiver a posting mode); the in-memory exporter
+keeps all of a run's spans while the run runs and is emptied after it is counted, so
+no other mode's run pays for the collector walking them. Every traced measurement
+checks that the exporter got one span per step plus one per run. Target (memory and
+otlp, the default): tracing keeps >= 0.90 of W2's throughput (costs <= 10 %).
 """
 
 from __future__ import annotations
@@ -124,14 +127,15 @@ class Measured:
 
 
 class Mode:
-    """One way of running the workloads: a ``Tracing`` (or none) and its span count."""
+    """One way of running the workloads: a ``Tracing`` (or none), and the spans it got."""
 
-    def __init__(self, name: str, receiver: Receiver) -> None:
+    def __init__(self, name: str, receiver: Receiver | None) -> None:
         self.name = name
         self.receiver = receiver
         self.tracing: Tracing | None = None
         self._memory: InMemorySpanExporter | None = None
         self._providers: Any = None
+        self._received = 0
 
     def __enter__(self) -> Mode:
         if self.name in ("memory", "simple"):
@@ -146,6 +150,8 @@ class Mode:
             self._providers = (tp, mp)
             self.tracing = Tracing(tracer_provider=tp, meter_provider=mp)
         elif self.name in ("otlp", "otlp-thread"):
+            assert self.receiver is not None
+            self._received = self.receiver.spans()
             os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.receiver.endpoint
             providers = configure(set_global=False, export_from="thread"
                                   if self.name == "otlp-thread" else None)
@@ -156,20 +162,27 @@ class Mode:
         return self
 
     def spans(self) -> int | None:
-        """Spans exported so far (after a flush), or None without tracing."""
+        """Spans exported since the last call (after a flush), or None without tracing.
+        The in-memory exporter is emptied: it keeps a run's spans while the run runs,
+        and no later run pays for the collector walking them."""
         if self._providers is None:
             return None
         self._providers[0].force_flush()
         if self._memory is not None:
-            return len(self._memory.get_finished_spans())
-        return self.receiver.spans()
+            got = len(self._memory.get_finished_spans())
+            self._memory.clear()
+            return got
+        assert self.receiver is not None
+        total = self.receiver.spans()
+        got, self._received = total - self._received, total
+        return got
 
     def __exit__(self, *exc: object) -> None:
         if self._providers is not None:
             for provider in self._providers:
                 provider.shutdown()
         if self._memory is not None:
-            self._memory.clear()  # no measurement pays for collecting the last one's spans
+            self._memory.clear()
 
 
 @contextlib.contextmanager
@@ -184,29 +197,43 @@ def runtimes_with(tracing: Tracing | None) -> Iterator[None]:
         core.Runtime = original  # type: ignore[misc]
 
 
-async def measure_one(mode_name: str, workload: Callable[..., Any], path: Path,
-                      synchronous: core.Sync, receiver: Receiver, repeat: int) -> Measured:
-    """``workload`` ``repeat`` times back to back (fresh files) under one tracing setup:
-    its steps and seconds summed, as one measurement. One untimed run comes first, in
-    every mode: what is paid once per process (imports, the export child's start) is
+async def measure_round(workload: Callable[..., Any], folder: Path, tag: str,
+                        synchronous: core.Sync, order: Sequence[str],
+                        receivers: dict[str, Receiver], repeat: int) -> dict[str, Measured]:
+    """``workload`` ``repeat`` times in every mode, each mode set up once: one run in each
+    mode in turn (``order``), then again, so that the runs a ratio compares are seconds
+    apart (this machine's speed drifts by more than the effect within a few seconds).
+    Each mode's steps and seconds are summed, as one measurement. One untimed run comes
+    first in every mode: what a process pays once (imports, the export child's start) is
     no part of a throughput."""
-    results: list[core.Result] = []
-    with Mode(mode_name, receiver) as mode, runtimes_with(mode.tracing):
-        await workload(path.with_suffix(".warm.db"), synchronous)
-        before = mode.spans()
+    results: dict[str, list[core.Result]] = {mode: [] for mode in order}
+    spans: dict[str, int] = dict.fromkeys(order, 0)
+    with contextlib.ExitStack() as stack:
+        modes = {name: stack.enter_context(Mode(name, receivers.get(name)))
+                 for name in order}
+        for name, mode in modes.items():
+            with runtimes_with(mode.tracing):
+                await workload(folder / f"{name}-{tag}-warm.db", synchronous)
+            mode.spans()
         for k in range(repeat):
-            results.append(await workload(path.with_suffix(f".{k}.db"), synchronous))
-        spans = mode.spans()
-    if spans is not None and before is not None:
-        spans -= before
-    first = results[0]
-    result = core.Result(first.name, first.what, sum(r.steps for r in results),
-                         sum(r.seconds for r in results))
-    runs = repeat * (1 if result.name == "W1" else core.W2_RUNS)
-    if spans is not None and spans != result.steps + runs:
-        raise SystemExit(f"{mode_name} {result.name}: exported {spans} spans, expected "
-                         f"{result.steps + runs}")
-    return Measured(mode_name, result, spans)
+            for name, mode in modes.items():
+                gc.collect()  # no run pays for the garbage of the one before
+                with runtimes_with(mode.tracing):
+                    results[name].append(await workload(
+                        folder / f"{name}-{tag}-{k}.db", synchronous))
+                spans[name] += mode.spans() or 0
+    measured: dict[str, Measured] = {}
+    for name in order:
+        first = results[name][0]
+        result = core.Result(first.name, first.what, sum(r.steps for r in results[name]),
+                             sum(r.seconds for r in results[name]))
+        if name != "off":
+            runs = repeat * (1 if result.name == "W1" else core.W2_RUNS)
+            if spans[name] != result.steps + runs:
+                raise SystemExit(f"{name} {result.name}: exported {spans[name]} spans, "
+                                 f"expected {result.steps + runs}")
+        measured[name] = Measured(name, result, None if name == "off" else spans[name])
+    return measured
 
 
 @dataclass
@@ -220,7 +247,7 @@ class Series:
 
 
 async def measure(folder: Path, synchronous: core.Sync, rounds: int, repeat: int,
-                  modes: Sequence[str], receiver: Receiver,
+                  modes: Sequence[str], receivers: dict[str, Receiver],
                   ) -> tuple[list[float], dict[tuple[str, str], Series]]:
     """``rounds`` rounds of: the floor, then W1 and W2 in every mode, the modes' order
     rotating from round to round; each ratio is to ``off`` of the same round."""
@@ -232,12 +259,8 @@ async def measure(folder: Path, synchronous: core.Sync, rounds: int, repeat: int
                                  core.W1_STEPS).rate)
         order = [*modes[i % len(modes):], *modes[:i % len(modes)]]
         for wl_name, workload in (("W1", core.w1), ("W2", core.w2)):
-            got: dict[str, Measured] = {}
-            for mode in order:
-                gc.collect()  # no mode pays for the garbage of the one before
-                got[mode] = await measure_one(mode, workload,
-                                              folder / f"{wl_name}-{mode}-{tag}-{i}.db",
-                                              synchronous, receiver, repeat)
+            got = await measure_round(workload, folder, f"{wl_name}-{tag}-{i}", synchronous,
+                                      order, receivers, repeat)
             for mode, m in got.items():
                 s = series.setdefault((wl_name, mode), Series())
                 s.rates.append(m.result.rate)
@@ -296,23 +319,31 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown modes: {', '.join(sorted(unknown))}")
     print(core.header().replace("bench_core", "bench_tracing")
-          + f"  (median of {rounds} rounds; each measurement {repeat} runs of a workload)")
+          + f"  (median of {rounds} rounds; each measurement {repeat} runs of a workload, "
+            "interleaved run by run with the other modes')")
     missed = False
     t0 = time.perf_counter()
-    with Receiver() as receiver, tempfile.TemporaryDirectory(
-            prefix="stalwart-bench-", dir=args.dir) as tmp:
-        print(f"OTLP/HTTP receiver at {receiver.endpoint}; otlp: configure() exports spans "
+    with contextlib.ExitStack() as stack:
+        # One receiver a mode that posts, so each mode's spans are counted apart.
+        receivers = {mode: stack.enter_context(Receiver())
+                     for mode in modes if mode in ("otlp", "otlp-thread")}
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="stalwart-bench-",
+                                                              dir=args.dir))
+        where = ", ".join(f"{mode} {r.endpoint}" for mode, r in receivers.items())
+        print(f"OTLP/HTTP receivers: {where or 'none'}; otlp: configure() exports spans "
               f"from {_where(None)} here ({_cpus()} CPUs, STALWART_SPAN_EXPORT="
               f"{os.environ.get('STALWART_SPAN_EXPORT') or 'auto'})")
         for synchronous in settings:
             floors, series = asyncio.run(measure(Path(tmp), synchronous, rounds, repeat,
-                                                 modes, receiver))
+                                                 modes, receivers))
             text, miss = table(synchronous, modes, floors, series)
             missed |= miss
             print()
             print(text, flush=True)
-        print(f"\nreceiver: {receiver.requests} OTLP requests decoded, "
-              f"{receiver.spans():,} spans; {time.perf_counter() - t0:.0f} s in all")
+        requests = sum(r.requests for r in receivers.values())
+        spans = sum(r.spans() for r in receivers.values())
+        print(f"\nreceivers: {requests} OTLP requests decoded, {spans:,} spans; "
+              f"{time.perf_counter() - t0:.0f} s in all")
     return 1 if missed else 0
 
 
