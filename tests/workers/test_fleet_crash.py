@@ -37,9 +37,11 @@ async def test_four_workers_two_killed_lose_nothing_and_duplicate_nothing(
     procs = [fleet.start("--concurrency", "25", "--lease", "10", "--poll", "0.2")
              for _ in range(WORKERS)]
     killed: dict[int, float] = {}
-    await fc.wait_for_completed(pg_url, 30, timeout=30)
-    for victim in rng.sample(procs, 2):
-        await asyncio.sleep(rng.uniform(0.1, 2.0))
+    # Each kill lands at a random point of the work, chosen by how many runs have
+    # completed (a random delay in seconds once fell after the last run on a fast pass).
+    kill_at = sorted(rng.sample(range(30, RUNS // 2), 2))
+    for victim, when in zip(rng.sample(procs, 2), kill_at, strict=True):
+        await fc.wait_for_completed(pg_url, when, timeout=60)
         assert victim.poll() is None, fleet.log(victim)
         killed[victim.pid] = time.time()
         victim.kill()
