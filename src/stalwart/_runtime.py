@@ -218,6 +218,13 @@ class Runtime:
         limits: Literal["auto", "cluster", "local"] = "auto",
         tracing: Tracing | None = None,
     ) -> None:
+        self._settings: dict[str, Any] = {
+            "clock": clock, "concurrency": concurrency, "lease_seconds": lease_seconds,
+            "poll_interval": poll_interval, "park_after": park_after,
+            "thread_pool_size": thread_pool_size, "budget": budget, "prices": prices,
+            "policy": policy, "models": dict(models or {}), "pools": pools,
+            "limits": limits, "tracing": tracing}
+        """The arguments it was made with, but the store and ``worker`` (see _like)."""
         if concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
         if lease_seconds <= 0 or poll_interval <= 0 or park_after < 0:
@@ -293,6 +300,7 @@ class Runtime:
         def deco(f: Callable[Concatenate[Context, P], Awaitable[R]]) -> Workflow[P, R]:
             wf: Workflow[P, R] = Workflow(f, name=name, pool=pool, budget=budget)
             self.register(wf)
+            wf.runtime = self
             return wf
 
         return deco(fn) if fn is not None else deco
@@ -303,6 +311,20 @@ class Runtime:
         if existing is not None and existing.fn is not wf.fn:
             raise ConfigurationError(f"two different workflows are named {wf.name!r}")
         self._workflows[wf.name] = wf
+
+    def _like(self, store: Store | str | os.PathLike[str] | None = None, *,
+              worker: bool = True, **overrides: Any) -> Runtime:
+        """A new runtime made with this one's arguments (budget, models, prices, policy,
+        tracing, clock, limits...) but ``overrides``, on ``store`` (default: this one's
+        store object), knowing this one's workflows. The CLI executes a module's
+        workflows with it: ``stalwart run app:wf`` must spend under ``app``'s budget and
+        call ``app``'s models, not a bare runtime's."""
+        settings = {**self._settings, **overrides}
+        settings["models"] = dict(settings["models"] or {})
+        twin = Runtime(self.store if store is None else store, worker=worker, **settings)
+        for wf in self._workflows.values():
+            twin.register(wf)
+        return twin
 
     def _resolve(self, name: str) -> Any:
         wf = self._workflows.get(name)

@@ -15,6 +15,7 @@ from .errors import ConfigurationError, SerializationError
 if TYPE_CHECKING:
     from ._budget import Budget
     from ._context import Context
+    from ._runtime import Runtime
 
 __all__ = ["Workflow"]
 
@@ -80,6 +81,11 @@ class Workflow(Generic[P, R]):
         is the ``"default"`` pool."""
         self.budget = budget
         """Limits on what each run of it may spend (:class:`~stalwart.Budget`)."""
+        self.runtime: Runtime | None = None
+        """The runtime whose ``@runtime.workflow`` made it, if one did. The CLI executes
+        its runs (``stalwart run``, ``resume``, ``worker``, ``runs fork``, ``dlq retry``)
+        with that runtime's settings: its budget, models, prices, policies, tracing and,
+        unless ``--store`` says otherwise for ``run`` and ``worker``, its journal."""
         self.ref = f"{fn.__module__}:{fn.__qualname__}"
         self._params = params[1:]
         self._hints = parameter_types(fn)

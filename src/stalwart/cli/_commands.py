@@ -14,7 +14,6 @@ from rich.table import Table
 from rich.text import Text
 
 from .._runtime import Runtime
-from .._serde import ErrorInfo
 from .._workflow import Workflow
 from ..store._base import EventKind, RunRecord, RunStatus
 from ._common import (
@@ -24,12 +23,15 @@ from ._common import (
     StoreOption,
     client_runtime,
     console,
+    executing_runtime,
+    failure_line,
     fmt_duration,
     fmt_time,
     parse_json,
     preview,
     run_async,
     store_hint,
+    store_hint_for,
 )
 from ._loader import add_cwd_to_path, find_workflow, import_module, resolve_ref, workflows_in
 
@@ -45,24 +47,12 @@ def _info(line: str) -> None:
     sys.stderr.flush()
 
 
-def _failure_line(rec: RunRecord) -> str:
-    if rec.status == RunStatus.CANCELLED:
-        return f"run {rec.run_id} was cancelled"
-    try:
-        info = ErrorInfo.from_json(rec.error or "")
-        what = f"{info.type}: {info.message}"
-    except (ValueError, KeyError):
-        what = rec.error or "unknown error"
-    return f"run {rec.run_id} {rec.status}: {what}"
-
-
 # -- run -----------------------------------------------------------------------------
 
 
-async def _run(wf: Workflow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
-               store: str | None, run_id: str | None, wait: bool,
+async def _run(rt: Runtime, wf: Workflow[Any, Any], args: tuple[Any, ...],
+               kwargs: dict[str, Any], *, run_id: str | None, wait: bool,
                timeout: float | None) -> tuple[RunRecord, bool]:
-    rt = Runtime(store, worker=wait)
     try:
         with warnings.catch_warnings():
             # A mistyped --input makes pydantic warn while dumping it, before the
@@ -75,7 +65,8 @@ async def _run(wf: Workflow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, 
             rec = await rt.wait_for_end(handle.run_id, timeout=timeout)
         except TimeoutError:
             raise CliError(f"run {handle.run_id} did not end within {timeout}s; it is "
-                           f"unfinished: stalwart resume {handle.run_id}{store_hint(store)}",
+                           f"unfinished: stalwart resume {handle.run_id}"
+                           f"{store_hint_for(rt.store)}",
                            FAILURE) from None
         return rec, handle.created
     finally:
@@ -106,18 +97,21 @@ def run(
     wf = find_workflow(target)
     args, kwargs = wf.input_from_json(data) if input_json is not None else ((), {})
     started = time.monotonic()
-    rec, created = run_async(_run(wf, args, kwargs, store=store, run_id=run_id,
+    # With the settings of the runtime the module made it with (budget, models...).
+    rt = executing_runtime([wf], store, home_store=True, worker=not no_wait)
+    where = store_hint_for(rt.store)
+    rec, created = run_async(_run(rt, wf, args, kwargs, run_id=run_id,
                                   wait=not no_wait, timeout=timeout))
-    hint = f"stalwart runs show {rec.run_id}{store_hint(store)}"
+    hint = f"stalwart runs show {rec.run_id}{where}"
     if not created:
         _info(f"run {rec.run_id} already existed ({rec.status}); not started again")
     if no_wait:
         sys.stdout.write(rec.run_id + "\n")
         _info(f"run {rec.run_id} enqueued ({rec.status}); execute it with "
-              f"`stalwart resume {rec.run_id}{store_hint(store)}`, inspect it with `{hint}`")
+              f"`stalwart resume {rec.run_id}{where}`, inspect it with `{hint}`")
         return
     if rec.status != RunStatus.COMPLETED:
-        raise CliError(f"{_failure_line(rec)} (details: {hint})", FAILURE)
+        raise CliError(f"{failure_line(rec)} (details: {hint})", FAILURE)
     sys.stdout.write((rec.result or "null") + "\n")
     _info(f"run {rec.run_id} completed in {fmt_duration(time.monotonic() - started)}; "
           f"inspect it with `{hint}`")
@@ -190,7 +184,8 @@ async def _claimed_by(rt: Runtime, run_id: str) -> bool:
 async def _execute(store: str | None, plan: _Plan, run_id: str | None,
                    timeout: float | None) -> tuple[list[RunRecord], list[RunRecord]]:
     """Claim and run; returns (runs this process executed, ready runs left alone)."""
-    rt = Runtime(store, poll_interval=0.2)
+    rt = executing_runtime(plan.workflows.values(), store, home_store=False,
+                           poll_interval=0.2)
     for wf in plan.workflows.values():
         rt.register(wf)
     try:
@@ -260,7 +255,7 @@ def resume(
                     detail = ("until " + fmt_time(rec.wake_at, date=True) if rec.wake_at
                               else "until a signal or child")
                 else:
-                    detail = _failure_line(rec)
+                    detail = failure_line(rec)
                 table.add_row(rec.run_id, rec.workflow, str(before[rec.run_id]),
                               str(rec.status), Text(detail))
             out.print(f"resumed {len(done)} run(s):")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -21,6 +21,9 @@ from rich.console import Console
 
 from .. import errors
 from .._runtime import Runtime, open_store
+from .._serde import ErrorInfo
+from .._workflow import Workflow
+from ..store._base import RunRecord, RunStatus, Store
 from ..store._sqlite import SQLiteStore
 
 __all__ = [
@@ -31,7 +34,10 @@ __all__ = [
     "StoreOption",
     "client_runtime",
     "console",
+    "executing_runtime",
+    "error_json",
     "exit_code_for",
+    "failure_line",
     "fmt_duration",
     "fmt_time",
     "parse_json",
@@ -39,6 +45,7 @@ __all__ = [
     "print_json",
     "run_async",
     "store_hint",
+    "store_hint_for",
 ]
 
 T = TypeVar("T")
@@ -117,6 +124,30 @@ def parse_json(text: str | None, what: str) -> Any:
         raise CliError(f"{what} is not valid JSON: {exc}") from None
 
 
+def failure_line(rec: RunRecord) -> str:
+    """How a run that did not complete ended, in one line (its error's type and message,
+    not the traceback the journal keeps)."""
+    if rec.status == RunStatus.CANCELLED:
+        return f"run {rec.run_id} was cancelled"
+    try:
+        info = ErrorInfo.from_json(rec.error or "")
+        what = f"{info.type}: {info.message}"
+    except (ValueError, KeyError, TypeError):
+        what = rec.error or "unknown error"
+    return f"run {rec.run_id} {rec.status}: {what}"
+
+
+def error_json(rec: RunRecord) -> dict[str, str] | None:
+    """A run's error as ``--json`` outputs that are not the full record show it."""
+    if rec.error is None:
+        return None
+    try:
+        info = ErrorInfo.from_json(rec.error)
+    except (ValueError, KeyError, TypeError):
+        return {"type": "unknown", "message": rec.error}
+    return {"type": info.type, "message": info.message}
+
+
 def client_runtime(store: str | None) -> Runtime:
     """A runtime that only reads and writes the journal (it executes nothing).
 
@@ -128,6 +159,40 @@ def client_runtime(store: str | None) -> Runtime:
         raise CliError(f"no stalwart journal at {st.path} (nothing has run with this store; "
                        "pass --store or set $STALWART_STORE)")
     return Runtime(st, worker=False)
+
+
+def executing_runtime(workflows: Iterable[Workflow[Any, Any]], store: str | None, *,
+                      home_store: bool, **overrides: Any) -> Runtime:
+    """The runtime that executes ``workflows`` here: a copy of the one their module made
+    them with (``@app.workflow``: its budget, models, prices, policies, tracing...), or a
+    plain ``Runtime`` for workflows no runtime made. It works on ``store``; where that is
+    ``None`` and ``home_store``, on the journal of their module's runtime (``run`` and
+    ``worker``: the module says where its runs go), else on the default journal."""
+    homes = {id(wf.runtime): wf.runtime for wf in workflows if wf.runtime is not None}
+    if len(homes) > 1:
+        names = ", ".join(sorted(wf.name for wf in workflows if wf.runtime is not None))
+        raise CliError(f"the workflows {names} were made by different runtimes; execute "
+                       "the runs of one runtime at a time (name the run)")
+    if not homes:
+        return Runtime(store, **overrides)
+    (home,) = homes.values()
+    if store is None and not home_store:
+        return home._like(open_store(None), **overrides)
+    return home._like(store, **overrides)
+
+
+def store_hint_for(store: Store) -> str:
+    """The ``--store`` part of a suggested command that reads ``store`` (empty when the
+    default journal is that one)."""
+    path = getattr(store, "path", None)
+    if isinstance(store, SQLiteStore) and path is not None:
+        default = open_store(None)
+        if isinstance(default, SQLiteStore) and Path(default.path).resolve() == Path(
+                path).resolve():
+            return ""
+        return store_hint(str(path))
+    url = getattr(store, "url", None)
+    return store_hint(url) if isinstance(url, str) else ""
 
 
 def store_hint(store: str | None) -> str:

@@ -25,7 +25,6 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .._runtime import Runtime
 from .._serde import ErrorInfo
 from .._workflow import Workflow
 from ..store._base import Event, EventKind, RunRecord, RunStatus
@@ -37,6 +36,7 @@ from ._common import (
     StoreOption,
     client_runtime,
     console,
+    executing_runtime,
     fmt_duration,
     fmt_time,
     preview,
@@ -357,7 +357,7 @@ async def _redrive_only(store: str | None, run_id: str) -> RunRecord:
 
 async def _redrive_and_run(store: str | None, wf: Workflow[Any, Any], run_id: str,
                            timeout: float | None) -> RunRecord:
-    rt = Runtime(store, poll_interval=0.2)
+    rt = executing_runtime([wf], store, home_store=False, poll_interval=0.2)
     rt.register(wf)
     try:
         await rt.redrive(run_id)

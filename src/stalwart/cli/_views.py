@@ -21,6 +21,9 @@ from ._common import (
     StoreOption,
     client_runtime,
     console,
+    error_json,
+    executing_runtime,
+    failure_line,
     print_json,
     run_async,
     store_hint,
@@ -135,7 +138,9 @@ async def _fork(store: str | None, run_id: str, at: str, model: str | None,
     finally:
         await probe.close()
     wf = _workflow_for(rec, imports) if wait else None
-    rt = Runtime(store, worker=wait)
+    # The fork executes with the settings of its workflow's runtime (budget, models...).
+    rt = executing_runtime([] if wf is None else [wf], store, home_store=False,
+                           worker=wait)
     try:
         if wf is not None:
             rt.register(wf)
@@ -174,14 +179,15 @@ def fork(
     rec = run_async(_fork(store, run_id, at, model, new_id, imports or [], not no_wait))
     if as_json:
         print_json({"run_id": rec.run_id, "forked_from": run_id, "at": at, "model": model,
-                    "status": str(rec.status), "result": rec.result, "error": rec.error})
+                    "status": str(rec.status), "result": rec.result,
+                    "error": error_json(rec)})
         return
+    show = f"stalwart runs show {rec.run_id}{store_hint(store)}"
+    if rec.status != RunStatus.COMPLETED and not no_wait:  # one line, as every error
+        raise CliError(f"fork {failure_line(rec).removeprefix('run ')} (details: {show})",
+                       FAILURE)
     sys.stderr.write(f"fork {rec.run_id} of {run_id} at step {at}"
                      + (f" with {model}" if model else "") + f": {rec.status}; inspect it "
-                     f"with `stalwart runs show {rec.run_id}{store_hint(store)}`\n")
-    if rec.status == RunStatus.COMPLETED:
-        sys.stdout.write((rec.result or "null") + "\n")
-    elif no_wait:
-        sys.stdout.write(rec.run_id + "\n")
-    else:
-        raise CliError(f"fork {rec.run_id} {rec.status}: {rec.error}", FAILURE)
+                     f"with `{show}`\n")
+    sys.stdout.write((rec.result or "null") + "\n" if rec.status == RunStatus.COMPLETED
+                     else rec.run_id + "\n")

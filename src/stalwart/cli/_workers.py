@@ -29,6 +29,7 @@ from ._common import (
     StoreOption,
     client_runtime,
     console,
+    executing_runtime,
     fmt_duration,
     print_json,
     run_async,
@@ -126,8 +127,10 @@ def worker(
         help="Import workflows from MODULE (every workflow defined there) or "
              "MODULE:WORKFLOW; repeatable, at least one.")],
     store: StoreOption = None,
-    concurrency: Annotated[int, typer.Option(
-        min=1, help="Runs executed at once by this worker.")] = 100,
+    concurrency: Annotated[int | None, typer.Option(
+        min=1, show_default=False,
+        help="Runs executed at once by this worker [default: its workflows' runtime's, "
+             "else 100].")] = None,
     pools: Annotated[list[str] | None, typer.Option(
         "--pool", metavar="NAME",
         help="Serve only workflows of this worker pool (@app.workflow(pool=NAME); "
@@ -136,13 +139,15 @@ def worker(
     grace: Annotated[float, typer.Option(
         min=0, help="On SIGTERM/SIGINT, seconds to let executing runs finish before "
                     "handing them back.")] = 30.0,
-    lease_seconds: Annotated[float, typer.Option(
-        "--lease", min=0.1,
+    lease_seconds: Annotated[float | None, typer.Option(
+        "--lease", min=0.1, show_default=False,
         help="Seconds a claim lasts without a heartbeat: how soon other workers take "
-             "over the runs of a worker that died.")] = 30.0,
-    poll_interval: Annotated[float, typer.Option(
-        "--poll", min=0.01,
-        help="Seconds between looks for ready runs when no notification arrives.")] = 1.0,
+             "over the runs of a worker that died [default: its workflows' runtime's, "
+             "else 30].")] = None,
+    poll_interval: Annotated[float | None, typer.Option(
+        "--poll", min=0.01, show_default=False,
+        help="Seconds between looks for ready runs when no notification arrives "
+             "[default: its workflows' runtime's, else 1].")] = None,
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Log at INFO level (default: warnings only).")] = False,
 ) -> None:
@@ -154,8 +159,12 @@ def worker(
     workflows = _workflows(imports)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    rt = Runtime(store, concurrency=concurrency, lease_seconds=lease_seconds,
-                 poll_interval=poll_interval, pools=pools or None)
+    # The settings of the runtime the modules made their workflows with (budget, models,
+    # policies, tracing, its journal...), but what the options say.
+    given = {name: value for name, value in (
+        ("concurrency", concurrency), ("lease_seconds", lease_seconds),
+        ("poll_interval", poll_interval), ("pools", pools or None)) if value is not None}
+    rt = executing_runtime(workflows.values(), store, home_store=True, **given)
     for wf in workflows.values():
         rt.register(wf)
     left = run_async(_serve(rt, grace))
