@@ -92,3 +92,59 @@ def test_failed_steps_signals_and_children_are_described() -> None:
         ("signal", "received", '{"x": 1}', 2.5),
         ("child", "completed", "r/3", 1.5),
     ]
+
+
+def test_the_step_that_ended_a_run_is_failed_and_a_redrive_is_not_a_crash() -> None:
+    """``run_dead_lettered`` names the step that ended the run, but it is not the step's
+    outcome; a dead-lettered execution ended (it was not cut short), and the step's
+    time after a redrive is counted in the execution that ran it again."""
+    error = json.dumps({"type": "stalwart.errors.BudgetExceededError", "message": "over"})
+    journal = _journal(
+        _claim(0.0, 1),
+        (1.0, EventKind.STEP_COMPLETED, "1", "chat:a", "{}"),
+        (1.5, EventKind.STEP_FAILED, "2", "tool:t", error),
+        (1.5, EventKind.RUN_DEAD_LETTERED, "2", None, error),
+        (200.0, EventKind.RUN_REDRIVEN, "2", None, None),
+        _claim(200.0, 2),
+        (200.25, EventKind.STEP_FAILED, "2", "tool:t", error),
+        (200.25, EventKind.RUN_DEAD_LETTERED, "2", None, error),
+    )
+    story = read_story(_record(RunStatus.DEAD_LETTERED), journal, now=300.0)
+    assert [(e.number, e.ended) for e in story.executions] == [
+        (1, "dead_lettered"), (2, "dead_lettered")]
+    assert story.crashes == 0
+    assert [(s.step_id, s.outcome, s.duration) for s in story.steps] == [
+        ("1", "completed", 1.0), ("2", "failed", 0.25)]
+
+
+def test_a_step_with_attempts_and_no_outcome_is_not_completed() -> None:
+    """Failed attempts, then the process died: the step was interrupted (running while
+    the run is), not completed."""
+    attempt = json.dumps({"key": "tool:t", "error": {"type": "builtins.OSError",
+                                                     "message": "reset"}})
+    journal = _journal(
+        _claim(0.0, 1),
+        (1.0, EventKind.ATTEMPT_FAILED, "1", "tool:t", attempt),
+    )
+    for status, outcome in ((RunStatus.PENDING, "interrupted"),
+                            (RunStatus.RUNNING, "running")):
+        (step,) = read_story(_record(status), journal, now=5.0).steps
+        assert (step.outcome, step.ended_at, step.detail) == (
+            outcome, None, "builtins.OSError: reset")
+
+
+def test_a_forks_reused_steps_take_no_time_at_its_start() -> None:
+    """A fork's journal copies its origin's events for the reused steps, with the
+    origin's times; in the fork they start and end at its creation."""
+    rec = _record()
+    fork = RunRecord(**{**{f: getattr(rec, f) for f in rec.__dataclass_fields__},
+                        "created_at": 100.0, "updated_at": 103.0})
+    journal = _journal(
+        (100.0, EventKind.RUN_CREATED, None, "wf", "{}"),
+        (2.0, EventKind.STEP_COMPLETED, "1", "plan", "1"),  # copied from the origin
+        _claim(101.0, 5),
+        (103.0, EventKind.STEP_COMPLETED, "2", "act", "2"),
+    )
+    story = read_story(fork, journal, now=200.0)
+    assert [(s.step_id, s.started_at, s.ended_at) for s in story.steps] == [
+        ("1", 100.0, 100.0), ("2", 101.0, 103.0)]

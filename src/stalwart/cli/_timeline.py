@@ -29,7 +29,11 @@ _END_KINDS = {
     EventKind.RUN_COMPLETED: "completed",
     EventKind.RUN_FAILED: "failed",
     EventKind.RUN_CANCELLED: "cancelled",
+    EventKind.RUN_DEAD_LETTERED: "dead_lettered",
 }
+_RUN_KINDS = frozenset(kind for kind in EventKind if kind.value.startswith("run_"))
+"""Events about the run as a whole. The one that ends a run names the step that ended it
+(its ``step_id``), but it is not one of that step's events: the step's own outcome is."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +47,9 @@ class Execution:
     host: str | None
     pid: int | None
     ended: str
-    """``completed``, ``failed``, ``cancelled``, ``parked (sleeping)``, ``interrupted``
-    (cut short; the next execution took over) or ``running``."""
+    """``completed``, ``failed``, ``dead_lettered``, ``cancelled``, ``parked
+    (sleeping)``, ``interrupted`` (cut short; the next execution took over) or
+    ``running``."""
     ended_at: float | None
 
     def as_json(self) -> dict[str, Any]:
@@ -63,7 +68,8 @@ class Step:
     """``step``, ``sleep``, ``signal`` or ``child``."""
     outcome: str
     """``completed``, ``failed``, ``slept``, ``sleeping``, ``received``, ``timed out``,
-    ``waiting`` or ``running``."""
+    ``waiting``, ``running`` or ``interrupted`` (attempts recorded, no outcome, and the
+    run is not running)."""
     started_at: float | None
     ended_at: float | None
     execution: int
@@ -120,6 +126,15 @@ def _error_text(payload: str | None) -> str:
         return payload or ""
 
 
+def _attempt_error(payload: str | None) -> str:
+    """The error of an ``attempt_failed`` event (it is nested in the attempt's record)."""
+    try:
+        error = json.loads(payload or "{}").get("error")
+    except (ValueError, AttributeError):
+        return ""
+    return _error_text(json.dumps(error)) if isinstance(error, dict) else ""
+
+
 def _executions(run: RunRecord, events: list[Event]) -> list[Execution]:
     claims = [e for e in events if e.kind == EventKind.RUN_CLAIMED]
     out = []
@@ -150,7 +165,7 @@ def read_story(run: RunRecord, events: list[Event], *, now: float | None = None)
     executions = _executions(run, events)
     by_step: dict[str, list[Event]] = {}
     for e in events:
-        if e.step_id is not None:
+        if e.step_id is not None and e.kind not in _RUN_KINDS:
             by_step.setdefault(e.step_id, []).append(e)
 
     def execution_of(seq: int) -> int:
@@ -184,7 +199,9 @@ def read_story(run: RunRecord, events: list[Event], *, now: float | None = None)
             gather_id, _, _ = prefix.rpartition("/")
             base = start_of(gather_id) if gather_id else None
         evs = by_step.get(sid)
-        floor = claim_time(evs[0].seq) if evs else None
+        # Not before the execution that recorded its outcome claimed the run (a step
+        # that ran again after a crash or a redrive took its time in that one).
+        floor = claim_time(evs[-1].seq) if evs else None
         known = [t for t in (base, floor) if t is not None]
         return max(known) if known else None
 
@@ -201,10 +218,19 @@ def read_story(run: RunRecord, events: list[Event], *, now: float | None = None)
             return max(ends)
         return start_of(sid)
 
+    def in_run(t: float | None) -> float | None:
+        # A fork's journal holds its origin's events for the steps it reused, with the
+        # origin's times: in the fork they took no time, at its start.
+        return None if t is None else max(t, run.created_at)
+
     steps = []
     for sid in sorted(by_step, key=_sort_key):
         evs = by_step[sid]
-        steps.append(_step(sid, evs, run, start_of(sid), end_of(sid), execution_of(evs[0].seq),
+        ended = in_run(end_of(sid))
+        started = in_run(start_of(sid))
+        if started is None:  # a fork's reused step: recorded before any claim
+            started = ended
+        steps.append(_step(sid, evs, run, started, ended, execution_of(evs[0].seq),
                            time.time() if now is None else now))
     return RunStory(run=run, executions=executions, steps=steps)
 
@@ -251,5 +277,12 @@ def _step(sid: str, evs: list[Event], run: RunRecord, started: float | None,
     if last.kind == EventKind.SIGNAL_RECEIVED:  # a signal taken without a recorded wait
         return Step(sid, name, "signal", "received", started, ended, execution,
                     last.payload or "null", first.seq)
-    return Step(sid, name, "step", "completed", started, ended, execution,
-                last.payload or "null", first.seq)
+    if last.kind == EventKind.STEP_COMPLETED:
+        return Step(sid, name, "step", "completed", started, ended, execution,
+                    last.payload or "null", first.seq)
+    # Attempts or calls were recorded, but no outcome: it is still running, or its
+    # execution was cut short (the step runs again when the run is resumed).
+    failed = [e for e in evs if e.kind == EventKind.ATTEMPT_FAILED]
+    return Step(sid, name, "step", "running" if run.status == RunStatus.RUNNING
+                else "interrupted", started, None, execution,
+                _attempt_error(failed[-1].payload) if failed else "", first.seq)
