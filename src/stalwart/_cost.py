@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, TypeAlias, final
 
 from .errors import ConfigurationError
@@ -173,6 +173,10 @@ class CallUsage:
         attempt_durations: seconds of every journaled attempt (failed ones included).
         reused: copied from the run this one was forked from (nothing was spent).
         settled: the step has its outcome (completed or failed), not only attempts.
+        made: ``False`` for a call refused before anything was sent: a budget stop, or
+            a configuration error such as an unpriced model under ``max_cost``.
+        failures: ``(key, error, duration)`` of each failed attempt: a fallback's call
+            holds its primary's failures here (see :meth:`by_key`).
     """
 
     step_id: str
@@ -191,10 +195,41 @@ class CallUsage:
     attempt_durations: tuple[float, ...] = ()
     reused: bool = False
     settled: bool = True
+    made: bool = True
+    failures: tuple[tuple[str, str, float | None], ...] = ()
 
     @property
     def tokens(self) -> int:
         return self.input_tokens + self.output_tokens
+
+    def by_key(self) -> list[CallUsage]:
+        """The call as each dependency it tried saw it: the one that answered (or was
+        tried last) with the tokens, the cost and its own attempts; each other one (a
+        primary that failed over to a fallback) with its failed attempts, as a failed
+        call of its own. Per-dependency views count these; totals count the call."""
+        others: dict[str, list[tuple[str, float | None]]] = {}
+        for key, error, duration in self.failures:
+            if key != self.key:
+                others.setdefault(key, []).append((error, duration))
+        if not others:
+            return [self]
+        errors, durations = list(self.errors), list(self.attempt_durations)
+        parts = []
+        for key, failed in others.items():
+            for error, duration in failed:
+                errors.remove(error)
+                if duration is not None:
+                    durations.remove(duration)
+            parts.append(replace(
+                self, key=key, ok=False, attempts=len(failed),
+                errors=tuple(e for e, _ in failed), input_tokens=0, output_tokens=0,
+                cost=0.0, started_at=None, duration=None,
+                attempt_durations=tuple(d for _, d in failed if d is not None),
+                failures=tuple((key, e, d) for e, d in failed)))
+        own = replace(self, attempts=self.attempts - sum(map(len, others.values())),
+                      errors=tuple(errors), attempt_durations=tuple(durations),
+                      failures=tuple(f for f in self.failures if f[0] == self.key))
+        return [*parts, own]
 
 
 @final
@@ -210,8 +245,15 @@ class Tally:
     """The sum over calls with a known price (a lower bound when some are unpriced)."""
     unpriced_calls: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    refused: int = 0
+    """Calls refused before anything was sent (a budget stop): not in ``calls``."""
 
     def add(self, call: CallUsage) -> None:
+        if not call.made:
+            self.refused += 1
+            for e in call.errors:
+                self.errors[e] = self.errors.get(e, 0) + 1
+            return
         self.calls += 1
         self.failed += 0 if call.ok else 1
         self.input_tokens += call.input_tokens
@@ -236,7 +278,8 @@ class Tally:
         return {"calls": self.calls, "failed": self.failed,
                 "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
                 "tokens": self.tokens, "cost": self.cost, "priced_cost": self.priced_cost,
-                "unpriced_calls": self.unpriced_calls, "errors": dict(self.errors)}
+                "unpriced_calls": self.unpriced_calls, "errors": dict(self.errors),
+                "refused": self.refused}
 
 
 @final
@@ -279,6 +322,10 @@ def forked_steps(events: Iterable[Event]) -> frozenset[str]:
     return frozenset()
 
 
+_REFUSALS = frozenset({"BudgetExceededError", "ConfigurationError"})
+"""What a call that failed before any attempt was refused with: nothing was sent."""
+
+
 def call_usages(events: Iterable[Event], prices: PriceTable) -> list[CallUsage]:
     """Every settled or attempted model and tool call of a journal, in step order of
     first appearance."""
@@ -295,6 +342,8 @@ def call_usages(events: Iterable[Event], prices: PriceTable) -> list[CallUsage]:
         is_model = name.startswith("chat:")
         errors: list[str] = []
         durations: list[float] = []
+        failures: list[tuple[str, str, float | None]] = []
+        made = True
         key = name if not is_model else ""
         attempts = 0
         ok = settled = False
@@ -306,11 +355,14 @@ def call_usages(events: Iterable[Event], prices: PriceTable) -> list[CallUsage]:
             if ev.kind == EventKind.ATTEMPT_FAILED:
                 d = _loads(ev.payload)
                 attempts += 1
-                errors.append(_short(str(d.get("error", {}).get("type", "?"))))
-                if isinstance(d.get("duration"), int | float):
-                    durations.append(float(d["duration"]))
+                error = _short(str(d.get("error", {}).get("type", "?")))
+                errors.append(error)
+                took = _num(d.get("duration"))
+                if took is not None:
+                    durations.append(took)
                 if is_model and not key:
                     key = str(d.get("key", ""))
+                failures.append((str(d.get("key") or name), error, took))
             elif ev.kind == EventKind.CALL_TIMED:
                 d = _loads(ev.payload)
                 started = _num(d.get("started_at"))
@@ -337,7 +389,8 @@ def call_usages(events: Iterable[Event], prices: PriceTable) -> list[CallUsage]:
                     # call was made) or a result that could not be recorded (one was)
                     kind = _short(str(_loads(ev.payload).get("type", "?")))
                     errors.append(kind)
-                    attempts = 0 if kind == "BudgetExceededError" else 1
+                    made = kind not in _REFUSALS
+                    attempts = 1 if made else 0
         if is_model and not ok:
             cost = 0.0  # nothing answered, so nothing was billed as far as we know
         if is_model and not key:
@@ -347,7 +400,7 @@ def call_usages(events: Iterable[Event], prices: PriceTable) -> list[CallUsage]:
             agent=name[len("chat:"):] if is_model else None, ok=ok, attempts=attempts,
             errors=tuple(errors), input_tokens=usage[0], output_tokens=usage[1], cost=cost,
             started_at=started, duration=duration, attempt_durations=tuple(durations),
-            reused=sid in reused, settled=settled))
+            reused=sid in reused, settled=settled, made=made, failures=tuple(failures)))
     return out
 
 
@@ -364,9 +417,11 @@ def usage_report(events: Iterable[Event], prices: PriceTable | None = None) -> U
         total.add(c)
         if c.kind == "model":
             by_agent.setdefault(c.agent or "?", Tally()).add(c)
-            by_model.setdefault(c.key, Tally()).add(c)
-        else:
-            by_tool.setdefault(c.key, Tally()).add(c)
+        for part in c.by_key():  # a primary that failed over counts its own failure
+            if not part.made and part.key == "?":
+                continue  # refused before a model was chosen: in the total only
+            (by_model if c.kind == "model" else by_tool).setdefault(
+                part.key, Tally()).add(part)
     return UsageReport(total=total, by_agent=by_agent, by_model=by_model, by_tool=by_tool,
                        calls=tuple(calls))
 

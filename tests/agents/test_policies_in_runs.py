@@ -181,12 +181,31 @@ async def test_open_breaker_sends_calls_to_the_fallback_model(tmp_path: Path) ->
         return out
 
     async with app:
-        models = await app.run(wf, 10)
+        handle = await app.start(wf, 10)
+        models = await handle.result()
+        rec = await app.get_run(handle.run_id)
+        events = await app.events(handle.run_id)
     assert models == ["sim:backup"] * 10
     assert primary.statistics().calls == 4  # two calls x two attempts, then open
     assert app.breakers.get("sim:primary").statistics().state == "open"
     assert app.policy_counts["breaker_open"] == 1
     assert app.policy_counts["breaker_rejected"] == 8
+
+    # Read back, each model is charged with its own attempts: the primary's failures
+    # are its own (not the backup's), and stats sees its breaker reject calls.
+    from stalwart.cli._stats import aggregate
+
+    usage = sw.usage_report(events)
+    assert (usage.total.calls, usage.total.failed) == (10, 0)
+    down, up = usage.by_model["sim:primary"], usage.by_model["sim:backup"]
+    assert (down.calls, down.failed, up.calls, up.failed) == (10, 10, 10, 0)
+    assert down.errors == {"ProviderOverloadedError": 4, "CircuitOpenError": 8}
+    assert up.errors == {} and up.tokens == usage.total.tokens > 0
+    rows = aggregate([(rec, events)], sw.PriceTable())
+    assert rows["sim:primary"].breaker.startswith("open@")
+    assert rows["sim:backup"].breaker == "n/a"
+    # Latency of the attempts sent: the 8 a breaker rejected took none.
+    assert len(rows["sim:primary"].latencies) == 4 and len(rows["sim:backup"].latencies) == 10
 
 
 async def test_fallback_chain_exhausted_dead_letters_with_the_chain(tmp_path: Path) -> None:

@@ -91,6 +91,8 @@ async def test_runtime_max_steps_stops_a_runaway_agent_at_the_bound(tmp_path: Pa
     assert info["type"].endswith("BudgetExceededError")
     assert "max_steps=7 reached (7 used, 0 over)" in info["message"]
     assert app.policy_counts["budget_exceeded"] == 1
+    usage = sw.usage_report(events)  # the refused 8th call was never sent: not a call
+    assert (usage.total.calls, usage.total.failed, usage.total.refused) == (7, 0, 1)
 
 
 async def test_max_tokens_ends_at_most_one_call_over(tmp_path: Path) -> None:
@@ -150,7 +152,10 @@ async def test_max_cost_refuses_a_model_without_a_price(tmp_path: Path) -> None:
         h = await app.start(wf)
         with pytest.raises(sw.RunFailedError, match="no price for acme:m"):
             await h.result()
+        usage = await app.usage(h.run_id)
     assert model.statistics().calls == 0
+    assert (usage.total.calls, usage.total.refused) == (0, 1)
+    assert usage.by_model == {}  # refused before a model answered: no model's call
 
 
 async def test_agent_budget_holds_one_agent_run(tmp_path: Path) -> None:

@@ -145,3 +145,10 @@ def test_replay_and_fork_from_the_command_line(project: tuple[str, str],
     assert report["deterministic"] is False and report["step_id"] == "2"
     missing = invoke("runs", "fork", run_id, "--at", "7", "--store", store)
     assert missing.exit_code == 2 and "has no step 7" in missing.stderr
+
+
+def test_a_tiny_real_cost_is_not_shown_as_zero() -> None:
+    from stalwart.cli._trace import fmt_cost
+
+    assert [fmt_cost(c) for c in (0.0, 4.5e-06, 0.0123, 2.5, None)] == [
+        "$0", "$4.5e-06", "$0.0123", "$2.50", "?"]

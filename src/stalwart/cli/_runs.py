@@ -173,7 +173,8 @@ def _usage_line(usage: UsageReport) -> str:
                 + (f"; priced part {fmt_cost(t.priced_cost)})" if t.priced_cost else ")"))
     models = ", ".join(f"{k} {v.calls}x" for k, v in usage.by_model.items())
     return (f"{t.tokens} tokens ({t.input_tokens} in, {t.output_tokens} out), cost {cost}; "
-            f"{t.calls} call(s)" + (f": {models}" if models else ""))
+            f"{t.calls} call(s)" + (f": {models}" if models else "")
+            + (f"; {t.refused} refused before sending (a budget)" if t.refused else ""))
 
 
 def render_story(out: Console, story: RunStory, children: list[RunRecord],

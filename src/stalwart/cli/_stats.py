@@ -88,9 +88,14 @@ def aggregate(runs: list[tuple[RunRecord, list[Event]]], prices: PriceTable,
         for call in call_usages(events, prices):
             if call.reused:
                 continue
-            row = rows.setdefault(call.key, _Row(kind=call.kind))
-            row.tally.add(call)
-            row.latencies.extend(call.attempt_durations)
+            # Each dependency its own attempts: a primary that failed over to a
+            # fallback has a row with its failures; the fallback, with its answer.
+            for part in call.by_key():
+                if not part.made and part.key == "?":
+                    continue  # refused before a model was chosen (a budget stop)
+                row = rows.setdefault(part.key, _Row(kind=part.kind))
+                row.tally.add(part)
+                row.latencies.extend(part.attempt_durations)
         for ev in events:
             if ev.kind not in (EventKind.ATTEMPT_FAILED, EventKind.CALL_TIMED):
                 continue
@@ -161,6 +166,8 @@ def stats(
     for key, row in ordered:
         t = row.tally
         errors = ", ".join(f"{k} x{n}" for k, n in sorted(t.errors.items())) or "-"
+        if t.refused:
+            errors += f" ({t.refused} refused, not sent)"
         cost = fmt_cost(t.cost) if row.kind == "model" else "-"
         if t.cost is None and t.priced_cost:
             cost = f">= {fmt_cost(t.priced_cost)} ({t.unpriced_calls} unpriced)"

@@ -80,6 +80,8 @@ def fmt_cost(cost: float | None) -> str:
         return "?"
     if cost == 0:
         return "$0"
+    if cost < 0.0001:  # a real cost too small for 4 places: not shown as zero
+        return f"${cost:.2g}" if cost >= 1e-9 else "<$1e-09"
     return f"${cost:.4f}" if cost < 1 else f"${cost:.2f}"
 
 
@@ -89,12 +91,19 @@ def _leaf(st: Step, call: CallUsage | None) -> TraceNode:
                          started_at=st.started_at, ended_at=st.ended_at, outcome=st.outcome,
                          attempts=1 if st.kind == "step" else None)
     started = call.started_at if call.started_at is not None else st.started_at
+    if started is not None and st.started_at is not None and call.reused:
+        started = st.started_at  # the origin's time: in this fork it took none
     label = st.name
     if call.kind == "model":
         label = f"chat {call.key}"
     elif st.name.startswith("tool:"):
         label = f"execute_tool {st.name[len('tool:'):]}"
     outcome = st.outcome + (" (reused)" if call.reused else "")
+    fell_from = list(dict.fromkeys(k for k, _, _ in call.failures if k != call.key))
+    if fell_from and call.ok:
+        outcome += f" (fallback after {', '.join(fell_from)})"
+    if not call.made:
+        outcome += " (refused, not sent)"
     return TraceNode(label=label, kind=call.kind, step_id=st.step_id, started_at=started,
                      ended_at=st.ended_at, outcome=outcome, attempts=call.attempts,
                      tokens=call.tokens, cost=call.cost, errors=call.errors)
