@@ -114,6 +114,20 @@ def _strip_fences(text: str) -> str:
     return t.strip()
 
 
+@dataclass(slots=True)
+class _Spent:
+    """What one agent run has used so far: its result's figures, and what its span and
+    metrics report when it fails part-way (a budget stop after paid turns)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    iterations: int = 0
+    tool_calls: int = 0
+
+    def usage(self) -> Usage:
+        return Usage(input_tokens=self.input_tokens, output_tokens=self.output_tokens)
+
+
 @final
 class Agent(Generic[OutT]):
     """An LLM agent: a model, instructions, tools, and a bounded control loop.
@@ -232,7 +246,7 @@ class Agent(Generic[OutT]):
         ic = ctx._ex.interceptor
         if not ic.active:
             with agent_budget(self.name, self.budget):
-                return await self._loop(ctx, input, policy)
+                return await self._loop(ctx, input, policy, _Spent())
         primary = ctx._ex.runtime.model(self.model)
         first_step_id = ctx._next_step_id()
         handle = ic.agent_started(AgentStartInput(
@@ -240,19 +254,24 @@ class Agent(Generic[OutT]):
             live=not ctx._ex.replaying,
             capture_content=None if self.capture_content is INHERIT else self.capture_content,
             since=ctx._ex.first_seen(first_step_id)))
+        spent = _Spent()
         try:
             with agent_budget(self.name, self.budget):
-                result = await self._loop(ctx, input, policy)
+                result = await self._loop(ctx, input, policy, spent)
         except BaseException as exc:
-            ic.agent_ended(AgentEndInput(handle, error=exc))
+            # What it used before it failed is spent all the same (and on its span).
+            ic.agent_ended(AgentEndInput(
+                handle, iterations=spent.iterations, tool_calls=spent.tool_calls,
+                input_tokens=spent.input_tokens, output_tokens=spent.output_tokens,
+                error=exc))
             raise
         ic.agent_ended(AgentEndInput(
             handle, iterations=result.iterations, tool_calls=result.tool_calls,
             input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens))
         return result
 
-    async def _loop(self, ctx: Context, input: Any,
-                    policy: Policy | None) -> AgentResult[OutT]:
+    async def _loop(self, ctx: Context, input: Any, policy: Policy | None,
+                    spent: _Spent) -> AgentResult[OutT]:
         runtime = ctx._ex.runtime
         effective = runtime.effective_policy(self.policy, policy)
         chain = [self.model, *effective.fallback_chain]
@@ -263,10 +282,9 @@ class Agent(Generic[OutT]):
             messages.append(Message.system(system))
         messages.append(Message.user(_input_text(input)))
         specs = tuple(t.spec for t in self.tools.values())
-        usage_in = usage_out = 0
         answered_by: list[str] = []
         seen: Counter[str] = Counter()
-        repairs = reasks = executed = 0
+        repairs = reasks = 0
 
         for _turn in range(self.max_iterations):
             request = ModelRequest(messages=tuple(messages), tools=specs, options=self.options)
@@ -288,8 +306,9 @@ class Agent(Generic[OutT]):
                 encode_result=lambda r: _RESPONSE.dump_json(r).decode(),
                 decode_result=_RESPONSE.validate_json,
                 check=lambda r: self._verdict(r)[1])
-            usage_in += response.usage.input_tokens
-            usage_out += response.usage.output_tokens
+            spent.input_tokens += response.usage.input_tokens
+            spent.output_tokens += response.usage.output_tokens
+            spent.iterations += 1
             answered_by.append(f"{response.provider}:{response.model}")
             messages.append(response.to_message())
 
@@ -304,7 +323,7 @@ class Agent(Generic[OutT]):
                                 f"malformed tool calls (last: {content})", agent=self.name,
                                 run_id=ctx.run_id)
                     else:
-                        executed += 1
+                        spent.tool_calls += 1
                     messages.append(Message.tool(content, tool_call_id=call.id,
                                                  name=call.name))
                 continue
@@ -322,15 +341,14 @@ class Agent(Generic[OutT]):
                     f"Your answer was not valid: {problem[:2000]}\n{again}"))
                 continue
             return AgentResult(output=output, messages=tuple(messages),
-                               usage=Usage(input_tokens=usage_in, output_tokens=usage_out),
-                               iterations=len(answered_by), tool_calls=executed,
-                               models=tuple(answered_by))
+                               usage=spent.usage(), iterations=spent.iterations,
+                               tool_calls=spent.tool_calls, models=tuple(answered_by))
 
         if self.fallback_output is not _MISSING:
             return AgentResult(output=self.fallback_output, messages=tuple(messages),
-                               usage=Usage(input_tokens=usage_in, output_tokens=usage_out),
-                               iterations=len(answered_by), tool_calls=executed,
-                               models=tuple(answered_by), fallback_used=True)
+                               usage=spent.usage(), iterations=spent.iterations,
+                               tool_calls=spent.tool_calls, models=tuple(answered_by),
+                               fallback_used=True)
         raise MaxIterationsError(
             f"agent {self.name!r}: no final answer after {self.max_iterations} model turns",
             agent=self.name, run_id=ctx.run_id)

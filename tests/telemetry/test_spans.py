@@ -322,3 +322,30 @@ async def test_tracing_off_by_default_and_bad_settings_are_refused(otel: Otel) -
         Tracing(capture_content="yes")  # type: ignore[arg-type]
     with pytest.raises(sw.ConfigurationError):
         sw.Agent("a", "sim:x", capture_content="yes")  # type: ignore[arg-type]
+
+
+async def test_an_agent_stopped_by_its_budget_reports_the_tokens_it_spent(otel: Otel) -> None:
+    """A budget stop after a paid turn: the agent's span carries that turn's tokens and
+    the error (the tokens were spent; the span does not say zero)."""
+    clock = sw.FakeClock(autojump=True)
+    model = sw.SimulatedModel("r1", clock=clock, script=research)
+    app = sw.Runtime(MemoryStore(), clock=clock, models={"sim:r1": model},
+                     tracing=otel.tracing(False))
+    agent = sw.Agent("researcher", "sim:r1", tools=[sw.Tool(lookup)],
+                     budget=sw.Budget(max_steps=1))
+
+    @app.workflow(name="tight")
+    async def tight(ctx: sw.Context) -> str:
+        return await agent.run(ctx, "tides")
+
+    async with app:
+        handle = await app.start(tight)
+        with pytest.raises(sw.RunFailedError):
+            await handle.result()
+    (turn,) = otel.named("chat r1")
+    span = otel.one("invoke_agent researcher")
+    assert span.attributes is not None and turn.attributes is not None
+    assert span.attributes["error.type"] == "BudgetExceededError"
+    assert span.status.status_code == StatusCode.ERROR
+    for name in ("gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens"):
+        assert span.attributes[name] == turn.attributes[name] > 0  # type: ignore[operator]
