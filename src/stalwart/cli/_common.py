@@ -155,9 +155,14 @@ def client_runtime(store: str | None) -> Runtime:
     an empty journal in which the run cannot be.
     """
     st = open_store(store)
-    if isinstance(st, SQLiteStore) and st.path != ":memory:" and not Path(st.path).exists():
-        raise CliError(f"no stalwart journal at {st.path} (nothing has run with this store; "
-                       "pass --store or set $STALWART_STORE)")
+    if isinstance(st, SQLiteStore) and st.path != ":memory:":
+        path = Path(st.path)
+        if not path.exists():
+            raise CliError(f"no stalwart journal at {st.path} (nothing has run with this "
+                           "store; pass --store or set $STALWART_STORE)")
+        if path.is_file() and path.stat().st_size == 0:  # not made one by a look at it
+            raise CliError(f"no stalwart journal at {st.path} (the file is empty; pass "
+                           "--store or set $STALWART_STORE)")
     return Runtime(st, worker=False)
 
 
