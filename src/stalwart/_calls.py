@@ -146,9 +146,11 @@ async def guarded_call(
     state = RetryState(attempt=len(priors), first_attempt_at=clock.now())
 
     async def fail(err: BaseException, *, attempt: int, ci: int, nxt: str,
-                   retry_at: float | None = None, duration: float | None = None) -> None:
+                   retry_at: float | None = None, duration: float | None = None,
+                   at: float | None = None) -> None:
         await ex.record([NewEvent(EventKind.ATTEMPT_FAILED, step_id, name, json.dumps({
-            "candidate": ci, "attempt": attempt, "at": clock.now(), "next": nxt,
+            "candidate": ci, "attempt": attempt, "at": clock.now() if at is None else at,
+            "next": nxt,
             "retry_at": retry_at, "key": candidates[ci].key, "duration": duration,
             "error": json.loads(encode_error(err).to_json())}))])
 
@@ -231,16 +233,20 @@ async def guarded_call(
             except Exception as exc:
                 took = None if t_call is None else clock.monotonic() - t_call
                 state = state.failed(exc)
+                # One reading of the clock: the retry is due decision.seconds after the
+                # failure the journal records (two readings put a short backoff's retry
+                # before its failure).
+                now = clock.now()
                 if retry is not None:
-                    decision = decide(retry, state, exc, clock.now(), ex.rng,
+                    decision = decide(retry, state, exc, now, ex.rng,
                                       deadline_remaining=remaining())
                 else:
                     decision = GiveUp("no retry policy",
                                       exhausted=bool(getattr(exc, "retryable", False)))
                 if isinstance(decision, Sleep):
-                    retry_at = clock.now() + decision.seconds
+                    retry_at = now + decision.seconds
                     await fail(exc, attempt=number, ci=ci, nxt="retry", retry_at=retry_at,
-                               duration=took)
+                               duration=took, at=now)
                     runtime.note_policy(ex.run_id, step_id, "retried", cand.key)
                     await ex.wait_until(retry_at, RunStatus.SLEEPING)
                     decision = Attempt(decision.next_attempt)

@@ -273,3 +273,40 @@ async def test_nearest_policy_level_wins(tmp_path: Path) -> None:
     assert attempts == [1]
     assert app.effective_policy(tool.policy).retry == FAST
     assert app.effective_policy(None).retry == sw.Retry(max_attempts=9)
+
+
+class _TickingClock(sw.FakeClock):
+    """Virtual time in which every reading of the wall clock is 1 ms later than the
+    one before: what a busy machine does to two readings in a row."""
+
+    def now(self) -> float:
+        self._offset += 0.001
+        return super().now()
+
+
+async def test_a_retry_is_due_after_the_failure_it_follows(tmp_path: Path) -> None:
+    """A backoff shorter than the time between two readings of the clock: the journaled
+    retry is still due at or after its failure (one reading serves both)."""
+    async def flaky(call: sw.ToolCall) -> str:
+        if call.attempt < 4:
+            raise ConnectionError("reset by peer")
+        return "ok"
+
+    tool = sw.Tool(flaky, policy=sw.Policy(retry=sw.Retry(
+        max_attempts=4, initial=0.0001, max_backoff=0.0001, jitter="none")))
+    app = sw.Runtime(tmp_path / "j.db", clock=_TickingClock(autojump=True))
+
+    @app.workflow
+    async def wf(ctx: sw.Context) -> str:
+        return await ctx.tool(tool)
+
+    async with app:
+        handle = await app.start(wf)
+        assert await handle.result() == "ok"
+        events = await app.events(handle.run_id)
+    failed = [json.loads(e.payload or "{}") for e in events
+              if e.kind == EventKind.ATTEMPT_FAILED]
+    assert len(failed) == 3
+    for attempt in failed:
+        # (at 1.7e9 s a float's step is ~2.4e-7 s)
+        assert attempt["retry_at"] - attempt["at"] == pytest.approx(0.0001, abs=1e-6)
