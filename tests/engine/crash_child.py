@@ -187,7 +187,9 @@ pipeline = Workflow(_pipeline, name="pipeline")
 with_child = Workflow(_with_child, name="with_child")
 sleeper = Workflow(_sleeper, name="sleeper")
 WORKFLOWS = {"pipeline": pipeline, "with_child": with_child, "sleeper": sleeper}
-ARGS = {"pipeline": (17,), "with_child": (17,), "sleeper": (1.5,)}
+# The sleeper's 3 s leave a loaded machine time to see it asleep and kill it before it
+# wakes (test_crash asserts the kill landed during the sleep).
+ARGS = {"pipeline": (17,), "with_child": (17,), "sleeper": (3.0,)}
 
 
 def expected(workflow: str) -> int:

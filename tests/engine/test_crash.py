@@ -375,7 +375,9 @@ def test_kill_during_durable_sleep_then_restart(tmp_path: Path, mode: str) -> No
     by_label = {label: at for _, label, at in raw_executions(site)}
     woke = by_label[cc.SLEEP_LABELS[1]]
     assert woke >= wake_at
-    assert woke - max(wake_at, restarted) < 3.0
+    # On time: a fresh interpreter starts, replays and wakes it within seconds (a run
+    # left for the dead process's 30 s lease to expire would not be).
+    assert woke - max(wake_at, restarted) < 8.0
     keys = set(raw_keys(site))
     assert len(keys) == 2
     check_after_restart(site, keys, Counter())

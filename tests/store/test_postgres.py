@@ -203,7 +203,7 @@ async def test_concurrent_appends_are_group_committed(pg: PostgresStore) -> None
 
 async def test_a_deadlocked_append_is_retried(pg_url: str) -> None:
     """An append chosen as a deadlock victim is retried and lands; no error surfaces."""
-    store = PostgresStore(with_option(pg_url, "-cdeadlock_timeout=300ms"))
+    store = PostgresStore(with_option(pg_url, "-cdeadlock_timeout=1s"))
     await store.open()
     parent = (await store.claim(OWNER, now=1.0, lease_seconds=30, limit=1)
               if await store.create_run(run_id="p", workflow="wf", input="[]", now=1.0)
@@ -216,7 +216,18 @@ async def test_a_deadlocked_append_is_retried(pg_url: str) -> None:
         await raw.execute("SELECT 1 FROM stalwart_runs WHERE run_id = 'p' FOR UPDATE")
         finishing = asyncio.create_task(store.append(
             child, [], now=4.0, finish=Finish(RunStatus.COMPLETED, result="1")))
-        await asyncio.sleep(0.1)  # the append holds the child's row, waits for the parent's
+        # The append holds the child's row and waits for the parent's. Seen waiting in
+        # pg_locks, not assumed after a sleep: PostgreSQL checks for a deadlock once, a
+        # deadlock_timeout into a wait, so the append must wait before `raw` does.
+        for _ in range(200):
+            waiting = await (await raw.execute(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted "
+                "AND pid <> pg_backend_pid()")).fetchone()
+            if waiting is not None and waiting[0]:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the append never waited for the parent's row")
         await raw.execute("SELECT 1 FROM stalwart_runs WHERE run_id = 'c' FOR UPDATE")
         await raw.rollback()
     await asyncio.wait_for(finishing, 10)

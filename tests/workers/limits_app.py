@@ -32,8 +32,16 @@ async def _ledger(sql: str, args: tuple[object, ...]) -> None:
         _pool = AsyncConnectionPool(os.environ["LIMITS_LEDGER_URL"], min_size=1, max_size=4,
                                     open=False, kwargs={"autocommit": True}, timeout=10)
         await _pool.open()
-    async with _pool.connection() as conn:
-        await conn.execute(sql, args)
+    from psycopg_pool import PoolTimeout
+
+    for _ in range(20):  # no connection yet (a server busy with other clients): nothing ran
+        try:
+            async with _pool.connection() as conn:
+                await conn.execute(sql, args)
+            return
+        except PoolTimeout:
+            await asyncio.sleep(0.5)
+    raise RuntimeError("no connection to the ledger database")
 
 
 async def _stamp(call: ToolCall) -> str:

@@ -43,9 +43,11 @@ async def test_four_workers_two_killed_lose_nothing_and_duplicate_nothing(
     for victim, when in zip(rng.sample(procs, 2), kill_at, strict=True):
         await fc.wait_for_completed(pg_url, when, timeout=60)
         assert victim.poll() is None, fleet.log(victim)
-        killed[victim.pid] = time.time()
         victim.kill()
         victim.wait()  # reaped: a zombie would still look alive to its neighbours
+        # Its death, taken once it is dead: an execution that started after this was
+        # not one of its own (taken before the kill, one could start in between).
+        killed[victim.pid] = time.time()
     at_kills = await asyncio.to_thread(fc.count_completed, pg_url)
     await fc.wait_for_completed(pg_url, RUNS, timeout=75)
     for proc in procs:

@@ -198,10 +198,12 @@ async def test_notifications_wake_a_worker_between_polls(
     assert fleet.stop(proc) == 0, fleet.log(proc)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def reserved_port() -> tuple[socket.socket, int]:
+    """A port held by a bound socket that does not listen: connections to it are refused,
+    and no other process can take it before the test listens on it (``sock.listen()``)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock, int(sock.getsockname()[1])
 
 
 async def wait_for_log(fleet: Fleet, proc: subprocess.Popen[bytes], text: str) -> None:
@@ -214,12 +216,14 @@ async def test_a_worker_waits_for_an_unreachable_store_and_stops_on_sigterm(
         make_fleet: Callable[..., Fleet]) -> None:
     """Nothing listens where the store should be: the worker says so and retries
     instead of exiting; SIGTERM stops it cleanly."""
-    fleet = make_fleet(f"postgresql://127.0.0.1:{free_port()}/nowhere")
-    proc = fleet.start()
-    await wait_for_log(fleet, proc, "cannot reach the store")
-    await wait_for_log(fleet, proc, "retrying in 2s")  # it backs off
-    assert proc.poll() is None
-    assert fleet.stop(proc) == 0, fleet.log(proc)
+    held, port = reserved_port()
+    with held:
+        fleet = make_fleet(f"postgresql://127.0.0.1:{port}/nowhere")
+        proc = fleet.start()
+        await wait_for_log(fleet, proc, "cannot reach the store")
+        await wait_for_log(fleet, proc, "retrying in 2s")  # it backs off
+        assert proc.poll() is None
+        assert fleet.stop(proc) == 0, fleet.log(proc)
     assert "while waiting for the store: stopping" in fleet.log(proc)
 
 
@@ -228,7 +232,7 @@ async def test_a_worker_started_before_its_database_serves_once_it_is_up(
     """The worker's address for PostgreSQL is a proxy that opens only later (a database
     starting after its workers): the worker retries, connects, and executes runs."""
     target = urllib.parse.urlsplit(pg_url)
-    port = free_port()
+    held, port = reserved_port()
     proxied = target._replace(netloc=f"{target.username + '@' if target.username else ''}"
                                      f"127.0.0.1:{port}").geturl()
 
@@ -251,7 +255,8 @@ async def test_a_worker_started_before_its_database_serves_once_it_is_up(
     fleet = make_fleet(proxied)
     proc = fleet.start("--poll", "0.2")
     await wait_for_log(fleet, proc, "cannot reach the store")
-    proxy = await asyncio.start_server(forward, "127.0.0.1", port)
+    held.listen()
+    proxy = await asyncio.start_server(forward, sock=held)
     try:
         await wait_for_log(fleet, proc, "executes")
         await start(pg_url, fa.chain, 3, run_id="late-db")
