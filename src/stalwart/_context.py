@@ -29,6 +29,7 @@ from ._serde import (
     ErrorInfo,
     decode,
     encode,
+    encode_and_read,
     encode_error,
     rebuild_error,
     return_type,
@@ -211,13 +212,13 @@ class Context:
 
     async def _record_value(self, step_id: str, name: str, value: Any, tp: Any) -> Any:
         try:
-            text = encode(value, tp, what=f"result of step {name!r} ({step_id})")
+            text, read = encode_and_read(value, tp, what=f"result of step {name!r} ({step_id})")
         except SerializationError as exc:
             exc.run_id, exc.step_id = self._ex.run_id, step_id
             await self._record_failure(step_id, name, exc)
             raise
         await self._ex.record([NewEvent(EventKind.STEP_COMPLETED, step_id, name, text)])
-        return decode(text, tp)
+        return read  # as a replay reads it back
 
     async def _record_failure(self, step_id: str, name: str, exc: BaseException) -> None:
         await self._ex.record(

@@ -33,7 +33,8 @@ from pydantic import BaseModel, TypeAdapter
 
 from .errors import SerializationError, StepError
 
-__all__ = ["ErrorInfo", "decode", "encode", "encode_error", "return_type", "rebuild_error"]
+__all__ = ["ErrorInfo", "decode", "encode", "encode_and_read", "encode_error", "return_type",
+           "rebuild_error"]
 
 _MODEL_TAG = "__stalwart_model__"
 _NO_HINT: Any = inspect.Signature.empty
@@ -88,9 +89,9 @@ def encode(value: Any, tp: Any = _NO_HINT, *, what: str = "value") -> str:
     Raises:
         SerializationError: the value cannot be represented; ``what`` names its source.
     """
+    if _has_hint(tp):
+        return _encode_typed(value, tp, what)[0]
     try:
-        if _has_hint(tp):
-            return _adapter(tp).dump_json(value).decode()
         return json.dumps(_tag_models(value), allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise SerializationError(
@@ -100,6 +101,49 @@ def encode(value: Any, tp: Any = _NO_HINT, *, what: str = "value") -> str:
         raise SerializationError(
             f"{what} of type {type(value).__name__} cannot be stored in the journal: {exc}"
         ) from exc
+
+
+def encode_and_read(value: Any, tp: Any = _NO_HINT, *,
+                    what: str = "value") -> tuple[str, Any]:
+    """:func:`encode`, and the value as a replay will read it back (a step returns that
+    the first time too, so both executions see the same value)."""
+    if _has_hint(tp):
+        return _encode_typed(value, tp, what)
+    text = encode(value, tp, what=what)
+    return text, decode(text, tp, what=what)
+
+
+def _encode_typed(value: Any, tp: Any, what: str) -> tuple[str, Any]:
+    adapter = _adapter(tp)
+    try:
+        # Quietly: a value of another type only makes pydantic warn while dumping;
+        # whether it can be read back is what the check below decides.
+        text = adapter.dump_json(value, warnings=False)
+    except Exception as exc:
+        raise SerializationError(
+            f"{what} of type {type(value).__name__} cannot be stored in the journal: "
+            f"{_first_line(exc)}") from exc
+    try:
+        # What replay will do with it. A value that would not read back as its declared
+        # type ("abc" for an int, a NaN written as null for a float) is refused now,
+        # rather than recorded and failing every replay after.
+        read = adapter.validate_json(text)
+    except Exception as exc:
+        raise SerializationError(
+            f"{what} of type {type(value).__name__} cannot be recorded as its declared "
+            f"type {_type_name(tp)}: {_first_line(exc)}") from exc
+    return text.decode(), read
+
+
+def _type_name(tp: Any) -> str:
+    return tp.__name__ if isinstance(tp, type) else str(tp)
+
+
+def _first_line(exc: BaseException) -> str:
+    """An error's message without pydantic's multi-line detail (type, link)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = [line for line in lines[1:] if not line.startswith("For further information")]
+    return "; ".join(detail[:2]) if detail else (lines[0] if lines else type(exc).__name__)
 
 
 def decode(text: str, tp: Any = _NO_HINT, *, what: str = "value") -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from pathlib import Path
 
@@ -80,6 +81,62 @@ async def test_unserializable_result_fails_naming_the_step(db: Path) -> None:
             await app.run(wf)
     assert isinstance(info.value.__cause__, sw.SerializationError)
     assert "make-object" in str(info.value) and "(1)" in str(info.value)
+
+
+@pytest.mark.parametrize(("value", "declared", "problem"), [
+    ("abc", int, "valid integer"),
+    (math.nan, float, "valid number"),  # JSON has no NaN: it would be written as null
+    ([1, "x"], list[int], "valid integer"),
+], ids=["str-for-int", "nan-for-float", "str-in-list-of-int"])
+async def test_a_result_that_would_not_read_back_as_its_type_is_not_recorded(
+        db: Path, value: object, declared: object, problem: str) -> None:
+    """A step or workflow result that replay could not read back as the declared type
+    fails now, typed and naming the type; nothing unreadable lands in the journal."""
+    app = sw.Runtime(db)
+
+    def make() -> object:
+        return value
+
+    make.__annotations__["return"] = declared
+
+    @app.workflow
+    async def via_step(ctx: sw.Context) -> str:
+        return repr(await ctx.step(make, name="make"))
+
+    async def returns(ctx: sw.Context) -> object:
+        return value
+
+    returns.__annotations__["return"] = declared
+    via_return = app.workflow(name="via_return")(returns)
+
+    async with app:
+        for wf in (via_step, via_return):
+            handle = await app.start(wf)
+            with pytest.raises(sw.RunFailedError) as info:
+                await handle.result()
+            cause = info.value.__cause__
+            assert isinstance(cause, sw.SerializationError), cause
+            assert problem in str(cause) and "declared type" in str(cause)
+            events = await app.events(handle.run_id)
+            assert not [e for e in events if e.kind in (
+                EventKind.STEP_COMPLETED, EventKind.RUN_COMPLETED)]
+            assert (await app.get_run(handle.run_id)).status == sw.RunStatus.FAILED
+
+
+async def test_a_result_is_returned_as_replay_reads_it(db: Path) -> None:
+    """A tuple for ``-> list[str]`` is recorded as a list; the first execution gets the
+    list too, as every replay will."""
+    app = sw.Runtime(db)
+
+    def pair() -> list[str]:
+        return ("a", "b")  # type: ignore[return-value]
+
+    @app.workflow
+    async def wf(ctx: sw.Context) -> str:
+        return type(await ctx.step(pair)).__name__
+
+    async with app:
+        assert await app.run(wf) == "list"
 
 
 async def test_bad_workflow_input_is_rejected_at_start(db: Path) -> None:
