@@ -441,7 +441,9 @@ class Context:
         return await guarded_call(  # type: ignore[no-any-return]
             self, name=f"tool:{tool.name}",
             candidates=[Candidate(key=f"tool:{tool.name}", call=call)],
-            policy=effective, pool=None,
+            # Its bulkhead (when its policy has one) is the tool's own: calls of one tool
+            # share its slots, another tool's do not take them.
+            policy=effective, pool=f"tool:{tool.name}",
             encode_result=lambda v: encode(v, tp, what=f"result of tool {tool.name!r}"),
             decode_result=lambda text: decode(text, tp), check=check, reject_failed_check=True)
 

@@ -247,6 +247,34 @@ async def test_bulkhead_pool_caps_concurrent_model_calls(tmp_path: Path) -> None
     assert stats.max_seen == 2 and stats.rejected == 0
 
 
+async def test_a_tools_bulkhead_caps_its_concurrent_calls(tmp_path: Path) -> None:
+    """A bulkhead on a tool's policy holds its calls (it was once silently ignored)."""
+    running: list[int] = []
+    most = 0
+
+    async def slow(i: int) -> int:
+        nonlocal most
+        running.append(i)
+        most = max(most, len(running))
+        await asyncio.sleep(0.02)
+        running.remove(i)
+        return i
+
+    tool = sw.Tool(slow, policy=sw.Policy(
+        bulkhead=sw.BulkheadConfig(max_concurrent=2, max_queue=50)))
+    app = sw.Runtime(tmp_path / "j.db")
+
+    @app.workflow
+    async def wf(ctx: sw.Context) -> list[int]:
+        return await ctx.gather(*(ctx.tool(tool, i=i) for i in range(8)))
+
+    async with app:
+        assert await app.run(wf) == list(range(8))
+    assert most == 2
+    stats = app.bulkheads.get("tool:slow").statistics()
+    assert stats.max_seen == 2 and stats.rejected == 0
+
+
 async def test_nearest_policy_level_wins(tmp_path: Path) -> None:
     """Call level over tool level over runtime level, field by field."""
     attempts: list[int] = []
