@@ -55,11 +55,29 @@ class Policy:
 
     def __post_init__(self) -> None:
         if isinstance(self.timeout, int | float) and not isinstance(self.timeout, bool):
-            if self.timeout <= 0:
+            if not 0 < self.timeout < float("inf"):
                 raise ConfigurationError("Policy.timeout must be positive seconds")
             object.__setattr__(self, "timeout", Timeout(per_attempt=float(self.timeout)))
-        if isinstance(self.fallback, list):
+        if isinstance(self.fallback, str):  # one model, not its characters
+            object.__setattr__(self, "fallback", (self.fallback,))
+        elif isinstance(self.fallback, list):
             object.__setattr__(self, "fallback", tuple(self.fallback))
+        # A field of the wrong type would be ignored or fail inside some later call
+        # (a timeout of "0.5" was simply not applied): refused here, where it is made.
+        for name, kind in _FIELD_TYPES.items():
+            value = getattr(self, name)
+            if value is not None and value is not INHERIT and not isinstance(value, kind):
+                raise ConfigurationError(
+                    f"Policy.{name} must be a {kind.__name__}, None or INHERIT, not "
+                    f"{type(value).__name__} ({value!r})")
+        if isinstance(self.fallback, tuple):
+            from .models import Model
+
+            for model in self.fallback:
+                if not ((isinstance(model, str) and ":" in model) or isinstance(model, Model)):
+                    raise ConfigurationError(
+                        "Policy.fallback lists models ('provider:name' specs or Model "
+                        f"instances), not {model!r}")
 
     def over(self, outer: Policy | None) -> Policy:
         """This policy, with every ``INHERIT`` field taken from ``outer``."""
@@ -93,6 +111,11 @@ class Policy:
     @property
     def fallback_chain(self) -> tuple[Any, ...]:
         return () if isinstance(self.fallback, _Inherit) else self.fallback
+
+
+_FIELD_TYPES: Final[dict[str, type]] = {
+    "retry": Retry, "timeout": Timeout, "breaker": CircuitBreakerConfig,
+    "rate_limit": RateLimit, "bulkhead": BulkheadConfig, "fallback": tuple}
 
 
 DEFAULT_POLICY: Final = Policy(

@@ -338,3 +338,27 @@ async def test_a_retry_is_due_after_the_failure_it_follows(tmp_path: Path) -> No
     for attempt in failed:
         # (at 1.7e9 s a float's step is ~2.4e-7 s)
         assert attempt["retry_at"] - attempt["at"] == pytest.approx(0.0001, abs=1e-6)
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"timeout": "0.5"}, "Policy.timeout must be a Timeout"),  # once silently not applied
+    ({"timeout": -1.0}, "positive seconds"),
+    ({"retry": "x"}, "Policy.retry must be a Retry"),
+    ({"breaker": 5}, "Policy.breaker must be a CircuitBreakerConfig"),
+    ({"bulkhead": 2}, "Policy.bulkhead must be a BulkheadConfig"),
+    ({"rate_limit": 60}, "Policy.rate_limit must be a RateLimit"),
+    ({"fallback": ("sim:a", 3)}, "Policy.fallback lists models"),
+    ({"fallback": ("backup",)}, "Policy.fallback lists models"),
+])
+def test_a_policy_of_the_wrong_types_is_refused_where_it_is_made(
+        fields: dict[str, object], message: str) -> None:
+    with pytest.raises(sw.ConfigurationError, match=message):
+        sw.Policy(**fields)  # type: ignore[arg-type]
+
+
+def test_a_policy_takes_one_fallback_model_and_lists_and_seconds() -> None:
+    assert sw.Policy(fallback="sim:backup").fallback == ("sim:backup",)  # type: ignore[arg-type]
+    assert sw.Policy(fallback=["sim:a", "sim:b"]).fallback == ("sim:a", "sim:b")  # type: ignore[arg-type]
+    model = sw.SimulatedModel("x")
+    assert sw.Policy(fallback=(model,)).fallback == (model,)
+    assert sw.Policy(timeout=2).timeout == sw.Timeout(per_attempt=2.0)
