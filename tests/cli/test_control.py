@@ -19,9 +19,9 @@ def _show(cli: Cli, project: Project, run_id: str) -> dict[str, object]:
     return data
 
 
-def _enqueue(cli: Cli, project: Project, wf: str, data: str, run_id: str) -> None:
-    result = cli("run", project.wf(wf), "-i", data, "--run-id", run_id, "--no-wait",
-                 "--store", project.store)
+def _enqueue(cli: Cli, project: Project, wf: str, data: str | None, run_id: str) -> None:
+    result = cli("run", project.wf(wf), *(("-i", data) if data is not None else ()),
+                 "--run-id", run_id, "--no-wait", "--store", project.store)
     assert result.exit_code == 0, result.output
 
 
@@ -74,6 +74,19 @@ def test_resume_without_a_run_id_executes_every_ready_run(cli: Cli, project: Pro
     assert "resumed 2 run(s)" in result.stdout
     assert (_show(cli, project, "q1")["result"], _show(cli, project, "q2")["result"]) == (
         3, [0, 2])
+
+
+def test_resume_exits_1_when_a_run_it_resumed_failed(cli: Cli, project: Project) -> None:
+    """The table of what was resumed, then one error line and exit 1, as `run` does."""
+    _enqueue(cli, project, "adder", "[1, 2]", "fine")
+    _enqueue(cli, project, "boom", None, "bad")
+    result = cli("resume", "--store", project.store)
+    assert result.exit_code == 1, result.output
+    assert "resumed 2 run(s)" in result.stdout
+    assert result.stderr.strip() == "error: run bad failed: builtins.ValueError: kaboom"
+    again = cli("resume", "bad", "--store", project.store)
+    assert again.exit_code == 0  # nothing was resumed this time: it had already ended
+    assert "already ended (failed)" in again.stdout
 
 
 def test_resume_imports_workflows_named_with_import_when_the_reference_is_gone(

@@ -270,6 +270,14 @@ def resume(
                   "a running worker (or stalwart resume then) continues it")
     if not (done or left or plan.parked or plan.unresolved):
         out.print("nothing to resume")
+    ended_badly = [rec for rec in done if rec.status in (
+        RunStatus.FAILED, RunStatus.DEAD_LETTERED, RunStatus.CANCELLED)]
+    if ended_badly:  # exit 1, as `run` does for a run that did not complete
+        if len(ended_badly) == 1:
+            raise CliError(failure_line(ended_badly[0]), FAILURE)
+        raise CliError(f"{len(ended_badly)} of the {len(done)} resumed runs did not "
+                       f"complete: {', '.join(f'{r.run_id} {r.status}' for r in ended_badly)}",
+                       FAILURE)
 
 
 async def _get(store: str | None, run_id: str) -> RunRecord:
