@@ -145,6 +145,12 @@ class Workflow(Generic[P, R]):
             if set(value) <= names or any(p.kind is inspect.Parameter.VAR_KEYWORD
                                           for p in self._params):
                 return (), dict(value)
+            unknown = sorted(set(value) - names)
+            if set(value) & names:  # arguments by name, some of them not its own
+                raise ConfigurationError(
+                    f"workflow {self.name}: unexpected argument(s) "
+                    f"{', '.join(map(repr, unknown))} (it takes "
+                    f"{', '.join(p.name for p in self._params) or 'none'})")
         if isinstance(value, list):
             return tuple(value), {}
         if value is None and not self._params:

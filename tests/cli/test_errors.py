@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     (["run", "{m}:adder", "--input", "{bad json"], "--input is not valid JSON"),
     (["run", "{m}:adder", "--input", '{"a": 1}'], "missing a required argument: 'b'"),
     (["run", "{m}:adder", "--input", '{"a": "x", "b": 2}'], "argument 'a' of workflow adder"),
+    (["run", "{m}:adder", "--input", '{"a": 1, "b": 2, "c": 3}'],
+     "unexpected argument(s) 'c' (it takes a, b)"),
     (["run", "{m}:adder", "--bogus"], "No such option: --bogus"),
     (["run"], "Missing argument"),
     (["runs", "list", "--status", "bogus"], "Invalid value for '--status'"),
