@@ -311,8 +311,11 @@ class Execution:
                 exc.run_id = self.run_id
             info = encode_error(exc).to_json()
             # A run that exhausted its resilience policies goes to the dead-letter queue,
-            # from where `stalwart dlq retry` can send it through again.
-            dead = isinstance(exc, ResilienceError)
+            # from where `stalwart dlq retry` can send it through again. So does one whose
+            # code no longer matches its journal: it waits there for the code to be
+            # fixed or rolled back (Temporal keeps retrying such a workflow task), not
+            # failed for good by a deploy.
+            dead = isinstance(exc, ResilienceError | NonDeterminismError)
             kind, status = ((EventKind.RUN_DEAD_LETTERED, RunStatus.DEAD_LETTERED) if dead
                             else (EventKind.RUN_FAILED, RunStatus.FAILED))
             step_id = exc.step_id if isinstance(exc, StalwartError) else None

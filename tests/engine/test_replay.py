@@ -137,7 +137,7 @@ async def test_changed_code_fails_the_run_with_non_determinism_error(
         v2 = v2_removed_last
 
     rec = await _park_then_resume(tmp_path / "j.db", v1, v2)
-    assert rec.status == sw.RunStatus.FAILED
+    assert rec.status == sw.RunStatus.DEAD_LETTERED  # waits for the code to be fixed
     assert rec.error is not None and "NonDeterminismError" in rec.error
     assert f"step {step_id} is recorded as {recorded!r}" in rec.error
     if current is not None:
@@ -164,6 +164,30 @@ async def test_non_determinism_error_carries_run_step_and_names(tmp_path: Path) 
     assert isinstance(cause, sw.NonDeterminismError)
     assert (cause.run_id, cause.step_id, cause.recorded, cause.current) == (
         rec.run_id, "1", "a", "b")
+
+
+async def test_a_run_stopped_by_changed_code_finishes_once_the_code_is_rolled_back(
+        tmp_path: Path) -> None:
+    """The divergence dead-letters the run instead of failing it for good; with the
+    old code deployed again, a redrive replays the journal and finishes it."""
+
+    async def v1(ctx: sw.Context) -> list[str]:
+        first = await ctx.step(a)
+        await ctx.sleep(100)
+        return [first, await ctx.step(c)]
+
+    async def v2(ctx: sw.Context) -> list[str]:
+        return [await ctx.step(b)]
+
+    db = tmp_path / "j.db"
+    rec = await _park_then_resume(db, v1, v2)
+    assert rec.status == sw.RunStatus.DEAD_LETTERED
+    app = sw.Runtime(db)
+    app.workflow(name="changing")(v1)  # rolled back
+    async with app:
+        await app.redrive(rec.run_id)
+        done = await app.wait_for_end(rec.run_id)
+    assert (done.status, done.result) == (sw.RunStatus.COMPLETED, '["a","c"]')
 
 
 async def test_gather_step_ids_are_stable_across_replay(tmp_path: Path) -> None:
