@@ -18,6 +18,7 @@ counts from the run's creation time in the journal, at every level.
 from __future__ import annotations
 
 import contextvars
+import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -64,8 +65,10 @@ class Budget:
         for name in ("max_cost", "max_seconds"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)
-                                  or v <= 0):
-                raise ConfigurationError(f"Budget.{name} must be a positive number or None")
+                                  or not 0 < v < math.inf):
+                raise ConfigurationError(
+                    f"Budget.{name} must be a positive, finite number or None (None is no "
+                    "limit)")
 
     @property
     def seconds(self) -> float | None:

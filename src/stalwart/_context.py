@@ -20,6 +20,7 @@ import contextvars
 import functools
 import inspect
 import json
+import math
 import uuid as uuid_mod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -303,8 +304,9 @@ class Context:
         """Sleep durably: the wake-up time is journaled, and a long sleep parks the run
         (its task ends, nothing is held in memory) until a worker wakes it on time — also
         after a restart."""
-        if seconds < 0:
-            raise ValueError("sleep() needs a non-negative number of seconds")
+        if not 0 <= seconds < math.inf:  # NaN too: it compares false with everything
+            raise ValueError(f"sleep() needs a finite, non-negative number of seconds, "
+                             f"not {seconds!r}")
         step_id, recorded = self._begin("stalwart.sleep")
         if recorded:
             wake_at = float(json.loads(recorded[0].payload or "{}")["wake_at"])
@@ -327,6 +329,9 @@ class Context:
         Raises:
             SignalTimeoutError: ``timeout`` seconds passed first.
         """
+        if timeout is not None and not 0 <= timeout < math.inf:
+            raise ValueError(f"wait_for_signal() needs a finite, non-negative timeout in "
+                             f"seconds or None, not {timeout!r}")
         step_name = f"signal:{name}"
         step_id, recorded = self._begin(step_name)
         ex = self._ex

@@ -91,13 +91,16 @@ class Tool(Generic[P, R]):
                     f"tool {self.name!r}: *args/**kwargs cannot be described to a model")
             default = ... if param.default is inspect.Parameter.empty else param.default
             fields[pname] = (tp, default)
-        self.args_model: type[BaseModel] = create_model(
-            f"{self.name}_arguments", __config__=ConfigDict(extra="forbid"), **fields)
-        try:
+        try:  # a parameter type pydantic cannot describe fails here, or in the schema
+            self.args_model: type[BaseModel] = create_model(
+                f"{self.name}_arguments", __config__=ConfigDict(extra="forbid"), **fields)
             self.spec = ToolSpec(name=self.name, description=self.description,
                                  parameters=self.args_model.model_json_schema())
         except Exception as exc:
-            raise ConfigurationError(f"tool {self.name!r}: {exc}") from exc
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigurationError(
+                f"tool {self.name!r}: its parameters cannot be described to a model: "
+                f"{detail}") from exc
 
     def __repr__(self) -> str:
         return f"<Tool {self.name}>"

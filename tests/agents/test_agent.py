@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -253,3 +254,17 @@ async def test_provider_error_in_script_is_raised_through_the_policies(tmp_path:
         assert (await app.get_run(h.run_id)).status == sw.RunStatus.FAILED
     assert isinstance(info.value.__cause__, sw.InvalidRequestError)
     assert model.statistics().calls == 1
+
+
+def test_a_tool_whose_parameters_cannot_be_described_is_a_configuration_error() -> None:
+    """A parameter type pydantic has no schema for: a typed error naming the tool, when
+    the tool is made (not pydantic's own error, nor later in a run)."""
+    def guarded(lock: object) -> str:
+        return "x"
+
+    guarded.__annotations__["lock"] = threading.Lock  # a factory function, not a type
+
+    with pytest.raises(sw.ConfigurationError, match="tool 'guarded': its parameters "):
+        sw.Tool(guarded)
+    with pytest.raises(sw.ConfigurationError, match=r"\*args/\*\*kwargs"):
+        sw.Tool(lambda *a: a, name="star")

@@ -56,7 +56,8 @@ def test_budget_is_a_frozen_keyword_only_slotted_dataclass() -> None:
     assert "__slots__" in vars(sw.Budget)
     assert sw.Budget(max_seconds=timedelta(minutes=1)).seconds == 60.0
     for bad in ({"max_tokens": 0}, {"max_steps": 1.5}, {"max_cost": -1}, {"max_seconds": 0},
-                {"max_tokens": True}):
+                {"max_tokens": True}, {"max_seconds": float("inf")},
+                {"max_cost": float("nan")}):
         with pytest.raises(sw.ConfigurationError):
             sw.Budget(**bad)  # type: ignore[arg-type]
     assert sw.BudgetExceeded is sw.BudgetExceededError

@@ -139,6 +139,31 @@ async def test_a_result_is_returned_as_replay_reads_it(db: Path) -> None:
         assert await app.run(wf) == "list"
 
 
+@pytest.mark.parametrize("call", ["sleep-nan", "sleep-inf", "sleep-negative",
+                                  "signal-negative", "signal-nan"])
+async def test_timers_refuse_durations_that_are_not_finite_and_non_negative(
+        db: Path, call: str) -> None:
+    """A NaN sleep returned at once, a negative signal timeout timed out at once: both
+    are errors where they are asked for, before anything is journaled."""
+    app = sw.Runtime(db)
+    waits = {"sleep-nan": lambda ctx: ctx.sleep(math.nan),
+             "sleep-inf": lambda ctx: ctx.sleep(math.inf),
+             "sleep-negative": lambda ctx: ctx.sleep(-1),
+             "signal-negative": lambda ctx: ctx.wait_for_signal("go", timeout=-1),
+             "signal-nan": lambda ctx: ctx.wait_for_signal("go", timeout=math.nan)}
+
+    @app.workflow
+    async def wf(ctx: sw.Context) -> None:
+        await waits[call](ctx)
+
+    async with app:
+        handle = await app.start(wf)
+        with pytest.raises(sw.RunFailedError, match="finite, non-negative"):
+            await handle.result()
+        kinds = {e.kind for e in await app.events(handle.run_id)}
+    assert not kinds & {EventKind.TIMER_STARTED, EventKind.SIGNAL_WAIT_STARTED}
+
+
 async def test_bad_workflow_input_is_rejected_at_start(db: Path) -> None:
     """Arguments that do not match the workflow's annotations fail at start, typed."""
     app = sw.Runtime(db)
