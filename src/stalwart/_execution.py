@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import random
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -96,6 +97,11 @@ class Execution:
         self.runtime = runtime
         self.store = store if store is not None else runtime.store
         self.replay_only = replay_only
+        self.in_threads = 0
+        """Synchronous steps of this run running in a thread now. A thread cannot be
+        stopped: cancelling the run does not end them, so its lease is not handed back
+        while one runs (another worker would run the step beside it)."""
+        self._threads_lock = threading.Lock()
         """Replay the journal without running anything (``Runtime.replay``): a step that
         is not recorded parks the execution instead of running (see :meth:`go_live`)."""
         self.unrecorded: list[tuple[str, str]] = []
@@ -264,9 +270,21 @@ class Execution:
                 with self.clock.activity():  # a virtual clock must not jump past a thread
                     return await loop.run_in_executor(
                         self.runtime.thread_pool,
-                        functools.partial(cctx.run, fn, *args, **kwargs))
+                        functools.partial(self._in_thread, cctx, fn, args, kwargs))
         finally:
             unbind_step_context(token)
+
+    def _in_thread(self, cctx: contextvars.Context, fn: Callable[..., Any],
+                   args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A synchronous step, on a pool thread: counted while it runs (only once it has
+        started: one still queued is cancelled with the pool and never runs)."""
+        with self._threads_lock:
+            self.in_threads += 1
+        try:
+            return cctx.run(fn, *args, **kwargs)
+        finally:
+            with self._threads_lock:
+                self.in_threads -= 1
 
     # -- the whole run ---------------------------------------------------------------
 

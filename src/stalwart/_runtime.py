@@ -250,6 +250,7 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._draining = False
+        self._held_by_threads: list[str] = []
         self._claims_in_flight = 0
         self.pools = None if pools is None else frozenset(pools)
         self.started_at: float | None = None
@@ -434,10 +435,21 @@ class Runtime:
         for t in self._tasks:
             t.cancel()
         active = list(self._active.values())
-        leases = [ex.lease for ex in self._executions.values()]
+        executions = list(self._executions.values())
         for t in active:
             t.cancel()
         await asyncio.gather(*self._tasks, *active, return_exceptions=True)
+        # Steps still queued for a thread never start now; one already running cannot be
+        # stopped, and its run is not handed back while it runs: another worker would
+        # run the step beside it. Its lease expires (lease_seconds) instead, or the
+        # process ends (stalwart worker exits) and a worker on this host takes it over.
+        self.thread_pool.shutdown(wait=False, cancel_futures=True)
+        leases = [ex.lease for ex in executions if not ex.in_threads]
+        self._held_by_threads = [ex.run_id for ex in executions if ex.in_threads]
+        for run_id in self._held_by_threads:
+            log.warning("run %s: a synchronous step is still running in a thread; the run "
+                        "is not handed back while it runs (its lease expires instead)",
+                        run_id)
         if self._started and leases:
             await self._release(leases)
         if self._started and self.started_at is not None:
@@ -453,7 +465,6 @@ class Runtime:
                     await aclose()
                 except Exception:
                     log.exception("closing model %r failed", m)
-        self.thread_pool.shutdown(wait=False, cancel_futures=True)
         self._started = False
 
     async def _release(self, leases: list[Lease]) -> None:
@@ -684,6 +695,12 @@ class Runtime:
     def in_flight(self) -> int:
         """How many runs this runtime is executing now."""
         return len(self._active)
+
+    @property
+    def held_by_threads(self) -> list[str]:
+        """Runs that :meth:`close` did not hand back because a synchronous step of theirs
+        was still running in a thread (their leases expire instead)."""
+        return list(self._held_by_threads)
 
     def served_workflows(self) -> list[str]:
         """The workflows whose runs this runtime claims: its pools' (all without pools)."""

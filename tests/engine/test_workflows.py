@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -660,3 +661,41 @@ async def test_two_runtimes_racing_never_execute_one_run_twice(db: Path) -> None
     assert results == [10 + i for i in range(20)]
     assert len(effects) == len(set(effects)) == 100
     assert owners <= {a.owner.id, b.owner.id}
+
+
+async def test_close_does_not_hand_back_a_run_whose_step_runs_in_a_thread(db: Path) -> None:
+    """close() cannot stop a thread: the run keeps its lease (it expires) rather than go
+    back to pending while its step runs on; a run without one is handed back."""
+    started, release = threading.Event(), threading.Event()
+
+    def blocking() -> str:
+        started.set()
+        release.wait(10)
+        return "late"
+
+    app = sw.Runtime(db)
+
+    @app.workflow
+    async def held(ctx: sw.Context) -> str:
+        return await ctx.step(blocking)
+
+    @app.workflow
+    async def waiting(ctx: sw.Context) -> str:
+        return str(await ctx.wait_for_signal("go", timeout=3))
+
+    try:
+        async with app:
+            one = await app.start(held)
+            two = await app.start(waiting)
+            assert await asyncio.to_thread(started.wait, 10)
+            while (await app.get_run(two.run_id)).status != sw.RunStatus.RUNNING:
+                await asyncio.sleep(0.01)
+        assert app.held_by_threads == [one.run_id]
+    finally:
+        release.set()
+    async with sw.Runtime(db, worker=False) as reader:
+        kept, handed = await reader.get_run(one.run_id), await reader.get_run(two.run_id)
+        events = await reader.events(one.run_id)
+    assert (kept.status, kept.lease_owner is not None) == (sw.RunStatus.RUNNING, True)
+    assert (handed.status, handed.lease_owner) == (sw.RunStatus.PENDING, None)
+    assert not [e for e in events if e.kind == EventKind.STEP_COMPLETED]  # not recorded

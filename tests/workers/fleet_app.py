@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from typing import Any
 
@@ -104,6 +105,22 @@ async def _sleep_then_answer(seconds: float) -> str:
     return "done"
 
 
+def _blocking_step(marker: str, seconds: float) -> str:
+    """A synchronous step (it runs in a thread): writes ``start`` to its marker file,
+    blocks, then appends ``end``, so a test sees whether a run of it finished."""
+    with open(marker, "a") as out:
+        out.write(f"start {os.getpid()}\n")
+    time.sleep(seconds)
+    with open(marker, "a") as out:
+        out.write(f"end {os.getpid()}\n")
+    return "done"
+
+
+async def _blocking(ctx: Context, marker: str, seconds: float) -> str:
+    return str(await ctx.step(_blocking_step, marker, seconds))
+
+
 chain = Workflow(_chain, name="chain")
 linger = Workflow(_linger, name="linger")
+blocking = Workflow(_blocking, name="blocking")
 gpu_chain = Workflow(_chain, name="gpu_chain", pool="gpu")

@@ -123,6 +123,29 @@ async def test_after_the_grace_period_the_run_is_handed_back_and_resumed(
     await until(lambda: status_is(journal, "slow", RunStatus.COMPLETED))
 
 
+async def test_a_synchronous_step_past_the_grace_period_ends_with_the_worker(
+        tmp_path: Path, journal: str, make_fleet: Callable[..., Fleet]) -> None:
+    """A thread cannot be stopped: the worker does not hand its run back while the
+    step runs (another worker would run it beside it), it exits at the end of
+    --grace, and the step ran once to its end, by the worker that took the run over."""
+    marker = tmp_path / "marker"
+    fleet = make_fleet(journal)
+    proc = fleet.start("--poll", "0.05", "--grace", "0.2")
+    await start(journal, fa.blocking, str(marker), 5.0, run_id="blocked")
+    await until(lambda: asyncio.to_thread(marker.exists))
+    stopped_at = time.monotonic()
+    assert fleet.stop(proc) == 0, fleet.log(proc)
+    assert time.monotonic() - stopped_at < 4.0  # not the 5 s the step would take
+    assert "synchronous step still running in a thread (blocked)" in fleet.log(proc)
+    rec = await record(journal, "blocked")
+    assert (rec.status, rec.owner_pid) == (RunStatus.RUNNING, proc.pid)  # not handed back
+    other = fleet.start("--poll", "0.05")  # on this host: the dead owner's run is taken
+    await until(lambda: status_is(journal, "blocked", RunStatus.COMPLETED), timeout=30)
+    assert marker.read_text().split("\n")[:-1] == [
+        f"start {proc.pid}", f"start {other.pid}", f"end {other.pid}"]
+    assert fleet.stop(other) == 0, fleet.log(other)
+
+
 async def test_pool_restricts_what_a_worker_claims(
         journal: str, make_fleet: Callable[..., Fleet]) -> None:
     """A --pool gpu worker runs gpu_chain and leaves chain to a default-pool worker."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
@@ -168,8 +169,21 @@ def worker(
     for wf in workflows.values():
         rt.register(wf)
     left = run_async(_serve(rt, grace))
+    held = rt.held_by_threads
+    handed = left - len(held)
     _info(f"worker {rt.owner.id} stopped" + (
-        f"; handed {left} unfinished run(s) back to the store" if left else ""))
+        f"; handed {handed} unfinished run(s) back to the store" if handed > 0 else ""))
+    if held:
+        # A thread cannot be stopped, and its run was not handed back while it runs.
+        # Ending the process ends the step: a worker on this host takes the run over at
+        # once (its owner is gone), one elsewhere when its lease expires. Exiting here
+        # skips atexit handlers (spans still queued for export are lost with it).
+        _info(f"{len(held)} run(s) had a synchronous step still running in a thread "
+              f"({', '.join(held)}): exiting now so that it does not run on beside the "
+              "worker that takes the run over")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 # -- stalwart workers list -----------------------------------------------------------
