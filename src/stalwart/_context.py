@@ -388,6 +388,8 @@ class Context:
             await ex.record([NewEvent(EventKind.STEP_COMPLETED, step_id, step_name,
                                       child.result or "null")])
             return decode(child.result or "null", tp)  # type: ignore[no-any-return]
+        if child.status == RunStatus.CANCELLED and await ex.cancel_was_requested():
+            raise Cancelled()  # cancelled with this run (a cancel cascades): not a failure
         err: BaseException
         if child.status == RunStatus.CANCELLED:
             err = RunCancelledError(f"child run {child_id} was cancelled",

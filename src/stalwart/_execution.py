@@ -144,6 +144,8 @@ class Execution:
         self.cancel_requested = run.cancel_requested
         self.finished = False
         self.wakeup = asyncio.Event()
+        self.cancelled = asyncio.Event()
+        """Set when this process learns of a cancel (an in-memory sleep wakes on it)."""
         self.root_scope = new_root_scope()
         # A replay-only execution (``Runtime.replay``) re-reads what was traced already.
         self.interceptor = NOOP if replay_only else runtime.interceptor
@@ -196,7 +198,7 @@ class Execution:
         result = await self.store.append(self.lease, events, now=self.clock.now(),
                                          finish=finish)
         if result.cancel_requested:
-            self.cancel_requested = True
+            self.cancel()
         if self.interceptor.active:
             for ev in events:
                 if ev.kind in _OUTCOMES and ev.step_id is not None:
@@ -231,12 +233,34 @@ class Execution:
     async def wait_until(self, wake_at: float, status: RunStatus) -> None:
         if self.replay_only:
             return  # a recorded timer: replay does not wait for it
-        remaining = wake_at - self.clock.now()
-        if remaining <= 0:
-            return
-        if remaining > self.runtime.park_after:
-            raise Suspend(status, wake_at)
-        await self.clock.sleep(remaining)
+        while True:
+            remaining = wake_at - self.clock.now()
+            if remaining <= 0:
+                return
+            if remaining > self.runtime.park_after:
+                raise Suspend(status, wake_at)
+            if self.cancel_requested:
+                raise Cancelled()
+            # Sleep in memory, but not through a cancel: one sent here sets the event,
+            # one sent from another process is read from the store at each poll.
+            woken = await race_event(self.cancelled, self.clock,
+                                     min(remaining, self.runtime.poll_interval))
+            if not woken and self.clock.now() < wake_at:
+                await self.cancel_was_requested()
+
+    def cancel(self) -> None:
+        """This run's cancel was requested: it stops at its next step or wait."""
+        self.cancel_requested = True
+        self.cancelled.set()
+        self.wakeup.set()
+
+    async def cancel_was_requested(self) -> bool:
+        """Whether this run's cancel was requested, as known here or in the store (a
+        cancel sent from another process reaches this one at its next write)."""
+        if not self.cancel_requested:
+            rec = await self.store.get_run(self.run_id)
+            self.cancel_requested = rec is not None and rec.cancel_requested
+        return self.cancel_requested
 
     async def wait_for_wakeup(self, deadline: float | None, since: float) -> None:
         """Wait in memory for a wake-up (a local signal or child ending) or for the next

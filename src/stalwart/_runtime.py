@@ -572,10 +572,15 @@ class Runtime:
         """Cancel a run (and its children); a running one stops at its next step."""
         await self.open()
         rec = await self.store.request_cancel(run_id, now=self.clock.now())
-        ex = self._executions.get(run_id)
-        if ex is not None:
-            ex.cancel_requested = True
-            ex.wakeup.set()
+        # The store cancels its descendants too; the ones executing here learn it now
+        # (a child waiting in memory would otherwise finish its sleep first).
+        parents = {r: ex.run.parent_run_id for r, ex in self._executions.items()}
+        for rid, ex in list(self._executions.items()):
+            up: str | None = rid
+            while up is not None and up != run_id:
+                up = parents.get(up)
+            if up == run_id:
+                ex.cancel()
         self._notify(run_id)
         self.poke()
         return rec

@@ -587,6 +587,41 @@ async def test_cancel_a_parked_run_and_its_children(db: Path) -> None:
         assert (await app.get_run(f"{h.run_id}/1")).status == sw.RunStatus.CANCELLED
 
 
+@pytest.mark.parametrize("sender", ["this-runtime", "another-process"])
+async def test_cancelling_a_parent_cancels_it_and_its_children_waiting_in_memory(
+        db: Path, sender: str) -> None:
+    """Children asleep in memory (not parked) wake on their parent's cancel, whether it
+    is sent here or by another process (read from the store at a poll); the parent
+    ends cancelled, not failed by its children's cancellation, nor completed."""
+    app = sw.Runtime(db, poll_interval=0.05)
+
+    @app.workflow
+    async def napper(ctx: sw.Context) -> int:
+        await ctx.sleep(3)  # < park_after: in memory
+        return 1
+
+    @app.workflow
+    async def parent(ctx: sw.Context) -> list[int]:
+        return await ctx.gather(ctx.child(napper), ctx.child(napper))
+
+    async with app:
+        h = await app.start(parent)
+        for branch in (0, 1):
+            await _until_status(app, f"{h.run_id}/1/{branch}/1", sw.RunStatus.RUNNING)
+        if sender == "this-runtime":
+            await app.cancel(h.run_id)
+        else:
+            async with sw.Runtime(db, worker=False) as other:
+                await other.cancel(h.run_id)
+        with pytest.raises(sw.RunCancelledError):
+            await h.result(timeout=2.5)  # before the naps would have ended
+        statuses = [(await app.get_run(r)).status
+                    for r in (h.run_id, f"{h.run_id}/1/0/1", f"{h.run_id}/1/1/1")]
+        events = await app.events(h.run_id)
+    assert statuses == [sw.RunStatus.CANCELLED] * 3
+    assert not [e for e in events if e.kind == EventKind.STEP_FAILED]  # not a failure
+
+
 async def test_cancel_a_running_run_is_observed_at_the_next_step(db: Path) -> None:
     """A running run stops at its next step boundary; later steps never run."""
     app = sw.Runtime(db)
