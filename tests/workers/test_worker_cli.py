@@ -250,6 +250,24 @@ async def test_a_worker_waits_for_an_unreachable_store_and_stops_on_sigterm(
     assert "while waiting for the store: stopping" in fleet.log(proc)
 
 
+@pytest.mark.postgres
+async def test_a_worker_given_a_database_that_does_not_exist_exits_instead_of_retrying(
+        pg_url: str, make_fleet: Callable[..., Fleet]) -> None:
+    """The server answers that there is no such database (a typo): no retry cures
+    that, unlike a server that is still starting, so the worker exits 1 at once."""
+    target = urllib.parse.urlsplit(pg_url)
+    wrong = target._replace(path="/no_such_database_for_stalwart").geturl()
+    fleet = make_fleet(wrong)
+    proc = fleet.start()
+    deadline = time.monotonic() + 30
+    while proc.poll() is None:
+        assert time.monotonic() < deadline, fleet.log(proc)
+        await asyncio.sleep(0.05)
+    assert proc.returncode == 1, fleet.log(proc)
+    assert 'database "no_such_database_for_stalwart" does not exist' in fleet.log(proc)
+    assert "retrying" not in fleet.log(proc)
+
+
 async def test_a_worker_started_before_its_database_serves_once_it_is_up(
         pg_url: str, make_fleet: Callable[..., Fleet]) -> None:
     """The worker's address for PostgreSQL is a proxy that opens only later (a database

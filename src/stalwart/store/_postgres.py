@@ -35,6 +35,7 @@ import contextvars
 import json
 import logging
 import random
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, final
@@ -139,6 +140,19 @@ class _Append:
     attempts: int = 0
 
 
+_FOR_GOOD = re.compile(
+    r'FATAL: +(database "[^"]*" does not exist|role "[^"]*" does not exist|'
+    r'password authentication failed|no pg_hba\.conf entry)')
+
+
+def _refused_for_good(exc: BaseException) -> bool:
+    """A server that answered, and refused this URL for a reason no retry cures: no
+    such database or role, a wrong password, no access rule. (A connection error
+    carries no SQLSTATE in psycopg, so the server's FATAL message is what tells.) A
+    worker started with a typo in its URL exits instead of retrying for ever."""
+    return _FOR_GOOD.search(str(exc)) is not None
+
+
 @final
 class PostgresStore:
     """A journal in PostgreSQL, shared by any number of worker processes.
@@ -230,7 +244,8 @@ class PostgresStore:
     # -- plumbing --------------------------------------------------------------------
 
     def _error(self, exc: BaseException, what: str) -> StoreError:
-        retryable = isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+        retryable = isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) and \
+            not _refused_for_good(exc)
         err = StoreError(f"{what} {self._url}: {exc}".strip(), retryable=retryable)
         err.__cause__ = exc
         return err
