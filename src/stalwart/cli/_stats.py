@@ -175,6 +175,7 @@ def stats(
             row.latencies, 50)), _ms(percentile(row.latencies, 95)),
             str(t.tokens) if row.kind == "model" else "-", cost, row.breaker)
     out.print(table)
-    out.print(Text("breaker: open@TIME when the latest journaled attempt was rejected by an "
+    out.print(Text("calls: a retried call counts once; errors: one per failed attempt. "
+                   "breaker: open@TIME when the latest journaled attempt was rejected by an "
                    "open breaker; live breaker state is held by the worker processes, not "
                    "the journal (n/a)", style="dim"))

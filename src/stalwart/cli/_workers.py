@@ -263,7 +263,9 @@ def list_workers(
         expired = sum(1 for r in held if (r.lease_expires_at or 0) < now)
         held_text = str(len(held)) + (f" ({expired} expired)" if expired else "")
         table.add_row(w.worker_id, f"[{style}]{state}[/]", w.host, str(w.pid),
-                      fmt_duration((w.stopped_at or w.heartbeat_at) - w.started_at),
+                      # up till now while it lives; else till it stopped or was last heard
+                      fmt_duration((now if state == "live" else w.stopped_at or
+                                    w.heartbeat_at) - w.started_at),
                       f"{fmt_duration(now - w.heartbeat_at)} ago",
                       f"{w.in_flight}/{w.concurrency}", held_text,
                       ", ".join(w.pools) or "all")
