@@ -206,7 +206,11 @@ class CallUsage:
         """The call as each dependency it tried saw it: the one that answered (or was
         tried last) with the tokens, the cost and its own attempts; each other one (a
         primary that failed over to a fallback) with its failed attempts, as a failed
-        call of its own. Per-dependency views count these; totals count the call."""
+        call of its own. Per-dependency views count these; totals count the call. A call
+        refused before a model was chosen (a budget stop of a model turn) belongs to no
+        dependency: none."""
+        if not self.made and self.key == "?":
+            return []
         others: dict[str, list[tuple[str, float | None]]] = {}
         for key, error, duration in self.failures:
             if key != self.key:
@@ -418,8 +422,6 @@ def usage_report(events: Iterable[Event], prices: PriceTable | None = None) -> U
         if c.kind == "model":
             by_agent.setdefault(c.agent or "?", Tally()).add(c)
         for part in c.by_key():  # a primary that failed over counts its own failure
-            if not part.made and part.key == "?":
-                continue  # refused before a model was chosen: in the total only
             (by_model if c.kind == "model" else by_tool).setdefault(
                 part.key, Tally()).add(part)
     return UsageReport(total=total, by_agent=by_agent, by_model=by_model, by_tool=by_tool,

@@ -256,7 +256,8 @@ class Execution:
 
     async def cancel_was_requested(self) -> bool:
         """Whether this run's cancel was requested, as known here or in the store (a
-        cancel sent from another process reaches this one at its next write)."""
+        cancel sent from another process is otherwise seen only at this run's next
+        write)."""
         if not self.cancel_requested:
             rec = await self.store.get_run(self.run_id)
             self.cancel_requested = rec is not None and rec.cancel_requested

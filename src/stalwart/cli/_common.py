@@ -35,6 +35,7 @@ __all__ = [
     "client_runtime",
     "console",
     "executing_runtime",
+    "error_info",
     "error_json",
     "exit_code_for",
     "failure_line",
@@ -124,16 +125,22 @@ def parse_json(text: str | None, what: str) -> Any:
         raise CliError(f"{what} is not valid JSON: {exc}") from None
 
 
+def error_info(text: str | None) -> ErrorInfo:
+    """A journaled error (``ErrorInfo`` JSON); text that is not one, as its message."""
+    try:
+        return ErrorInfo.from_json(text or "")
+    except (ValueError, KeyError, TypeError):
+        return ErrorInfo(type="unknown", message=text or "", traceback="")
+
+
 def failure_line(rec: RunRecord) -> str:
     """How a run that did not complete ended, in one line (its error's type and message,
     not the traceback the journal keeps)."""
     if rec.status == RunStatus.CANCELLED:
         return f"run {rec.run_id} was cancelled"
-    try:
-        info = ErrorInfo.from_json(rec.error or "")
-        what = f"{info.type}: {info.message}"
-    except (ValueError, KeyError, TypeError):
-        what = rec.error or "unknown error"
+    info = error_info(rec.error)
+    what = (rec.error or "unknown error") if info.type == "unknown" \
+        else f"{info.type}: {info.message}"
     return f"run {rec.run_id} {rec.status}: {what}"
 
 
@@ -141,10 +148,7 @@ def error_json(rec: RunRecord) -> dict[str, str] | None:
     """A run's error as ``--json`` outputs that are not the full record show it."""
     if rec.error is None:
         return None
-    try:
-        info = ErrorInfo.from_json(rec.error)
-    except (ValueError, KeyError, TypeError):
-        return {"type": "unknown", "message": rec.error}
+    info = error_info(rec.error)
     return {"type": info.type, "message": info.message}
 
 

@@ -36,6 +36,7 @@ from ._common import (
     StoreOption,
     client_runtime,
     console,
+    error_info,
     executing_runtime,
     fmt_duration,
     fmt_time,
@@ -120,13 +121,6 @@ def _json_or_text(text: str | None) -> Any:
         return text
 
 
-def _error_info(text: str | None) -> ErrorInfo:
-    try:
-        return ErrorInfo.from_json(text or "")
-    except (ValueError, KeyError, TypeError):
-        return ErrorInfo(type="unknown", message=text or "", traceback="")
-
-
 def read_dead_letter(rec: RunRecord, events: list[Event]) -> DeadLetter:
     """The error chain of a dead-lettered run: its last ``run_dead_lettered`` event and
     every ``attempt_failed`` event of the step it names (all rounds, oldest first)."""
@@ -160,7 +154,7 @@ def read_dead_letter(rec: RunRecord, events: list[Event]) -> DeadLetter:
             retry_at=d.get("retry_at"), error_type=str(err.get("type", "?")),
             error_message=str(err.get("message", ""))))
     return DeadLetter(run=rec, at=last.created_at, step_id=step_id, step_name=step_name,
-                      error=_error_info(last.payload or rec.error), redrives=round_ - 1,
+                      error=error_info(last.payload or rec.error), redrives=round_ - 1,
                       attempts=tuple(attempts))
 
 
@@ -421,7 +415,7 @@ def retry(
                         f"worker (or stalwart resume{store_hint(store)} then) continues it",
                         soft_wrap=True)
         return
-    info = _error_info(end.error)
+    info = error_info(end.error)
     again = (f"; see `stalwart dlq show {run_id}{store_hint(store)}`"
              if end.status == RunStatus.DEAD_LETTERED else f" (details: {hint})")
     raise CliError(f"run {run_id} was redriven and ended {end.status}: "

@@ -91,8 +91,6 @@ def aggregate(runs: list[tuple[RunRecord, list[Event]]], prices: PriceTable,
             # Each dependency its own attempts: a primary that failed over to a
             # fallback has a row with its failures; the fallback, with its answer.
             for part in call.by_key():
-                if not part.made and part.key == "?":
-                    continue  # refused before a model was chosen (a budget stop)
                 row = rows.setdefault(part.key, _Row(kind=part.kind))
                 row.tally.add(part)
                 row.latencies.extend(part.attempt_durations)
