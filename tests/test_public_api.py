@@ -18,7 +18,8 @@ PUBLIC = {
     "Clock", "SystemClock", "FakeClock",
     # agents, tools, models
     "Agent", "AgentResult", "Tool", "ToolCall", "ToolArgumentsError", "Model",
-    "parse_model", "SimulatedModel", "SimFaults", "Message", "ModelOptions",
+    "parse_model", "SimulatedModel", "SimFaults", "FunctionModel", "OpenAIModel",
+    "AnthropicModel", "Message", "ModelOptions",
     "ModelRequest", "ModelResponse", "ToolCallRequest", "ToolSpec", "Usage",
     "count_tokens",
     # policies, budgets, cost, time travel

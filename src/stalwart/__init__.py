@@ -7,6 +7,8 @@ distributed systems around every model and tool call.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._agent import Agent as Agent
 from ._agent import AgentResult as AgentResult
 from ._budget import Budget as Budget
@@ -72,6 +74,7 @@ from .errors import StoreError as StoreError
 from .errors import ThrottledError as ThrottledError
 from .errors import ToolLoopError as ToolLoopError
 from .errors import WorkflowNotFoundError as WorkflowNotFoundError
+from .models import FunctionModel as FunctionModel
 from .models import Message as Message
 from .models import Model as Model
 from .models import ModelOptions as ModelOptions
@@ -95,6 +98,10 @@ from .store import RunStatus as RunStatus
 from .store import SQLiteStore as SQLiteStore
 from .store import Store as Store
 
+if TYPE_CHECKING:
+    from .models import AnthropicModel as AnthropicModel
+    from .models import OpenAIModel as OpenAIModel
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -113,8 +120,11 @@ __all__ = [
     "ToolArgumentsError",
     "Model",
     "parse_model",
+    "OpenAIModel",
+    "AnthropicModel",
     "SimulatedModel",
     "SimFaults",
+    "FunctionModel",
     "Message",
     "ModelOptions",
     "ModelRequest",
@@ -193,3 +203,12 @@ __all__ = [
     "OutputValidationError",
     "Cancelled",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The provider adapters load on first use: importing openai and anthropic costs ~1 s.
+    if name in ("OpenAIModel", "AnthropicModel"):
+        from . import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

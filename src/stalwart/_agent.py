@@ -29,8 +29,8 @@ from pydantic import BaseModel, TypeAdapter
 from typing_extensions import TypeVar
 
 from ._budget import Budget, agent_budget
-from ._calls import Candidate, guarded_call
 from ._context import outcome_problem
+from ._llm import model_turn, read_output, system_prompt
 from ._policy import INHERIT, Policy, _Inherit
 from ._tools import Tool, ToolArgumentsError
 from .errors import (
@@ -50,15 +50,8 @@ from .models import (
     ModelResponse,
     ToolCallRequest,
     Usage,
-    count_tokens,
 )
-from .telemetry._interceptor import (
-    AgentEndInput,
-    AgentStartInput,
-    CaptureContent,
-    ModelCallEndInput,
-    ModelCallStartInput,
-)
+from .telemetry._interceptor import AgentEndInput, AgentStartInput, CaptureContent
 
 if TYPE_CHECKING:
     from ._context import Context
@@ -67,7 +60,6 @@ __all__ = ["Agent", "AgentResult"]
 
 OutT = TypeVar("OutT", default=str)
 _MISSING: Any = object()
-_RESPONSE = TypeAdapter(ModelResponse)
 
 
 @final
@@ -103,15 +95,6 @@ def _input_text(value: Any) -> str:
         return json.dumps(TypeAdapter(Any).dump_python(value, mode="json"))
     except Exception:
         return str(value)
-
-
-def _strip_fences(text: str) -> str:
-    t = text.strip()
-    if t.startswith("```"):
-        t = t.split("\n", 1)[1] if "\n" in t else ""
-        if t.rstrip().endswith("```"):
-            t = t.rstrip()[:-3]
-    return t.strip()
 
 
 @dataclass(slots=True)
@@ -209,12 +192,7 @@ class Agent(Generic[OutT]):
         return f"<Agent {self.name} model={self.model!r}>"
 
     def _system_prompt(self) -> str:
-        text = self.instructions
-        if self._adapter is not None:
-            schema = json.dumps(self._adapter.json_schema())
-            text = (f"{text}\n\nAnswer with JSON only, matching this JSON schema:\n{schema}"
-                    ).strip()
-        return text
+        return system_prompt(self.instructions, self._adapter)
 
     async def run(self, ctx: Context, input: Any, *, policy: Policy | None = None) -> OutT:
         """Run the loop and return the validated output."""
@@ -224,16 +202,11 @@ class Agent(Generic[OutT]):
         """A final answer's output, and what is wrong with it (``None``: nothing)."""
         if response.tool_calls:
             return None, None
-        text = response.content or ""
-        if self._adapter is None:
-            output: Any = text
-        else:
-            try:
-                output = self._adapter.validate_json(_strip_fences(text))
-            except Exception as exc:
-                return None, (
-                    f"the answer does not match "
-                    f"{getattr(self.output_type, '__name__', self.output_type)}: {exc}")
+        output, problem = read_output(
+            self._adapter, str(getattr(self.output_type, "__name__", self.output_type)),
+            response.content or "")
+        if problem is not None:
+            return None, problem
         if self.check is not None:
             problem = outcome_problem(self.check, output)
             if problem is not None:
@@ -272,10 +245,8 @@ class Agent(Generic[OutT]):
 
     async def _loop(self, ctx: Context, input: Any, policy: Policy | None,
                     spent: _Spent) -> AgentResult[OutT]:
-        runtime = ctx._ex.runtime
-        effective = runtime.effective_policy(self.policy, policy)
-        chain = [self.model, *effective.fallback_chain]
-        models = [runtime.model(spec) for spec in chain]
+        effective = ctx._ex.runtime.effective_policy(self.policy, policy)
+        output_schema = self._adapter.json_schema() if self._adapter is not None else None
         messages: list[Message] = []
         system = self._system_prompt()
         if system:
@@ -287,25 +258,11 @@ class Agent(Generic[OutT]):
         repairs = reasks = 0
 
         for _turn in range(self.max_iterations):
-            request = ModelRequest(messages=tuple(messages), tools=specs, options=self.options)
-            estimate = sum(count_tokens(m.content or "") for m in request.messages)
-            override = ctx._ex.model_override(ctx._next_step_id())
-            turn_models = models if override is None else [
-                runtime.model(override), *models[1:]]
-            candidates = [
-                Candidate(key=f"{m.provider}:{m.name}",
-                          call=_completer(m, request, ctx, self.name),
-                          estimate_tokens=estimate,
-                          actual_tokens=lambda r: int(r.usage.input_tokens
-                                                      + r.usage.output_tokens))
-                for m in turn_models
-            ]
-            response: ModelResponse = await guarded_call(
-                ctx, name=f"chat:{self.name}", candidates=candidates, policy=effective,
-                pool=self.pool,
-                encode_result=lambda r: _RESPONSE.dump_json(r).decode(),
-                decode_result=_RESPONSE.validate_json,
-                check=lambda r: self._verdict(r)[1])
+            request = ModelRequest(messages=tuple(messages), tools=specs, options=self.options,
+                                   output_schema=output_schema)
+            response = await model_turn(
+                ctx, name=self.name, model=self.model, request=request, policy=effective,
+                pool=self.pool, check=lambda r: self._verdict(r)[1])
             spent.input_tokens += response.usage.input_tokens
             spent.output_tokens += response.usage.output_tokens
             spent.iterations += 1
@@ -381,27 +338,6 @@ class Agent(Generic[OutT]):
         except Exception as exc:
             return _tool_error("tool_failed", f"{type(exc).__name__}: {exc}"), False
         return (result if isinstance(result, str) else _input_text(result)), False
-
-
-def _completer(model: Model, request: ModelRequest, ctx: Context, agent: str) -> Any:
-    ic = ctx._ex.interceptor
-
-    async def call(step_id: str, attempt: int) -> ModelResponse:
-        if not ic.active:
-            return await model.complete(request)
-        handle = ic.model_call_started(ModelCallStartInput(
-            ctx.run_id, step_id, attempt, f"{model.provider}:{model.name}", model.provider,
-            model.name, request, agent))
-        try:
-            with ic.activated(ctx.run_id, step_id, handle):
-                response = await model.complete(request)
-        except BaseException as exc:
-            ic.model_call_ended(ModelCallEndInput(handle, error=exc))
-            raise
-        ic.model_call_ended(ModelCallEndInput(handle, response=response))
-        return response
-
-    return call
 
 
 def _tool_error(kind: str, message: str) -> str:

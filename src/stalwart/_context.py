@@ -54,6 +54,9 @@ if TYPE_CHECKING:
     from ._policy import Policy
     from ._tools import Tool
     from ._workflow import Workflow
+    from .models import Message, Model, ModelOptions
+
+    Prompt = str | Message | Sequence[Message | str]
 
 __all__ = ["Context", "StepInfo", "current_step"]
 
@@ -453,6 +456,46 @@ class Context:
             policy=effective, pool=f"tool:{tool.name}",
             encode_result=lambda v: encode(v, tp, what=f"result of tool {tool.name!r}"),
             decode_result=lambda text: decode(text, tp), check=check, reject_failed_check=True)
+
+    @overload
+    async def llm(self, model: str | Model, prompt: Prompt, /, *,
+                  output_type: None = None, instructions: str = "",
+                  policy: Policy | None = None, options: ModelOptions | None = None,
+                  name: str = "llm", pool: str | None = None,
+                  check: Callable[[str], object] | None = None) -> str: ...
+
+    @overload
+    async def llm(self, model: str | Model, prompt: Prompt, /, *, output_type: type[T],
+                  instructions: str = "", policy: Policy | None = None,
+                  options: ModelOptions | None = None, name: str = "llm",
+                  pool: str | None = None,
+                  check: Callable[[T], object] | None = None) -> T: ...
+
+    async def llm(self, model: str | Model, prompt: Prompt, /, *,
+                  output_type: Any = None, instructions: str = "",
+                  policy: Policy | None = None, options: ModelOptions | None = None,
+                  name: str = "llm", pool: str | None = None,
+                  check: Callable[[Any], object] | None = None) -> Any:
+        """One model call, without an agent, as a journaled step behind the policy stack.
+
+        ``prompt`` is a user message (``str``), a :class:`~stalwart.Message`, or a
+        conversation (a list of them). ``model`` is a spec (``"openai:gpt-4.1-mini"``,
+        ``"sim:x"``) or a :class:`~stalwart.Model`; the policy's fallback chain applies.
+        With ``output_type`` the answer is read as that type (JSON; the schema goes into
+        the system message), else it is the text. A resumed run returns the recorded
+        answer without calling the model again.
+
+        The step is recorded as the model turn ``chat:{name}``: costs, ``stats``,
+        ``runs trace`` and ``runs fork --model`` treat it like an agent's turn. An answer
+        that does not fit ``output_type`` or fails ``check`` is a failed attempt
+        (:class:`~stalwart.OutcomeCheckError`): it counts against the model's breaker
+        and is retried by the policy, like an error.
+        """
+        from ._llm import llm
+
+        return await llm(self, model, prompt, output_type=output_type,
+                         instructions=instructions, policy=policy, options=options,
+                         name=name, pool=pool, check=check)
 
     def _next_step_id(self) -> str:
         """The id the next step begun in the calling scope will get."""

@@ -3,7 +3,8 @@
 Prices are USD per million tokens, input and output, per ``provider:model``. The
 built-in table (:data:`DEFAULT_PRICES`, dated :data:`PRICES_AS_OF`) covers common models
 and is only a starting point: providers change prices, so a runtime takes its own
-(``Runtime(prices={...})`` or a lookup function). ``sim:*`` costs nothing, explicitly.
+(``Runtime(prices={...})`` or a lookup function). ``sim:*`` and ``function:*`` (the
+models a test scripts) cost nothing, explicitly.
 
 A model with no price has an *unknown* cost — ``None``, never zero — and a total that
 includes one is unknown too (with the priced part kept as a lower bound), so a report
@@ -63,6 +64,7 @@ PRICES_AS_OF: Final = "2025-06"
 
 DEFAULT_PRICES: Final[Mapping[str, Price]] = {
     "sim:*": Price(0.0, 0.0),
+    "function:*": Price(0.0, 0.0),
     "openai:gpt-4o": Price(2.50, 10.00),
     "openai:gpt-4o-mini": Price(0.15, 0.60),
     "openai:gpt-4.1": Price(2.00, 8.00),

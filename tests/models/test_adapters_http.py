@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
+import stalwart as sw
 from stalwart import FakeClock
 from stalwart.errors import (
     AuthenticationError,
@@ -300,3 +301,29 @@ async def test_outage_and_recovery(server: FaultServer, make_model: ModelFactory
     server.set_outage(None)
     assert (await model.complete(HELLO)).content == "ok"
     assert [r.outcome for r in server.requests] == ["outage:503"] * 3 + ["reply"]
+
+
+@pytest.mark.parametrize(("provider", "key_headers"), [
+    ("openai", {"authorization"}), ("anthropic", {"authorization", "x-api-key"})])
+async def test_a_local_server_without_a_key_is_sent_no_key_header(
+        server: FaultServer, monkeypatch: pytest.MonkeyPatch, provider: str,
+        key_headers: set[str]) -> None:
+    """With a base_url and no key anywhere, the request goes out with no key header at
+    all (a local OpenAI-compatible server needs none); with a key, it carries it."""
+    for var in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL",
+                "ANTHROPIC_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    keyless = (sw.OpenAIModel("local", base_url=server.openai_url) if provider == "openai"
+               else sw.AnthropicModel("local", base_url=server.anthropic_url))
+    keyed = (sw.OpenAIModel("local", base_url=server.openai_url, api_key="sk-1")
+             if provider == "openai"
+             else sw.AnthropicModel("local", base_url=server.anthropic_url, api_key="sk-1"))
+    try:
+        assert (await keyless.complete(HELLO)).content == "ok"
+        assert key_headers.isdisjoint(server.requests[-1].headers)
+        await keyed.complete(HELLO)
+        sent = server.requests[-1].headers
+        assert "sk-1" in (sent.get("authorization", "") + sent.get("x-api-key", ""))
+    finally:
+        await keyless.aclose()
+        await keyed.aclose()

@@ -54,8 +54,10 @@ def test_not_a_model_is_rejected() -> None:
                                             ("anthropic:m", "ANTHROPIC_API_KEY")])
 def test_missing_api_key_is_configuration_error(
         monkeypatch: pytest.MonkeyPatch, spec: str, var: str) -> None:
-    """Without api_key= or the environment variable, construction fails clearly."""
+    """Without api_key= or the environment variable (and no base_url), construction
+    fails clearly."""
     monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv(var.replace("API_KEY", "BASE_URL"), raising=False)
     with pytest.raises(ConfigurationError, match=var):
         parse_model(spec)
 
@@ -82,6 +84,7 @@ def test_public_names_are_pinned() -> None:
         "Usage", "OpenAIModel", "AnthropicModel", "SimulatedModel", "SimFaults", "Latency",
         "ScriptedReply", "SimStatistics", "Tokenizer", "TiktokenTokenizer",
         "ApproximateTokenizer", "count_tokens", "get_tokenizer", "parse_retry_after",
+        "FunctionModel", "ModelFunction",
     ])
     for name in models.__all__:
         assert getattr(models, name) is not None
@@ -97,6 +100,7 @@ def test_unknown_option_is_configuration_error() -> None:
 
 def test_concrete_classes_are_final() -> None:
     """Public concrete classes are closed for subclassing (extend via the Model protocol)."""
-    for cls in (OpenAIModel, AnthropicModel, SimulatedModel, models.SimFaults,
+    for cls in (OpenAIModel, AnthropicModel, SimulatedModel, models.FunctionModel,
+                models.SimFaults,
                 models.Latency, models.Message, models.ModelResponse, models.ToolSpec):
         assert getattr(cls, "__final__", False), cls

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import random
 import statistics
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -22,12 +24,14 @@ from stalwart.models import (
     Latency,
     Message,
     Model,
+    ModelOptions,
     ModelRequest,
     ModelResponse,
     SimFaults,
     SimulatedModel,
     ToolCallRequest,
     ToolSpec,
+    parse_model,
 )
 
 PROMPT = ModelRequest.of("What is a circuit breaker?")
@@ -276,3 +280,124 @@ def test_simulator_satisfies_model_protocol() -> None:
     snapshot = model.statistics()
     with pytest.raises(AttributeError):
         snapshot.calls = 3  # type: ignore[misc]
+
+
+# -- the default reply: Pydantic AI's TestModel, offline ------------------------------
+
+WEATHER = ToolSpec(name="get_weather", description="Weather in a city.", parameters={
+    "type": "object", "properties": {
+        "city": {"type": "string"}, "days": {"type": "integer", "minimum": 1, "maximum": 7},
+        "unit": {"enum": ["C", "F"]}, "note": {"type": "string"}},
+    "required": ["city", "days", "unit"]})
+CLOCK_TIME = ToolSpec(name="clock_time", parameters={"type": "object", "properties": {}})
+FORECAST = {"type": "object", "properties": {
+    "city": {"type": "string"}, "high": {"type": "number", "minimum": -50, "maximum": 60}},
+    "required": ["city", "high"]}
+
+
+async def test_default_text_is_unchanged_for_a_plain_prompt() -> None:
+    """Without tools or an output schema, the reply is the text it always was (the demo's
+    researchers answer with it)."""
+    reply = await SimulatedModel("m", seed=1, clock=FakeClock()).complete(PROMPT)
+    assert reply.content == ("[sim:m] On 'What is a circuit breaker?': observable durable "
+                             "replayed consistent.")
+
+
+async def test_first_turn_calls_every_tool_with_arguments_from_its_schema() -> None:
+    """Offered tools are all called on the first turn, each with schema-valid arguments."""
+    model = SimulatedModel("m", seed=3, clock=FakeClock())
+    reply = await model.complete(ModelRequest.of("Weather?", tools=[WEATHER, CLOCK_TIME]))
+    assert reply.finish_reason == "tool_calls" and reply.content is None
+    assert [c.name for c in reply.tool_calls] == ["get_weather", "clock_time"]
+    assert len({c.id for c in reply.tool_calls}) == 2
+    args = reply.tool_calls[0].parsed
+    assert args is not None and set(args) == {"city", "days", "unit"}
+    assert isinstance(args["city"], str) and 1 <= args["days"] <= 7  # type: ignore[operator]
+    assert args["unit"] in ("C", "F")
+    assert reply.tool_calls[1].parsed == {}
+
+
+async def test_after_the_tools_it_answers_with_their_results() -> None:
+    """Once the conversation holds tool results, the text reply quotes them."""
+    model = SimulatedModel("m", clock=FakeClock())
+    first = await model.complete(ModelRequest.of("Weather?", tools=[WEATHER]))
+    (call,) = first.tool_calls
+    messages = [Message.user("Weather?"), first.to_message(),
+                Message.tool("sunny", tool_call_id=call.id, name=call.name)]
+    final = await model.complete(ModelRequest(messages=tuple(messages), tools=(WEATHER,)))
+    assert final.tool_calls == () and final.finish_reason == "stop"
+    assert final.content is not None
+    assert final.content.endswith('Tool results: {"get_weather": "sunny"}')
+
+
+async def test_an_output_schema_gets_a_value_that_fits_it() -> None:
+    """Given an output schema, the final answer is JSON that fits it."""
+    model = SimulatedModel("m", seed=2, clock=FakeClock())
+    reply = await model.complete(ModelRequest.of("Forecast?", output_schema=FORECAST))
+    value = json.loads(reply.content or "")
+    assert set(value) == {"city", "high"} and -50 <= value["high"] <= 60
+
+
+@pytest.mark.parametrize(("kwargs", "spec", "called"), [
+    ({"call_tools": ["clock_time"]}, "sim:m?tools=clock_time", ["clock_time"]),
+    ({"call_tools": []}, "sim:m?tools=", []),
+    ({"call_tools": ["nope", "get_weather"]}, "sim:m?tools=nope,get_weather",
+     ["get_weather"]),
+])
+async def test_a_subset_of_the_tools_is_called(kwargs: dict[str, Any], spec: str,
+                                               called: list[str]) -> None:
+    """call_tools= (or ?tools= in a spec) picks the tools called; names not offered are
+    skipped; none called means the model answers at once."""
+    request = ModelRequest.of("Weather?", tools=[WEATHER, CLOCK_TIME])
+    for model in (SimulatedModel("m", clock=FakeClock(), **kwargs),
+                  parse_model(spec, clock=FakeClock())):
+        reply = await model.complete(request)
+        assert [c.name for c in reply.tool_calls] == called
+        assert model.name == "m"
+
+
+def test_a_sim_spec_refuses_options_it_does_not_know() -> None:
+    """A typo in a sim: spec's options is an error, not silently the default."""
+    with pytest.raises(ConfigurationError, match="tool"):
+        parse_model("sim:m?tool=a")
+    with pytest.raises(ConfigurationError, match="seed"):
+        parse_model("sim:m?seed=x")
+    with pytest.raises(ConfigurationError, match="call_tools"):
+        SimulatedModel("m", call_tools="get_weather")
+    assert parse_model("sim:m?seed=5").seed == 5  # type: ignore[attr-defined]
+
+
+async def test_tool_choice_none_calls_no_tool() -> None:
+    """A request that forbids tool calls gets an answer."""
+    reply = await SimulatedModel("m", clock=FakeClock()).complete(ModelRequest.of(
+        "x", tools=[WEATHER], options=ModelOptions(tool_choice="none")))
+    assert reply.tool_calls == () and reply.content
+
+
+async def test_tools_do_not_change_which_calls_fail() -> None:
+    """Arguments come from a generator of their own: offering tools leaves the seeded
+    fault sequence exactly as it was."""
+    async def outcomes(request: ModelRequest) -> list[str]:
+        model = SimulatedModel("m", seed=7, clock=FakeClock(autojump=True), faults=FLAKY)
+        out = []
+        for _ in range(200):
+            try:
+                await model.complete(request)
+                out.append("ok")
+            except ModelError as exc:
+                out.append(type(exc).__name__)
+        return out
+
+    assert await outcomes(PROMPT) == await outcomes(
+        ModelRequest.of("What is a circuit breaker?", tools=[WEATHER]))
+
+
+async def test_default_replies_are_deterministic_per_seed() -> None:
+    """Same seed, same tool arguments and values; another seed, others."""
+    async def args(seed: int) -> str:
+        model = SimulatedModel("m", seed=seed, clock=FakeClock())
+        return (await model.complete(ModelRequest.of("x", tools=[WEATHER]))).tool_calls[0] \
+            .arguments
+
+    assert await args(1) == await args(1)
+    assert len({await args(s) for s in range(6)}) > 1

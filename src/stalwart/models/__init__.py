@@ -1,4 +1,5 @@
-"""Language models behind one interface: OpenAI, Anthropic and an offline simulator.
+"""Language models behind one interface: OpenAI, Anthropic, an offline simulator and
+models you script (:class:`FunctionModel`).
 
 Everything here is re-exported from the private modules; the provider SDKs are imported
 only when an adapter for them is used.
@@ -12,6 +13,8 @@ from ._base import PROVIDERS as PROVIDERS
 from ._base import Model as Model
 from ._base import parse_model as parse_model
 from ._failures import parse_retry_after as parse_retry_after
+from ._function import FunctionModel as FunctionModel
+from ._function import ModelFunction as ModelFunction
 from ._simulated import Latency as Latency
 from ._simulated import ScriptedReply as ScriptedReply
 from ._simulated import SimFaults as SimFaults
@@ -59,6 +62,8 @@ __all__ = [
     "Latency",
     "ScriptedReply",
     "SimStatistics",
+    "FunctionModel",
+    "ModelFunction",
     # tokens
     "Tokenizer",
     "TiktokenTokenizer",

@@ -48,7 +48,8 @@ class AnthropicModel:
 
     Args:
         name: the model, e.g. ``claude-sonnet-4-5``.
-        api_key: defaults to ``ANTHROPIC_API_KEY``.
+        api_key: defaults to ``ANTHROPIC_API_KEY``. With a ``base_url`` it may be
+            absent: the server is then sent no key header at all.
         base_url: defaults to ``ANTHROPIC_BASE_URL``, then the SDK's default.
         timeout: seconds for the whole HTTP exchange; ``None`` disables it.
         default_max_tokens: sent when ``options.max_tokens`` is unset (the API
@@ -58,7 +59,8 @@ class AnthropicModel:
             copy; it is not closed by :meth:`aclose`).
 
     Raises:
-        ConfigurationError: no API key was given or found in the environment.
+        ConfigurationError: no API key was given or found in the environment, and no
+            ``base_url`` either.
     """
 
     provider = "anthropic"
@@ -82,16 +84,23 @@ class AnthropicModel:
         self._clock = clock or SystemClock()
         self._default_max_tokens = default_max_tokens
         self._owns_client = client is None
+        self._headers: dict[str, Any] = {}
         if client is not None:
             self._client = client.with_options(max_retries=0, timeout=timeout)
             return
         key = api_key or os.environ.get("ANTHROPIC_API_KEY")
-        if not key:
+        url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
+        if not key and url is None:
             raise ConfigurationError(
-                f"anthropic:{name} needs an API key: pass api_key= or set ANTHROPIC_API_KEY")
+                f"anthropic:{name} needs an API key: pass api_key= or set ANTHROPIC_API_KEY "
+                "(a local Messages-compatible server needs none: pass base_url=)")
+        if not key:
+            # As for OpenAI: the SDK insists on a key; the header it would make (SDK
+            # versions differ on which) is removed per request.
+            self._headers = {"X-Api-Key": anthropic.Omit(), "Authorization": anthropic.Omit()}
         self._client = anthropic.AsyncAnthropic(
-            api_key=key,
-            base_url=base_url or os.environ.get("ANTHROPIC_BASE_URL") or None,
+            api_key=key or "no-key",
+            base_url=url,
             timeout=timeout,
             max_retries=0,
         )
@@ -114,6 +123,8 @@ class AnthropicModel:
     async def complete(self, request: ModelRequest) -> ModelResponse:
         """One message; raises only :class:`~stalwart.errors.ModelError`."""
         kwargs = self._request_body(request)
+        if self._headers:
+            kwargs["extra_headers"] = self._headers
         try:
             message: AnthropicMessage = await self._client.messages.create(**kwargs)
         except anthropic.APIError as exc:

@@ -51,7 +51,9 @@ def parse_model(spec: str | Model, /, **kwargs: Any) -> Model:
     """Resolve ``"provider:name"`` (or an existing model) to a :class:`Model`.
 
     Keyword arguments go to the adapter's constructor (``api_key=``, ``base_url=``,
-    ``timeout=``, ``seed=``, ``faults=``...).
+    ``timeout=``, ``seed=``, ``faults=``...). A ``sim:`` spec takes options after its
+    name: ``sim:NAME?tools=a,b`` calls only those tools, ``?tools=`` none,
+    ``?seed=N`` seeds it.
 
     Raises:
         ConfigurationError: unknown provider prefix, empty name, an option the adapter
@@ -91,5 +93,5 @@ def _factory(provider: str) -> Callable[..., Model] | None:
     if provider == "sim":
         from ._simulated import SimulatedModel
 
-        return SimulatedModel
+        return SimulatedModel.from_spec  # NAME?tools=a,b&seed=N
     return None

@@ -47,7 +47,9 @@ class OpenAIModel:
 
     Args:
         name: the model, e.g. ``gpt-4o-mini``.
-        api_key: defaults to ``OPENAI_API_KEY``.
+        api_key: defaults to ``OPENAI_API_KEY``. With a ``base_url`` it may be absent:
+            a local OpenAI-compatible server (vLLM, Ollama, llama.cpp) is then sent no
+            ``Authorization`` header at all.
         base_url: defaults to ``OPENAI_BASE_URL``, then the SDK's default.
         timeout: seconds for the whole HTTP exchange; ``None`` disables it (leave
             deadlines to stalwart's Timeout policy).
@@ -58,7 +60,8 @@ class OpenAIModel:
             copy; it is not closed by :meth:`aclose`).
 
     Raises:
-        ConfigurationError: no API key was given or found in the environment.
+        ConfigurationError: no API key was given or found in the environment, and no
+            ``base_url`` either (OpenAI's own API needs one).
     """
 
     provider = "openai"
@@ -81,16 +84,23 @@ class OpenAIModel:
         self._clock = clock or SystemClock()
         self._max_tokens_param = max_tokens_param
         self._owns_client = client is None
+        self._headers: dict[str, Any] = {}
         if client is not None:
             self._client = client.with_options(max_retries=0, timeout=timeout)
             return
         key = api_key or os.environ.get("OPENAI_API_KEY")
-        if not key:
+        url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        if not key and url is None:
             raise ConfigurationError(
-                f"openai:{name} needs an API key: pass api_key= or set OPENAI_API_KEY")
+                f"openai:{name} needs an API key: pass api_key= or set OPENAI_API_KEY "
+                "(a local OpenAI-compatible server needs none: pass base_url=)")
+        if not key:
+            # The SDK insists on a key; the header it would make is removed per request,
+            # so a keyless server sees no Authorization at all.
+            self._headers = {"Authorization": openai.Omit()}
         self._client = openai.AsyncOpenAI(
-            api_key=key,
-            base_url=base_url or os.environ.get("OPENAI_BASE_URL") or None,
+            api_key=key or "no-key",
+            base_url=url,
             timeout=timeout,
             max_retries=0,
         )
@@ -113,6 +123,8 @@ class OpenAIModel:
     async def complete(self, request: ModelRequest) -> ModelResponse:
         """One chat completion; raises only :class:`~stalwart.errors.ModelError`."""
         kwargs = self._request_body(request)
+        if self._headers:
+            kwargs["extra_headers"] = self._headers
         try:
             completion: ChatCompletion = await self._client.chat.completions.create(**kwargs)
         except openai.APIError as exc:

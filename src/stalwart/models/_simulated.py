@@ -21,6 +21,15 @@ Per call, in order:
 
 A fault never consumes a scripted reply, so a retried call gets the reply the failed
 one would have.
+
+The default reply (no script) behaves like Pydantic AI's ``TestModel``, so an agent runs
+its whole loop offline: on the first turn of a conversation that offers tools, it calls
+each of them (or the ``call_tools`` subset; ``sim:NAME?tools=a,b`` in a spec) with
+arguments made from the tool's JSON schema; then, given an output schema (an agent's
+``output_type``), it answers with a value that fits it; otherwise with a short text that
+names the prompt and quotes the tools' results. Arguments and values come from a
+generator seeded by the model's seed, name and the turn, never from the fault draws, so
+adding a tool does not change which calls fail.
 """
 
 from __future__ import annotations
@@ -33,7 +42,8 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Literal, TypeAlias, final
+from typing import Any, Literal, TypeAlias, final
+from urllib.parse import parse_qs
 
 from stalwart._clock import Clock, SystemClock
 from stalwart.errors import (
@@ -45,16 +55,12 @@ from stalwart.errors import (
     RateLimitedError,
 )
 
-from ._tokens import count_tokens
-from ._types import ModelRequest, ModelResponse, ToolCallRequest, Usage
+from ._replies import ScriptedReply, as_response
+from ._schema_data import sample_json
+from ._types import ModelRequest, ModelResponse, ToolCallRequest, ToolSpec
 
 __all__ = ["Latency", "ScriptedReply", "SimFaults", "SimStatistics", "SimulatedModel"]
 
-ScriptedReply: TypeAlias = ModelResponse | str | ToolCallRequest | Sequence[ToolCallRequest]
-"""What a script yields: a full response, text, or the tool calls to request.
-
-A :class:`~stalwart.errors.ModelError` instance in a scripted list is raised instead.
-"""
 
 FaultKind = Literal["server_error", "rate_limited", "stall", "outage", "malformed"]
 
@@ -186,8 +192,12 @@ class SimulatedModel:
         latency: how long successful calls take (default: instant).
         faults: what goes wrong (default: nothing).
         script: replies in order (a list, exhausted -> ``ConfigurationError``), or a
-            function of the request; without one, a short deterministic text derived
-            from the last user message and the seed.
+            function of the request; without one, the default reply (the module
+            docstring): tool calls with arguments from their schemas, then a value
+            fitting the output schema, or a short deterministic text.
+        call_tools: which of the offered tools the default reply calls: ``"all"``
+            (default), or the names of some (an empty list: none). Names the request
+            does not offer are skipped, so one model can serve several agents.
     """
 
     provider = "sim"
@@ -201,8 +211,15 @@ class SimulatedModel:
         latency: Latency | None = None,
         faults: SimFaults | None = None,
         script: Script | None = None,
+        call_tools: Literal["all"] | Sequence[str] = "all",
     ) -> None:
+        if isinstance(call_tools, str) and call_tools != "all":
+            raise ConfigurationError(
+                f"sim:{name}: call_tools must be 'all' or a list of tool names, "
+                f"not {call_tools!r}")
         self.name = name
+        self.call_tools: Literal["all"] | tuple[str, ...] = (
+            "all" if call_tools == "all" else tuple(call_tools))
         self.seed = seed
         self._clock = clock or SystemClock()
         self._t0 = self._clock.monotonic()
@@ -219,6 +236,31 @@ class SimulatedModel:
 
     def __repr__(self) -> str:
         return f"SimulatedModel({self.name!r}, seed={self.seed})"
+
+    @classmethod
+    def from_spec(cls, spec: str, **kwargs: Any) -> SimulatedModel:
+        """The model for the part of a ``sim:`` spec after the colon:
+        ``NAME[?tools=a,b][&seed=N]``. ``tools=`` with nothing after it calls no tools.
+
+        Raises:
+            ConfigurationError: an unknown or malformed query parameter.
+        """
+        name, _, query = spec.partition("?")
+        params = parse_qs(query, keep_blank_values=True, strict_parsing=False)
+        unknown = sorted(set(params) - {"tools", "seed"})
+        if unknown:
+            raise ConfigurationError(f"sim:{spec}: unknown option(s) {', '.join(unknown)} "
+                                     "(known: tools, seed)")
+        if "tools" in params:
+            names = [n.strip() for v in params["tools"] for n in v.split(",") if n.strip()]
+            kwargs.setdefault("call_tools", names)
+        if "seed" in params:
+            try:
+                kwargs.setdefault("seed", int(params["seed"][-1]))
+            except ValueError:
+                raise ConfigurationError(
+                    f"sim:{spec}: seed must be an integer") from None
+        return cls(name or "default", **kwargs)
 
     @property
     def requests(self) -> tuple[ModelRequest, ...]:
@@ -291,7 +333,7 @@ class SimulatedModel:
     def _reply(self, request: ModelRequest) -> ModelResponse:
         script = self._script
         if script is None:
-            item: ScriptedReply = self._default_text(request)
+            item: ScriptedReply = self._default_reply(request)
         elif callable(script):
             item = script(request)
         else:
@@ -303,30 +345,34 @@ class SimulatedModel:
             if isinstance(entry, ModelError):
                 raise entry
             item = entry
-        return self._as_response(item, request)
+        return as_response(item, request, model=self.name, provider=self.provider,
+                           raw_id=f"sim-{self.seed}-{self._calls}")
 
-    def _as_response(self, item: ScriptedReply, request: ModelRequest) -> ModelResponse:
-        if isinstance(item, ModelResponse):
-            return item.model_copy(update={
-                "model": item.model or self.name, "provider": item.provider or self.provider})
-        if isinstance(item, str):
-            content: str | None = item
-            calls: tuple[ToolCallRequest, ...] = ()
-        elif isinstance(item, ToolCallRequest):
-            content, calls = None, (item,)
-        else:
-            content, calls = None, tuple(item)
-        output = (content or "") + "".join(c.name + c.arguments for c in calls)
-        return ModelResponse(
-            content=content,
-            tool_calls=calls,
-            finish_reason="tool_calls" if calls else "stop",
-            usage=Usage(input_tokens=_request_tokens(request),
-                        output_tokens=count_tokens(output)),
-            model=self.name,
-            provider=self.provider,
-            raw_id=f"sim-{self.seed}-{self._calls}",
-        )
+    def _default_reply(self, request: ModelRequest) -> ScriptedReply:
+        """Tool calls on a conversation's first turn, then a typed value or text."""
+        turn = sum(1 for m in request.messages if m.role == "assistant")
+        tools = self._tools_to_call(request)
+        if tools and turn == 0:
+            return [ToolCallRequest.create(f"call_{i + 1}", spec.name, sample_json(
+                        spec.parameters, self._draws(f"tool:{spec.name}", turn)))
+                    for i, spec in enumerate(tools)]
+        if request.output_schema is not None:
+            value = sample_json(request.output_schema, self._draws("output", turn))
+            return json.dumps(value, ensure_ascii=False)
+        return self._default_text(request)
+
+    def _tools_to_call(self, request: ModelRequest) -> list[ToolSpec]:
+        if request.options.tool_choice == "none":
+            return []
+        if self.call_tools == "all":
+            return list(request.tools)
+        offered = {t.name: t for t in request.tools}
+        return [offered[n] for n in self.call_tools if n in offered]
+
+    def _draws(self, what: str, turn: int) -> random.Random:
+        """A generator of its own per (seed, name, what, turn): the fault draws stay
+        as they were."""
+        return random.Random(f"{self.seed}\0{self.name}\0{what}\0{turn}")
 
     def _default_text(self, request: ModelRequest) -> str:
         last = next((m.content for m in reversed(request.messages)
@@ -334,17 +380,14 @@ class SimulatedModel:
         digest = hashlib.sha256(f"{self.seed}\0{self.name}\0{last}".encode()).digest()
         words = [_WORDS[b % len(_WORDS)] for b in digest[:4]]
         topic = " ".join(last.split()[:8])
-        return f"[sim:{self.name}] On {topic!r}: {' '.join(words)}."
+        text = f"[sim:{self.name}] On {topic!r}: {' '.join(words)}."
+        results = {m.name or m.tool_call_id or "?": m.content
+                   for m in request.messages if m.role == "tool"}
+        if results:
+            text += " Tool results: " + json.dumps(results, ensure_ascii=False)
+        return text
 
 
 _WORDS = ("resilient", "durable", "bounded", "idempotent", "observable", "replayed",
           "journaled", "isolated", "backpressured", "deterministic", "consistent",
           "recoverable", "throttled", "fenced", "leased", "quorate")
-
-
-def _request_tokens(request: ModelRequest) -> int:
-    parts = [m.content or "" for m in request.messages]
-    parts += [c.name + c.arguments for m in request.messages for c in m.tool_calls]
-    parts += [json.dumps(t.to_openai()) for t in request.tools]
-    # A few tokens of framing per message, as the chat formats add.
-    return sum(count_tokens(p) for p in parts) + 4 * len(request.messages)

@@ -204,13 +204,25 @@ class ModelOptions(BaseModel):
 
 @final
 class ModelRequest(BaseModel):
-    """Everything a model needs for one completion."""
+    """Everything a model needs for one completion.
+
+    Attributes:
+        messages: the conversation so far, oldest first (a system message first when
+            there are instructions; then user, assistant and tool turns).
+        tools: the tools the model may ask for.
+        options: sampling and length options.
+        output_schema: the JSON schema the final answer must fit (an agent's or
+            ``ctx.llm``'s ``output_type``), or ``None`` for free text. The agent also
+            states it in its system message, which is all the provider adapters send;
+            the offline simulator answers with a value that fits it.
+    """
 
     model_config = _FROZEN
 
     messages: tuple[Message, ...]
     tools: tuple[ToolSpec, ...] = ()
     options: ModelOptions = ModelOptions()
+    output_schema: JsonObject | None = None
 
     @model_validator(mode="after")
     def _check_messages(self) -> ModelRequest:
@@ -223,10 +235,12 @@ class ModelRequest(BaseModel):
 
     @classmethod
     def of(cls, *messages: Message | str, tools: Sequence[ToolSpec] = (),
-           options: ModelOptions | None = None) -> ModelRequest:
+           options: ModelOptions | None = None,
+           output_schema: Mapping[str, JsonValue] | None = None) -> ModelRequest:
         """Shorthand: plain strings become user messages."""
         msgs = tuple(Message.user(m) if isinstance(m, str) else m for m in messages)
-        return cls(messages=msgs, tools=tuple(tools), options=options or ModelOptions())
+        return cls(messages=msgs, tools=tuple(tools), options=options or ModelOptions(),
+                   output_schema=None if output_schema is None else dict(output_schema))
 
 
 @final

@@ -5,6 +5,9 @@ Nothing here is needed in production; everything here is supported API.
 
 from __future__ import annotations
 
+from stalwart.models import FunctionModel as FunctionModel
+from stalwart.models import SimulatedModel as SimulatedModel
+
 from ._fault_server import Fault as Fault
 from ._fault_server import FaultServer as FaultServer
 from ._fault_server import RecordedRequest as RecordedRequest
@@ -14,7 +17,9 @@ from ._memory_store import MemoryStore as MemoryStore
 __all__ = [
     "Fault",
     "FaultServer",
+    "FunctionModel",
     "MemoryStore",
     "RecordedRequest",
     "Reply",
+    "SimulatedModel",
 ]
