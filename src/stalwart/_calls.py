@@ -91,8 +91,10 @@ def _priors(events: Sequence[Any], after_seq: int) -> list[_Prior]:
 
 
 def _is_local_limit(exc: BaseException) -> bool:
-    """Our own limits (bulkhead full, throttled) say nothing about the dependency."""
-    return isinstance(exc, ResilienceError) and not isinstance(exc, RetryExhaustedError)
+    """Our own limits (bulkhead full, throttled) say nothing about the dependency, nor
+    does our journal (a lost lease: the call's fence refused it before it was made)."""
+    return isinstance(exc, StoreError) or (
+        isinstance(exc, ResilienceError) and not isinstance(exc, RetryExhaustedError))
 
 
 async def guarded_call(
@@ -191,7 +193,8 @@ async def guarded_call(
                         await limiter.acquire(cand.estimate_tokens)
                     if bulkhead is not None:
                         await bulkhead.acquire()
-                    token = bind_step_context(StepInfo(ex.run_id, step_id, name, number))
+                    token = bind_step_context(StepInfo(ex.run_id, step_id, name, number,
+                                                       ex.lease.token))
                     t_call = clock.monotonic()
                     try:
                         result = await with_timeout(cand.call(step_id, number), per_attempt,

@@ -91,12 +91,23 @@ class StepInfo:
 
     ``idempotency_key`` is ``"{run_id}:{step_id}"``: identical on every retry of the step
     and after a crash and resume, so an external service can deduplicate the effect.
+
+    ``fencing_token`` is the number of the run's lease under which this execution runs
+    the step. Every claim of the run (a resume, a takeover) makes a larger one, and the
+    engine stops an execution whose lease was taken over before its next step. Code
+    already *inside* a step when its process paused cannot be stopped that way: send the
+    token with the effect, and a service that keeps the largest token it has seen per
+    idempotency key can refuse a smaller one (a fencing token, as in Kleppmann's
+    argument about distributed locks). See "Fencing" in docs/design.md.
+
+    .. versionadded:: 0.1.0 ``fencing_token``
     """
 
     run_id: str
     step_id: str
     name: str
     attempt: int
+    fencing_token: int
 
     @property
     def idempotency_key(self) -> str:
@@ -258,7 +269,8 @@ class Context:
         if outcome is not None:
             return self._replay_outcome(step_id, outcome, tp)
         self._ex.go_live(step_id, step_name)
-        info = StepInfo(self._ex.run_id, step_id, step_name, attempt=1)
+        info = StepInfo(self._ex.run_id, step_id, step_name, attempt=1,
+                        fencing_token=self._ex.lease.token)
         try:
             result = await self._ex.invoke(info, fn, args, kwargs, is_async=_is_async(fn))
         except (LeaseLostError, StoreError):
@@ -432,8 +444,9 @@ class Context:
             kwargs = dict(args)
             if tool.call_param is not None:
                 kwargs[tool.call_param] = ToolCall(ex.run_id, step_id, tool.name, attempt,
-                                                   _tool_call_id)
-            info = StepInfo(ex.run_id, step_id, f"tool:{tool.name}", attempt)
+                                                   _tool_call_id, ex.lease.token)
+            info = StepInfo(ex.run_id, step_id, f"tool:{tool.name}", attempt,
+                            ex.lease.token)
             ic = ex.interceptor
             if not ic.active:
                 return await ex.invoke(info, tool.fn, (), kwargs, is_async=tool.is_async)

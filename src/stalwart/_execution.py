@@ -5,6 +5,14 @@ calls the workflow function from the top with a fresh :class:`Context` (recorded
 return their records), and ends in exactly one journal transaction that completes,
 fails, cancels or parks the run and releases the lease. Every write carries the lease,
 so an execution whose lease was taken over cannot change the run (fencing).
+
+Writes are fenced by the store; effects are fenced here. Before a step's code runs (a
+step, a tool or model call, a child's start, a signal's take), :meth:`Execution.fence`
+makes sure the lease is still this execution's: a comparison on the runtime's clock
+while the lease is more than ``Runtime.lease_margin`` from its expiry, else a renewal
+in the store, which raises :class:`~stalwart.errors.LeaseLostError` if another owner took
+the run over. So a process that was paused (SIGSTOP, a GC stall, a suspended VM) past
+its lease stops at its next step instead of running it beside the new owner.
 """
 
 from __future__ import annotations
@@ -147,6 +155,12 @@ class Execution:
         self.cancelled = asyncio.Event()
         """Set when this process learns of a cancel (an in-memory sleep wakes on it)."""
         self.root_scope = new_root_scope()
+        self.lease_lost = False
+        """Set once this process knows the lease is gone (a heartbeat or a fence found it
+        taken over, or this runtime claimed the run again): every later fence raises."""
+        self.task: asyncio.Task[Any] | None = None
+        """The task executing the run (the heartbeat cancels it when the lease is lost)."""
+        self._fence_lock: asyncio.Lock | None = None
         # A replay-only execution (``Runtime.replay``) re-reads what was traced already.
         self.interceptor = NOOP if replay_only else runtime.interceptor
         self.outcome: Finish | None = None
@@ -192,6 +206,50 @@ class Execution:
         """The journal position after which this step's attempts count (0: all)."""
         return self._redriven.get(step_id, 0)
 
+    # -- the lease -------------------------------------------------------------------
+
+    async def fence(self) -> None:
+        """Raise :class:`LeaseLostError` unless this execution still holds its lease;
+        called before any step's code runs (see the module docstring).
+
+        The fast path is one comparison on the runtime's clock: no other worker may
+        claim the run before the lease expires, and a healthy heartbeat keeps it more
+        than ``lease_margin`` ahead. A heartbeat that failed or came late leaves the
+        expiry where it was, and a pause moves the clock past it, so either one sends the
+        next step to the store: the lease is renewed there, or found taken over."""
+        if self.lease_lost:
+            raise self._lost()
+        if self.clock.now() < self.lease.expires_at - self.runtime.lease_margin:
+            return
+        if self._fence_lock is None:
+            self._fence_lock = asyncio.Lock()
+        async with self._fence_lock:  # one round trip for concurrent gather branches
+            if self.lease_lost:
+                raise self._lost()
+            now = self.clock.now()
+            if now < self.lease.expires_at - self.runtime.lease_margin:
+                return  # another branch renewed it meanwhile
+            renewed = await self.store.renew([self.lease], now=now,
+                                             lease_seconds=self.runtime.lease_seconds)
+            lease = renewed.get(self.run_id)
+            if lease is None:
+                self.lease_lost = True
+                raise self._lost()
+            self.lease = lease
+
+    def _lost(self) -> LeaseLostError:
+        lease = self.lease
+        return LeaseLostError(
+            f"run {self.run_id}: lease {lease.owner}#{lease.token} is no longer current "
+            "(another owner took the run over); this execution runs nothing more",
+            run_id=self.run_id)
+
+    def lease_doubtful(self) -> bool:
+        """Whether the lease may have lapsed, by this thread's reading of the clock (a
+        synchronous step checks it once its thread starts: it may have queued)."""
+        return self.lease_lost or (
+            self.clock.now() >= self.lease.expires_at - self.runtime.lease_margin)
+
     # -- journal ---------------------------------------------------------------------
 
     async def record(self, events: list[NewEvent], finish: Finish | None = None) -> None:
@@ -208,6 +266,7 @@ class Execution:
 
     async def take_signal(self, name: str, step_id: str) -> str | None:
         self.wakeup.clear()
+        await self.fence()
         return await self.store.take_signal(self.lease, name, step_id, now=self.clock.now())
 
     async def create_child(self, child_id: str, step_id: str, step_name: str,
@@ -215,6 +274,7 @@ class Execution:
                            kwargs: dict[str, Any]) -> None:
         self.runtime.register(workflow)
         text = workflow.encode_input(args, kwargs)
+        await self.fence()
         await self.store.create_run(
             run_id=child_id, workflow=workflow.name, input=text, now=self.clock.now(),
             workflow_ref=workflow.ref, parent=self.lease, parent_step_id=step_id,
@@ -284,7 +344,8 @@ class Execution:
     async def invoke(self, info: StepInfo, fn: Callable[..., Any], args: tuple[Any, ...],
                      kwargs: dict[str, Any], *, is_async: bool, handle: Any = None) -> Any:
         """Call the user's ``fn`` for a step or tool (``handle``: its tool call's, from
-        the interceptor), in a thread unless it is async."""
+        the interceptor), in a thread unless it is async. Fenced first (:meth:`fence`)."""
+        await self.fence()
         token = bind_step_context(info)
         try:
             with self.interceptor.activated(info.run_id, info.step_id, handle):
@@ -295,17 +356,26 @@ class Execution:
                 with self.clock.activity():  # a virtual clock must not jump past a thread
                     return await loop.run_in_executor(
                         self.runtime.thread_pool,
-                        functools.partial(self._in_thread, cctx, fn, args, kwargs))
+                        functools.partial(self._in_thread, info.step_id, cctx, fn, args, kwargs))
         finally:
             unbind_step_context(token)
 
-    def _in_thread(self, cctx: contextvars.Context, fn: Callable[..., Any],
+    def _in_thread(self, step_id: str, cctx: contextvars.Context, fn: Callable[..., Any],
                    args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """A synchronous step, on a pool thread: counted while it runs (only once it has
         started: one still queued is cancelled with the pool and never runs)."""
         with self._threads_lock:
             self.in_threads += 1
         try:
+            if self.lease_doubtful():
+                # It waited for a thread past the fence's margin: no heartbeat renewed
+                # the lease meanwhile (or one found it lost). The fence is async; here
+                # the step is refused, and the execution ends as after a lost lease (this
+                # runtime or another claims the run again).
+                raise LeaseLostError(
+                    f"run {self.run_id}: its lease may have lapsed while step "
+                    f"{step_id} waited for a thread; the step was not run",
+                    run_id=self.run_id)
             return cctx.run(fn, *args, **kwargs)
         finally:
             with self._threads_lock:

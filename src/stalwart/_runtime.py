@@ -118,13 +118,30 @@ class PolicyNote:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` (on this host) still runs. A zombie does not: a process
+    SIGKILLed but not yet reaped by its parent keeps its pid (and answers signal 0)
+    until then, but it executes nothing and holds no lease any more."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """Whether ``/proc`` says ``pid`` has exited (state ``Z`` or ``X``); ``False`` where
+    there is no ``/proc`` to ask."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    # "pid (comm) S ...": the command may hold spaces and parentheses; the state is the
+    # first field after the last ")".
+    fields = stat.rpartition(b")")[2].split()
+    return bool(fields) and fields[0] in (b"Z", b"X")
 
 
 @final
@@ -151,6 +168,10 @@ class RunHandle(Generic[R]):
                 can be rebuilt).
             RunCancelledError: the run was cancelled.
             TimeoutError: ``timeout`` seconds (of the runtime's clock) passed first.
+
+        The result is the run's, whichever worker finished it. In a process whose own
+        execution of the run was taken over (it was paused past its lease), it returns
+        once that execution has stopped: nothing of it runs after ``result()`` returns.
         """
         rec = await self.runtime.wait_for_end(self.run_id, timeout=timeout)
         return self.runtime.outcome(rec)  # type: ignore[no-any-return]
@@ -173,7 +194,10 @@ class Runtime:
         clock: the time source (tests pass a :class:`~stalwart.FakeClock`).
         worker: execute runs in this process (default). ``False`` makes a pure client.
         concurrency: runs executed at once by this runtime.
-        lease_seconds: how long a claim lasts without a heartbeat.
+        lease_seconds: how long a claim lasts without a heartbeat. The heartbeat renews
+            leases every third of it; a step starts without asking the store only while
+            its lease has more than :attr:`lease_margin` (a third) left, else it renews
+            the lease first, or stops if another owner took the run over.
         poll_interval: how often to look for work other processes made ready.
         park_after: a sleep or wait longer than this parks the run (its task ends and
             it is woken from the store); shorter ones wait in memory.
@@ -235,6 +259,10 @@ class Runtime:
         self.worker = worker
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
+        self.lease_margin = lease_seconds / 3
+        """A step starts on a local clock check only while its lease has more than this
+        left (a healthy heartbeat keeps it there); nearer its expiry the lease is renewed
+        in the store first (see ``Execution.fence``)."""
         self.poll_interval = poll_interval
         self.park_after = park_after
         self.owner = Owner(id=uuid.uuid4().hex[:12], host=socket.gethostname(), pid=os.getpid())
@@ -243,6 +271,9 @@ class Runtime:
         self._workflows: dict[str, Any] = {}
         self._active: dict[str, asyncio.Task[None]] = {}
         self._executions: dict[str, Execution] = {}
+        self._superseded: dict[asyncio.Task[None], str] = {}
+        """Executions of runs this runtime claimed again (their lease had expired) while
+        they still ran: fenced out, they stop at their next step or write."""
         self._waiters: dict[str, asyncio.Event] = {}
         self._wake = asyncio.Event()
         self._started = False
@@ -434,7 +465,7 @@ class Runtime:
         self._closing = True
         for t in self._tasks:
             t.cancel()
-        active = list(self._active.values())
+        active = [*self._active.values(), *self._superseded]
         executions = list(self._executions.values())
         for t in active:
             t.cancel()
@@ -644,7 +675,10 @@ class Runtime:
                     raise
                 log.warning("run %s: cannot read it (%s); retrying", run_id, exc)
             else:
-                if rec.status in TERMINAL_STATUSES:
+                # An execution of the run here that was taken over may still be inside a
+                # step: the run's outcome is reported once it has stopped (its end
+                # notifies this waiter).
+                if rec.status in TERMINAL_STATUSES and not self._executing_here(run_id):
                     return rec
             wait = self.poll_interval
             if deadline is not None:
@@ -674,6 +708,10 @@ class Runtime:
         ev = self._waiters.pop(run_id, None)
         if ev is not None:
             ev.set()
+
+    def _executing_here(self, run_id: str) -> bool:
+        """Whether a task of this runtime still executes ``run_id``."""
+        return run_id in self._active or run_id in self._superseded.values()
 
     def _local_wakeup(self, run_id: str) -> None:
         ex = self._executions.get(run_id)
@@ -733,12 +771,27 @@ class Runtime:
         finally:
             self._claims_in_flight -= 1
         for lease in leases:
+            old = self._active.get(lease.run_id)
+            if old is not None:
+                # Claimed again while an execution here still runs it: its lease expired
+                # (the loop stalled, or its heartbeats failed). The old execution is
+                # fenced out — its token is stale — and stops at its next step or write.
+                self._supersede(lease.run_id, old)
             self._active[lease.run_id] = asyncio.create_task(
                 self._execute(lease), name=f"sw-run-{lease.run_id}")
         return leases
 
+    def _supersede(self, run_id: str, task: asyncio.Task[None]) -> None:
+        ex = self._executions.get(run_id)
+        if ex is not None and ex.task is task:
+            ex.lease_lost = True
+        self._superseded[task] = run_id
+        task.add_done_callback(lambda t: self._superseded.pop(t, None))
+
     async def _execute(self, lease: Lease) -> None:
         run_id = lease.run_id
+        me = asyncio.current_task()
+        ex: Execution | None = None
         try:
             rec = await self.store.get_run(run_id)
             if rec is None:
@@ -746,7 +799,11 @@ class Runtime:
             wf = self._resolve(rec.workflow)
             events = await self.store.load_events(run_id)
             ex = Execution(self, lease, rec, wf, events)
-            self._executions[run_id] = ex
+            ex.task = me
+            if me in self._superseded:
+                ex.lease_lost = True  # claimed again before it even began
+            else:
+                self._executions[run_id] = ex
             status = await ex.execute()
             if status is not None and status in TERMINAL_STATUSES and rec.parent_run_id:
                 self._local_wakeup(rec.parent_run_id)
@@ -759,13 +816,17 @@ class Runtime:
             # Nothing about the run was decided: hand it back for a replay, here or on
             # another worker, once the store answers again.
             log.warning("run %s: the journal failed (%s); handing the run back", run_id, exc)
-            current = self._executions.pop(run_id, None)
-            await self._hand_back(current.lease if current is not None else lease)
+            if self._executions.get(run_id) is ex:
+                del self._executions[run_id]
+            await self._hand_back(ex.lease if ex is not None else lease)
         except Exception:
             log.exception("run %s: the engine failed while executing it", run_id)
         finally:
-            self._executions.pop(run_id, None)
-            self._active.pop(run_id, None)
+            # Only this execution's entries: a newer claim of the run may own them now.
+            if ex is not None and self._executions.get(run_id) is ex:
+                del self._executions[run_id]
+            if self._active.get(run_id) is me:
+                del self._active[run_id]
             self._notify(run_id)
             self.poke()
 
@@ -868,25 +929,29 @@ class Runtime:
         while not self._closing:
             await self.clock.sleep(interval)
             await self._report_worker()
-            leases = [ex.lease for ex in self._executions.values()]
-            if not leases:
+            executions = list(self._executions.values())
+            if not executions:
                 continue
             try:
-                renewed = await self.store.renew(leases, now=self.clock.now(),
+                renewed = await self.store.renew([ex.lease for ex in executions],
+                                                 now=self.clock.now(),
                                                  lease_seconds=self.lease_seconds)
             except asyncio.CancelledError:
                 raise
             except Exception:
+                # The leases keep the expiry they had: a step that starts near it asks
+                # the store itself (Execution.fence).
                 log.exception("heartbeat: cannot renew leases")
                 continue
-            for rid, lease in renewed.items():
-                ex = self._executions.get(rid)
-                if ex is None:
+            for ex in executions:
+                if ex.run_id not in renewed:
                     continue
+                lease = renewed[ex.run_id]
                 if lease is None:
-                    log.warning("run %s: lease taken over; stopping local execution", rid)
-                    task = self._active.get(rid)
-                    if task is not None:
-                        task.cancel()
-                else:
+                    log.warning("run %s: lease taken over; stopping local execution",
+                                ex.run_id)
+                    ex.lease_lost = True
+                    if ex.task is not None:
+                        ex.task.cancel()
+                elif lease.token == ex.lease.token:
                     ex.lease = lease

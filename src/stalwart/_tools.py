@@ -36,6 +36,9 @@ class ToolCall:
         tool: the tool's name.
         attempt: 1 for the first attempt, 2 for the first retry, ...
         tool_call_id: the model's id for the call, when a model asked for it.
+        fencing_token: the run's lease token for this execution (see
+            :attr:`StepInfo.fencing_token <stalwart.StepInfo>`): send it with the
+            effect so the service can refuse one from an execution that was taken over.
     """
 
     run_id: str
@@ -43,6 +46,7 @@ class ToolCall:
     tool: str
     attempt: int
     tool_call_id: str | None = None
+    fencing_token: int = 0
 
     @property
     def idempotency_key(self) -> str:

@@ -14,8 +14,8 @@ Deterministic kill points come from ``$CRASH_AT = "LABEL:PHASE"``: the step with
 label kills its own process (``SIGKILL``) at ``before_effect`` (nothing written yet),
 ``after_effect`` (both ledgers written, the journal not yet) or ``between`` (the step's
 outcome is committed, the next step has not begun). ``$CRASH_PARK_AFTER`` sets the
-runtime's ``park_after`` and ``$CRASH_STEP_DELAY`` how long a step lingers after its
-effect.
+runtime's ``park_after``, ``$CRASH_LEASE`` its ``lease_seconds`` and
+``$CRASH_STEP_DELAY`` how long a step lingers after its effect.
 
 The module is also imported by the test process, which then resumes runs itself.
 """
@@ -31,7 +31,17 @@ import sys
 import time
 from pathlib import Path
 
-from stalwart import Context, Runtime, Workflow, current_step
+from stalwart import (
+    Context,
+    Policy,
+    RateLimitedError,
+    Retry,
+    Runtime,
+    Tool,
+    ToolCall,
+    Workflow,
+    current_step,
+)
 
 PHASES = ("before_effect", "after_effect", "between")
 
@@ -112,14 +122,18 @@ def value_of(label: int) -> int:
     return label * 7 + 3
 
 
-async def effect(label: int) -> int:
-    """One step: both ledgers get the step's idempotency key, then a little latency."""
-    key = current_step().idempotency_key
-    maybe_die(label, "before_effect")
+def write_ledgers(key: str, label: int) -> None:
     dedup, raw = _ledgers()
     dedup.execute("INSERT OR IGNORE INTO effects (key, label) VALUES (?, ?)", (key, label))
     os.write(raw, f"{key}\t{label}\t{os.getpid()}\t{time.time():.6f}\n".encode())
     os.fsync(raw)
+
+
+async def effect(label: int) -> int:
+    """One step: both ledgers get the step's idempotency key, then a little latency."""
+    key = current_step().idempotency_key
+    maybe_die(label, "before_effect")
+    write_ledgers(key, label)
     maybe_die(label, "after_effect")
     await asyncio.sleep(config.step_delay)
     return value_of(label)
@@ -183,24 +197,51 @@ async def _sleeper(ctx: Context, seconds: float) -> int:
     return first + await do(ctx, SLEEP_LABELS[1])
 
 
+RETRY_AFTER = 2.0
+"""What ``quota``'s first attempt is told to wait: short enough to wait in memory."""
+
+
+async def _quota(call: ToolCall) -> str:
+    """A tool whose provider answers the first attempt with a 429 and ``Retry-After``;
+    the raw ledger gets one line per attempt, labelled with the attempt number."""
+    write_ledgers(f"{call.idempotency_key}#{call.attempt}", call.attempt)
+    if call.attempt == 1:
+        raise RateLimitedError("slow down", retry_after=RETRY_AFTER)
+    return "ok"
+
+
+quota_tool = Tool(_quota, name="quota", policy=Policy(
+    retry=Retry(max_attempts=3, initial=0.01, max_backoff=0.02)))
+
+
+async def _quota_wf(ctx: Context) -> str:
+    return await ctx.tool(quota_tool)
+
+
 pipeline = Workflow(_pipeline, name="pipeline")
 with_child = Workflow(_with_child, name="with_child")
 sleeper = Workflow(_sleeper, name="sleeper")
-WORKFLOWS = {"pipeline": pipeline, "with_child": with_child, "sleeper": sleeper}
+quota = Workflow(_quota_wf, name="quota")
+WORKFLOWS = {"pipeline": pipeline, "with_child": with_child, "sleeper": sleeper,
+             "quota": quota}
 # The sleeper's 3 s leave a loaded machine time to see it asleep and kill it before it
 # wakes (test_crash asserts the kill landed during the sleep).
-ARGS = {"pipeline": (17,), "with_child": (17,), "sleeper": (3.0,)}
+ARGS: dict[str, tuple[object, ...]] = {"pipeline": (17,), "with_child": (17,),
+                                       "sleeper": (3.0,), "quota": ()}
+"""The inputs of each workflow (``expected`` computes the pipelines' results from 17)."""
 
 
-def expected(workflow: str) -> int:
+def expected(workflow: str) -> object:
     """The result of a crash-free run, computed without the runtime."""
+    if workflow == "quota":
+        return "ok"
     if workflow == "pipeline":
-        acc = ARGS["pipeline"][0]
+        acc = 17
         for label in PIPELINE_LABELS:
             acc = fold(acc, value_of(label))
         return acc
     if workflow == "with_child":
-        seed = ARGS["with_child"][0]
+        seed = 17
         child = seed + 1
         for label in CHILD_LABELS:
             child = fold(child, value_of(label))
@@ -214,20 +255,23 @@ def expected(workflow: str) -> int:
     return value_of(SLEEP_LABELS[0]) + value_of(SLEEP_LABELS[1])
 
 
-def make_runtime(store: str, *, park_after: float = 5.0) -> Runtime:
-    app = Runtime(store, poll_interval=0.1, park_after=park_after)
+def make_runtime(store: str, *, park_after: float = 5.0,
+                 lease_seconds: float = 30.0) -> Runtime:
+    app = Runtime(store, poll_interval=0.1, park_after=park_after,
+                  lease_seconds=lease_seconds)
     for wf in WORKFLOWS.values():
         app.register(wf)
     app.register(sub)
     return app
 
 
-async def main(store: str, workflow: str, run_id: str) -> int:
+async def main(store: str, workflow: str, run_id: str) -> object:
     park_after = float(os.environ.get("CRASH_PARK_AFTER", "5.0"))
-    app = make_runtime(store, park_after=park_after)
+    lease = float(os.environ.get("CRASH_LEASE", "30.0"))
+    app = make_runtime(store, park_after=park_after, lease_seconds=lease)
     try:
         handle = await app.start(WORKFLOWS[workflow], *ARGS[workflow], run_id=run_id)
-        result: int = await handle.result(timeout=60)
+        result: object = await handle.result(timeout=60)
     finally:
         await app.close()
         close()

@@ -31,6 +31,8 @@ from types import ModuleType
 
 import pytest
 
+from stalwart import Runtime
+
 CHILD = Path(__file__).with_name("crash_child.py")
 RUN_ID = "crash-run"
 
@@ -65,13 +67,15 @@ class Site:
 
 
 def spawn(site: Site, workflow: str, *, crash_at: str | None = None,
-          park_after: float | None = None,
-          step_delay: float | None = None) -> subprocess.Popen[str]:
+          park_after: float | None = None, step_delay: float | None = None,
+          lease_seconds: float | None = None) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRASH_")}
     if crash_at is not None:
         env["CRASH_AT"] = crash_at
     if park_after is not None:
         env["CRASH_PARK_AFTER"] = str(park_after)
+    if lease_seconds is not None:
+        env["CRASH_LEASE"] = str(lease_seconds)
     if step_delay is not None:
         env["CRASH_STEP_DELAY"] = str(step_delay)
     return subprocess.Popen(
@@ -298,11 +302,16 @@ async def test_random_kill_then_resume_in_process(tmp_path: Path, pipeline_ref: 
     """SIGKILL at a random moment; Runtime.resume in another process finishes the run."""
     rng = random.Random(seed)
     site = Site.make(tmp_path)
-    proc = spawn(site, "pipeline", step_delay=0.01)  # the run lasts ~0.35 s
-    wait_for(lambda: bool(raw_keys(site)) or proc.poll() is not None)
-    await asyncio.sleep(rng.uniform(0.0, 0.3))
+    proc = spawn(site, "pipeline", step_delay=0.01)  # ~10 ms a step, 26 steps
+    # A random moment while at least six steps are left: after a random number of
+    # effects, plus up to one step's time. The kill must land: an exit 0 would mean the
+    # run finished first and nothing was tested.
+    effects = rng.randint(1, len(cc.PIPELINE_LABELS) - 6)
+    wait_for(lambda: len(raw_keys(site)) >= effects or proc.poll() is not None)
+    await asyncio.sleep(rng.uniform(0.0, 0.01))
     code = kill(proc)
-    assert code in (0, -signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    assert journal(site, "SELECT status FROM runs") == [("running",)]
     flying = in_flight(site)
 
     cc.configure(site.ledger)
@@ -381,3 +390,170 @@ def test_kill_during_durable_sleep_then_restart(tmp_path: Path, mode: str) -> No
     keys = set(raw_keys(site))
     assert len(keys) == 2
     check_after_restart(site, keys, Counter())
+
+
+# -- paused and unreaped owners --------------------------------------------------------
+
+
+async def _held_by(app: Runtime) -> bool:
+    """Whether ``app`` holds the run's lease. Its scheduler or ``resume()`` claims it,
+    whichever comes first; by the time ``resume()`` returns, either claim has landed."""
+    return (await app.get_run(RUN_ID)).lease_owner == app.owner.id
+
+
+def _proc_state(pid: int) -> str:
+    """The state letter /proc gives the process (R, S, T for stopped, Z for a zombie)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return f.read().rpartition(b")")[2].split()[0].decode()
+
+
+def _journal_idle(site: Site) -> bool:
+    """No process holds the journal's write lock (a stopped one could be mid-commit)."""
+    conn = sqlite3.connect(site.store, timeout=0)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc):
+            return False
+        raise
+    finally:
+        conn.close()
+
+
+def _stop_between_commits(proc: subprocess.Popen[str], site: Site) -> None:
+    """SIGSTOP ``proc`` at a moment it holds no write lock on the journal (a process
+    stopped mid-commit would block every other writer until it is continued)."""
+    for _ in range(50):
+        proc.send_signal(signal.SIGSTOP)
+        wait_for(lambda: _proc_state(proc.pid) == "T")
+        if _journal_idle(site):
+            return
+        proc.send_signal(signal.SIGCONT)
+    raise AssertionError("the child always held the journal's write lock")
+
+
+async def test_a_paused_owner_runs_no_step_after_it_was_taken_over(tmp_path: Path) -> None:
+    """The issue's repro with real processes. A runs step 60, then sleeps 3 s in memory
+    (lease: 2 s). It is SIGSTOPped during the sleep; this process takes the run over
+    once A's lease expired and finishes it (step 61). A is continued: its sleep ends,
+    and its next step is refused by the lease fence. Effect 61 ran once, here."""
+    site = Site.make(tmp_path)
+    proc = spawn(site, "sleeper", lease_seconds=2.0)
+    try:
+        wait_for(lambda: _wake_at(site) is not None)
+        _stop_between_commits(proc, site)
+        wake_at = _wake_at(site)
+        assert wake_at is not None and time.time() < wake_at  # stopped during the sleep
+        (expires_at,), = journal(site, "SELECT lease_expires_at FROM runs")
+        assert isinstance(expires_at, float)
+        await asyncio.sleep(max(0.0, expires_at - time.time()) + 0.05)  # A's lease lapses
+
+        cc.configure(site.ledger)
+        app = cc.make_runtime(str(site.store), lease_seconds=2.0)
+        try:
+            await app.resume(RUN_ID)
+            assert await _held_by(app)  # taken over while A still exists
+            result = await app.handle(RUN_ID).result(timeout=30)
+        finally:
+            await app.close()
+            cc.close()
+        assert result == cc.expected("sleeper")
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        code, out, err = finish(proc)
+    by_label: dict[int, list[int]] = {}
+    for line in (site.ledger / "raw.log").read_text().splitlines():
+        _key, label, pid, _at = line.split("\t")
+        by_label.setdefault(int(label), []).append(int(pid))
+    assert by_label == {cc.SLEEP_LABELS[0]: [proc.pid], cc.SLEEP_LABELS[1]: [os.getpid()]}
+    assert code == 0, err
+    assert json.loads(out) == result  # A's handle reports the run's result...
+    assert "lease lost, execution abandoned" in err  # ...after the fence stopped A
+
+
+def test_a_zombie_pid_is_not_alive(tmp_path: Path) -> None:
+    """A child SIGKILLed and not reaped keeps its pid (signal 0 still reaches it); the
+    runtime's same-host liveness check counts it dead, a running process alive."""
+    from stalwart._runtime import _pid_alive
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert _pid_alive(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # dead, left unreaped
+        os.kill(proc.pid, 0)  # the pid still answers
+        assert _proc_state(proc.pid) == "Z"
+        assert not _pid_alive(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert _pid_alive(os.getpid())
+
+
+async def test_an_unreaped_dead_owner_is_taken_over_at_once(tmp_path: Path,
+                                                           pipeline_ref: Reference) -> None:
+    """The owner SIGKILLs itself mid-run and its parent (this test) has not reaped it: a
+    new runtime on the same host takes the run over at its first claim, not after the
+    30 s lease."""
+    site = Site.make(tmp_path)
+    proc = spawn(site, "pipeline", crash_at="22:after_effect")
+    try:
+        await asyncio.to_thread(os.waitid, os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        assert _proc_state(proc.pid) == "Z"
+        flying = in_flight(site)
+        cc.configure(site.ledger)
+        app = cc.make_runtime(str(site.store))
+        try:
+            await app.resume()
+            assert await _held_by(app)  # at its first claim, not after the lease
+            result = await app.handle(RUN_ID).result(timeout=30)
+        finally:
+            await app.close()
+            cc.close()
+    finally:
+        code = kill(proc)
+    assert code == -signal.SIGKILL
+    assert result == pipeline_ref.result
+    check_after_restart(site, pipeline_ref.keys, Counter(flying))
+
+
+# -- a crash in the middle of a backoff ------------------------------------------------
+
+
+async def test_a_crash_during_a_retry_after_backoff_resumes_at_once_and_waits_it_out(
+        tmp_path: Path) -> None:
+    """The tool's first attempt gets a 429 with Retry-After 2 s; the child journals it
+    and waits in memory. SIGKILLed during that wait, the run is taken over at once by
+    this process (same host, dead pid), which waits out the rest of the journaled
+    Retry-After before attempt 2: the count goes on and no call comes early."""
+    site = Site.make(tmp_path)
+    proc = spawn(site, "quota")
+    try:
+        wait_for(lambda: bool(journal(site, "SELECT 1 FROM events "
+                                      "WHERE kind = 'attempt_failed'")))
+    finally:
+        code = kill(proc)
+    assert code == -signal.SIGKILL
+    (payload,), = journal(site, "SELECT payload FROM events WHERE kind = 'attempt_failed'")
+    failed = json.loads(str(payload))
+    assert failed["next"] == "retry" and failed["attempt"] == 1
+    retry_at = float(failed["retry_at"])
+    assert retry_at >= failed["at"] + cc.RETRY_AFTER
+
+    cc.configure(site.ledger)
+    app = cc.make_runtime(str(site.store))
+    try:
+        await app.resume()
+        assert await _held_by(app)
+        resumed_at = time.time()
+        result = await app.handle(RUN_ID).result(timeout=30)
+    finally:
+        await app.close()
+        cc.close()
+    assert resumed_at < retry_at  # the takeover came during the backoff...
+    assert result == "ok"
+    attempts = [(label, at) for _, label, at in raw_executions(site)]
+    assert [label for label, _ in attempts] == [1, 2]  # ...the count went on...
+    assert attempts[1][1] >= retry_at  # ...and attempt 2 waited for Retry-After

@@ -184,6 +184,36 @@ async def test_stale_lease_append_raises_and_writes_nothing(store: Store) -> Non
     await store.append(current, [step("0")], now=T0 + 22)
 
 
+async def test_the_same_owner_reclaiming_its_expired_lease_fences_its_old_lease(
+        store: Store) -> None:
+    """Owner A's lease expires and A claims the run again (its loop stalled, or its
+    heartbeats failed): owner and status still match the old lease, only the token
+    tells them apart, and every write with the old one is refused."""
+    stale = await running(store, "r1", A, lease_seconds=10)
+    current = await claim_one(store, "r1", A, now=T0 + 20)
+    assert (current.owner, current.token) == (stale.owner, stale.token + 1)
+    await store.send_signal("r1", "go", '"x"', now=T0 + 20)
+    before = await store.load_events("r1")
+    with pytest.raises(LeaseLostError):
+        await store.append(stale, [step("1")], now=T0 + 21)
+    with pytest.raises(LeaseLostError):
+        await store.append(stale, [], now=T0 + 21, finish=Finish(RunStatus.COMPLETED,
+                                                                  result="1"))
+    with pytest.raises(LeaseLostError):
+        await store.take_signal(stale, "go", "2", now=T0 + 21)
+    with pytest.raises(LeaseLostError):
+        await store.create_run(
+            run_id="c", workflow="child", input="[]", now=T0 + 21, parent=stale,
+            parent_step_id="3", parent_events=[NewEvent(EventKind.CHILD_STARTED, "3",
+                                                        "child", "c")])
+    assert await store.renew([stale], now=T0 + 21, lease_seconds=LEASE) == {"r1": None}
+    assert await store.load_events("r1") == before
+    assert await store.get_run("c") is None
+    assert (await get(store, "r1")).lease_token == current.token
+    await store.append(current, [step("1")], now=T0 + 22)
+    assert await store.take_signal(current, "go", "2", now=T0 + 22) == '"x"'
+
+
 async def test_forged_or_released_lease_is_rejected(store: Store) -> None:
     """A lease with another token or owner, or one released by finish, cannot write."""
     lease = await running(store, "r1")
