@@ -227,6 +227,8 @@ async def test_resumed_agent_replays_its_conversation_without_model_calls(
             if (await app1.get_run(h.run_id)).status == sw.RunStatus.SLEEPING:
                 break
             await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the run never parked in its sleep")
     assert model.statistics().calls == 2
     app2 = sw.Runtime(tmp_path / "j.db", clock=clock, models={"sim:test": model})
     define(app2)

@@ -229,8 +229,12 @@ async def test_totals_are_rebuilt_from_the_journal_after_a_restart(tmp_path: Pat
     wf = define(app1)
     async with app1:
         h = await app1.start(wf)
-        while (await app1.get_run(h.run_id)).status != sw.RunStatus.SLEEPING:
+        for _ in range(1000):
+            if (await app1.get_run(h.run_id)).status == sw.RunStatus.SLEEPING:
+                break
             await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the run never parked in its sleep")
     assert one1.statistics().calls == 2 and len(tool_calls) == 1
     loop2 = sw.SimulatedModel("loop", script=forever)
     app2 = sw.Runtime(tmp_path / "j.db", models={"sim:one": sw.SimulatedModel("one"),

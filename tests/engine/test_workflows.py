@@ -426,7 +426,7 @@ async def test_durable_sleep_parks_and_wakes_after_a_restart_at_the_exact_time(
     make(app2)
     async with app2:
         await clock.advance(3599)
-        await asyncio.sleep(0.05)
+        assert await app2.resume(h.run_id) == []  # a claim a second early finds it not due
         assert (await app2.get_run(h.run_id)).status == sw.RunStatus.SLEEPING
         await clock.advance(1)
         out = await app2.handle(h.run_id).result()
@@ -469,9 +469,11 @@ async def test_signal_after_the_wait_wakes_a_parked_run(db: Path) -> None:
     async with app:
         h = await app.start(wf)
         await _until_status(app, h.run_id, sw.RunStatus.WAITING)
-        await app.signal(h.run_id, "go", 1)
-        await asyncio.sleep(0.05)
+        await app.signal(h.run_id, "go", 1)  # wakes it: pending until it parks again
         await _until_status(app, h.run_id, sw.RunStatus.WAITING)
+        taken = [e.step_id for e in await app.events(h.run_id)
+                 if e.kind == EventKind.SIGNAL_RECEIVED]
+        assert taken == ["1"]  # parked again at the second wait, after taking the first
         await app.signal(h.run_id, "go", 2)
         assert await h.result() == [1, 2]
 
@@ -723,8 +725,7 @@ async def test_close_does_not_hand_back_a_run_whose_step_runs_in_a_thread(db: Pa
             one = await app.start(held)
             two = await app.start(waiting)
             assert await asyncio.to_thread(started.wait, 10)
-            while (await app.get_run(two.run_id)).status != sw.RunStatus.RUNNING:
-                await asyncio.sleep(0.01)
+            await _until_status(app, two.run_id, sw.RunStatus.RUNNING)
         assert app.held_by_threads == [one.run_id]
     finally:
         release.set()
