@@ -195,8 +195,11 @@ async def guarded_call(
                         await bulkhead.acquire()
                     token = bind_step_context(StepInfo(ex.run_id, step_id, name, number,
                                                        ex.lease.token))
-                    t_call = clock.monotonic()
                     try:
+                        # The call is an effect: not after a takeover. Checked after the
+                        # limiter's and bulkhead's waits, outside the call's own timeout.
+                        await ex.fence()
+                        t_call = clock.monotonic()
                         result = await with_timeout(cand.call(step_id, number), per_attempt,
                                                     clock=clock)
                     finally:

@@ -7,7 +7,8 @@ fails, cancels or parks the run and releases the lease. Every write carries the 
 so an execution whose lease was taken over cannot change the run (fencing).
 
 Writes are fenced by the store; effects are fenced here. Before a step's code runs (a
-step, a tool or model call, a child's start, a signal's take), :meth:`Execution.fence`
+step, each attempt of a tool or model call — in ``_calls.guarded_call``, after its rate
+limit and bulkhead waits —, a child's start, a signal's take), :meth:`Execution.fence`
 makes sure the lease is still this execution's: a comparison on the runtime's clock
 while the lease is more than ``Runtime.lease_margin`` from its expiry, else a renewal
 in the store, which raises :class:`~stalwart.errors.LeaseLostError` if another owner took

@@ -90,7 +90,6 @@ def _completer(model: Model, request: ModelRequest, ctx: Context, agent: str) ->
     ic = ctx._ex.interceptor
 
     async def call(step_id: str, attempt: int) -> ModelResponse:
-        await ctx._ex.fence()  # the call is an effect: not after a takeover
         if not ic.active:
             return await model.complete(request)
         handle = ic.model_call_started(ModelCallStartInput(

@@ -80,10 +80,25 @@ def _events(kind: EventKind, events: list[Any]) -> list[Any]:
     return [e for e in events if e.kind == kind]
 
 
-async def test_a_paused_owner_stops_before_its_next_step() -> None:
+class _Recording:
+    """A model (the simulator) that notes each call and the token it was made under."""
+
+    provider, name = "sim", "m"
+
+    def __init__(self, calls: list[tuple[str, int]]) -> None:
+        self.inner = sw.SimulatedModel("m", script=["b"] * 10)
+        self.calls = calls
+
+    async def complete(self, request: Any) -> Any:
+        self.calls.append(("b", sw.current_step().fencing_token))
+        return await self.inner.complete(request)
+
+
+@pytest.mark.parametrize("kind", ["step", "tool", "model"])
+async def test_a_paused_owner_stops_before_its_next_step(kind: str) -> None:
     """A is paused in an in-memory sleep past its lease; B takes the run over and
-    finishes it. When A's clock moves again, its sleep ends and its next step is
-    refused by the fence: the effect "b" runs once, by B."""
+    finishes it. When A's clock moves again, its sleep ends and its next step (a step,
+    a tool call or a model call) is refused by the fence: effect "b" runs once, by B."""
     store = MemoryStore()
     clock_a, clock_b = sw.FakeClock(start=T0), sw.FakeClock(start=T0)
     effects: list[tuple[str, int]] = []
@@ -92,13 +107,21 @@ async def test_a_paused_owner_stops_before_its_next_step() -> None:
         effects.append((label, sw.current_step().fencing_token))
         return label
 
+    tool = sw.Tool(effect, name="effect")
+    model = _Recording(effects)
+    agent = sw.Agent("agent", "sim:m")
+
     async def paused(ctx: sw.Context) -> str:
         a = await ctx.step(effect, "a")
         await ctx.sleep(4)  # in memory (park_after is 5)
+        if kind == "tool":
+            return a + await ctx.tool(tool, label="b")
+        if kind == "model":
+            return a + str(await agent.run(ctx, "go"))
         return a + await ctx.step(effect, "b")
 
-    app_a = sw.Runtime(store, clock=clock_a, lease_seconds=LEASE)
-    app_b = sw.Runtime(store, clock=clock_b, lease_seconds=LEASE)
+    app_a = sw.Runtime(store, clock=clock_a, lease_seconds=LEASE, models={"sim:m": model})
+    app_b = sw.Runtime(store, clock=clock_b, lease_seconds=LEASE, models={"sim:m": model})
     wf = app_a.workflow(name="paused")(paused)
     app_b.register(wf)
     async with app_a, app_b:
@@ -218,7 +241,7 @@ async def test_a_step_near_its_lease_expiry_renews_it_in_the_store_first() -> No
     itself, then runs."""
     store = RenewFaults(MemoryStore())
     clock = sw.FakeClock(start=T0)
-    gate = asyncio.Event()
+    holding, gate = asyncio.Event(), asyncio.Event()
     ran: list[int] = []
 
     async def work(i: int) -> int:
@@ -226,6 +249,7 @@ async def test_a_step_near_its_lease_expiry_renews_it_in_the_store_first() -> No
         return i
 
     async def hold() -> None:
+        holding.set()
         await gate.wait()
 
     app = sw.Runtime(store, clock=clock, lease_seconds=LEASE)  # type: ignore[arg-type]
@@ -239,7 +263,8 @@ async def test_a_step_near_its_lease_expiry_renews_it_in_the_store_first() -> No
 
     async with app:
         handle = await app.start(wf, run_id="r")
-        await until(lambda: len(ran) == 50, "fifty steps ran")
+        await holding.wait()
+        assert len(ran) == 50
         assert store.renewals == []  # the fast path: no store round trip per step
         store.failing = True
         await clock.advance(LEASE - app.lease_margin + 1)  # the heartbeat fails twice
