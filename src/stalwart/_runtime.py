@@ -221,6 +221,10 @@ class Runtime:
             always per worker.
         tracing: trace every run with OpenTelemetry (``stalwart.telemetry.Tracing()``,
             the ``otel`` extra); ``None`` (default): no tracing, at no cost.
+        register_worker: while it executes runs, list this process in the store's
+            workers registry (``stalwart workers list``), with heartbeats. The CLI's
+            one-shot commands (``run``, ``resume``, ``runs fork``, ``dlq retry``) pass
+            ``False``: their leases still carry host and pid, but they are not workers.
     """
 
     def __init__(
@@ -241,13 +245,14 @@ class Runtime:
         pools: Collection[str] | None = None,
         limits: Literal["auto", "cluster", "local"] = "auto",
         tracing: Tracing | None = None,
+        register_worker: bool = True,
     ) -> None:
         self._settings: dict[str, Any] = {
             "clock": clock, "concurrency": concurrency, "lease_seconds": lease_seconds,
             "poll_interval": poll_interval, "park_after": park_after,
             "thread_pool_size": thread_pool_size, "budget": budget, "prices": prices,
             "policy": policy, "models": dict(models or {}), "pools": pools,
-            "limits": limits, "tracing": tracing}
+            "limits": limits, "tracing": tracing, "register_worker": register_worker}
         """The arguments it was made with, but the store and ``worker`` (see _like)."""
         if concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
@@ -257,6 +262,7 @@ class Runtime:
         self.store = open_store(store)
         self.clock = clock or SystemClock()
         self.worker = worker
+        self.register_worker = register_worker
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
         self.lease_margin = lease_seconds / 3
@@ -483,7 +489,7 @@ class Runtime:
                         run_id)
         if self._started and leases:
             await self._release(leases)
-        if self._started and self.started_at is not None:
+        if self._started and self.started_at is not None and self.register_worker:
             await self._report_worker(stopped=True)
         if self._started:
             await self.bulkheads.aclose()  # slot releases still on their way to the store
@@ -919,16 +925,18 @@ class Runtime:
 
     async def _heartbeat(self) -> None:
         interval = self.lease_seconds / 3
-        await self._report_worker()
-        try:
-            await self.store.forget_workers(before=self.clock.now() - WORKERS_KEPT_FOR)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("workers registry: cannot forget old workers (%s)", exc)
+        if self.register_worker:
+            await self._report_worker()
+            try:
+                await self.store.forget_workers(before=self.clock.now() - WORKERS_KEPT_FOR)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("workers registry: cannot forget old workers (%s)", exc)
         while not self._closing:
             await self.clock.sleep(interval)
-            await self._report_worker()
+            if self.register_worker:
+                await self._report_worker()
             executions = list(self._executions.values())
             if not executions:
                 continue

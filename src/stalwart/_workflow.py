@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import inspect
 import json
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, final
 
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from ._serde import _adapter, _tag_models, _untag_models, parameter_types
 from .errors import ConfigurationError, SerializationError
@@ -33,6 +35,26 @@ def _type_adapter(tp: Any) -> TypeAdapter[Any]:
         return TypeAdapter(tp)
 
 
+def type_label(tp: Any) -> str:
+    """How a type reads in a message: ``str``, ``list[int]``, ``Brief``."""
+    if isinstance(tp, type) and not getattr(tp, "__args__", None):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _invalid(what: str, tp: Any, value: Any, exc: ValidationError) -> str:
+    """``argument 'name' of workflow w expects str, got int`` (pydantic's own message,
+    without its URL, where the problem is inside the value)."""
+    errors = exc.errors(include_url=False)
+    head = f"{what} expects {type_label(tp)}, got {type(value).__name__}"
+    inner = [e for e in errors if e["loc"]]
+    if not inner:
+        return head
+    parts = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in inner[:3]]
+    more = f" (and {len(inner) - 3} more)" if len(inner) > 3 else ""
+    return f"{what} expects {type_label(tp)}: {'; '.join(parts)}{more}"
+
+
 def _to_jsonable(value: Any, tp: Any, what: str) -> Any:
     try:
         if tp is not _EMPTY and tp is not Any:
@@ -42,6 +64,8 @@ def _to_jsonable(value: Any, tp: Any, what: str) -> Any:
         out = _tag_models(value)
         json.dumps(out, allow_nan=False)
         return out
+    except ValidationError as exc:
+        raise SerializationError(_invalid(what, tp, value, exc)) from None
     except Exception as exc:
         raise SerializationError(f"{what} cannot be stored in the journal: {exc}") from exc
 
@@ -51,8 +75,53 @@ def _from_jsonable(data: Any, tp: Any, what: str) -> Any:
         if tp is not _EMPTY and tp is not Any:
             return _type_adapter(tp).validate_python(data)
         return _untag_models(data)
+    except ValidationError as exc:
+        raise SerializationError(_invalid(what, tp, data, exc)) from None
     except Exception as exc:
         raise SerializationError(f"{what} is not valid: {exc}") from exc
+
+
+def _importable_module(module: str) -> str:
+    """The name another process imports ``module`` by: for ``__main__``, the module a
+    ``python -m pkg.mod`` ran, or the file a ``python app.py`` ran (``app``), when its
+    name can be imported; else ``__main__`` itself (``python -c``, a notebook)."""
+    if module != "__main__":
+        return module
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and getattr(spec, "name", None) and spec.name != "__main__":
+        return str(spec.name)
+    file = getattr(main, "__file__", None)
+    if isinstance(file, str) and file.endswith(".py") and Path(file).stem.isidentifier():
+        return Path(file).stem
+    return module
+
+
+def _takes_an_object(tp: Any) -> bool:
+    """Whether a parameter of type ``tp`` can be given a JSON object (a dict, a model,
+    a dataclass, a TypedDict, ``Any``), judged from the type's JSON schema."""
+    if tp is _EMPTY or tp is Any:
+        return True
+    try:
+        schema = _type_adapter(tp).json_schema()
+    except Exception:  # a type pydantic cannot describe: let validation decide
+        return True
+    defs = schema.get("$defs", {})
+
+    def objecty(s: Any) -> bool:
+        if not isinstance(s, dict):
+            return bool(s)
+        ref = s.get("$ref")
+        if isinstance(ref, str):
+            return objecty(defs.get(ref.rsplit("/", 1)[-1], {}))
+        branches = s.get("anyOf") or s.get("oneOf") or s.get("allOf")
+        if branches:
+            return any(objecty(b) for b in branches)
+        kind = s.get("type")
+        return kind is None or kind == "object" or (isinstance(kind, list)
+                                                     and "object" in kind)
+
+    return objecty(schema)
 
 
 @final
@@ -86,7 +155,10 @@ class Workflow(Generic[P, R]):
         its runs (``stalwart run``, ``resume``, ``worker``, ``runs fork``, ``dlq retry``)
         with that runtime's settings: its budget, models, prices, policies, tracing and,
         unless ``--store`` says otherwise for ``run`` and ``worker``, its journal."""
-        self.ref = f"{fn.__module__}:{fn.__qualname__}"
+        self.ref = f"{_importable_module(fn.__module__)}:{fn.__qualname__}"
+        """Where the function lives, ``module:qualname``, recorded with each run so that
+        ``stalwart resume`` can import it. A script run as ``python app.py`` records
+        ``app`` (not ``__main__``), which another process can import."""
         self._params = params[1:]
         self._hints = parameter_types(fn)
         self.__doc__ = fn.__doc__
@@ -137,6 +209,17 @@ class Workflow(Generic[P, R]):
                 args.append(_from_jsonable(raw, tp, what))
         return args, kwargs
 
+    def describe_parameters(self) -> str:
+        """Its arguments as a signature reads: ``name: str, times: int = 1``."""
+        parts = []
+        for p in self._params:
+            tp = self._hints.get(p.name, _EMPTY)
+            text = p.name if tp is _EMPTY else f"{p.name}: {type_label(tp)}"
+            if p.default is not _EMPTY:
+                text += f" = {p.default!r}"
+            parts.append(text)
+        return ", ".join(parts) or "no arguments"
+
     def input_from_json(self, value: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Arguments from a CLI ``--input``: an object binds by name, an array by position,
         anything else is the single argument."""
@@ -146,11 +229,16 @@ class Workflow(Generic[P, R]):
                                           for p in self._params):
                 return (), dict(value)
             unknown = sorted(set(value) - names)
-            if set(value) & names:  # arguments by name, some of them not its own
+            # Arguments by name, some of them not its own; or names it does not have
+            # where it cannot take an object as its one argument (a typo: {"nme": ..}).
+            single = [p for p in self._params if p.kind in (
+                inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+            if set(value) & names or not (len(single) == 1 and _takes_an_object(
+                    self._hints.get(single[0].name, _EMPTY))):
                 raise ConfigurationError(
                     f"workflow {self.name}: unexpected argument(s) "
                     f"{', '.join(map(repr, unknown))} (it takes "
-                    f"{', '.join(p.name for p in self._params) or 'none'})")
+                    f"{self.describe_parameters()})")
         if isinstance(value, list):
             return tuple(value), {}
         if value is None and not self._params:

@@ -156,7 +156,7 @@ class Cli:
         """The environment of a child process: CI, no store override, a fixed width."""
         env = {k: v for k, v in os.environ.items()
                if k not in ("STALWART_STORE", "CLI_TEST_HANG")}
-        env.update(CI="true", COLUMNS="120", **extra)
+        env.update({"CI": "true", "COLUMNS": "120", **extra})
         return env
 
     def script(self, *args: str, cwd: Path, timeout: float = 60,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -23,9 +24,16 @@ if TYPE_CHECKING:
     (["run", "{m}"], "name the workflow as MODULE:WORKFLOW"),
     (["run", "{m}:adder", "--input", "{bad json"], "--input is not valid JSON"),
     (["run", "{m}:adder", "--input", '{"a": 1}'], "missing a required argument: 'b'"),
-    (["run", "{m}:adder", "--input", '{"a": "x", "b": 2}'], "argument 'a' of workflow adder"),
+    (["run", "{m}:adder", "--input", '{"a": "x", "b": 2}'],
+     "argument 'a' of workflow adder expects int, got str"),
     (["run", "{m}:adder", "--input", '{"a": 1, "b": 2, "c": 3}'],
-     "unexpected argument(s) 'c' (it takes a, b)"),
+     "unexpected argument(s) 'c' (it takes a: int, b: int)"),
+    (["run", "{m}:approval", "--input", '{"iten": "x"}'],
+     "unexpected argument(s) 'iten' (it takes item: str)"),
+    (["run", "{m}:approval", "--input", '{"item": 1}'],
+     "argument 'item' of workflow approval expects str, got int"),
+    (["run", "{m}:approval", "--input", "[1]"],
+     "argument 'item' of workflow approval expects str, got int"),
     (["run", "{m}:adder", "--bogus"], "No such option: --bogus"),
     (["run"], "Missing argument"),
     (["runs", "list", "--status", "bogus"], "Invalid value for '--status'"),
@@ -42,6 +50,7 @@ def test_bad_arguments_and_input_exit_2(cli: Cli, project: Project, args: list[s
         argv += ["--store", project.store]
     line = cli.one_line_error(cli(*argv), 2)
     assert needle in line
+    assert "https://" not in line  # no pydantic documentation links
 
 
 @pytest.mark.parametrize("args", [
@@ -139,3 +148,38 @@ def test_help_exits_0(cli: Cli) -> None:
     assert cli("--help").exit_code == 0
     runs = cli("runs")
     assert runs.exit_code == 0 and "show" in runs.stdout
+
+
+def _read_only_folder(tmp: Path) -> Path:
+    """A folder this process cannot create files in: a chmod'ed one, or for root (whom
+    permission bits do not stop) /sys, where no file can be made."""
+    if os.geteuid() != 0:
+        folder = tmp / "read-only"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return folder
+    try:
+        (Path("/sys") / "stalwart-probe.db").touch()
+    except OSError:
+        return Path("/sys")
+    pytest.skip("no folder here refuses files to root")
+
+
+@pytest.mark.parametrize("where", ["no-folder", "read-only"])
+@pytest.mark.parametrize("command", ["run", "worker"])
+def test_a_store_path_that_cannot_be_used_exits_2_naming_path_and_reason(
+        cli: Cli, project: Project, where: str, command: str) -> None:
+    """--store in a folder that cannot be made or written: exit 2, one line that names
+    the journal and why (not an 'unexpected' error), in a real process."""
+    if where == "no-folder":
+        store, reason = "/proc/nope/x.db", "its folder /proc/nope cannot be created"
+    else:
+        folder = _read_only_folder(project.dir)
+        store, reason = str(folder / "x.db"), f"files cannot be created in its folder {folder}"
+    args = (["run", project.wf("adder"), "-i", "[1, 2]"] if command == "run"
+            else ["worker", "--import", project.module])
+    proc = cli.script(*args, "--store", store, cwd=project.dir, timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"error: cannot use the journal {store}: ")
+    assert proc.stderr.count("\n") == 1 and reason in proc.stderr
+    assert "unexpected" not in proc.stderr and "Traceback" not in proc.stderr

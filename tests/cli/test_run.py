@@ -78,3 +78,11 @@ def test_the_console_script_runs_a_workflow_in_a_child_process(
     assert json.loads(proc.stdout) == [0, 2, 4, 6]
     assert "run sub completed" in proc.stderr
     assert (project.dir / "journal.db").exists()
+
+
+def test_run_does_not_register_as_a_worker(cli: Cli, project: Project) -> None:
+    """`stalwart run` executes its run without appearing in `stalwart workers list`."""
+    assert cli("run", project.wf("adder"), "-i", "[1, 2]", "--store",
+               project.store).exit_code == 0
+    listed = json.loads(cli("workers", "list", "--json", "--store", project.store).stdout)
+    assert listed["workers"] == []

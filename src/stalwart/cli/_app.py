@@ -6,16 +6,17 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
-from typer.core import TyperGroup
 
+from .. import __version__
 from ..errors import StalwartError
 from . import _commands
 from ._common import FAILURE, USAGE, CliError, exit_code_for
 from ._demo import demo
 from ._dlq import dlq_app
+from ._help import HelpCommand, HelpGroup
 from ._runs import runs_app
 from ._stats import stats
 from ._workers import worker, workers_app
@@ -44,7 +45,7 @@ def _kind(exc: BaseException) -> str | None:
     return None
 
 
-class _Boundary(TyperGroup):
+class _Boundary(HelpGroup):
     """Turns every error into one ``error: ...`` line on stderr and an exit status.
 
     Click and typer would print a usage box for a bad argument, and Python a traceback
@@ -94,16 +95,33 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: no boxes, no <bool> metavars, [brackets] kept
 )
-app.command("run")(_commands.run)
-app.command("resume")(_commands.resume)
-app.command("signal")(_commands.signal)
-app.command("cancel")(_commands.cancel)
-app.command("demo")(demo)
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"stalwart {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True,
+        help="Print the version and exit.")] = False,
+) -> None:
+    """Durable execution for LLM agents: run workflows, inspect journals, resume after
+    crashes."""
+app.command("run", cls=HelpCommand)(_commands.run)
+app.command("resume", cls=HelpCommand)(_commands.resume)
+app.command("signal", cls=HelpCommand)(_commands.signal)
+app.command("cancel", cls=HelpCommand)(_commands.cancel)
+app.command("demo", cls=HelpCommand)(demo)
 app.add_typer(runs_app, name="runs")
-app.command("stats")(stats)
+app.command("stats", cls=HelpCommand)(stats)
 app.add_typer(dlq_app, name="dlq")
-app.command("worker")(worker)
+app.command("worker", cls=HelpCommand)(worker)
 app.add_typer(workers_app, name="workers")
 
 

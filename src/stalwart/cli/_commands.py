@@ -33,7 +33,9 @@ from ._common import (
     store_hint,
     store_hint_for,
 )
+from ._journal import open_journal
 from ._loader import add_cwd_to_path, find_workflow, import_module, resolve_ref, workflows_in
+from ._options import at_least
 
 __all__ = ["cancel", "resume", "run", "signal"]
 
@@ -54,6 +56,7 @@ async def _run(rt: Runtime, wf: Workflow[Any, Any], args: tuple[Any, ...],
                kwargs: dict[str, Any], *, run_id: str | None, wait: bool,
                timeout: float | None) -> tuple[RunRecord, bool]:
     try:
+        await open_journal(rt)  # one clear line when --store cannot be used
         with warnings.catch_warnings():
             # A mistyped --input makes pydantic warn while dumping it, before the
             # validation error that we report anyway.
@@ -81,14 +84,16 @@ def run(
         help="Arguments: an object binds by name, an array by position, anything else "
              "is the single argument.")] = None,
     run_id: Annotated[str | None, typer.Option(
-        "--run-id", help="Choose the run id; starting an existing id again returns that "
-                         "run (an idempotency key for the whole run).")] = None,
+        "--run-id", metavar="ID",
+        help="Choose the run id; starting an existing id again returns that run (an "
+             "idempotency key for the whole run).")] = None,
     store: StoreOption = None,
     no_wait: Annotated[bool, typer.Option(
         "--no-wait", help="Only enqueue the run; a worker (stalwart resume) executes it.")]
     = False,
     timeout: Annotated[float | None, typer.Option(
-        min=0, help="Give up waiting after this many seconds (the run stays resumable).")]
+        metavar="SECONDS", callback=at_least(0),
+        help="Give up waiting after this many seconds (the run stays resumable).")]
     = None,
 ) -> None:
     """Run a workflow and print its result (JSON) on stdout."""
@@ -98,7 +103,9 @@ def run(
     args, kwargs = wf.input_from_json(data) if input_json is not None else ((), {})
     started = time.monotonic()
     # With the settings of the runtime the module made it with (budget, models...).
-    rt = executing_runtime([wf], store, home_store=True, worker=not no_wait)
+    # A one-shot process, not a worker: it stays out of `stalwart workers list`.
+    rt = executing_runtime([wf], store, home_store=True, worker=not no_wait,
+                           register_worker=False)
     where = store_hint_for(rt.store)
     rec, created = run_async(_run(rt, wf, args, kwargs, run_id=run_id,
                                   wait=not no_wait, timeout=timeout))
@@ -185,10 +192,11 @@ async def _execute(store: str | None, plan: _Plan, run_id: str | None,
                    timeout: float | None) -> tuple[list[RunRecord], list[RunRecord]]:
     """Claim and run; returns (runs this process executed, ready runs left alone)."""
     rt = executing_runtime(plan.workflows.values(), store, home_store=False,
-                           poll_interval=0.2)
+                           poll_interval=0.2, register_worker=False)
     for wf in plan.workflows.values():
         rt.register(wf)
     try:
+        await open_journal(rt)
         await rt.resume(run_id)
         candidates = [r.run_id for r in plan.ready]
         ours: set[str] = set()
@@ -214,7 +222,8 @@ async def _execute(store: str | None, plan: _Plan, run_id: str | None,
 
 def resume(
     run_id: Annotated[str | None, typer.Argument(
-        help="Resume only this run (default: every run that needs it).")] = None,
+        metavar="RUN_ID", help="Resume only this run (default: every run that needs it).")]
+    = None,
     store: StoreOption = None,
     imports: Annotated[list[str] | None, typer.Option(
         "--import", metavar="MODULE",
@@ -222,7 +231,8 @@ def resume(
              "when a run's own reference cannot be imported (e.g. it was started from "
              "__main__).")] = None,
     timeout: Annotated[float | None, typer.Option(
-        min=0, help="Stop waiting for the resumed runs after this many seconds.")] = None,
+        metavar="SECONDS", callback=at_least(0),
+        help="Stop waiting for the resumed runs after this many seconds.")] = None,
 ) -> None:
     """Finish runs whose process died (or that are due): replay, then continue."""
     add_cwd_to_path()
@@ -304,8 +314,9 @@ async def _signal(store: str | None, run_id: str, name: str, payload: Any) -> Ru
 
 
 def signal(
-    run_id: Annotated[str, typer.Argument(help="The run to signal.")],
-    name: Annotated[str, typer.Argument(help="The signal name the workflow waits for.")],
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run to signal.")],
+    name: Annotated[str, typer.Argument(
+        metavar="NAME", help="The signal name the workflow waits for.")],
     payload: Annotated[str | None, typer.Option(
         "--payload", "-p", metavar="JSON", help="The signal's value (default: null).")]
     = None,
@@ -333,7 +344,8 @@ async def _cancel(store: str | None, run_id: str) -> tuple[RunRecord, RunRecord]
 
 
 def cancel(
-    run_id: Annotated[str, typer.Argument(help="The run to cancel (its children too).")],
+    run_id: Annotated[str, typer.Argument(
+        metavar="RUN_ID", help="The run to cancel (its children too).")],
     store: StoreOption = None,
 ) -> None:
     """Cancel a run and its unfinished children."""

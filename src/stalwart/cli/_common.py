@@ -9,7 +9,6 @@ while running. No traceback reaches the user unless ``$STALWART_DEBUG`` is set.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Coroutine, Iterable
 from datetime import datetime
@@ -98,9 +97,11 @@ def exit_code_for(exc: BaseException) -> int:
 
 
 def console() -> Console:
-    """A console on the current stdout; 120 columns when it is not a terminal."""
-    width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "120"))
-    return Console(file=sys.stdout, width=width, highlight=False, soft_wrap=False)
+    """A console on the current stdout: fitted to a terminal; when stdout is not one,
+    full width, never wrapped, without trailing spaces (see ``_output``)."""
+    from ._output import pipe_console
+
+    return pipe_console(sys.stdout)
 
 
 def print_json(value: Any) -> None:

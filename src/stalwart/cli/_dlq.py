@@ -45,12 +45,17 @@ from ._common import (
     run_async,
     store_hint,
 )
+from ._help import HelpCommand, HelpGroup
+from ._journal import open_journal
 from ._loader import add_cwd_to_path, find_workflow, import_module, resolve_ref, workflows_in
+from ._options import at_least
+from ._output import Column, PlainOption, Rows, cell
 
 __all__ = ["DeadLetter", "FailedAttempt", "dlq_app", "read_dead_letter"]
 
 dlq_app = typer.Typer(help="The dead-letter queue: runs that exhausted their resilience "
-                           "policies.", no_args_is_help=True)
+                           "policies.", no_args_is_help=True, cls=HelpGroup,
+                      rich_markup_mode=None)
 
 _AT_REST = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED,
                       RunStatus.DEAD_LETTERED, RunStatus.SLEEPING, RunStatus.WAITING})
@@ -196,11 +201,13 @@ def _step_label(dl: DeadLetter) -> str:
     return f"{dl.step_id} {dl.step_name}" if dl.step_name else dl.step_id
 
 
-@dlq_app.command("list")
+@dlq_app.command("list", cls=HelpCommand)
 def list_dead(
-    limit: Annotated[int, typer.Option(min=1, help="At most this many runs, newest first.")]
+    limit: Annotated[int, typer.Option(
+        metavar="N", callback=at_least(1), help="At most this many runs, newest first.")]
     = 20,
     as_json: JsonOption = False,
+    plain: PlainOption = False,
     store: StoreOption = None,
 ) -> None:
     """List dead-lettered runs, newest first, with the step that gave up."""
@@ -209,19 +216,18 @@ def list_dead(
         print_json([dl.summary_json() for dl in letters])
         return
     out = console()
-    if not letters:
+    if not letters and not plain:
         out.print("no dead-lettered runs")
         return
-    table = Table(box=None, pad_edge=False)
-    table.add_column("run id", no_wrap=True)
-    for col in ("workflow", "dead-lettered", "step", "attempts"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("error", no_wrap=True, overflow="ellipsis")
+    rows = Rows(["run id", "workflow", "dead-lettered", "step", "attempts",
+                 Column("error", cut=True)])
     for dl in letters:
-        table.add_row(dl.run.run_id, dl.run.workflow, fmt_time(dl.at, date=True),
-                      Text(_step_label(dl)), str(len(dl.attempts)),
-                      Text(preview(f"{_short(dl.error.type)}: {dl.error.message}", 32)))
-    out.print(table)
+        rows.add(dl.run.run_id, Text(dl.run.workflow), fmt_time(dl.at, date=True),
+                 Text(_step_label(dl)), str(len(dl.attempts)),
+                 Text(cell(f"{_short(dl.error.type)}: {dl.error.message}", 32, plain=plain)))
+    rows.print(out, plain=plain)
+    if plain:
+        return
     out.print(Text(f"details: stalwart dlq show RUN_ID{store_hint(store)}; send one through "
                    f"again: stalwart dlq retry RUN_ID{store_hint(store)}", style="dim"),
               soft_wrap=True)
@@ -284,7 +290,7 @@ def render_dead_letter(out: Console, dl: DeadLetter, store: str | None) -> None:
                    f"{store_hint(store)}", style="dim"), soft_wrap=True)
 
 
-@dlq_app.command("show")
+@dlq_app.command("show", cls=HelpCommand)
 def show_dead(
     run_id: Annotated[str, typer.Argument(help="The dead-lettered run.")],
     as_json: JsonOption = False,
@@ -351,9 +357,11 @@ async def _redrive_only(store: str | None, run_id: str) -> RunRecord:
 
 async def _redrive_and_run(store: str | None, wf: Workflow[Any, Any], run_id: str,
                            timeout: float | None) -> RunRecord:
-    rt = executing_runtime([wf], store, home_store=False, poll_interval=0.2)
+    rt = executing_runtime([wf], store, home_store=False, poll_interval=0.2,
+                           register_worker=False)
     rt.register(wf)
     try:
+        await open_journal(rt)
         await rt.redrive(run_id)
         await rt.resume(run_id)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -370,7 +378,7 @@ async def _redrive_and_run(store: str | None, wf: Workflow[Any, Any], run_id: st
         await rt.close()
 
 
-@dlq_app.command("retry")
+@dlq_app.command("retry", cls=HelpCommand)
 def retry(
     run_id: Annotated[str, typer.Argument(help="The dead-lettered run to send through "
                                                "again.")],
@@ -384,7 +392,8 @@ def retry(
         "--no-wait", help="Only put the run back in the queue; a worker (stalwart resume) "
                           "executes it.")] = False,
     timeout: Annotated[float | None, typer.Option(
-        min=0, help="Stop waiting after this many seconds (the run stays resumable).")]
+        metavar="SECONDS", callback=at_least(0),
+        help="Stop waiting after this many seconds (the run stays resumable).")]
     = None,
 ) -> None:
     """Send a dead-lettered run through again, here, and print its outcome.

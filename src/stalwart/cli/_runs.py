@@ -26,15 +26,16 @@ from ._common import (
     run_async,
     store_hint,
 )
+from ._help import HelpCommand, HelpGroup
+from ._options import at_least
+from ._output import Column, PlainOption, Rows, cell
 from ._timeline import RunStory, read_story
 from ._views import fork, replay, trace
 
 __all__ = ["render_story", "runs_app", "story_json"]
 
-runs_app = typer.Typer(help="Inspect runs and their journals.", no_args_is_help=True)
-runs_app.command("trace")(trace)
-runs_app.command("replay")(replay)
-runs_app.command("fork")(fork)
+runs_app = typer.Typer(help="Inspect runs and their journals.", no_args_is_help=True,
+                       cls=HelpGroup, rich_markup_mode=None)
 
 _STATUS_STYLE = {
     RunStatus.COMPLETED: "green",
@@ -111,12 +112,16 @@ async def _list(store: str | None, status: RunStatus | None, limit: int) -> list
         await rt.close()
 
 
-@runs_app.command("list")
 def list_runs(
-    status: Annotated[RunStatus | None, typer.Option(help="Only runs in this status.")] = None,
-    limit: Annotated[int, typer.Option(min=1, help="At most this many runs, newest first.")]
+    status: Annotated[RunStatus | None, typer.Option(
+        metavar="STATUS", help="Only runs in this status: pending, running, sleeping, "
+                               "waiting, completed, failed, dead_lettered, cancelled.")]
+    = None,
+    limit: Annotated[int, typer.Option(
+        metavar="N", callback=at_least(1), help="At most this many runs, newest first.")]
     = 20,
     as_json: JsonOption = False,
+    plain: PlainOption = False,
     store: StoreOption = None,
 ) -> None:
     """List runs, newest first."""
@@ -125,21 +130,18 @@ def list_runs(
     if as_json:
         print_json([run_json(r) for r in records])
         return
-    if not records:
+    if not records and not plain:
         out.print("no runs" + (f" with status {status}" if status else ""))
         return
-    table = Table(box=None, pad_edge=False)
-    table.add_column("run id", no_wrap=True)
-    for col in ("workflow", "status", "created", "updated"):
-        table.add_column(col)
-    table.add_column("result / error", no_wrap=True, overflow="ellipsis")
+    rows = Rows(["run id", "workflow", "status", "created", "updated",
+                 Column("result / error", cut=True)])
     for r in records:
-        outcome = (preview(r.result, 40) if r.status == RunStatus.COMPLETED
-                   else preview(_error_line(r), 40) if r.error else "")
-        table.add_row(r.run_id, r.workflow, _status(r.status),
-                      fmt_time(r.created_at, date=True), fmt_time(r.updated_at),
-                      Text(outcome))
-    out.print(table)
+        outcome = (cell(r.result, 40, plain=plain) if r.status == RunStatus.COMPLETED
+                   else cell(_error_line(r), 40, plain=plain) if r.error else "")
+        rows.add(r.run_id, Text(r.workflow), _status(r.status),
+                 fmt_time(r.created_at, date=True), fmt_time(r.updated_at),
+                 Text(outcome))
+    rows.print(out, plain=plain)
 
 
 # -- runs show -----------------------------------------------------------------------
@@ -263,7 +265,6 @@ def render_story(out: Console, story: RunStory, children: list[RunRecord],
                    style="dim"))
 
 
-@runs_app.command("show")
 def show_run(
     run_id: Annotated[str, typer.Argument(help="The run to show.")],
     as_json: JsonOption = False,
@@ -289,10 +290,10 @@ async def _events(store: str | None, run_id: str) -> list[Event]:
         await rt.close()
 
 
-@runs_app.command("events")
 def run_events(
     run_id: Annotated[str, typer.Argument(help="The run whose journal to print.")],
     as_json: JsonOption = False,
+    plain: PlainOption = False,
     store: StoreOption = None,
 ) -> None:
     """Print a run's raw journal, one event per row."""
@@ -301,11 +302,17 @@ def run_events(
     if as_json:
         print_json([event_json(e) for e in events])
         return
-    table = Table(box=None, pad_edge=False)
-    for col in ("seq", "time", "kind", "step", "name"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("payload", no_wrap=True, overflow="ellipsis")
+    rows = Rows(["seq", "time", "kind", "step", "name", Column("payload", cut=True)])
     for e in events:
-        table.add_row(str(e.seq), fmt_time(e.created_at), str(e.kind), e.step_id or "",
-                      Text(e.name or ""), Text(preview(e.payload, 70)))
-    out.print(table)
+        rows.add(str(e.seq), fmt_time(e.created_at), str(e.kind), e.step_id or "",
+                 Text(e.name or ""), Text(cell(e.payload, 70, plain=plain)))
+    rows.print(out, plain=plain)
+
+
+# In the order they are used: find a run, read it, then check or retry it.
+runs_app.command("list", cls=HelpCommand)(list_runs)
+runs_app.command("show", cls=HelpCommand)(show_run)
+runs_app.command("events", cls=HelpCommand)(run_events)
+runs_app.command("trace", cls=HelpCommand)(trace)
+runs_app.command("replay", cls=HelpCommand)(replay)
+runs_app.command("fork", cls=HelpCommand)(fork)

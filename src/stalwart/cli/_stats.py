@@ -13,21 +13,18 @@ from __future__ import annotations
 
 import json
 import math
-import re
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 from rich.text import Text
 
 from .._cost import PriceTable, Tally, call_usages
 from .._runtime import Runtime
 from ..store._base import Event, EventKind, RunRecord
 from ._common import (
-    USAGE,
-    CliError,
     JsonOption,
     StoreOption,
     client_runtime,
@@ -36,20 +33,11 @@ from ._common import (
     print_json,
     run_async,
 )
+from ._options import at_least
+from ._output import Column, PlainOption, Rows, parse_duration, pipe_console
 from ._trace import fmt_cost
 
 __all__ = ["parse_duration", "percentile", "stats"]
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-
-
-def parse_duration(text: str) -> float:
-    """``90s``, ``15m``, ``2h``, ``7d``, ``1w`` (or plain seconds) as seconds."""
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw]?)\s*", text)
-    if m is None:
-        raise CliError(f"--since {text!r} is not a duration like 90s, 15m, 2h or 7d", USAGE)
-    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
-
 
 def percentile(values: list[float], q: float) -> float | None:
     """The nearest-rank percentile ``q`` (0-100) of ``values``; ``None`` when empty."""
@@ -133,15 +121,19 @@ def _ms(seconds: float | None) -> str:
 def stats(
     since: Annotated[str | None, typer.Option(
         "--since", metavar="DURATION",
-        help="Only runs active in this period: 90s, 15m, 2h, 7d.")] = None,
-    limit: Annotated[int, typer.Option(min=1, help="Look at most at this many runs, "
-                                                   "newest first.")] = 1000,
+        help="Only runs active in this period: 90s, 15m, 2h, 1d (a bare number is "
+             "seconds).", show_default="all runs")] = None,
+    limit: Annotated[int, typer.Option(
+        metavar="N", callback=at_least(1),
+        help="Look at most at this many runs, newest first.")] = 1000,
     as_json: JsonOption = False,
+    plain: PlainOption = False,
     store: StoreOption = None,
 ) -> None:
     """Per model and tool: calls, errors by kind, p50/p95 latency, tokens, cost, breaker.
 
-    Read from the journal of the runs active in ``--since`` (all runs without it)."""
+    Read from the journal of the runs active in the --since period (all runs without
+    it)."""
     window = parse_duration(since) if since is not None else None
     rt = client_runtime(store)
     runs = run_async(_collect(rt, window, limit))
@@ -152,15 +144,15 @@ def stats(
                     "rows": [row.as_json(key) for key, row in ordered]})
         return
     out = console()
+    # With --plain the table alone goes to stdout; what frames it, to stderr.
+    notes = pipe_console(sys.stderr) if plain else out
     scope = f"in the last {since}" if since else "in the journal"
-    out.print(Text(f"{len(runs)} run(s) {scope}", style="bold"))
-    if not rows:
+    notes.print(Text(f"{len(runs)} run(s) {scope}", style="bold"))
+    if not rows and not plain:
         out.print("no model or tool calls")
         return
-    table = Table(box=None, pad_edge=False)
-    for col in ("dependency", "calls", "failed", "errors", "p50", "p95", "tokens", "cost",
-                "breaker"):
-        table.add_column(col, no_wrap=col != "errors")
+    table = Rows(["dependency", "calls", "failed", Column("errors", wrap=True), "p50",
+                  "p95", "tokens", "cost", "breaker"])
     for key, row in ordered:
         t = row.tally
         errors = ", ".join(f"{k} x{n}" for k, n in sorted(t.errors.items())) or "-"
@@ -169,11 +161,11 @@ def stats(
         cost = fmt_cost(t.cost) if row.kind == "model" else "-"
         if t.cost is None and t.priced_cost:
             cost = f">= {fmt_cost(t.priced_cost)} ({t.unpriced_calls} unpriced)"
-        table.add_row(key, str(t.calls), str(t.failed), Text(errors), _ms(percentile(
+        table.add(key, str(t.calls), str(t.failed), Text(errors), _ms(percentile(
             row.latencies, 50)), _ms(percentile(row.latencies, 95)),
             str(t.tokens) if row.kind == "model" else "-", cost, row.breaker)
-    out.print(table)
-    out.print(Text("calls: a retried call counts once; errors: one per failed attempt. "
+    table.print(out, plain=plain)
+    notes.print(Text("calls: a retried call counts once; errors: one per failed attempt. "
                    "breaker: open@TIME when the latest journaled attempt was rejected by an "
                    "open breaker; live breaker state is held by the worker processes, not "
                    "the journal (n/a)", style="dim"))

@@ -28,6 +28,7 @@ from ._common import (
     run_async,
     store_hint,
 )
+from ._journal import open_journal
 from ._loader import add_cwd_to_path, find_workflow, import_module, resolve_ref, workflows_in
 from ._trace import build_trace, render_trace, trace_json
 
@@ -140,10 +141,11 @@ async def _fork(store: str | None, run_id: str, at: str, model: str | None,
     wf = _workflow_for(rec, imports) if wait else None
     # The fork executes with the settings of its workflow's runtime (budget, models...).
     rt = executing_runtime([] if wf is None else [wf], store, home_store=False,
-                           worker=wait)
+                           worker=wait, register_worker=False)
     try:
         if wf is not None:
             rt.register(wf)
+        await open_journal(rt)
         handle = await rt.fork(run_id, at=at, model=model, run_id_for_fork=new_id)
         if not wait:
             return await rt.get_run(handle.run_id)
@@ -161,7 +163,8 @@ def fork(
         "--model", metavar="NAME",
         help="Run agent model turns from the fork step on with this model "
              "(e.g. sim:demo, openai:gpt-4.1-mini).")] = None,
-    new_id: Annotated[str | None, typer.Option("--run-id", help="The fork's run id.")]
+    new_id: Annotated[str | None, typer.Option("--run-id", metavar="ID",
+                                               help="The fork's run id.")]
     = None,
     no_wait: Annotated[bool, typer.Option(
         "--no-wait", help="Only create the fork; a worker (stalwart resume) executes it.")]

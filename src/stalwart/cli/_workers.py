@@ -18,7 +18,7 @@ import time
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.text import Text
 
 from .._runtime import Runtime
 from .._workflow import Workflow
@@ -35,7 +35,11 @@ from ._common import (
     print_json,
     run_async,
 )
+from ._help import HelpCommand, HelpGroup
+from ._journal import open_journal
 from ._loader import add_cwd_to_path, find_workflow, import_module, workflows_in
+from ._options import at_least
+from ._output import PlainOption, Rows, parse_duration, pipe_console
 
 __all__ = ["worker", "workers_app"]
 
@@ -74,7 +78,7 @@ async def _open_when_reachable(rt: Runtime, signals: asyncio.Queue[int]) -> bool
     delay = _FIRST_RETRY
     while True:
         try:
-            await rt.open()
+            await open_journal(rt)  # a path that cannot be used: one line, exit 2
             return True
         except StoreError as exc:
             if not exc.retryable:
@@ -129,26 +133,29 @@ def worker(
              "MODULE:WORKFLOW; repeatable, at least one.")],
     store: StoreOption = None,
     concurrency: Annotated[int | None, typer.Option(
-        min=1, show_default=False,
-        help="Runs executed at once by this worker [default: its workflows' runtime's, "
-             "else 100].")] = None,
+        metavar="N", callback=at_least(1),
+        show_default="its workflows' runtime's, else 100",
+        help="Runs executed at once by this worker.")] = None,
     pools: Annotated[list[str] | None, typer.Option(
         "--pool", metavar="NAME",
+        show_default="all imported",
         help="Serve only workflows of this worker pool (@app.workflow(pool=NAME); "
-             "'default' for those without one); repeatable. Default: all imported.")]
+             "'default' for those without one); repeatable.")]
     = None,
     grace: Annotated[float, typer.Option(
-        min=0, help="On SIGTERM/SIGINT, seconds to let executing runs finish before "
-                    "handing them back.")] = 30.0,
+        metavar="SECONDS", callback=at_least(0),
+        help="On SIGTERM/SIGINT, seconds to let executing runs finish before handing "
+             "them back.")] = 30.0,
     lease_seconds: Annotated[float | None, typer.Option(
-        "--lease", min=0.1, show_default=False,
+        "--lease", metavar="SECONDS", callback=at_least(0.1),
+        show_default="its workflows' runtime's, else 30",
         help="Seconds a claim lasts without a heartbeat: how soon other workers take "
-             "over the runs of a worker that died [default: its workflows' runtime's, "
-             "else 30].")] = None,
+             "over the runs of a worker that died.")] = None,
     poll_interval: Annotated[float | None, typer.Option(
-        "--poll", min=0.01, show_default=False,
-        help="Seconds between looks for ready runs when no notification arrives "
-             "[default: its workflows' runtime's, else 1].")] = None,
+        "--poll", metavar="SECONDS", callback=at_least(0.01),
+        show_default="its workflows' runtime's, else 1",
+        help="Seconds between looks for ready runs when no notification arrives.")]
+    = None,
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Log at INFO level (default: warnings only).")] = False,
 ) -> None:
@@ -191,6 +198,8 @@ def worker(
 workers_app = typer.Typer(
     help="The workers registry: who executes runs, and what they hold.",
     no_args_is_help=True,
+    cls=HelpGroup,
+    rich_markup_mode=None,
 )
 
 
@@ -219,15 +228,18 @@ def _lease_view(r: RunRecord, now: float) -> dict[str, Any]:
             else round(r.lease_expires_at - now, 3)}
 
 
-@workers_app.command("list")
+@workers_app.command("list", cls=HelpCommand)
 def list_workers(
     store: StoreOption = None,
     json_out: JsonOption = False,
-    since: Annotated[float, typer.Option(
-        min=0, help="Also show workers stopped or dead within this many seconds.")]
-    = 3600.0,
+    plain: PlainOption = False,
+    since_text: Annotated[str, typer.Option(
+        "--since", metavar="DURATION",
+        help="Also show workers stopped or dead within this period: 90s, 15m, 2h, 1d "
+             "(a bare number is seconds).")] = "1h",
 ) -> None:
     """Live workers (and recently stopped or dead ones), their leases and heartbeats."""
+    since = parse_duration(since_text)
     workers, running, now = run_async(_read(store, since))
     leases: dict[str, list[RunRecord]] = {}
     for r in running:
@@ -251,25 +263,25 @@ def list_workers(
         })
         return
     out = console()
-    if not rows and not orphans:
-        out.print(f"no workers heard from in the last {fmt_duration(since)}")
+    if not rows and not orphans and not plain:
+        out.print(f"no workers heard from in the last {since_text}")
         return
-    table = Table(box=None, pad_edge=False)
-    for col in ("worker", "state", "host", "pid", "up", "heartbeat", "in flight",
-                "leases", "pools"):
-        table.add_column(col, no_wrap=True)
+    table = Rows(["worker", "state", "host", "pid", "up", "heartbeat", "in flight",
+                  "leases", "pools"])
     for w, state, held in rows:
         style = {"live": "green", "dead": "red"}.get(state, "dim")
         expired = sum(1 for r in held if (r.lease_expires_at or 0) < now)
         held_text = str(len(held)) + (f" ({expired} expired)" if expired else "")
-        table.add_row(w.worker_id, f"[{style}]{state}[/]", w.host, str(w.pid),
-                      # up till now while it lives; else till it stopped or was last heard
-                      fmt_duration((now if state == "live" else w.stopped_at or
-                                    w.heartbeat_at) - w.started_at),
-                      f"{fmt_duration(now - w.heartbeat_at)} ago",
-                      f"{w.in_flight}/{w.concurrency}", held_text,
-                      ", ".join(w.pools) or "all")
-    out.print(table)
+        table.add(w.worker_id, Text(state, style=style), w.host, str(w.pid),
+                  # up till now while it lives; else till it stopped or was last heard
+                  fmt_duration((now if state == "live" else w.stopped_at or
+                                w.heartbeat_at) - w.started_at),
+                  f"{fmt_duration(now - w.heartbeat_at)} ago",
+                  f"{w.in_flight}/{w.concurrency}", held_text,
+                  ", ".join(w.pools) or "all")
+    table.print(out, plain=plain)
+    if plain:  # the table alone on stdout; what it means on stderr
+        out = pipe_console(sys.stderr)
     dead = [(w, held) for w, state, held in rows if state == "dead" and held]
     for w, held in dead:
         if all((r.lease_expires_at or 0) < now for r in held):
@@ -280,5 +292,6 @@ def list_workers(
                       "workers when their leases expire (at most "
                       f"{fmt_duration(w.lease_seconds)})")
     if orphans:
-        out.print(f"{len(orphans)} running run(s) are leased by workers not in the registry "
-                  f"(heard from more than {fmt_duration(since)} ago, or older stalwarts)")
+        out.print(f"{len(orphans)} running run(s) are leased by processes not in the "
+                  "registry (one-shot commands such as stalwart run or resume, workers "
+                  f"heard from more than {since_text} ago, or older stalwarts)")
