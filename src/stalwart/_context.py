@@ -9,8 +9,10 @@ steps inside the branch that awaits it.
 
 Replay: when a step id already has an outcome in the journal, the call returns the
 recorded result (or re-raises the recorded error) without running anything — and without
-yielding to the event loop, so a branch replays its whole recorded prefix at once. A step
-recorded under another name at the same id raises :class:`NonDeterminismError`.
+yielding to the event loop, so a branch replays its whole recorded prefix at once. Code
+that no longer fits the journal (a step recorded under another name at the same id, a
+step where the journal shows nothing was, a recorded step left out) raises
+:class:`NonDeterminismError` before the step runs (:mod:`stalwart._determinism`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, final, overload
 
+from ._determinism import is_provisional
 from ._serde import (
     ErrorInfo,
     decode,
@@ -39,7 +42,6 @@ from .errors import (
     Cancelled,
     ContextMisuseError,
     LeaseLostError,
-    NonDeterminismError,
     OutcomeCheckError,
     RunCancelledError,
     RunFailedError,
@@ -202,13 +204,12 @@ class Context:
         step_id = scope.next_id()
         recorded = ex.recorded.get(step_id)
         if recorded is not None:
-            ex.visited.add(step_id)
-            if recorded[0].name != name:
-                raise NonDeterminismError(
-                    f"run {ex.run_id}: step {step_id} is recorded as {recorded[0].name!r} "
-                    f"but the workflow code now calls {name!r} there",
-                    run_id=ex.run_id, step_id=step_id, recorded=recorded[0].name, current=name,
-                )
+            history = ex.history
+            assert history is not None  # a journal with records has a history
+            history.visit(step_id)
+            err = history.check_name(step_id, name)
+            if err is not None:
+                raise ex.diverged(err)
         return step_id, recorded
 
     @staticmethod
@@ -357,14 +358,13 @@ class Context:
                 raise SignalTimeoutError(
                     f"run {ex.run_id}: no signal {name!r} within {timeout}s",
                     signal=name, run_id=ex.run_id, step_id=step_id)
+        ex.go_live(step_id, step_name)  # a new wait, or a recorded one going on
         if recorded:
             deadline = json.loads(recorded[0].payload or "{}").get("deadline")
         else:
-            ex.go_live(step_id, step_name)
             deadline = None if timeout is None else ex.clock.now() + timeout
             await ex.record([NewEvent(EventKind.SIGNAL_WAIT_STARTED, step_id, step_name,
                                       json.dumps({"deadline": deadline}))])
-        ex.go_live(step_id, step_name)
         since = ex.clock.monotonic()
         while True:
             payload = await ex.take_signal(name, step_id)
@@ -531,20 +531,50 @@ class Context:
         runs to its end and exceptions are returned in place of results.
         """
         if on_error not in ("cancel", "collect"):
+            _close(aws)
             raise ValueError("on_error must be 'cancel' or 'collect'")
-        gather_id, _ = self._begin("stalwart.gather")
+        ex = self._ex
+        try:
+            gather_id, _ = self._begin("stalwart.gather")
+            if ex.history is not None:
+                err = ex.history.check_gather(gather_id, len(aws))
+                if err is not None:
+                    raise ex.diverged(err)
+        except BaseException:
+            _close(aws)
+            raise
 
         async def branch(i: int, aw: Awaitable[Any]) -> Any:
             _scope_var.set(_Scope(f"{gather_id}/{i}"))
             return await aw
 
+        def cancelled(i: int) -> None:
+            if ex.history is not None:
+                ex.history.excuse(f"{gather_id}/{i}")
+
         tasks = [asyncio.ensure_future(branch(i, aw)) for i, aw in enumerate(aws)]
-        return await _join(tasks, on_error)
+        return await _join(tasks, on_error, cancelled)
 
 
-async def _join(tasks: Sequence[asyncio.Future[Any]], on_error: str) -> list[Any]:
+def _close(aws: Sequence[Awaitable[Any]]) -> None:
+    """Close coroutines that will never run (no "never awaited" warning)."""
+    for aw in aws:
+        if inspect.iscoroutine(aw):
+            aw.close()
+
+
+async def _join(tasks: Sequence[asyncio.Future[Any]], on_error: str,
+                cancelled: Callable[[int], None]) -> list[Any]:
+    """Wait for the branches; see :meth:`Context.gather`. ``cancelled(i)`` is told of
+    each branch cancelled by a sibling's failure.
+
+    A branch that diverged from the journal provisionally (see
+    :func:`~stalwart._determinism.is_provisional`) does not cancel the others: if one of
+    them fails as the journal recorded, that failure is what cancelled this branch the
+    first time, and it is raised; if none does, the divergence is."""
     results: list[Any] = [None] * len(tasks)
     failures: dict[int, BaseException] = {}
+    held: dict[int, BaseException] = {}
     control: list[BaseException] = []
     parks: list[Suspend] = []
 
@@ -556,6 +586,8 @@ async def _join(tasks: Sequence[asyncio.Future[Any]], on_error: str) -> list[Any
             results[i] = t.result()
         elif isinstance(exc, Suspend):
             parks.append(exc)
+        elif is_provisional(exc):
+            held[i] = exc
         elif isinstance(exc, Exception) and not isinstance(exc, LeaseLostError | StoreError):
             failures[i] = exc
             results[i] = exc
@@ -576,6 +608,8 @@ async def _join(tasks: Sequence[asyncio.Future[Any]], on_error: str) -> list[Any
                     await asyncio.wait(pending)
                 for t in pending:
                     classify(index[t], t)
+                    if t.cancelled():
+                        cancelled(index[t])
                 pending = set()
     except BaseException:
         for t in tasks:
@@ -584,7 +618,11 @@ async def _join(tasks: Sequence[asyncio.Future[Any]], on_error: str) -> list[Any
     if control:
         raise control[0]
     if failures and on_error == "cancel":
+        for i in held:  # cancelled by that failure in the recorded run
+            cancelled(i)
         raise failures[min(failures)]
+    if held:
+        raise held[min(held)]
     if parks:
         waiting = any(p.status == RunStatus.WAITING for p in parks)
         wakes = [p.wake_at for p in parks if p.wake_at is not None]

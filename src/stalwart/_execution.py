@@ -39,6 +39,7 @@ from ._context import (
     set_root_scope,
     unbind_step_context,
 )
+from ._determinism import History, is_provisional, step_path
 from ._serde import encode, encode_error, return_type
 from .errors import (
     Cancelled,
@@ -144,11 +145,17 @@ class Execution:
                 self._call_started[ev.step_id] = ev.payload or ""
             elif ev.kind == EventKind.RUN_FORKED:
                 fork = json.loads(ev.payload or "{}")
-                self.fork_at = _step_sort_key(str(fork.get("at", "")))
+                self.fork_at = step_path(str(fork.get("at", "")))
                 self.fork_model = fork.get("model")
         self.recorded = {k: v for k, v in self.recorded.items() if v}
+        self.history = (History(run.run_id, {k: v[0].name for k, v in self.recorded.items()})
+                        if self.recorded else None)
+        """The non-determinism detector over this run's journal (``None``: nothing is
+        recorded, every step is new)."""
+        self.divergence: NonDeterminismError | None = None
+        """The first certain divergence found: the run ends with it even if the workflow
+        code caught it."""
         self.budget = RunBudget(self, events)
-        self.visited: set[str] = set()
         self.replaying = bool(self.recorded)
         self.cancel_requested = run.cancel_requested
         self.finished = False
@@ -167,12 +174,23 @@ class Execution:
         self.outcome: Finish | None = None
 
     def go_live(self, step_id: str, name: str) -> None:
-        """The step ``step_id`` is about to run for real (it has no recorded outcome).
+        """The step ``step_id`` is about to run for real (it has no recorded outcome):
+        a new step, a call that had failed attempts, or a recorded wait going on.
 
-        In replay-only mode nothing may run: the step is noted as unrecorded and this
-        branch of the workflow parks (a ``gather``'s other branches go on replaying)."""
+        The non-determinism detector is asked first (:mod:`stalwart._determinism`): a
+        step that does not fit the journal raises :class:`NonDeterminismError` before
+        anything of it runs. In replay-only mode nothing may run: a step the journal
+        lacks is noted as unrecorded, and this branch of the workflow parks (a
+        ``gather``'s other branches go on replaying); a recorded wait parks it too."""
+        if self.divergence is not None:
+            raise self.divergence  # the code caught it and went on: still refused
+        if self.history is not None:
+            err = self.history.check_live(step_id, name)
+            if err is not None:
+                raise self.diverged(err)
         if self.replay_only:
-            self.unrecorded.append((step_id, name))
+            if step_id not in self.recorded:
+                self.unrecorded.append((step_id, name))
             raise Suspend(RunStatus.WAITING, None)
         self.replaying = False
         # Timers and signal waits are no spans: they have no outcome to end one.
@@ -180,6 +198,22 @@ class Execution:
                 "signal:"):
             self.interceptor.step_started(StepStartInput(
                 self.run_id, step_id, name, self.first_seen(step_id)))
+
+    def diverged(self, err: NonDeterminismError) -> NonDeterminismError:
+        """Note a divergence the detector found; returns it, to be raised."""
+        if self.divergence is None and not is_provisional(err):
+            self.divergence = err
+        return err
+
+    def _check_end(self, how: str) -> None:
+        """The workflow code finishes or parks the run: it must have reached every
+        recorded step (and not have caught a divergence)."""
+        if self.divergence is not None:
+            raise self.divergence
+        if self.history is not None:
+            err = self.history.check_end(how)
+            if err is not None:
+                raise self.diverged(err)
 
     def first_seen(self, step_id: str) -> float | None:
         """When step ``step_id`` began, as the journal tells (``None``: not recorded): its
@@ -201,7 +235,7 @@ class Execution:
         """The model a fork runs agent turns at and after its fork point with."""
         if self.fork_model is None or self.fork_at is None:
             return None
-        return self.fork_model if _step_sort_key(step_id) >= self.fork_at else None
+        return self.fork_model if step_path(step_id) >= self.fork_at else None
 
     def redriven_after(self, step_id: str) -> int:
         """The journal position after which this step's attempts count (0: all)."""
@@ -393,22 +427,24 @@ class Execution:
                                                    redrives=self.redrives,
                                                    redriven_at=self.redriven_at))
         try:
-            if self.cancel_requested:
-                raise Cancelled()
-            args, kwargs = self.workflow.decode_input(self.run.input)
-            result = await self.workflow.fn(ctx, *args, **kwargs)
-            self._check_all_visited()
+            try:
+                if self.cancel_requested:
+                    raise Cancelled()
+                args, kwargs = self.workflow.decode_input(self.run.input)
+                result = await self.workflow.fn(ctx, *args, **kwargs)
+            except Suspend as park:
+                self._check_end("parks the run")
+                await self._finish([NewEvent(EventKind.RUN_SUSPENDED, name=str(park.status),
+                                             payload=None if park.wake_at is None
+                                             else repr(park.wake_at))],
+                                   Finish(park.status, wake_at=park.wake_at))
+                return park.status
+            self._check_end("finishes")
             text = encode(result, return_type(self.workflow.fn),
                           what=f"result of workflow {self.workflow.name}")
             await self._finish([NewEvent(EventKind.RUN_COMPLETED, payload=text)],
                                Finish(RunStatus.COMPLETED, result=text))
             return RunStatus.COMPLETED
-        except Suspend as park:
-            await self._finish([NewEvent(EventKind.RUN_SUSPENDED, name=str(park.status),
-                                         payload=None if park.wake_at is None
-                                         else repr(park.wake_at))],
-                               Finish(park.status, wake_at=park.wake_at))
-            return park.status
         except Cancelled:
             await self._finish([NewEvent(EventKind.RUN_CANCELLED)],
                                Finish(RunStatus.CANCELLED))
@@ -451,19 +487,6 @@ class Execution:
         await self.store.append(self.lease, events, now=self.clock.now(), finish=finish)
         self.outcome = finish
 
-    def _check_all_visited(self) -> None:
-        missing = sorted(set(self.recorded) - self.visited, key=_step_sort_key)
-        if missing:
-            step_id = missing[0]
-            recorded = self.recorded[step_id][0].name
-            raise NonDeterminismError(
-                f"run {self.run_id}: step {step_id} is recorded as {recorded!r} but the "
-                "workflow code now finishes without calling it",
-                run_id=self.run_id, step_id=step_id, recorded=recorded, current=None)
-
-
-def _step_sort_key(step_id: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in step_id.split("/") if p.isdigit())
 
 
 def is_terminal(status: RunStatus | None) -> bool:

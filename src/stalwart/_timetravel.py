@@ -3,9 +3,11 @@
 **Replay** (Temporal's replayer): the current workflow code runs against a recorded
 journal with nothing external allowed — every step must come from the journal. The
 execution writes only to a throwaway in-memory store, and a step the journal does not
-have parks its branch instead of running. The report says whether the code still makes
-the same steps in the same order and reaches the same outcome; a run that had not ended
-may stop where its journal stops.
+have parks its branch instead of running. Divergences are found by the detector a live
+resume uses (:mod:`stalwart._determinism`), so ``runs replay`` and a resume agree on
+every change of code. The report says whether the code still makes the same steps in the
+same order and reaches the same outcome; a run that had not ended may stop where its
+journal stops (a recorded wait that had not ended is such a stop, not a new step).
 
 **Fork**: a new run of the same workflow and input whose journal starts with the
 origin's recorded outcomes of every step *before* the fork step (in step-id order, so a
@@ -26,6 +28,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, final
 
+from ._determinism import step_path
 from .errors import ConfigurationError
 from .store._base import (
     TERMINAL_STATUSES,
@@ -50,11 +53,6 @@ _COPIED = frozenset({
 })
 _SETTLED = frozenset({EventKind.STEP_COMPLETED, EventKind.STEP_FAILED,
                       EventKind.SIGNAL_RECEIVED, EventKind.SIGNAL_TIMED_OUT})
-
-
-def step_key(step_id: str) -> tuple[int, ...]:
-    """Step ids in execution order: ``2 < 3/0/1 < 3/1/1 < 4``."""
-    return tuple(int(p) for p in step_id.split("/") if p.isdigit())
 
 
 @final
@@ -109,8 +107,8 @@ async def replay_run(runtime: Runtime, run_id: str) -> ReplayReport:
     status = await asyncio.create_task(ex.execute())
     after = await scratch.get_run(rec.run_id)
     assert after is not None
-    recorded_ids = set(ex.recorded)
-    unvisited = sorted(recorded_ids - ex.visited, key=step_key)
+    # The execution asked the same detector a live resume asks (stalwart._determinism):
+    # a divergence ended it with NonDeterminismError, before the step it concerns.
     problems: list[str] = []
     where: str | None = None
     error = json.loads(after.error) if after.error else {}
@@ -118,15 +116,12 @@ async def replay_run(runtime: Runtime, run_id: str) -> ReplayReport:
         problems.append(str(error.get("message", "")))
         where = _step_in(error)
     ended = rec.status in TERMINAL_STATUSES and rec.status != RunStatus.CANCELLED
-    if ex.unrecorded and (ended or unvisited):
-        sid, name = min(ex.unrecorded, key=lambda s: step_key(s[0]))
+    if ex.unrecorded and ended and not problems:
+        # Past the end of a journal that is complete: the code wants more than the run
+        # did (on a run still going, that is where it would go on).
+        sid, name = min(ex.unrecorded, key=lambda s: step_path(s[0]))
         problems.append(f"the code now calls {name!r} at step {sid}, which the journal "
                         "does not have")
-        where = where or sid
-    if unvisited and not problems:
-        sid = unvisited[0]
-        problems.append(f"recorded step {sid} ({ex.recorded[sid][0].name!r}) is never "
-                        "reached by the code now")
         where = sid
     replayed = {RunStatus.COMPLETED: "completed", RunStatus.CANCELLED: "cancelled"}.get(
         status or after.status, "failed" if after.status in TERMINAL_STATUSES else "stopped")
@@ -148,8 +143,8 @@ async def replay_run(runtime: Runtime, run_id: str) -> ReplayReport:
                                 f"replay with {error.get('type')}")
     return ReplayReport(run_id=rec.run_id, workflow=rec.workflow,
                         recorded_status=str(rec.status), replayed=replayed,
-                        deterministic=not problems, steps_recorded=len(recorded_ids),
-                        steps_replayed=len(ex.visited & recorded_ids),
+                        deterministic=not problems, steps_recorded=len(ex.recorded),
+                        steps_replayed=len(ex.history.visited) if ex.history else 0,
                         divergences=tuple(problems), step_id=where)
 
 
@@ -210,9 +205,9 @@ async def fork_run(runtime: Runtime, run_id: str, *, at: str, model: str | None 
                                  f"{run_id})")
     if model is not None:
         runtime.model(model)  # a bad spec fails now, not in the middle of the fork
-    limit = step_key(at)
+    limit = step_path(at)
     reused = sorted((sid for sid, evs in by_step.items()
-                     if step_key(sid) < limit and _settled(evs)), key=step_key)
+                     if step_path(sid) < limit and _settled(evs)), key=step_path)
     keep = set(reused)
     copied = [NewEvent(ev.kind, ev.step_id, ev.name, ev.payload)
               for ev in events if ev.step_id in keep and ev.kind in _COPIED]
