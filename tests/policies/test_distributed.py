@@ -195,7 +195,12 @@ async def test_a_full_local_queue_rejects_at_once() -> None:
     bh = reg.get("p", BulkheadConfig(max_concurrent=1, max_queue=1))
     await bh.acquire()
     waiter = asyncio.create_task(bh.acquire())
-    await asyncio.sleep(0.01)
+    for _ in range(1000):  # until the waiter is queued (it polls the store with backoff)
+        if bh.statistics().queued == 1:
+            break
+        await asyncio.sleep(0)
+    else:
+        raise AssertionError("the second caller never queued")
     with pytest.raises(BulkheadFullError) as info:
         await bh.acquire()
     assert info.value.reason == "queue_full"
