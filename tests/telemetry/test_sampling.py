@@ -1,10 +1,13 @@
-"""Sampling decides once per run, from the run's trace id, as the SDK's trace-id samplers
-decide each span: a sampled run's spans are the spans tracing everything would make,
-a dropped run makes none (and code inside it starts none), and metrics count every run."""
+"""Sampling through the SDK's samplers: ``Tracing(sampler=...)`` decides once per run, a
+provider's own sampler (``OTEL_TRACES_SAMPLER`` for the one ``configure()`` builds)
+decides as for any span. A sampled run's spans are the spans tracing everything makes, a
+dropped run makes none (nor its child runs, its redrives or the user's spans inside it),
+and metrics count every run."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from opentelemetry import trace as trace_api
@@ -23,16 +26,20 @@ from opentelemetry.sdk.trace.sampling import (
 
 import stalwart as sw
 from stalwart.models import ModelRequest, ToolCallRequest
-from stalwart.telemetry import trace_id_for
+from stalwart.telemetry import Tracing, configure, trace_id_for
 from stalwart.testing import MemoryStore
 
 from .conftest import Otel
-from .test_direct_spans import dump, exported
 
 RUNS = [f"sampled-{i}" for i in range(24)]
 RATIO = 0.5
 USER: list[trace_api.Tracer] = []
 RESOURCE = Resource({"service.name": "sampling"})
+
+
+def kept(run_id: str) -> bool:
+    return TraceIdRatioBased(RATIO).should_sample(
+        None, trace_id_for(run_id), "").decision is Decision.RECORD_AND_SAMPLE
 
 
 def script(request: ModelRequest) -> str | ToolCallRequest:
@@ -50,20 +57,21 @@ async def note(text: str) -> str:
     return text.upper()
 
 
-def make(sampler: Sampler | None) -> Otel:
+def make(provider_sampler: Sampler | None = None) -> Otel:
     exporter = InMemorySpanExporter()
-    provider = TracerProvider(sampler=sampler, resource=RESOURCE)
+    provider = TracerProvider(sampler=provider_sampler, resource=RESOURCE)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     reader = InMemoryMetricReader()
     return Otel(exporter, reader, provider, MeterProvider(metric_readers=[reader]))
 
 
-async def run_all(otel: Otel) -> bool | None:
-    """Every run of RUNS (an agent with a tool, a child run); returns how the sink
-    decides a run's spans (None: the SDK path)."""
+async def run_all(otel: Otel, sampler: Sampler | None = None) -> None:
+    """Every run of RUNS: an agent with a tool (the user's span inside), a child run."""
     USER.append(otel.tracer_provider.get_tracer("user"))
     clock = sw.FakeClock(autojump=True)
-    app = sw.Runtime(MemoryStore(), clock=clock, tracing=otel.tracing(),
+    app = sw.Runtime(MemoryStore(), clock=clock,
+                     tracing=Tracing(tracer_provider=otel.tracer_provider,
+                                     meter_provider=otel.meter_provider, sampler=sampler),
                      models={"sim:tide": sw.SimulatedModel("tide", clock=clock, script=script)})
     agent = sw.Agent("pilot", "sim:tide", tools=[sw.Tool(lookup)])
 
@@ -79,7 +87,21 @@ async def run_all(otel: Otel) -> bool | None:
     async with app:
         for run_id in RUNS:
             assert await app.run(voyage, run_id=run_id) == "high tide LEAF"
-        return app.interceptor._sink.sampled(trace_id_for(RUNS[0]))  # type: ignore[attr-defined]
+
+
+def dump(span: ReadableSpan) -> tuple[Any, ...]:
+    """What an exporter reads from one of stalwart's spans."""
+    ctx, parent = span.context, span.parent
+    assert ctx is not None
+    return (span.name, ctx.trace_id, ctx.span_id, int(ctx.trace_flags),
+            None if parent is None else (parent.span_id, int(parent.trace_flags)),
+            span.kind, dict(span.attributes or {}), [e.name for e in span.events],
+            span.status.status_code, span.start_time, span.end_time)
+
+
+def stalwarts(otel: Otel) -> list[tuple[Any, ...]]:
+    return sorted(dump(s) for s in otel.spans() if s.instrumentation_scope is not None
+                  and s.instrumentation_scope.name == "stalwart")
 
 
 @pytest.fixture
@@ -99,32 +121,83 @@ def token_counts(otel: Otel) -> int:
                for point in metric.data.data_points if isinstance(point, HistogramDataPoint))
 
 
-@pytest.mark.parametrize("sampler", [ParentBasedTraceIdRatio(RATIO), TraceIdRatioBased(RATIO)],
-                         ids=["parentbased_traceidratio", "traceidratio"])
+@pytest.mark.parametrize("where", ["Tracing(sampler=)", "provider sampler"])
 async def test_a_sampled_run_is_traced_whole_and_a_dropped_one_not_at_all(
-        sampler: Sampler, otels: list[Otel]) -> None:
-    everything, sampled = make(None), make(sampler)
-    otels += [everything, sampled]
-    assert await run_all(everything) is True
-    assert await run_all(sampled) is not None  # decided per run, spans built directly
+        where: str, otels: list[Otel]) -> None:
+    """A ratio sampler keeps about half the runs: exactly their traces, each as tracing
+    everything makes it, with their child runs and the user's spans; metrics count all."""
+    everything = make()
+    if where == "provider sampler":
+        sampled = make(ParentBasedTraceIdRatio(RATIO))
+        otels += [everything, sampled]
+        await run_all(everything)
+        await run_all(sampled)
+    else:
+        sampled = make()
+        otels += [everything, sampled]
+        await run_all(everything)
+        await run_all(sampled, TraceIdRatioBased(RATIO))
 
-    kept = {trace_id_for(r) for r in RUNS if TraceIdRatioBased(RATIO).should_sample(
-        None, trace_id_for(r), "").decision is Decision.RECORD_AND_SAMPLE}
-    assert 0 < len(kept) < len(RUNS)
-    # Exactly the sampled runs' traces, each as tracing everything makes it; the child
-    # runs and the user's spans inside a dropped run are dropped with it.
-    def stalwarts(otel: Otel) -> list[ReadableSpan]:
-        return [s for s in exported(otel) if s.instrumentation_scope.name == "stalwart"]
-
-    expected = [dump(s) for s in stalwarts(everything) if s.context.trace_id in kept]
-    assert [dump(s) for s in stalwarts(sampled)] == expected
-    assert {name for name, *_ in expected} >= {
+    traces = {trace_id_for(r) for r in RUNS if kept(r)}
+    assert 0 < len(traces) < len(RUNS)
+    expected = [d for d in stalwarts(everything) if d[1] in traces]
+    assert stalwarts(sampled) == expected
+    assert {d[0] for d in expected} >= {
         "workflow voyage", "workflow leaf", "invoke_agent pilot", "chat tide",
         "execute_tool lookup", "step note"}
     # The user's spans (random ids, real time): one per sampled run, under its tool call.
-    users = [s for s in sampled.spans() if s.instrumentation_scope.name == "user"]
-    assert sorted(s.context.trace_id for s in users) == sorted(kept)
+    users = [s for s in sampled.spans() if s.name == "SELECT tides"]
+    assert sorted(s.context.trace_id for s in users) == sorted(traces)
     tools = {s.context.span_id for s in sampled.spans() if s.name == "execute_tool lookup"}
     assert {s.parent.span_id for s in users if s.parent is not None} == tools
     # Metrics are not sampled: every model call of every run is counted.
     assert token_counts(sampled) == token_counts(everything) == 2 * 2 * len(RUNS)
+
+
+async def test_a_redrive_of_a_dropped_run_is_dropped_too(otels: list[Otel]) -> None:
+    """The redrive's span hangs under the run's span by id: it is sampled as the run was
+    (a parent-based sampler does not take it for a sampled remote parent)."""
+    otel = make(ParentBasedTraceIdRatio(RATIO))
+    otels.append(otel)
+    healthy: list[bool] = []
+
+    async def service() -> str:
+        if not healthy:
+            raise TimeoutError("down")
+        return "up"
+
+    tool = sw.Tool(service, policy=sw.Policy(retry=sw.Retry(max_attempts=1), breaker=None))
+    app = sw.Runtime(MemoryStore(), clock=sw.FakeClock(autojump=True), tracing=otel.tracing())
+
+    @app.workflow(name="flaky")
+    async def flaky(ctx: sw.Context) -> str:
+        return await ctx.tool(tool)
+
+    dropped = next(r for r in RUNS if not kept(r))
+    chosen = next(r for r in RUNS if kept(r))
+    async with app:
+        for run_id in (dropped, chosen):
+            handle = await app.start(flaky, run_id=run_id)
+            with pytest.raises(sw.RunFailedError):
+                await handle.result()
+        healthy.append(True)
+        for run_id in (dropped, chosen):
+            await app.redrive(run_id)
+            assert await app.handle(run_id).result() == "up"
+    assert {s.context.trace_id for s in otel.spans()} == {trace_id_for(chosen)}
+    assert len(otel.named("workflow flaky")) == 2  # the kept run's, and its redrive's
+
+
+def test_otel_traces_sampler_sets_the_sampler_of_the_provider_configure_builds(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """configure() leaves OTEL_TRACES_SAMPLER to the SDK; a sampler argument wins."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.25")
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+    providers = configure(set_global=False)
+    assert providers is not None
+    assert "TraceIdRatioBased{0.25}" in providers.tracer_provider.sampler.get_description()
+    providers = configure(set_global=False, sampler=TraceIdRatioBased(0.75))
+    assert providers is not None
+    assert providers.tracer_provider.sampler.get_description() == "TraceIdRatioBased{0.75}"

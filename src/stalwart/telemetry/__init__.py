@@ -5,24 +5,24 @@ Turn it on per runtime::
     import stalwart as sw
     from stalwart.telemetry import Tracing
 
-    app = sw.Runtime(tracing=Tracing())                         # OTLP/HTTP from OTEL_* vars
+    app = sw.Runtime(tracing=Tracing())                         # OTLP from OTEL_* vars
     app = sw.Runtime(tracing=Tracing(tracer_provider=provider))  # your SDK provider
-    app = sw.Runtime(tracing=Tracing(capture_content="hash"))    # digests of prompts
+    app = sw.Runtime(tracing=Tracing(steps="calls", capture_content="hash"))
 
 :class:`Interceptor` and its ``*Input`` dataclasses are the hooks the runtime calls;
-:class:`Tracing` binds the OpenTelemetry one. :func:`configure` builds SDK providers from
-the ``OTEL_*`` environment variables (``Tracing()`` calls it when no global SDK provider
-is set). :class:`OTLPSpanExporter` is the SDK's OTLP/HTTP exporter with a faster encoder
-(what ``configure`` uses); :class:`ProcessSpanExporter` exports from a child process, off
-this process's GIL. :class:`OTLPReceiver` is a local OTLP/HTTP endpoint that decodes what
-it gets (for tests). This package imports without the extra; ``configure``, ``OTLPReceiver`` and
-``Tracing.bind`` need it.
+:class:`Tracing` binds the OpenTelemetry one, which makes the SDK's own spans.
+:func:`configure` builds SDK providers from the ``OTEL_*`` environment variables (``Tracing()``
+calls it when no global SDK provider is set), with the official OTLP exporters;
+:class:`RunIdGenerator` is the ``IdGenerator`` that gives stalwart's spans the ids derived
+from the journal. This package imports without the extra; ``configure``,
+``RunIdGenerator`` and ``Tracing.bind`` need it.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._config import StepSpans as StepSpans
 from ._config import Tracing as Tracing
 from ._ids import span_id_for as span_id_for
 from ._ids import trace_id_for as trace_id_for
@@ -42,19 +42,16 @@ from ._interceptor import ToolCallEndInput as ToolCallEndInput
 from ._interceptor import ToolCallStartInput as ToolCallStartInput
 
 if TYPE_CHECKING:
-    from ._otlp import OTLPSpanExporter as OTLPSpanExporter
-    from ._receiver import OTLPReceiver as OTLPReceiver
     from ._setup import Providers as Providers
+    from ._setup import RunIdGenerator as RunIdGenerator
     from ._setup import configure as configure
-    from ._sidecar import ProcessSpanExporter as ProcessSpanExporter
 
 __all__ = [
     "Tracing",
+    "StepSpans",
     "configure",
     "Providers",
-    "OTLPReceiver",
-    "OTLPSpanExporter",
-    "ProcessSpanExporter",
+    "RunIdGenerator",
     "CaptureContent",
     "trace_id_for",
     "span_id_for",
@@ -76,20 +73,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("configure", "Providers"):
+    if name in ("configure", "Providers", "RunIdGenerator"):
         from . import _setup
 
         return getattr(_setup, name)
-    if name == "OTLPReceiver":
-        from ._receiver import OTLPReceiver
-
-        return OTLPReceiver
-    if name == "OTLPSpanExporter":
-        from ._otlp import OTLPSpanExporter
-
-        return OTLPSpanExporter
-    if name == "ProcessSpanExporter":
-        from ._sidecar import ProcessSpanExporter
-
-        return ProcessSpanExporter
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

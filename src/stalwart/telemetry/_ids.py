@@ -1,10 +1,12 @@
 """Trace and span ids derived from the journal's own names, so they survive a crash.
 
-A run's trace id is a hash of its run id, and every span's id a hash of what the span
-stands for (the run, a step id, an attempt): an execution that resumes a run after a
-crash computes the same ids, so the spans it emits join the same trace under the same
-parents, and a span that was cut short by the crash (and never exported) is emitted once,
-by the execution that finishes it.
+A run's trace id is a hash of its run id, and the id of each of stalwart's spans a hash
+of what the span stands for (the run, a step id, an attempt): an execution that resumes
+a run after a crash computes the same ids, so the spans it emits join the same trace
+under the same parents, and a span that was cut short by the crash (and never exported)
+is emitted once, by the execution that finishes it.
+
+``_setup.RunIdGenerator`` hands these ids to the SDK.
 """
 
 from __future__ import annotations
@@ -20,8 +22,7 @@ _PERSON = b"stalwart-otel"
 def _hasher(size: int, parts: tuple[str, ...]) -> hashlib.blake2b:
     h = hashlib.blake2b(digest_size=size, person=_PERSON)
     for part in parts:
-        h.update(part.encode())
-        h.update(b"\x00")
+        h.update(part.encode() + b"\x00")
     return h
 
 
@@ -41,32 +42,21 @@ def span_id_for(run_id: str, *what: str) -> int:
 
 @final
 class RunIds:
-    """:func:`span_id_for` for one run, cheaper: the hash of the run's prefix is kept and
-    copied for each span (``RunIds(r).span(*what) == span_id_for(r, *what)``).
+    """:func:`span_id_for` for one run (``RunIds(r).span(*what) == span_id_for(r, *what)``).
 
     ``redrive=n`` (n > 0) gives the ids of what the run's n-th redrive (``dlq retry``)
     executes, distinct from those of earlier executions, which were emitted already:
     ``RunIds(r, redrive=n).span(*what) == span_id_for(r, "redrive", str(n), *what)``."""
 
-    __slots__ = ("_prefix", "_step", "run_id")
+    __slots__ = ("_prefix",)
 
     def __init__(self, run_id: str, *, redrive: int = 0) -> None:
-        self.run_id = run_id
         self._prefix = _hasher(8, ("span", run_id) if not redrive
                                else ("span", run_id, "redrive", str(redrive)))
-        self._step = self._prefix.copy()
-        self._step.update(b"step\x00")
 
     def span(self, *what: str) -> int:
         """The id of the span for ``what`` in this run."""
         h = self._prefix.copy()
         for part in what:
-            h.update(part.encode())
-            h.update(b"\x00")
-        return _value(h)
-
-    def step(self, step_id: str) -> int:
-        """``span("step", step_id)``: the id of a step's span (the one computed per step)."""
-        h = self._step.copy()
-        h.update(step_id.encode() + b"\x00")
+            h.update(part.encode() + b"\x00")
         return _value(h)

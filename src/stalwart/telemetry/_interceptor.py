@@ -40,6 +40,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, final
 
+from ..store._base import TERMINAL_STATUSES
+
 if TYPE_CHECKING:
     from ..models import ModelRequest, ModelResponse
     from ..store._base import RunRecord, RunStatus
@@ -87,6 +89,12 @@ class RunEndInput:
     """The status the run reached; ``None``: the execution ended without an outcome."""
     error: str | None = None
     """The run's error (``ErrorInfo`` JSON) when it failed."""
+
+    @property
+    def terminal(self) -> bool:
+        """The run ended for good (completed, failed, cancelled or dead-lettered); else
+        it parked, or this execution ended without an outcome."""
+        return self.status in TERMINAL_STATUSES
 
 
 @final

@@ -1,32 +1,40 @@
 """``configure()``: OpenTelemetry SDK providers from the standard ``OTEL_*`` variables.
 
-The SDK reads most variables itself; this module only chooses exporters the way the
-SDK's own auto-configuration does, without needing ``opentelemetry-instrument``:
+The SDK and its exporters read most variables themselves; this module only chooses the
+exporters, as the SDK's own auto-configuration does, without ``opentelemetry-instrument``:
 
 =================================  ========================================================
 ``OTEL_SDK_DISABLED``              ``true``: install nothing (tracing stays off)
 ``OTEL_SERVICE_NAME``,             the resource (read by ``Resource.create``)
 ``OTEL_RESOURCE_ATTRIBUTES``
-``OTEL_TRACES_EXPORTER``           ``otlp`` (default), ``console`` or ``none``
-``OTEL_METRICS_EXPORTER``          ``otlp`` (default), ``console`` or ``none``
-``OTEL_EXPORTER_OTLP_PROTOCOL``    ``http/protobuf`` (the only one the extra ships)
-``OTEL_EXPORTER_OTLP_ENDPOINT``,   read by the OTLP/HTTP exporters (``/v1/traces`` and
-``..._TRACES_ENDPOINT``, ``...``   ``/v1/metrics`` appended to the base endpoint), as are
-``_HEADERS``, ``..._TIMEOUT``      headers, timeout, compression and certificates
+``OTEL_TRACES_EXPORTER``           ``otlp`` (default), ``console`` (to stderr) or ``none``;
+``OTEL_METRICS_EXPORTER``          several, comma-separated
+``OTEL_EXPORTER_OTLP_PROTOCOL``,   ``http/protobuf`` (default) or ``grpc`` (needs
+``..._TRACES_PROTOCOL``,           ``opentelemetry-exporter-otlp-proto-grpc``: the
+``..._METRICS_PROTOCOL``           ``otel-grpc`` extra)
+``OTEL_EXPORTER_OTLP_ENDPOINT``,   read by the official OTLP exporters, as are headers,
+``..._HEADERS``, ``..._TIMEOUT``   timeout, compression and certificates
 ``OTEL_TRACES_SAMPLER[_ARG]``      read by the SDK ``TracerProvider``
 ``OTEL_BSP_*``, ``OTEL_METRIC_``   read by the batch span processor and the periodic
 ``EXPORT_INTERVAL``                metric reader
-``STALWART_SPAN_EXPORT``           ``auto`` (default), ``thread`` or ``process``: where
-                                   OTLP spans are encoded and posted
-                                   (``configure(export_from=)``)
 =================================  ========================================================
+
+The SDK gives a span its ids from its provider's ``IdGenerator`` (public API):
+:class:`RunIdGenerator` hands out the ids stalwart chose for the span being started (see
+``_ids``) and delegates every other span (the user's own, an instrumented library's) to
+the generator the provider had.
+
+Console output goes to stderr: stdout belongs to the program (``stalwart run`` prints a
+run's result there, for ``| jq``).
 """
 
 from __future__ import annotations
 
+import contextvars
 import os
+import sys
 from dataclasses import dataclass
-from typing import Literal, cast, final
+from typing import Any, final
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -39,91 +47,122 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import Sampler
 
 from ..errors import ConfigurationError
+from ._config import sdk_disabled
 
-__all__ = ["Providers", "configure"]
+__all__ = ["CHOSEN", "Providers", "RunIdGenerator", "configure"]
+
+CHOSEN: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
+    "stalwart_chosen_ids", default=None)
+"""``(trace id, span id)`` for the span stalwart is starting (set around ``start_span``)."""
+
+
+@final
+class RunIdGenerator(IdGenerator):
+    """An ``IdGenerator`` for a ``TracerProvider`` that stalwart traces runs with.
+
+    ``Tracing`` installs one on the provider it is given (wrapping the generator the
+    provider had), and :func:`~stalwart.telemetry.configure` builds its provider with
+    one; build yours with ``TracerProvider(id_generator=RunIdGenerator())`` to leave it
+    untouched. Spans other than stalwart's get their ids from ``base``.
+    """
+
+    def __init__(self, base: IdGenerator | None = None) -> None:
+        self.base = base if base is not None else RandomIdGenerator()
+
+    def generate_span_id(self) -> int:
+        chosen = CHOSEN.get()
+        return self.base.generate_span_id() if chosen is None else chosen[1]
+
+    def generate_trace_id(self) -> int:
+        chosen = CHOSEN.get()
+        return self.base.generate_trace_id() if chosen is None else chosen[0]
+
+    def is_trace_id_random(self) -> bool:
+        # A run's trace id is a hash of its id: uniform, but not random.
+        return CHOSEN.get() is None and self.base.is_trace_id_random()
 
 
 @final
 @dataclass(frozen=True, slots=True)
 class Providers:
-    """What :func:`configure` installed (``None`` when ``OTEL_SDK_DISABLED`` is true)."""
+    """What :func:`configure` built."""
 
     tracer_provider: TracerProvider
     meter_provider: MeterProvider
 
 
-def _choice(var: str) -> str:
-    value = (os.environ.get(var) or "otlp").strip().lower()
-    if value not in ("otlp", "console", "none"):
-        raise ConfigurationError(f"{var}={value!r}: stalwart supports otlp, console or none")
-    return value
-
-
-def _check_protocol() -> None:
-    for var in ("OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-                "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"):
-        value = os.environ.get(var)
-        if value and value.strip().lower() != "http/protobuf":
+def _kinds(var: str) -> list[str]:
+    kinds = [k.strip().lower() for k in (os.environ.get(var) or "otlp").split(",")]
+    for kind in kinds:
+        if kind not in ("otlp", "console", "none"):
             raise ConfigurationError(
-                f"{var}={value!r}: the otel extra exports OTLP over http/protobuf only")
+                f"{var}={kind!r}: stalwart supports otlp, console or none")
+    return [k for k in kinds if k != "none"]
 
 
-SpanExport = Literal["auto", "thread", "process"]
+def _protocol(signal: str) -> str:
+    for var in (f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        value = (os.environ.get(var) or "").strip().lower()
+        if value:
+            if value not in ("http/protobuf", "grpc"):
+                raise ConfigurationError(
+                    f"{var}={value!r}: stalwart exports OTLP over http/protobuf or grpc")
+            return value
+    return "http/protobuf"
 
 
-def _where(export_from: SpanExport | None) -> Literal["thread", "process"]:
-    value = export_from or (os.environ.get("STALWART_SPAN_EXPORT") or "auto").strip().lower()
-    if value not in ("auto", "thread", "process"):
-        raise ConfigurationError(
-            f"STALWART_SPAN_EXPORT={value!r}: use auto (the default), thread or process")
-    if value == "auto":
-        return "process" if _cpus() > 1 else "thread"
-    return cast(Literal["thread", "process"], value)
+def _otlp(signal: str) -> Any:
+    """The official OTLP exporter class for ``signal`` (``TRACES``/``METRICS``)."""
+    if _protocol(signal) == "grpc":
+        try:
+            if signal == "TRACES":
+                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+                    OTLPSpanExporter as GrpcSpans,
+                )
 
+                return GrpcSpans
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+                OTLPMetricExporter as GrpcMetrics,
+            )
 
-def _cpus() -> int:
-    """The CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        return os.cpu_count() or 1
+            return GrpcMetrics
+        except ImportError as exc:
+            raise ConfigurationError(
+                "OTLP over grpc needs opentelemetry-exporter-otlp-proto-grpc: "
+                "pip install 'stalwart[otel-grpc]'") from exc
+    if signal == "TRACES":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-
-def _span_exporter(export_from: Literal["thread", "process"]) -> SpanExporter | None:
-    kind = _choice("OTEL_TRACES_EXPORTER")
-    if kind == "none":
-        return None
-    if kind == "console":
-        return ConsoleSpanExporter()
-    if export_from == "process":
-        from ._sidecar import ProcessSpanExporter
-
-        return ProcessSpanExporter()
-    from ._otlp import OTLPSpanExporter  # the SDK's, with a faster encoder
-
-    return OTLPSpanExporter()
-
-
-def _metric_exporter() -> MetricExporter | None:
-    kind = _choice("OTEL_METRICS_EXPORTER")
-    if kind == "none":
-        return None
-    if kind == "console":
-        return ConsoleMetricExporter()
+        return OTLPSpanExporter
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
-    return OTLPMetricExporter()
+    return OTLPMetricExporter
+
+
+def _span_exporters() -> list[SpanExporter]:
+    return [ConsoleSpanExporter(out=sys.stderr) if kind == "console" else _otlp("TRACES")()
+            for kind in _kinds("OTEL_TRACES_EXPORTER")]
+
+
+def _metric_exporters() -> list[MetricExporter]:
+    return [ConsoleMetricExporter(out=sys.stderr) if kind == "console"
+            else _otlp("METRICS")() for kind in _kinds("OTEL_METRICS_EXPORTER")]
 
 
 def configure(*, span_exporter: SpanExporter | None = None,
               metric_reader: MetricReader | None = None, resource: Resource | None = None,
-              set_global: bool = True, export_from: SpanExport | None = None,
-              ) -> Providers | None:
+              sampler: Sampler | None = None, set_global: bool = True) -> Providers | None:
     """Build SDK tracer and meter providers from the ``OTEL_*`` environment variables
     (see the module docstring) and, with ``set_global``, install them as OpenTelemetry's
     global providers, which ``Tracing()`` uses by default.
+
+    Spans go through a ``BatchSpanProcessor`` to the official OTLP exporter (or what
+    ``OTEL_TRACES_EXPORTER`` names); the tracer provider gets a
+    :class:`~stalwart.telemetry.RunIdGenerator`.
 
     Args:
         span_exporter: export spans here (batched) instead of what
@@ -131,32 +170,24 @@ def configure(*, span_exporter: SpanExporter | None = None,
         metric_reader: read metrics with this instead of a periodic reader exporting to
             what ``OTEL_METRICS_EXPORTER`` names.
         resource: the resource; default ``Resource.create()`` (``OTEL_SERVICE_NAME``...).
+        sampler: the tracer provider's sampler; default: ``OTEL_TRACES_SAMPLER`` (the
+            SDK's default: ``parentbased_always_on``).
         set_global: install the providers globally (OpenTelemetry allows this once).
-        export_from: ``"thread"`` (the SDK's way): OTLP spans are encoded and posted on
-            the batch processor's thread; ``"process"``: by a child process
-            (:class:`~stalwart.telemetry.ProcessSpanExporter`), which keeps that work
-            off this process's GIL; ``"auto"``: process where this process may use more
-            than one CPU, else thread. Default: ``STALWART_SPAN_EXPORT``, else auto.
 
     Returns:
         The providers, or ``None`` when ``OTEL_SDK_DISABLED`` is true.
     """
-    if (os.environ.get("OTEL_SDK_DISABLED") or "").strip().lower() == "true":
+    if sdk_disabled():
         return None
-    _check_protocol()
-    where = _where(export_from)
+    span_exporters = [span_exporter] if span_exporter is not None else _span_exporters()
+    metric_exporters = [] if metric_reader is not None else _metric_exporters()
     resource = resource or Resource.create()
-    tracer_provider = TracerProvider(resource=resource)
-    exporter = span_exporter if span_exporter is not None else _span_exporter(where)
-    if exporter is not None:
+    tracer_provider = TracerProvider(resource=resource, sampler=sampler,
+                                     id_generator=RunIdGenerator())
+    for exporter in span_exporters:
         tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
-    readers: list[MetricReader] = []
-    if metric_reader is not None:
-        readers.append(metric_reader)
-    else:
-        metric_exporter = _metric_exporter()
-        if metric_exporter is not None:
-            readers.append(PeriodicExportingMetricReader(metric_exporter))
+    readers = [metric_reader] if metric_reader is not None else [
+        PeriodicExportingMetricReader(e) for e in metric_exporters]
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
     if set_global:
         trace.set_tracer_provider(tracer_provider)

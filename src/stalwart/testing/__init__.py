@@ -5,6 +5,8 @@ Nothing here is needed in production; everything here is supported API.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from stalwart.models import FunctionModel as FunctionModel
 from stalwart.models import SimulatedModel as SimulatedModel
 
@@ -14,12 +16,24 @@ from ._fault_server import RecordedRequest as RecordedRequest
 from ._fault_server import Reply as Reply
 from ._memory_store import MemoryStore as MemoryStore
 
+if TYPE_CHECKING:
+    from ._otlp_receiver import OTLPReceiver as OTLPReceiver
+
 __all__ = [
     "Fault",
     "FaultServer",
     "FunctionModel",
     "MemoryStore",
+    "OTLPReceiver",
     "RecordedRequest",
     "Reply",
     "SimulatedModel",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "OTLPReceiver":  # needs the otel extra (opentelemetry-proto)
+        from ._otlp_receiver import OTLPReceiver
+
+        return OTLPReceiver
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

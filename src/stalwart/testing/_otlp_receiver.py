@@ -1,9 +1,10 @@
 """A local OTLP/HTTP receiver that decodes what it is sent (for tests and benchmarks).
 
 It listens on 127.0.0.1 (an ephemeral port by default), accepts ``POST /v1/traces`` and
-``POST /v1/metrics`` with protobuf bodies (gzip or not), decodes them with
-``opentelemetry-proto`` and keeps the decoded requests. Point an exporter at it with
-``OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint``.
+``POST /v1/metrics`` with protobuf bodies (gzip or not), decodes them with the official
+protobuf classes (``opentelemetry-proto``, in the ``otel`` extra) and keeps the decoded
+requests: only the HTTP endpoint a collector offers is written here. Point an exporter
+at it with ``OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint``.
 """
 
 from __future__ import annotations
