@@ -8,13 +8,22 @@ import json
 from collections.abc import Sequence
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import StatusCode
 
 import stalwart as sw
 from stalwart.errors import ProviderOverloadedError
 from stalwart.models import Latency, ModelRequest, ToolCallRequest
-from stalwart.telemetry import CaptureContent, Tracing, span_id_for, trace_id_for
+from stalwart.telemetry import (
+    CaptureContent,
+    RunIdGenerator,
+    Tracing,
+    span_id_for,
+    trace_id_for,
+)
 from stalwart.testing import MemoryStore
 
 from .conftest import Otel
@@ -349,3 +358,62 @@ async def test_an_agent_stopped_by_its_budget_reports_the_tokens_it_spent(otel: 
     assert span.status.status_code == StatusCode.ERROR
     for name in ("gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens"):
         assert span.attributes[name] == turn.attributes[name] > 0  # type: ignore[operator]
+
+
+class Counting(IdGenerator):
+    """The user's own id generator: small, counted ids."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def generate_span_id(self) -> int:
+        self.n += 1
+        return self.n
+
+    def generate_trace_id(self) -> int:
+        self.n += 1
+        return self.n
+
+
+async def test_the_providers_id_generator_keeps_every_span_but_stalwarts() -> None:
+    """Tracing wraps the provider's generator: stalwart's spans get the journal's ids, the
+    user's spans the generator's; a provider built with a RunIdGenerator is left as is,
+    and one whose stalwart tracer exists already is refused (its spans would get random
+    ids)."""
+    exporter = InMemorySpanExporter()
+    counting = Counting()
+    provider = TracerProvider(id_generator=counting)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = sw.Runtime(MemoryStore(), clock=sw.FakeClock(autojump=True),
+                     tracing=Tracing(tracer_provider=provider, metrics=False))
+    user = provider.get_tracer("user")
+
+    async def mark() -> None:
+        with user.start_as_current_span("user"):
+            pass
+
+    @app.workflow(name="ids")
+    async def ids(ctx: sw.Context) -> None:
+        await ctx.step(mark, name="mark")
+
+    async with app:
+        await app.run(ids, run_id="ids-1")
+    by_name = {s.name: s for s in exporter.get_finished_spans()}
+    assert by_name["workflow ids"].context.span_id == span_id_for("ids-1", "run")
+    assert by_name["step mark"].context.span_id == span_id_for("ids-1", "step", "1")
+    assert by_name["user"].context.span_id == counting.n == 1  # the generator's
+    assert by_name["user"].context.trace_id == trace_id_for("ids-1")
+    assert isinstance(provider.id_generator, RunIdGenerator)
+    assert provider.id_generator.base is counting
+
+    mine = RunIdGenerator()
+    built = TracerProvider(id_generator=mine)
+    sw.Runtime(MemoryStore(), tracing=Tracing(tracer_provider=built, metrics=False))
+    assert built.id_generator is mine
+
+    early = TracerProvider()
+    early.get_tracer("stalwart")
+    with pytest.raises(sw.ConfigurationError, match="RunIdGenerator"):
+        sw.Runtime(MemoryStore(), tracing=Tracing(tracer_provider=early, metrics=False))
+    for p in (provider, built, early):
+        p.shutdown()
