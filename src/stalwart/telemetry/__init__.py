@@ -10,12 +10,10 @@ Turn it on per runtime::
     app = sw.Runtime(tracing=Tracing(steps="calls", capture_content="hash"))
 
 :class:`Interceptor` and its ``*Input`` dataclasses are the hooks the runtime calls;
-:class:`Tracing` binds the OpenTelemetry one, which makes the SDK's own spans.
-:func:`configure` builds SDK providers from the ``OTEL_*`` environment variables (``Tracing()``
-calls it when no global SDK provider is set), with the official OTLP exporters;
-:class:`RunIdGenerator` is the ``IdGenerator`` that gives stalwart's spans the ids derived
-from the journal. This package imports without the extra; ``configure``,
-``RunIdGenerator`` and ``Tracing.bind`` need it.
+:class:`Tracing` binds the OpenTelemetry one. :func:`configure` builds SDK providers from
+the ``OTEL_*`` variables; :class:`RunIdGenerator` gives stalwart's spans their ids. This
+package imports without the extra; ``configure``, ``RunIdGenerator`` and ``Tracing.bind``
+need it.
 """
 
 from __future__ import annotations
@@ -47,28 +45,12 @@ if TYPE_CHECKING:
     from ._setup import configure as configure
 
 __all__ = [
-    "Tracing",
-    "StepSpans",
-    "configure",
-    "Providers",
-    "RunIdGenerator",
-    "CaptureContent",
-    "trace_id_for",
-    "span_id_for",
+    "Tracing", "StepSpans", "configure", "Providers", "RunIdGenerator", "CaptureContent",
+    "trace_id_for", "span_id_for",
     # the hooks
-    "Interceptor",
-    "NOOP",
-    "RunStartInput",
-    "RunEndInput",
-    "StepStartInput",
-    "StepEndInput",
-    "AgentStartInput",
-    "AgentEndInput",
-    "ModelCallStartInput",
-    "ModelCallEndInput",
-    "ToolCallStartInput",
-    "ToolCallEndInput",
-    "PolicyInput",
+    "Interceptor", "NOOP", "RunStartInput", "RunEndInput", "StepStartInput", "StepEndInput",
+    "AgentStartInput", "AgentEndInput", "ModelCallStartInput", "ModelCallEndInput",
+    "ToolCallStartInput", "ToolCallEndInput", "PolicyInput",
 ]
 
 

@@ -5,16 +5,14 @@ of what the span stands for (the run, a step id, an attempt): an execution that 
 a run after a crash computes the same ids, so the spans it emits join the same trace
 under the same parents, and a span that was cut short by the crash (and never exported)
 is emitted once, by the execution that finishes it.
-
 ``_setup.RunIdGenerator`` hands these ids to the SDK.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import final
 
-__all__ = ["RunIds", "span_id_for", "trace_id_for"]
+__all__ = ["span_id_for", "trace_id_for"]
 
 _PERSON = b"stalwart-otel"
 
@@ -36,27 +34,8 @@ def trace_id_for(run_id: str) -> int:
 
 
 def span_id_for(run_id: str, *what: str) -> int:
-    """The 64-bit id of the span for ``what`` in run ``run_id``."""
+    """The 64-bit id of the span for ``what`` in run ``run_id``: ``("run",)``, ``("step",
+    step_id)``, ``("agent", first_step_id)``, ``("call", step_id, ...)``; what the n-th
+    redrive (``dlq retry``) of a run executes is named ``("redrive", str(n), ...)``, apart
+    from what earlier executions emitted."""
     return _value(_hasher(8, ("span", run_id, *what)))
-
-
-@final
-class RunIds:
-    """:func:`span_id_for` for one run (``RunIds(r).span(*what) == span_id_for(r, *what)``).
-
-    ``redrive=n`` (n > 0) gives the ids of what the run's n-th redrive (``dlq retry``)
-    executes, distinct from those of earlier executions, which were emitted already:
-    ``RunIds(r, redrive=n).span(*what) == span_id_for(r, "redrive", str(n), *what)``."""
-
-    __slots__ = ("_prefix",)
-
-    def __init__(self, run_id: str, *, redrive: int = 0) -> None:
-        self._prefix = _hasher(8, ("span", run_id) if not redrive
-                               else ("span", run_id, "redrive", str(redrive)))
-
-    def span(self, *what: str) -> int:
-        """The id of the span for ``what`` in this run."""
-        h = self._prefix.copy()
-        for part in what:
-            h.update(part.encode() + b"\x00")
-        return _value(h)

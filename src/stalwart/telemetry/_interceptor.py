@@ -47,20 +47,9 @@ if TYPE_CHECKING:
     from ..store._base import RunRecord, RunStatus
 
 __all__ = [
-    "NOOP",
-    "AgentEndInput",
-    "AgentStartInput",
-    "CaptureContent",
-    "Interceptor",
-    "ModelCallEndInput",
-    "ModelCallStartInput",
-    "PolicyInput",
-    "RunEndInput",
-    "RunStartInput",
-    "StepEndInput",
-    "StepStartInput",
-    "ToolCallEndInput",
-    "ToolCallStartInput",
+    "NOOP", "AgentEndInput", "AgentStartInput", "CaptureContent", "Interceptor",
+    "ModelCallEndInput", "ModelCallStartInput", "PolicyInput", "RunEndInput", "RunStartInput",
+    "StepEndInput", "StepStartInput", "ToolCallEndInput", "ToolCallStartInput",
 ]
 
 CaptureContent = bool | Literal["hash"]

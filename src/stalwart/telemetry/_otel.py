@@ -10,25 +10,15 @@ Span tree of a run (every id derived from the journal's names, see ``_ids``)::
         step tool:{name}
           execute_tool {name}           each attempt
 
-Every span is the SDK's own, started with ``Tracer.start_span`` under an explicit
-parent and with the ids stalwart chose for it (:class:`~._ids.RunIdGenerator`), then
-ended with ``Span.end``; the provider's sampler, span limits and processors apply as to
-any span. Stalwart's spans are parented explicitly rather than through OpenTelemetry's
-ambient context, because a run's steps span several tasks and several processes.
-
-Replay safety. Nothing is emitted for a step replayed from the journal; an agent whose
-steps all replay emits nothing either (its span is started when its first step runs).
-A run span is ended once, by the execution that ends the run; an execution that parks
-the run or dies leaves it (and any step it had not finished) unended, so unexported,
-and the next execution starts it again with the same ids. Span timestamps come from the
-runtime's clock, so under a :class:`~stalwart.FakeClock` they are virtual, like the
-journal's. A run sent through again after it was dead-lettered (``dlq retry``) already
-emitted its run span; each redrive gets a ``workflow`` span of its own, a child of the
-run's, and what it executes gets ids of its own (``RunIds(run, redrive=n)``).
-
-User code (a step's function, a tool, a model adapter) runs with the step's or call's span
-as OpenTelemetry's current span (``activated``), and workflow code with the run's, so
-spans it or an instrumented library starts nest there.
+Every span is the SDK's own: ``Tracer.start_span`` under an explicit parent (a run's
+steps span several tasks and processes, so not the ambient context), with the ids
+stalwart chose (``RunIdGenerator``), then ``Span.end``. Nothing is emitted for a step
+replayed from the journal, nor for an agent whose steps all replay. A run span is ended
+by the execution that ends the run; one that parks it or dies leaves its spans unended,
+so unexported, and the next starts them again with the same ids. Span times come from
+the runtime's clock (virtual under a ``FakeClock``). A redrive (``dlq retry``) gets a
+``workflow`` span of its own under the run's, and ids of its own. User code runs with
+its step's or call's span current, workflow code with the run's.
 """
 
 from __future__ import annotations
@@ -39,27 +29,19 @@ import hashlib
 import json
 import weakref
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics as metrics_api
 from opentelemetry import trace as trace_api
-from opentelemetry.context import Context as OtelContext
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
-from opentelemetry.trace import (
-    NonRecordingSpan,
-    Span,
-    SpanContext,
-    SpanKind,
-    Status,
-    StatusCode,
-    TraceFlags,
-)
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind
+from pydantic import TypeAdapter
 
 from ..errors import ConfigurationError
-from ._ids import RunIds, span_id_for, trace_id_for
+from ._ids import span_id_for, trace_id_for
 from ._interceptor import (
     AgentEndInput,
     AgentStartInput,
@@ -91,30 +73,32 @@ _TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 
 _DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24,
                      20.48, 40.96, 81.92)
 _BREAKER_LEVEL = {"closed": 0, "half_open": 1, "open": 2}
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
-_EMPTY = OtelContext()
+_SAMPLED = trace_api.TraceFlags(trace_api.TraceFlags.SAMPLED)
+_NOT_SAMPLED = trace_api.TraceFlags(trace_api.TraceFlags.DEFAULT)
+_EMPTY = otel_context.Context()
 _NOTHING: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+_ANY: TypeAdapter[Any] = TypeAdapter(Any)
 
 _Step = Span | tuple[str, int]
 """A step executing: its span, or (``steps="calls"``) its name and start, until a call
 inside it needs its span."""
 
 
+@dataclass(slots=True)
 class _Run:
     """A run executing here. ``steps`` is ``None`` for a run its sampler dropped."""
 
-    __slots__ = ("ids", "retries", "run_id", "span", "steps", "token", "trace_id")
+    run_id: str
+    redrive: tuple[str, ...]
+    """``()``, or ``("redrive", n)`` in the n-th redrive: its spans' ids are its own."""
+    trace_id: int
+    span: Span
+    steps: dict[str, _Step] | None
+    token: object = None
+    retries: dict[str, int] = field(default_factory=dict)
 
-    def __init__(self, run_id: str, ids: RunIds, trace_id: int, span: Span,
-                 steps: dict[str, _Step] | None) -> None:
-        self.run_id = run_id
-        self.ids = ids
-        self.trace_id = trace_id
-        self.span = span
-        self.steps = steps
-        self.retries: dict[str, int] = {}
-        self.token: object = None
+    def span_id(self, *what: str) -> int:
+        return span_id_for(self.run_id, *self.redrive, *what)
 
 
 @dataclass(slots=True)
@@ -137,43 +121,19 @@ class _Call:
     capture: CaptureContent
 
 
-class _Current:
-    """Makes a span OpenTelemetry's current span (in this task or thread) while entered."""
-
-    __slots__ = ("_span", "_token")
-
-    def __init__(self, span: Span) -> None:
-        self._span = span
-        self._token: object = None
-
-    def __enter__(self) -> object:
-        self._token = otel_context.attach(trace_api.set_span_in_context(self._span))
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        otel_context.detach(self._token)  # type: ignore[arg-type]
-
-
 def _ns(seconds: float) -> int:
     return int(seconds * 1e9)
 
 
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def _json(value: Any) -> str:
     try:
-        from pydantic import TypeAdapter
-
-        return TypeAdapter(Any).dump_json(value).decode()
+        return _ANY.dump_json(value).decode()
     except Exception:
         return json.dumps(str(value))
 
 
 def _error_of(info_json: str) -> tuple[str, str]:
-    """``(error.type, message)`` of an ``ErrorInfo`` JSON (something readable if it is
-    not one)."""
+    """``(error.type, message)`` of an ``ErrorInfo`` JSON (something readable if not)."""
     try:
         info = json.loads(info_json)
         return str(info.get("type") or "error"), str(info.get("message") or "")
@@ -183,7 +143,7 @@ def _error_of(info_json: str) -> tuple[str, str]:
 
 def _fail(span: Span, kind: str, message: str) -> None:
     span.set_attribute("error.type", kind)
-    span.set_status(Status(StatusCode.ERROR, message))
+    span.set_status(trace_api.Status(trace_api.StatusCode.ERROR, message))
 
 
 def _provider(config: Tracing) -> SdkTracerProvider:
@@ -255,11 +215,6 @@ class OTelInterceptor(Interceptor):
         return NonRecordingSpan(SpanContext(trace_id, span_id, True,
                                             _SAMPLED if sampled else _NOT_SAMPLED))
 
-    def _trace_of(self, run_id: str) -> int:
-        """The trace id of run ``run_id``: a child run's is its parent's."""
-        known = self._traces.get(run_id)
-        return known if known is not None else trace_id_for(run_id)
-
     def _parent_of_child(self, parent_run: str, parent_step: str | None,
                          trace_id: int) -> Span:
         """A child run's parent span: its parent's ``child:`` step (the parent run's own
@@ -280,9 +235,12 @@ class OTelInterceptor(Interceptor):
         attributes: dict[str, Any] = {"stalwart.run_id": run.run_id,
                                       "stalwart.workflow": run.workflow}
         parent: Span | None = None
-        trace_id = self._trace_of(run.run_id)
+        # A child run's trace is its parent's (remembered here while the parent is).
+        trace_id = self._traces.get(run.run_id) or trace_id_for(run.run_id)
         if run.parent_run_id is not None:
-            trace_id = self._traces[run.run_id] = self._trace_of(run.parent_run_id)
+            parent_run = run.parent_run_id
+            trace_id = self._traces[run.run_id] = (self._traces.get(parent_run)
+                                                    or trace_id_for(parent_run))
             if len(self._traces) > _TRACES_KEPT:
                 del self._traces[next(iter(self._traces))]
             attributes["stalwart.parent_run_id"] = run.parent_run_id
@@ -297,22 +255,21 @@ class OTelInterceptor(Interceptor):
             parent = self._elsewhere(trace_id, span_id_for(run.run_id, "run"))
             attributes["stalwart.redrive"] = input.redrives
             at = input.redriven_at if input.redriven_at is not None else self._clock.now()
-        ids = RunIds(run.run_id, redrive=input.redrives)
+        redrive = ("redrive", str(input.redrives)) if input.redrives else ()
+        span_id = span_id_for(run.run_id, *redrive, "run")
         name = f"workflow {run.workflow}"
         span: Span
         if self._sampler is not None and not self._sampler.should_sample(
                 _EMPTY if parent is None else trace_api.set_span_in_context(parent, _EMPTY),
                 trace_id, name, SpanKind.INTERNAL, attributes).decision.is_sampled():
-            span = NonRecordingSpan(SpanContext(trace_id, ids.span("run"), False,
-                                                _NOT_SAMPLED))
+            span = NonRecordingSpan(SpanContext(trace_id, span_id, False, _NOT_SAMPLED))
         else:
-            span = self._start(name, trace_id, ids.span("run"), parent, _ns(at), attributes)
-        state = _Run(run.run_id, ids, trace_id, span,
-                     {} if span.is_recording() else None)
-        self._runs[run.run_id] = state
+            span = self._start(name, trace_id, span_id, parent, _ns(at), attributes)
         # Workflow code between steps runs with the run's span current: spans it makes
         # (or, for a dropped run, drops) nest there.
-        state.token = otel_context.attach(trace_api.set_span_in_context(span))
+        self._runs[run.run_id] = _Run(
+            run.run_id, redrive, trace_id, span, {} if span.is_recording() else None,
+            otel_context.attach(trace_api.set_span_in_context(span)))
 
     def run_ended(self, input: RunEndInput) -> None:
         state = self._runs.pop(input.run.run_id, None)
@@ -342,7 +299,7 @@ class OTelInterceptor(Interceptor):
         return parent
 
     def _step_span(self, state: _Run, step_id: str, name: str, start: int) -> Span:
-        span = self._start(f"step {name}", state.trace_id, state.ids.span("step", step_id),
+        span = self._start(f"step {name}", state.trace_id, state.span_id("step", step_id),
                            self._enclosing(state), start,
                            {"stalwart.run_id": state.run_id, "stalwart.step_id": step_id,
                             "stalwart.step.name": name})
@@ -354,9 +311,7 @@ class OTelInterceptor(Interceptor):
         """Step ``step_id``'s span, started now if a call inside it is the first to need
         it (``steps="calls"``); ``None`` if it has none."""
         step = state.steps.get(step_id) if state.steps is not None else None
-        if type(step) is tuple:
-            return self._step_span(state, step_id, *step)
-        return step  # type: ignore[return-value]
+        return self._step_span(state, step_id, *step) if isinstance(step, tuple) else step
 
     def step_started(self, input: StepStartInput) -> None:
         state = self._runs.get(input.run_id)
@@ -367,7 +322,7 @@ class OTelInterceptor(Interceptor):
             return
         start = self._now() if input.since is None else _ns(input.since)
         if self._steps == "calls" and not name.startswith("child:"):
-            state.steps[step_id] = (name, start)
+            state.steps[step_id] = (name, start)  # its span when a call inside needs it
         else:
             self._step_span(state, step_id, name, start)
 
@@ -375,10 +330,9 @@ class OTelInterceptor(Interceptor):
         state = self._runs.get(input.run_id)
         if state is None or state.steps is None:
             return
-        step = state.steps.pop(input.step_id, None)
-        if step is None or type(step) is tuple:
+        span = state.steps.pop(input.step_id, None)
+        if span is None or isinstance(span, tuple):
             return
-        span: Span = step  # type: ignore[assignment]
         retries = state.retries.pop(input.step_id, 0)
         if retries:
             span.set_attribute("stalwart.retries", retries)
@@ -394,7 +348,7 @@ class OTelInterceptor(Interceptor):
             return None
         frame = _Agent(
             run_id=input.run_id, name=input.agent,
-            span_id=state.ids.span("agent", input.first_step_id),
+            span_id=state.span_id("agent", input.first_step_id),
             attributes={"gen_ai.operation.name": "invoke_agent",
                         "gen_ai.agent.name": input.agent,
                         "gen_ai.provider.name": input.provider,
@@ -434,10 +388,9 @@ class OTelInterceptor(Interceptor):
     @staticmethod
     def _content(span: Span, capture: CaptureContent, key: str, text: str,
                  digest_key: str) -> None:
-        if capture == "hash":
-            span.set_attribute(digest_key, _digest(text))
-        elif capture:
-            span.set_attribute(key, text)
+        if capture:
+            span.set_attribute(*(digest_key, hashlib.sha256(text.encode()).hexdigest())
+                               if capture == "hash" else (key, text))
 
     # -- model and tool calls --------------------------------------------------------
 
@@ -450,7 +403,7 @@ class OTelInterceptor(Interceptor):
         if state.steps is None:  # a dropped run: no span, but the call's metrics
             return _Call(state.span, at, attributes, False)
         parent = self._step(state, step_id) or self._enclosing(state)
-        span = self._start(name, state.trace_id, state.ids.span("call", step_id, *what),
+        span = self._start(name, state.trace_id, state.span_id("call", step_id, *what),
                            parent, _ns(at), dict(attributes), kind)
         return _Call(span, at, attributes, self._capture())
 
@@ -462,12 +415,9 @@ class OTelInterceptor(Interceptor):
         if input.agent is not None:
             attributes["gen_ai.agent.name"] = input.agent
         options = input.request.options
-        for attr, value in (("gen_ai.request.temperature", options.temperature),
-                            ("gen_ai.request.max_tokens", options.max_tokens),
-                            ("gen_ai.request.top_p", options.top_p),
-                            ("gen_ai.request.seed", options.seed)):
-            if value is not None:
-                attributes[attr] = value
+        attributes.update({f"gen_ai.request.{name}": value for name in (
+            "temperature", "max_tokens", "top_p", "seed")
+            if (value := getattr(options, name)) is not None})
         runtime = self._runtime()
         if runtime is not None and input.key in runtime.breakers:
             attributes["stalwart.breaker.state"] = str(runtime.breakers.get(input.key).state)
@@ -550,12 +500,13 @@ class OTelInterceptor(Interceptor):
         span while user code runs, so the spans it starts (its own, or an instrumented
         library's) are its children. Without one, the run's stays current."""
         if isinstance(handle, _Call):
-            return _Current(handle.span)
-        state = self._runs.get(run_id)
-        step = state.steps.get(step_id) if state is not None and state.steps else None
-        if step is None or type(step) is tuple:
+            span: _Step | None = handle.span
+        else:
+            state = self._runs.get(run_id)
+            span = state.steps.get(step_id) if state is not None and state.steps else None
+        if span is None or isinstance(span, tuple):
             return _NOTHING
-        return _Current(step)  # type: ignore[arg-type]
+        return trace_api.use_span(span, record_exception=False, set_status_on_exception=False)
 
     # -- policies --------------------------------------------------------------------
 

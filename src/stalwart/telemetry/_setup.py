@@ -1,4 +1,6 @@
-"""``configure()``: OpenTelemetry SDK providers from the standard ``OTEL_*`` variables.
+"""``configure()``: OpenTelemetry SDK providers from the standard ``OTEL_*`` variables,
+with the official exporters; and :class:`RunIdGenerator`, which gives stalwart's spans
+the ids derived from the journal (``_ids``) through the SDK's ``IdGenerator`` hook.
 
 The SDK and its exporters read most variables themselves; this module only chooses the
 exporters, as the SDK's own auto-configuration does, without ``opentelemetry-instrument``:
@@ -7,30 +9,20 @@ exporters, as the SDK's own auto-configuration does, without ``opentelemetry-ins
 ``OTEL_SDK_DISABLED``              ``true``: install nothing (tracing stays off)
 ``OTEL_SERVICE_NAME``,             the resource (read by ``Resource.create``)
 ``OTEL_RESOURCE_ATTRIBUTES``
-``OTEL_TRACES_EXPORTER``           ``otlp`` (default), ``console`` (to stderr) or ``none``;
-``OTEL_METRICS_EXPORTER``          several, comma-separated
-``OTEL_EXPORTER_OTLP_PROTOCOL``,   ``http/protobuf`` (default) or ``grpc`` (needs
-``..._TRACES_PROTOCOL``,           ``opentelemetry-exporter-otlp-proto-grpc``: the
-``..._METRICS_PROTOCOL``           ``otel-grpc`` extra)
-``OTEL_EXPORTER_OTLP_ENDPOINT``,   read by the official OTLP exporters, as are headers,
-``..._HEADERS``, ``..._TIMEOUT``   timeout, compression and certificates
-``OTEL_TRACES_SAMPLER[_ARG]``      read by the SDK ``TracerProvider``
-``OTEL_BSP_*``, ``OTEL_METRIC_``   read by the batch span processor and the periodic
-``EXPORT_INTERVAL``                metric reader
+``OTEL_TRACES_EXPORTER``,          ``otlp`` (default), ``console`` (to stderr: stdout is
+``OTEL_METRICS_EXPORTER``          the program's) or ``none``; several, comma-separated
+``OTEL_EXPORTER_OTLP_PROTOCOL``,   ``http/protobuf`` (default) or ``grpc`` (the
+``..._{TRACES,METRICS}_PROTOCOL``  ``otel-grpc`` extra)
+``OTEL_EXPORTER_OTLP_*``           endpoint, headers, timeout...: read by the exporters
+``OTEL_TRACES_SAMPLER[_ARG]``,     read by the SDK's ``TracerProvider``, batch span
+``OTEL_BSP_*``, ``OTEL_METRIC_*``  processor and periodic metric reader
 =================================  ========================================================
-
-The SDK gives a span its ids from its provider's ``IdGenerator`` (public API):
-:class:`RunIdGenerator` hands out the ids stalwart chose for the span being started (see
-``_ids``) and delegates every other span (the user's own, an instrumented library's) to
-the generator the provider had.
-
-Console output goes to stderr: stdout belongs to the program (``stalwart run`` prints a
-run's result there, for ``| jq``).
 """
 
 from __future__ import annotations
 
 import contextvars
+import importlib
 import os
 import sys
 from dataclasses import dataclass
@@ -115,32 +107,20 @@ def _protocol(signal: str) -> str:
     return "http/protobuf"
 
 
+_OTLP = {"http/protobuf": ("opentelemetry.exporter.otlp.proto.http", "otel"),
+         "grpc": ("opentelemetry.exporter.otlp.proto.grpc", "otel-grpc")}
+
+
 def _otlp(signal: str) -> Any:
     """The official OTLP exporter class for ``signal`` (``TRACES``/``METRICS``)."""
-    if _protocol(signal) == "grpc":
-        try:
-            if signal == "TRACES":
-                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-                    OTLPSpanExporter as GrpcSpans,
-                )
-
-                return GrpcSpans
-            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
-                OTLPMetricExporter as GrpcMetrics,
-            )
-
-            return GrpcMetrics
-        except ImportError as exc:
-            raise ConfigurationError(
-                "OTLP over grpc needs opentelemetry-exporter-otlp-proto-grpc: "
-                "pip install 'stalwart[otel-grpc]'") from exc
-    if signal == "TRACES":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        return OTLPSpanExporter
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-
-    return OTLPMetricExporter
+    package, extra = _OTLP[_protocol(signal)]
+    module, name = (("trace_exporter", "OTLPSpanExporter") if signal == "TRACES"
+                    else ("metric_exporter", "OTLPMetricExporter"))
+    try:
+        return getattr(importlib.import_module(f"{package}.{module}"), name)
+    except ImportError as exc:
+        raise ConfigurationError(f"OTLP export needs {package.replace('.', '-')}: "
+                                 f"pip install 'stalwart[{extra}]'") from exc
 
 
 def _span_exporters() -> list[SpanExporter]:
