@@ -37,9 +37,12 @@ microseconds. For scale, the header measures the SDK alone: one span started and
 through a ``BatchSpanProcessor`` (3 attributes, as a step's span has), CPU time per span.
 Every traced run is checked to have exported one span per step plus one per run.
 
-Target (the gate: exit status 1 when missed): with 1 ms steps, tracing costs at most 5 %
-of W2's throughput (``x off`` >= 0.95) in both traced modes. Empty steps are reported,
-not gated.
+Target (the gate: exit status 1 when missed): with 1 ms steps, tracing costs at most 5 %,
+in both traced modes: this process's CPU time per step is at most 1.05 x ``off``'s
+(median of the rounds). The gate reads CPU time, not throughput, because on the shared
+2-core VM of these figures throughput ratios of one mode spread over 0.6-1.3 within a
+run, so a gate on them passes or fails by chance; on an idle machine, where W2 with 1 ms
+steps is bound by its event loop, the two agree. Empty steps are reported, not gated.
 """
 
 from __future__ import annotations
@@ -74,8 +77,8 @@ from stalwart.telemetry import RunIdGenerator, Tracing, configure
 from stalwart.testing import OTLPReceiver
 
 MODES = ("off", "memory", "otlp")
-TARGET = 0.95
-"""With 1 ms steps, a traced mode keeps at least this much of W2's throughput."""
+TARGET = 1.05
+"""With 1 ms steps, a traced mode spends at most this much CPU per step, x ``off``'s."""
 BUSY_SECONDS = 0.001
 
 
@@ -268,9 +271,9 @@ def table(synchronous: core.Sync, floors: Sequence[float],
             ratio, rate = statistics.median(s.ratios), statistics.median(s.rates)
             target = ""
             if kind == "1ms" and mode != "off":
-                ok = ratio >= TARGET
+                ok = statistics.median(s.cpu) <= TARGET
                 missed |= not ok
-                target = f">={TARGET:.2f} {'ok' if ok else 'MISS'}"
+                target = f"cpu <={TARGET:.2f} {'ok' if ok else 'MISS'}"
             spread = "" if mode == "off" else f"{min(s.ratios):.2f}-{max(s.ratios):.2f}"
             cpu = f"{statistics.median(s.cpu):.3f}"
             added = "" if mode == "off" else f"+{statistics.median(s.added):.0f}"
