@@ -76,15 +76,18 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def open_store(store: Store | str | os.PathLike[str] | None) -> Store:
+def open_store(store: Store | str | os.PathLike[str] | None, *,
+               access: Literal["write", "client", "read"] = "write") -> Store:
     """A store from an instance, a URL or a path; ``None`` reads ``$STALWART_STORE`` and
-    falls back to ``./.stalwart/stalwart.db``."""
+    falls back to ``./.stalwart/stalwart.db``. ``access`` says how a store made here uses
+    its journal: ``write`` (a worker: creates or migrates it), ``client`` (reads
+    read-only until its first write) or ``read`` (never writes, creates nothing)."""
     if store is None:
         store = os.environ.get("STALWART_STORE") or None
         if store is None:
-            return SQLiteStore()
+            return SQLiteStore(access=access)
     if isinstance(store, os.PathLike):
-        return SQLiteStore(store)
+        return SQLiteStore(store, access=access)
     if isinstance(store, str):
         if store.startswith(("postgresql://", "postgres://")):
             try:
@@ -93,15 +96,15 @@ def open_store(store: Store | str | os.PathLike[str] | None) -> Store:
                 raise ConfigurationError(
                     "a postgresql:// store needs the postgres extra: "
                     "pip install 'stalwart[postgres]'") from exc
-            pg: Store = PostgresStore(store)
+            pg: Store = PostgresStore(store, access=access)
             return pg
         if store.startswith("sqlite:///"):
-            return SQLiteStore(store[len("sqlite:///"):])
+            return SQLiteStore(store[len("sqlite:///"):], access=access)
         if "://" in store:
             raise ConfigurationError(
                 f"unknown store URL {store!r}: use a file path, sqlite:///PATH or "
                 "postgresql://...")
-        return SQLiteStore(Path(store))
+        return SQLiteStore(Path(store), access=access)
     return store
 
 
@@ -259,7 +262,8 @@ class Runtime:
         if lease_seconds <= 0 or poll_interval <= 0 or park_after < 0:
             raise ConfigurationError("lease_seconds and poll_interval must be positive, "
                                      "park_after non-negative")
-        self.store = open_store(store)
+        # A client (worker=False) reads the journal read-only until it first writes.
+        self.store = open_store(store, access="write" if worker else "client")
         self.clock = clock or SystemClock()
         self.worker = worker
         self.register_worker = register_worker

@@ -220,6 +220,10 @@ async def test_a_postgres_journal_of_schema_1_gains_the_limit_tables(pg_url: str
     await store.close()
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("DROP TABLE stalwart_rate_buckets, stalwart_bulkhead_slots")
+        # and the checksums of schema 3
+        conn.execute("ALTER TABLE stalwart_runs DROP COLUMN event_head, DROP COLUMN "
+                     "run_digest, DROP COLUMN outcome_digest")
+        conn.execute("ALTER TABLE stalwart_events DROP COLUMN digest")
         conn.execute("UPDATE stalwart_meta SET value = '1' WHERE key = 'schema_version'")
     store = PostgresStore(pg_url)
     await store.open()
@@ -228,6 +232,7 @@ async def test_a_postgres_journal_of_schema_1_gains_the_limit_tables(pg_url: str
         assert await store.bulkhead_acquire("p", "h", max_concurrent=1, now=T0,
                                             lease_seconds=1)
         assert await store.get_run("r") is not None
+        assert [e.kind for e in await store.load_events("r")] == ["run_created"]
     finally:
         await store.close()
     with psycopg.connect(pg_url, autocommit=True) as conn:

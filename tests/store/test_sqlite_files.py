@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,10 +53,11 @@ def contents(path: Path) -> bytes:
     return path.read_bytes()  # small files: blocking the test's event loop is harmless
 
 
-async def refused(path: Path, error: type[StoreError]) -> StoreError:
+async def refused(path: Path, error: type[StoreError], *,
+                  access: str = "write") -> StoreError:
     """Opening ``path`` raises ``error``, the store stays closed and the bytes unchanged."""
     before = contents(path)
-    store = SQLiteStore(path)
+    store = SQLiteStore(path, access=access)  # type: ignore[arg-type]
     with pytest.raises(error) as info:
         await store.open()
     assert contents(path) == before
@@ -110,10 +112,11 @@ async def test_a_foreign_database_with_a_stalwart_meta_table_is_refused(
     await refused(path, NotAStalwartStoreError)
 
 
-@pytest.mark.parametrize("found", [SCHEMA_VERSION + 1, SCHEMA_VERSION - 1])
+@pytest.mark.parametrize("found", [SCHEMA_VERSION + 1, 0])  # 0: older than any migration
 async def test_a_journal_of_another_schema_version_is_refused_untouched(
         tmp_path: Path, found: int) -> None:
-    """A journal of a newer or older schema raises SchemaVersionError, saying which."""
+    """A journal of a newer or unsupported older schema raises SchemaVersionError,
+    saying which."""
     path = tmp_path / "journal.db"
     await make_journal(path)
     set_meta(path, "schema_version", str(found))
@@ -182,3 +185,127 @@ def test_a_url_in_stalwart_store_is_not_taken_for_a_file(
     store = open_store(None)
     assert isinstance(store, SQLiteStore)
     assert store.path == "x.db"
+
+
+# -- who may initialise a file ---------------------------------------------------------
+
+
+def _only_a_view(p: Path) -> None:
+    with sqlite3.connect(p) as conn:
+        conn.execute("CREATE VIEW answer AS SELECT 42 AS x")
+    conn.close()
+
+
+def _only_a_user_version(p: Path) -> None:
+    with sqlite3.connect(p) as conn:
+        conn.execute("PRAGMA user_version = 7")
+    conn.close()
+
+
+def _nothing_but_a_header(p: Path) -> None:
+    with sqlite3.connect(p) as conn:
+        conn.execute("VACUUM")  # writes page 1: a valid, empty SQLite file
+    conn.close()
+
+
+def _foreign_tables(p: Path) -> None:
+    with sqlite3.connect(p) as conn:
+        conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("INSERT INTO customers (name) VALUES ('ada')")
+    conn.close()
+
+
+@pytest.mark.parametrize("make", [_only_a_view, _only_a_user_version, _nothing_but_a_header,
+                                  _foreign_tables],
+                         ids=["view", "user-version", "empty-schema", "tables"])
+@pytest.mark.parametrize("access", ["write", "client", "read"])
+async def test_a_foreign_sqlite_file_is_never_initialised(
+        tmp_path: Path, make: Any, access: str) -> None:
+    """An SQLite file without our application_id — even one with no table — is refused
+    by every kind of store (a client at its first write), byte for byte unchanged."""
+    path = tmp_path / "theirs.db"
+    make(path)
+    assert path.stat().st_size > 0
+    before = contents(path)
+    store = SQLiteStore(path, access=access)  # type: ignore[arg-type]
+    with pytest.raises(NotAStalwartStoreError, match="not a stalwart journal"):
+        await store.open()
+        await store.create_run(run_id="r", workflow="wf", input="[]", now=1.0)
+    await store.close()
+    assert contents(path) == before
+    assert not Path(f"{path}-wal").exists() or Path(f"{path}-wal").stat().st_size == 0
+
+
+async def test_an_empty_file_is_initialised_by_a_writer_only(tmp_path: Path) -> None:
+    """A 0-byte file: a reader says there is no journal (and leaves it empty); a client
+    reads the same, and its first write creates the journal; so does a writer's open."""
+    path = tmp_path / "empty.db"
+    path.write_bytes(b"")
+    reader = SQLiteStore(path, access="read")
+    with pytest.raises(NotAStalwartStoreError, match="no stalwart journal.*empty"):
+        await reader.open()
+    assert path.stat().st_size == 0
+    client = SQLiteStore(path, access="client")
+    await client.open()
+    try:
+        with pytest.raises(NotAStalwartStoreError, match="no stalwart journal"):
+            await client.list_runs()
+        assert path.stat().st_size == 0
+        await client.create_run(run_id="r", workflow="wf", input="[]", now=1.0)
+        assert [r.run_id for r in await client.list_runs()] == ["r"]
+    finally:
+        await client.close()
+    other = tmp_path / "other.db"
+    other.write_bytes(b"")
+    writer = SQLiteStore(other)
+    await writer.open()
+    await writer.close()
+    assert other.stat().st_size > 0
+
+
+async def test_a_reader_never_creates_a_missing_file(tmp_path: Path) -> None:
+    """A reader of a path where nothing exists raises and creates neither file nor
+    folder."""
+    path = tmp_path / "nothing" / "here.db"
+    with pytest.raises(NotAStalwartStoreError, match="no stalwart journal"):
+        await SQLiteStore(path, access="read").open()
+    assert not path.parent.exists()
+
+
+# -- schema 1 (before checksums) -------------------------------------------------------
+
+
+def downgrade_to_schema_1(path: Path) -> None:
+    """Make a closed journal what stalwart wrote before checksums (schema 1)."""
+    with sqlite3.connect(path) as conn:
+        for stmt in ("ALTER TABLE runs DROP COLUMN event_head",
+                     "ALTER TABLE runs DROP COLUMN run_digest",
+                     "ALTER TABLE runs DROP COLUMN outcome_digest",
+                     "ALTER TABLE events DROP COLUMN digest",
+                     "UPDATE stalwart_meta SET value = '1' WHERE key = 'schema_version'"):
+            conn.execute(stmt)
+    conn.close()
+
+
+async def test_a_journal_of_schema_1_is_migrated_by_a_writer_only(tmp_path: Path) -> None:
+    """Readers refuse a journal written before checksums, untouched, saying a writer
+    migrates it; a writer does (hashing its events), and then it verifies."""
+    path = tmp_path / "journal.db"
+    await make_journal(path, runs=3)
+    downgrade_to_schema_1(path)
+    for access in ("read", "client"):
+        err = await refused(path, SchemaVersionError, access=access)
+        assert "migrates it" in str(err)
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        for rec in await store.list_runs():
+            kinds = [e.kind for e in await store.load_events(rec.run_id)]
+            assert kinds == ["run_created", "run_claimed"] + ["step_completed"] * 3
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT value FROM stalwart_meta WHERE key = 'schema_version'"
+                            ).fetchone() == (str(SCHEMA_VERSION),)
+        assert conn.execute("SELECT count(*) FROM events WHERE digest = ''").fetchone() == (0,)
+    conn.close()

@@ -29,9 +29,25 @@ def with_search_path(url: str, schema: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+def create_journal(url: str) -> None:
+    """Create the journal at ``url`` (as the first worker would in an empty schema)."""
+    import asyncio
+
+    from stalwart.store._postgres import PostgresStore
+
+    async def create() -> None:
+        store = PostgresStore(url)
+        await store.open()
+        await store.close()
+
+    asyncio.run(create())
+
+
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    """A PostgreSQL URL whose search path is a fresh schema, dropped after the test."""
+    """A PostgreSQL URL whose search path is a fresh schema holding an empty journal,
+    dropped after the test. The tests' ledger tables go beside it: a worker creates a
+    journal only in an empty schema, never beside an application's tables."""
     url = os.environ.get(PG_ENV)
     if not url:
         pytest.skip(PG_SKIP)
@@ -41,6 +57,7 @@ def pg_url() -> Iterator[str]:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
     try:
+        create_journal(with_search_path(url, schema))
         yield with_search_path(url, schema)
     finally:
         with psycopg.connect(url, autocommit=True, connect_timeout=30) as conn:

@@ -16,6 +16,7 @@ from . import _commands
 from ._common import FAILURE, USAGE, CliError, exit_code_for
 from ._demo import demo
 from ._dlq import dlq_app
+from ._doctor import doctor
 from ._help import HelpCommand, HelpGroup
 from ._runs import runs_app
 from ._stats import stats
@@ -121,6 +122,7 @@ app.command("demo", cls=HelpCommand)(demo)
 app.add_typer(runs_app, name="runs")
 app.command("stats", cls=HelpCommand)(stats)
 app.add_typer(dlq_app, name="dlq")
+app.command("doctor", cls=HelpCommand)(doctor)
 app.command("worker", cls=HelpCommand)(worker)
 app.add_typer(workers_app, name="workers")
 

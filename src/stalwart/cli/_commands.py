@@ -302,7 +302,7 @@ async def _get(store: str | None, run_id: str) -> RunRecord:
 
 
 async def _signal(store: str | None, run_id: str, name: str, payload: Any) -> RunRecord:
-    rt = client_runtime(store)
+    rt = client_runtime(store, read_only=False)
     try:
         rec = await rt.get_run(run_id)
         if rec.is_terminal:
@@ -333,7 +333,7 @@ def signal(
 
 
 async def _cancel(store: str | None, run_id: str) -> tuple[RunRecord, RunRecord]:
-    rt = client_runtime(store)
+    rt = client_runtime(store, read_only=False)
     try:
         before = await rt.get_run(run_id)
         if before.is_terminal:

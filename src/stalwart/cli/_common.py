@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -40,6 +40,7 @@ __all__ = [
     "failure_line",
     "fmt_duration",
     "fmt_time",
+    "lease_note",
     "parse_json",
     "preview",
     "print_json",
@@ -145,6 +146,21 @@ def failure_line(rec: RunRecord) -> str:
     return f"run {rec.run_id} {rec.status}: {what}"
 
 
+def lease_note(rec: RunRecord, *, now: float, host: str,
+               pid_alive: Callable[[int], bool]) -> str | None:
+    """Whether a running run's owner is gone, as a worker would judge it: its pid no
+    longer runs on this host (taken over at once), or its lease expired (taken over by
+    any worker). ``None`` while its owner may still hold it."""
+    if rec.status != RunStatus.RUNNING:
+        return None
+    if rec.owner_host == host and rec.owner_pid is not None and not pid_alive(rec.owner_pid):
+        return "owner gone; reclaimable now"
+    if rec.lease_expires_at is not None and rec.lease_expires_at < now:
+        return (f"lease expired {fmt_duration(now - rec.lease_expires_at)} ago; "
+                "reclaimable now")
+    return None
+
+
 def error_json(rec: RunRecord) -> dict[str, str] | None:
     """A run's error as ``--json`` outputs that are not the full record show it."""
     if rec.error is None:
@@ -153,13 +169,15 @@ def error_json(rec: RunRecord) -> dict[str, str] | None:
     return {"type": info.type, "message": info.message}
 
 
-def client_runtime(store: str | None) -> Runtime:
-    """A runtime that only reads and writes the journal (it executes nothing).
+def client_runtime(store: str | None, *, read_only: bool = True) -> Runtime:
+    """A runtime that executes nothing: with ``read_only`` (the views) its store never
+    writes — SQLite opened ``mode=ro``, PostgreSQL sessions read-only, nothing created;
+    else (signal, cancel, dlq retry) it reads read-only until its first write.
 
-    An SQLite file that does not exist is an error here, rather than silently creating
-    an empty journal in which the run cannot be.
+    A journal that does not exist is an error here, rather than silently creating an
+    empty one in which the run cannot be.
     """
-    st = open_store(store)
+    st = open_store(store, access="read" if read_only else "client")
     if isinstance(st, SQLiteStore) and st.path != ":memory:":
         path = Path(st.path)
         if not path.exists():

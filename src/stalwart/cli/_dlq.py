@@ -347,7 +347,7 @@ async def _check(store: str | None, run_id: str) -> RunRecord:
 
 
 async def _redrive_only(store: str | None, run_id: str) -> RunRecord:
-    rt = client_runtime(store)
+    rt = client_runtime(store, read_only=False)
     try:
         await rt.redrive(run_id)
         return await rt.get_run(run_id)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import time
 from typing import Annotated, Any
 
 import typer
@@ -11,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .._cost import UsageReport, usage_report
-from .._runtime import Runtime
+from .._runtime import Runtime, _pid_alive
 from .._timetravel import ForkInfo, fork_info
 from ..store._base import Event, RunRecord, RunStatus
 from ._common import (
@@ -21,6 +23,7 @@ from ._common import (
     console,
     fmt_duration,
     fmt_time,
+    lease_note,
     preview,
     print_json,
     run_async,
@@ -197,7 +200,10 @@ def render_story(out: Console, story: RunStory, children: list[RunRecord],
     if rec.wake_at is not None and not rec.is_terminal:
         facts.add_row("wakes at", fmt_time(rec.wake_at, date=True))
     if rec.status == RunStatus.RUNNING and rec.owner_pid is not None:
-        facts.add_row("held by", f"pid {rec.owner_pid} on {rec.owner_host}")
+        gone = lease_note(rec, now=time.time(), host=socket.gethostname(),
+                          pid_alive=_pid_alive)
+        facts.add_row("held by", f"pid {rec.owner_pid} on {rec.owner_host}"
+                      + (f" ({gone})" if gone else ""))
     if rec.cancel_requested and not rec.is_terminal:
         facts.add_row("cancel", "requested")
     facts.add_row("input", Text(preview(rec.input, 100)))

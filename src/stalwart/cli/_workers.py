@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from typing import Annotated, Any
@@ -20,7 +21,7 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from .._runtime import Runtime
+from .._runtime import Runtime, _pid_alive
 from .._workflow import Workflow
 from ..errors import StoreError
 from ..store._base import RunRecord, RunStatus, WorkerRecord
@@ -203,9 +204,14 @@ workers_app = typer.Typer(
 )
 
 
-def _state(w: WorkerRecord, now: float) -> str:
+def _state(w: WorkerRecord, now: float, host: str) -> str:
+    """``stopped`` (cleanly), ``dead`` (its process is gone from this host, or it has not
+    been heard from within its lease) or ``live`` — the engine's own rule for taking a
+    worker's runs over."""
     if w.stopped_at is not None:
         return "stopped"
+    if w.host == host and w.pid != os.getpid() and not _pid_alive(w.pid):
+        return "dead"
     return "live" if w.alive(now) else "dead"
 
 
@@ -245,7 +251,8 @@ def list_workers(
     for r in running:
         if r.lease_owner is not None:
             leases.setdefault(r.lease_owner, []).append(r)
-    rows = [(w, _state(w, now), leases.pop(w.worker_id, [])) for w in workers]
+    host = socket.gethostname()
+    rows = [(w, _state(w, now, host), leases.pop(w.worker_id, [])) for w in workers]
     orphans = [r for held in leases.values() for r in held]
     if json_out:
         print_json({
@@ -284,7 +291,11 @@ def list_workers(
         out = pipe_console(sys.stderr)
     dead = [(w, held) for w, state, held in rows if state == "dead" and held]
     for w, held in dead:
-        if all((r.lease_expires_at or 0) < now for r in held):
+        if w.host == host:
+            out.print(f"worker {w.worker_id} is dead (pid {w.pid} is gone from this host): "
+                      f"its {len(held)} run(s) are reclaimable now; a worker on this host "
+                      "takes them over at once")
+        elif all((r.lease_expires_at or 0) < now for r in held):
             out.print(f"worker {w.worker_id} is dead: its {len(held)} run(s) are free for "
                       "any worker (their leases expired)")
         else:

@@ -32,8 +32,13 @@ __all__ = [
     "WorkerRecord",
 ]
 
-SCHEMA_VERSION = 1
-"""The journal schema version this code reads and writes."""
+SCHEMA_VERSION = 2
+"""The SQLite journal's schema version, which this code reads and writes (PostgreSQL's
+tables have their own, in ``_postgres_schema``).
+
+2. Checksums: each event's digest chains to the one before it in its run, and the run
+   row keeps the chain's head and digests of the run and its outcome (see ``_chain``).
+   A writer migrates a journal of schema 1, hashing its events as they are then."""
 
 APP_ID = "stalwart"
 

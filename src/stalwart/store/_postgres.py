@@ -50,6 +50,7 @@ from psycopg_pool import AsyncConnectionPool
 from ..errors import (
     ConfigurationError,
     LeaseLostError,
+    NotAStalwartStoreError,
     RunNotFoundError,
     StoreError,
 )
@@ -66,6 +67,16 @@ from ._base import (
     RunStatus,
     WorkerRecord,
 )
+from ._chain import (
+    GENESIS,
+    RUN_COLUMNS,
+    chain,
+    outcome_digest,
+    run_digest,
+    run_record,
+    verify_events,
+)
+from ._claims import READY_ORDER_SQL, plan_claim
 from ._limits import (
     BucketDraw,
     BucketState,
@@ -73,7 +84,8 @@ from ._limits import (
     plan_adjustment,
     plan_reservation,
 )
-from ._postgres_schema import check_or_create
+from ._pg_conninfo import check_conninfo, invalid_option
+from ._postgres_schema import Access, check_or_create
 
 __all__ = ["CHANNEL", "PostgresStore"]
 
@@ -85,12 +97,7 @@ Conn = AsyncConnection[TupleRow]
 CHANNEL = "stalwart_wake"
 """The ``LISTEN``/``NOTIFY`` channel; each notification's payload is a run id."""
 
-_RUN_COLUMNS = (
-    "run_id, workflow, workflow_ref, status, input, result, error, parent_run_id, "
-    "parent_step_id, created_at, updated_at, wake_at, lease_owner, lease_token, "
-    "lease_expires_at, owner_host, owner_pid, cancel_requested"
-)
-_SELECT_RUN = f"SELECT {_RUN_COLUMNS} FROM stalwart_runs WHERE run_id = %s"
+_SELECT_RUN = f"SELECT {RUN_COLUMNS} FROM stalwart_runs WHERE run_id = %s"
 _READY = (
     "(status = 'pending' OR (status = 'running' AND lease_expires_at < %(now)s) "
     "OR (status IN ('sleeping', 'waiting') AND wake_at IS NOT NULL AND wake_at <= %(now)s))"
@@ -107,16 +114,6 @@ def _transient(exc: psycopg.Error) -> bool:
     """A deadlock or serialization failure (SQLSTATE class 40): the transaction may be
     retried. (psycopg's DeadlockDetected does not derive from TransactionRollback.)"""
     return (exc.sqlstate or "").startswith("40")
-
-
-def _run_record(row: Sequence[Any]) -> RunRecord:
-    return RunRecord(
-        run_id=row[0], workflow=row[1], workflow_ref=row[2], status=RunStatus(row[3]),
-        input=row[4], result=row[5], error=row[6], parent_run_id=row[7],
-        parent_step_id=row[8], created_at=row[9], updated_at=row[10], wake_at=row[11],
-        lease_owner=row[12], lease_token=row[13], lease_expires_at=row[14],
-        owner_host=row[15], owner_pid=row[16], cancel_requested=bool(row[17]),
-    )
 
 
 def printable_url(url: str) -> str:
@@ -163,6 +160,17 @@ class PostgresStore:
         write_concurrency: group-commit flushers writing at once (each holds a connection).
         max_batch: appends per group-commit transaction, at most.
         connect_timeout: seconds to wait for a connection before a retryable StoreError.
+        access: ``"write"`` (default) creates or migrates the journal when it opens;
+            ``"read"`` creates, migrates and writes nothing (its sessions are read-only)
+            and says so where there is no journal; ``"client"`` reads like ``"read"``
+            until its first write, which creates the journal if need be.
+        create: create the journal even in a schema that holds other tables (by default
+            only an empty schema gets one: never beside an application's tables by
+            accident).
+
+    Raises:
+        ConfigurationError: ``url`` is malformed or sets an option to a value libpq
+            refuses (checked before connecting: retrying would not help).
     """
 
     def __init__(
@@ -174,12 +182,22 @@ class PostgresStore:
         write_concurrency: int = 4,
         max_batch: int = 64,
         connect_timeout: float = 10.0,
+        access: Access = "write",
+        create: bool = False,
     ) -> None:
         if not 1 <= min_connections <= max_connections:
             raise ConfigurationError("need 1 <= min_connections <= max_connections")
         if not 1 <= write_concurrency <= max_connections or max_batch < 1:
             raise ConfigurationError(
                 "need 1 <= write_concurrency <= max_connections and max_batch >= 1")
+        if access not in ("write", "client", "read"):
+            raise ConfigurationError(f"access must be write, client or read, not {access!r}")
+        check_conninfo(url, printable_url(url))
+        self._access: Access = access
+        self._create = create
+        self._journal = False
+        """Whether the journal is known to exist (and be of this version) here."""
+        self._journal_lock = asyncio.Lock()
         self._conninfo = url
         self._url = printable_url(url)
         self._min, self._max = min_connections, max_connections
@@ -203,28 +221,74 @@ class PostgresStore:
 
     # -- lifecycle -------------------------------------------------------------------
 
+    @property
+    def access(self) -> Access:
+        return self._access
+
     async def open(self) -> None:
         if self._pool is not None:
             return
-        try:
-            conn = await AsyncConnection.connect(
-                self._conninfo, autocommit=True, connect_timeout=int(self._connect_timeout))
-        except psycopg.Error as exc:
-            raise self._error(exc, "cannot connect to") from exc
-        try:
-            async with conn:
-                await check_or_create(conn, self._url)
-        except psycopg.Error as exc:
-            raise self._error(exc, "cannot open the journal in") from exc
+        self._journal = await self._check_journal(self._access)
         pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             self._conninfo, min_size=self._min, max_size=self._max, open=False,
-            kwargs={"autocommit": True}, timeout=self._connect_timeout, name="stalwart")
+            kwargs={"autocommit": True}, timeout=self._connect_timeout, name="stalwart",
+            configure=self._read_only_session if self._access == "read" else None)
         try:
             await pool.open(wait=True, timeout=self._connect_timeout)
         except psycopg.Error as exc:
             await pool.close()
             raise self._error(exc, "cannot connect to") from exc
         self._pool = pool
+
+    async def _check_journal(self, access: Access) -> bool:
+        """Check (a writer: create or migrate) the journal on a connection of its own."""
+        try:
+            conn = await AsyncConnection.connect(
+                self._conninfo, autocommit=True, connect_timeout=int(self._connect_timeout))
+        except psycopg.Error as exc:
+            if invalid_option(exc):  # a value libpq refused before connecting: a typo
+                raise ConfigurationError(
+                    f"invalid PostgreSQL URL {self._url}: {exc}".strip()) from exc
+            raise self._error(exc, "cannot connect to") from exc
+        try:
+            async with conn:
+                if access == "read":
+                    await self._read_only_session(conn)
+                return await check_or_create(conn, self._url, access=access,
+                                             create=self._create)
+        except psycopg.Error as exc:
+            raise self._error(exc, "cannot open the journal in") from exc
+
+    @staticmethod
+    async def _read_only_session(conn: Conn) -> None:
+        """A reader's sessions refuse writes on the server's side too."""
+        await conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+
+    async def _writable(self) -> None:
+        """Before a write: a reader refuses it; a client that found no journal creates
+        it now (the first write of a ``Runtime(worker=False)``)."""
+        if self._journal:
+            return
+        if self._pool is None:
+            raise StoreError("the store is not open")
+        if self._access == "read":
+            raise StoreError(f"{self._url} was opened to read only; nothing was written")
+        async with self._journal_lock:
+            if not self._journal:
+                self._journal = await self._check_journal("write")
+
+    async def _readable(self) -> None:
+        """Before a read: a client that found no journal looks again, and says so."""
+        if self._journal:
+            return
+        if self._pool is None:
+            raise StoreError("the store is not open")
+        async with self._journal_lock:
+            if not self._journal:
+                self._journal = await self._check_journal("client")
+        if not self._journal:
+            raise NotAStalwartStoreError(
+                f"there is no stalwart journal in {self._url} yet: nothing was created")
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -259,6 +323,7 @@ class PostgresStore:
 
     async def _read(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()
                     ) -> list[TupleRow]:
+        await self._readable()
         try:
             async with self._connection() as conn:
                 cur = await conn.execute(sql, args)
@@ -267,6 +332,7 @@ class PostgresStore:
             raise self._error(exc, "cannot read") from exc
 
     async def _write(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        await self._writable()
         for attempt in range(1, _TRANSIENT_ATTEMPTS + 1):
             notes: list[str] = []
             token = _notes.set(notes)
@@ -334,32 +400,39 @@ class PostgresStore:
         parent_events: Sequence[NewEvent] = (),
         events: Sequence[NewEvent] = (),
     ) -> tuple[RunRecord, bool]:
+        initial = [NewEvent(EventKind.RUN_CREATED, name=workflow, payload=input), *events]
+        digests = chain(GENESIS, run_id, 1, initial, now)
+        parent_id = parent.run_id if parent else None
+
         async def op(conn: Conn) -> tuple[RunRecord, bool]:
             if parent is not None:
                 await self._check_lease(conn, parent)
             cur = await conn.execute(
                 "INSERT INTO stalwart_runs (run_id, workflow, workflow_ref, status, input, "
-                "parent_run_id, parent_step_id, created_at, updated_at, event_count) "
-                "VALUES (%s, %s, %s, 'pending', %s, %s, %s, %s, %s, %s) "
+                "parent_run_id, parent_step_id, created_at, updated_at, event_count, "
+                "event_head, run_digest, outcome_digest) "
+                "VALUES (%s, %s, %s, 'pending', %s, %s, %s, %s, %s, %s, %s, %s, %s) "
                 "ON CONFLICT (run_id) DO NOTHING RETURNING run_id",
-                (run_id, workflow, workflow_ref, input, parent.run_id if parent else None,
-                 parent_step_id, now, now, 1 + len(events)))
+                (run_id, workflow, workflow_ref, input, parent_id, parent_step_id, now, now,
+                 len(initial), digests[-1],
+                 run_digest(run_id, workflow, workflow_ref, input, parent_id,
+                            parent_step_id, now),
+                 outcome_digest(run_id, None, None)))
             created = await cur.fetchone() is not None
             if created:
-                await self._insert_events(conn, run_id, 0, [NewEvent(
-                    EventKind.RUN_CREATED, name=workflow, payload=input), *events], now)
+                await self._insert_rows(conn, run_id, 0, initial, digests, now)
                 await self._notify(conn, run_id)
             if parent is not None and parent_events:
                 await self._append_checked(conn, parent, parent_events, now, None)
             row = await (await conn.execute(_SELECT_RUN, (run_id,))).fetchone()
             assert row is not None
-            return _run_record(row), created
+            return run_record(row), created
 
         return await self._write(op)
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         rows = await self._read(_SELECT_RUN, (run_id,))
-        return _run_record(rows[0]) if rows else None
+        return run_record(rows[0]) if rows else None
 
     async def list_runs(
         self,
@@ -377,15 +450,31 @@ class PostgresStore:
             args.append(parent_run_id)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = await self._read(
-            f"SELECT {_RUN_COLUMNS} FROM stalwart_runs {where} "
+            f"SELECT {RUN_COLUMNS} FROM stalwart_runs {where} "
             "ORDER BY created_at DESC, created_seq DESC LIMIT %s", (*args, limit))
-        return [_run_record(r) for r in rows]
+        return [run_record(r) for r in rows]
 
     async def load_events(self, run_id: str) -> list[Event]:
+        # One statement, one snapshot: the run row's count and head with its events.
         rows = await self._read(
-            "SELECT run_id, seq, kind, step_id, name, payload, created_at FROM stalwart_events "
-            "WHERE run_id = %s ORDER BY seq", (run_id,))
-        return [Event(r[0], r[1], EventKind(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
+            "SELECT r.event_count, r.event_head, e.seq, e.kind, e.step_id, e.name, "
+            "e.payload, e.created_at, e.digest FROM stalwart_runs r LEFT JOIN "
+            "stalwart_events e ON e.run_id = r.run_id WHERE r.run_id = %s ORDER BY e.seq",
+            (run_id,))
+        if not rows:
+            return []
+        events = [tuple(r[2:]) for r in rows if r[2] is not None]
+        return verify_events(run_id, events, count=rows[0][0], head=rows[0][1])
+
+    async def run_ids(self) -> list[str]:
+        """Every run id the journal mentions, in the run table or in events (for
+        ``stalwart doctor``: events whose run row is gone are damage too)."""
+        rows = await self._read(
+            "SELECT run_id FROM (SELECT run_id, created_at, created_seq FROM stalwart_runs "
+            "UNION ALL SELECT DISTINCT e.run_id, NULL::double precision, NULL::bigint "
+            "FROM stalwart_events e WHERE NOT EXISTS (SELECT 1 FROM stalwart_runs r "
+            "WHERE r.run_id = e.run_id)) AS ids ORDER BY created_at, created_seq")
+        return [r[0] for r in rows]
 
     # -- leases ----------------------------------------------------------------------
 
@@ -403,53 +492,69 @@ class PostgresStore:
         if limit <= 0 or (workflows is not None and not workflows):
             return []
         wf_clause = "" if workflows is None else " AND workflow = ANY(%(workflows)s)"
-        params: dict[str, Any] = {"now": now, "limit": limit, "run_id": run_id,
+        params: dict[str, Any] = {"now": now, "run_id": run_id,
                                   "workflows": list(workflows or ())}
         only = "" if run_id is None else " AND run_id = %(run_id)s"
-        pick = (f"SELECT run_id FROM stalwart_runs WHERE {_READY}{wf_clause}{only} "
-                "ORDER BY created_at, created_seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED")
+        pick = (f"SELECT run_id, event_count, event_head FROM stalwart_runs WHERE {_READY}"
+                f"{wf_clause}{only} AND NOT (run_id = ANY(%(stolen)s)) "
+                f"ORDER BY {READY_ORDER_SQL}, created_seq LIMIT %(limit)s "
+                "FOR UPDATE SKIP LOCKED")
         steal = [s for s in steal if run_id is None or s[0] == run_id]
+        payload = json.dumps({"host": owner.host, "pid": owner.pid})
+        claimed = NewEvent(EventKind.RUN_CLAIMED, name=owner.id, payload=payload)
 
         async def op(conn: Conn) -> list[Lease]:
-            ids = [r[0] for r in await (await conn.execute(pick, params)).fetchall()]
+            # Dead owners' runs first, then expired leases, then the oldest (_claims).
+            heads: dict[str, tuple[int, str]] = {}
+            stolen: list[str] = []
             for sid, sowner, stoken in steal:
-                if len(ids) >= limit:
+                if len(stolen) >= limit:
                     break
-                if sid in ids:
-                    continue
                 row = await (await conn.execute(
-                    "SELECT run_id FROM stalwart_runs WHERE run_id = %(sid)s "
-                    "AND status = 'running' AND lease_owner = %(owner)s "
+                    "SELECT run_id, event_count, event_head FROM stalwart_runs "
+                    "WHERE run_id = %(sid)s AND status = 'running' AND lease_owner = %(owner)s "
                     f"AND lease_token = %(token)s{wf_clause} FOR UPDATE SKIP LOCKED",
                     {**params, "sid": sid, "owner": sowner, "token": stoken})).fetchone()
-                if row is not None:
-                    ids.append(sid)
+                if row is not None and sid not in heads:
+                    stolen.append(sid)
+                    heads[sid] = (row[1], row[2])
+            ready: list[str] = []
+            if len(stolen) < limit:
+                for rid, count, head in await (await conn.execute(
+                        pick, {**params, "limit": limit - len(stolen),
+                               "stolen": stolen})).fetchall():
+                    ready.append(rid)
+                    heads[rid] = (count, head)
+            ids = plan_claim(stolen, ready, limit)
             if not ids:
                 return []
             expires = now + lease_seconds
+            digests = {rid: chain(heads[rid][1], rid, heads[rid][0] + 1, [claimed], now)[0]
+                       for rid in ids}
             rows = await (await conn.execute(
-                "UPDATE stalwart_runs SET status = 'running', lease_owner = %s, "
-                "lease_token = lease_token + 1, lease_expires_at = %s, owner_host = %s, "
+                "UPDATE stalwart_runs r SET status = 'running', lease_owner = %s, "
+                "lease_token = r.lease_token + 1, lease_expires_at = %s, owner_host = %s, "
                 "owner_pid = %s, wake_at = NULL, wake_requested = FALSE, updated_at = %s, "
-                "event_count = event_count + 1 WHERE run_id = ANY(%s) "
-                "RETURNING run_id, lease_token, event_count",
-                (owner.id, expires, owner.host, owner.pid, now, ids))).fetchall()
+                "event_count = r.event_count + 1, event_head = v.head "
+                "FROM unnest(%s::text[], %s::text[]) AS v(id, head) WHERE r.run_id = v.id "
+                "RETURNING r.run_id, r.lease_token, r.event_count",
+                (owner.id, expires, owner.host, owner.pid, now, ids,
+                 [digests[rid] for rid in ids]))).fetchall()
             by_id = {r[0]: (r[1], r[2]) for r in rows}
-            payload = json.dumps({"host": owner.host, "pid": owner.pid})
             await conn.cursor().executemany(
                 "INSERT INTO stalwart_events (run_id, seq, kind, step_id, name, payload, "
-                "created_at) VALUES (%s, %s, %s, NULL, %s, %s, %s)",
-                [(rid, by_id[rid][1], str(EventKind.RUN_CLAIMED), owner.id, payload, now)
-                 for rid in ids])
+                "created_at, digest) VALUES (%s, %s, %s, NULL, %s, %s, %s, %s)",
+                [(rid, by_id[rid][1], str(EventKind.RUN_CLAIMED), owner.id, payload, now,
+                  digests[rid]) for rid in ids])
             return [Lease(rid, owner.id, by_id[rid][0], expires) for rid in ids]
 
         return await self._write(op)
 
     async def local_running(self, host: str) -> list[RunRecord]:
         rows = await self._read(
-            f"SELECT {_RUN_COLUMNS} FROM stalwart_runs WHERE status = 'running' "
+            f"SELECT {RUN_COLUMNS} FROM stalwart_runs WHERE status = 'running' "
             "AND owner_host = %s ORDER BY created_at, created_seq", (host,))
-        return [_run_record(r) for r in rows]
+        return [run_record(r) for r in rows]
 
     async def renew(
         self, leases: Sequence[Lease], *, now: float, lease_seconds: float
@@ -475,7 +580,8 @@ class PostgresStore:
     async def _check_lease(conn: Conn, lease: Lease) -> tuple[Any, ...]:
         row = await (await conn.execute(
             "SELECT status, lease_owner, lease_token, cancel_requested, event_count, "
-            "parent_run_id, wake_requested FROM stalwart_runs WHERE run_id = %s FOR UPDATE",
+            "parent_run_id, wake_requested, event_head FROM stalwart_runs "
+            "WHERE run_id = %s FOR UPDATE",
             (lease.run_id,))).fetchone()
         if (row is None or row[0] != RunStatus.RUNNING or row[1] != lease.owner
                 or row[2] != lease.token):
@@ -484,15 +590,24 @@ class PostgresStore:
                 run_id=lease.run_id)
         return tuple(row)
 
+    @classmethod
+    async def _insert_events(cls, conn: Conn, run_id: str, count: int, head: str,
+                             events: Sequence[NewEvent], now: float) -> tuple[int, str]:
+        """Insert ``events`` after the run's ``count`` events (the last with digest
+        ``head``), chained (see _chain); the run's new count and head, for the caller's
+        update of its row."""
+        digests = chain(head, run_id, count + 1, events, now)
+        await cls._insert_rows(conn, run_id, count, events, digests, now)
+        return count + len(events), digests[-1] if digests else head
+
     @staticmethod
-    async def _insert_events(conn: Conn, run_id: str, count: int,
-                             events: Sequence[NewEvent], now: float) -> int:
+    async def _insert_rows(conn: Conn, run_id: str, count: int, events: Sequence[NewEvent],
+                           digests: Sequence[str], now: float) -> None:
         await conn.cursor().executemany(
             "INSERT INTO stalwart_events (run_id, seq, kind, step_id, name, payload, "
-            "created_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            [(run_id, count + i + 1, str(e.kind), e.step_id, e.name, e.payload, now)
-             for i, e in enumerate(events)])
-        return count + len(events)
+            "created_at, digest) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            [(run_id, count + i + 1, str(e.kind), e.step_id, e.name, e.payload, now, d)
+             for i, (e, d) in enumerate(zip(events, digests, strict=True))])
 
     async def _wake_parent(self, conn: Conn, parent_run_id: str | None, now: float) -> None:
         if parent_run_id is None:
@@ -506,10 +621,11 @@ class PostgresStore:
 
     async def _append_checked(self, conn: Conn, lease: Lease, events: Sequence[NewEvent],
                               now: float, finish: Finish | None) -> AppendResult:
-        _, _, _, cancel, count, parent_run_id, wake_requested = await self._check_lease(
-            conn, lease)
+        _, _, _, cancel, count, parent_run_id, wake_requested, head = \
+            await self._check_lease(conn, lease)
         if events:
-            count = await self._insert_events(conn, lease.run_id, count, events, now)
+            count, head = await self._insert_events(conn, lease.run_id, count, head, events,
+                                                    now)
         if finish is not None:
             status, wake_at = finish.status, finish.wake_at
             if status == RunStatus.WAITING and wake_requested:
@@ -517,17 +633,20 @@ class PostgresStore:
             elif status == RunStatus.SLEEPING and cancel:
                 status, wake_at = RunStatus.PENDING, None  # so did a cancel: observe it now
             await conn.execute(
-                "UPDATE stalwart_runs SET status = %s, result = %s, error = %s, wake_at = %s, "
-                "lease_owner = NULL, lease_expires_at = NULL, event_count = %s, "
+                "UPDATE stalwart_runs SET status = %s, result = %s, error = %s, "
+                "outcome_digest = %s, wake_at = %s, lease_owner = NULL, "
+                "lease_expires_at = NULL, event_count = %s, event_head = %s, "
                 "updated_at = %s WHERE run_id = %s",
-                (str(status), finish.result, finish.error, wake_at, count, now, lease.run_id))
+                (str(status), finish.result, finish.error,
+                 outcome_digest(lease.run_id, finish.result, finish.error), wake_at, count,
+                 head, now, lease.run_id))
             await self._notify(conn, lease.run_id)
             if status in TERMINAL_STATUSES:
                 await self._wake_parent(conn, parent_run_id, now)
         elif events:
             await conn.execute(
-                "UPDATE stalwart_runs SET event_count = %s, updated_at = %s WHERE run_id = %s",
-                (count, now, lease.run_id))
+                "UPDATE stalwart_runs SET event_count = %s, event_head = %s, updated_at = %s "
+                "WHERE run_id = %s", (count, head, now, lease.run_id))
         return AppendResult(cancel_requested=bool(cancel))
 
     async def append(
@@ -540,6 +659,7 @@ class PostgresStore:
     ) -> AppendResult:
         if self._pool is None:
             raise StoreError("the store is not open")
+        await self._writable()
         fut: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
         self._pending.append(_Append(lease, events, now, finish, fut))
         if len(self._flushers) < self._write_concurrency:
@@ -620,7 +740,7 @@ class PostgresStore:
             await self._notify(conn, run_id)
             out = await (await conn.execute(_SELECT_RUN, (run_id,))).fetchone()
             assert out is not None
-            return _run_record(out)
+            return run_record(out)
 
         return await self._write(op)
 
@@ -647,22 +767,23 @@ class PostgresStore:
     async def request_cancel(self, run_id: str, *, now: float) -> RunRecord:
         async def cancel_one(conn: Conn, rid: str) -> None:
             row = await (await conn.execute(
-                "SELECT status, lease_expires_at, event_count, parent_run_id "
+                "SELECT status, lease_expires_at, event_count, parent_run_id, event_head "
                 "FROM stalwart_runs WHERE run_id = %s FOR UPDATE", (rid,))).fetchone()
             if row is None or row[0] in TERMINAL_STATUSES:
                 return
-            status, expires, count, parent = row
+            status, expires, count, parent, head = row
             if status == RunStatus.RUNNING and expires is not None and expires >= now:
                 await conn.execute(
                     "UPDATE stalwart_runs SET cancel_requested = TRUE, wake_requested = TRUE "
                     "WHERE run_id = %s", (rid,))
             else:
-                count = await self._insert_events(conn, rid, count,
-                                                  [NewEvent(EventKind.RUN_CANCELLED)], now)
+                count, head = await self._insert_events(
+                    conn, rid, count, head, [NewEvent(EventKind.RUN_CANCELLED)], now)
                 await conn.execute(
                     "UPDATE stalwart_runs SET status = 'cancelled', cancel_requested = TRUE, "
                     "lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL, "
-                    "event_count = %s, updated_at = %s WHERE run_id = %s", (count, now, rid))
+                    "event_count = %s, event_head = %s, updated_at = %s WHERE run_id = %s",
+                    (count, head, now, rid))
                 await self._wake_parent(conn, parent, now)
             await self._notify(conn, rid)
             for (child,) in await (await conn.execute(
@@ -675,14 +796,15 @@ class PostgresStore:
             row = await (await conn.execute(_SELECT_RUN, (run_id,))).fetchone()
             if row is None:
                 raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
-            return _run_record(row)
+            return run_record(row)
 
         return await self._write(op)
 
     async def redrive(self, run_id: str, *, now: float) -> RunRecord:
         async def op(conn: Conn) -> RunRecord:
             row = await (await conn.execute(
-                "SELECT status, event_count FROM stalwart_runs WHERE run_id = %s FOR UPDATE",
+                "SELECT status, event_count, event_head FROM stalwart_runs "
+                "WHERE run_id = %s FOR UPDATE",
                 (run_id,))).fetchone()
             if row is None:
                 raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
@@ -694,16 +816,17 @@ class PostgresStore:
                 "SELECT step_id FROM stalwart_events WHERE run_id = %s "
                 "AND kind = 'run_dead_lettered' ORDER BY seq DESC LIMIT 1",
                 (run_id,))).fetchone()
-            count = await self._insert_events(conn, run_id, row[1], [NewEvent(
+            count, head = await self._insert_events(conn, run_id, row[1], row[2], [NewEvent(
                 EventKind.RUN_REDRIVEN, step_id=last[0] if last else None)], now)
             await conn.execute(
                 "UPDATE stalwart_runs SET status = 'pending', result = NULL, error = NULL, "
-                "cancel_requested = FALSE, event_count = %s, updated_at = %s "
-                "WHERE run_id = %s", (count, now, run_id))
+                "outcome_digest = %s, cancel_requested = FALSE, event_count = %s, "
+                "event_head = %s, updated_at = %s WHERE run_id = %s",
+                (outcome_digest(run_id, None, None), count, head, now, run_id))
             await self._notify(conn, run_id)
             out = await (await conn.execute(_SELECT_RUN, (run_id,))).fetchone()
             assert out is not None
-            return _run_record(out)
+            return run_record(out)
 
         return await self._write(op)
 

@@ -1,30 +1,39 @@
 """The PostgreSQL journal's tables: their definition, version check and migrations.
 
 ``stalwart_meta`` says whose tables these are (``app = 'stalwart'``) and which schema
-version they follow. Opening a store creates the tables in the connection's current
-schema when none of them exist; migrates them when they are older and every step is in
-:data:`MIGRATIONS`; and refuses (changing nothing) a newer schema or tables that merely
-share our names.
+version they follow. A store that writes creates the tables in the connection's
+current schema when none of them exist and the schema holds nothing else (or when told
+to: ``PostgresStore(create=True)``, ``stalwart worker --create``); migrates them when
+they are older and every step is in :data:`MIGRATIONS`; and refuses (changing nothing)
+a newer schema, tables that merely share our names, or a schema that holds another
+application's tables and no journal. A store that only reads creates, migrates and
+locks nothing: where there is no journal it says so.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Literal
 
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
 from ..errors import ConfigurationError, NotAStalwartStoreError, SchemaVersionError
 from ._base import APP_ID
+from ._chain import GENESIS, event_digest, outcome_digest, run_digest
 
 __all__ = ["MIGRATIONS", "SCHEMA", "SCHEMA_VERSION", "TABLES", "WORKERS_SCHEMA", "check_or_create"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The version of these tables. It is PostgreSQL's own (SQLite's file layout has its
 own number): bump it with a :data:`MIGRATIONS` entry whenever ``SCHEMA`` changes.
 
 2. ``stalwart_rate_buckets`` and ``stalwart_bulkhead_slots``: the cluster-wide limits
-   (a stalwart that predates them would not honour them, so they are versioned)."""
+   (a stalwart that predates them would not honour them, so they are versioned).
+3. Checksums (see ``_chain``): ``stalwart_events.digest`` chains each event to the one
+   before it; ``stalwart_runs`` keeps the chain's head and digests of the run and its
+   outcome. The migration hashes the events as they are then."""
 
 log = logging.getLogger("stalwart.store.postgres")
 
@@ -34,12 +43,12 @@ _RUNS_COLUMNS = frozenset({
     "run_id", "created_seq", "workflow", "workflow_ref", "status", "input", "result", "error",
     "parent_run_id", "parent_step_id", "created_at", "updated_at", "wake_at", "lease_owner",
     "lease_token", "lease_expires_at", "owner_host", "owner_pid", "cancel_requested",
-    "wake_requested", "event_count"})
+    "wake_requested", "event_count", "event_head", "run_digest", "outcome_digest"})
 TABLES = {
     "stalwart_meta": frozenset({"key", "value"}),
     "stalwart_runs": _RUNS_COLUMNS,
     "stalwart_events": frozenset({"run_id", "seq", "kind", "step_id", "name", "payload",
-                                  "created_at"}),
+                                  "created_at", "digest"}),
     "stalwart_signals": frozenset({"id", "run_id", "name", "payload", "created_at",
                                    "consumed_step_id"}),
     "stalwart_rate_buckets": frozenset({"key", "tokens", "updated_at", "capacity",
@@ -88,7 +97,10 @@ CREATE TABLE stalwart_runs (
     owner_pid INTEGER,
     cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
     wake_requested BOOLEAN NOT NULL DEFAULT FALSE,
-    event_count INTEGER NOT NULL DEFAULT 0
+    event_count INTEGER NOT NULL DEFAULT 0,
+    event_head TEXT NOT NULL DEFAULT '""" + GENESIS + """',
+    run_digest TEXT NOT NULL DEFAULT '',
+    outcome_digest TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX stalwart_runs_status ON stalwart_runs (status, wake_at);
 CREATE INDEX stalwart_runs_parent ON stalwart_runs (parent_run_id);
@@ -101,6 +113,7 @@ CREATE TABLE stalwart_events (
     name TEXT,
     payload TEXT,
     created_at DOUBLE PRECISION NOT NULL,
+    digest TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (run_id, seq)
 );
 CREATE UNIQUE INDEX stalwart_events_one_outcome ON stalwart_events (run_id, step_id)
@@ -135,26 +148,87 @@ CREATE TABLE IF NOT EXISTS stalwart_workers (
 missing (under the schema lock, after the journal's tables check out) and ignored by
 stalwarts that predate it, so adding it did not change :data:`SCHEMA_VERSION`."""
 
-MIGRATIONS: dict[int, tuple[str, ...]] = {
+async def _add_checksums(conn: Conn) -> None:
+    """2 -> 3: add the checksum columns and hash every run and event as they are."""
+    for stmt in (
+            "ALTER TABLE stalwart_runs ADD COLUMN event_head TEXT NOT NULL DEFAULT '"
+            + GENESIS + "'",
+            "ALTER TABLE stalwart_runs ADD COLUMN run_digest TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE stalwart_runs ADD COLUMN outcome_digest TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE stalwart_events ADD COLUMN digest TEXT NOT NULL DEFAULT ''"):
+        await conn.execute(stmt)
+    runs = await (await conn.execute(
+        "SELECT run_id, workflow, workflow_ref, input, parent_run_id, parent_step_id, "
+        "created_at, result, error FROM stalwart_runs")).fetchall()
+    for run_id, wf, ref, inp, parent, parent_step, created, result, error in runs:
+        prev, digests = GENESIS, []
+        for seq, kind, step_id, name, payload, at in await (await conn.execute(
+                "SELECT seq, kind, step_id, name, payload, created_at FROM stalwart_events "
+                "WHERE run_id = %s ORDER BY seq", (run_id,))).fetchall():
+            prev = event_digest(prev, run_id, seq, kind, step_id, name, payload, at)
+            digests.append((prev, run_id, seq))
+        await conn.cursor().executemany(
+            "UPDATE stalwart_events SET digest = %s WHERE run_id = %s AND seq = %s", digests)
+        await conn.execute(
+            "UPDATE stalwart_runs SET event_head = %s, run_digest = %s, outcome_digest = %s "
+            "WHERE run_id = %s",
+            (prev, run_digest(run_id, wf, ref, inp, parent, parent_step, created),
+             outcome_digest(run_id, result, error), run_id))
+
+
+Migration = tuple[str, ...] | Callable[[Conn], Awaitable[None]]
+
+MIGRATIONS: dict[int, Migration] = {
     1: _LIMITS,
+    2: _add_checksums,
 }
-"""Statements that take the schema from version ``n`` to ``n + 1``, keyed by ``n``."""
+"""What takes the schema from version ``n`` to ``n + 1``, keyed by ``n``: statements, or
+a function that runs them (and computes what SQL cannot)."""
+
+Access = Literal["write", "client", "read"]
 
 
-async def check_or_create(conn: Conn, url: str) -> None:
-    """Create the journal tables in the connection's current schema, or check (and
-    migrate) the ones there, under an advisory lock held until the transaction ends."""
+async def check_or_create(conn: Conn, url: str, *, access: Access = "write",
+                          create: bool = False) -> bool:
+    """Check the journal in the connection's current schema; a store that writes
+    creates (or migrates) it there first. Returns whether there is a journal (``False``
+    only for a ``client`` that found none: its first write creates it).
+
+    Raises:
+        NotAStalwartStoreError: no journal here (to a reader), another application's
+            tables where a writer was not told to ``create``, or tables named like ours
+            that are not a journal.
+        SchemaVersionError: a newer journal, or an older one a reader cannot migrate.
+    """
+    row = await (await conn.execute("SELECT current_schema()")).fetchone()
+    schema = row[0] if row else None
+    if schema is None:
+        raise ConfigurationError(
+            f"{url}: no schema of the search_path exists to hold the journal")
+    where = f"{url} (schema {schema})"
+    if access != "write":
+        found = await _columns(conn, schema)
+        if not found:
+            if access == "client":
+                return False
+            raise NotAStalwartStoreError(
+                f"there is no stalwart journal in {where}: nothing was created (a worker, "
+                "or a run started there, creates one)")
+        await _check(conn, where, found, writer=False)
+        return True
     async with conn.transaction():
-        row = await (await conn.execute("SELECT current_schema()")).fetchone()
-        schema = row[0] if row else None
-        if schema is None:
-            raise ConfigurationError(
-                f"{url}: no schema of the search_path exists to hold the journal")
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
                            (f"stalwart-schema:{schema}",))
         found = await _columns(conn, schema)
-        where = f"{url} (schema {schema})"
         if not found:
+            others = await _relations(conn, schema)
+            if others and not create:
+                shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+                raise NotAStalwartStoreError(
+                    f"{where} holds {len(others)} other table(s) or view(s) ({shown}) and "
+                    "no stalwart journal: nothing was created beside them (use an empty "
+                    "database or schema, or create it there on purpose with `stalwart "
+                    "worker --create` / PostgresStore(url, create=True))")
             for stmt in SCHEMA.split(";"):
                 if stmt.strip():
                     await conn.execute(stmt)
@@ -162,46 +236,78 @@ async def check_or_create(conn: Conn, url: str) -> None:
                 "INSERT INTO stalwart_meta (key, value) VALUES ('app', %s), "
                 "('schema_version', %s)", (APP_ID, str(SCHEMA_VERSION)))
             await conn.execute(WORKERS_SCHEMA)
-            return
-        if "stalwart_meta" not in found or found["stalwart_meta"] != TABLES["stalwart_meta"]:
-            raise NotAStalwartStoreError(
-                f"{where} has tables named like stalwart's ({', '.join(sorted(found))}) "
-                "but no stalwart_meta of a journal; they were left untouched")
-        meta: dict[str, str] = dict(await (await conn.execute(
-            "SELECT key, value FROM stalwart_meta")).fetchall())
-        if meta.get("app") != APP_ID:
-            raise NotAStalwartStoreError(
-                f"{where}: stalwart_meta does not belong to a stalwart journal; "
-                "it was left untouched")
-        try:
-            version = int(meta.get("schema_version", ""))
-        except ValueError:
-            raise NotAStalwartStoreError(
-                f"{where}: unreadable schema version {meta.get('schema_version')!r}"
-            ) from None
-        if version > SCHEMA_VERSION or any(
-                v not in MIGRATIONS for v in range(version, SCHEMA_VERSION)):
-            newer = "a newer" if version > SCHEMA_VERSION else "an older, unsupported"
-            raise SchemaVersionError(
-                f"{where} was written by {newer} stalwart (journal schema {version}, this "
-                f"stalwart reads {SCHEMA_VERSION}); it was left untouched",
-                found=version, expected=SCHEMA_VERSION)
+            return True
+        version = await _check(conn, where, found, writer=True)
         for v in range(version, SCHEMA_VERSION):
-            for stmt in MIGRATIONS[v]:
-                await conn.execute(stmt)
+            step = MIGRATIONS[v]
+            if callable(step):
+                await step(conn)
+            else:
+                for stmt in step:
+                    await conn.execute(stmt)
         if version != SCHEMA_VERSION:
             await conn.execute("UPDATE stalwart_meta SET value = %s "
                                "WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
             log.info("%s: journal schema migrated from %d to %d", where, version,
                      SCHEMA_VERSION)
             found = await _columns(conn, schema)
-        found = {t: c for t, c in found.items() if t != "stalwart_meta"}
-        for table, columns in TABLES.items():
-            if table != "stalwart_meta" and not columns <= found.get(table, set()):
-                raise NotAStalwartStoreError(
-                    f"{where}: table {table} does not have the columns of a stalwart "
-                    "journal; it was left untouched")
+        _check_columns(where, found)
         await conn.execute(WORKERS_SCHEMA)
+        return True
+
+
+async def _check(conn: Conn, where: str, found: dict[str, set[str]], *,
+                 writer: bool) -> int:
+    """The version of the journal whose tables are ``found``, once it is ours and one
+    this stalwart can use (a writer: or migrate)."""
+    if "stalwart_meta" not in found or found["stalwart_meta"] != TABLES["stalwart_meta"]:
+        raise NotAStalwartStoreError(
+            f"{where} has tables named like stalwart's ({', '.join(sorted(found))}) "
+            "but no stalwart_meta of a journal; they were left untouched")
+    meta: dict[str, str] = dict(await (await conn.execute(
+        "SELECT key, value FROM stalwart_meta")).fetchall())
+    if meta.get("app") != APP_ID:
+        raise NotAStalwartStoreError(
+            f"{where}: stalwart_meta does not belong to a stalwart journal; "
+            "it was left untouched")
+    try:
+        version = int(meta.get("schema_version", ""))
+    except ValueError:
+        raise NotAStalwartStoreError(
+            f"{where}: unreadable schema version {meta.get('schema_version')!r}"
+        ) from None
+    migratable = all(v in MIGRATIONS for v in range(version, SCHEMA_VERSION))
+    if version > SCHEMA_VERSION or not migratable or (version < SCHEMA_VERSION
+                                                       and not writer):
+        newer = ("a newer" if version > SCHEMA_VERSION
+                 else "an older, unsupported" if not migratable else "an older")
+        hint = ("; a stalwart that writes to it (a worker) migrates it first"
+                if version < SCHEMA_VERSION and migratable else "")
+        raise SchemaVersionError(
+            f"{where} was written by {newer} stalwart (journal schema {version}, this "
+            f"stalwart reads {SCHEMA_VERSION}); it was left untouched{hint}",
+            found=version, expected=SCHEMA_VERSION)
+    if version == SCHEMA_VERSION:
+        _check_columns(where, found)
+    return version
+
+
+def _check_columns(where: str, found: dict[str, set[str]]) -> None:
+    for table, columns in TABLES.items():
+        if table != "stalwart_meta" and not columns <= found.get(table, set()):
+            raise NotAStalwartStoreError(
+                f"{where}: table {table} does not have the columns of a stalwart "
+                "journal; it was left untouched")
+
+
+async def _relations(conn: Conn, schema: str) -> list[str]:
+    """Tables, views and sequences in ``schema`` (another application's, when no journal
+    is there)."""
+    rows = await (await conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') "
+        "ORDER BY c.relname", (schema,))).fetchall()
+    return [r[0] for r in rows]
 
 
 async def _columns(conn: Conn, schema: str) -> dict[str, set[str]]:

@@ -36,12 +36,10 @@ from ..errors import (
     LeaseLostError,
     NotAStalwartStoreError,
     RunNotFoundError,
-    SchemaVersionError,
-    StoreCorruptedError,
     StoreError,
 )
+from . import _sqlite_schema as schema
 from ._base import (
-    APP_ID,
     SCHEMA_VERSION,
     TERMINAL_STATUSES,
     AppendResult,
@@ -55,6 +53,16 @@ from ._base import (
     RunStatus,
     WorkerRecord,
 )
+from ._chain import (
+    GENESIS,
+    RUN_COLUMNS,
+    chain,
+    outcome_digest,
+    run_digest,
+    run_record,
+    verify_events,
+)
+from ._claims import READY_ORDER_SQL, plan_claim
 from ._limits import (
     BucketDraw,
     BucketState,
@@ -67,103 +75,15 @@ __all__ = ["SQLiteStore"]
 
 T = TypeVar("T")
 
-_APPLICATION_ID = 0x53574152  # "SWAR", in the SQLite header: identifies our files
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-
-_SCHEMA = """
-CREATE TABLE stalwart_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE runs (
-    run_id TEXT PRIMARY KEY,
-    workflow TEXT NOT NULL,
-    workflow_ref TEXT,
-    status TEXT NOT NULL,
-    input TEXT NOT NULL,
-    result TEXT,
-    error TEXT,
-    parent_run_id TEXT,
-    parent_step_id TEXT,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    wake_at REAL,
-    lease_owner TEXT,
-    lease_token INTEGER NOT NULL DEFAULT 0,
-    lease_expires_at REAL,
-    owner_host TEXT,
-    owner_pid INTEGER,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    wake_requested INTEGER NOT NULL DEFAULT 0,
-    event_count INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX runs_status ON runs (status, wake_at);
-CREATE INDEX runs_parent ON runs (parent_run_id);
-CREATE INDEX runs_created ON runs (created_at);
-CREATE TABLE events (
-    run_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    step_id TEXT,
-    name TEXT,
-    payload TEXT,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (run_id, seq)
-) WITHOUT ROWID;
-CREATE UNIQUE INDEX events_one_outcome ON events (run_id, step_id)
-    WHERE kind = 'step_completed';
-CREATE TABLE signals (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id TEXT NOT NULL,
-    name TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    consumed_step_id TEXT
-);
-CREATE INDEX signals_pending ON signals (run_id, name) WHERE consumed_step_id IS NULL;
-"""
-
-# The workers registry is operational state that no run depends on: created when
-# missing, at every open, and ignored by stalwarts that predate it, so adding it did not
-# change the journal's schema version.
-_WORKERS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS workers (
-    worker_id TEXT PRIMARY KEY,
-    host TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    started_at REAL NOT NULL,
-    heartbeat_at REAL NOT NULL,
-    concurrency INTEGER NOT NULL,
-    in_flight INTEGER NOT NULL,
-    lease_seconds REAL NOT NULL,
-    pools TEXT NOT NULL,
-    stopped_at REAL
-)
-"""
-# Cluster-wide limits (token buckets, bulkhead slots) are operational state too: no run
-# depends on them, so like the workers registry they are created when missing.
-_LIMITS_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS rate_buckets (key TEXT PRIMARY KEY, tokens REAL NOT NULL, "
-    "updated_at REAL NOT NULL, capacity REAL NOT NULL, refill_per_second REAL NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS bulkhead_slots (pool TEXT NOT NULL, holder TEXT NOT NULL, "
-    "acquired_at REAL NOT NULL, expires_at REAL NOT NULL, PRIMARY KEY (pool, holder))",
-    "CREATE INDEX IF NOT EXISTS bulkhead_slots_holder ON bulkhead_slots (holder)",
-)
 _WORKER_COLUMNS = ("worker_id, host, pid, started_at, heartbeat_at, concurrency, in_flight, "
                    "lease_seconds, pools, stopped_at")
+_SELECT_RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?"
 
-_RUN_COLUMNS = (
-    "run_id, workflow, workflow_ref, status, input, result, error, parent_run_id, parent_step_id, "
-    "created_at, updated_at, wake_at, lease_owner, lease_token, lease_expires_at, "
-    "owner_host, owner_pid, cancel_requested"
-)
-
-
-def _run_record(row: Sequence[Any]) -> RunRecord:
-    return RunRecord(
-        run_id=row[0], workflow=row[1], workflow_ref=row[2], status=RunStatus(row[3]),
-        input=row[4], result=row[5], error=row[6], parent_run_id=row[7],
-        parent_step_id=row[8], created_at=row[9], updated_at=row[10], wake_at=row[11],
-        lease_owner=row[12], lease_token=row[13], lease_expires_at=row[14],
-        owner_host=row[15], owner_pid=row[16], cancel_requested=bool(row[17]),
-    )
+Access = Literal["write", "client", "read"]
+"""How a store uses its file: ``write`` opens it read-write (creating or migrating the
+journal); ``read`` only ever reads (``mode=ro``: no write, no checkpoint, not even on
+an error path); ``client`` reads read-only until its first write, which reopens the
+file read-write (a :class:`~stalwart.Runtime` with ``worker=False``)."""
 
 
 def default_path() -> Path:
@@ -184,6 +104,9 @@ class SQLiteStore:
         synchronous: ``"FULL"`` (default: durable across power loss) or ``"NORMAL"``
             (durable across process crashes; see the module docstring).
         busy_timeout: seconds to wait for another process's write transaction.
+        access: ``"write"`` (default), ``"client"`` or ``"read"`` (see :data:`Access`).
+            Only a store that writes creates a journal, in a missing or empty (0-byte)
+            file, or migrates an older one; readers refuse both with a typed error.
     """
 
     def __init__(
@@ -192,12 +115,19 @@ class SQLiteStore:
         *,
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
         busy_timeout: float = 10.0,
+        access: Access = "write",
     ) -> None:
         if synchronous not in ("FULL", "NORMAL"):
             raise ConfigurationError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
+        if access not in ("write", "client", "read"):
+            raise ConfigurationError(f"access must be write, client or read, not {access!r}")
         self._path = str(path) if path is not None else str(default_path())
         self._synchronous = synchronous
         self._busy_timeout = busy_timeout
+        self._access: Access = "write" if self._path == ":memory:" else access
+        self._writable = self._access == "write"
+        """Whether the connection is read-write (a client's becomes so at its first
+        write)."""
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -217,10 +147,14 @@ class SQLiteStore:
     def path(self) -> str:
         return self._path
 
+    @property
+    def access(self) -> Access:
+        return self._access
+
     # -- lifecycle -------------------------------------------------------------------
 
     async def open(self) -> None:
-        if self._conn is not None:
+        if self._executor is not None:
             return
         self._loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stalwart-sqlite")
@@ -233,89 +167,98 @@ class SQLiteStore:
 
     def _open_sync(self) -> None:
         path = self._path
-        if path != ":memory:":
-            p = Path(path)
-            if p.is_dir():
-                raise NotAStalwartStoreError(f"{path} is a directory, not a stalwart journal")
-            if p.exists() and p.stat().st_size > 0:
-                with p.open("rb") as fh:
-                    if fh.read(16) != _SQLITE_MAGIC:
-                        raise NotAStalwartStoreError(
-                            f"{path} is not a stalwart journal (not an SQLite file); "
-                            "it was left untouched"
-                        )
-            else:
-                p.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                               timeout=self._busy_timeout)
+        state = "missing" if path == ":memory:" else schema.file_state(path)
+        if state != "sqlite":
+            if self._access == "read":
+                raise NotAStalwartStoreError(self._absent_message(state))
+            if self._access == "client":
+                return  # nothing to read yet; the first write creates the journal
+            self._conn = self._create(state)
+            return
+        schema.refuse_damaged_wal(path)
+        # Whatever the access, a file is first looked at read-only: a foreign or damaged
+        # one is refused without a byte of it (or of its WAL) written.
+        ro = schema.connect(path, read_only=True, busy_timeout=self._busy_timeout)
         try:
-            self._check_or_create(conn)
-            conn.execute(_WORKERS_SCHEMA)
-            for stmt in _LIMITS_SCHEMA:
-                conn.execute(stmt)
+            found = schema.inspect(ro, path)
+            if found != SCHEMA_VERSION and not (
+                    self._access == "write" and schema.MIGRATABLE_FROM <= found
+                    < SCHEMA_VERSION):
+                raise schema.version_error(path, found, writer=self._access == "write")
+        except BaseException:
+            ro.close()
+            raise
+        if self._access != "write":
+            self._conn = ro
+            return
+        ro.close()
+        self._conn = self._open_writer(migrate=found != SCHEMA_VERSION)
+
+    def _absent_message(self, state: str) -> str:
+        return (f"no stalwart journal at {self._path} ("
+                + ("the file is empty" if state == "empty" else "nothing has been written there")
+                + "; it was left as it was)")
+
+    def _create(self, state: str) -> sqlite3.Connection:
+        if state == "missing" and self._path != ":memory:":
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        conn = schema.connect(self._path, read_only=False, busy_timeout=self._busy_timeout)
+        try:
+            schema.create(conn)
+            # Another process may have created it meanwhile: check what is there now.
+            schema.inspect(conn, self._path)
+            self._set_pragmas(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise schema.store_error(exc, self._path, "cannot create a journal in") from exc
         except BaseException:
             conn.close()
             raise
-        self._conn = conn
+        return conn
 
-    def _check_or_create(self, conn: sqlite3.Connection) -> None:
+    def _open_writer(self, *, migrate: bool) -> sqlite3.Connection:
+        conn = schema.connect(self._path, read_only=False, busy_timeout=self._busy_timeout)
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-            tables = {r[0] for r in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'")}
-            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
-            raise StoreCorruptedError(f"{self._path} cannot be read as a journal: {exc}") from exc
-        if not tables and app_id == 0:
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                tables_now = conn.execute(
-                    "SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
-                if tables_now == 0:  # another process may have created it meanwhile
-                    for stmt in _SCHEMA.split(";"):
-                        if stmt.strip():
-                            conn.execute(stmt)
-                    conn.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
-                    conn.executemany(
-                        "INSERT INTO stalwart_meta (key, value) VALUES (?, ?)",
-                        [("app", APP_ID), ("schema_version", str(SCHEMA_VERSION))],
-                    )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            if tables_now:
-                self._check_or_create(conn)
-            return
-        if app_id != _APPLICATION_ID or "stalwart_meta" not in tables:
-            raise NotAStalwartStoreError(
-                f"{self._path} is an SQLite database but not a stalwart journal; "
-                "it was left untouched"
-            )
-        try:
-            meta = dict(conn.execute("SELECT key, value FROM stalwart_meta").fetchall())
-            check = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
-            raise StoreCorruptedError(f"{self._path} is corrupted: {exc}") from exc
-        if check != "ok":
-            raise StoreCorruptedError(f"{self._path} is corrupted: {check}")
-        if meta.get("app") != APP_ID:
-            raise NotAStalwartStoreError(f"{self._path} is not a stalwart journal")
-        try:
-            found = int(meta.get("schema_version", "0"))
-        except ValueError:
-            raise StoreCorruptedError(f"{self._path} has an unreadable schema version") from None
-        if found != SCHEMA_VERSION:
-            newer = "a newer" if found > SCHEMA_VERSION else "an older"
-            raise SchemaVersionError(
-                f"{self._path} was written by {newer} stalwart (journal schema {found}, "
-                f"this stalwart reads {SCHEMA_VERSION}); it was left untouched",
-                found=found, expected=SCHEMA_VERSION,
-            )
+            if migrate:
+                schema.migrate(conn, self._path)
+            self._set_pragmas(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise schema.store_error(exc, self._path, "cannot open") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _set_pragmas(self, conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+
+    def _become_writer(self) -> None:
+        """A client's first write: reopen the file read-write (creating the journal in a
+        missing or empty file). Runs on the store's thread."""
+        if self._writable:
+            return
+        if self._access == "read":
+            raise StoreError(f"{self._path} was opened to read only; nothing was written")
+        old, self._conn = self._conn, None
+        if old is not None:
+            old.close()  # read-only: closing it checkpoints nothing
+        state = schema.file_state(self._path)
+        if state == "sqlite":
+            schema.refuse_damaged_wal(self._path)
+            ro = schema.connect(self._path, read_only=True, busy_timeout=self._busy_timeout)
+            try:
+                found = schema.inspect(ro, self._path)
+            finally:
+                ro.close()
+            if found != SCHEMA_VERSION and not (
+                    schema.MIGRATABLE_FROM <= found < SCHEMA_VERSION):
+                raise schema.version_error(self._path, found, writer=True)
+            self._conn = self._open_writer(migrate=found != SCHEMA_VERSION)
+        else:
+            self._conn = self._create(state)
+        self._writable = True
 
     async def close(self) -> None:
         if self._executor is None:
@@ -333,10 +276,21 @@ class SQLiteStore:
         if self._executor is None:
             raise StoreError("the store is not open")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        return await loop.run_in_executor(self._executor, self._mapped, fn, *args)
+
+    def _mapped(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return fn(*args)
+        except sqlite3.Error as exc:
+            raise schema.store_error(exc, self._path, "cannot read") from exc
 
     def _db(self) -> sqlite3.Connection:
+        if self._conn is None and self._executor is not None and not self._writable:
+            self._open_sync()  # a client that found no journal: is there one now?
         if self._conn is None:
+            if self._executor is not None:
+                raise NotAStalwartStoreError(self._absent_message(
+                    schema.file_state(self._path)))
             raise StoreError("the store is not open")
         return self._conn
 
@@ -350,6 +304,8 @@ class SQLiteStore:
                  is_append: bool) -> asyncio.Future[Any]:
         if self._executor is None:
             raise StoreError("the store is not open")
+        if self._access == "read":
+            raise StoreError(f"{self._path} was opened to read only; nothing was written")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         with self._lock:
@@ -378,33 +334,34 @@ class SQLiteStore:
         def op(conn: sqlite3.Connection) -> tuple[RunRecord, bool]:
             if parent is not None:
                 self._check_lease(conn, parent)
-            existing = conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            existing = conn.execute(_SELECT_RUN, (run_id,)).fetchone()
             created = existing is None
             if created:
+                parent_id = parent.run_id if parent else None
                 conn.execute(
                     "INSERT INTO runs (run_id, workflow, workflow_ref, status, input, "
-                    "parent_run_id, parent_step_id, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (run_id, workflow, workflow_ref, RunStatus.PENDING, input,
-                     parent.run_id if parent else None, parent_step_id, now, now),
+                    "parent_run_id, parent_step_id, created_at, updated_at, run_digest, "
+                    "outcome_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, workflow, workflow_ref, RunStatus.PENDING, input, parent_id,
+                     parent_step_id, now, now,
+                     run_digest(run_id, workflow, workflow_ref, input, parent_id,
+                                parent_step_id, now),
+                     outcome_digest(run_id, None, None)),
                 )
-                self._insert_events(conn, run_id, 0,
+                self._insert_events(conn, run_id, 0, GENESIS,
                                     [NewEvent(EventKind.RUN_CREATED, name=workflow,
                                               payload=input), *events], now)
             if parent is not None and parent_events:
                 self._append_checked(conn, parent, parent_events, now, None)
-            row = conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-            return _run_record(row), created
+            row = conn.execute(_SELECT_RUN, (run_id,)).fetchone()
+            return run_record(row), created
 
         return await self._write(op)
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         def op() -> RunRecord | None:
-            row = self._db().execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-            return _run_record(row) if row else None
+            row = self._db().execute(_SELECT_RUN, (run_id,)).fetchone()
+            return run_record(row) if row else None
 
         return await self._call(op)
 
@@ -426,18 +383,37 @@ class SQLiteStore:
 
         def op() -> list[RunRecord]:
             rows = self._db().execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs {where} "
+                f"SELECT {RUN_COLUMNS} FROM runs {where} "
                 "ORDER BY created_at DESC, rowid DESC LIMIT ?", (*args, limit)).fetchall()
-            return [_run_record(r) for r in rows]
+            return [run_record(r) for r in rows]
 
         return await self._call(op)
 
     async def load_events(self, run_id: str) -> list[Event]:
         def op() -> list[Event]:
+            # One statement, one snapshot: the run row's count and head with its events.
             rows = self._db().execute(
-                "SELECT run_id, seq, kind, step_id, name, payload, created_at FROM events "
-                "WHERE run_id = ? ORDER BY seq", (run_id,)).fetchall()
-            return [Event(r[0], r[1], EventKind(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
+                "SELECT r.event_count, r.event_head, e.seq, e.kind, e.step_id, e.name, "
+                "e.payload, e.created_at, e.digest FROM runs r LEFT JOIN events e "
+                "ON e.run_id = r.run_id WHERE r.run_id = ? ORDER BY e.seq",
+                (run_id,)).fetchall()
+            if not rows:
+                return []
+            events = [tuple(r[2:]) for r in rows if r[2] is not None]
+            return verify_events(run_id, events, count=rows[0][0], head=rows[0][1])
+
+        return await self._call(op)
+
+    async def run_ids(self) -> list[str]:
+        """Every run id the journal mentions, in the run table or in events (for
+        ``stalwart doctor``: events whose run row is gone are damage too)."""
+        def op() -> list[str]:
+            rows = self._db().execute(
+                "SELECT run_id FROM (SELECT run_id, created_at, rowid AS o FROM runs "
+                "UNION ALL SELECT DISTINCT run_id, NULL, NULL FROM events "
+                "WHERE run_id NOT IN (SELECT run_id FROM runs)) ORDER BY created_at, o"
+            ).fetchall()
+            return [r[0] for r in rows]
 
         return await self._call(op)
 
@@ -458,56 +434,66 @@ class SQLiteStore:
             return []
 
         def op(conn: sqlite3.Connection) -> list[Lease]:
-            ready = (
-                "(status = 'pending' OR (status = 'running' AND lease_expires_at < :now) "
-                "OR (status IN ('sleeping', 'waiting') AND wake_at IS NOT NULL "
-                "AND wake_at <= :now))"
-            )
-            params: dict[str, Any] = {"now": now, "limit": limit}
-            if workflows is not None:
-                names = ", ".join(f":wf{i}" for i in range(len(workflows)))
-                ready = f"{ready} AND workflow IN ({names})"
-                params.update({f"wf{i}": w for i, w in enumerate(workflows)})
-            if run_id is not None:
-                sql = f"SELECT run_id FROM runs WHERE run_id = :run_id AND {ready}"
-                params["run_id"] = run_id
-            else:
-                sql = f"SELECT run_id FROM runs WHERE {ready} ORDER BY created_at LIMIT :limit"
-            ids = [r[0] for r in conn.execute(sql, params)]
+            stolen: list[str] = []
             for sid, sowner, stoken in steal:
-                if len(ids) >= limit:
+                if len(stolen) >= limit:
                     break
                 if run_id is not None and sid != run_id:
                     continue
                 row = conn.execute(
                     "SELECT workflow FROM runs WHERE run_id = ? AND status = 'running' "
                     "AND lease_owner = ? AND lease_token = ?", (sid, sowner, stoken)).fetchone()
-                if (row and sid not in ids
-                        and (workflows is None or row[0] in workflows)):
-                    ids.append(sid)
+                if row and (workflows is None or row[0] in workflows):
+                    stolen.append(sid)
+            ready_ids: list[str] = []
+            if len(stolen) < limit:
+                ready_ids = [r[0] for r in conn.execute(*self._ready_query(
+                    now, limit - len(stolen), run_id, workflows, stolen))]
             leases = []
             expires = now + lease_seconds
-            for rid in ids[:limit]:
+            for rid in plan_claim(stolen, ready_ids, limit):
                 row = conn.execute(
                     "UPDATE runs SET status = 'running', lease_owner = ?, "
                     "lease_token = lease_token + 1, lease_expires_at = ?, owner_host = ?, "
                     "owner_pid = ?, wake_at = NULL, wake_requested = 0, updated_at = ? "
-                    "WHERE run_id = ? RETURNING lease_token, event_count",
+                    "WHERE run_id = ? RETURNING lease_token, event_count, event_head",
                     (owner.id, expires, owner.host, owner.pid, now, rid)).fetchone()
-                self._insert_events(conn, rid, row[1], [NewEvent(
+                self._insert_events(conn, rid, row[1], row[2], [NewEvent(
                     EventKind.RUN_CLAIMED, name=owner.id,
-                    payload=f'{{"host": "{owner.host}", "pid": {owner.pid}}}')], now)
+                    payload=json.dumps({"host": owner.host, "pid": owner.pid}))], now)
                 leases.append(Lease(rid, owner.id, row[0], expires))
             return leases
 
         return await self._write(op)
 
+    @staticmethod
+    def _ready_query(now: float, limit: int, run_id: str | None,
+                     workflows: Sequence[str] | None,
+                     exclude: Sequence[str]) -> tuple[str, dict[str, Any]]:
+        """Ready runs in claim order (see _claims): pending, parked and due, or running
+        with an expired lease."""
+        where = ("(status = 'pending' OR (status = 'running' AND lease_expires_at < :now) "
+                 "OR (status IN ('sleeping', 'waiting') AND wake_at IS NOT NULL "
+                 "AND wake_at <= :now))")
+        params: dict[str, Any] = {"now": now, "limit": limit}
+        if workflows is not None:
+            where += f" AND workflow IN ({', '.join(f':wf{i}' for i in range(len(workflows)))})"
+            params.update({f"wf{i}": w for i, w in enumerate(workflows)})
+        if exclude:
+            where += f" AND run_id NOT IN ({', '.join(f':x{i}' for i in range(len(exclude)))})"
+            params.update({f"x{i}": x for i, x in enumerate(exclude)})
+        if run_id is not None:
+            where += " AND run_id = :run_id"
+            params["run_id"] = run_id
+        return (f"SELECT run_id FROM runs WHERE {where} ORDER BY {READY_ORDER_SQL}, rowid "
+                "LIMIT :limit", params)
+
     async def local_running(self, host: str) -> list[RunRecord]:
         def op() -> list[RunRecord]:
             rows = self._db().execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs WHERE status = 'running' AND owner_host = ?",
-                (host,)).fetchall()
-            return [_run_record(r) for r in rows]
+                f"SELECT {RUN_COLUMNS} FROM runs WHERE status = 'running' AND owner_host = ? "
+                "ORDER BY created_at", (host,)).fetchall()
+            return [run_record(r) for r in rows]
 
         return await self._call(op)
 
@@ -533,7 +519,7 @@ class SQLiteStore:
     def _check_lease(self, conn: sqlite3.Connection, lease: Lease) -> tuple[Any, ...]:
         row = conn.execute(
             "SELECT status, lease_owner, lease_token, cancel_requested, event_count, "
-            "parent_run_id, wake_requested FROM runs WHERE run_id = ?",
+            "parent_run_id, wake_requested, event_head FROM runs WHERE run_id = ?",
             (lease.run_id,)).fetchone()
         if (row is None or row[0] != RunStatus.RUNNING or row[1] != lease.owner
                 or row[2] != lease.token):
@@ -543,17 +529,20 @@ class SQLiteStore:
         return tuple(row)
 
     @staticmethod
-    def _insert_events(conn: sqlite3.Connection, run_id: str, count: int,
+    def _insert_events(conn: sqlite3.Connection, run_id: str, count: int, head: str,
                        events: Sequence[NewEvent], now: float) -> int:
+        """Append ``events`` after the run's ``count`` events (the last with digest
+        ``head``), chained (see _chain), and move the run row's count and head on."""
+        digests = chain(head, run_id, count + 1, events, now)
         conn.executemany(
-            "INSERT INTO events (run_id, seq, kind, step_id, name, payload, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(run_id, count + i + 1, str(e.kind), e.step_id, e.name, e.payload, now)
-             for i, e in enumerate(events)],
+            "INSERT INTO events (run_id, seq, kind, step_id, name, payload, created_at, "
+            "digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(run_id, count + i + 1, str(e.kind), e.step_id, e.name, e.payload, now, d)
+             for i, (e, d) in enumerate(zip(events, digests, strict=True))],
         )
         count += len(events)
-        conn.execute("UPDATE runs SET event_count = ?, updated_at = ? WHERE run_id = ?",
-                     (count, now, run_id))
+        conn.execute("UPDATE runs SET event_count = ?, event_head = ?, updated_at = ? "
+                     "WHERE run_id = ?", (count, digests[-1] if digests else head, now, run_id))
         return count
 
     def _wake_parent(self, conn: sqlite3.Connection, parent_run_id: str | None,
@@ -568,10 +557,10 @@ class SQLiteStore:
     def _append_checked(self, conn: sqlite3.Connection, lease: Lease,
                         events: Sequence[NewEvent], now: float,
                         finish: Finish | None) -> AppendResult:
-        _, _, _, cancel, count, parent_run_id, wake_requested = self._check_lease(
+        _, _, _, cancel, count, parent_run_id, wake_requested, head = self._check_lease(
             conn, lease)
         if events:
-            self._insert_events(conn, lease.run_id, count, events, now)
+            self._insert_events(conn, lease.run_id, count, head, events, now)
         if finish is not None:
             new_status = finish.status
             wake_at = finish.wake_at
@@ -580,10 +569,12 @@ class SQLiteStore:
             elif new_status == RunStatus.SLEEPING and cancel:
                 new_status, wake_at = RunStatus.PENDING, None  # so is a cancel: observe it now
             conn.execute(
-                "UPDATE runs SET status = ?, result = ?, error = ?, wake_at = ?, "
-                "lease_owner = NULL, lease_expires_at = NULL, updated_at = ? "
+                "UPDATE runs SET status = ?, result = ?, error = ?, outcome_digest = ?, "
+                "wake_at = ?, lease_owner = NULL, lease_expires_at = NULL, updated_at = ? "
                 "WHERE run_id = ?",
-                (str(new_status), finish.result, finish.error, wake_at, now, lease.run_id))
+                (str(new_status), finish.result, finish.error,
+                 outcome_digest(lease.run_id, finish.result, finish.error), wake_at, now,
+                 lease.run_id))
             if new_status in TERMINAL_STATUSES:
                 self._wake_parent(conn, parent_run_id, now)
         return AppendResult(cancel_requested=bool(cancel))
@@ -614,12 +605,12 @@ class SQLiteStore:
             return
         outcomes: list[Any] = []
         try:
+            self._become_writer()
             conn = self._db()
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
-                raise StoreError(f"cannot start a write on {self._path}: {exc}",
-                                 retryable=True) from exc
+                raise schema.store_error(exc, self._path, "cannot start a write on") from exc
             try:
                 for op, is_append, _ in batch:
                     conn.execute("SAVEPOINT one")
@@ -633,7 +624,8 @@ class SQLiteStore:
                             raise
                         conn.execute("ROLLBACK TO one")
                         conn.execute("RELEASE one")
-                        outcomes.append(exc)
+                        outcomes.append(exc if not isinstance(exc, sqlite3.Error) else
+                                        schema.store_error(exc, self._path, "cannot write to"))
                 conn.execute("COMMIT")
                 self.commits += 1
             except BaseException:
@@ -641,9 +633,13 @@ class SQLiteStore:
                     conn.execute("ROLLBACK")
                 raise
         except BaseException as exc:
-            err = exc if isinstance(exc, StoreError) else StoreError(
-                f"journal write failed: {exc}", retryable=True)
-            if err is not exc:
+            err: BaseException
+            if isinstance(exc, StoreError):
+                err = exc
+            elif isinstance(exc, sqlite3.Error):
+                err = schema.store_error(exc, self._path, "cannot write to")
+            else:
+                err = StoreError(f"journal write failed: {exc}", retryable=True)
                 err.__cause__ = exc
             outcomes = [err] * len(batch)
         # One wake-up of the event loop for the whole batch, not one per waiting write.
@@ -665,9 +661,8 @@ class SQLiteStore:
                 "UPDATE runs SET status = CASE WHEN status = 'waiting' THEN 'pending' "
                 "ELSE status END, wake_at = CASE WHEN status = 'waiting' THEN NULL "
                 "ELSE wake_at END, wake_requested = 1 WHERE run_id = ?", (run_id,))
-            out = conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-            return _run_record(out)
+            out = conn.execute(_SELECT_RUN, (run_id,)).fetchone()
+            return run_record(out)
 
         return await self._write(op)
 
@@ -693,11 +688,11 @@ class SQLiteStore:
     async def request_cancel(self, run_id: str, *, now: float) -> RunRecord:
         def cancel_one(conn: sqlite3.Connection, rid: str) -> None:
             row = conn.execute(
-                "SELECT status, lease_expires_at, event_count, parent_run_id FROM runs "
-                "WHERE run_id = ?", (rid,)).fetchone()
+                "SELECT status, lease_expires_at, event_count, parent_run_id, event_head "
+                "FROM runs WHERE run_id = ?", (rid,)).fetchone()
             if row is None or row[0] in TERMINAL_STATUSES:
                 return
-            status, expires, count, parent = row
+            status, expires, count, parent, head = row
             if status == RunStatus.RUNNING and expires is not None and expires >= now:
                 conn.execute("UPDATE runs SET cancel_requested = 1, wake_requested = 1 "
                              "WHERE run_id = ?", (rid,))
@@ -706,7 +701,7 @@ class SQLiteStore:
                     "UPDATE runs SET status = 'cancelled', cancel_requested = 1, "
                     "lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL "
                     "WHERE run_id = ?", (rid,))
-                self._insert_events(conn, rid, count,
+                self._insert_events(conn, rid, count, head,
                                     [NewEvent(EventKind.RUN_CANCELLED)], now)
                 self._wake_parent(conn, parent, now)
             for (child,) in conn.execute(
@@ -717,16 +712,15 @@ class SQLiteStore:
             if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
                 raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
             cancel_one(conn, run_id)
-            row = conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-            return _run_record(row)
+            row = conn.execute(_SELECT_RUN, (run_id,)).fetchone()
+            return run_record(row)
 
         return await self._write(op)
 
     async def redrive(self, run_id: str, *, now: float) -> RunRecord:
         def op(conn: sqlite3.Connection) -> RunRecord:
-            row = conn.execute("SELECT status, event_count FROM runs WHERE run_id = ?",
-                               (run_id,)).fetchone()
+            row = conn.execute("SELECT status, event_count, event_head FROM runs "
+                               "WHERE run_id = ?", (run_id,)).fetchone()
             if row is None:
                 raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
             if row[0] != RunStatus.DEAD_LETTERED:
@@ -736,14 +730,14 @@ class SQLiteStore:
             last = conn.execute(
                 "SELECT step_id FROM events WHERE run_id = ? AND kind = 'run_dead_lettered' "
                 "ORDER BY seq DESC LIMIT 1", (run_id,)).fetchone()
-            self._insert_events(conn, run_id, row[1], [NewEvent(
+            self._insert_events(conn, run_id, row[1], row[2], [NewEvent(
                 EventKind.RUN_REDRIVEN, step_id=last[0] if last else None)], now)
             conn.execute(
                 "UPDATE runs SET status = 'pending', result = NULL, error = NULL, "
-                "cancel_requested = 0, updated_at = ? WHERE run_id = ?", (now, run_id))
-            out = conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-            return _run_record(out)
+                "outcome_digest = ?, cancel_requested = 0, updated_at = ? WHERE run_id = ?",
+                (outcome_digest(run_id, None, None), now, run_id))
+            out = conn.execute(_SELECT_RUN, (run_id,)).fetchone()
+            return run_record(out)
 
         return await self._write(op)
 

@@ -29,6 +29,8 @@ from ..store._base import (
     RunStatus,
     WorkerRecord,
 )
+from ..store._chain import GENESIS, chain, verify_events
+from ..store._claims import plan_claim, ready_sort_key
 from ..store._limits import (
     BucketDraw,
     BucketState,
@@ -44,6 +46,12 @@ __all__ = ["MemoryStore"]
 class _Run:
     rec: RunRecord
     events: list[Event] = field(default_factory=list)
+    digests: dict[int, str] = field(default_factory=dict)
+    """Each event's digest by sequence number (see ``stalwart.store._chain``), and the
+    chain's length and head as a run row keeps them: kept apart like the SQL stores'
+    columns, so that a test can damage one without the other."""
+    count: int = 0
+    head: str = GENESIS
     wake_requested: bool = False
     order: int = 0
 
@@ -96,9 +104,14 @@ class MemoryStore:
                 raise LeaseLostError(
                     f"run {run.rec.run_id}: step {ev.step_id} already has an outcome",
                     run_id=run.rec.run_id)
-        for ev in events:
-            run.events.append(Event(run.rec.run_id, len(run.events) + 1, ev.kind, ev.step_id,
+        first = run.count + 1
+        digests = chain(run.head, run.rec.run_id, first, events, now)
+        for i, (ev, digest) in enumerate(zip(events, digests, strict=True)):
+            run.events.append(Event(run.rec.run_id, first + i, ev.kind, ev.step_id,
                                     ev.name, ev.payload, now))
+            run.digests[first + i] = digest
+        if digests:
+            run.count, run.head = run.count + len(digests), digests[-1]
         self._set(run, updated_at=now)
 
     def _check(self, lease: Lease) -> _Run:
@@ -177,7 +190,17 @@ class MemoryStore:
     async def load_events(self, run_id: str) -> list[Event]:
         await self._yield()
         run = self._runs.get(run_id)
-        return list(run.events) if run else []
+        if run is None:
+            return []
+        rows = [(e.seq, str(e.kind), e.step_id, e.name, e.payload, e.created_at,
+                 run.digests.get(e.seq)) for e in run.events]
+        return verify_events(run_id, rows, count=run.count, head=run.head)
+
+    async def run_ids(self) -> list[str]:
+        """Every run id, oldest first (``stalwart doctor``)."""
+        await self._yield()
+        return [r.rec.run_id for r in sorted(self._runs.values(),
+                                             key=lambda r: (r.rec.created_at, r.order))]
 
     # -- leases ----------------------------------------------------------------------
 
@@ -196,21 +219,22 @@ class MemoryStore:
         if workflows is not None and not workflows:
             return []
         allowed = None if workflows is None else set(workflows)
-        pool = ([self._runs[run_id]] if run_id is not None and run_id in self._runs
-                else [] if run_id is not None else
-                sorted(self._runs.values(), key=lambda r: (r.rec.created_at, r.order)))
-        chosen = [r for r in pool if self._ready(r, now)
-                  and (allowed is None or r.rec.workflow in allowed)][:limit]
+        stolen: list[str] = []
         for sid, sowner, stoken in steal:
-            if len(chosen) >= limit:
-                break
             if run_id is not None and sid != run_id:
                 continue
             run = self._runs.get(sid)
-            if (run is not None and run not in chosen and run.rec.status == RunStatus.RUNNING
+            if (run is not None and run.rec.status == RunStatus.RUNNING
                     and run.rec.lease_owner == sowner and run.rec.lease_token == stoken
                     and (allowed is None or run.rec.workflow in allowed)):
-                chosen.append(run)
+                stolen.append(sid)
+        pool = ([self._runs[run_id]] if run_id is not None and run_id in self._runs
+                else [] if run_id is not None else list(self._runs.values()))
+        ready = sorted((r for r in pool if self._ready(r, now)
+                        and (allowed is None or r.rec.workflow in allowed)),
+                       key=lambda r: ready_sort_key(r.rec, r.order))
+        chosen = [self._runs[rid] for rid in plan_claim(
+            stolen, [r.rec.run_id for r in ready], limit)]
         leases = []
         for run in chosen:
             token = run.rec.lease_token + 1

@@ -1,0 +1,337 @@
+"""The SQLite journal's file: what is ours, how it is created, checked and migrated.
+
+A file is a stalwart journal when its header carries our ``application_id`` and its
+``stalwart_meta`` table says so. Only two kinds of file are ever initialised, and only
+by a store that writes: one that does not exist or is empty (0 bytes), and — for a
+migration — one that is already ours. Anything else (another application's database,
+an SQLite file holding nothing but a view or a ``user_version``) is refused with a typed
+error, and it is inspected on a read-only connection so that not even a checkpoint of
+its WAL touches it.
+
+Every ``sqlite3`` error is translated here (:func:`store_error`): damage becomes
+:class:`~stalwart.errors.StoreCorruptedError`, contention and I/O trouble a retryable
+:class:`~stalwart.errors.StoreError`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Literal
+
+from ..errors import (
+    NotAStalwartStoreError,
+    SchemaVersionError,
+    StoreCorruptedError,
+    StoreError,
+)
+from ._base import APP_ID, SCHEMA_VERSION
+from ._chain import GENESIS, event_digest, outcome_digest, run_digest
+from ._wal import check_wal
+
+__all__ = [
+    "APPLICATION_ID",
+    "SCHEMA",
+    "FileState",
+    "connect",
+    "create",
+    "file_state",
+    "inspect",
+    "migrate",
+    "integrity_check",
+    "refuse_damaged_wal",
+    "store_error",
+]
+
+APPLICATION_ID = 0x53574152  # "SWAR", in the SQLite header: identifies our files
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+FileState = Literal["missing", "empty", "sqlite"]
+
+_GENESIS_SQL = f"'{GENESIS}'"
+SCHEMA = f"""
+CREATE TABLE stalwart_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE runs (
+    run_id TEXT PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    workflow_ref TEXT,
+    status TEXT NOT NULL,
+    input TEXT NOT NULL,
+    result TEXT,
+    error TEXT,
+    parent_run_id TEXT,
+    parent_step_id TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    wake_at REAL,
+    lease_owner TEXT,
+    lease_token INTEGER NOT NULL DEFAULT 0,
+    lease_expires_at REAL,
+    owner_host TEXT,
+    owner_pid INTEGER,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    wake_requested INTEGER NOT NULL DEFAULT 0,
+    event_count INTEGER NOT NULL DEFAULT 0,
+    event_head TEXT NOT NULL DEFAULT {_GENESIS_SQL},
+    run_digest TEXT NOT NULL DEFAULT '',
+    outcome_digest TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX runs_status ON runs (status, wake_at);
+CREATE INDEX runs_parent ON runs (parent_run_id);
+CREATE INDEX runs_created ON runs (created_at);
+CREATE TABLE events (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    step_id TEXT,
+    name TEXT,
+    payload TEXT,
+    created_at REAL NOT NULL,
+    digest TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX events_one_outcome ON events (run_id, step_id)
+    WHERE kind = 'step_completed';
+CREATE TABLE signals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    consumed_step_id TEXT
+);
+CREATE INDEX signals_pending ON signals (run_id, name) WHERE consumed_step_id IS NULL;
+"""
+
+# Operational state that no run depends on (the workers registry, the cluster-wide
+# limits): part of every new journal, and created when missing by a writer that opens
+# one of schema 1, which predates some of them.
+OPERATIONAL = (
+    "CREATE TABLE IF NOT EXISTS workers (worker_id TEXT PRIMARY KEY, host TEXT NOT NULL, "
+    "pid INTEGER NOT NULL, started_at REAL NOT NULL, heartbeat_at REAL NOT NULL, "
+    "concurrency INTEGER NOT NULL, in_flight INTEGER NOT NULL, lease_seconds REAL NOT NULL, "
+    "pools TEXT NOT NULL, stopped_at REAL)",
+    "CREATE TABLE IF NOT EXISTS rate_buckets (key TEXT PRIMARY KEY, tokens REAL NOT NULL, "
+    "updated_at REAL NOT NULL, capacity REAL NOT NULL, refill_per_second REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS bulkhead_slots (pool TEXT NOT NULL, holder TEXT NOT NULL, "
+    "acquired_at REAL NOT NULL, expires_at REAL NOT NULL, PRIMARY KEY (pool, holder))",
+    "CREATE INDEX IF NOT EXISTS bulkhead_slots_holder ON bulkhead_slots (holder)",
+)
+
+MIGRATABLE_FROM = 1
+"""The oldest journal schema a writer migrates (1: before checksums, see _chain)."""
+
+# SQLite's primary result codes (the low byte of an extended code).
+_DAMAGE = {1, 11, 17, 20, 24, 25, 26}  # ERROR, CORRUPT, SCHEMA, MISMATCH, FORMAT, RANGE, NOTADB
+_NOT_RETRYABLE = {3, 8, 23}  # PERM, READONLY, AUTH
+
+
+def store_error(exc: sqlite3.Error, path: str, what: str) -> StoreError:
+    """A typed error for an ``sqlite3`` error met while doing ``what`` with ``path``.
+
+    Damage (a malformed page, a record that does not decode, a schema that lost a
+    table or column) is :class:`StoreCorruptedError`; a busy or locked file, I/O trouble
+    or a full disk a retryable :class:`StoreError`; anything else a plain one.
+    """
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = None if code is None else code & 0xFF
+    text = f"{what} {path}: {exc}"
+    err: StoreError
+    if primary in _DAMAGE or (primary is None and "decode" in str(exc)):
+        err = StoreCorruptedError(f"{path} cannot be read as a journal: it is damaged "
+                                  f"({exc}); nothing was changed (stalwart doctor says more)")
+    elif primary in _NOT_RETRYABLE or isinstance(exc, sqlite3.ProgrammingError):
+        err = StoreError(text)
+    else:
+        err = StoreError(text, retryable=True)
+    err.__cause__ = exc
+    return err
+
+
+def file_state(path: str) -> FileState:
+    """What is at ``path``: nothing, an empty file, or an SQLite file.
+
+    Raises:
+        NotAStalwartStoreError: a directory, or a file that is not SQLite.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise NotAStalwartStoreError(f"{path} is a directory, not a stalwart journal")
+    if not p.exists():
+        # A -wal with frames beside a missing or empty file still holds a database.
+        return "missing" if _wal_size(path) == 0 else "sqlite"
+    if p.stat().st_size == 0:
+        return "empty" if _wal_size(path) == 0 else "sqlite"
+    with p.open("rb") as fh:
+        if fh.read(16) != _SQLITE_MAGIC:
+            raise NotAStalwartStoreError(
+                f"{path} is not a stalwart journal (not an SQLite file); it was left "
+                "untouched")
+    return "sqlite"
+
+
+def _wal_size(path: str) -> int:
+    try:
+        return Path(path + "-wal").stat().st_size
+    except OSError:
+        return 0
+
+
+def refuse_damaged_wal(path: str) -> None:
+    """Raise :class:`StoreCorruptedError` if SQLite would silently drop committed
+    transactions of ``path``'s WAL (see :mod:`._wal`). Call before connecting."""
+    report = check_wal(path)
+    if report.damaged:
+        # A writer appending while we read can make a frame look torn: a real break is
+        # still there when read again.
+        report = check_wal(path)
+    if report.damaged:
+        raise StoreCorruptedError(
+            f"{path}: {report.damage[0]}; the journal was not opened, so nothing was "
+            "changed (stalwart doctor says more; keep a copy of the files before "
+            "anything else opens them)")
+
+
+def connect(path: str, *, read_only: bool, busy_timeout: float) -> sqlite3.Connection:
+    """A connection to ``path``; read-only ones use ``mode=ro`` and can never write
+    (nor checkpoint the WAL into the file)."""
+    target = f"{Path(path).absolute().as_uri()}?mode=ro" if read_only else path
+    try:
+        conn = sqlite3.connect(target, uri=read_only, isolation_level=None,
+                               check_same_thread=False, timeout=busy_timeout)
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    except sqlite3.Error as exc:
+        raise store_error(exc, path, "cannot open") from exc
+    return conn
+
+
+def inspect(conn: sqlite3.Connection, path: str) -> int:
+    """Check that ``conn``'s database is a sound stalwart journal; its schema version.
+
+    Raises:
+        NotAStalwartStoreError: the file is another application's SQLite database.
+        StoreCorruptedError: it is ours but damaged.
+    """
+    try:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        objects = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.Error as exc:
+        raise store_error(exc, path, "cannot read") from exc
+    if app_id != APPLICATION_ID:
+        what = (f"its schema holds {len(objects)} object(s)" if objects
+                else "an SQLite file stalwart did not create")
+        raise NotAStalwartStoreError(
+            f"{path} is an SQLite database but not a stalwart journal ({what}); it was "
+            "left untouched")
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM stalwart_meta").fetchall())
+        # integrity_check, not quick_check: it also checks every index against its table
+        # (a damaged index makes a lookup miss a run silently), for ~10 % more time.
+        check = conn.execute("PRAGMA integrity_check(1)").fetchone()[0]
+    except sqlite3.Error as exc:
+        raise store_error(exc, path, "cannot read") from exc
+    if check != "ok":
+        raise StoreCorruptedError(f"{path} is damaged ({check}); nothing was changed")
+    if meta.get("app") != APP_ID:
+        raise NotAStalwartStoreError(f"{path} is not a stalwart journal")
+    try:
+        return int(meta.get("schema_version", "0"))
+    except ValueError:
+        raise StoreCorruptedError(f"{path} has an unreadable schema version") from None
+
+
+def integrity_check(path: str, *, busy_timeout: float, limit: int = 20) -> list[str]:
+    """SQLite's ``integrity_check`` of ``path`` (``quick_check`` and every index against
+    its table) on a read-only connection: ``[]`` when the file's structure is sound, else
+    up to ``limit`` problems."""
+    conn = connect(path, read_only=True, busy_timeout=busy_timeout)
+    try:
+        rows = [r[0] for r in conn.execute(f"PRAGMA integrity_check({int(limit)})")]
+    except sqlite3.Error as exc:
+        return [str(exc)]
+    finally:
+        conn.close()
+    return [] if rows == ["ok"] else [str(r) for r in rows]
+
+
+def version_error(path: str, found: int, *, writer: bool) -> SchemaVersionError:
+    if found > SCHEMA_VERSION:
+        how = "a newer"
+        hint = "it was left untouched"
+    elif found >= MIGRATABLE_FROM and not writer:
+        how = "an older"
+        hint = ("it was left untouched: a stalwart that writes to it (a worker, `stalwart "
+                "resume`) migrates it first")
+    else:
+        how = "an older, unsupported"
+        hint = "it was left untouched"
+    return SchemaVersionError(
+        f"{path} was written by {how} stalwart (journal schema {found}, this stalwart "
+        f"reads {SCHEMA_VERSION}); {hint}", found=found, expected=SCHEMA_VERSION)
+
+
+def create(conn: sqlite3.Connection) -> None:
+    """Write the schema into ``conn``'s empty database, in one transaction: a crash
+    leaves the file empty again, never half a journal of unknown origin."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            for stmt in SCHEMA.split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            for stmt in OPERATIONAL:
+                conn.execute(stmt)
+            conn.executemany("INSERT INTO stalwart_meta (key, value) VALUES (?, ?)",
+                             [("app", APP_ID), ("schema_version", str(SCHEMA_VERSION))])
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def migrate(conn: sqlite3.Connection, path: str) -> None:
+    """Bring ``conn``'s journal (ours, checked) to :data:`SCHEMA_VERSION` in one
+    transaction. Schema 1 predates checksums: its events are hashed as they are now."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM stalwart_meta").fetchall())
+        found = int(meta.get("schema_version", "0"))
+        if found == 1:
+            _migrate_1(conn)
+        elif found != SCHEMA_VERSION:
+            raise version_error(path, found, writer=True)
+        for stmt in OPERATIONAL:
+            conn.execute(stmt)
+        conn.execute("UPDATE stalwart_meta SET value = ? WHERE key = 'schema_version'",
+                     (str(SCHEMA_VERSION),))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _migrate_1(conn: sqlite3.Connection) -> None:
+    for stmt in (f"ALTER TABLE runs ADD COLUMN event_head TEXT NOT NULL DEFAULT {_GENESIS_SQL}",
+                 "ALTER TABLE runs ADD COLUMN run_digest TEXT NOT NULL DEFAULT ''",
+                 "ALTER TABLE runs ADD COLUMN outcome_digest TEXT NOT NULL DEFAULT ''",
+                 "ALTER TABLE events ADD COLUMN digest TEXT NOT NULL DEFAULT ''"):
+        conn.execute(stmt)
+    runs = conn.execute(
+        "SELECT run_id, workflow, workflow_ref, input, parent_run_id, parent_step_id, "
+        "created_at, result, error FROM runs").fetchall()
+    for run_id, wf, ref, inp, parent, parent_step, created, result, error in runs:
+        prev, digests = GENESIS, []
+        for seq, kind, step_id, name, payload, at in conn.execute(
+                "SELECT seq, kind, step_id, name, payload, created_at FROM events "
+                "WHERE run_id = ? ORDER BY seq", (run_id,)):
+            prev = event_digest(prev, run_id, seq, kind, step_id, name, payload, at)
+            digests.append((prev, run_id, seq))
+        conn.executemany("UPDATE events SET digest = ? WHERE run_id = ? AND seq = ?",
+                         digests)
+        conn.execute(
+            "UPDATE runs SET event_head = ?, run_digest = ?, outcome_digest = ? "
+            "WHERE run_id = ?",
+            (prev, run_digest(run_id, wf, ref, inp, parent, parent_step,
+                                            created),
+             outcome_digest(run_id, result, error), run_id))
