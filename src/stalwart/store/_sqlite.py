@@ -208,7 +208,7 @@ class SQLiteStore:
             # Another process may have created it meanwhile: check what is there now.
             schema.inspect(conn, self._path)
             self._set_pragmas(conn)
-        except sqlite3.Error as exc:
+        except schema.ERRORS as exc:
             conn.close()
             raise schema.store_error(exc, self._path, "cannot create a journal in") from exc
         except BaseException:
@@ -222,7 +222,7 @@ class SQLiteStore:
             if migrate:
                 schema.migrate(conn, self._path)
             self._set_pragmas(conn)
-        except sqlite3.Error as exc:
+        except schema.ERRORS as exc:
             conn.close()
             raise schema.store_error(exc, self._path, "cannot open") from exc
         except BaseException:
@@ -281,7 +281,7 @@ class SQLiteStore:
     def _mapped(self, fn: Callable[..., T], *args: Any) -> T:
         try:
             return fn(*args)
-        except sqlite3.Error as exc:
+        except schema.ERRORS as exc:
             raise schema.store_error(exc, self._path, "cannot read") from exc
 
     def _db(self) -> sqlite3.Connection:
@@ -624,7 +624,7 @@ class SQLiteStore:
                             raise
                         conn.execute("ROLLBACK TO one")
                         conn.execute("RELEASE one")
-                        outcomes.append(exc if not isinstance(exc, sqlite3.Error) else
+                        outcomes.append(exc if not isinstance(exc, schema.ERRORS) else
                                         schema.store_error(exc, self._path, "cannot write to"))
                 conn.execute("COMMIT")
                 self.commits += 1
@@ -636,7 +636,7 @@ class SQLiteStore:
             err: BaseException
             if isinstance(exc, StoreError):
                 err = exc
-            elif isinstance(exc, sqlite3.Error):
+            elif isinstance(exc, schema.ERRORS):
                 err = schema.store_error(exc, self._path, "cannot write to")
             else:
                 err = StoreError(f"journal write failed: {exc}", retryable=True)
