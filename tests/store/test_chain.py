@@ -102,11 +102,12 @@ def test_a_missing_or_mistyped_checksum_is_damage() -> None:
 
 
 def _run_row(**changes: object) -> tuple[object, ...]:
-    base: dict[str, object] = dict(
-        run_id="r", workflow="wf", workflow_ref="m:wf", status="completed", input="[1]",
-        result="2", error=None, parent_run_id="p", parent_step_id="3", created_at=1.5,
-        updated_at=2.0, wake_at=None, lease_owner=None, lease_token=3,
-        lease_expires_at=None, owner_host="h", owner_pid=9, cancel_requested=0)
+    base: dict[str, object] = {
+        "run_id": "r", "workflow": "wf", "workflow_ref": "m:wf", "status": "completed",
+        "input": "[1]", "result": "2", "error": None, "parent_run_id": "p",
+        "parent_step_id": "3", "created_at": 1.5, "updated_at": 2.0, "wake_at": None,
+        "lease_owner": None, "lease_token": 3, "lease_expires_at": None, "owner_host": "h",
+        "owner_pid": 9, "cancel_requested": 0}
     digests = (run_digest("r", "wf", "m:wf", "[1]", "p", "3", 1.5),
                outcome_digest("r", "2", None))
     base.update(changes)

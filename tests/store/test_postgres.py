@@ -246,3 +246,123 @@ def test_the_url_hides_the_password_and_open_store_picks_postgres() -> None:
     assert store.url == "postgresql://me@db/x"
     with pytest.raises(ConfigurationError):
         PostgresStore("postgresql://db/x", min_connections=5, max_connections=2)
+
+
+# -- who creates the journal, and where -------------------------------------------------
+
+
+async def test_a_reader_creates_nothing_and_says_there_is_no_journal(pg_url: str) -> None:
+    """A read-only store on an empty schema, or one with an application's tables, raises
+    NotAStalwartStoreError and creates, locks and writes nothing."""
+    for setup in ((), ("CREATE TABLE customers (id INT)", "CREATE TABLE orders (id INT)")):
+        for stmt in setup:
+            sql(pg_url, stmt)
+        before = snapshot(pg_url)
+        for access in ("read", "client"):
+            store = PostgresStore(pg_url, access=access)  # type: ignore[arg-type]
+            if access == "client":  # a client opens, and finds nothing at its first read
+                await store.open()
+            with pytest.raises(NotAStalwartStoreError, match="no stalwart journal"):
+                await (store.list_runs() if access == "client" else store.open())
+            await store.close()
+        assert snapshot(pg_url) == before
+
+
+async def test_a_writer_refuses_a_schema_holding_other_tables(pg_url: str) -> None:
+    """A worker never creates the journal beside an application's tables — unless told
+    to (create=True)."""
+    sql(pg_url, "CREATE TABLE customers (id INT)")
+    sql(pg_url, "CREATE VIEW vip AS SELECT * FROM customers")
+    err = await refused(pg_url, NotAStalwartStoreError)
+    assert "customers, vip" in str(err) and "--create" in str(err)
+    client = PostgresStore(pg_url, access="client")
+    await client.open()
+    with pytest.raises(NotAStalwartStoreError, match="customers"):
+        await client.create_run(run_id="r", workflow="wf", input="[]", now=1.0)
+    await client.close()
+    told = PostgresStore(pg_url, create=True)
+    await told.open()
+    await told.create_run(run_id="r", workflow="wf", input="[]", now=1.0)
+    await told.close()
+    assert sql(pg_url, "SELECT count(*) FROM customers") == [(0,)]
+
+
+async def test_a_client_creates_the_journal_at_its_first_write(pg_url: str) -> None:
+    """Runtime(worker=False)'s store reads read-only; starting a run in an empty schema
+    creates the journal."""
+    client = PostgresStore(pg_url, access="client")
+    await client.open()
+    assert snapshot(pg_url) == []
+    await client.create_run(run_id="r", workflow="wf", input="[]", now=1.0)
+    assert (await client.get_run("r")) is not None
+    await client.close()
+
+
+async def test_a_reader_cannot_write(pg: PostgresStore, pg_url: str) -> None:
+    """A read-only store refuses writes itself, and its sessions are read-only on the
+    server too."""
+    await pg.create_run(run_id="r", workflow="wf", input="[]", now=1.0)
+    reader = PostgresStore(pg_url, access="read")
+    await reader.open()
+    try:
+        assert (await reader.get_run("r")) is not None
+        with pytest.raises(StoreError, match="read only"):
+            await reader.send_signal("r", "go", "1", now=2.0)
+        async with reader._connection() as conn:
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                await conn.execute("DELETE FROM stalwart_runs")
+    finally:
+        await reader.close()
+
+
+async def test_a_journal_of_schema_2_is_migrated_with_its_chains(pg: PostgresStore,
+                                                                 pg_url: str) -> None:
+    """A journal written before checksums (schema 2) is refused by readers and migrated
+    by a writer, which hashes its events; they then verify."""
+    await pg.create_run(run_id="r", workflow="wf", input="[1]", now=1.0)
+    [lease] = await pg.claim(OWNER, now=2.0, lease_seconds=30, limit=1)
+    await pg.append(lease, [NewEvent(EventKind.STEP_COMPLETED, "0", "f", "7")], now=3.0,
+                    finish=Finish(RunStatus.COMPLETED, result="7"))
+    await pg.close()
+    sql(pg_url, "ALTER TABLE stalwart_runs DROP COLUMN event_head, DROP COLUMN run_digest, "
+                "DROP COLUMN outcome_digest")
+    sql(pg_url, "ALTER TABLE stalwart_events DROP COLUMN digest")
+    sql(pg_url, "UPDATE stalwart_meta SET value = '2' WHERE key = 'schema_version'")
+    before = snapshot(pg_url)
+    reader = PostgresStore(pg_url, access="read")
+    with pytest.raises(SchemaVersionError, match="migrates it"):
+        await reader.open()
+    await reader.close()
+    assert snapshot(pg_url) == before
+    writer = PostgresStore(pg_url)
+    await writer.open()
+    try:
+        events = await writer.load_events("r")
+        assert [e.kind for e in events] == ["run_created", "run_claimed", "step_completed"]
+        assert (await writer.get_run("r")).result == "7"  # type: ignore[union-attr]
+    finally:
+        await writer.close()
+
+
+# -- URLs ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("url", "needle"), [
+    ("postgresql://127.0.0.1:54x32/postgres", "port '54x32'"),
+    ("postgresql://127.0.0.1:99999/postgres", "port '99999'"),
+    ("postgresql://127.0.0.1/postgres?sslmode=bogus", "sslmode='bogus'"),
+    ("postgresql://127.0.0.1/postgres?connect_timeout=soon", "connect_timeout='soon'"),
+    ("postgresql://127.0.0.1/postgres?target_session_attrs=any-old", "target_session_attrs"),
+    ("postgresql://127.0.0.1/postgres?hostaddr=db.internal", "hostaddr"),
+    ("postgresql://127.0.0.1/postgres?nonsense=1", "nonsense"),
+    ("postgresql://%zz/postgres", "percent-encoded"),
+    ("postgresql://u:secret@127.0.0.1:5x/postgres", "port '5x'"),
+])
+def test_a_malformed_url_is_a_configuration_error_before_connecting(url: str,
+                                                                    needle: str) -> None:
+    """Typos in a URL are ConfigurationErrors at once (never retried as an outage), and
+    never show the password."""
+    with pytest.raises(ConfigurationError, match="invalid PostgreSQL URL") as info:
+        PostgresStore(url)
+    assert needle in str(info.value)
+    assert "secret" not in str(info.value)

@@ -173,14 +173,14 @@ async def test_a_damaged_wal_is_refused_not_read_as_an_older_journal(
         _flip(wal, 12)  # the checkpoint sequence number, under the header checksum
     else:
         _flip(wal, _frame(path, 2) + 9)
-    before = {side: Path(f"{path}{side}").read_bytes() for side in SIDES}
+    before = all_bytes(path)
     for access in ("read", "client", "write"):
         with pytest.raises(StoreCorruptedError, match="WAL"):
             await SQLiteStore(path, access=access).open()  # type: ignore[arg-type]
     with pytest.raises(StoreCorruptedError, match="WAL"):
         async with Runtime(path, worker=False) as client:
             await client.list_runs()
-    assert {side: Path(f"{path}{side}").read_bytes() for side in SIDES} == before
+    assert all_bytes(path) == before
 
 
 async def test_the_torn_end_of_a_crash_is_no_damage(tmp_path: Path) -> None:
@@ -189,11 +189,7 @@ async def test_the_torn_end_of_a_crash_is_no_damage(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
     await crashed(path)
     expected = await _read(path)
-    wal = f"{path}-wal"
-    with open(wal, "rb") as fh:
-        salts = fh.read(32)[16:24]
-    with open(wal, "ab") as fh:  # a frame header of this generation, its page torn
-        fh.write(b"\x00\x00\x00\x02\x00\x00\x00\x00" + salts + b"\x01" * 8 + b"\x07" * 700)
+    _tear_a_frame(f"{path}-wal")
     report = check_wal(str(path))
     assert not report.damaged and report.notes
     assert await _read(path) == expected
@@ -208,8 +204,20 @@ async def _read(path: Path) -> dict[str, Any]:
         await store.close()
 
 
-async def _flip_outcome(original: Path, work: Path, side: str, offset: int,
-                        expected: dict[str, Any]) -> str:
+def _tear_a_frame(wal: str) -> None:
+    """Append a frame of this WAL generation whose page was cut short."""
+    with open(wal, "rb") as fh:
+        salts = fh.read(32)[16:24]
+    with open(wal, "ab") as fh:
+        fh.write(b"\x00\x00\x00\x02\x00\x00\x00\x00" + salts + b"\x01" * 8 + b"\x07" * 700)
+
+
+def all_bytes(path: Path) -> dict[str, bytes]:
+    """The bytes of the journal's file, WAL and WAL index."""
+    return {side: Path(f"{path}{side}").read_bytes() for side in SIDES}
+
+
+def _copy_flipped(original: Path, work: Path, side: str, offset: int) -> None:
     for s in SIDES:
         target = Path(f"{work}{s}")
         if Path(f"{original}{s}").exists():
@@ -217,6 +225,11 @@ async def _flip_outcome(original: Path, work: Path, side: str, offset: int,
         elif target.exists():
             target.unlink()
     _flip(f"{work}{side}", offset, bit=offset % 8)
+
+
+async def _flip_outcome(original: Path, work: Path, side: str, offset: int,
+                        expected: dict[str, Any]) -> str:
+    _copy_flipped(original, work, side, offset)
     try:
         got = await _read(work)
     except StoreError:
@@ -240,7 +253,7 @@ async def test_flipped_bytes_give_the_journal_or_a_typed_error(tmp_path: Path,
         await write_runs(store, 0, 6)
         await store.close()  # checkpointed: everything is in the file
     expected = await _read(original)
-    data = Path(f"{original}{side}").read_bytes()
+    data = all_bytes(original)[side]
     # Most of a small SQLite file is zeroed free space: sample the bytes that hold
     # something (records, page headers, indexes, the schema) densely, the rest thinly.
     used = [i for i, b in enumerate(data) if b]

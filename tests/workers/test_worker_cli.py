@@ -181,6 +181,27 @@ async def test_workers_list_shows_a_killed_worker_dead_with_its_lease(
     assert "dead" in table.stdout and "1 (1 expired)" in table.stdout
 
 
+async def test_a_sigkilled_worker_on_this_host_is_dead_at_once(
+        journal: str, make_fleet: Callable[..., Fleet]) -> None:
+    """A worker SIGKILLed on this host shows dead at once (its pid is gone, as the
+    engine judges it), long before its 30 s lease and heartbeat age out; its run is
+    shown as reclaimable now."""
+    fleet = make_fleet(journal)
+    proc = fleet.start("--poll", "0.05", "--lease", "30")
+    await start(journal, fa.linger, 30.0, run_id="held")
+    await until(lambda: status_is(journal, "held", RunStatus.RUNNING))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    [row] = workers_json(journal)["workers"]
+    assert (row["pid"], row["state"]) == (proc.pid, "dead")
+    assert row["heartbeat_age"] < 30
+    assert [lease["run_id"] for lease in row["leases"]] == ["held"]
+    table = cli("workers", "list", "--store", journal)
+    assert "dead" in table.stdout and "reclaimable now" in table.stdout
+    show = cli("runs", "show", "held", "--store", journal)
+    assert "owner gone; reclaimable now" in show.stdout, show.stdout
+
+
 def test_worker_without_an_import_is_a_usage_error(journal: str) -> None:
     """`stalwart worker` with no --import fails with one error line and status 2."""
     out = cli("worker", "--store", journal)
@@ -311,3 +332,51 @@ async def test_a_worker_started_before_its_database_serves_once_it_is_up(
         assert proc.returncode == 0, fleet.log(proc)
     finally:
         proxy.close()
+
+
+@pytest.mark.parametrize("url", ["postgresql://127.0.0.1:54x32/postgres",
+                                 "postgresql://127.0.0.1:5432/postgres?sslmode=bogus"])
+def test_a_worker_given_a_mistyped_url_exits_2_at_once(url: str) -> None:
+    """A typo in the URL is no outage: one error line, exit 2, no retry."""
+    out = cli("worker", "--store", url, "--import", "fleet_app")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("error: invalid PostgreSQL URL") and \
+        out.stderr.count("\n") == 1
+    assert "retrying" not in out.stderr
+
+
+@pytest.mark.postgres
+async def test_a_worker_creates_a_journal_beside_other_tables_only_when_told(
+        make_fleet: Callable[..., Fleet]) -> None:
+    """A schema holding an application's tables: the worker refuses to create the
+    journal there (exit 2, nothing created); with --create it does, and serves."""
+    import uuid
+
+    import psycopg
+
+    base = os.environ.get("STALWART_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("set STALWART_TEST_POSTGRES_URL to run this test")
+    from conftest import with_search_path  # type: ignore[import-not-found]
+
+    schema = f"stalwart_app_{uuid.uuid4().hex[:10]}"
+    url = with_search_path(base, schema)
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        conn.execute(f'CREATE TABLE "{schema}".customers (id INT)')
+    try:
+        out = cli("worker", "--store", url, "--import", "fleet_app")
+        assert out.returncode == 2, out.stderr
+        assert "customers" in out.stderr and "--create" in out.stderr
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM information_schema.tables "
+                                "WHERE table_schema = current_schema()").fetchone() == (1,)
+        fleet = make_fleet(url)
+        proc = fleet.start("--poll", "0.1", "--create")
+        await wait_for_log(fleet, proc, "executes")  # the journal is there now
+        await start(url, fa.chain, 3, run_id="beside")
+        await until(lambda: status_is(url, "beside", RunStatus.COMPLETED), timeout=30)
+        assert fleet.stop(proc) == 0, fleet.log(proc)
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -159,11 +159,16 @@ def worker(
     = None,
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Log at INFO level (default: warnings only).")] = False,
+    create: Annotated[bool, typer.Option(
+        "--create", help="PostgreSQL: create the journal even in a schema that holds "
+                         "other tables (by default only an empty schema gets one).")]
+    = False,
 ) -> None:
     """Execute runs from the store until SIGTERM: one of any number of workers.
 
     A store that cannot be reached at start (a database still starting) is retried,
-    1 s apart and doubling up to 30 s, until it can be or a signal arrives."""
+    1 s apart and doubling up to 30 s, until it can be or a signal arrives. A URL that
+    cannot work (malformed, an invalid option) is refused at once."""
     add_cwd_to_path()
     workflows = _workflows(imports)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO if verbose else logging.WARNING,
@@ -174,6 +179,8 @@ def worker(
         ("concurrency", concurrency), ("lease_seconds", lease_seconds),
         ("poll_interval", poll_interval), ("pools", pools or None)) if value is not None}
     rt = executing_runtime(workflows.values(), store, home_store=True, **given)
+    if create and hasattr(rt.store, "create"):
+        rt.store.create = True  # PostgreSQL; an SQLite file is only ever created empty
     for wf in workflows.values():
         rt.register(wf)
     left = run_async(_serve(rt, grace))

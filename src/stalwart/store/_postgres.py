@@ -194,7 +194,8 @@ class PostgresStore:
             raise ConfigurationError(f"access must be write, client or read, not {access!r}")
         check_conninfo(url, printable_url(url))
         self._access: Access = access
-        self._create = create
+        self.create = create
+        """Whether a writer may create the journal in a schema holding other tables."""
         self._journal = False
         """Whether the journal is known to exist (and be of this version) here."""
         self._journal_lock = asyncio.Lock()
@@ -255,7 +256,7 @@ class PostgresStore:
                 if access == "read":
                     await self._read_only_session(conn)
                 return await check_or_create(conn, self._url, access=access,
-                                             create=self._create)
+                                             create=self.create)
         except psycopg.Error as exc:
             raise self._error(exc, "cannot open the journal in") from exc
 
@@ -267,12 +268,12 @@ class PostgresStore:
     async def _writable(self) -> None:
         """Before a write: a reader refuses it; a client that found no journal creates
         it now (the first write of a ``Runtime(worker=False)``)."""
+        if self._access == "read":
+            raise StoreError(f"{self._url} was opened to read only; nothing was written")
         if self._journal:
             return
         if self._pool is None:
             raise StoreError("the store is not open")
-        if self._access == "read":
-            raise StoreError(f"{self._url} was opened to read only; nothing was written")
         async with self._journal_lock:
             if not self._journal:
                 self._journal = await self._check_journal("write")

@@ -121,12 +121,18 @@ OPERATIONAL = (
 MIGRATABLE_FROM = 1
 """The oldest journal schema a writer migrates (1: before checksums, see _chain)."""
 
+ERRORS = (sqlite3.Error, UnicodeDecodeError)
+"""What the ``sqlite3`` module raises on a damaged file: its own errors, and a
+UnicodeDecodeError where SQLite's message quotes damaged text (a flipped byte in the
+schema's SQL) that is not UTF-8."""
+
 # SQLite's primary result codes (the low byte of an extended code).
 _DAMAGE = {1, 11, 17, 20, 24, 25, 26}  # ERROR, CORRUPT, SCHEMA, MISMATCH, FORMAT, RANGE, NOTADB
 _NOT_RETRYABLE = {3, 8, 23}  # PERM, READONLY, AUTH
 
 
-def store_error(exc: sqlite3.Error, path: str, what: str) -> StoreError:
+def store_error(exc: sqlite3.Error | UnicodeDecodeError, path: str, what: str
+                ) -> StoreError:
     """A typed error for an ``sqlite3`` error met while doing ``what`` with ``path``.
 
     Damage (a malformed page, a record that does not decode, a schema that lost a
@@ -137,7 +143,8 @@ def store_error(exc: sqlite3.Error, path: str, what: str) -> StoreError:
     primary = None if code is None else code & 0xFF
     text = f"{what} {path}: {exc}"
     err: StoreError
-    if primary in _DAMAGE or (primary is None and "decode" in str(exc)):
+    if primary in _DAMAGE or isinstance(exc, UnicodeDecodeError) or (
+            primary is None and "decode" in str(exc)):
         err = StoreCorruptedError(f"{path} cannot be read as a journal: it is damaged "
                                   f"({exc}); nothing was changed (stalwart doctor says more)")
     elif primary in _NOT_RETRYABLE or isinstance(exc, sqlite3.ProgrammingError):
@@ -200,7 +207,7 @@ def connect(path: str, *, read_only: bool, busy_timeout: float) -> sqlite3.Conne
         conn = sqlite3.connect(target, uri=read_only, isolation_level=None,
                                check_same_thread=False, timeout=busy_timeout)
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-    except sqlite3.Error as exc:
+    except ERRORS as exc:
         raise store_error(exc, path, "cannot open") from exc
     return conn
 
@@ -215,7 +222,7 @@ def inspect(conn: sqlite3.Connection, path: str) -> int:
     try:
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         objects = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-    except sqlite3.Error as exc:
+    except ERRORS as exc:
         raise store_error(exc, path, "cannot read") from exc
     if app_id != APPLICATION_ID:
         what = (f"its schema holds {len(objects)} object(s)" if objects
@@ -228,7 +235,7 @@ def inspect(conn: sqlite3.Connection, path: str) -> int:
         # integrity_check, not quick_check: it also checks every index against its table
         # (a damaged index makes a lookup miss a run silently), for ~10 % more time.
         check = conn.execute("PRAGMA integrity_check(1)").fetchone()[0]
-    except sqlite3.Error as exc:
+    except ERRORS as exc:
         raise store_error(exc, path, "cannot read") from exc
     if check != "ok":
         raise StoreCorruptedError(f"{path} is damaged ({check}); nothing was changed")
@@ -247,7 +254,7 @@ def integrity_check(path: str, *, busy_timeout: float, limit: int = 20) -> list[
     conn = connect(path, read_only=True, busy_timeout=busy_timeout)
     try:
         rows = [r[0] for r in conn.execute(f"PRAGMA integrity_check({int(limit)})")]
-    except sqlite3.Error as exc:
+    except ERRORS as exc:
         return [str(exc)]
     finally:
         conn.close()
