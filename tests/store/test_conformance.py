@@ -69,8 +69,9 @@ async def get(store: Store, run_id: str) -> RunRecord:
     return rec
 
 
-async def ready_ids(store: Store, owner: Owner = B, *, now: float, **kw: object) -> list[str]:
-    leases = await store.claim(owner, now=now, lease_seconds=LEASE, limit=100, **kw)  # type: ignore[arg-type]
+async def ready_ids(store: Store, owner: Owner = B, *, now: float, limit: int = 100,
+                    **kw: object) -> list[str]:
+    leases = await store.claim(owner, now=now, lease_seconds=LEASE, limit=limit, **kw)  # type: ignore[arg-type]
     return [lease.run_id for lease in leases]
 
 
@@ -300,6 +301,28 @@ async def test_claim_takes_the_oldest_ready_runs_up_to_limit(store: Store) -> No
     leases = await store.claim(A, now=T0 + 10, lease_seconds=LEASE, limit=3)
     assert [lease.run_id for lease in leases] == ["r0", "r1", "r2"]
     assert await ready_ids(store, now=T0 + 10) == ["r3", "r4"]
+
+
+async def test_a_dead_owners_run_is_claimed_before_a_backlog(store: Store) -> None:
+    """A claim with room for one run takes the dead owner's (a steal entry) before any
+    of an older backlog of pending runs: it is the oldest work (issue 13.8)."""
+    lease = await running(store, "taken", now=T0 + 50, lease_seconds=1_000)
+    for i in range(5):
+        await new_run(store, f"pending-{i}", now=T0 + i)
+    [first] = await store.claim(B, now=T0 + 60, lease_seconds=LEASE, limit=1,
+                                steal=[("taken", A.id, lease.token)])
+    assert first.run_id == "taken"
+    assert await ready_ids(store, now=T0 + 61, limit=2) == ["pending-0", "pending-1"]
+
+
+async def test_an_expired_lease_is_claimed_before_older_pending_runs(store: Store) -> None:
+    """Runs whose lease expired (an owner dead on any host) come before pending runs,
+    even older ones; then the oldest pending."""
+    for i in range(3):
+        await new_run(store, f"pending-{i}", now=T0 + i)
+    await running(store, "expired", now=T0 + 10, lease_seconds=5)
+    leases = await store.claim(B, now=T0 + 20, lease_seconds=LEASE, limit=2)
+    assert [x.run_id for x in leases] == ["expired", "pending-0"]
 
 
 async def test_concurrent_claimers_never_share_a_run(store: Store,

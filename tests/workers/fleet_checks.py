@@ -7,7 +7,9 @@ and ``fleet_raw`` (one row per execution, with its pid, start and end). From the
 * ``dedup_keys`` — the effects as a deduplicating service applied them;
 * ``overlaps`` — pairs of executions of one step that may have run at the same time:
   the later one started before the earlier one ended (or, for an execution whose worker
-  was killed before it ended, before the kill was sent).
+  was killed before it ended, before the kill was sent);
+* ``takeovers`` — for each run a killed worker held, how long after the kill another
+  worker claimed it (from the journal's ``run_claimed`` events).
 """
 
 from __future__ import annotations
@@ -111,3 +113,27 @@ async def enqueue(url: str, seeds: range) -> dict[str, int]:
             await asyncio.gather(*(client.start(fleet_app.chain, int(rid[4:]), run_id=rid)
                                    for rid in ids[at:at + 100]))
     return expected
+
+
+
+def takeovers(url: str, sent: dict[int, float], reaped: dict[int, float]) -> list[float]:
+    """For each run a killed worker held when it was killed (its claim came before the
+    kill was sent, and neither an ending nor another claim came between), the seconds
+    from its death (``reaped``) to the claim that took it over."""
+    history: dict[str, list[tuple[float, str, int | None]]] = defaultdict(list)
+    for run_id, kind, at, payload in query(
+            url, "SELECT run_id, kind, created_at, payload FROM stalwart_events WHERE kind "
+                 "IN ('run_claimed', 'run_completed', 'run_failed', 'run_suspended', "
+                 "'run_dead_lettered', 'run_cancelled') ORDER BY run_id, seq"):
+        pid = json.loads(payload)["pid"] if kind == "run_claimed" else None
+        history[run_id].append((at, kind, pid))
+    out = []
+    for events in history.values():
+        for (at, kind, pid), after in itertools.pairwise(events):
+            if kind != "run_claimed" or pid not in sent or at >= sent[pid]:
+                continue
+            next_at, next_kind, _ = after
+            if next_at < sent[pid] or next_kind != "run_claimed":
+                continue  # it ended, parked or moved on before the kill
+            out.append(max(0.0, next_at - reaped[pid]))
+    return out

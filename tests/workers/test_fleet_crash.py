@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,12 +38,14 @@ async def test_four_workers_two_killed_lose_nothing_and_duplicate_nothing(
     procs = [fleet.start("--concurrency", "25", "--lease", "10", "--poll", "0.2")
              for _ in range(WORKERS)]
     killed: dict[int, float] = {}
+    sent: dict[int, float] = {}
     # Each kill lands at a random point of the work, chosen by how many runs have
     # completed (a random delay in seconds once fell after the last run on a fast pass).
     kill_at = sorted(rng.sample(range(30, RUNS // 2), 2))
     for victim, when in zip(rng.sample(procs, 2), kill_at, strict=True):
         await fc.wait_for_completed(pg_url, when, timeout=60)
         assert victim.poll() is None, fleet.log(victim)
+        sent[victim.pid] = time.time()
         victim.kill()
         victim.wait()  # reaped: a zombie would still look alive to its neighbours
         # Its death, taken once it is dead: an execution that started after this was
@@ -65,3 +68,13 @@ async def test_four_workers_two_killed_lose_nothing_and_duplicate_nothing(
         assert all(r.pid in killed and r.started_at < killed[r.pid] for r in runs[:-1])
     assert fc.overlaps(by_key, killed) == []
     assert len(reexecuted) <= 2 * 25 * 1  # at most one step in flight per run killed
+    # A dead worker's runs are the oldest work: a worker on this host sees the dead pid
+    # and claims them first, before the backlog of pending runs (issue 13.8). Taking
+    # them over by lease expiry instead would take the full 10 s lease.
+    latencies = sorted(fc.takeovers(pg_url, sent, killed))
+    median = statistics.median(latencies)
+    print(f"takeover after a SIGKILL: {len(latencies)} runs, median {median:.2f}s, "
+          f"max {latencies[-1]:.2f}s")
+    assert len(latencies) >= 2  # each victim held runs when it died
+    assert median <= 2.0, latencies
+    assert latencies[-1] < 10.0, latencies  # none waited for its lease to expire
