@@ -24,7 +24,8 @@ import fleet_app as fa  # this folder is on sys.path (see conftest.py)
 import pytest
 
 from stalwart import Runtime
-from stalwart.store import RunRecord, RunStatus
+from stalwart.errors import NotAStalwartStoreError
+from stalwart.store import RunRecord, RunStatus, SQLiteStore
 
 HERE = Path(__file__).parent
 Fleet = Any  # conftest.Fleet (conftest modules are not importable by name)
@@ -67,8 +68,11 @@ async def status_is(store: str, run_id: str, *statuses: RunStatus) -> bool:
 
 
 async def registered(store: str, proc: subprocess.Popen[bytes]) -> bool:
-    async with Runtime(store, worker=False) as client:
-        return any(w.pid == proc.pid for w in await client.store.list_workers(since=0))
+    try:
+        async with Runtime(store, worker=False) as client:
+            return any(w.pid == proc.pid for w in await client.store.list_workers(since=0))
+    except NotAStalwartStoreError:  # the worker has not created its journal yet
+        return False
 
 
 @pytest.fixture
@@ -220,9 +224,10 @@ def test_workers_list_with_no_workers(tmp_path: Path) -> None:
     """An empty registry says so (and --json gives an empty list)."""
     journal = str(tmp_path / "journal.db")
 
-    async def make() -> None:
-        async with Runtime(journal, worker=False):
-            pass
+    async def make() -> None:  # an empty journal (a client alone would create none)
+        store = SQLiteStore(journal)
+        await store.open()
+        await store.close()
 
     asyncio.run(make())
     out = cli("workers", "list", "--store", journal)

@@ -47,6 +47,7 @@ from .._demo import (
 from .._runtime import Runtime
 from ..errors import StoreError
 from ..store._base import Event, EventKind, RunRecord, RunStatus
+from ..store._sqlite import SQLiteStore
 from ._common import (
     FAILURE,
     CliError,
@@ -209,7 +210,9 @@ class _Outcome:
 
 async def _crash_and_resume(out: Console, db: Path, ledger: Path, run_id: str,
                             log: IO[bytes]) -> _Outcome:
-    watcher = Runtime(str(db), worker=False)
+    # A writer's store: the demo's journal is created (or checked) here, before the child
+    # that writes it starts, so that the watcher has a journal to read from the start.
+    watcher = Runtime(SQLiteStore(db), worker=False)
     try:
         try:
             await watcher.open()  # an unusable store fails here, before any process starts

@@ -98,7 +98,8 @@ def _shm_committed(shm_path: str, salts: bytes) -> int | None:
                                                                        head)
     if version != _WAL_VERSION or not is_init:
         return None
-    want = _checksum(head[:40], big_endian=bool(big_end))
+    del big_end  # the WAL file's checksum order; the index's own checksum is native
+    want = _checksum(head[:40], big_endian=sys.byteorder == "big")
     if struct.unpack_from(f"{order}II", head, 40) != want or head[32:40] != salts:
         return None
     return int(mx_frame)
