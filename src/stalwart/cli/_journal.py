@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from .._runtime import Runtime
+from ..errors import StoreError
 from ..store._base import Store
 from ._common import USAGE, CliError
 
@@ -31,6 +32,14 @@ async def open_journal(rt: Runtime) -> None:
         await rt.open()
     except (OSError, sqlite3.Error) as exc:
         raise journal_error(rt.store, exc) from None
+    except StoreError as exc:
+        # The store types every sqlite3 error; one that could not open the file at all
+        # (not a foreign, damaged or other-version journal) is explained here.
+        cause = exc.__cause__
+        if type(exc) is StoreError and not exc.retryable and isinstance(
+                cause, (OSError, sqlite3.Error)):
+            raise journal_error(rt.store, cause) from None
+        raise
 
 
 def journal_error(store: Store, exc: OSError | sqlite3.Error) -> CliError:

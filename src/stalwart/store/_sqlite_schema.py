@@ -128,7 +128,7 @@ schema's SQL) that is not UTF-8."""
 
 # SQLite's primary result codes (the low byte of an extended code).
 _DAMAGE = {1, 11, 17, 20, 24, 25, 26}  # ERROR, CORRUPT, SCHEMA, MISMATCH, FORMAT, RANGE, NOTADB
-_NOT_RETRYABLE = {3, 8, 23}  # PERM, READONLY, AUTH
+_NOT_RETRYABLE = {3, 8, 14, 23}  # PERM, READONLY, CANTOPEN (no folder, no rights), AUTH
 
 
 def store_error(exc: sqlite3.Error | UnicodeDecodeError, path: str, what: str
