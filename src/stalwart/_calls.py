@@ -1,7 +1,7 @@
 """Journaled calls behind the policy stack.
 
-A model or tool call is one step. Inside it, the policies run in the order DESIGN.md
-gives, outermost first::
+A model or tool call is one step. Inside it, the policies run in this order (docs/design.md),
+outermost first::
 
     Fallback(chain of candidates) → Retry → CircuitBreaker → RateLimit → Bulkhead
         → Timeout → call
