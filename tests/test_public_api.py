@@ -13,7 +13,7 @@ import stalwart
 PUBLIC = {
     # runtime and workflows
     "Runtime", "RunHandle", "Workflow", "Context", "StepInfo", "current_step",
-    "RunRecord", "RunStatus", "Store", "SQLiteStore",
+    "RunRecord", "RunStatus", "Store", "SQLiteStore", "PostgresStore",
     # time
     "Clock", "SystemClock", "FakeClock",
     # agents, tools, models
@@ -94,3 +94,19 @@ def test_the_package_is_typed() -> None:
     import pathlib
 
     assert (pathlib.Path(stalwart.__file__).parent / "py.typed").is_file()
+
+
+def test_postgres_store_is_exported_without_importing_psycopg_until_named() -> None:
+    """``stalwart.PostgresStore`` is the store class, and ``import stalwart`` alone loads
+    neither it nor psycopg (the postgres extra stays optional)."""
+    import subprocess
+    import sys
+
+    from stalwart.store._postgres import PostgresStore
+
+    assert stalwart.PostgresStore is PostgresStore
+    probe = ("import sys, stalwart; print('psycopg' in sys.modules, "
+             "'stalwart.store._postgres' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.split() == ["False", "False"]

@@ -101,6 +101,7 @@ from .store import Store as Store
 if TYPE_CHECKING:
     from .models import AnthropicModel as AnthropicModel
     from .models import OpenAIModel as OpenAIModel
+    from .store._postgres import PostgresStore as PostgresStore
 
 __version__ = "0.1.0"
 
@@ -158,6 +159,7 @@ __all__ = [
     # stores
     "Store",
     "SQLiteStore",
+    "PostgresStore",
     "RunRecord",
     "RunStatus",
     # errors
@@ -211,4 +213,13 @@ def __getattr__(name: str) -> Any:
         from . import models
 
         return getattr(models, name)
+    # PostgreSQL is an extra: psycopg is imported only by those who name the store.
+    if name == "PostgresStore":
+        try:
+            from .store._postgres import PostgresStore
+        except ImportError as exc:
+            raise ImportError(
+                "stalwart.PostgresStore needs the postgres extra (psycopg): "
+                "pip install -e '.[postgres]' in a checkout") from exc
+        return PostgresStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

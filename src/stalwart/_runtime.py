@@ -28,6 +28,7 @@ from ._clock import Clock, SystemClock
 from ._context import Context
 from ._cost import Prices, PriceTable, UsageReport, usage_report
 from ._execution import Execution, race_event
+from ._outage import StoreHealth
 from ._policy import DEFAULT_POLICY, Policy
 from ._serde import ErrorInfo, decode, encode, import_ref, rebuild_error, return_type
 from ._timetravel import ReplayReport
@@ -95,7 +96,7 @@ def open_store(store: Store | str | os.PathLike[str] | None, *,
             except ImportError as exc:
                 raise ConfigurationError(
                     "a postgresql:// store needs the postgres extra: "
-                    "pip install 'stalwart[postgres]'") from exc
+                    "pip install -e '.[postgres]' in a checkout") from exc
             pg: Store = PostgresStore(store, access=access)
             return pg
         if store.startswith("sqlite:///"):
@@ -264,6 +265,8 @@ class Runtime:
                                      "park_after non-negative")
         # A client (worker=False) reads the journal read-only until it first writes.
         self.store = open_store(store, access="write" if worker else "client")
+        self._store_arg = store
+        """What the store was made from (``client()`` opens its own from a URL or path)."""
         self.clock = clock or SystemClock()
         self.worker = worker
         self.register_worker = register_worker
@@ -320,6 +323,9 @@ class Runtime:
         self.policy_counts: Counter[str] = Counter()
         """How often each policy action happened in this process."""
         self.breakers.add_listener(self._on_breaker)
+        self.health = StoreHealth(self.store.url, self.clock, log)
+        """The store's reachability as this runtime's loops see it (an outage is logged
+        in one line when it begins, once a minute while it lasts, one when it ends)."""
         self.interceptor: Interceptor = NOOP if tracing is None else tracing.bind(self)
         """The hooks executions call (see :mod:`stalwart.telemetry`)."""
 
@@ -367,6 +373,24 @@ class Runtime:
         for wf in self._workflows.values():
             twin.register(wf)
         return twin
+
+    def client(self, store: Store | str | os.PathLike[str] | None = None) -> Runtime:
+        """A client of this runtime's journal: it knows these workflows and starts,
+        signals, cancels and waits for their runs, but executes none (``worker=False``).
+
+        This is what code that hands work to a fleet uses (a web handler, a cron job, a
+        script): importing the module that made ``app`` and calling ``app.start`` would
+        execute the run in that process, since a runtime is a worker by default. The
+        client has this runtime's settings (its budget, prices, policies) and works on
+        ``store``, by default on the same journal: a new connection to the same URL or
+        file, or the same object when this runtime was given a store instance. Close it
+        (``async with``) like any runtime; that leaves this one open.
+        """
+        if store is None:
+            arg = self._store_arg
+            store = (open_store(arg, access="client")
+                     if arg is None or isinstance(arg, str | os.PathLike) else self.store)
+        return self._like(store, worker=False)
 
     def _resolve(self, name: str) -> Any:
         wf = self._workflows.get(name)
@@ -516,6 +540,9 @@ class Runtime:
                                         finish=Finish(RunStatus.PENDING))
             except LeaseLostError:
                 pass
+            except StoreError as exc:
+                log.warning("run %s: could not hand it back (%s); its lease expires",
+                            lease.run_id, " ".join(str(exc).split()))
             except Exception:
                 log.exception("run %s: could not release its lease; it will expire",
                               lease.run_id)
@@ -683,8 +710,9 @@ class Runtime:
             except StoreError as exc:
                 if not exc.retryable:
                     raise
-                log.warning("run %s: cannot read it (%s); retrying", run_id, exc)
+                self.health.failed(f"reading run {run_id}", exc)
             else:
+                self.health.ok()
                 # An execution of the run here that was taken over may still be inside a
                 # step: the run's outcome is reported once it has stopped (its end
                 # notifies this waiter).
@@ -851,8 +879,12 @@ class Runtime:
                     nxt = await self.store.next_wake_at()
                     if nxt is not None:
                         delay = max(0.0, min(delay, nxt - self.clock.now()))
+                self.health.ok()
             except asyncio.CancelledError:
                 raise
+            except StoreError as exc:
+                self.health.failed("claiming runs", exc)
+                delay = self.poll_interval
             except Exception:
                 log.exception("scheduler: cannot claim runs; retrying")
                 delay = self.poll_interval
@@ -922,8 +954,11 @@ class Runtime:
     async def _report_worker(self, *, stopped: bool = False) -> None:
         try:
             await self.store.save_worker(self.worker_record(stopped=stopped))
+            self.health.ok()
         except asyncio.CancelledError:
             raise
+        except StoreError as exc:
+            self.health.failed("reporting to the workers registry", exc)
         except Exception as exc:
             log.warning("workers registry: cannot report this worker (%s)", exc)
 
@@ -935,6 +970,8 @@ class Runtime:
                 await self.store.forget_workers(before=self.clock.now() - WORKERS_KEPT_FOR)
             except asyncio.CancelledError:
                 raise
+            except StoreError as exc:
+                self.health.failed("forgetting old workers", exc)
             except Exception as exc:
                 log.warning("workers registry: cannot forget old workers (%s)", exc)
         while not self._closing:
@@ -948,12 +985,16 @@ class Runtime:
                 renewed = await self.store.renew([ex.lease for ex in executions],
                                                  now=self.clock.now(),
                                                  lease_seconds=self.lease_seconds)
+                self.health.ok()
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 # The leases keep the expiry they had: a step that starts near it asks
                 # the store itself (Execution.fence).
-                log.exception("heartbeat: cannot renew leases")
+                if isinstance(exc, StoreError):
+                    self.health.failed("renewing leases", exc)
+                else:
+                    log.exception("heartbeat: cannot renew leases")
                 continue
             for ex in executions:
                 if ex.run_id not in renewed:

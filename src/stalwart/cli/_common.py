@@ -189,7 +189,7 @@ def client_runtime(store: str | None, *, read_only: bool = True) -> Runtime:
     return Runtime(st, worker=False)
 
 
-def executing_runtime(workflows: Iterable[Workflow[Any, Any]], store: str | None, *,
+def executing_runtime(workflows: Iterable[Workflow[Any, Any]], store: Store | str | None, *,
                       home_store: bool, **overrides: Any) -> Runtime:
     """The runtime that executes ``workflows`` here: a copy of the one their module made
     them with (``@app.workflow``: its budget, models, prices, policies, tracing...), or a

@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -24,7 +25,8 @@ from rich.text import Text
 from .._runtime import Runtime, _pid_alive
 from .._workflow import Workflow
 from ..errors import StoreError
-from ..store._base import RunRecord, RunStatus, WorkerRecord
+from ..store._base import RunRecord, RunStatus, Store, WorkerRecord
+from ..store._sqlite import SQLiteStore
 from ._common import (
     CliError,
     JsonOption,
@@ -94,7 +96,68 @@ async def _open_when_reachable(rt: Runtime, signals: asyncio.Queue[int]) -> bool
         return False
 
 
-async def _serve(rt: Runtime, grace: float) -> int:
+def _store_arg(store_flag: str | None, workflows: dict[str, Workflow[Any, Any]],
+               ) -> Store | str | os.PathLike[str] | None:
+    """What the worker's store is made from: ``--store``, else what the workflows'
+    runtime was given, else ``None`` ($STALWART_STORE, then the default)."""
+    if store_flag is not None:
+        return store_flag
+    for wf in workflows.values():
+        if wf.runtime is not None and wf.runtime._store_arg is not None:
+            arg: Store | str | os.PathLike[str] = wf.runtime._store_arg
+            return arg
+    return None
+
+
+def _pooled(arg: Store | str | os.PathLike[str] | None, max_connections: int) -> Store:
+    """The PostgreSQL store ``arg`` names, with a pool of ``max_connections``."""
+    if arg is None:
+        arg = os.environ.get("STALWART_STORE") or None
+    if isinstance(arg, str) and arg.startswith(("postgresql://", "postgres://")):
+        from ..store._postgres import PostgresStore  # type: ignore[import-not-found,unused-ignore]
+
+        pg: Store = PostgresStore(arg, max_connections=max_connections,
+                                  write_concurrency=min(4, max_connections))
+        return pg
+    if arg is not None and not isinstance(arg, str | os.PathLike):
+        raise CliError("--max-connections: the workflows' Runtime was given a store "
+                       "object; set its pool size there (PostgresStore(url, "
+                       "max_connections=N))")
+    raise CliError("--max-connections is for a PostgreSQL store (postgresql://...); this "
+                   f"worker's store is {arg or 'the default SQLite journal'}")
+
+
+def store_origin(store_flag: str | None, rt: Runtime,
+                 workflows: dict[str, Workflow[Any, Any]]) -> str:
+    """Where the store a worker serves came from, for its banner."""
+    if store_flag is not None:
+        return "--store"
+    for wf in workflows.values():
+        if wf.runtime is not None and wf.runtime._store_arg is not None:
+            return f"the Runtime of {wf.ref.partition(':')[0] if wf.ref else 'its module'}"
+    if os.environ.get("STALWART_STORE"):
+        return "$STALWART_STORE"
+    return "the default"
+
+
+def store_banner(rt: Runtime, origin: str) -> list[str]:
+    """What a worker says about the journal it serves: which one, from where, and a
+    warning when it is a local file (only this machine's processes can share it) or
+    when nothing chose it (the default journal in the working directory)."""
+    lines = [f"serving the journal {rt.store.url} (from {origin})"]
+    if isinstance(rt.store, SQLiteStore):
+        path = Path(rt.store.path).resolve()
+        if origin == "the default":
+            lines.append(f"warning: no --store and no $STALWART_STORE: this worker serves "
+                         f"the default journal, {path}, in the working directory")
+        lines.append(f"warning: the journal is a local SQLite file ({path}): only "
+                     "processes on this machine share it; for workers on several machines "
+                     "point every one at one PostgreSQL database (--store "
+                     "postgresql://... or $STALWART_STORE)")
+    return lines
+
+
+async def _serve(rt: Runtime, grace: float, banner: list[str]) -> int:
     """Execute runs until a signal; returns how many runs were handed back."""
     loop = asyncio.get_running_loop()
     signals = asyncio.Queue[int]()
@@ -106,8 +169,10 @@ async def _serve(rt: Runtime, grace: float) -> int:
         served = rt.served_workflows()
         pools = f", pools {', '.join(sorted(rt.pools))}" if rt.pools is not None else ""
         _info(f"worker {rt.owner.id} (pid {rt.owner.pid} on {rt.owner.host}) executes "
-              f"{', '.join(sorted(served)) or 'nothing'} from {rt.store.url}; "
-              f"concurrency {rt.concurrency}{pools}")
+              f"{', '.join(sorted(served)) or 'nothing'}; concurrency {rt.concurrency}"
+              f"{pools}")
+        for line in banner:
+            _info(line)
         if not served:
             _info("warning: no imported workflow is in the pools served; this worker "
                   "will claim nothing")
@@ -157,6 +222,11 @@ def worker(
         show_default="its workflows' runtime's, else 1",
         help="Seconds between looks for ready runs when no notification arrives.")]
     = None,
+    max_connections: Annotated[int | None, typer.Option(
+        "--max-connections", metavar="N", callback=at_least(1),
+        show_default="10",
+        help="PostgreSQL: the most pooled connections this worker opens (it opens one "
+             "more to LISTEN for wake-ups).")] = None,
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Log at INFO level (default: warnings only).")] = False,
     create: Annotated[bool, typer.Option(
@@ -173,17 +243,26 @@ def worker(
     workflows = _workflows(imports)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        # During a database outage the pool warns at every reconnection attempt, in three
+        # lines each; the runtime says that the store is unreachable, once a minute that
+        # it still is, and when it is back (--verbose shows the pool's attempts too).
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     # The settings of the runtime the modules made their workflows with (budget, models,
     # policies, tracing, its journal...), but what the options say.
     given = {name: value for name, value in (
         ("concurrency", concurrency), ("lease_seconds", lease_seconds),
         ("poll_interval", poll_interval), ("pools", pools or None)) if value is not None}
-    rt = executing_runtime(workflows.values(), store, home_store=True, **given)
+    target: Store | str | None = store
+    if max_connections is not None:
+        target = _pooled(_store_arg(store, workflows), max_connections)
+    rt = executing_runtime(workflows.values(), target, home_store=True, **given)
     if create and hasattr(rt.store, "create"):
         rt.store.create = True  # PostgreSQL; an SQLite file is only ever created empty
     for wf in workflows.values():
         rt.register(wf)
-    left = run_async(_serve(rt, grace))
+    banner = store_banner(rt, store_origin(store, rt, workflows))
+    left = run_async(_serve(rt, grace, banner))
     held = rt.held_by_threads
     handed = left - len(held)
     _info(f"worker {rt.owner.id} stopped" + (

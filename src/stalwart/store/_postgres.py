@@ -156,7 +156,9 @@ class PostgresStore:
 
     Args:
         url: ``postgresql://user@host:port/dbname`` (libpq parameters in the query).
-        min_connections, max_connections: the size of the connection pool.
+        min_connections, max_connections: the size of the connection pool (opened with
+            ``min_connections``, grown on demand up to ``max_connections``). One more
+            connection is opened to LISTEN for wake-ups once a runtime waits for them.
         write_concurrency: group-commit flushers writing at once (each holds a connection).
         max_batch: appends per group-commit transaction, at most.
         connect_timeout: seconds to wait for a connection before a retryable StoreError.
@@ -861,7 +863,9 @@ class PostgresStore:
         return True
 
     async def _listen(self) -> None:
-        delay, first = 0.1, True
+        # An outage is logged once when it breaks the listener and once when it is back
+        # (the runtime logs the outage itself): not a line per reconnection attempt.
+        delay, first, failing = 0.1, True, False
         while True:
             try:
                 conn = await AsyncConnection.connect(
@@ -872,12 +876,16 @@ class PostgresStore:
                     self._listening.set()
                     if not first:
                         self._notified.set()
-                    first, delay = False, 0.1
+                    if failing:
+                        log.info("%s: LISTEN %s is back", self._url, CHANNEL)
+                    first, delay, failing = False, 0.1, False
                     async for _ in conn.notifies():
                         self._notified.set()
             except psycopg.Error as exc:
-                log.warning("%s: LISTEN %s failed (%s); retrying in %.1fs", self._url,
-                            CHANNEL, exc, delay)
+                log.log(logging.DEBUG if failing else logging.WARNING,
+                        "%s: LISTEN %s failed (%s); reconnecting", self._url, CHANNEL,
+                        " ".join(str(exc).split()))
+                failing = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
