@@ -143,8 +143,10 @@ def test_worker_takes_the_modules_journal_and_concurrency(cli: Cli, mod: Project
                             stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
-        first = proc.stderr.readline()  # the worker's start line
-        assert "concurrency 2" in first and "app.db" in first, first
+        first = proc.stderr.readline()  # the worker's start line, then its journal
+        second = proc.stderr.readline()
+        assert "concurrency 2" in first, first
+        assert "serving the journal" in second and "app.db" in second, second
         queued = cli("run", "configured:ask", "-i", '"w"', "--run-id", "w1", "--no-wait")
         assert queued.exit_code == 0, queued.output
         deadline = time.monotonic() + 60
