@@ -130,3 +130,14 @@ def test_a_changed_run_row_is_damage(change: dict[str, object]) -> None:
     """What a run is, its outcome and its status cannot change unnoticed."""
     with pytest.raises(StoreCorruptedError):
         run_record(_run_row(**change))
+
+
+def test_the_event_encoding_is_the_general_one() -> None:
+    """event_digest's written-out encoding equals the general field encoding (so both
+    kinds of digest follow one unambiguous rule)."""
+    from stalwart.store._chain import _encode, _hash
+
+    for fields in ((GENESIS, "r-1", 7, "step_completed", "3/1", "f", '{"a": 1}', 1.25),
+                   (GENESIS, "r", 1, "run_created", None, None, None, 1e9 + 0.5),
+                   ("f" * 32, "é|:", 12, "signal_received", "", "", "", 0.0)):
+        assert event_digest(*fields) == _hash(_encode("event", *fields))  # type: ignore[arg-type]
