@@ -26,11 +26,14 @@ PUBLIC = {
     "Policy", "INHERIT", "DEFAULT_POLICY", "PolicyNote", "Retry", "RetryOn", "Timeout",
     "CircuitBreakerConfig", "BulkheadConfig", "RateLimit", "Budget", "Price", "PriceTable",
     "UsageReport", "usage_report", "ReplayReport",
+    # coordination patterns
+    "ChildRun", "ChildOutcome", "ChildSpec",
     # errors
     "StalwartError", "ConfigurationError", "SerializationError", "StoreError",
     "NotAStalwartStoreError", "SchemaVersionError", "StoreCorruptedError", "LeaseLostError",
     "RunNotFoundError", "WorkflowNotFoundError", "NonDeterminismError", "StepError",
     "ContextMisuseError", "SignalTimeoutError", "RunFailedError", "RunCancelledError",
+    "RestartIntensityError",
     "ResilienceError", "RetryExhaustedError", "CallTimeoutError", "CircuitOpenError",
     "BulkheadFullError", "ThrottledError", "FallbackExhaustedError", "BudgetExceededError",
     "BudgetExceeded", "OutcomeCheckError", "ModelError", "RateLimitedError",
@@ -41,7 +44,7 @@ PUBLIC = {
 }
 
 PACKAGES = ["stalwart", "stalwart.testing", "stalwart.models", "stalwart.policies",
-            "stalwart.store", "stalwart.telemetry"]
+            "stalwart.store", "stalwart.telemetry", "stalwart.patterns"]
 
 # Classes meant to be subclassed: the interceptor base of telemetry hooks.
 EXTENSION_POINTS = {"Interceptor"}

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 from ._agent import Agent as Agent
 from ._agent import AgentResult as AgentResult
 from ._budget import Budget as Budget
+from ._children import ChildOutcome as ChildOutcome
+from ._children import ChildRun as ChildRun
 from ._clock import Clock as Clock
 from ._clock import FakeClock as FakeClock
 from ._clock import SystemClock as SystemClock
@@ -60,6 +62,7 @@ from .errors import ProviderOverloadedError as ProviderOverloadedError
 from .errors import RateLimitedError as RateLimitedError
 from .errors import RepairBudgetExceededError as RepairBudgetExceededError
 from .errors import ResilienceError as ResilienceError
+from .errors import RestartIntensityError as RestartIntensityError
 from .errors import RetryExhaustedError as RetryExhaustedError
 from .errors import RunCancelledError as RunCancelledError
 from .errors import RunFailedError as RunFailedError
@@ -87,6 +90,7 @@ from .models import ToolSpec as ToolSpec
 from .models import Usage as Usage
 from .models import count_tokens as count_tokens
 from .models import parse_model as parse_model
+from .patterns import ChildSpec as ChildSpec
 from .policies import BulkheadConfig as BulkheadConfig
 from .policies import CircuitBreakerConfig as CircuitBreakerConfig
 from .policies import RateLimit as RateLimit
@@ -152,6 +156,10 @@ __all__ = [
     "UsageReport",
     "usage_report",
     "ReplayReport",
+    # coordination patterns
+    "ChildRun",
+    "ChildOutcome",
+    "ChildSpec",
     # time
     "Clock",
     "SystemClock",
@@ -179,6 +187,7 @@ __all__ = [
     "SignalTimeoutError",
     "RunFailedError",
     "RunCancelledError",
+    "RestartIntensityError",
     "ResilienceError",
     "RetryExhaustedError",
     "CallTimeoutError",

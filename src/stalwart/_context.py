@@ -52,11 +52,13 @@ from .errors import (
 from .store._base import TERMINAL_STATUSES, Event, EventKind, NewEvent, RunStatus
 
 if TYPE_CHECKING:
+    from ._children import ChildOutcome, ChildRun
     from ._execution import Execution
     from ._policy import Policy
     from ._tools import Tool
     from ._workflow import Workflow
     from .models import Message, Model, ModelOptions
+    from .patterns._supervisor import ChildSpec, Strategy
 
     Prompt = str | Message | Sequence[Message | str]
 
@@ -415,6 +417,41 @@ class Context:
                                  error_type=info.type, run_id=ex.run_id, step_id=step_id)
         await self._record_failure(step_id, step_name, err)
         raise err
+
+    async def start_child(self, workflow: Workflow[Any, Any], /, *args: Any,
+                          **kwargs: Any) -> ChildRun:
+        """Start ``workflow`` as a child run and return its handle without waiting for
+        it (one journaled step). Wait with :meth:`wait_any`, stop it with
+        :meth:`cancel_child`."""
+        from ._children import start_child
+
+        return await start_child(self, workflow, args, kwargs)
+
+    async def wait_any(self, children: Sequence[ChildRun], /) -> ChildOutcome:
+        """Wait until one of ``children`` has ended and return how (the first ended one
+        in list order; a replay returns the recorded one)."""
+        from ._children import wait_any
+
+        return await wait_any(self, children)
+
+    async def cancel_child(self, child: ChildRun, /) -> ChildOutcome:
+        """Cancel a child run (and its own children), wait until it has ended, and
+        return how it ended (it may have finished before the cancel reached it)."""
+        from ._children import cancel_child
+
+        return await cancel_child(self, child)
+
+    async def supervise(self, children: Sequence[ChildSpec | Workflow[Any, Any]], /, *,
+                        strategy: Strategy = "one_for_one", max_restarts: int = 3,
+                        within: float = 60.0) -> dict[str, ChildOutcome]:
+        """Run ``children`` as child runs under an OTP-style supervisor: restart them as
+        their restart types and ``strategy`` say, fail with
+        :class:`~stalwart.RestartIntensityError` after more than ``max_restarts``
+        restarts within ``within`` seconds. See :mod:`stalwart.patterns`."""
+        from .patterns._supervisor import supervise
+
+        return await supervise(self, children, strategy=strategy,
+                               max_restarts=max_restarts, within=within)
 
     # -- tools and models --------------------------------------------------------------
 

@@ -292,6 +292,10 @@ class Execution:
                                          finish=finish)
         if result.cancel_requested:
             self.cancel()
+        self._steps_ended(events)
+
+    def _steps_ended(self, events: list[NewEvent]) -> None:
+        """Tell the interceptor of the step outcomes among ``events`` (just recorded)."""
         if self.interceptor.active:
             for ev in events:
                 if ev.kind in _OUTCOMES and ev.step_id is not None:
@@ -306,14 +310,20 @@ class Execution:
 
     async def create_child(self, child_id: str, step_id: str, step_name: str,
                            workflow: Workflow[Any, Any], args: tuple[Any, ...],
-                           kwargs: dict[str, Any]) -> None:
+                           kwargs: dict[str, Any], also: list[NewEvent] | None = None,
+                           ) -> None:
+        """Create the child run ``child_id``, journaling its start (and ``also``, in
+        the same transaction) at ``step_id`` of this run."""
         self.runtime.register(workflow)
         text = workflow.encode_input(args, kwargs)
         await self.fence()
+        started = [NewEvent(EventKind.CHILD_STARTED, step_id, step_name, child_id),
+                   *(also or ())]
         await self.store.create_run(
             run_id=child_id, workflow=workflow.name, input=text, now=self.clock.now(),
             workflow_ref=workflow.ref, parent=self.lease, parent_step_id=step_id,
-            parent_events=[NewEvent(EventKind.CHILD_STARTED, step_id, step_name, child_id)])
+            parent_events=started)
+        self._steps_ended(started)
         self.runtime.poke()
 
     async def child_settled(self, child_id: str) -> RunRecord:

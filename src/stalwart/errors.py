@@ -20,6 +20,7 @@ seconds, or ``None``) and where it happened (``run_id``, ``step_id``, ``attempt`
     ├── SignalTimeoutError            ctx.wait_for_signal timed out
     ├── RunFailedError                handle.result() of a failed run
     ├── RunCancelledError             handle.result() of a cancelled run
+    ├── RestartIntensityError         a supervisor's children restarted too often
     ├── ResilienceError               raised by the policy stack
     │   ├── RetryExhaustedError       Retry gave up; __cause__ is the last error
     │   ├── CallTimeoutError          a timeout or deadline scope expired; retryable
@@ -84,6 +85,7 @@ __all__ = [
     "ProviderOverloadedError",
     "RateLimitedError",
     "ResilienceError",
+    "RestartIntensityError",
     "RetryExhaustedError",
     "RunCancelledError",
     "RunFailedError",
@@ -245,6 +247,30 @@ class RunFailedError(StalwartError):
 
 class RunCancelledError(StalwartError):
     """The run was cancelled before it finished."""
+
+
+class RestartIntensityError(StalwartError):
+    """A supervisor (``ctx.supervise``) would have restarted its children more than
+    ``max_restarts`` times within ``within`` seconds: it stopped them and fails, which
+    escalates the failure to its parent. Not retryable.
+
+    Attributes:
+        child: the id of the child whose end asked for the restart.
+        reason: how that child ended (``failed: ValueError: ...``).
+        restarts: the restarts within the window, this one included.
+        max_restarts, within: the supervisor's intensity limits.
+    """
+
+    journal_attributes = ("child", "reason", "restarts", "max_restarts", "within")
+
+    def __init__(self, message: str, *, child: str, reason: str, restarts: int,
+                 max_restarts: int, within: float, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.child = child
+        self.reason = reason
+        self.restarts = restarts
+        self.max_restarts = max_restarts
+        self.within = within
 
 
 class ResilienceError(StalwartError):

@@ -1,0 +1,106 @@
+"""Fixtures for the pattern tests: a journal on each real store (SQLite always,
+PostgreSQL when ``STALWART_TEST_POSTGRES_URL`` names a database: a fresh schema per
+test, dropped afterwards), and a driver for the crash tests' child process."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import pytest
+
+PG_ENV = "STALWART_TEST_POSTGRES_URL"
+APP = Path(__file__).with_name("crash_app.py")
+
+
+def _load_app() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("stalwart_tests_patterns_app", APP)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+crash_app = _load_app()
+
+
+def _with_search_path(url: str, schema: str) -> str:
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "options"]
+    query.append(("options", f"-csearch_path={schema}"))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty journal: a SQLite file, or a PostgreSQL schema of its own."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "journal.db")
+        return
+    url = os.environ.get(PG_ENV)
+    if not url:
+        pytest.skip(f"set {PG_ENV}=postgresql://... to run the PostgreSQL pattern tests")
+    import psycopg
+
+    schema = f"stalwart_patterns_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield _with_search_path(url, schema)
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@dataclass
+class Child:
+    """Drives ``crash_app.py`` on one journal and ledger."""
+
+    store: str
+    ledger: Path
+    cwd: Path
+
+    def spawn(self, workflow: str, run_id: str, *, crash_at: str | None = None,
+              extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CRASH_")}
+        env.update(extra_env or {})
+        if crash_at is not None:
+            env["CRASH_AT"] = crash_at
+        return subprocess.Popen(
+            [sys.executable, str(APP), self.store, str(self.ledger), workflow, run_id],
+            env=env, cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+
+    def run(self, workflow: str, run_id: str, *, timeout: float = 90.0,
+            **kw: object) -> tuple[int, str, str]:
+        proc = self.spawn(workflow, run_id, **kw)  # type: ignore[arg-type]
+        out, err = proc.communicate(timeout=timeout)
+        return proc.returncode, out, err
+
+    def raw_lines(self) -> list[tuple[str, str]]:
+        """(label, key) of every execution of an effect, in order."""
+        return crash_app.raw_lines(self.ledger)  # type: ignore[no-any-return]
+
+    def dedup_rows(self) -> list[tuple[str, str]]:
+        """(label, key) of every effect a deduplicating service applied."""
+        return crash_app.dedup_rows(self.ledger)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def kill(proc: subprocess.Popen[str]) -> None:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)  # reaped: a zombie would look alive
+
+
+@pytest.fixture
+def child(store_url: str, tmp_path: Path) -> Child:
+    return Child(store_url, tmp_path / "ledger", tmp_path)

@@ -1,0 +1,149 @@
+"""The process that the pattern crash tests kill: supervisors, sagas and approvals whose
+steps leave side effects in ledgers.
+
+Run as ``python crash_app.py STORE LEDGER_DIR WORKFLOW RUN_ID`` it starts (or, when the
+run exists, resumes) one run, waits for it and prints its result as JSON (or
+``{"error": ...}``). The test SIGKILLs it, or it kills itself at an armed point, and the
+test starts it again on the same store (a SQLite path or a PostgreSQL URL).
+
+Every effect writes its idempotency key to two ledgers in ``LEDGER_DIR``: ``dedup.db``
+(keyed, ``INSERT OR IGNORE``: what a deduplicating service applies) and ``raw.log`` (one
+fsync'ed line per execution: an effect that ran twice shows twice).
+
+``$CRASH_AT = "LABEL:N:PHASE"`` kills the process (SIGKILL) when the effect labelled
+``LABEL`` runs for the ``N``-th time over all processes (counted in ``raw.log``), at
+``before`` (nothing written) or ``after`` (both ledgers written, the journal not yet).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import stalwart as sw
+
+LEDGER = Path(os.environ.get("PATTERNS_LEDGER", "."))
+
+
+def _raw_path() -> Path:
+    return LEDGER / "raw.log"
+
+
+def raw_lines(ledger: Path) -> list[tuple[str, str]]:
+    """(label, key) for every execution of an effect, in order."""
+    path = ledger / "raw.log"
+    if not path.exists():
+        return []
+    return [tuple(line.split("\t")[:2]) for line in path.read_text().splitlines()]  # type: ignore[misc]
+
+
+def dedup_rows(ledger: Path) -> list[tuple[str, str]]:
+    """(label, key) of every effect a deduplicating service applied."""
+    path = ledger / "dedup.db"
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(path)
+    try:
+        return list(conn.execute("SELECT label, key FROM effects ORDER BY rowid"))
+    finally:
+        conn.close()
+
+
+def _maybe_die(label: str, phase: str) -> None:
+    armed = os.environ.get("CRASH_AT")
+    if not armed:
+        return
+    want_label, n, want_phase = armed.split(":")
+    if want_label != label or want_phase != phase:
+        return
+    runs = sum(1 for lab, _ in raw_lines(LEDGER) if lab == label)
+    # before: this is execution runs + 1; after: the line just written is execution runs.
+    if (runs + 1 if phase == "before" else runs) == int(n):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def effect(label: str) -> int:
+    """Apply one effect under the calling step's idempotency key; returns how many
+    distinct keys the deduplicating ledger holds for ``label`` (this one included)."""
+    key = sw.current_step().idempotency_key
+    _maybe_die(label, "before")
+    LEDGER.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(LEDGER / "dedup.db", isolation_level=None, timeout=30)
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS effects (key TEXT PRIMARY KEY, "
+                     "label TEXT NOT NULL)")
+        conn.execute("INSERT OR IGNORE INTO effects (key, label) VALUES (?, ?)", (key, label))
+        count = conn.execute("SELECT count(*) FROM effects WHERE label = ?",
+                             (label,)).fetchone()[0]
+    finally:
+        conn.close()
+    fd = os.open(_raw_path(), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, f"{label}\t{key}\t{os.getpid()}\t{time.time():.6f}\n".encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _maybe_die(label, "after")
+    return int(count)
+
+
+# -- supervisors --------------------------------------------------------------------
+
+
+async def _worker(ctx: sw.Context, name: str, fails: int, hold: float) -> str:
+    """Fails its first ``fails`` runs (counted by distinct runs in the ledger)."""
+    n = await ctx.step(effect, name, name=f"work:{name}")
+    if n <= fails:
+        raise ValueError(f"{name}: run {n} fails")
+    await ctx.sleep(hold)
+    return f"{name}#{n}"
+
+
+worker = sw.Workflow(_worker, name="worker")
+
+
+async def _tree(ctx: sw.Context) -> dict[str, Any]:
+    out = await ctx.supervise([
+        sw.ChildSpec(worker, ("a", 0, 0.5), id="a", restart="transient"),
+        sw.ChildSpec(worker, ("b", 2, 0.0), id="b", restart="transient"),
+        sw.ChildSpec(worker, ("c", 0, 0.5), id="c", restart="transient"),
+    ], strategy="one_for_all", max_restarts=5, within=3600)
+    return {k: [str(v.status), v.result] for k, v in out.items()}
+
+
+tree = sw.Workflow(_tree, name="tree")
+
+WORKFLOWS: dict[str, sw.Workflow[Any, Any]] = {"tree": tree}
+CHILDREN: list[sw.Workflow[Any, Any]] = [worker]
+
+
+def make_runtime(store: str) -> sw.Runtime:
+    app = sw.Runtime(store, poll_interval=0.1, park_after=5.0, lease_seconds=30.0)
+    for wf in (*WORKFLOWS.values(), *CHILDREN):
+        app.register(wf)
+    return app
+
+
+async def main(store: str, workflow: str, run_id: str) -> Any:
+    app = make_runtime(store)
+    try:
+        handle = await app.start(WORKFLOWS[workflow], run_id=run_id)
+        try:
+            return await handle.result(timeout=120)
+        except sw.RunFailedError as exc:
+            return {"error": exc.error_type, "message": str(exc)}
+    finally:
+        await app.close()
+
+
+if __name__ == "__main__":
+    store_arg, ledger_arg, wf_name, rid = sys.argv[1:5]
+    LEDGER = Path(ledger_arg)
+    print(json.dumps(asyncio.run(main(store_arg, wf_name, rid))), flush=True)
