@@ -36,7 +36,7 @@ PUBLIC = {
     "RestartIntensityError",
     "ResilienceError", "RetryExhaustedError", "CallTimeoutError", "CircuitOpenError",
     "BulkheadFullError", "ThrottledError", "FallbackExhaustedError", "BudgetExceededError",
-    "BudgetExceeded", "OutcomeCheckError", "ModelError", "RateLimitedError",
+    "BudgetExceeded", "OutcomeCheckError", "ModelError", "RateLimitedError", "ProviderQuota",
     "ProviderOverloadedError", "ModelTimeoutError", "ModelConnectionError",
     "MalformedResponseError", "InvalidRequestError", "AuthenticationError",
     "ContentFilterError", "AgentError", "MaxIterationsError", "ToolLoopError",

@@ -59,6 +59,7 @@ from .errors import NotAStalwartStoreError as NotAStalwartStoreError
 from .errors import OutcomeCheckError as OutcomeCheckError
 from .errors import OutputValidationError as OutputValidationError
 from .errors import ProviderOverloadedError as ProviderOverloadedError
+from .errors import ProviderQuota as ProviderQuota
 from .errors import RateLimitedError as RateLimitedError
 from .errors import RepairBudgetExceededError as RepairBudgetExceededError
 from .errors import ResilienceError as ResilienceError
@@ -200,6 +201,7 @@ __all__ = [
     "OutcomeCheckError",
     "ModelError",
     "RateLimitedError",
+    "ProviderQuota",
     "ProviderOverloadedError",
     "ModelTimeoutError",
     "ModelConnectionError",

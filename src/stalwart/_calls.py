@@ -1,24 +1,34 @@
-"""Journaled calls behind the policy stack.
+"""Journaled calls behind the policy stack: one small layer per policy.
 
-A model or tool call is one step. Inside it, the policies run in this order (docs/design.md),
-outermost first::
+A model or tool call is one step. Inside it the policies run in the order
+docs/design.md names, outermost first, each a wrapper around the next::
 
-    Fallback(chain of candidates) → Retry → CircuitBreaker → RateLimit → Bulkhead
-        → Timeout → call
+    Budget → Fallback → Retry → CircuitBreaker → RateLimit → Bulkhead → Timeout → call
 
-Every failed attempt is journaled (``attempt_failed``, with the error and the time the
-next attempt may start), so a crash in the middle of a backoff neither resets the
-attempt count nor calls the provider before its ``Retry-After`` has passed: on resume
-the step waits out the recorded backoff (parking the run if it is long) and continues
-with the next attempt number. The decision what to do after a failure comes from the
-pure core :func:`stalwart.policies.decide`; this module only carries it out.
+with ``Timeout.overall`` as a deadline over everything inside Budget. From the breaker
+inward the layers are pure policies run once per attempt
+(:mod:`stalwart.policies._stack`), with the lease's fence between Bulkhead and Timeout
+(the call is an effect: not after a takeover). The three outer ones are here, because
+their decisions are journaled before they are acted on:
 
-Outermost of all sits the run's :class:`~stalwart.Budget`: checked before every attempt,
-fed with each settled call's usage. A call's timing (wall-clock start, duration of the
-last attempt, attempts) is journaled as ``call_timed`` in the same append as its outcome,
-and each failed attempt's payload carries its ``duration``: latency statistics read
-them, at no extra commit. An outcome ``check`` that fails is a semantic failure: it
-counts against the dependency's breaker like an error.
+* **Retry** (:func:`_retry`). Every failed attempt is journaled (``attempt_failed``:
+  attempt number, error, the next action, the time the next attempt may start) *before*
+  the backoff, so a crash in the middle of a backoff neither resets the attempt count nor
+  calls the provider before its ``Retry-After`` has passed: on resume the step waits out
+  the recorded backoff (parking the run if it is long) and goes on with the next attempt
+  number. The decision comes from the pure core :func:`stalwart.policies.decide`.
+  An open breaker is waited out (its open time plus jitter) when no fallback can
+  answer now and attempts and deadline are left.
+* **Fallback** (:func:`_fallback`). The next candidate once one gives up (its breaker
+  open, its retries exhausted); a resumed call starts at the candidate the journal says.
+* **Budget** (:func:`_budget`). Checked before every attempt, where a refusal ends the
+  call (no retry, no fallback); fed with the settled call's usage.
+
+A call's timing (wall-clock start, duration of the last attempt, attempts) is journaled
+as ``call_timed`` in the same append as its outcome, and each failed attempt's payload
+carries its ``duration``: latency statistics read them, at no extra commit. An outcome
+``check`` that fails is a semantic failure: it counts against the dependency's breaker
+like an error.
 
 Why not :func:`stalwart.policies.call_with_retry`: its loop keeps its state in memory,
 and here each decision must be journaled before it is acted on.
@@ -28,8 +38,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._context import StepInfo, bind_step_context, outcome_problem, unbind_step_context
 from ._policy import Policy
@@ -41,21 +52,33 @@ from .errors import (
     FallbackExhaustedError,
     LeaseLostError,
     OutcomeCheckError,
-    ResilienceError,
     RetryExhaustedError,
     SerializationError,
     StalwartError,
     StoreError,
 )
-from .policies import Attempt, GiveUp, RetryState, Sleep, decide, remaining, with_timeout
-from .store._base import EventKind, NewEvent, RunStatus
+from .policies import Attempt, Decision, GiveUp, RetryState, Sleep, decide, remaining
+from .policies._common import to_seconds
+from .policies._stack import (
+    BreakerLayer,
+    BulkheadLayer,
+    CallAttempt,
+    CheckLayer,
+    Layer,
+    Next,
+    RateLimitLayer,
+    TimeoutLayer,
+    compose,
+)
+from .policies._timeout import call_deadline
+from .store._base import Event, EventKind, NewEvent, RunStatus
 
 if TYPE_CHECKING:
     from ._context import Context
+    from ._execution import Execution
+    from ._runtime import Runtime
 
 __all__ = ["Candidate", "guarded_call"]
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,15 +93,18 @@ class Candidate:
 
 @dataclass(frozen=True, slots=True)
 class _Prior:
+    """A journaled failed attempt."""
+
     candidate: int
     attempt: int
     at: float
     retry_at: float | None
     next: str
     error: ErrorInfo
+    call_started: float | None
 
 
-def _priors(events: Sequence[Any], after_seq: int) -> list[_Prior]:
+def _priors(events: Sequence[Event], after_seq: int) -> list[_Prior]:
     out = []
     for ev in events:
         if ev.kind != EventKind.ATTEMPT_FAILED or ev.seq <= after_seq:
@@ -86,15 +112,86 @@ def _priors(events: Sequence[Any], after_seq: int) -> list[_Prior]:
         d = json.loads(ev.payload or "{}")
         out.append(_Prior(candidate=int(d["candidate"]), attempt=int(d["attempt"]),
                           at=float(d["at"]), retry_at=d.get("retry_at"), next=str(d["next"]),
-                          error=ErrorInfo.from_json(json.dumps(d["error"]))))
+                          error=ErrorInfo.from_json(json.dumps(d["error"])),
+                          call_started=d.get("call_started")))
     return out
 
 
-def _is_local_limit(exc: BaseException) -> bool:
-    """Our own limits (bulkhead full, throttled) say nothing about the dependency, nor
-    does our journal (a lost lease: the call's fence refused it before it was made)."""
-    return isinstance(exc, StoreError) or (
-        isinstance(exc, ResilienceError) and not isinstance(exc, RetryExhaustedError))
+class _GaveUp(Exception):
+    """Retry gave up on a candidate (journaled already): Fallback moves on."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """A successful attempt: its result, the candidate that gave it, the attempt."""
+
+    result: Any
+    candidate: int
+    attempt: CallAttempt
+
+
+@dataclass(slots=True)
+class _Call:
+    """One guarded call: its step, what the journal holds of it, its policies."""
+
+    ctx: Context
+    step_id: str
+    name: str
+    candidates: Sequence[Candidate]
+    policy: Policy
+    pool: str | None
+    check: Callable[[Any], object] | None
+    reject_failed_check: bool
+    priors: list[_Prior]
+    started_at: float
+    """When this execution went live with the call (``call_timed``'s start)."""
+    origin: float
+    """When the call first started, across crashes (``Timeout.overall`` runs from it)."""
+    errors: list[BaseException] = field(default_factory=list)
+    attempts: int = 0
+    reason: str = "attempts exhausted"
+    before_attempt: Callable[[str], Awaitable[None]] | None = None
+
+    @property
+    def ex(self) -> Execution:
+        return self.ctx._ex
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.ctx._ex.runtime
+
+    def note(self, action: str, key: str) -> None:
+        self.runtime.note_policy(self.ex.run_id, self.step_id, action, key)
+
+    async def journal_attempt(self, ci: int, number: int, err: BaseException, nxt: str, *,
+                              at: float, retry_at: float | None = None,
+                              duration: float | None = None) -> None:
+        """Journal a failed attempt and what comes next (``retry``, ``fallback``,
+        ``fail``), before it is carried out."""
+        await self.ex.record([NewEvent(EventKind.ATTEMPT_FAILED, self.step_id, self.name,
+                                       json.dumps({
+            "candidate": ci, "attempt": number, "at": at, "next": nxt, "retry_at": retry_at,
+            "key": self.candidates[ci].key, "duration": duration,
+            "call_started": self.origin, "error": json.loads(encode_error(err).to_json())}))])
+
+    async def record_failure(self, exc: BaseException) -> None:
+        """Journal the step's failure."""
+        if isinstance(exc, StalwartError) and exc.step_id is None:
+            exc.step_id = self.step_id
+            exc.run_id = self.ex.run_id
+        await self.ctx._record_failure(self.step_id, self.name, exc)
+
+    async def fail_step(self, exc: BaseException) -> None:
+        """The call ends failed: journal it and count it in the budget."""
+        await self.record_failure(exc)
+        self.ex.budget.settled(None, live=True)
+
+    def fallback_can_answer(self, ci: int) -> bool:
+        """Whether a candidate after ``ci`` can take a call now (its breaker permits)."""
+        config = self.policy.breaker_config
+        breakers = self.runtime.breakers
+        return any(config is None or c.key not in breakers or breakers.get(c.key).would_permit()
+                   for c in self.candidates[ci + 1:])
 
 
 async def guarded_call(
@@ -117,199 +214,283 @@ async def guarded_call(
     kept and a ``check_failed`` event is journaled with it (an agent re-asks instead).
     """
     ex = ctx._ex
-    runtime = ex.runtime
-    clock = ex.clock
     step_id, recorded = ctx._begin(name)
     outcome = ctx._outcome(recorded)
     if outcome is not None:
-        if outcome.kind == EventKind.STEP_COMPLETED:
-            value = decode_result(outcome.payload or "null")
-            ex.budget.settled(value, live=False)
-            return value
-        ex.budget.settled(None, live=False)
-        raise rebuild_error(ErrorInfo.from_json(outcome.payload or "{}"),
-                            run_id=ex.run_id, step_id=step_id)
+        return _replayed(ctx, step_id, outcome, decode_result)
     ex.go_live(step_id, name)
-    started_at = clock.now()
+    now = ex.clock.now()
     priors = _priors(recorded or (), ex.redriven_after(step_id))
-    retry = policy.retry_policy
-    timeout = policy.timeout_policy
-    per_attempt = timeout.per_attempt if timeout is not None else None
-    bulkhead = (runtime.bulkheads.get(pool, policy.bulkhead_config)
-                if pool is not None and policy.bulkhead_config is not None else None)
+    origin = now if not priors else (priors[0].call_started or priors[0].at)
+    call = _Call(ctx, step_id, name, candidates, policy, pool, check, reject_failed_check,
+                 priors, started_at=now, origin=origin,
+                 errors=[rebuild_error(p.error) for p in priors])
+    text = await _budget(call, encode_result)
+    return decode_result(text)
 
+
+def _replayed(ctx: Context, step_id: str, outcome: Event,
+              decode_result: Callable[[str], Any]) -> Any:
+    """A recorded call: its result, or its error raised again."""
+    ex = ctx._ex
+    if outcome.kind == EventKind.STEP_COMPLETED:
+        value = decode_result(outcome.payload or "null")
+        ex.budget.settled(value, live=False)
+        return value
+    ex.budget.settled(None, live=False)
+    raise rebuild_error(ErrorInfo.from_json(outcome.payload or "{}"),
+                        run_id=ex.run_id, step_id=step_id)
+
+
+# -- Budget ----------------------------------------------------------------------------
+
+
+async def _budget(call: _Call, encode_result: Callable[[Any], str]) -> str:
+    """Budget, outermost: refuses an attempt the budget has no room for, before anything
+    else decides (the step fails at once: neither retried nor sent to a fallback), and
+    counts the settled call. Returns the journaled result's text."""
+    budget = call.ex.budget
+
+    async def check(key: str) -> None:
+        try:
+            budget.check(call.step_id, key)
+        except (BudgetExceededError, ConfigurationError) as exc:
+            await call.record_failure(exc)
+            raise
+
+    call.before_attempt = check
+    answer = await _overall(call)
+    text = await _record_answer(call, answer, encode_result)
+    budget.settled(answer.result, live=True)
+    return text
+
+
+async def _record_answer(call: _Call, answer: _Answer,
+                         encode_result: Callable[[Any], str]) -> str:
+    """Journal the successful attempt's result with the call's timing (one append)."""
+    try:
+        text = encode_result(answer.result)
+    except SerializationError as exc:
+        await call.fail_step(exc)
+        raise
+    cand, attempt = call.candidates[answer.candidate], answer.attempt
+    if answer.candidate > 0:
+        call.note("fallback_answered", cand.key)
+    events = [NewEvent(EventKind.CALL_TIMED, call.step_id, call.name, json.dumps({
+        "started_at": call.started_at, "duration": attempt.duration,
+        "attempts": attempt.number, "key": cand.key})),
+        NewEvent(EventKind.STEP_COMPLETED, call.step_id, call.name, text)]
+    failure = attempt.check_failure
+    if isinstance(failure, OutcomeCheckError):
+        events.insert(0, NewEvent(EventKind.CHECK_FAILED, call.step_id, call.name, json.dumps({
+            "key": cand.key, "attempt": attempt.number, "error": "OutcomeCheckError",
+            "reason": failure.reason})))
+    await call.ex.record(events)
+    return text
+
+
+# -- Timeout.overall -------------------------------------------------------------------
+
+
+async def _overall(call: _Call) -> _Answer:
+    """Timeout.overall: a deadline on the whole call, from its first start (journaled,
+    so a resumed call keeps it). Retry neither backs off nor starts an attempt past it,
+    waits in front of the call end at it, and an attempt in flight is cut at it. It
+    cancels nothing itself, so no journal write is ever cut in half."""
+    timeout = call.policy.timeout_policy
+    overall = None if timeout is None or timeout.overall is None else to_seconds(timeout.overall)
+    if overall is None:
+        return await _fallback(call)
+    left = overall - (call.ex.clock.now() - call.origin)
+    with call_deadline(left, clock=call.ex.clock):
+        return await _fallback(call)
+
+
+# -- Fallback --------------------------------------------------------------------------
+
+
+async def _fallback(call: _Call) -> _Answer:
+    """Fallback: each candidate in turn, from where the journal left off, until one
+    answers; when every one gave up, the call fails exhausted."""
     start = 0
-    if priors:
-        last = priors[-1]
+    if call.priors:
+        last = call.priors[-1]
         start = last.candidate + (1 if last.next == "fallback" else 0)
-        if last.retry_at is not None and last.next == "retry":
-            await ex.wait_until(float(last.retry_at), RunStatus.SLEEPING)
-    errors: list[BaseException] = [rebuild_error(p.error) for p in priors]
-    state = RetryState(attempt=len(priors), first_attempt_at=clock.now())
+    for ci in range(start, len(call.candidates)):
+        try:
+            return await _retry(call, ci)
+        except _GaveUp:
+            if ci + 1 < len(call.candidates):
+                call.note("fallback", call.candidates[ci + 1].key)
+    return await _exhausted(call)
 
-    async def fail(err: BaseException, *, attempt: int, ci: int, nxt: str,
-                   retry_at: float | None = None, duration: float | None = None,
-                   at: float | None = None) -> None:
-        await ex.record([NewEvent(EventKind.ATTEMPT_FAILED, step_id, name, json.dumps({
-            "candidate": ci, "attempt": attempt, "at": clock.now() if at is None else at,
-            "next": nxt,
-            "retry_at": retry_at, "key": candidates[ci].key, "duration": duration,
-            "error": json.loads(encode_error(err).to_json())}))])
 
-    async def settle_failed(exc: BaseException) -> None:
-        await _record_failure(ctx, step_id, name, exc)
-        ex.budget.settled(None, live=True)
-
-    for ci in range(start, len(candidates)):
-        cand = candidates[ci]
-        mine = [p for p in priors if p.candidate == ci]
-        state = RetryState(attempt=len(mine),
-                           first_attempt_at=mine[0].at if mine else clock.now())
-        breaker = (runtime.breakers.get(cand.key, policy.breaker_config)
-                   if policy.breaker_config is not None else None)
-        limiter = (runtime.rate_limiters.get(cand.key, policy.rate_limit_config)
-                   if policy.rate_limit_config is not None else None)
-        more = ci + 1 < len(candidates)
-        if retry is not None:
-            decision = decide(retry, state, None, clock.now(), ex.rng)
-        else:
-            decision = Attempt(1) if not mine else GiveUp("no retry policy", exhausted=True)
-        while isinstance(decision, Attempt):
-            number = decision.number
-            try:
-                ex.budget.check(step_id, cand.key)
-            except (BudgetExceededError, ConfigurationError) as exc:
-                await _record_failure(ctx, step_id, name, exc)
-                raise
-            state = state.started()
-            semantic: OutcomeCheckError | None = None
-            t_call: float | None = None
-            try:
-                if breaker is not None:
-                    breaker.acquire()
-                t0 = clock.monotonic()
-                try:
-                    if limiter is not None:
-                        await limiter.acquire(cand.estimate_tokens)
-                    if bulkhead is not None:
-                        await bulkhead.acquire()
-                    token = bind_step_context(StepInfo(ex.run_id, step_id, name, number,
-                                                       ex.lease.token))
-                    try:
-                        # The call is an effect: not after a takeover. Checked after the
-                        # limiter's and bulkhead's waits, outside the call's own timeout.
-                        await ex.fence()
-                        t_call = clock.monotonic()
-                        result = await with_timeout(cand.call(step_id, number), per_attempt,
-                                                    clock=clock)
-                    finally:
-                        unbind_step_context(token)
-                        if bulkhead is not None:
-                            bulkhead.release()
-                    problem = outcome_problem(check, result) if check is not None else None
-                    if problem is not None:
-                        semantic = OutcomeCheckError(
-                            f"step {name!r} ({step_id}): the result of {cand.key} failed its "
-                            f"check: {problem}", key=cand.key, reason=problem,
-                            run_id=ex.run_id, step_id=step_id, attempt=number)
-                        runtime.note_policy(ex.run_id, step_id, "check_failed", cand.key)
-                        if reject_failed_check:
-                            raise semantic
-                except BaseException as exc:
-                    if breaker is not None:
-                        if isinstance(exc, Exception) and not _is_local_limit(exc):
-                            breaker.on_error(clock.monotonic() - t0, exc)
-                        else:
-                            breaker.release()
-                    raise
-                if breaker is not None:
-                    if semantic is not None:
-                        breaker.on_error(clock.monotonic() - t0, semantic)
-                    else:
-                        breaker.on_success(clock.monotonic() - t0)
-                if limiter is not None and cand.actual_tokens is not None:
-                    limiter.settle(cand.estimate_tokens, cand.actual_tokens(result))
-            except (LeaseLostError, StoreError):
-                raise
-            except CircuitOpenError as exc:
-                errors.append(exc)
-                await fail(exc, attempt=number, ci=ci, nxt="fallback" if more else "fail")
-                runtime.note_policy(ex.run_id, step_id, "breaker_rejected", cand.key)
-                break
-            except Exception as exc:
-                took = None if t_call is None else clock.monotonic() - t_call
-                state = state.failed(exc)
-                # One reading of the clock: the retry is due decision.seconds after the
-                # failure the journal records (two readings put a short backoff's retry
-                # before its failure).
-                now = clock.now()
-                if retry is not None:
-                    decision = decide(retry, state, exc, now, ex.rng,
-                                      deadline_remaining=remaining())
-                else:
-                    decision = GiveUp("no retry policy",
-                                      exhausted=bool(getattr(exc, "retryable", False)))
-                if isinstance(decision, Sleep):
-                    retry_at = now + decision.seconds
-                    await fail(exc, attempt=number, ci=ci, nxt="retry", retry_at=retry_at,
-                               duration=took, at=now)
-                    runtime.note_policy(ex.run_id, step_id, "retried", cand.key)
-                    await ex.wait_until(retry_at, RunStatus.SLEEPING)
-                    decision = Attempt(decision.next_attempt)
-                    continue
-                assert isinstance(decision, GiveUp)
-                errors.append(exc)
-                if not decision.exhausted:
-                    await fail(exc, attempt=number, ci=ci, nxt="fail", duration=took)
-                    await settle_failed(exc)
-                    raise
-                await fail(exc, attempt=number, ci=ci, nxt="fallback" if more else "fail",
-                           duration=took)
-                break
-            else:
-                try:
-                    text = encode_result(result)
-                except SerializationError as exc:
-                    await settle_failed(exc)
-                    raise
-                if ci > 0:
-                    runtime.note_policy(ex.run_id, step_id, "fallback_answered", cand.key)
-                took = clock.monotonic() - (t_call if t_call is not None else t0)
-                events = [NewEvent(EventKind.CALL_TIMED, step_id, name, json.dumps({
-                    "started_at": started_at, "duration": took, "attempts": number,
-                    "key": cand.key})),
-                    NewEvent(EventKind.STEP_COMPLETED, step_id, name, text)]
-                if semantic is not None:
-                    events.insert(0, NewEvent(EventKind.CHECK_FAILED, step_id, name, json.dumps({
-                        "key": cand.key, "attempt": number, "error": "OutcomeCheckError",
-                        "reason": semantic.reason})))
-                await ex.record(events)
-                ex.budget.settled(result, live=True)
-                return decode_result(text)
-        if more:
-            runtime.note_policy(ex.run_id, step_id, "fallback", candidates[ci + 1].key)
-
+async def _exhausted(call: _Call) -> NoReturn:
+    errors, candidates = call.errors, call.candidates
     final = errors[-1] if errors else None
     err: StalwartError
     if len(candidates) > 1:
         err = FallbackExhaustedError(
-            f"step {name!r} ({step_id}): every candidate failed: "
+            f"step {call.name!r} ({call.step_id}): every candidate failed: "
             + "; ".join(f"{type(e).__name__}: {e}" for e in errors[-len(candidates):]),
-            keys=tuple(c.key for c in candidates), run_id=ex.run_id, step_id=step_id)
+            keys=tuple(c.key for c in candidates), run_id=call.ex.run_id,
+            step_id=call.step_id)
     else:
         err = RetryExhaustedError(
-            f"step {name!r} ({step_id}) gave up after {state.attempt} attempt(s): "
-            f"{type(final).__name__}: {final}", attempts=state.attempt,
-            errors=tuple(errors), reason="attempts exhausted", run_id=ex.run_id,
-            step_id=step_id)
-    await settle_failed(err)
+            f"step {call.name!r} ({call.step_id}) gave up after {call.attempts} attempt(s): "
+            f"{type(final).__name__}: {final}", attempts=call.attempts,
+            errors=tuple(errors), reason=call.reason, run_id=call.ex.run_id,
+            step_id=call.step_id)
+    await call.fail_step(err)
     if final is not None:
         raise err from final
     raise err
 
 
-async def _record_failure(ctx: Context, step_id: str, name: str, exc: BaseException) -> None:
-    if isinstance(exc, StalwartError) and exc.step_id is None:
-        exc.step_id = step_id
-        exc.run_id = ctx._ex.run_id
-    await ctx._record_failure(step_id, name, exc)
+# -- Retry -----------------------------------------------------------------------------
+
+
+async def _retry(call: _Call, ci: int) -> _Answer:
+    """Retry: the attempts of one candidate, each through the per-attempt stack; each
+    failure journaled before its backoff. Raises :class:`_GaveUp` to move on."""
+    cand = call.candidates[ci]
+    mine = [p for p in call.priors if p.candidate == ci]
+    if mine and mine[-1] is call.priors[-1] and mine[-1].next == "retry" \
+            and mine[-1].retry_at is not None:
+        await call.ex.wait_until(float(mine[-1].retry_at), RunStatus.SLEEPING)
+    state = RetryState(attempt=len(mine),
+                       first_attempt_at=mine[0].at if mine else call.ex.clock.now())
+    call.attempts = state.attempt
+    stack = _attempt_stack(call, ci)
+    decision = _first_decision(call, state, bool(mine))
+    while isinstance(decision, Attempt):
+        assert call.before_attempt is not None
+        await call.before_attempt(cand.key)
+        state = state.started()
+        call.attempts = state.attempt
+        attempt = CallAttempt(cand.key, decision.number, cand.estimate_tokens)
+        try:
+            return _Answer(await stack(attempt), ci, attempt)
+        except (LeaseLostError, StoreError):
+            raise
+        except Exception as exc:
+            state = state.failed(exc)
+            decision = await _after_failure(call, ci, attempt, exc, state)
+    assert isinstance(decision, GiveUp)
+    call.reason = decision.reason
+    raise _GaveUp()
+
+
+def _first_decision(call: _Call, state: RetryState, resumed: bool) -> Decision:
+    retry = call.policy.retry_policy
+    if retry is None:
+        return GiveUp("no retry policy", exhausted=True) if resumed else Attempt(1)
+    return decide(retry, state, None, call.ex.clock.now(), call.ex.rng,
+                  deadline_remaining=remaining())
+
+
+async def _after_failure(call: _Call, ci: int, attempt: CallAttempt, exc: Exception,
+                         state: RetryState) -> Decision:
+    """What Retry does after a failed attempt, journaled before it is done: waits and
+    returns the next :class:`Attempt`, or gives up (:class:`_GaveUp`, or the error
+    itself when it may not be retried)."""
+    key = call.candidates[ci].key
+    # One reading of the clock: the retry is due ``seconds`` after the failure the
+    # journal records (two readings put a short backoff's retry before its failure).
+    now = call.ex.clock.now()
+    took = attempt.duration if attempt.made else None
+    more = ci + 1 < len(call.candidates)
+    if isinstance(exc, CircuitOpenError):
+        call.note("breaker_rejected", key)
+        if call.fallback_can_answer(ci):
+            call.errors.append(exc)
+            await call.journal_attempt(ci, attempt.number, exc, "fallback", at=now)
+            raise _GaveUp()
+    decision = _retry_decision(call, state, exc, now)
+    if isinstance(exc, CircuitOpenError) and isinstance(decision, GiveUp):
+        decision = GiveUp(decision.reason, exhausted=True)  # never raised as it is
+    if isinstance(decision, Sleep):
+        retry_at = now + decision.seconds
+        await call.journal_attempt(ci, attempt.number, exc, "retry", at=now,
+                                   retry_at=retry_at, duration=took)
+        call.note("retried", key)
+        await call.ex.wait_until(retry_at, RunStatus.SLEEPING)
+        return Attempt(decision.next_attempt)
+    assert isinstance(decision, GiveUp)
+    call.errors.append(exc)
+    call.reason = decision.reason
+    if not decision.exhausted:
+        await call.journal_attempt(ci, attempt.number, exc, "fail", at=now, duration=took)
+        await call.fail_step(exc)
+        raise exc
+    await call.journal_attempt(ci, attempt.number, exc, "fallback" if more else "fail",
+                               at=now, duration=took)
+    raise _GaveUp()
+
+
+def _retry_decision(call: _Call, state: RetryState, exc: Exception, now: float) -> Decision:
+    retry = call.policy.retry_policy
+    if retry is None:  # one attempt; a retryable error is then an exhausted one
+        return GiveUp("no retry policy", exhausted=bool(getattr(exc, "retryable", False)))
+    return decide(retry, state, exc, now, call.ex.rng, deadline_remaining=remaining())
+
+
+# -- the per-attempt stack -------------------------------------------------------------
+
+
+def _attempt_stack(call: _Call, ci: int) -> Next:
+    """CircuitBreaker → (outcome check) → RateLimit → Bulkhead → (the lease's fence)
+    → Timeout → the call."""
+    runtime, policy, cand = call.runtime, call.policy, call.candidates[ci]
+    clock = runtime.clock
+    layers: list[Layer] = []
+    if policy.breaker_config is not None:
+        layers.append(BreakerLayer(runtime.breakers.get(cand.key, policy.breaker_config)))
+    if call.check is not None:
+        layers.append(CheckLayer(partial(_check, call), reject=call.reject_failed_check))
+    limit = policy.rate_limit_config
+    layers.append(RateLimitLayer(
+        runtime.backpressure.get(cand.key),
+        None if limit is None else runtime.rate_limiters.get(cand.key, limit),
+        max_wait=None if limit is None or limit.max_wait is None else to_seconds(limit.max_wait),
+        actual_tokens=cand.actual_tokens))
+    if call.pool is not None and policy.bulkhead_config is not None:
+        bulkhead = runtime.bulkheads.get(call.pool, policy.bulkhead_config)
+        layers.append(BulkheadLayer(bulkhead, clock=clock))
+    layers.append(partial(_fence, call))
+    timeout = policy.timeout_policy
+    per_attempt = None if timeout is None or timeout.per_attempt is None else to_seconds(
+        timeout.per_attempt)
+    layers.append(TimeoutLayer(per_attempt, clock=clock))
+    return compose(layers, partial(_invoke, call, cand))
+
+
+async def _fence(call: _Call, attempt: CallAttempt, inner: Next) -> Any:
+    """The call is an effect: not after a takeover. The lease is checked after the
+    limiter's and bulkhead's waits, outside the call's own timeout (a store round trip
+    inside it would count against the call); a lost lease is no call made."""
+    await call.ex.fence()
+    return await inner(attempt)
+
+
+async def _invoke(call: _Call, cand: Candidate, attempt: CallAttempt) -> Any:
+    """The call itself, with the step's context bound for the code it runs."""
+    token = bind_step_context(StepInfo(call.ex.run_id, call.step_id, call.name,
+                                       attempt.number, call.ex.lease.token))
+    try:
+        return await cand.call(call.step_id, attempt.number)
+    finally:
+        unbind_step_context(token)
+
+
+def _check(call: _Call, attempt: CallAttempt, result: Any) -> OutcomeCheckError | None:
+    """The call's outcome check as the check layer wants it: the failure, or ``None``."""
+    assert call.check is not None
+    problem = outcome_problem(call.check, result)
+    if problem is None:
+        return None
+    call.note("check_failed", attempt.key)
+    return OutcomeCheckError(
+        f"step {call.name!r} ({call.step_id}): the result of {attempt.key} failed its "
+        f"check: {problem}", key=attempt.key, reason=problem, run_id=call.ex.run_id,
+        step_id=call.step_id, attempt=attempt.number)

@@ -43,6 +43,7 @@ from .errors import (
 )
 from .models import Model, parse_model
 from .policies import (
+    BackpressureRegistry,
     BreakerRegistry,
     BreakerTransition,
     BulkheadRegistry,
@@ -316,6 +317,8 @@ class Runtime:
                 store=shared, clock=self.clock, worker_id=self.owner.id,
                 lease_seconds=self.lease_seconds)
             self.rate_limiters = ClusterRateLimiterRegistry(store=shared, clock=self.clock)
+        self.backpressure = BackpressureRegistry(clock=self.clock)
+        """Each dependency's back-pressure gate: a 429 holds every call to it here."""
         self._models: dict[str, Model] = dict(models or {})
         self._owned_models: list[Model] = []
         self.policy_log: deque[PolicyNote] = deque(maxlen=10_000)
@@ -323,6 +326,7 @@ class Runtime:
         self.policy_counts: Counter[str] = Counter()
         """How often each policy action happened in this process."""
         self.breakers.add_listener(self._on_breaker)
+        self.backpressure.add_listener(self._on_backpressure)
         self.health = StoreHealth(self.store.url, self.clock, log)
         """The store's reachability as this runtime's loops see it (an outage is logged
         in one line when it begins, once a minute while it lasts, one when it ends)."""
@@ -453,6 +457,12 @@ class Runtime:
         self.policy_log.append(PolicyNote(self.clock.now(), run_id, step_id, action, key))
         if self.interceptor.active:
             self.interceptor.policy_noted(PolicyInput(run_id, step_id, action, key))
+
+    def _on_backpressure(self, key: str, seconds: float) -> None:
+        self.policy_counts["backpressure_hold"] += 1
+        self.policy_log.append(PolicyNote(self.clock.now(), None, None, "backpressure_hold",
+                                          key))
+        log.info("back-pressure %s: held for %gs by a 429", key, seconds)
 
     def _on_breaker(self, t: BreakerTransition) -> None:
         action = f"breaker_{t.to_state.value}"

@@ -24,7 +24,8 @@ seconds, or ``None``) and where it happened (``run_id``, ``step_id``, ``attempt`
     ├── ResilienceError               raised by the policy stack
     │   ├── RetryExhaustedError       Retry gave up; __cause__ is the last error
     │   ├── CallTimeoutError          a timeout or deadline scope expired; retryable
-    │   ├── CircuitOpenError          the breaker rejected the call; not retryable
+    │   ├── CircuitOpenError          the breaker rejected the call; retryable after
+    │   │                             retry_after (Retry waits for the half-open probe)
     │   ├── BulkheadFullError         no slot: queue full or queue_timeout; retryable
     │   ├── ThrottledError            the local rate limiter would wait past max_wait
     │   ├── FallbackExhaustedError    every model of a fallback chain failed
@@ -54,7 +55,8 @@ inside a workflow whose run was cancelled.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, final
 
 __all__ = [
     "AgentError",
@@ -83,6 +85,7 @@ __all__ = [
     "NotAStalwartStoreError",
     "OutcomeCheckError",
     "ProviderOverloadedError",
+    "ProviderQuota",
     "RateLimitedError",
     "ResilienceError",
     "RestartIntensityError",
@@ -312,11 +315,49 @@ class _ProviderError(ModelError):
         self.status_code = status_code
 
 
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProviderQuota:
+    """What a provider said about its rate limits on a response (its ``x-ratelimit-*``
+    or ``anthropic-ratelimit-*`` headers); ``None`` where it said nothing.
+
+    Limits are per minute (the RPM and TPM quotas both providers publish); resets are
+    seconds from when the response arrived until that quota is whole again.
+    """
+
+    requests_limit: float | None = None
+    requests_remaining: float | None = None
+    requests_reset: float | None = None
+    tokens_limit: float | None = None
+    tokens_remaining: float | None = None
+    tokens_reset: float | None = None
+
+    def exhausted_for(self) -> float | None:
+        """Seconds until a call can pass again when a quota is used up (remaining 0),
+        the longest of them; ``None`` if no quota is known to be used up."""
+        waits = [reset for remaining, reset in (
+            (self.requests_remaining, self.requests_reset),
+            (self.tokens_remaining, self.tokens_reset))
+            if remaining is not None and remaining <= 0 and reset is not None]
+        return max(waits) if waits else None
+
+
 class RateLimitedError(_ProviderError):
     """The provider rejected the call for rate (HTTP 429); ``retry_after`` says how long
-    it asked us to wait (from ``Retry-After``, seconds or an HTTP date), when it did."""
+    it asked us to wait (from ``Retry-After``, seconds or an HTTP date, or else from the
+    time until an exhausted quota resets), when it did.
+
+    Attributes:
+        quota: what the response's rate-limit headers said, when it had any; the policy
+            stack adapts its rate limiter to it (not journaled).
+    """
 
     retryable = True
+
+    def __init__(self, message: str = "", *, quota: ProviderQuota | None = None,
+                 **context: Any) -> None:
+        super().__init__(message, **context)
+        self.quota = quota
 
 
 class ProviderOverloadedError(_ProviderError):
@@ -401,13 +442,17 @@ class CallTimeoutError(ResilienceError):
 class CircuitOpenError(ResilienceError):
     """The circuit breaker of a dependency rejected the call without making it.
 
-    Not retryable, so Retry does not hammer the dependency and Fallback moves on;
-    ``retry_after`` is the time left until the breaker lets a trial call through.
+    ``retry_after`` is the time left until the breaker lets a trial call through. The
+    policy stack never hammers an open breaker: Fallback moves on to a model that can
+    answer now, and otherwise Retry, with attempts and time left, waits the open time
+    out (jittered) and tries the half-open breaker's trial call. Retryable in that sense.
 
     Attributes:
         key: the dependency whose breaker is open (``"openai:gpt-4o"``).
         state: ``"open"`` or ``"half_open"`` (trial calls all taken).
     """
+
+    retryable = True
 
     def __init__(self, message: str, *, key: str, state: str, **context: Any) -> None:
         super().__init__(message, **context)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import socket
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pytest
 
@@ -327,3 +328,34 @@ async def test_a_local_server_without_a_key_is_sent_no_key_header(
     finally:
         await keyless.aclose()
         await keyed.aclose()
+
+
+async def test_a_429s_rate_limit_headers_reach_the_error(
+        server: FaultServer, make_model: ModelFactory, provider: str) -> None:
+    """Over real HTTP, each provider's own rate-limit headers become the 429's quota;
+    with no Retry-After, the reset of the exhausted quota stands in for one."""
+    clock = FakeClock(start=1_700_000_000.0)
+    if provider == "openai":
+        headers = {"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "0",
+                   "x-ratelimit-reset-requests": "6m0s", "x-ratelimit-limit-tokens": "1000",
+                   "x-ratelimit-remaining-tokens": "900", "x-ratelimit-reset-tokens": "6ms"}
+    else:
+        # RFC 3339, as Anthropic sends its resets
+        iso = datetime.fromtimestamp(clock.now() + 360, UTC).isoformat()
+        headers = {"anthropic-ratelimit-requests-limit": "60",
+                   "anthropic-ratelimit-requests-remaining": "0",
+                   "anthropic-ratelimit-requests-reset": iso.replace("+00:00", "Z"),
+                   "anthropic-ratelimit-tokens-limit": "1000",
+                   "anthropic-ratelimit-tokens-remaining": "900",
+                   "anthropic-ratelimit-tokens-reset": iso.replace("+00:00", "Z")}
+    server.enqueue_fault(Fault.http(429, headers=headers))
+
+    with pytest.raises(RateLimitedError) as info:
+        await make_model(provider, clock=clock).complete(HELLO)
+
+    quota = info.value.quota
+    assert quota is not None
+    assert (quota.requests_limit, quota.requests_remaining, quota.requests_reset) == (
+        60.0, 0.0, 360.0)
+    assert (quota.tokens_limit, quota.tokens_remaining) == (1000.0, 900.0)
+    assert info.value.retry_after == 360.0

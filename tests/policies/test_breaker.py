@@ -148,8 +148,9 @@ def test_a_call_exactly_at_the_slow_duration_is_not_slow() -> None:
     assert b.statistics().slow_calls == 0
 
 
-def test_open_rejects_with_a_non_retryable_error_and_the_time_left() -> None:
-    """OPEN rejects every call; retry_after is the exact open time left."""
+def test_open_rejects_with_the_time_left_to_wait() -> None:
+    """OPEN rejects every call; retry_after is the exact open time left, and the error is
+    retryable after it (Retry waits for the half-open trial call)."""
     clock = FakeClock()
     b = breaker(clock)
     trip(b)
@@ -157,7 +158,7 @@ def test_open_rejects_with_a_non_retryable_error_and_the_time_left() -> None:
     with pytest.raises(CircuitOpenError) as caught:
         b.acquire()
     error = caught.value
-    assert not error.retryable
+    assert error.retryable
     assert error.retry_after == 18.0
     assert error.key == "dep"
     assert error.state == "open"

@@ -134,7 +134,7 @@ class BreakerMachine(RuleBasedStateMachine):
         if rejection is None:
             self.in_flight += 1
             return
-        assert not rejection.retryable
+        assert rejection.retryable  # after retry_after: Retry waits for the trial call
         if rejection.state == "open":
             wait = self.model.config.wait_in_open
             assert isinstance(wait, float)

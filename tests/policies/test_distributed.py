@@ -314,3 +314,18 @@ async def test_runs_on_two_runtimes_share_a_tool_rate_limit() -> None:
         for h in handles:
             await h.result(timeout=60)
     assert sorted(t - t0 for t in started) == [float(n) for n in range(8)]
+
+
+async def test_a_429s_quota_lowers_a_cluster_limiters_reservations() -> None:
+    """adapt(): a 429 reporting 6/min makes this worker's calls 10 s apart (was 1 s)."""
+    clock = FakeClock(autojump=True)
+    (reg,) = workers(1, clock)
+    limiter = reg.get("openai:m", ONE_PER_SECOND)
+    assert limiter is not None
+    limiter.adapt(sw.ProviderQuota(requests_limit=6, tokens_limit=100))
+    assert limiter.statistics().requests_per_minute == 6.0
+    assert limiter.statistics().tokens_per_minute is None
+    t0 = clock.monotonic()
+    await limiter.acquire()
+    await limiter.acquire()
+    assert clock.monotonic() - t0 == 10.0

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from stalwart._clock import FakeClock
-from stalwart.errors import ConfigurationError, ThrottledError
+from stalwart.errors import ConfigurationError, ProviderQuota, ThrottledError
 from stalwart.policies import (
     RateLimit,
     RateLimiter,
@@ -103,10 +103,28 @@ async def test_exactly_n_calls_in_the_first_minute() -> None:
     assert sum(1 for t in starts if t < 60.0) == 60
 
 
-async def test_default_burst_is_a_minute_of_quota() -> None:
-    """10 rpm: ten calls at once, then one every 6 s."""
+async def test_the_default_burst_keeps_every_sliding_minute_within_the_quota() -> None:
+    """30 rpm with the default burst: calls start 2 s apart, so no sliding minute (the
+    window a provider counts) holds more than 30 of 90 calls; the old default, a minute's
+    quota as the burst, let 60 through in the first minute."""
     clock = FakeClock(start=0.0, autojump=True)
-    limiter = RateLimiter(RateLimit(requests_per_minute=10), clock=clock)
+    limiter = RateLimiter(RateLimit(requests_per_minute=30), clock=clock)
+    starts: list[float] = []
+
+    async def call() -> None:
+        await limiter.acquire()
+        starts.append(clock.monotonic())
+
+    await asyncio.gather(*(call() for _ in range(90)))
+    assert starts == [2.0 * i for i in range(90)]
+    most = max(sum(1 for t in starts if s - 60.0 < t <= s) for s in starts)
+    assert most == 30
+
+
+async def test_an_explicit_burst_lets_that_many_start_at_once() -> None:
+    """10 rpm, burst 10: ten calls at once, then one every 6 s."""
+    clock = FakeClock(start=0.0, autojump=True)
+    limiter = RateLimiter(RateLimit(requests_per_minute=10, burst=10), clock=clock)
     starts: list[float] = []
 
     async def call() -> None:
@@ -255,3 +273,50 @@ def test_registry_returns_none_for_unlimited_keys() -> None:
     assert "anthropic:claude" not in registry
     with_default = RateLimiterRegistry(clock=clock, default=RateLimit(requests_per_minute=1))
     assert with_default.get("anything") is not None
+
+
+# -- adapting to what a 429 said ----------------------------------------------------------
+
+
+def test_lowering_a_bucket_never_raises_it() -> None:
+    """lower() takes the smaller capacity and rate; cap() only ever takes tokens away."""
+    bucket = TokenBucket(10, 2.0, now=0.0)
+    bucket.lower(capacity=20, refill_per_second=1.0, now=0.0)
+    assert (bucket.capacity, bucket.refill_per_second) == (10, 1.0)
+    bucket.lower(capacity=4, refill_per_second=5.0, now=0.0)
+    assert (bucket.capacity, bucket.refill_per_second, bucket.available(0.0)) == (4, 1.0, 4)
+    bucket.cap(-2.0, 0.0)
+    assert bucket.available(0.0) == -2.0
+    bucket.cap(3.0, 0.0)
+    assert bucket.available(0.0) == -2.0
+    with pytest.raises(ConfigurationError):
+        bucket.lower(capacity=0, refill_per_second=1.0, now=0.0)
+
+
+@pytest.mark.parametrize(("quota", "rpm", "tpm", "requests_left", "tokens_left"), [
+    # the provider's quota is lower than our estimate: adopt it
+    (ProviderQuota(requests_limit=30, tokens_limit=6000), 30.0, 6000.0, 1.0, 6000.0),
+    # a higher quota than ours changes nothing (ours may be on purpose)
+    (ProviderQuota(requests_limit=600, tokens_limit=90_000), 120.0, 12_000.0, 1.0, 12_000.0),
+    # what is left caps the buckets
+    (ProviderQuota(requests_remaining=0, tokens_remaining=500), 120.0, 12_000.0, 0.0, 500.0),
+    # full again only after the reset: 3 s at 2/s is 6 short of whole; 30 s at 200/s
+    (ProviderQuota(requests_reset=3.0, tokens_reset=30.0), 120.0, 12_000.0, -5.0, 6000.0),
+])
+def test_a_429s_headers_adapt_the_estimate(quota: ProviderQuota, rpm: float, tpm: float,
+                                           requests_left: float, tokens_left: float) -> None:
+    """RateLimiter.adapt: each header of a 429 moves the limiter as the provider says."""
+    limiter = RateLimiter(RateLimit(requests_per_minute=120, tokens_per_minute=12_000),
+                          clock=FakeClock(start=0.0))
+    limiter.adapt(quota)
+    stats = limiter.statistics()
+    assert (stats.requests_per_minute, stats.tokens_per_minute) == (rpm, tpm)
+    assert (stats.requests_available, stats.tokens_available) == (requests_left, tokens_left)
+
+
+def test_a_quota_for_a_limit_not_set_is_ignored() -> None:
+    """A token quota with only a request limit configured adapts only the requests."""
+    limiter = RateLimiter(RateLimit(requests_per_minute=60), clock=FakeClock(start=0.0))
+    limiter.adapt(ProviderQuota(requests_limit=6, tokens_limit=10, tokens_remaining=0))
+    stats = limiter.statistics()
+    assert (stats.requests_per_minute, stats.tokens_per_minute) == (6.0, None)

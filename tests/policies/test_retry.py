@@ -171,7 +171,6 @@ def test_sleep_is_never_shorter_than_retry_after(
     error=st.sampled_from(
         [
             StalwartError("no", retryable=False),
-            CircuitOpenError("open", key="k", state="open", retry_after=1.0),
             NoRetryFlag(),
             Flaky("told not to", retryable=False),
         ]
@@ -187,6 +186,48 @@ def test_non_retryable_errors_are_never_retried(
                           random.Random(0))
         assert isinstance(decision, GiveUp)
         assert not decision.exhausted
+
+
+@given(
+    policy=policies(),
+    attempt=st.integers(1, 60),
+    open_for=st.floats(0.0, 600.0),
+    seed=st.integers(0, 2**32),
+)
+def test_an_open_breaker_is_waited_out_with_jitter_after_its_open_time(
+    policy: Retry, attempt: int, open_for: float, seed: int
+) -> None:
+    """A CircuitOpenError is retried after the breaker's open time *plus* the jittered
+    backoff (callers reach its half-open trial spread out, not all at once)."""
+    error = CircuitOpenError("open", key="k", state="open", retry_after=open_for)
+    state = RetryState(attempt=attempt, first_attempt_at=0.0)
+    decision = decide(policy, state, error, 0.0, random.Random(seed))
+    if policy.max_attempts is not None and attempt >= policy.max_attempts:
+        assert decision == GiveUp(f"max_attempts={policy.max_attempts} reached", exhausted=True)
+        return
+    assert isinstance(decision, Sleep)
+    assert decision.seconds == open_for + policy.backoff(attempt, random.Random(seed))
+    assert open_for <= decision.seconds <= open_for + policy.ceiling(attempt)
+
+
+def test_a_half_open_breaker_without_trial_calls_left_is_waited_out_by_the_backoff() -> None:
+    """Half-open with every trial call taken (no retry_after): the plain backoff."""
+    error = CircuitOpenError("half", key="k", state="half_open")
+    policy = Retry(max_attempts=3, initial=2.0, jitter="none")
+    decision = decide(policy, RetryState(attempt=1, first_attempt_at=0.0), error, 0.0,
+                      random.Random(0))
+    assert decision == Sleep(2.0, 2)
+
+
+def test_no_attempt_starts_once_the_deadline_has_passed() -> None:
+    """Asked for a first (or resumed) attempt with no time left, Retry gives up."""
+    policy = Retry(max_attempts=5)
+    state = RetryState(attempt=2, first_attempt_at=0.0)
+    assert decide(policy, state, None, 0.0, random.Random(0),
+                  deadline_remaining=0.0) == GiveUp("the enclosing deadline has passed",
+                                                    exhausted=True)
+    assert decide(policy, state, None, 0.0, random.Random(0),
+                  deadline_remaining=0.5) == Attempt(3)
 
 
 @given(

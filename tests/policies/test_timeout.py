@@ -20,6 +20,7 @@ from stalwart.policies import (
     remaining,
     with_timeout,
 )
+from stalwart.policies._timeout import call_deadline
 
 
 async def work(clock: FakeClock, seconds: float, result: str = "done") -> str:
@@ -170,3 +171,43 @@ async def test_overall_deadline_cancels_a_sleeping_retry() -> None:
         async with deadline_scope(4.5, clock=clock):
             await call_with_retry(policy, attempt, clock=clock, rng=random.Random())
     assert clock.monotonic() == 4.5
+
+
+async def test_a_call_deadline_cancels_nothing_but_bounds_what_is_inside() -> None:
+    """call_deadline publishes a deadline (remaining() counts down) yet lets a plain
+    body run past it: only a scope entered inside enforces it, at exactly its time."""
+    clock = FakeClock(start=0.0, autojump=True)
+    with call_deadline(2.0, clock=clock):
+        assert remaining() == 2.0
+        assert await work(clock, 5.0) == "done"  # nothing cancels the body itself
+        assert remaining() == 0.0
+    assert remaining() is None
+    with call_deadline(2.0, clock=clock), pytest.raises(CallTimeoutError) as caught:
+        await with_timeout(work(clock, 5.0), None, clock=clock)
+    assert clock.monotonic() == 7.0 and caught.value.timeout == 2.0
+
+
+async def test_a_tighter_enclosing_deadline_stays_in_force_over_a_call_deadline() -> None:
+    """An enforcing scope of 1 s around a 5 s call deadline still cuts at 1 s; a call
+    deadline inside a looser one is the tighter of the two."""
+    clock = FakeClock(start=0.0, autojump=True)
+
+    async def nested() -> None:
+        async with deadline_scope(1.0, clock=clock):
+            with call_deadline(5.0, clock=clock):
+                assert remaining() == 1.0
+                await work(clock, 3.0)
+
+    with pytest.raises(CallTimeoutError):
+        await nested()
+    assert clock.monotonic() == 1.0
+    with call_deadline(10.0, clock=clock), call_deadline(3.0, clock=clock):
+        assert remaining() == 3.0
+
+
+async def test_a_per_attempt_limit_tighter_than_the_call_deadline_wins() -> None:
+    """Inside a 10 s call deadline, with_timeout(1 s) cuts at 1 s with timeout=1.0."""
+    clock = FakeClock(start=0.0, autojump=True)
+    with call_deadline(10.0, clock=clock), pytest.raises(CallTimeoutError) as caught:
+        await with_timeout(work(clock, 5.0), 1.0, clock=clock)
+    assert clock.monotonic() == 1.0 and caught.value.timeout == 1.0

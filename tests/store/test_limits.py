@@ -12,7 +12,8 @@ from typing import cast
 
 import pytest
 
-from stalwart.store import BucketDraw, LimitStore, Store
+from stalwart.policies import LimitStore
+from stalwart.store import BucketDraw, Store
 from stalwart.store._limits import BucketState, plan_adjustment, plan_reservation
 
 from .conftest import StoreFactory

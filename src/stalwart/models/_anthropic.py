@@ -28,7 +28,7 @@ from stalwart.errors import (
     _ProviderError,
 )
 
-from ._failures import error_for_status, parse_retry_after
+from ._failures import error_for_status, parse_quota, parse_retry_after
 from ._types import FinishReason, Message, ModelRequest, ModelResponse, ToolCallRequest, Usage
 
 if TYPE_CHECKING:
@@ -209,7 +209,8 @@ class AnthropicModel:
             headers = dict(exc.response.headers.items())
             return error_for_status(
                 exc.status_code, _status_message(exc), provider=self.provider,
-                model=self.name, retry_after=parse_retry_after(headers, self._clock.now()))
+                model=self.name, retry_after=parse_retry_after(headers, self._clock.now()),
+                quota=parse_quota(headers, self._clock.now()))
         return self._error(MalformedResponseError, f"invalid response: {exc.message}")
 
     def _error(self, cls: type[_ProviderError], message: str) -> ModelError:

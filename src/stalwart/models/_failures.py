@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import email.utils
 import math
+import re
 from collections.abc import Mapping
+from datetime import datetime
 
 from stalwart.errors import (
     AuthenticationError,
@@ -19,11 +21,12 @@ from stalwart.errors import (
     ModelError,
     ModelTimeoutError,
     ProviderOverloadedError,
+    ProviderQuota,
     RateLimitedError,
     _ProviderError,
 )
 
-__all__ = ["error_for_status", "parse_retry_after"]
+__all__ = ["error_for_status", "parse_quota", "parse_retry_after"]
 
 # Cap what a provider may ask for; a broken header must not park a run for a week.
 MAX_RETRY_AFTER = 3600.0
@@ -68,6 +71,75 @@ def _clamp(seconds: float) -> float:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
+# OpenAI's resets are Go durations ("1s", "6m0s", "20ms", "1h2m3.5s").
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6,
+                 "ns": 1e-9}
+
+
+def _go_duration(raw: str) -> float | None:
+    text = raw.strip()
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        try:  # a bare number of seconds
+            seconds = float(text)
+        except ValueError:
+            return None
+        return seconds if math.isfinite(seconds) else None
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+
+
+def _rfc3339_from(raw: str, now: float) -> float | None:
+    try:
+        when = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        return None
+    return when.timestamp() - now
+
+
+def _number(raw: str | None) -> float | None:
+    if raw is None:
+        return None
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def parse_quota(headers: Mapping[str, str], now: float) -> ProviderQuota | None:
+    """What the rate-limit headers of a response say, or ``None`` if it has none.
+
+    Reads OpenAI's ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` (resets as
+    Go durations, ``"6m0s"``) and Anthropic's ``anthropic-ratelimit-{requests,tokens}-
+    {limit,remaining,reset}`` (resets as RFC 3339 times, turned into seconds from
+    ``now``; Anthropic's ``input-tokens`` quota stands in when ``tokens`` is absent).
+    Unparseable values are ignored; resets are clamped to [0, an hour].
+    """
+    h = {k.lower(): v for k, v in headers.items()}
+    fields: dict[str, float | None] = {}
+    for kind in ("requests", "tokens"):
+        limit = _number(h.get(f"x-ratelimit-limit-{kind}"))
+        remaining = _number(h.get(f"x-ratelimit-remaining-{kind}"))
+        raw_reset = h.get(f"x-ratelimit-reset-{kind}")
+        reset = None if raw_reset is None else _go_duration(raw_reset)
+        for prefix in ((f"anthropic-ratelimit-{kind}",) if kind == "requests" else
+                       ("anthropic-ratelimit-tokens", "anthropic-ratelimit-input-tokens")):
+            if limit is None and remaining is None and reset is None:
+                limit = _number(h.get(f"{prefix}-limit"))
+                remaining = _number(h.get(f"{prefix}-remaining"))
+                raw_reset = h.get(f"{prefix}-reset")
+                reset = None if raw_reset is None else _rfc3339_from(raw_reset, now)
+        fields[f"{kind}_limit"] = limit or None  # a limit of 0 means nothing usable
+        fields[f"{kind}_remaining"] = remaining
+        fields[f"{kind}_reset"] = None if reset is None else _clamp(reset)
+    if all(v is None for v in fields.values()):
+        return None
+    return ProviderQuota(**fields)
+
+
 _CONTENT_FILTER_CODES = frozenset({"content_filter", "content_policy_violation"})
 
 
@@ -79,16 +151,23 @@ def error_for_status(
     model: str,
     retry_after: float | None = None,
     code: str | None = None,
+    quota: ProviderQuota | None = None,
 ) -> ModelError:
     """The stalwart error for an HTTP error response.
 
     ``code`` is the provider's machine-readable error code, when the body had one; a
-    content-policy code turns a 400 into :class:`ContentFilterError`.
+    content-policy code turns a 400 into :class:`ContentFilterError`. ``quota`` (what
+    the rate-limit headers said) goes on a 429's :class:`RateLimitedError`; when it had
+    no ``Retry-After``, the time until its exhausted quota resets stands in for one.
     """
-    cls: type[_ProviderError]
     if status == 429:
-        cls = RateLimitedError
-    elif status == 408:
+        if retry_after is None and quota is not None:
+            retry_after = quota.exhausted_for()
+        return RateLimitedError(
+            f"{provider}:{model} answered HTTP {status}: {message}", provider=provider,
+            model=model, status_code=status, retry_after=retry_after, quota=quota)
+    cls: type[_ProviderError]
+    if status == 408:
         cls = ModelTimeoutError
     elif status >= 500:  # includes Anthropic's 529 "overloaded"
         cls = ProviderOverloadedError

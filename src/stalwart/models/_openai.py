@@ -27,7 +27,7 @@ from stalwart.errors import (
     _ProviderError,
 )
 
-from ._failures import error_for_status, parse_retry_after
+from ._failures import error_for_status, parse_quota, parse_retry_after
 from ._types import FinishReason, Message, ModelRequest, ModelResponse, ToolCallRequest, Usage
 
 if TYPE_CHECKING:
@@ -209,7 +209,8 @@ class OpenAIModel:
             headers = dict(exc.response.headers.items())
             return error_for_status(
                 exc.status_code, exc.message, provider=self.provider, model=self.name,
-                retry_after=parse_retry_after(headers, self._clock.now()), code=exc.code)
+                retry_after=parse_retry_after(headers, self._clock.now()), code=exc.code,
+                quota=parse_quota(headers, self._clock.now()))
         # APIResponseValidationError and any other APIError: the body was not a completion
         return self._error(MalformedResponseError, f"invalid response: {exc.message}")
 

@@ -8,15 +8,24 @@ model and tool call, outermost first::
     Budget → Fallback → Retry → CircuitBreaker → RateLimit → Bulkhead → Timeout → call
 
 Bulkheads and rate limits come in two kinds with one interface: in-process ones, and
-``Cluster*`` ones whose state is kept in the store and shared by every worker.
+``Cluster*`` ones whose state is kept in the store and shared by every worker, through
+the :class:`LimitStore` protocol defined here and implemented by the stores.
 
-The policies know nothing of the engine; they raise the
+What a failure says about the dependency — its own failure, back-pressure (429), a
+refused request, or one of our own limits — is decided in one place, :func:`classify`;
+the breaker's defaults, Retry's default predicate and the rate limit layer all ask it.
+A 429 holds every call to its dependency at a :class:`Backpressure` gate.
+
+The policies know nothing of the engine or the stores; they raise the
 :class:`~stalwart.errors.ResilienceError` subclasses and honour ``retryable`` and
 ``retry_after`` on whatever they catch.
 """
 
 from __future__ import annotations
 
+from ._backpressure import Backpressure as Backpressure
+from ._backpressure import BackpressureRegistry as BackpressureRegistry
+from ._backpressure import BackpressureStatistics as BackpressureStatistics
 from ._breaker import BreakerPermit as BreakerPermit
 from ._breaker import BreakerRegistry as BreakerRegistry
 from ._breaker import BreakerState as BreakerState
@@ -28,10 +37,13 @@ from ._bulkhead import Bulkhead as Bulkhead
 from ._bulkhead import BulkheadConfig as BulkheadConfig
 from ._bulkhead import BulkheadRegistry as BulkheadRegistry
 from ._bulkhead import BulkheadStatistics as BulkheadStatistics
+from ._classify import Fault as Fault
+from ._classify import classify as classify
 from ._distributed import ClusterBulkhead as ClusterBulkhead
 from ._distributed import ClusterBulkheadRegistry as ClusterBulkheadRegistry
 from ._distributed import ClusterRateLimiter as ClusterRateLimiter
 from ._distributed import ClusterRateLimiterRegistry as ClusterRateLimiterRegistry
+from ._limitstore import LimitStore as LimitStore
 from ._ratelimit import RateLimit as RateLimit
 from ._ratelimit import RateLimiter as RateLimiter
 from ._ratelimit import RateLimiterRegistry as RateLimiterRegistry
@@ -55,6 +67,9 @@ from ._timeout import remaining as remaining
 from ._timeout import with_timeout as with_timeout
 
 __all__ = [
+    # what a failure says about the dependency
+    "Fault",
+    "classify",
     # retry
     "Retry",
     "RetryOn",
@@ -92,9 +107,13 @@ __all__ = [
     "RateLimiter",
     "RateLimitStatistics",
     "RateLimiterRegistry",
+    "Backpressure",
+    "BackpressureStatistics",
+    "BackpressureRegistry",
     # cluster-wide bulkheads and rate limits (kept in the store)
     "ClusterBulkhead",
     "ClusterBulkheadRegistry",
     "ClusterRateLimiter",
     "ClusterRateLimiterRegistry",
+    "LimitStore",
 ]

@@ -18,8 +18,15 @@ The state machine mirrors resilience4j's ``CircuitBreakerStateMachine``:
 
 Errors matching ``ignore`` count as nothing and give their permit back; errors not
 matching ``record`` count as successes; a call slower than ``slow_call_duration``
-(strictly) is slow whether it failed or not. Outcomes that arrive after the state changed
-are recorded in the new state's window, as in resilience4j.
+(strictly) is slow whether it failed or not. By default both come from the one failure
+classifier (:mod:`stalwart.policies._classify`): a failure of the dependency (5xx,
+timeouts, connection errors, malformed responses, failed outcome checks) is recorded; a
+429, our own limits (bulkhead full, throttled, budget) and cancellation are ignored; a
+request the dependency refused on its merits (400, 401, 403, content filter) counts as
+a call it answered. The duration a breaker records is the caller's to measure: the
+policy stack passes the call's own time, not its waits in a rate limiter or bulkhead.
+Outcomes that arrive after the state changed are recorded in the new state's window, as
+in resilience4j.
 
 One deliberate difference: OPEN turns HALF_OPEN when ``wait_in_open`` has elapsed
 (``>=``), where resilience4j wants it strictly exceeded, so that a caller who waits
@@ -38,6 +45,7 @@ from typing import Literal, TypeVar, final
 from stalwart._clock import Clock
 from stalwart.errors import CircuitOpenError, ConfigurationError
 
+from ._classify import counts_as_failure, says_nothing
 from ._common import Duration, KeyedRegistry, check_positive, to_seconds
 
 __all__ = [
@@ -59,14 +67,6 @@ class BreakerState(enum.StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
-
-
-def _record_every_exception(exc: BaseException) -> bool:
-    return isinstance(exc, Exception)
-
-
-def _ignore_nothing(exc: BaseException) -> bool:
-    return False
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:
@@ -96,8 +96,10 @@ class CircuitBreakerConfig:
         minimum_calls: outcomes needed in the window before rates are judged.
         wait_in_open: how long it stays OPEN before trial calls.
         permitted_calls_in_half_open: how many trial calls HALF_OPEN lets through.
-        record: which errors count as failures (others count as successes).
-        ignore: which errors count as nothing at all (checked before ``record``).
+        record: which errors count as failures (others count as successes); by default
+            the dependency's own failures (see the module docstring).
+        ignore: which errors count as nothing at all (checked before ``record``); by
+            default 429s, our own limits and cancellation.
     """
 
     window_type: Literal["count", "time"] = "count"
@@ -108,8 +110,8 @@ class CircuitBreakerConfig:
     minimum_calls: int = 100
     wait_in_open: Duration = 60.0
     permitted_calls_in_half_open: int = 10
-    record: Callable[[BaseException], bool] = field(default=_record_every_exception)
-    ignore: Callable[[BaseException], bool] = field(default=_ignore_nothing)
+    record: Callable[[BaseException], bool] = field(default=counts_as_failure)
+    ignore: Callable[[BaseException], bool] = field(default=says_nothing)
 
     def __post_init__(self) -> None:
         if self.window_type not in ("count", "time"):
@@ -336,6 +338,14 @@ class CircuitBreaker:
             f"{self._config.permitted_calls_in_half_open} trial calls are taken",
             key=self._key, state=self._state.value,
         )
+
+    def would_permit(self) -> bool:
+        """Whether :meth:`acquire` would hand out a permit now (it changes nothing)."""
+        if self._state is BreakerState.CLOSED:
+            return True
+        if self._state is BreakerState.OPEN:
+            return self._clock.monotonic() >= self._open_until
+        return self._permits > 0
 
     def release(self) -> None:
         """Give back a permit whose call was not made or must not count (cancelled)."""

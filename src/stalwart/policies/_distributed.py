@@ -3,7 +3,7 @@
 :class:`ClusterRateLimiter` and :class:`ClusterBulkhead` have the interface of
 :class:`~stalwart.policies.RateLimiter` and :class:`~stalwart.policies.Bulkhead`, so the
 policy stack uses either, but every worker sharing the store draws from the same buckets
-and counts the same slots (a :class:`~stalwart.store.LimitStore`):
+and counts the same slots (a :class:`~stalwart.policies.LimitStore`):
 
 * **Rate limits.** ``acquire`` reserves from the cluster's buckets in one transaction
   and sleeps off the debt on the runtime's clock, as the local limiter does; ``max_wait``
@@ -34,12 +34,13 @@ from collections.abc import Awaitable, Mapping
 from types import TracebackType
 from typing import Literal, NoReturn, final
 
+from stalwart._buckets import BucketDraw
 from stalwart._clock import Clock
-from stalwart.errors import BulkheadFullError, ConfigurationError, ThrottledError
-from stalwart.store._limits import BucketDraw, LimitStore
+from stalwart.errors import BulkheadFullError, ConfigurationError, ProviderQuota, ThrottledError
 
 from ._bulkhead import BulkheadConfig, BulkheadStatistics
 from ._common import KeyedRegistry, to_seconds
+from ._limitstore import LimitStore
 from ._ratelimit import RateLimit, RateLimitStatistics, TokenBucket
 from ._timeout import remaining
 
@@ -55,7 +56,7 @@ __all__ = [
 LimitsMode = Literal["auto", "cluster", "local"]
 """Where a runtime keeps bulkheads and rate limits: ``"cluster"`` in the store (shared
 by every worker), ``"local"`` in memory (per process), ``"auto"`` as the store suggests
-(:attr:`LimitStore.cluster_limits_default <stalwart.store.LimitStore.cluster_limits_default>`:
+(:attr:`LimitStore.cluster_limits_default <stalwart.policies.LimitStore.cluster_limits_default>`:
 PostgreSQL shares, the embedded stores do not)."""
 
 log = logging.getLogger("stalwart.policies.cluster")
@@ -135,8 +136,7 @@ class ClusterRateLimiter:
         self._tokens: BucketDraw | None = None
         if config.requests_per_minute is not None:
             rpm = float(config.requests_per_minute)
-            burst = rpm if config.burst is None else float(config.burst)
-            self._requests = BucketDraw(f"{key}#requests", 1.0, burst, rpm / 60.0)
+            self._requests = BucketDraw(f"{key}#requests", 1.0, float(config.burst), rpm / 60.0)
         if config.tokens_per_minute is not None:
             tpm = float(config.tokens_per_minute)
             self._tokens = BucketDraw(f"{key}#tokens", 0.0, tpm, tpm / 60.0)
@@ -237,6 +237,21 @@ class ClusterRateLimiter:
             self._give_back([BucketDraw(t.key, float(estimated_tokens - actual_tokens),
                                         t.capacity, t.refill_per_second)], "settle")
 
+    def adapt(self, quota: ProviderQuota) -> None:
+        """Learn from what a 429's rate-limit headers said: this worker's reservations
+        use the lower quota the provider reports from now on (the shared bucket refills
+        at each caller's own rate, so a worker that has not seen a 429 keeps its
+        estimate). What is left of the quota is not written to the store: each worker's
+        back-pressure gate holds its own calls."""
+        for attr, limit in (("_requests", quota.requests_limit),
+                            ("_tokens", quota.tokens_limit)):
+            draw: BucketDraw | None = getattr(self, attr)
+            if draw is None or limit is None or limit <= 0:
+                continue
+            setattr(self, attr, BucketDraw(
+                draw.key, draw.amount, max(1.0, min(draw.capacity, limit)),
+                min(draw.refill_per_second, limit / 60.0)))
+
     def statistics(self) -> RateLimitStatistics:
         """This worker's counters and the buckets as it last saw them, refilled to now."""
         now = self._clock.now()
@@ -255,6 +270,10 @@ class ClusterRateLimiter:
             throttled=self._throttled,
             waiting=self._waiting,
             total_wait=self._total_wait,
+            requests_per_minute=(None if self._requests is None
+                                 else self._requests.refill_per_second * 60.0),
+            tokens_per_minute=(None if self._tokens is None
+                               else self._tokens.refill_per_second * 60.0),
         )
 
 

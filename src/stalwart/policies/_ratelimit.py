@@ -1,9 +1,22 @@
 """Client-side rate limits: requests and tokens per minute, as token buckets.
 
 :class:`TokenBucket` is the pure core: it holds ``capacity`` tokens, refills
-continuously at ``refill_per_second`` and is told the time on every call. Providers count
-limits over a sliding minute with continuous refill, which is exactly a bucket whose
-capacity is a minute's quota and whose rate is that quota / 60.
+continuously at ``refill_per_second`` and is told the time on every call.
+
+**The default burst is 1.** A bucket of ``burst`` requests refilled at ``rpm / 60`` a
+second lets ``burst + rpm·T/60`` calls through in any window of T seconds: with a burst of
+a whole minute's quota (the old default), ``RateLimit(requests_per_minute=30)`` let 60
+calls through in the first minute, and a provider that counts 30 per sliding minute
+answered the last 30 with 429s. A burst of 1 spaces calls ``60 / rpm`` seconds apart, so
+any sliding minute holds at most ``rpm`` of them: the most a sliding-window provider
+accepts at the full rate. Ask for more (``burst=N``) where the provider counts fixed
+windows or allows bursts; any minute then holds up to ``rpm + N - 1``.
+
+**429s adapt the estimate.** ``RateLimit`` is the caller's estimate of the provider's
+quota. When the provider answers 429 with rate-limit headers
+(:class:`~stalwart.errors.ProviderQuota`), :meth:`RateLimiter.adapt` lowers the estimate
+to the quota the provider reports and empties the buckets to what it says is left. (The
+429's wait itself is the back-pressure gate's business, in front of the limiter.)
 
 :class:`RateLimiter` puts a request bucket and a token bucket together. ``acquire``
 *reserves* from both at once — a bucket may go into debt — and sleeps (``clock.sleep``)
@@ -24,7 +37,7 @@ from dataclasses import dataclass
 from typing import NoReturn, final
 
 from stalwart._clock import Clock
-from stalwart.errors import ConfigurationError, ThrottledError
+from stalwart.errors import ConfigurationError, ProviderQuota, ThrottledError
 
 from ._common import Duration, KeyedRegistry, check_non_negative, to_seconds
 from ._timeout import remaining
@@ -113,6 +126,20 @@ class TokenBucket:
         self._refill(now)
         self._tokens = min(self._capacity, self._tokens + delta)
 
+    def lower(self, *, capacity: float, refill_per_second: float, now: float) -> None:
+        """Lower the capacity and refill rate to at most these (never raises them)."""
+        if not 0 < capacity < math.inf or not 0 < refill_per_second < math.inf:
+            raise ConfigurationError("a token bucket needs capacity > 0 and refill rate > 0")
+        self._refill(now)
+        self._capacity = min(self._capacity, float(capacity))
+        self._rate = min(self._rate, float(refill_per_second))
+        self._tokens = min(self._tokens, self._capacity)
+
+    def cap(self, level: float, now: float) -> None:
+        """Hold at most ``level`` tokens now (a negative level is a debt)."""
+        self._refill(now)
+        self._tokens = min(self._tokens, level)
+
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,14 +150,15 @@ class RateLimit:
         requests_per_minute: request quota; ``None`` for no request limit.
         tokens_per_minute: token quota; ``None`` for no token limit.
         burst: how many requests may start back to back (the request bucket's
-            capacity); ``None`` means a whole minute's quota, as providers allow.
+            capacity). The default, 1, spaces calls evenly, so no sliding minute holds
+            more than ``requests_per_minute`` (see the module docstring).
         max_wait: the longest :meth:`RateLimiter.acquire` may wait; beyond it, it raises
             :class:`~stalwart.errors.ThrottledError`. ``None`` waits as long as needed.
     """
 
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
-    burst: int | None = None
+    burst: int = 1
     max_wait: Duration | None = None
 
     def __post_init__(self) -> None:
@@ -145,11 +173,10 @@ class RateLimit:
                 or not 0 < value < math.inf
             ):
                 raise ConfigurationError(f"RateLimit.{name} must be > 0, got {value!r}")
-        if self.burst is not None:
-            if self.requests_per_minute is None:
-                raise ConfigurationError("RateLimit.burst needs requests_per_minute")
-            if isinstance(self.burst, bool) or not isinstance(self.burst, int) or self.burst < 1:
-                raise ConfigurationError(f"RateLimit.burst must be an int >= 1, got {self.burst!r}")
+        if isinstance(self.burst, bool) or not isinstance(self.burst, int) or self.burst < 1:
+            raise ConfigurationError(f"RateLimit.burst must be an int >= 1, got {self.burst!r}")
+        if self.burst != 1 and self.requests_per_minute is None:
+            raise ConfigurationError("RateLimit.burst needs requests_per_minute")
         if self.max_wait is not None:
             seconds = check_non_negative("RateLimit", "max_wait", self.max_wait)
             object.__setattr__(self, "max_wait", seconds)
@@ -167,6 +194,8 @@ class RateLimitStatistics:
         throttled: calls refused with ThrottledError.
         waiting: callers sleeping for their turn now.
         total_wait: seconds of waiting handed out in all.
+        requests_per_minute, tokens_per_minute: the quotas in force now: the configured
+            ones, lowered to what the provider reported on a 429 (``None``: no limit).
     """
 
     key: str
@@ -176,6 +205,8 @@ class RateLimitStatistics:
     throttled: int
     waiting: int
     total_wait: float
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
 
 
 @final
@@ -203,8 +234,7 @@ class RateLimiter:
         self._tokens: TokenBucket | None = None
         if config.requests_per_minute is not None:
             rpm = config.requests_per_minute
-            burst = rpm if config.burst is None else config.burst
-            self._requests = TokenBucket(burst, rpm / 60.0, now=now)
+            self._requests = TokenBucket(config.burst, rpm / 60.0, now=now)
         if config.tokens_per_minute is not None:
             tpm = config.tokens_per_minute
             self._tokens = TokenBucket(tpm, tpm / 60.0, now=now)
@@ -281,6 +311,19 @@ class RateLimiter:
         if self._tokens is not None:
             self._tokens.adjust(estimated_tokens - actual_tokens, self._clock.monotonic())
 
+    def adapt(self, quota: ProviderQuota) -> None:
+        """Learn from what a 429's rate-limit headers said: lower each configured quota
+        to the limit the provider reports, and hold no more than it says is left (and
+        no more than would make the bucket whole by its reset)."""
+        now = self._clock.monotonic()
+        for bucket, limit, left, reset in (
+                (self._requests, quota.requests_limit, quota.requests_remaining,
+                 quota.requests_reset),
+                (self._tokens, quota.tokens_limit, quota.tokens_remaining,
+                 quota.tokens_reset)):
+            if bucket is not None:
+                _adapt_bucket(bucket, limit, left, reset, now)
+
     def statistics(self) -> RateLimitStatistics:
         """A snapshot of the buckets and counters."""
         now = self._clock.monotonic()
@@ -292,7 +335,25 @@ class RateLimiter:
             throttled=self._throttled,
             waiting=self._waiting,
             total_wait=self._total_wait,
+            requests_per_minute=_per_minute(self._requests),
+            tokens_per_minute=_per_minute(self._tokens),
         )
+
+
+def _per_minute(bucket: TokenBucket | None) -> float | None:
+    return None if bucket is None else bucket.refill_per_second * 60.0
+
+
+def _adapt_bucket(bucket: TokenBucket, limit: float | None, left: float | None,
+                  reset: float | None, now: float) -> None:
+    """One bucket's share of :meth:`RateLimiter.adapt`."""
+    if limit is not None and limit > 0:
+        bucket.lower(capacity=max(1.0, min(bucket.capacity, limit)),
+                     refill_per_second=limit / 60.0, now=now)
+    if left is not None:
+        bucket.cap(left, now)
+    if reset is not None:
+        bucket.cap(bucket.capacity - reset * bucket.refill_per_second, now)
 
 
 @final

@@ -15,6 +15,14 @@ architecture blog's "full jitter"::
 
 and never less than the failed call's ``retry_after`` (a provider's ``Retry-After``).
 An error that says ``retryable = False`` is never retried, whatever ``retry_on`` says.
+Which errors are worth a retry by default is the failure classifier's call
+(:func:`stalwart.policies._classify.is_retryable`).
+
+A :class:`~stalwart.errors.CircuitOpenError` is waited out rather than hammered: the
+next attempt comes after the breaker's open time (its ``retry_after``) *plus* the
+jittered backoff, so callers held by one open breaker reach its half-open probe spread
+out instead of all at once. (Whether to wait for it at all, or move on to a fallback
+that can answer now, is the caller's choice: the engine moves on when it can.)
 """
 
 from __future__ import annotations
@@ -27,8 +35,9 @@ from dataclasses import dataclass, field
 from typing import Literal, TypeVar, final
 
 from stalwart._clock import Clock
-from stalwart.errors import ConfigurationError, RetryExhaustedError, StalwartError
+from stalwart.errors import CircuitOpenError, ConfigurationError, RetryExhaustedError
 
+from ._classify import is_retryable
 from ._common import Duration, check_non_negative, check_positive, to_seconds
 from ._timeout import remaining
 
@@ -48,13 +57,6 @@ __all__ = [
 _T = TypeVar("_T")
 
 Jitter = Literal["full", "equal", "none"]
-
-
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, StalwartError):
-        return exc.retryable
-    # TimeoutError and ConnectionError are OSError subclasses; named for the reader.
-    return isinstance(exc, TimeoutError | ConnectionError | OSError)
 
 
 @final
@@ -90,7 +92,8 @@ class RetryOn:
 
     @classmethod
     def transient(cls) -> RetryOn:
-        """The default: a StalwartError's own ``retryable``, or any OSError/TimeoutError."""
+        """The default: a StalwartError's own ``retryable``; for other errors a 429, an
+        OSError/TimeoutError or an HTTP 408/5xx (see the failure classifier)."""
         return _TRANSIENT
 
     @classmethod
@@ -105,7 +108,7 @@ class RetryOn:
         return cls(test, description)
 
 
-_TRANSIENT = RetryOn(_is_transient, "transient")
+_TRANSIENT = RetryOn(is_retryable, "transient")
 
 
 @final
@@ -273,6 +276,8 @@ def decide(
     if error is None:
         if limit is not None and state.attempt >= limit:
             return GiveUp(f"max_attempts={limit} reached", exhausted=True)
+        if deadline_remaining is not None and deadline_remaining <= 0:
+            return GiveUp("the enclosing deadline has passed", exhausted=True)
         return Attempt(state.attempt + 1)
     if not isinstance(error, Exception):
         return GiveUp(f"{type(error).__name__} is control flow, not a failure", exhausted=False)
@@ -284,7 +289,10 @@ def decide(
         return GiveUp(f"max_attempts={limit} reached", exhausted=True)
     wait = policy.backoff(state.attempt, rng)
     retry_after = getattr(error, "retry_after", None)
-    if isinstance(retry_after, int | float) and not isinstance(retry_after, bool):
+    if isinstance(error, CircuitOpenError):
+        # After the open time, spread by the jittered backoff (see the module docstring).
+        wait += float(retry_after or 0.0)
+    elif isinstance(retry_after, int | float) and not isinstance(retry_after, bool):
         wait = max(wait, float(retry_after))
     if policy.max_elapsed is not None:
         budget = to_seconds(policy.max_elapsed)
@@ -326,6 +334,19 @@ async def _emit(on_event: OnEvent | None, event: RetryEvent) -> None:
     result = on_event(event)
     if inspect.isawaitable(result):
         await result
+
+
+def _exhausted(state: RetryState, decision: GiveUp, exc: Exception,
+               errors: list[BaseException]) -> RetryExhaustedError:
+    retry_after = getattr(exc, "retry_after", None)
+    return RetryExhaustedError(
+        f"gave up after {state.attempt} attempt(s): {decision.reason}; "
+        f"last error: {type(exc).__name__}: {exc}",
+        attempts=state.attempt,
+        errors=tuple(errors),
+        reason=decision.reason,
+        retry_after=retry_after if isinstance(retry_after, float | int) else None,
+    )
 
 
 async def call_with_retry(
@@ -394,15 +415,7 @@ async def call_with_retry(
                 )
                 if not decision.exhausted:
                     raise
-                retry_after = getattr(exc, "retry_after", None)
-                raise RetryExhaustedError(
-                    f"gave up after {state.attempt} attempt(s): {decision.reason}; "
-                    f"last error: {type(exc).__name__}: {exc}",
-                    attempts=state.attempt,
-                    errors=tuple(errors),
-                    reason=decision.reason,
-                    retry_after=retry_after if isinstance(retry_after, float | int) else None,
-                ) from exc
+                raise _exhausted(state, decision, exc, errors) from exc
             assert isinstance(decision, Sleep)
             await _emit(
                 on_event,

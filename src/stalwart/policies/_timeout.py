@@ -9,12 +9,19 @@ is cancelled and the scope raises :class:`~stalwart.errors.CallTimeoutError`.
 The expiry is a ``clock.sleep`` racing the body (as ``asyncio.timeout`` does with the
 loop's real clock), so under ``FakeClock`` a timeout of an hour fires in microseconds at
 exactly the right virtual time. :func:`with_timeout` is the one-call form.
+
+:func:`call_deadline` sets a deadline that cancels nothing by itself: the waits and
+calls inside respect it (a rate limiter refuses a wait that would outlast it, Retry does
+not back off past it, and the first scope entered inside enforces it on its own body).
+The engine bounds a whole call with its retries by one (``Timeout.overall``) because a
+deadline that cancelled whatever ran when it passed could cut a journal write in half.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from types import TracebackType
@@ -28,6 +35,7 @@ from ._common import Duration, check_positive
 __all__ = [
     "DeadlineScope",
     "Timeout",
+    "call_deadline",
     "current_deadline",
     "deadline_scope",
     "remaining",
@@ -44,8 +52,12 @@ class Timeout:
 
     Args:
         per_attempt: the limit on one attempt (inside Retry); ``None`` for none.
-        overall: the limit on the whole call with its retries (outside Retry); ``None``
-            for none.
+        overall: the limit on the whole call: every attempt, of every fallback model,
+            and the waits between them (backoffs, rate limits, bulkhead queues). No
+            attempt starts and no wait is begun that the deadline would cut; an attempt
+            in flight when it passes is cut like a per-attempt timeout. It runs from the
+            call's first start and survives a crash (the journal keeps that start).
+            ``None`` for none.
     """
 
     per_attempt: Duration | None = None
@@ -62,6 +74,7 @@ class Timeout:
 class _Deadline:
     at: float  # on clock.monotonic()
     clock: Clock
+    enforced: bool = True  # False: a call_deadline, which nested scopes enforce
 
 
 _current: ContextVar[_Deadline | None] = ContextVar("stalwart_deadline", default=None)
@@ -86,7 +99,8 @@ class DeadlineScope:
     """An async context manager that enforces a deadline; see :func:`deadline_scope`."""
 
     __slots__ = (
-        "_cancelling", "_clock", "_expired", "_own", "_seconds", "_task", "_token", "_watcher",
+        "_cancelling", "_clock", "_expired", "_own", "_seconds", "_span", "_task", "_token",
+        "_watcher",
     )
 
     def __init__(self, seconds: float | None, clock: Clock) -> None:
@@ -97,6 +111,7 @@ class DeadlineScope:
         self._watcher: asyncio.Task[None] | None = None
         self._expired = False
         self._own: float | None = None
+        self._span: float | None = seconds
         self._cancelling = 0
 
     @property
@@ -115,12 +130,15 @@ class DeadlineScope:
             raise ConfigurationError("a nested deadline_scope must use its parent's clock")
         now = self._clock.monotonic()
         at = None if self._seconds is None else now + self._seconds
-        if at is None or (outer is not None and outer.at <= at):
-            # The outer scope is as tight or tighter: it enforces the deadline for us.
-            if outer is not None and outer.at <= now:
+        if outer is not None and (at is None or outer.at <= at):
+            if outer.at <= now:
                 raise CallTimeoutError("the enclosing deadline has already passed")
+            if outer.enforced:
+                return self  # the outer scope is as tight or tighter: it enforces it
+            at = outer.at  # a call_deadline enforces nothing itself: this scope does
+        if at is None:
             return self
-        self._own = at
+        self._own, self._span = at, at - now
         self._token = _current.set(_Deadline(at, self._clock))
         task = asyncio.current_task()
         if task is None:  # pragma: no cover - only reachable outside a task
@@ -155,7 +173,7 @@ class DeadlineScope:
             and exc_type is asyncio.CancelledError
         ):
             raise CallTimeoutError(
-                f"deadline of {self._seconds:g}s exceeded", timeout=self._seconds
+                f"deadline of {self._span:g}s exceeded", timeout=self._span
             ) from exc
 
 
@@ -172,6 +190,26 @@ def deadline_scope(seconds: Duration | None, *, clock: Clock) -> DeadlineScope:
     """
     seconds_f = None if seconds is None else check_positive("deadline_scope", "seconds", seconds)
     return DeadlineScope(seconds_f, clock)
+
+
+@contextmanager
+def call_deadline(seconds: float | None, *, clock: Clock) -> Iterator[None]:
+    """A deadline ``seconds`` from now that nested waits and scopes respect but that
+    cancels nothing itself (see the module docstring); ``None`` sets none. A tighter
+    enclosing deadline stays in force."""
+    if seconds is None:
+        yield
+        return
+    outer = _current.get()
+    at = clock.monotonic() + seconds
+    if outer is not None and outer.at <= at:
+        yield
+        return
+    token = _current.set(_Deadline(at, clock, enforced=False))
+    try:
+        yield
+    finally:
+        _current.reset(token)
 
 
 async def with_timeout(aw: Awaitable[_T], seconds: Duration | None, *, clock: Clock) -> _T:

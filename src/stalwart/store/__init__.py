@@ -12,14 +12,12 @@ from ._base import RunStatus as RunStatus
 from ._base import Store as Store
 from ._base import WorkerRecord as WorkerRecord
 from ._limits import BucketDraw as BucketDraw
-from ._limits import LimitStore as LimitStore
 from ._limits import Reservation as Reservation
 from ._sqlite import SQLiteStore as SQLiteStore
 
 __all__ = [
     "Store",
     "SQLiteStore",
-    "LimitStore",
     "RunRecord",
     "RunStatus",
     "TERMINAL_STATUSES",

@@ -50,19 +50,22 @@ class Fault:
     seconds: float = 0.0
     message: str = "injected fault"
     code: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def http(cls, status: int, *, retry_after: float | str | None = None,
-             message: str = "injected fault", code: str | None = None) -> Fault:
+             message: str = "injected fault", code: str | None = None,
+             headers: Mapping[str, str] | None = None) -> Fault:
         """Answer with ``status`` and a provider-shaped error body.
 
         ``retry_after`` is sent verbatim as the ``Retry-After`` header: a number of
         seconds or an HTTP-date string. ``code`` fills the body's error code.
+        ``headers`` are sent too (rate-limit headers, say: ``x-ratelimit-*``).
         """
         header = None if retry_after is None else (
             retry_after if isinstance(retry_after, str) else f"{retry_after:g}")
         return cls(kind="status", status=status, retry_after=header, message=message,
-                   code=code)
+                   code=code, headers=tuple((headers or {}).items()))
 
     @classmethod
     def stall(cls, seconds: float) -> Fault:
@@ -354,7 +357,9 @@ class _Handler(BaseHTTPRequestHandler):
         if fault.kind == "content_filter":
             self._send_json(200, _render(proto, Reply(content=""), body, filtered=True))
             return True
-        headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+        headers = dict(fault.headers)
+        if fault.retry_after:
+            headers["Retry-After"] = fault.retry_after
         self._send_json(fault.status, _error_body(proto, fault), headers)
         return True
 
