@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from stalwart import errors as e
-from stalwart.policies import CircuitBreakerConfig, Fault, classify
+from stalwart.policies import CircuitBreakerConfig, Fault, Retry, RetryOn, classify
 from stalwart.policies._classify import counts_as_failure, is_retryable, says_nothing
 
 
@@ -78,6 +78,7 @@ def test_each_error_is_classified_once_for_every_layer(
     back-pressure, our own limits and control flow, count a refused request as answered)."""
     assert classify(error) is fault
     assert is_retryable(error) is retryable
+    assert RetryOn.transient()(error) is Retry().retry_on(error) is retryable
     config = CircuitBreakerConfig()
     assert config.record(error) is counts_as_failure(error) is (fault is Fault.DEPENDENCY)
     assert config.ignore(error) is says_nothing(error) is (
