@@ -63,6 +63,7 @@ def _offline_env(tmp: Path) -> dict[str, str]:
 
 
 BLOCKS = python_blocks(README.read_text())
+DOC_BLOCKS = python_blocks((ROOT / "docs" / "events.md").read_text())
 
 
 def test_the_readme_has_python_blocks_and_the_parser_finds_them() -> None:
@@ -97,6 +98,19 @@ def test_every_python_block_runs_as_pasted(tmp_path: Path) -> None:
         if done.returncode != 0:
             failures.append(f"{where}: exit {done.returncode}\n{done.stderr[-2000:]}")
     assert not failures, "\n\n".join(failures)
+
+
+def test_the_events_page_example_streams_a_run(tmp_path: Path) -> None:
+    """docs/events.md's example runs as pasted and prints the run's events, then 42."""
+    (block,) = DOC_BLOCKS
+    (tmp_path / "events_demo.py").write_text(block.code)
+    done = subprocess.run([sys.executable, "events_demo.py"], cwd=tmp_path,
+                          env=_offline_env(tmp_path), capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("1 run_created None double")
+    assert lines[-2].endswith("run_completed None None") and lines[-1] == "42"
 
 
 def test_the_quickstart_block_prints_the_approved_run(tmp_path: Path) -> None:

@@ -51,6 +51,7 @@ from .models import (
     ToolCallRequest,
     Usage,
 )
+from .store._base import EventKind, NewEvent
 from .telemetry._interceptor import AgentEndInput, AgentStartInput, CaptureContent
 
 if TYPE_CHECKING:
@@ -260,6 +261,7 @@ class Agent(Generic[OutT]):
         for _turn in range(self.max_iterations):
             request = ModelRequest(messages=tuple(messages), tools=specs, options=self.options,
                                    output_schema=output_schema)
+            turn_id = ctx._next_step_id()
             response = await model_turn(
                 ctx, name=self.name, model=self.model, request=request, policy=effective,
                 pool=self.pool, check=lambda r: self._verdict(r)[1])
@@ -273,6 +275,7 @@ class Agent(Generic[OutT]):
                 for call in response.tool_calls:
                     content, repaired = await self._run_tool(ctx, call, seen)
                     if repaired:
+                        await _journal_repair(ctx, turn_id, call, content)
                         repairs += 1
                         if repairs > self.max_repairs:
                             raise RepairBudgetExceededError(
@@ -338,6 +341,22 @@ class Agent(Generic[OutT]):
         except Exception as exc:
             return _tool_error("tool_failed", f"{type(exc).__name__}: {exc}"), False
         return (result if isinstance(result, str) else _input_text(result)), False
+
+
+async def _journal_repair(ctx: Context, turn_id: str, call: ToolCallRequest,
+                          content: str) -> None:
+    """Journal a malformed tool call sent back to the model (``tool_call_repaired``, on
+    the model turn that made it), so ``runs events`` and ``runs trace`` show it; a replay
+    finds it journaled already."""
+    try:
+        error = json.loads(content)["error"]
+    except (ValueError, KeyError, TypeError):
+        error = {"type": "?", "message": content}
+    payload = json.dumps({"call_id": call.id, "tool": call.name, "error": error.get("type"),
+                          "message": str(error.get("message", ""))[:2000],
+                          "arguments": call.arguments[:2000]})
+    await ctx._ex.note(NewEvent(EventKind.TOOL_CALL_REPAIRED, turn_id, call.name, payload),
+                       key=call.id)
 
 
 def _tool_error(kind: str, message: str) -> str:

@@ -49,7 +49,14 @@ from .errors import (
     SignalTimeoutError,
     StoreError,
 )
-from .store._base import TERMINAL_STATUSES, Event, EventKind, NewEvent, RunStatus
+from .store._base import (
+    STEP_TIMED_AFTER,
+    TERMINAL_STATUSES,
+    Event,
+    EventKind,
+    NewEvent,
+    RunStatus,
+)
 
 if TYPE_CHECKING:
     from ._children import ChildOutcome, ChildRun
@@ -228,19 +235,34 @@ class Context:
         info = ErrorInfo.from_json(outcome.payload or "{}")
         raise rebuild_error(info, run_id=self._ex.run_id, step_id=step_id)
 
-    async def _record_value(self, step_id: str, name: str, value: Any, tp: Any) -> Any:
+    async def _record_value(self, step_id: str, name: str, value: Any, tp: Any,
+                            timed: list[NewEvent] | None = None) -> Any:
         try:
             text, read = encode_and_read(value, tp, what=f"result of step {name!r} ({step_id})")
         except SerializationError as exc:
             exc.run_id, exc.step_id = self._ex.run_id, step_id
-            await self._record_failure(step_id, name, exc)
+            await self._record_failure(step_id, name, exc, timed)
             raise
-        await self._ex.record([NewEvent(EventKind.STEP_COMPLETED, step_id, name, text)])
+        await self._ex.record(
+            [*(timed or ()), NewEvent(EventKind.STEP_COMPLETED, step_id, name, text)])
         return read  # as a replay reads it back
 
-    async def _record_failure(self, step_id: str, name: str, exc: BaseException) -> None:
-        await self._ex.record(
-            [NewEvent(EventKind.STEP_FAILED, step_id, name, encode_error(exc).to_json())])
+    async def _record_failure(self, step_id: str, name: str, exc: BaseException,
+                              timed: list[NewEvent] | None = None) -> None:
+        await self._ex.record([*(timed or ()), NewEvent(
+            EventKind.STEP_FAILED, step_id, name, encode_error(exc).to_json())])
+
+    def _timed(self, step_id: str, name: str, started_at: float,
+               since: float) -> list[NewEvent]:
+        """The ``step_timed`` event of a plain step that began at ``started_at`` (wall)
+        and ``since`` (monotonic), if it took long enough to be worth a row: a step's
+        start is otherwise only inferred (after the step before it), and trivial steps,
+        the many, cost nothing more."""
+        took = self._ex.clock.monotonic() - since
+        if took < STEP_TIMED_AFTER:
+            return []
+        return [NewEvent(EventKind.STEP_TIMED, step_id, name, json.dumps(
+            {"started_at": started_at, "duration": took}))]
 
     # -- steps -----------------------------------------------------------------------
 
@@ -274,13 +296,17 @@ class Context:
         self._ex.go_live(step_id, step_name)
         info = StepInfo(self._ex.run_id, step_id, step_name, attempt=1,
                         fencing_token=self._ex.lease.token)
+        clock = self._ex.clock
+        started_at, since = clock.now(), clock.monotonic()
         try:
             result = await self._ex.invoke(info, fn, args, kwargs, is_async=_is_async(fn))
         except (LeaseLostError, StoreError):
             raise
         except Exception as exc:
-            await self._record_failure(step_id, step_name, exc)
+            await self._record_failure(step_id, step_name, exc,
+                                       self._timed(step_id, step_name, started_at, since))
             raise
+        timed = self._timed(step_id, step_name, started_at, since)
         if check is not None:
             problem = outcome_problem(check, result)
             if problem is not None:
@@ -289,9 +315,9 @@ class Context:
                     f"step {step_name!r} ({step_id}): its result failed the check: {problem}",
                     key=key, reason=problem, run_id=self._ex.run_id, step_id=step_id)
                 self._ex.runtime.note_policy(self._ex.run_id, step_id, "check_failed", key)
-                await self._record_failure(step_id, step_name, err)
+                await self._record_failure(step_id, step_name, err, timed)
                 raise err
-        return await self._record_value(step_id, step_name, result, tp)
+        return await self._record_value(step_id, step_name, result, tp, timed)
 
     async def _recorded_value(self, name: str, make: Callable[[], T]) -> T:
         step_id, recorded = self._begin(name)

@@ -127,6 +127,8 @@ class Execution:
         self.recorded: dict[str, list[Event]] = {}
         self._redriven: dict[str, int] = {}
         self._call_started: dict[str, str] = {}
+        self._noted: set[tuple[str, str]] = set()
+        """(step id, key) of the notes the journal holds (see :meth:`note`)."""
         self.redrives = 0
         """How many times ``dlq retry`` sent the run through again."""
         self.redriven_at: float | None = None
@@ -141,7 +143,9 @@ class Execution:
                 self.recorded[ev.step_id] = kept
             elif ev.step_id is not None and ev.kind in _STEP_EVENTS:
                 self.recorded.setdefault(ev.step_id, []).append(ev)
-            elif ev.kind == EventKind.CALL_TIMED and ev.step_id is not None:
+            elif ev.kind == EventKind.TOOL_CALL_REPAIRED and ev.step_id is not None:
+                self._noted.add((ev.step_id, _note_key(ev.payload)))
+            elif ev.kind in (EventKind.CALL_TIMED, EventKind.STEP_TIMED) and ev.step_id:
                 self._call_started[ev.step_id] = ev.payload or ""
             elif ev.kind == EventKind.RUN_FORKED:
                 fork = json.loads(ev.payload or "{}")
@@ -290,6 +294,7 @@ class Execution:
     async def record(self, events: list[NewEvent], finish: Finish | None = None) -> None:
         result = await self.store.append(self.lease, events, now=self.clock.now(),
                                          finish=finish)
+        self.runtime.journal_written(self.run_id)
         if result.cancel_requested:
             self.cancel()
         self._steps_ended(events)
@@ -303,10 +308,23 @@ class Execution:
                         self.run_id, ev.step_id, ev.name or "",
                         ev.payload if ev.kind == EventKind.STEP_FAILED else None))
 
+    async def note(self, event: NewEvent, *, key: str) -> None:
+        """Journal ``event``, a note about step ``event.step_id`` written after its
+        outcome (a tool call repaired), unless the journal holds it already: a replay
+        reaches the same note again. A replay-only execution writes nothing."""
+        assert event.step_id is not None
+        if self.replay_only or (event.step_id, key) in self._noted:
+            return
+        await self.record([event])
+        self._noted.add((event.step_id, key))
+
     async def take_signal(self, name: str, step_id: str) -> str | None:
         self.wakeup.clear()
         await self.fence()
-        return await self.store.take_signal(self.lease, name, step_id, now=self.clock.now())
+        taken = await self.store.take_signal(self.lease, name, step_id, now=self.clock.now())
+        if taken is not None:
+            self.runtime.journal_written(self.run_id)
+        return taken
 
     async def create_child(self, child_id: str, step_id: str, step_name: str,
                            workflow: Workflow[Any, Any], args: tuple[Any, ...],
@@ -324,6 +342,7 @@ class Execution:
             workflow_ref=workflow.ref, parent=self.lease, parent_step_id=step_id,
             parent_events=started)
         self._steps_ended(started)
+        self.runtime.journal_written(self.run_id)
         self.runtime.poke()
 
     async def child_settled(self, child_id: str) -> RunRecord:
@@ -496,7 +515,15 @@ class Execution:
         self.finished = True
         await self.store.append(self.lease, events, now=self.clock.now(), finish=finish)
         self.outcome = finish
+        self.runtime.journal_written(self.run_id)
 
+
+
+def _note_key(payload: str | None) -> str:
+    try:
+        return str(json.loads(payload or "{}").get("call_id", ""))
+    except (ValueError, AttributeError):
+        return ""
 
 
 def is_terminal(status: RunStatus | None) -> bool:

@@ -16,7 +16,7 @@ import os
 import socket
 import uuid
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,8 +55,10 @@ from .policies._distributed import shared_limit_store
 from .store._base import (
     TERMINAL_STATUSES,
     Event,
+    EventKind,
     Finish,
     Lease,
+    NewEvent,
     Owner,
     RunRecord,
     RunStatus,
@@ -108,6 +110,13 @@ def open_store(store: Store | str | os.PathLike[str] | None, *,
                 "postgresql://...")
         return SQLiteStore(Path(store), access=access)
     return store
+
+
+def _released(why: str) -> NewEvent:
+    """The ``run_released`` event of an execution that hands its run back unfinished:
+    ``shutdown`` (the runtime closed: a worker's SIGTERM, Ctrl-C in ``stalwart run``) or
+    ``journal_failed`` (a write failed under it)."""
+    return NewEvent(EventKind.RUN_RELEASED, name=why)
 
 
 @final
@@ -183,6 +192,24 @@ class RunHandle(Generic[R]):
 
     async def signal(self, name: str, payload: Any = None) -> None:
         await self.runtime.signal(self.run_id, name, payload)
+
+    def events(self, *, after: int = 0, poll: float | None = None) -> AsyncIterator[Event]:
+        """The run's journal events as they are written, from the one after sequence
+        number ``after`` (0: from the start), ending with the event that ends the run.
+
+        It follows the run wherever it executes: here (each write wakes it at once), in
+        a worker elsewhere (PostgreSQL's notifications wake it; it also polls the store
+        every ``poll`` seconds, by default the runtime's ``poll_interval``), or not at
+        all (an ended run's journal is read and the stream ends). A parked run's stream
+        waits, as the run does. The event kinds are :class:`~stalwart.store.EventKind`'s
+        (``docs/events.md`` says what each one means)::
+
+            async for event in handle.events():
+                print(event.seq, event.kind, event.step_id, event.name)
+        """
+        from ._stream import follow_events
+
+        return follow_events(self.runtime, self.run_id, after=after, poll=poll)
 
     async def cancel(self) -> None:
         await self.runtime.cancel(self.run_id)
@@ -289,6 +316,8 @@ class Runtime:
         """Executions of runs this runtime claimed again (their lease had expired) while
         they still ran: fenced out, they stop at their next step or write."""
         self._waiters: dict[str, asyncio.Event] = {}
+        self._journal_watchers: dict[str, list[asyncio.Event]] = {}
+        """Streams (``RunHandle.events``) waiting for a run's next journal write."""
         self._wake = asyncio.Event()
         self._started = False
         self._start_lock: asyncio.Lock | None = None
@@ -546,8 +575,9 @@ class Runtime:
         """Hand interrupted runs back (pending) so any worker can take them at once."""
         for lease in leases:
             try:
-                await self.store.append(lease, [], now=self.clock.now(),
+                await self.store.append(lease, [_released("shutdown")], now=self.clock.now(),
                                         finish=Finish(RunStatus.PENDING))
+                self.journal_written(lease.run_id)
             except LeaseLostError:
                 pass
             except StoreError as exc:
@@ -644,6 +674,7 @@ class Runtime:
         rec = await self.store.send_signal(run_id, name, encode(payload, what="signal payload"),
                                            now=self.clock.now())
         self._local_wakeup(run_id)
+        self.journal_written(run_id)
         return rec
 
     async def cancel(self, run_id: str) -> RunRecord:
@@ -702,6 +733,7 @@ class Runtime:
         exhausted its policies runs again with a fresh attempt count."""
         await self.open()
         await self.store.redrive(run_id, now=self.clock.now())
+        self.journal_written(run_id)
         self.poke()
         return RunHandle(self, run_id, created=False)
 
@@ -756,6 +788,19 @@ class Runtime:
         ev = self._waiters.pop(run_id, None)
         if ev is not None:
             ev.set()
+        self.journal_written(run_id)
+
+    def journal_written(self, run_id: str) -> None:
+        """Something was journaled for ``run_id`` here: wake its streams."""
+        if self._journal_watchers:
+            for ev in self._journal_watchers.pop(run_id, ()):
+                ev.set()
+
+    def _journal_waiter(self, run_id: str) -> asyncio.Event:
+        """An event set at the next journal write for ``run_id`` known here."""
+        ev = asyncio.Event()
+        self._journal_watchers.setdefault(run_id, []).append(ev)
+        return ev
 
     def _executing_here(self, run_id: str) -> bool:
         """Whether a task of this runtime still executes ``run_id``."""
@@ -907,8 +952,9 @@ class Runtime:
         delay = 0.05
         while not self._closing:
             try:
-                await self.store.append(lease, [], now=self.clock.now(),
-                                        finish=Finish(RunStatus.PENDING))
+                await self.store.append(lease, [_released("journal_failed")],
+                                        now=self.clock.now(), finish=Finish(RunStatus.PENDING))
+                self.journal_written(lease.run_id)
                 return
             except LeaseLostError:
                 return
@@ -949,6 +995,10 @@ class Runtime:
                 waiters, self._waiters = self._waiters, {}
                 for ev in waiters.values():
                     ev.set()
+                watchers, self._journal_watchers = self._journal_watchers, {}
+                for evs in watchers.values():
+                    for ev in evs:
+                        ev.set()
 
     def worker_record(self, *, stopped: bool = False) -> WorkerRecord:
         """This runtime's row in the workers registry, as of now."""

@@ -134,14 +134,15 @@ class Cli:
 
     @staticmethod
     def one_line_error(result: Result, code: int) -> str:
-        """Assert the command failed with ``code``, exactly one ``error:`` line on stderr
-        and no traceback anywhere; return that line."""
+        """Assert the command failed with ``code``, exactly one ``error:`` line on stderr,
+        its last (``run`` and ``resume`` print a run's progress before it), and no
+        traceback anywhere; return that line."""
         assert result.exit_code == code, result.output
         lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1, result.stderr
-        assert lines[0].startswith("error: ")
+        errors = [line for line in lines if line.startswith("error: ")]
+        assert len(errors) == 1 and lines and lines[-1] == errors[0], result.stderr
         assert "Traceback" not in result.output
-        return lines[0]
+        return errors[0]
 
     @staticmethod
     def exe() -> str:

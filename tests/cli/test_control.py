@@ -83,7 +83,11 @@ def test_resume_exits_1_when_a_run_it_resumed_failed(cli: Cli, project: Project)
     result = cli("resume", "--store", project.store)
     assert result.exit_code == 1, result.output
     assert "resumed 2 run(s)" in result.stdout
-    assert result.stderr.strip() == "error: run bad failed: builtins.ValueError: kaboom"
+    # Before it, the resumed runs' progress (one line per step, prefixed by the run id).
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == "error: run bad failed: builtins.ValueError: kaboom"
+    assert {"run fine resumed", "run bad resumed"} <= set(lines)
+    assert [line for line in lines if line.startswith("error")] == [lines[-1]]
     again = cli("resume", "bad", "--store", project.store)
     assert again.exit_code == 0  # nothing was resumed this time: it had already ended
     assert "already ended (failed)" in again.stdout

@@ -83,12 +83,14 @@ def test_show_of_a_failed_run_names_the_error(cli: Cli, project: Project) -> Non
 
 
 def test_events_prints_the_raw_journal_in_order(cli: Cli, project: Project) -> None:
-    """runs events --json is the journal: created, claimed, the step, completed."""
+    """runs events --json is the journal: created, claimed, the step, completed (and the
+    step's timing, when it took 2 ms or more: a thread hop can, on a loaded machine)."""
     _start(cli, project, "adder", "[1, 2]", "e1")
     events = json.loads(cli("runs", "events", "e1", "--json", "--store", project.store).stdout)
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    events = [e for e in events if e["kind"] != "step_timed"]
     assert [e["kind"] for e in events] == [
         "run_created", "run_claimed", "step_completed", "run_completed"]
-    assert [e["seq"] for e in events] == [1, 2, 3, 4]
     assert events[2]["payload"] == "3"
     table = cli("runs", "events", "e1", "--store", project.store)
     assert table.exit_code == 0 and "step_completed" in table.stdout

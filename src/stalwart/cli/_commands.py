@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
+import uuid
 import warnings
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.table import Table
@@ -36,6 +38,7 @@ from ._common import (
 from ._journal import open_journal
 from ._loader import add_cwd_to_path, find_workflow, import_module, resolve_ref, workflows_in
 from ._options import at_least
+from ._progress import Progress, watch_steps
 
 __all__ = ["cancel", "resume", "run", "signal"]
 
@@ -52,28 +55,69 @@ def _info(line: str) -> None:
 # -- run -----------------------------------------------------------------------------
 
 
+@dataclass
+class _Started:
+    """What ``stalwart run`` knows of its run when Ctrl-C comes."""
+
+    run_id: str
+    started: bool = False
+
+
 async def _run(rt: Runtime, wf: Workflow[Any, Any], args: tuple[Any, ...],
-               kwargs: dict[str, Any], *, run_id: str | None, wait: bool,
-               timeout: float | None) -> tuple[RunRecord, bool]:
+               kwargs: dict[str, Any], *, state: _Started, wait: bool,
+               timeout: float | None, progress: Progress) -> tuple[RunRecord, bool]:
     try:
         await open_journal(rt)  # one clear line when --store cannot be used
         with warnings.catch_warnings():
             # A mistyped --input makes pydantic warn while dumping it, before the
             # validation error that we report anyway.
             warnings.filterwarnings("ignore", message="Pydantic serializer warnings")
-            handle = await rt.start(wf, *args, run_id=run_id, **kwargs)
+            handle = await rt.start(wf, *args, run_id=state.run_id, **kwargs)
+        state.started = True
         if not wait:
             return await rt.get_run(handle.run_id), handle.created
+        progress.line(f"run {handle.run_id} " + (
+            f"started: {wf.name}" if handle.created else
+            f"already existed ({(await rt.get_run(handle.run_id)).status}): following it"))
+        watcher = asyncio.ensure_future(
+            progress.follow(handle) if not progress.quiet else asyncio.sleep(0))
         try:
-            rec = await rt.wait_for_end(handle.run_id, timeout=timeout)
+            async with progress.spinning():
+                rec = await rt.wait_for_end(handle.run_id, timeout=timeout)
         except TimeoutError:
+            watcher.cancel()
             raise CliError(f"run {handle.run_id} did not end within {timeout}s; it is "
                            f"unfinished: stalwart resume {handle.run_id}"
                            f"{store_hint_for(rt.store)}",
                            FAILURE) from None
+        except BaseException:
+            watcher.cancel()
+            raise
+        # The run has ended: its stream ends as soon as it has printed the last events.
+        await watcher
         return rec, handle.created
     finally:
         await rt.close()
+
+
+def _interrupted(rt: Runtime, state: _Started, where: str) -> NoReturn:
+    """Ctrl-C in ``stalwart run``: say what became of the run, exit 130."""
+    rid = state.run_id
+    if not state.started:
+        _info(f"interrupted before run {rid} was started")
+    elif rt.held_by_threads:
+        # A thread cannot be stopped and the run was not handed back while its step
+        # runs: ending the process ends the step, and `resume` on this host takes the
+        # run over at once (its owner is gone).
+        _info(f"interrupted; run {rid}: a synchronous step was still running, and ends "
+              f"with this process; `stalwart resume {rid}{where}` takes the run over")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    else:
+        _info(f"interrupted; run {rid} handed back; `stalwart resume {rid}{where}` "
+              "finishes it")
+    raise typer.Exit(130)
 
 
 def run(
@@ -95,8 +139,15 @@ def run(
         metavar="SECONDS", callback=at_least(0),
         help="Give up waiting after this many seconds (the run stays resumable).")]
     = None,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="Print only the result (no run id, no step lines).")]
+    = False,
 ) -> None:
-    """Run a workflow and print its result (JSON) on stdout."""
+    """Run a workflow and print its result (JSON) on stdout.
+
+    On stderr it prints the run id at once, then a line for each step as it starts,
+    retries, parks and completes (a spinner on a terminal); Ctrl-C hands the run back
+    for `stalwart resume`."""
     data = parse_json(input_json, "--input")
     add_cwd_to_path()
     wf = find_workflow(target)
@@ -107,21 +158,28 @@ def run(
     rt = executing_runtime([wf], store, home_store=True, worker=not no_wait,
                            register_worker=False)
     where = store_hint_for(rt.store)
-    rec, created = run_async(_run(rt, wf, args, kwargs, run_id=run_id,
-                                  wait=not no_wait, timeout=timeout))
+    progress = Progress(sys.stderr, quiet=quiet)
+    watch_steps(rt, progress)
+    state = _Started(run_id or uuid.uuid4().hex)
+    try:
+        rec, created = run_async(_run(rt, wf, args, kwargs, state=state,
+                                      wait=not no_wait, timeout=timeout, progress=progress))
+    except KeyboardInterrupt:
+        _interrupted(rt, state, where)
     hint = f"stalwart runs show {rec.run_id}{where}"
-    if not created:
-        _info(f"run {rec.run_id} already existed ({rec.status}); not started again")
+    say = (lambda line: None) if quiet else _info
+    if not created and no_wait:
+        say(f"run {rec.run_id} already existed ({rec.status}); not started again")
     if no_wait:
         sys.stdout.write(rec.run_id + "\n")
-        _info(f"run {rec.run_id} enqueued ({rec.status}); execute it with "
-              f"`stalwart resume {rec.run_id}{where}`, inspect it with `{hint}`")
+        say(f"run {rec.run_id} enqueued ({rec.status}); execute it with "
+            f"`stalwart resume {rec.run_id}{where}`, inspect it with `{hint}`")
         return
     if rec.status != RunStatus.COMPLETED:
         raise CliError(f"{failure_line(rec)} (details: {hint})", FAILURE)
     sys.stdout.write((rec.result or "null") + "\n")
-    _info(f"run {rec.run_id} completed in {fmt_duration(time.monotonic() - started)}; "
-          f"inspect it with `{hint}`")
+    say(f"run {rec.run_id} completed in {fmt_duration(time.monotonic() - started)}; "
+        f"inspect it with `{hint}`")
 
 
 # -- resume --------------------------------------------------------------------------
@@ -183,40 +241,56 @@ async def _plan(store: str | None, run_id: str | None, imports: list[str]) -> _P
     return plan
 
 
-async def _claimed_by(rt: Runtime, run_id: str) -> bool:
-    return any(e.kind == EventKind.RUN_CLAIMED and e.name == rt.owner.id
-               for e in await rt.store.load_events(run_id))
+async def _claimed_by(rt: Runtime, run_id: str) -> int | None:
+    """The sequence number of this runtime's claim of ``run_id`` (``None``: not ours)."""
+    for e in await rt.store.load_events(run_id):
+        if e.kind == EventKind.RUN_CLAIMED and e.name == rt.owner.id:
+            return e.seq
+    return None
 
 
 async def _execute(store: str | None, plan: _Plan, run_id: str | None,
-                   timeout: float | None) -> tuple[list[RunRecord], list[RunRecord]]:
+                   timeout: float | None, progress: Progress,
+                   ) -> tuple[list[RunRecord], list[RunRecord]]:
     """Claim and run; returns (runs this process executed, ready runs left alone)."""
     rt = executing_runtime(plan.workflows.values(), store, home_store=False,
                            poll_interval=0.2, register_worker=False)
     for wf in plan.workflows.values():
         rt.register(wf)
+    watch_steps(rt, progress)
+    followers: list[asyncio.Future[None]] = []
     try:
         await open_journal(rt)
         await rt.resume(run_id)
         candidates = [r.run_id for r in plan.ready]
         ours: set[str] = set()
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            for rid in candidates:
-                if rid not in ours and await _claimed_by(rt, rid):
-                    ours.add(rid)
-            busy = [rid for rid in ours
-                    if (await rt.get_run(rid)).status not in _AT_REST]
-            if not busy:
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                raise CliError(f"runs still executing after {timeout}s: {', '.join(busy)}; "
-                               "they stay resumable", FAILURE)
-            await asyncio.sleep(0.05)
+        async with progress.spinning():
+            while True:
+                for rid in candidates:
+                    if rid in ours:
+                        continue
+                    claim = await _claimed_by(rt, rid)
+                    if claim is not None:
+                        ours.add(rid)
+                        progress.line(f"run {rid} resumed")
+                        if not progress.quiet:
+                            followers.append(asyncio.ensure_future(
+                                progress.follow(rt.handle(rid), after=claim)))
+                busy = [rid for rid in ours
+                        if (await rt.get_run(rid)).status not in _AT_REST]
+                if not busy:
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    raise CliError(f"runs still executing after {timeout}s: "
+                                   f"{', '.join(busy)}; they stay resumable", FAILURE)
+                await asyncio.sleep(0.05)
         done = [await rt.get_run(rid) for rid in candidates if rid in ours]
         left = [await rt.get_run(rid) for rid in candidates if rid not in ours]
         return done, left
     finally:
+        for follower in followers:
+            follower.cancel()
         await rt.close()
 
 
@@ -233,8 +307,13 @@ def resume(
     timeout: Annotated[float | None, typer.Option(
         metavar="SECONDS", callback=at_least(0),
         help="Stop waiting for the resumed runs after this many seconds.")] = None,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No step lines while the runs execute.")] = False,
 ) -> None:
-    """Finish runs whose process died (or that are due): replay, then continue."""
+    """Finish runs whose process died (or that are due): replay, then continue.
+
+    While they execute it prints, on stderr, a line for each step as it starts, retries,
+    parks and completes (a spinner on a terminal)."""
     add_cwd_to_path()
     plan = run_async(_plan(store, run_id, imports or []))
     out = console()
@@ -252,7 +331,8 @@ def resume(
     left: list[RunRecord] = []
     if plan.ready:
         before = {r.run_id: r.status for r in plan.ready}
-        done, left = run_async(_execute(store, plan, run_id, timeout))
+        progress = Progress(sys.stderr, quiet=quiet, prefix_runs=run_id is None)
+        done, left = run_async(_execute(store, plan, run_id, timeout, progress))
         if done:
             table = Table(box=None, pad_edge=False)
             for col in ("run id", "workflow", "was", "now"):

@@ -287,10 +287,11 @@ def _report(out: Console, result: _Outcome, db_arg: str) -> None:
     for st in story.steps:
         runs = [x for x in result.executions if x.step_id == st.step_id]
         where = " + ".join(f"{x.pid} ({proc_name(x.pid)})" for x in runs)
-        if not runs and 0 < st.execution <= len(story.executions):
-            pid = story.executions[st.execution - 1].pid or 0  # a model turn or a tool
+        number = st.execution or 0
+        if not runs and 0 < number <= len(story.executions):
+            pid = story.executions[number - 1].pid or 0  # a model turn or a tool
             where = f"{pid} ({proc_name(pid)})"
-        before = st.execution <= crash_exec
+        before = number <= crash_exec
         if st.kind == "sleep":
             what = "durable timer, journaled before the crash" if before else "durable timer"
         elif len(runs) > 1:

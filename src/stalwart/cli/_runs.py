@@ -232,10 +232,11 @@ def render_story(out: Console, story: RunStory, children: list[RunRecord],
             table.add_column(col)
         for ex in story.executions:
             ended = ex.ended
-            if ended == "interrupted":
-                ended = f"interrupted -> taken over by #{ex.number + 1}"
-            elif ended == "running" and rec.owner_pid is not None:
-                ended = "running"
+            if ex.followed and (ended == "interrupted" or ended.startswith("handed back")):
+                verb = "taken over" if ended == "interrupted" else "continued"
+                ended = f"{ended} -> {verb} by #{ex.number + 1}"
+            elif ended == "interrupted":
+                ended = "interrupted (its process died or lost its lease); not resumed yet"
             table.add_row(str(ex.number), fmt_time(ex.at), ex.host or "?",
                           str(ex.pid or "?"), ex.owner, Text(ended))
         out.print(table)
@@ -254,9 +255,14 @@ def render_story(out: Console, story: RunStory, children: list[RunRecord],
             detail = st.detail
             if st.kind == "sleep":
                 detail = f"until {fmt_time(st.wake_at, date=True)}"
+            took = (f"<{fmt_duration(st.under)}" if st.under is not None
+                    else fmt_duration(st.duration))
             table.add_row(st.step_id, Text(st.name), Text(st.outcome, style=style),
-                          fmt_duration(st.duration), f"#{st.execution}",
+                          took, "reused" if st.execution is None else f"#{st.execution}",
                           Text(preview(detail, 60)))
+            for line in st.repairs:
+                table.add_row("", "", Text("repaired", style="yellow"), "", "",
+                              Text(preview(line, 60)))
         out.print(table)
 
     out.print()

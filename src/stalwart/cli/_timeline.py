@@ -1,26 +1,32 @@
 """A run's journal read as a story: executions (claims) and steps with durations.
 
-The journal records a step's *outcome*, not its start, so a step's start is inferred:
-it began once the step before it in the same scope had ended (for the first step of a
+A step's start is read from the journal where it is there: timers, signal waits and
+child runs journal their start; a model or tool call journals its start with its
+outcome (``call_timed``), a failed one each attempt's time and duration; a plain step
+that took ``STEP_TIMED_AFTER`` (2 ms) or more journals its start with its outcome
+(``step_timed``), so a plain step with an outcome and no ``step_timed`` took less than
+that. Only a step without an outcome (running, or cut short) has its start inferred: it
+began once the step before it in the same scope had ended (for the first step of a
 ``gather`` branch, once the ``gather`` began) and not before the execution that
-recorded it claimed the run. Timers, signal waits and child runs journal their start,
-so theirs is exact.
+recorded it claimed the run.
 
-Each ``run_claimed`` event opens an *execution*. One that ends without a
-``run_suspended``/``run_completed``/``run_failed``/``run_cancelled`` event before the
-next claim was cut short: its process died (or lost its lease) and the next claim took
-the run over — a crash and resume, as the journal sees it.
+Each ``run_claimed`` event opens an *execution*. One that ends in a
+``run_suspended``/``run_completed``/``run_failed``/``run_cancelled``/
+``run_dead_lettered`` event ended; one that ends in ``run_released`` handed the run
+back (a shutdown, Ctrl-C); one that ends in neither before the next claim was cut short:
+its process died (or lost its lease) and the next claim took the run over — a crash and
+resume, as the journal sees it.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any
 
-from ..store._base import Event, EventKind, RunRecord, RunStatus
+from ..store._base import STEP_TIMED_AFTER, Event, EventKind, RunRecord, RunStatus
 
 __all__ = ["Execution", "RunStory", "Step", "read_story"]
 
@@ -32,6 +38,9 @@ _END_KINDS = {
     EventKind.RUN_DEAD_LETTERED: "dead_lettered",
 }
 _RUN_KINDS = frozenset(kind for kind in EventKind if kind.value.startswith("run_"))
+_NOTES = frozenset({EventKind.TOOL_CALL_REPAIRED})
+"""Events about a step written after its outcome: kept beside it, not among its own."""
+_TIMED = (EventKind.CALL_TIMED, EventKind.STEP_TIMED)
 """Events about the run as a whole. The one that ends a run names the step that ended it
 (its ``step_id``), but it is not one of that step's events: the step's own outcome is."""
 
@@ -48,14 +57,16 @@ class Execution:
     pid: int | None
     ended: str
     """``completed``, ``failed``, ``dead_lettered``, ``cancelled``, ``parked
-    (sleeping)``, ``interrupted`` (cut short; the next execution took over) or
-    ``running``."""
+    (sleeping)``, ``handed back (shutdown)`` (or ``(journal_failed)``), ``interrupted``
+    (cut short: its process died or lost its lease) or ``running``."""
     ended_at: float | None
+    followed: bool = False
+    """Whether a later execution continued the run."""
 
     def as_json(self) -> dict[str, Any]:
         return {"number": self.number, "seq": self.seq, "at": self.at, "owner": self.owner,
                 "host": self.host, "pid": self.pid, "ended": self.ended,
-                "ended_at": self.ended_at}
+                "ended_at": self.ended_at, "followed": self.followed}
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,13 +83,19 @@ class Step:
     run is not running)."""
     started_at: float | None
     ended_at: float | None
-    execution: int
-    """The number of the execution that recorded the step's first event."""
+    execution: int | None
+    """The number of the execution that recorded the step's outcome (its last event, for
+    a step without one); ``None`` for a step a fork reused from the run it forked."""
     detail: str
     """The result (JSON), the error, the child run id or the wake-up time."""
     seq: int
     wake_at: float | None = None
     """For a sleep: when it is (or was) due."""
+    under: float | None = None
+    """Set when the journal says only that the step took less than this many seconds
+    (a plain step below ``STEP_TIMED_AFTER``); ``started_at`` is then its end."""
+    repairs: tuple[str, ...] = ()
+    """Malformed tool calls of this model turn sent back to the model, one line each."""
 
     @property
     def duration(self) -> float | None:
@@ -86,12 +103,17 @@ class Step:
             return None
         return max(0.0, self.ended_at - self.started_at)
 
+    @property
+    def reused(self) -> bool:
+        return self.execution is None
+
     def as_json(self) -> dict[str, Any]:
         return {"step_id": self.step_id, "name": self.name, "kind": self.kind,
                 "outcome": self.outcome, "started_at": self.started_at,
                 "ended_at": self.ended_at, "duration": self.duration,
-                "execution": self.execution, "detail": self.detail, "seq": self.seq,
-                "wake_at": self.wake_at}
+                "duration_under": self.under, "execution": self.execution,
+                "reused": self.reused, "detail": self.detail, "seq": self.seq,
+                "wake_at": self.wake_at, "repairs": list(self.repairs)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +169,8 @@ def _executions(run: RunRecord, events: list[Event]) -> list[Execution]:
                 ended, ended_at = _END_KINDS[e.kind], e.created_at
                 if e.kind == EventKind.RUN_SUSPENDED and e.name:
                     ended = f"parked ({e.name})"
+            elif e.kind == EventKind.RUN_RELEASED:
+                ended, ended_at = f"handed back ({e.name or 'shutdown'})", e.created_at
         if ended == "interrupted" and nxt is None:
             ended = "running" if run.status == RunStatus.RUNNING else "interrupted"
         try:
@@ -155,7 +179,8 @@ def _executions(run: RunRecord, events: list[Event]) -> list[Execution]:
             where = {}
         out.append(Execution(number=i + 1, seq=claim.seq, at=claim.created_at,
                              owner=claim.name or "?", host=where.get("host"),
-                             pid=where.get("pid"), ended=ended, ended_at=ended_at))
+                             pid=where.get("pid"), ended=ended, ended_at=ended_at,
+                             followed=nxt is not None))
     return out
 
 
@@ -164,9 +189,18 @@ def read_story(run: RunRecord, events: list[Event], *, now: float | None = None)
     ``now`` (default: the wall clock) tells a finished sleep from a pending one."""
     executions = _executions(run, events)
     by_step: dict[str, list[Event]] = {}
+    notes: dict[str, list[Event]] = {}
+    redriven: dict[str, int] = {}
     for e in events:
         if e.step_id is not None and e.kind not in _RUN_KINDS:
-            by_step.setdefault(e.step_id, []).append(e)
+            (notes if e.kind in _NOTES else by_step).setdefault(e.step_id, []).append(e)
+        elif e.kind == EventKind.RUN_REDRIVEN and e.step_id is not None:
+            redriven[e.step_id] = e.seq
+
+    def latest(sid: str) -> list[Event]:
+        """The step's events of its last go (after a ``dlq retry`` sent it again)."""
+        after = redriven.get(sid, 0)
+        return [e for e in by_step.get(sid, ()) if e.seq > after]
 
     def execution_of(seq: int) -> int:
         number = 0
@@ -179,16 +213,9 @@ def read_story(run: RunRecord, events: list[Event], *, now: float | None = None)
         n = execution_of(seq)
         return executions[n - 1].at if n else None
 
-    def own_start(sid: str) -> float | None:
-        evs = by_step.get(sid)
-        if evs and evs[0].kind in (EventKind.TIMER_STARTED, EventKind.SIGNAL_WAIT_STARTED,
-                                   EventKind.CHILD_STARTED):
-            return evs[0].created_at
-        return None
-
     @cache
     def start_of(sid: str) -> float | None:
-        exact = own_start(sid)
+        exact = _own_start(latest(sid))
         if exact is not None:
             return exact
         prefix, k = _split(sid)
@@ -227,12 +254,76 @@ def read_story(run: RunRecord, events: list[Event], *, now: float | None = None)
     for sid in sorted(by_step, key=_sort_key):
         evs = by_step[sid]
         ended = in_run(end_of(sid))
-        started = in_run(start_of(sid))
+        under = None
+        last_go = latest(sid)
+        if last_go and _own_start(last_go) is None and _untimed_plain_step(last_go):
+            started, under = ended, STEP_TIMED_AFTER  # it took less than that
+        else:
+            started = in_run(start_of(sid))
         if started is None:  # a fork's reused step: recorded before any claim
             started = ended
-        steps.append(_step(sid, evs, run, started, ended, execution_of(evs[0].seq),
-                           time.time() if now is None else now))
+        number = execution_of(_outcome_or_last(evs).seq)
+        st = _step(sid, evs, run, started, ended, number or None,
+                   time.time() if now is None else now)
+        repairs = tuple(_repair_line(e) for e in notes.get(sid, ()))
+        if under is not None or repairs:
+            st = replace(st, under=under if st.outcome in ("completed", "failed") else None,
+                         repairs=repairs)
+        steps.append(st)
     return RunStory(run=run, executions=executions, steps=steps)
+
+
+def _own_start(evs: list[Event]) -> float | None:
+    """A step's start as its own events record it (``None``: not recorded)."""
+    if not evs:
+        return None
+    if evs[0].kind in (EventKind.TIMER_STARTED, EventKind.SIGNAL_WAIT_STARTED,
+                       EventKind.CHILD_STARTED):
+        return evs[0].created_at
+    for ev in reversed(evs):
+        if ev.kind in _TIMED:
+            started = _number(ev.payload, "started_at")
+            if started is not None:
+                return started
+    for ev in evs:  # a call that failed: its first attempt's start
+        if ev.kind == EventKind.ATTEMPT_FAILED:
+            at, took = _number(ev.payload, "at"), _number(ev.payload, "duration")
+            if at is not None:
+                return at - (took or 0.0)
+    return None
+
+
+def _untimed_plain_step(evs: list[Event]) -> bool:
+    """A step with an outcome and nothing else: a plain step (or ``ctx.now`` and its
+    kin) that took less than ``STEP_TIMED_AFTER``, since a longer one journals
+    ``step_timed``."""
+    return all(e.kind in (EventKind.STEP_COMPLETED, EventKind.STEP_FAILED) for e in evs)
+
+
+def _outcome_or_last(evs: list[Event]) -> Event:
+    for ev in reversed(evs):
+        if ev.kind in (EventKind.STEP_COMPLETED, EventKind.STEP_FAILED,
+                       EventKind.SIGNAL_RECEIVED, EventKind.SIGNAL_TIMED_OUT):
+            return ev
+    return evs[-1]
+
+
+def _number(payload: str | None, key: str) -> float | None:
+    try:
+        value = json.loads(payload or "{}").get(key)
+    except (ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _repair_line(ev: Event) -> str:
+    """``tool NAME: KIND: message`` of a ``tool_call_repaired`` event."""
+    try:
+        info = json.loads(ev.payload or "{}")
+    except ValueError:
+        info = {}
+    return (f"tool {info.get('tool', ev.name)!s}: {info.get('error', '?')}: "
+            f"{info.get('message', '')}")
 
 
 def _wake_at(ev: Event) -> float | None:
@@ -243,7 +334,7 @@ def _wake_at(ev: Event) -> float | None:
 
 
 def _step(sid: str, evs: list[Event], run: RunRecord, started: float | None,
-          ended: float | None, execution: int, now: float) -> Step:
+          ended: float | None, execution: int | None, now: float) -> Step:
     first, last = evs[0], evs[-1]
     name = first.name or "?"
     kinds = {e.kind for e in evs}

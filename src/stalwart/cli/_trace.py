@@ -36,7 +36,8 @@ class TraceNode:
 
     label: str
     kind: str
-    """``run``, ``gather``, ``branch``, ``agent``, ``model``, ``tool`` or ``step``."""
+    """``run``, ``gather``, ``branch``, ``agent``, ``model``, ``tool``, ``step`` or
+    ``repair`` (a malformed tool call of a model turn, sent back to the model)."""
     step_id: str | None = None
     started_at: float | None = None
     ended_at: float | None = None
@@ -104,9 +105,13 @@ def _leaf(st: Step, call: CallUsage | None) -> TraceNode:
         outcome += f" (fallback after {', '.join(fell_from)})"
     if not call.made:
         outcome += " (refused, not sent)"
-    return TraceNode(label=label, kind=call.kind, step_id=st.step_id, started_at=started,
+    node = TraceNode(label=label, kind=call.kind, step_id=st.step_id, started_at=started,
                      ended_at=st.ended_at, outcome=outcome, attempts=call.attempts,
                      tokens=call.tokens, cost=call.cost, errors=call.errors)
+    # The malformed tool calls of this turn, sent back to the model as tool errors.
+    node.children = [TraceNode(label=f"repair {line}", kind="repair",
+                               outcome="sent back to the model") for line in st.repairs]
+    return node
 
 
 def _requested_tools(payload: str | None) -> set[str]:

@@ -88,6 +88,21 @@ class EventKind(enum.StrEnum):
     agent's turn, answered by a re-ask); journaled with the step's outcome."""
     RUN_FORKED = "run_forked"
     """The run was forked from another run's journal (``stalwart runs fork``)."""
+    RUN_RELEASED = "run_released"
+    """The execution handed the run back unfinished (a worker's shutdown, Ctrl-C in
+    ``stalwart run``, the journal failing under it); the next claim continues it."""
+    STEP_TIMED = "step_timed"
+    """A plain step's wall-clock start and duration, journaled in the same append as its
+    outcome, for a step that took at least ``STEP_TIMED_AFTER`` seconds (a step without
+    one took less)."""
+    TOOL_CALL_REPAIRED = "tool_call_repaired"
+    """A malformed tool call from the model (bad JSON, wrong arguments, an unknown tool)
+    was sent back to it as a tool error; ``step_id`` is the model turn that made it."""
+
+
+STEP_TIMED_AFTER = 0.002
+"""Seconds from which a plain step's timing is journaled (``step_timed``): below it, a
+step's duration shows as under this, at no cost to the many trivial steps."""
 
 
 @final
