@@ -264,3 +264,16 @@ def test_a_repaired_tool_call_shows_in_run_events_show_and_trace(project: Projec
     trace = project.run("runs", "trace", "a1").stdout
     assert "repair tool lookup: invalid_json" in trace, trace
     assert "sent back to the model" in trace
+
+
+def test_the_step_watcher_forwards_every_interceptor_hook() -> None:
+    """The hook that tells ``run`` a step started wraps the runtime's interceptor
+    (tracing): it must forward every hook, including ones added later."""
+    import inspect
+
+    from stalwart.cli._progress import _StepStarts
+    from stalwart.telemetry import Interceptor
+
+    hooks = {name for name, _ in inspect.getmembers(Interceptor, inspect.isfunction)
+             if not name.startswith("_")}
+    assert hooks and {h for h in hooks if h not in vars(_StepStarts)} == set()
