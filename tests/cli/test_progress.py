@@ -277,3 +277,25 @@ def test_the_step_watcher_forwards_every_interceptor_hook() -> None:
     hooks = {name for name, _ in inspect.getmembers(Interceptor, inspect.isfunction)
              if not name.startswith("_")}
     assert hooks and {h for h in hooks if h not in vars(_StepStarts)} == set()
+
+
+def test_ctrl_c_while_the_run_is_parked_says_it_waits_rather_than_handed_back(
+        project: Project) -> None:
+    """A run parked on its signal is held by no process: Ctrl-C says it is waiting and
+    who continues it, not that it was handed back."""
+    proc = subprocess.Popen(project.argv("run", f"{project.module}:gated", "--run-id", "w1"),
+                            cwd=project.dir, env=_env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    try:
+        while "run parked" not in (line := proc.stderr.readline()):
+            assert line
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert err.splitlines()[-1] == (
+        "interrupted; run w1 is waiting for a signal or a child run; a running worker, or "
+        f"`stalwart resume w1 --store {project.store}`, continues it")

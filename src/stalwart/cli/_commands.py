@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -61,6 +62,8 @@ class _Started:
 
     run_id: str
     started: bool = False
+    parked: RunRecord | None = None
+    """The run as it was at the interrupt when no execution here held it (parked)."""
 
 
 async def _run(rt: Runtime, wf: Workflow[Any, Any], args: tuple[Any, ...],
@@ -97,6 +100,9 @@ async def _run(rt: Runtime, wf: Workflow[Any, Any], args: tuple[Any, ...],
         await watcher
         return rec, handle.created
     finally:
+        if state.started and not rt.in_flight:
+            with contextlib.suppress(Exception):  # what to say at Ctrl-C; best effort
+                state.parked = await rt.get_run(state.run_id)
         await rt.close()
 
 
@@ -114,10 +120,24 @@ def _interrupted(rt: Runtime, state: _Started, where: str) -> NoReturn:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(130)
+    elif state.parked is not None and state.parked.is_terminal:
+        _info(f"interrupted; run {rid} had already ended ({state.parked.status})")
+    elif state.parked is not None and state.parked.status != RunStatus.RUNNING:
+        _info(f"interrupted; run {rid} {_at_rest(state.parked)}; a running worker, or "
+              f"`stalwart resume {rid}{where}`, continues it")
     else:
         _info(f"interrupted; run {rid} handed back; `stalwart resume {rid}{where}` "
               "finishes it")
     raise typer.Exit(130)
+
+
+def _at_rest(rec: RunRecord) -> str:
+    """How a run no execution holds is: parked, pending or ended."""
+    if rec.status == RunStatus.SLEEPING and rec.wake_at is not None:
+        return f"is sleeping until {fmt_time(rec.wake_at, date=True)}"
+    if rec.status == RunStatus.WAITING:
+        return "is waiting for a signal or a child run"
+    return f"is {rec.status}"
 
 
 def run(
