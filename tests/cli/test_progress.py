@@ -209,6 +209,12 @@ def test_ctrl_c_hands_the_run_back_says_how_to_finish_it_and_resume_does(
     assert resumed.returncode == 0, resumed.stderr
     assert "run c1 resumed" in resumed.stderr
     assert "step 6 fetch completed in" in resumed.stderr
+    gated = project.run("run", f"{project.module}:gated", "--run-id", "g1", "--no-wait")
+    assert project.run("signal", "g1", "approve", "--payload", "1").returncode == 0
+    # A run that ends at once: what it did is said before resume returns.
+    finished = project.run("resume", "g1")
+    assert gated.returncode == finished.returncode == 0, finished.stderr
+    assert "step 1 signal 'approve' received" in finished.stderr, finished.stderr
     story = json.loads(project.run("runs", "show", "c1", "--json").stdout)
     assert story["status"] == "completed" and story["result"] == 30
     assert [(e["number"], e["ended"], e["followed"]) for e in story["executions"]] == [

@@ -278,7 +278,7 @@ async def _execute(store: str | None, plan: _Plan, run_id: str | None,
     for wf in plan.workflows.values():
         rt.register(wf)
     watch_steps(rt, progress)
-    followers: list[asyncio.Future[None]] = []
+    followers: dict[str, asyncio.Future[None]] = {}
     try:
         await open_journal(rt)
         await rt.resume(run_id)
@@ -295,8 +295,8 @@ async def _execute(store: str | None, plan: _Plan, run_id: str | None,
                         ours.add(rid)
                         progress.line(f"run {rid} resumed")
                         if not progress.quiet:
-                            followers.append(asyncio.ensure_future(
-                                progress.follow(rt.handle(rid), after=claim)))
+                            followers[rid] = asyncio.ensure_future(
+                                progress.follow(rt.handle(rid), after=claim))
                 busy = [rid for rid in ours
                         if (await rt.get_run(rid)).status not in _AT_REST]
                 if not busy:
@@ -307,9 +307,12 @@ async def _execute(store: str | None, plan: _Plan, run_id: str | None,
                 await asyncio.sleep(0.05)
         done = [await rt.get_run(rid) for rid in candidates if rid in ours]
         left = [await rt.get_run(rid) for rid in candidates if rid not in ours]
+        for rec in done:  # an ended run's stream ends once it has said its last events
+            if rec.is_terminal and rec.run_id in followers:
+                await followers[rec.run_id]
         return done, left
     finally:
-        for follower in followers:
+        for follower in followers.values():
             follower.cancel()
         await rt.close()
 
