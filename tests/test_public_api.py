@@ -29,9 +29,10 @@ PUBLIC = {
     # coordination patterns
     "ChildRun", "ChildOutcome", "ChildSpec",
     # errors
-    "StalwartError", "ConfigurationError", "SerializationError", "StoreError",
+    "StalwartError", "ConfigurationError", "IdempotencyConflictError", "SerializationError",
+    "StoreError",
     "NotAStalwartStoreError", "SchemaVersionError", "StoreCorruptedError", "LeaseLostError",
-    "RunNotFoundError", "WorkflowNotFoundError", "NonDeterminismError", "StepError",
+    "RunNotFoundError", "WorkflowNotFoundError", "NonDeterminismError", "RemoteError",
     "ContextMisuseError", "SignalTimeoutError", "RunFailedError", "RunCancelledError",
     "RestartIntensityError",
     "ResilienceError", "RetryExhaustedError", "CallTimeoutError", "CircuitOpenError",

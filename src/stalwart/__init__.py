@@ -32,7 +32,6 @@ from ._runtime import RunHandle as RunHandle
 from ._runtime import Runtime as Runtime
 from ._timetravel import ReplayReport as ReplayReport
 from ._tools import Tool as Tool
-from ._tools import ToolArgumentsError as ToolArgumentsError
 from ._tools import ToolCall as ToolCall
 from ._workflow import Workflow as Workflow
 from .errors import AgentError as AgentError
@@ -47,6 +46,7 @@ from .errors import ConfigurationError as ConfigurationError
 from .errors import ContentFilterError as ContentFilterError
 from .errors import ContextMisuseError as ContextMisuseError
 from .errors import FallbackExhaustedError as FallbackExhaustedError
+from .errors import IdempotencyConflictError as IdempotencyConflictError
 from .errors import InvalidRequestError as InvalidRequestError
 from .errors import LeaseLostError as LeaseLostError
 from .errors import MalformedResponseError as MalformedResponseError
@@ -61,6 +61,7 @@ from .errors import OutputValidationError as OutputValidationError
 from .errors import ProviderOverloadedError as ProviderOverloadedError
 from .errors import ProviderQuota as ProviderQuota
 from .errors import RateLimitedError as RateLimitedError
+from .errors import RemoteError as RemoteError
 from .errors import RepairBudgetExceededError as RepairBudgetExceededError
 from .errors import ResilienceError as ResilienceError
 from .errors import RestartIntensityError as RestartIntensityError
@@ -72,10 +73,10 @@ from .errors import SchemaVersionError as SchemaVersionError
 from .errors import SerializationError as SerializationError
 from .errors import SignalTimeoutError as SignalTimeoutError
 from .errors import StalwartError as StalwartError
-from .errors import StepError as StepError
 from .errors import StoreCorruptedError as StoreCorruptedError
 from .errors import StoreError as StoreError
 from .errors import ThrottledError as ThrottledError
+from .errors import ToolArgumentsError as ToolArgumentsError
 from .errors import ToolLoopError as ToolLoopError
 from .errors import WorkflowNotFoundError as WorkflowNotFoundError
 from .models import FunctionModel as FunctionModel
@@ -174,6 +175,7 @@ __all__ = [
     # errors
     "StalwartError",
     "ConfigurationError",
+    "IdempotencyConflictError",
     "SerializationError",
     "StoreError",
     "NotAStalwartStoreError",
@@ -183,7 +185,7 @@ __all__ = [
     "RunNotFoundError",
     "WorkflowNotFoundError",
     "NonDeterminismError",
-    "StepError",
+    "RemoteError",
     "ContextMisuseError",
     "SignalTimeoutError",
     "RunFailedError",

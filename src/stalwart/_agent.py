@@ -32,6 +32,7 @@ from ._budget import Budget, agent_budget
 from ._context import outcome_problem
 from ._llm import model_turn, read_output, system_prompt
 from ._policy import INHERIT, Policy, _Inherit
+from ._serde import error_type_name
 from ._tools import Tool, ToolArgumentsError
 from .errors import (
     BudgetExceededError,
@@ -339,7 +340,7 @@ class Agent(Generic[OutT]):
         except (StoreError, BudgetExceededError):
             raise
         except Exception as exc:
-            return _tool_error("tool_failed", f"{type(exc).__name__}: {exc}"), False
+            return _tool_error("tool_failed", f"{error_type_name(exc)}: {exc}"), False
         return (result if isinstance(result, str) else _input_text(result)), False
 
 

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._context import StepInfo, bind_step_context, outcome_problem, unbind_step_context
 from ._policy import Policy
-from ._serde import ErrorInfo, encode_error, rebuild_error
+from ._serde import ErrorInfo, encode_error, error_type_name, rebuild_error
 from .errors import (
     BudgetExceededError,
     CircuitOpenError,
@@ -174,17 +174,19 @@ class _Call:
             "key": self.candidates[ci].key, "duration": duration,
             "call_started": self.origin, "error": json.loads(encode_error(err).to_json())}))])
 
-    async def record_failure(self, exc: BaseException) -> None:
-        """Journal the step's failure."""
+    async def record_failure(self, exc: BaseException) -> BaseException:
+        """Journal the step's failure; returns what to raise (what a replay raises)."""
         if isinstance(exc, StalwartError) and exc.step_id is None:
             exc.step_id = self.step_id
             exc.run_id = self.ex.run_id
-        await self.ctx._record_failure(self.step_id, self.name, exc)
+        return await self.ctx._record_failure(self.step_id, self.name, exc)
 
-    async def fail_step(self, exc: BaseException) -> None:
-        """The call ends failed: journal it and count it in the budget."""
-        await self.record_failure(exc)
+    async def fail_step(self, exc: BaseException) -> BaseException:
+        """The call ends failed: journal it and count it in the budget; returns what to
+        raise (what a replay raises)."""
+        raised = await self.record_failure(exc)
         self.ex.budget.settled(None, live=True)
+        return raised
 
     def fallback_can_answer(self, ci: int) -> bool:
         """Whether a candidate after ``ci`` can take a call now (its breaker permits)."""
@@ -332,13 +334,13 @@ async def _exhausted(call: _Call) -> NoReturn:
     if len(candidates) > 1:
         err = FallbackExhaustedError(
             f"step {call.name!r} ({call.step_id}): every candidate failed: "
-            + "; ".join(f"{type(e).__name__}: {e}" for e in errors[-len(candidates):]),
+            + "; ".join(f"{error_type_name(e)}: {e}" for e in errors[-len(candidates):]),
             keys=tuple(c.key for c in candidates), run_id=call.ex.run_id,
             step_id=call.step_id)
     else:
         err = RetryExhaustedError(
             f"step {call.name!r} ({call.step_id}) gave up after {call.attempts} attempt(s): "
-            f"{type(final).__name__}: {final}", attempts=call.attempts,
+            f"{error_type_name(final)}: {final}", attempts=call.attempts,
             errors=tuple(errors), reason=call.reason, run_id=call.ex.run_id,
             step_id=call.step_id)
     await call.fail_step(err)
@@ -421,8 +423,7 @@ async def _after_failure(call: _Call, ci: int, attempt: CallAttempt, exc: Except
     call.reason = decision.reason
     if not decision.exhausted:
         await call.journal_attempt(ci, attempt.number, exc, "fail", at=now, duration=took)
-        await call.fail_step(exc)
-        raise exc
+        raise await call.fail_step(exc)  # what a replay raises: the same except branch
     await call.journal_attempt(ci, attempt.number, exc, "fallback" if more else "fail",
                                at=now, duration=took)
     raise _GaveUp()

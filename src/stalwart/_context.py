@@ -35,6 +35,7 @@ from ._serde import (
     encode,
     encode_and_read,
     encode_error,
+    raised_as_replayed,
     rebuild_error,
     return_type,
 )
@@ -248,9 +249,12 @@ class Context:
         return read  # as a replay reads it back
 
     async def _record_failure(self, step_id: str, name: str, exc: BaseException,
-                              timed: list[NewEvent] | None = None) -> None:
+                              timed: list[NewEvent] | None = None) -> BaseException:
+        """Journal the step's failure; returns what to raise: what a replay will raise."""
+        info = encode_error(exc)
         await self._ex.record([*(timed or ()), NewEvent(
-            EventKind.STEP_FAILED, step_id, name, encode_error(exc).to_json())])
+            EventKind.STEP_FAILED, step_id, name, info.to_json())])
+        return raised_as_replayed(exc, info, run_id=self._ex.run_id, step_id=step_id)
 
     def _timed(self, step_id: str, name: str, started_at: float,
                since: float) -> list[NewEvent]:
@@ -303,9 +307,8 @@ class Context:
         except (LeaseLostError, StoreError):
             raise
         except Exception as exc:
-            await self._record_failure(step_id, step_name, exc,
-                                       self._timed(step_id, step_name, started_at, since))
-            raise
+            raise await self._record_failure(  # noqa: B904 (what a replay raises)
+                step_id, step_name, exc, self._timed(step_id, step_name, started_at, since))
         timed = self._timed(step_id, step_name, started_at, since)
         if check is not None:
             problem = outcome_problem(check, result)

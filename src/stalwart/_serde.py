@@ -11,30 +11,34 @@ The live path returns the *decoded* value too (encode, then decode), so the work
 exactly the same value on its first execution as on any replay; a tuple does not turn
 into a list only after a crash.
 
-Exceptions are journaled as a JSON record plus, where possible, a pickle of the exception
-so that ``except ValueError`` in workflow code behaves the same on replay.
+Exceptions are journaled as data (their type's name, message, traceback text and declared
+attributes) by :mod:`stalwart._error_record`, re-exported here; nothing read from the
+journal is ever unpickled.
 """
 
 from __future__ import annotations
 
-import base64
 import importlib
 import inspect
 import json
-import pickle
-import traceback
 import types
 import weakref
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, get_type_hints
 
 from pydantic import BaseModel, TypeAdapter
 
-from .errors import SerializationError, StepError
+from ._error_record import (
+    ErrorInfo,
+    encode_error,
+    error_type_name,
+    raised_as_replayed,
+    rebuild_error,
+)
+from .errors import SerializationError
 
-__all__ = ["ErrorInfo", "decode", "encode", "encode_and_read", "encode_error", "return_type",
-           "rebuild_error"]
+__all__ = ["ErrorInfo", "decode", "encode", "encode_and_read", "encode_error",
+           "error_type_name", "raised_as_replayed", "rebuild_error", "return_type"]
 
 _MODEL_TAG = "__stalwart_model__"
 _NO_HINT: Any = inspect.Signature.empty
@@ -190,52 +194,3 @@ def parameter_types(fn: Any) -> dict[str, Any]:
         return {}
     hints.pop("return", None)
     return hints
-
-
-@dataclass(frozen=True, slots=True)
-class ErrorInfo:
-    """An exception as the journal keeps it."""
-
-    type: str
-    message: str
-    traceback: str
-    pickled: str | None = None
-
-    def to_json(self) -> str:
-        return json.dumps({"type": self.type, "message": self.message,
-                           "traceback": self.traceback, "pickled": self.pickled})
-
-    @classmethod
-    def from_json(cls, text: str) -> ErrorInfo:
-        d = json.loads(text)
-        return cls(type=d["type"], message=d["message"], traceback=d.get("traceback", ""),
-                   pickled=d.get("pickled"))
-
-
-def encode_error(exc: BaseException) -> ErrorInfo:
-    cls = type(exc)
-    pickled: str | None
-    try:
-        raw = pickle.dumps(exc)
-        pickle.loads(raw)  # only keep pickles that round-trip
-        pickled = base64.b64encode(raw).decode()
-    except Exception:
-        pickled = None
-    return ErrorInfo(
-        type=f"{cls.__module__}.{cls.__qualname__}",
-        message=str(exc),
-        traceback="".join(traceback.format_exception(exc)),
-        pickled=pickled,
-    )
-
-
-def rebuild_error(info: ErrorInfo, **context: Any) -> BaseException:
-    """The recorded exception, rebuilt; a :class:`StepError` if its type cannot be."""
-    if info.pickled is not None:
-        try:
-            exc = pickle.loads(base64.b64decode(info.pickled))
-            if isinstance(exc, BaseException):
-                return exc
-        except Exception:
-            pass
-    return StepError(f"{info.type}: {info.message}", error_type=info.type, **context)

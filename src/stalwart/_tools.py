@@ -17,7 +17,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, final, get_type_hints
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from ._policy import Policy
-from .errors import ConfigurationError, StalwartError
+from .errors import ConfigurationError, ToolArgumentsError
 from .models import ToolSpec
 
 __all__ = ["Tool", "ToolCall", "ToolArgumentsError"]
@@ -52,17 +52,6 @@ class ToolCall:
     def idempotency_key(self) -> str:
         """``"{run_id}:{step_id}"``: identical on every retry and after resume."""
         return f"{self.run_id}:{self.step_id}"
-
-
-class ToolArgumentsError(StalwartError, ValueError):
-    """Arguments for a tool did not validate; ``errors`` is pydantic's list.
-
-    Also a ``ValueError``, as bad arguments are in Python."""
-
-    def __init__(self, tool: str, errors: list[dict[str, Any]]) -> None:
-        super().__init__(f"invalid arguments for tool {tool!r}: {errors}")
-        self.tool = tool
-        self.errors = errors
 
 
 @final

@@ -6,6 +6,7 @@ seconds, or ``None``) and where it happened (``run_id``, ``step_id``, ``attempt`
 
     StalwartError
     ├── ConfigurationError            bad arguments, unknown store URL, ...
+    │   └── IdempotencyConflictError  a run id reused with other input or workflow
     ├── SerializationError            a value cannot round-trip through the journal
     ├── StoreError                    the journal cannot be used
     │   ├── NotAStalwartStoreError    the file/database is not a stalwart journal
@@ -15,7 +16,8 @@ seconds, or ``None``) and where it happened (``run_id``, ``step_id``, ``attempt`
     ├── RunNotFoundError
     ├── WorkflowNotFoundError
     ├── NonDeterminismError           workflow code changed under a recorded run
-    ├── StepError                     a recorded step failure whose type cannot be rebuilt
+    ├── RemoteError                   a recorded error of a type not rebuilt from the
+    │                                 journal (type name, message, traceback, attributes)
     ├── ContextMisuseError            ctx used where it must not be (inside a step, ...)
     ├── SignalTimeoutError            ctx.wait_for_signal timed out
     ├── RunFailedError                handle.result() of a failed run
@@ -30,6 +32,7 @@ seconds, or ``None``) and where it happened (``run_id``, ``step_id``, ``attempt`
     │   ├── ThrottledError            the local rate limiter would wait past max_wait
     │   ├── FallbackExhaustedError    every model of a fallback chain failed
     │   └── BudgetExceededError       a run or agent reached a Budget (alias BudgetExceeded)
+    ├── ToolArgumentsError            a tool's arguments did not validate (a ValueError)
     ├── OutcomeCheckError             an output failed its check (a semantic failure);
     │                                 retryable: "HTTP 200 but wrong" may be right next time
     ├── AgentError                    an agent's loop could not produce an answer
@@ -48,6 +51,13 @@ seconds, or ``None``) and where it happened (``run_id``, ``step_id``, ``attempt`
         ├── AuthenticationError       401 / 403; not retryable
         └── ContentFilterError        the provider refused or filtered; not retryable
 
+**Errors in the journal are data.** A failure is journaled as its type's qualified name,
+its message, its traceback as text and the attributes its class declares in
+``journal_attributes`` (each class lists its own; a subclass adds to its bases'). Replay
+rebuilds only builtin exception types and the classes of this module from that record,
+never importing anything the journal names; every other type comes back as a
+:class:`RemoteError` carrying the same facts.
+
 Control flow stays outside the root, so ``except StalwartError`` or even
 ``except Exception`` in workflow code never swallows it: :class:`Cancelled` is raised
 inside a workflow whose run was cancelled.
@@ -55,12 +65,14 @@ inside a workflow whose run was cancelled.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, final
+from typing import Any, ClassVar, final
 
 __all__ = [
     "AgentError",
     "FallbackExhaustedError",
+    "IdempotencyConflictError",
     "MaxIterationsError",
     "OutputValidationError",
     "RepairBudgetExceededError",
@@ -87,6 +99,7 @@ __all__ = [
     "ProviderOverloadedError",
     "ProviderQuota",
     "RateLimitedError",
+    "RemoteError",
     "ResilienceError",
     "RestartIntensityError",
     "RetryExhaustedError",
@@ -97,10 +110,10 @@ __all__ = [
     "SerializationError",
     "SignalTimeoutError",
     "StalwartError",
-    "StepError",
     "StoreCorruptedError",
     "StoreError",
     "ThrottledError",
+    "ToolArgumentsError",
     "WorkflowNotFoundError",
 ]
 
@@ -112,9 +125,14 @@ class StalwartError(Exception):
         retryable: whether repeating the failed operation could succeed.
         retry_after: seconds to wait before a retry, when the failure says so.
         run_id, step_id, attempt: where it happened, when known.
+        journal_attributes: (class attribute) the attributes the journal keeps of an
+            instance besides its message; each class names its own, and those of its
+            bases are kept too. Any exception class may declare it, ours or not.
     """
 
     retryable: bool = False
+    journal_attributes: ClassVar[tuple[str, ...]] = (
+        "retryable", "retry_after", "run_id", "step_id", "attempt")
 
     def __init__(
         self,
@@ -139,7 +157,9 @@ class StalwartError(Exception):
         return self.message
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Errors are journaled by pickling; keep keyword context across the round trip.
+        # For processes that pickle exceptions (multiprocessing, concurrent.futures): the
+        # keyword-only constructors would not take back ``args``. The journal never
+        # pickles: see the module docstring.
         return (_rebuild, (type(self), self.message, self.__dict__.copy()))
 
 
@@ -166,8 +186,31 @@ class NotAStalwartStoreError(StoreError):
     """The file or database exists but is not a stalwart journal; it was left untouched."""
 
 
+class IdempotencyConflictError(ConfigurationError):
+    """A run id was started again with other input (or for another workflow) than the
+    run that already has it. As with Stripe's idempotency keys, the same id with the same
+    input returns the existing run; ``if_exists="return"`` returns it whatever the input.
+
+    Attributes:
+        workflow: the workflow of the existing run.
+        existing_input_hash: SHA-256 of the existing run's input (canonical JSON).
+        input_hash: SHA-256 of the input given now.
+    """
+
+    journal_attributes = ("workflow", "existing_input_hash", "input_hash")
+
+    def __init__(self, message: str, *, workflow: str, existing_input_hash: str,
+                 input_hash: str, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.workflow = workflow
+        self.existing_input_hash = existing_input_hash
+        self.input_hash = input_hash
+
+
 class SchemaVersionError(StoreError):
     """The journal was written by a stalwart of another schema version."""
+
+    journal_attributes = ("found", "expected")
 
     def __init__(self, message: str, *, found: int, expected: int) -> None:
         super().__init__(message)
@@ -199,6 +242,8 @@ class NonDeterminismError(StalwartError):
         current: the step name the current code asked for (``None`` if it asked for none).
     """
 
+    journal_attributes = ("recorded", "current")
+
     def __init__(
         self,
         message: str,
@@ -213,16 +258,53 @@ class NonDeterminismError(StalwartError):
         self.current = current
 
 
-class StepError(StalwartError):
-    """A recorded step failure whose original exception type cannot be rebuilt on replay.
+class RemoteError(StalwartError):
+    """A journaled error whose type stalwart does not rebuild: any type but the builtin
+    exceptions and the classes of :mod:`stalwart.errors`. It carries what the journal
+    recorded of the original, on the first execution as on every replay (the same
+    branch of an ``except`` is taken both times), like Temporal's
+    ``ApplicationError(type=...)``.
+
+    It is also an instance of the nearest builtin exception class the original type
+    derived from, so ``except ValueError`` still catches a recorded
+    ``json.JSONDecodeError`` or pydantic ``ValidationError``. Match your own types with
+    :meth:`matches`, or on :attr:`type_name`.
 
     Attributes:
-        error_type: the qualified name of the original exception type.
+        type_name: the original type's qualified name (``"billing.PaymentDeclined"``).
+        traceback: the original traceback, as text.
+        attributes: the attributes the original's class declared in
+            ``journal_attributes`` (as JSON values: a list comes back as a tuple).
+        bases: qualified names of the original type's base classes, nearest first.
     """
 
-    def __init__(self, message: str, *, error_type: str, **context: Any) -> None:
+    journal_attributes = ("type_name", "attributes", "bases")
+
+    def __init__(self, message: str, *, type_name: str, traceback: str = "",
+                 attributes: Mapping[str, Any] | None = None, bases: Sequence[str] = (),
+                 **context: Any) -> None:
+        attrs = dict(attributes or {})
+        retryable = attrs.get("retryable")
+        retry_after = attrs.get("retry_after")
+        context.setdefault("retryable", retryable if isinstance(retryable, bool) else None)
+        context.setdefault("retry_after", float(retry_after)
+                           if isinstance(retry_after, int | float)
+                           and not isinstance(retry_after, bool) else None)
         super().__init__(message, **context)
-        self.error_type = error_type
+        self.type_name = type_name
+        self.traceback = traceback
+        self.attributes = attrs
+        self.bases = tuple(bases)
+
+    def matches(self, *types: type[BaseException] | str) -> bool:
+        """Whether the original was one of ``types`` (or a subclass of one): each a class,
+        its qualified name (``"billing.PaymentDeclined"``) or its bare name."""
+        names = (self.type_name, *self.bases)
+        for t in types:
+            want = t if isinstance(t, str) else f"{t.__module__}.{t.__qualname__}"
+            if any(n == want or n.rpartition(".")[2] == want for n in names):
+                return True
+        return False
 
 
 class ContextMisuseError(StalwartError):
@@ -232,6 +314,8 @@ class ContextMisuseError(StalwartError):
 class SignalTimeoutError(StalwartError):
     """``ctx.wait_for_signal`` reached its timeout before the signal arrived."""
 
+    journal_attributes = ("signal",)
+
     def __init__(self, message: str, *, signal: str, **context: Any) -> None:
         super().__init__(message, **context)
         self.signal = signal
@@ -240,8 +324,10 @@ class SignalTimeoutError(StalwartError):
 class RunFailedError(StalwartError):
     """The run ended with an error; ``error_type`` and the message say which.
 
-    ``__cause__`` holds the original exception when it could be rebuilt.
+    ``__cause__`` holds the original exception, rebuilt from the journal.
     """
+
+    journal_attributes = ("error_type",)
 
     def __init__(self, message: str, *, error_type: str, **context: Any) -> None:
         super().__init__(message, **context)
@@ -300,6 +386,8 @@ class Cancelled(BaseException):
 class _ProviderError(ModelError):
     """Shared constructor: which provider and model failed, and the HTTP status if any."""
 
+    journal_attributes = ("provider", "model", "status_code")
+
     def __init__(
         self,
         message: str = "",
@@ -353,6 +441,7 @@ class RateLimitedError(_ProviderError):
     """
 
     retryable = True
+    journal_attributes = ("quota",)
 
     def __init__(self, message: str = "", *, quota: ProviderQuota | None = None,
                  **context: Any) -> None:
@@ -410,6 +499,8 @@ class RetryExhaustedError(ResilienceError):
         reason: why it gave up, in words.
     """
 
+    journal_attributes = ("attempts", "errors", "reason")
+
     def __init__(
         self,
         message: str,
@@ -433,6 +524,7 @@ class CallTimeoutError(ResilienceError):
     """
 
     retryable = True
+    journal_attributes = ("timeout",)
 
     def __init__(self, message: str, *, timeout: float | None = None, **context: Any) -> None:
         super().__init__(message, **context)
@@ -453,6 +545,7 @@ class CircuitOpenError(ResilienceError):
     """
 
     retryable = True
+    journal_attributes = ("key", "state")
 
     def __init__(self, message: str, *, key: str, state: str, **context: Any) -> None:
         super().__init__(message, **context)
@@ -469,6 +562,7 @@ class BulkheadFullError(ResilienceError):
     """
 
     retryable = True
+    journal_attributes = ("name", "reason")
 
     def __init__(self, message: str, *, name: str, reason: str, **context: Any) -> None:
         super().__init__(message, **context)
@@ -487,6 +581,7 @@ class ThrottledError(ResilienceError):
     """
 
     retryable = True
+    journal_attributes = ("key",)
 
     def __init__(self, message: str, *, key: str, **context: Any) -> None:
         super().__init__(message, **context)
@@ -499,6 +594,8 @@ class FallbackExhaustedError(ResilienceError):
     Attributes:
         keys: the dependency keys tried, in order.
     """
+
+    journal_attributes = ("keys",)
 
     def __init__(self, message: str, *, keys: tuple[str, ...], **context: Any) -> None:
         super().__init__(message, **context)
@@ -518,6 +615,8 @@ class BudgetExceededError(ResilienceError):
         used: how much had been used when the next call was refused.
         over: ``used - limit`` (zero or more; at most one call's worth).
     """
+
+    journal_attributes = ("budget", "level", "limit", "used", "over")
 
     def __init__(self, message: str, *, budget: str, level: str, limit: float, used: float,
                  **context: Any) -> None:
@@ -544,6 +643,7 @@ class OutcomeCheckError(StalwartError):
     """
 
     retryable = True
+    journal_attributes = ("key", "reason")
 
     def __init__(self, message: str, *, key: str, reason: str = "", **context: Any) -> None:
         super().__init__(message, **context)
@@ -560,6 +660,8 @@ class AgentError(StalwartError):
     Attributes:
         agent: the agent's name.
     """
+
+    journal_attributes = ("agent",)
 
     def __init__(self, message: str, *, agent: str, **context: Any) -> None:
         super().__init__(message, **context)
@@ -582,3 +684,19 @@ class RepairBudgetExceededError(AgentError):
 class OutputValidationError(AgentError):
     """The final answer did not validate against ``output_type`` after the re-asks
     (an outcome check: it counts as a failure, not as an answer)."""
+
+
+# --- tools ---------------------------------------------------------------------------
+
+
+class ToolArgumentsError(StalwartError, ValueError):
+    """Arguments for a tool did not validate; ``errors`` is pydantic's list.
+
+    Also a ``ValueError``, as bad arguments are in Python."""
+
+    journal_attributes = ("tool", "errors")
+
+    def __init__(self, tool: str, errors: list[dict[str, Any]]) -> None:
+        super().__init__(f"invalid arguments for tool {tool!r}: {errors}")
+        self.tool = tool
+        self.errors = errors

@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .._demo import LedgerPolicyNote
-from .._serde import ErrorInfo, rebuild_error
+from .._serde import ErrorInfo
 from ..errors import CircuitOpenError
 from ..store._base import Event, EventKind
 from ._common import fmt_duration
@@ -73,17 +73,23 @@ class Attempt:
 def read_attempt(ev: Event) -> Attempt:
     """The failed attempt an ``attempt_failed`` event records."""
     d = json.loads(ev.payload or "{}")
-    err = d.get("error") or {}
-    info = ErrorInfo(type=str(err.get("type", "?")), message=str(err.get("message", "")),
-                     traceback="", pickled=err.get("pickled"))
-    exc = rebuild_error(info)
+    err = d.get("error")
+    info = ErrorInfo.from_dict(err if isinstance(err, dict) else {})
     retry_at = d.get("retry_at")
     return Attempt(
         step_id=ev.step_id or "?", name=ev.name or "?", attempt=int(d.get("attempt", 0)),
         key=str(d.get("key", "?")), next=str(d.get("next", "?")),
         wait=None if retry_at is None else float(retry_at) - float(d.get("at", retry_at)),
-        error_type=info.type.rpartition(".")[2], status=getattr(exc, "status_code", None),
-        retry_after=getattr(exc, "retry_after", None))
+        error_type=info.type.rpartition(".")[2], status=_number(info, "status_code", int),
+        retry_after=_number(info, "retry_after", float))
+
+
+def _number(info: ErrorInfo, name: str, kind: type[int] | type[float]) -> Any:
+    """A numeric attribute of a journaled error, or ``None`` (absent or not a number)."""
+    value = info.attributes.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return kind(value)
 
 
 @dataclass

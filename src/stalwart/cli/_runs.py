@@ -14,6 +14,7 @@ from rich.text import Text
 
 from .._cost import UsageReport, usage_report
 from .._runtime import Runtime, _pid_alive
+from .._serde import ErrorInfo
 from .._timetravel import ForkInfo, fork_info
 from ..store._base import Event, RunRecord, RunStatus
 from ._common import (
@@ -61,8 +62,19 @@ def _json_or_text(text: str | None) -> Any:
         return text
 
 
+def _error_json(text: str | None) -> Any:
+    """A run's journaled error as its record's fields (an old record's pickle is left
+    out: it is never read), or the text itself when it is not a record."""
+    if text is None:
+        return None
+    try:
+        return ErrorInfo.from_json(text).to_dict()
+    except ValueError:
+        return text
+
+
 def run_json(rec: RunRecord) -> dict[str, Any]:
-    error = _json_or_text(rec.error)
+    error = _error_json(rec.error)
     return {
         "run_id": rec.run_id, "workflow": rec.workflow, "workflow_ref": rec.workflow_ref,
         "status": str(rec.status), "input": _json_or_text(rec.input),
