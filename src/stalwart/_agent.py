@@ -44,6 +44,8 @@ from .errors import (
     ToolLoopError,
 )
 from .models import (
+    MAX_ARGUMENT_BYTES,
+    MAX_ARGUMENT_DEPTH,
     Message,
     Model,
     ModelOptions,
@@ -51,6 +53,7 @@ from .models import (
     ModelResponse,
     ToolCallRequest,
     Usage,
+    parse_tool_arguments,
 )
 from .store._base import EventKind, NewEvent
 from .telemetry._interceptor import AgentEndInput, AgentStartInput, CaptureContent
@@ -135,6 +138,10 @@ class Agent(Generic[OutT]):
         capture_content: record this agent's prompts, completions and tool
             arguments/results on its trace spans (``True``), only their SHA-256 digests
             (``"hash"``) or not at all (``False``); default: the runtime's ``Tracing``.
+        max_argument_bytes, max_argument_depth: caps on the arguments of a tool call
+            the model sends (size of the JSON text, default 1 MiB; nesting depth,
+            default 64), unless the tool sets its own. A call over them goes back to
+            the model as ``invalid_json``, like any malformed call.
     """
 
     def __init__(
@@ -156,14 +163,18 @@ class Agent(Generic[OutT]):
         budget: Budget | None = None,
         check: Callable[[OutT], object] | None = None,
         capture_content: CaptureContent | _Inherit = INHERIT,
+        max_argument_bytes: int = MAX_ARGUMENT_BYTES,
+        max_argument_depth: int = MAX_ARGUMENT_DEPTH,
     ) -> None:
         if not name:
             raise ConfigurationError("an agent needs a name")
         for label, value, low in (("max_iterations", max_iterations, 1),
                                   ("loop_limit", loop_limit, 2),
                                   ("max_repairs", max_repairs, 0),
-                                  ("max_reasks", max_reasks, 0)):
-            if not isinstance(value, int) or value < low:
+                                  ("max_reasks", max_reasks, 0),
+                                  ("max_argument_bytes", max_argument_bytes, 1),
+                                  ("max_argument_depth", max_argument_depth, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigurationError(f"Agent.{label} must be an int >= {low}")
         names = [t.name for t in tools]
         if len(names) != len(set(names)):
@@ -180,6 +191,8 @@ class Agent(Generic[OutT]):
         self.loop_limit = loop_limit
         self.max_repairs = max_repairs
         self.max_reasks = max_reasks
+        self.max_argument_bytes = max_argument_bytes
+        self.max_argument_depth = max_argument_depth
         self.fallback_output = fallback_output
         self.budget = budget
         self.check = check
@@ -321,14 +334,18 @@ class Agent(Generic[OutT]):
         if tool is None:
             return _tool_error("unknown_tool", f"there is no tool named {call.name!r}; "
                                f"available: {sorted(self.tools)}"), True
-        if call.parse_error is not None or call.parsed is None:
+        parsed, problem = parse_tool_arguments(
+            call.arguments,
+            max_bytes=_own(tool.max_argument_bytes, self.max_argument_bytes),
+            max_depth=_own(tool.max_argument_depth, self.max_argument_depth))
+        if parsed is None:
             return _tool_error("invalid_json",
-                               f"arguments are not a JSON object: {call.parse_error}"), True
+                               f"arguments are not a JSON object: {problem}"), True
         try:
-            arguments = tool.validate(dict(call.parsed))
+            arguments = tool.validate(dict(parsed))
         except ToolArgumentsError as exc:
             return _tool_error("invalid_arguments", json.dumps(exc.errors)), True
-        signature = f"{call.name}:{json.dumps(call.parsed, sort_keys=True)}"
+        signature = f"{call.name}:{json.dumps(parsed, sort_keys=True)}"
         seen[signature] += 1
         if seen[signature] >= self.loop_limit:
             raise ToolLoopError(
@@ -358,6 +375,10 @@ async def _journal_repair(ctx: Context, turn_id: str, call: ToolCallRequest,
                           "arguments": call.arguments[:2000]})
     await ctx._ex.note(NewEvent(EventKind.TOOL_CALL_REPAIRED, turn_id, call.name, payload),
                        key=call.id)
+
+
+def _own(tool_limit: int | _Inherit, agent_limit: int) -> int:
+    return agent_limit if isinstance(tool_limit, _Inherit) else tool_limit
 
 
 def _tool_error(kind: str, message: str) -> str:

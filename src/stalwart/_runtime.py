@@ -29,7 +29,7 @@ from ._context import Context
 from ._cost import Prices, PriceTable, UsageReport, usage_report
 from ._execution import Execution, race_event
 from ._outage import StoreHealth
-from ._policy import DEFAULT_POLICY, Policy
+from ._policy import DEFAULT_POLICY, INHERIT, Policy, _Inherit
 from ._serde import ErrorInfo, decode, encode, import_ref, rebuild_error, return_type
 from ._timetravel import ReplayReport
 from .errors import (
@@ -451,13 +451,17 @@ class Runtime:
     # -- models, tools and policies --------------------------------------------------
 
     def tool(self, fn: Any = None, /, *, name: str | None = None,
-             description: str | None = None, policy: Policy | None = None) -> Any:
+             description: str | None = None, policy: Policy | None = None,
+             max_argument_bytes: int | _Inherit = INHERIT,
+             max_argument_depth: int | _Inherit = INHERIT) -> Any:
         """Make a function a :class:`~stalwart.Tool` (a decorator, with or without
         arguments)."""
         from ._tools import Tool
 
         def deco(f: Callable[..., Any]) -> Tool[Any, Any]:
-            return Tool(f, name=name, description=description, policy=policy)
+            return Tool(f, name=name, description=description, policy=policy,
+                        max_argument_bytes=max_argument_bytes,
+                        max_argument_depth=max_argument_depth)
 
         return deco(fn) if fn is not None else deco
 

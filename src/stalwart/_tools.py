@@ -16,7 +16,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, final, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from ._policy import Policy
+from ._policy import INHERIT, Policy, _Inherit
 from .errors import ConfigurationError, ToolArgumentsError
 from .models import ToolSpec
 
@@ -54,17 +54,35 @@ class ToolCall:
         return f"{self.run_id}:{self.step_id}"
 
 
+def _limit(owner: str, label: str, value: int | _Inherit) -> int | _Inherit:
+    """A positive int limit on arguments, or INHERIT."""
+    if value is INHERIT:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{owner!r}: {label} must be a positive int, not {value!r}")
+    return value
+
+
 @final
 class Tool(Generic[P, R]):
     """A registered tool. Call it from a workflow with ``ctx.tool(tool, **arguments)``;
-    give it to an :class:`~stalwart.Agent` to let a model call it."""
+    give it to an :class:`~stalwart.Agent` to let a model call it.
+
+    ``max_argument_bytes`` and ``max_argument_depth`` cap the arguments a model may send
+    it (size of the JSON text, nesting depth); calls over them go back to the model as
+    ``invalid_json``. Default: the agent's limits.
+    """
 
     def __init__(self, fn: Callable[P, R], *, name: str | None = None,
-                 description: str | None = None, policy: Policy | None = None) -> None:
+                 description: str | None = None, policy: Policy | None = None,
+                 max_argument_bytes: int | _Inherit = INHERIT,
+                 max_argument_depth: int | _Inherit = INHERIT) -> None:
         self.fn = fn
         self.name = name or fn.__name__
         self.description = description or inspect.getdoc(fn) or ""
         self.policy = policy
+        self.max_argument_bytes = _limit(self.name, "max_argument_bytes", max_argument_bytes)
+        self.max_argument_depth = _limit(self.name, "max_argument_depth", max_argument_depth)
         self.is_async = inspect.iscoroutinefunction(fn)
         try:
             hints = get_type_hints(fn)

@@ -25,6 +25,8 @@ from ._tokens import TiktokenTokenizer as TiktokenTokenizer
 from ._tokens import Tokenizer as Tokenizer
 from ._tokens import count_tokens as count_tokens
 from ._tokens import get_tokenizer as get_tokenizer
+from ._types import MAX_ARGUMENT_BYTES as MAX_ARGUMENT_BYTES
+from ._types import MAX_ARGUMENT_DEPTH as MAX_ARGUMENT_DEPTH
 from ._types import FinishReason as FinishReason
 from ._types import Message as Message
 from ._types import ModelOptions as ModelOptions
@@ -34,6 +36,7 @@ from ._types import Role as Role
 from ._types import ToolCallRequest as ToolCallRequest
 from ._types import ToolSpec as ToolSpec
 from ._types import Usage as Usage
+from ._types import parse_tool_arguments as parse_tool_arguments
 
 if TYPE_CHECKING:
     from ._anthropic import AnthropicModel as AnthropicModel
@@ -49,6 +52,9 @@ __all__ = [
     "Role",
     "ToolSpec",
     "ToolCallRequest",
+    "parse_tool_arguments",
+    "MAX_ARGUMENT_BYTES",
+    "MAX_ARGUMENT_DEPTH",
     "ModelOptions",
     "ModelRequest",
     "ModelResponse",

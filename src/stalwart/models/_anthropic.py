@@ -131,14 +131,15 @@ class AnthropicModel:
             raise self._map_error(exc) from exc
         except anthropic.AnthropicError as exc:  # raised outside any HTTP exchange
             raise self._error(ModelConnectionError, f"Anthropic SDK error: {exc}") from exc
-        except (ValueError, TypeError) as exc:  # a body that is not JSON
+        except (ValueError, TypeError, RecursionError) as exc:  # a body that is not JSON
             raise self._error(MalformedResponseError,
                               f"unreadable response body: {exc}") from exc
         try:
             return self._parse(message)
         except ModelError:
             raise
-        except (AttributeError, TypeError, ValueError, KeyError, IndexError) as exc:
+        except (AttributeError, TypeError, ValueError, KeyError, IndexError,
+                RecursionError) as exc:
             raise self._error(MalformedResponseError,
                               f"response lacks required fields: {exc}") from exc
 

@@ -131,14 +131,15 @@ class OpenAIModel:
             raise self._map_error(exc) from exc
         except openai.OpenAIError as exc:  # raised by the SDK outside any HTTP exchange
             raise self._error(ModelConnectionError, f"OpenAI SDK error: {exc}") from exc
-        except (ValueError, TypeError) as exc:  # a body that is not JSON
+        except (ValueError, TypeError, RecursionError) as exc:  # a body that is not JSON
             raise self._error(MalformedResponseError,
                               f"unreadable response body: {exc}") from exc
         try:
             return self._parse(completion)
         except ModelError:
             raise
-        except (AttributeError, TypeError, ValueError, KeyError, IndexError) as exc:
+        except (AttributeError, TypeError, ValueError, KeyError, IndexError,
+                RecursionError) as exc:
             raise self._error(MalformedResponseError,
                               f"response lacks required fields: {exc}") from exc
 

@@ -10,12 +10,16 @@ formats live next to the data they convert.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
+from itertools import accumulate
 from typing import Literal, final
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 __all__ = [
+    "MAX_ARGUMENT_BYTES",
+    "MAX_ARGUMENT_DEPTH",
     "FinishReason",
     "Message",
     "ModelOptions",
@@ -25,6 +29,7 @@ __all__ = [
     "ToolCallRequest",
     "ToolSpec",
     "Usage",
+    "parse_tool_arguments",
 ]
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -68,27 +73,61 @@ class ToolCallRequest(BaseModel):
 
     @property
     def parsed(self) -> JsonObject | None:
-        """The arguments as a JSON object, or ``None`` when they are not one."""
-        value, _ = _parse_arguments(self.arguments)
+        """The arguments as a JSON object, or ``None`` when they are not one (or exceed
+        the default limits of :func:`parse_tool_arguments`)."""
+        value, _ = parse_tool_arguments(self.arguments)
         return value
 
     @property
     def parse_error(self) -> str | None:
         """Why :attr:`arguments` is not a JSON object, or ``None`` when it is."""
-        _, error = _parse_arguments(self.arguments)
+        _, error = parse_tool_arguments(self.arguments)
         return error
 
 
-def _parse_arguments(text: str) -> tuple[JsonObject | None, str | None]:
+MAX_ARGUMENT_BYTES = 1_048_576
+"""Default cap on a tool call's arguments: 1 MiB of UTF-8 JSON text."""
+MAX_ARGUMENT_DEPTH = 64
+"""Default cap on how deeply a tool call's arguments nest (objects and arrays)."""
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def parse_tool_arguments(text: str, *, max_bytes: int = MAX_ARGUMENT_BYTES,
+                         max_depth: int = MAX_ARGUMENT_DEPTH,
+                         ) -> tuple[JsonObject | None, str | None]:
+    """A tool call's raw arguments as a JSON object, or why they are not one.
+
+    The one reader of model-produced arguments, whichever adapter produced them:
+    text over ``max_bytes`` or nested deeper than ``max_depth`` is refused *before* it
+    is parsed (a 1,000-deep array would otherwise exhaust the parser's recursion), and
+    reported like any other malformed call, so the agent hands it back to the model.
+
+    Returns:
+        ``(arguments, None)``, or ``(None, reason)``.
+    """
     if not text.strip():
         return {}, None  # some providers send "" for a call without arguments
+    size = len(text) if len(text) > max_bytes else len(text.encode("utf-8", "replace"))
+    if size > max_bytes:
+        return None, f"arguments are {size} bytes, over the limit of {max_bytes}"
+    depth = _depth(text)
+    if depth > max_depth:
+        return None, f"arguments nest {depth} levels deep, over the limit of {max_depth}"
     try:
         value = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         return None, f"arguments are not valid JSON: {exc}"
     if not isinstance(value, dict):
         return None, f"arguments must be a JSON object, got {type(value).__name__}"
     return value, None
+
+
+def _depth(text: str) -> int:
+    """How deeply brackets outside strings nest in ``text`` (without parsing it)."""
+    steps = (1 if b in "[{" else -1 for b in _BRACKET.findall(_STRING.sub("", text)))
+    return max(accumulate(steps, initial=0))
 
 
 @final
