@@ -294,7 +294,8 @@ class Runtime:
         # A client (worker=False) reads the journal read-only until it first writes.
         self.store = open_store(store, access="write" if worker else "client")
         self._store_arg = store
-        """What the store was made from (``client()`` opens its own from a URL or path)."""
+        """What the store was made from (``client()`` and the CLI open their own from a URL
+        or path; ``None``: ``$STALWART_STORE`` or the default)."""
         self.clock = clock or SystemClock()
         self.worker = worker
         self.register_worker = register_worker

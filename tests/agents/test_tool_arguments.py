@@ -64,7 +64,7 @@ async def test_arguments_over_the_default_limits_go_back_as_invalid_json(
 
 async def test_the_agent_sets_the_limits(tmp_path: Path) -> None:
     """Agent(max_argument_depth=3) refuses depth 4 that the default accepts."""
-    out, received, reply = await _run(tmp_path, nest(4), agent_kw={"max_argument_depth": 3})
+    _, received, reply = await _run(tmp_path, nest(4), agent_kw={"max_argument_depth": 3})
     assert received == [1] and "over the limit of 3" in reply
 
 

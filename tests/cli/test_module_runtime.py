@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from stalwart import Runtime, Workflow
-from stalwart.cli._common import CliError, executing_runtime
+from stalwart.cli._common import CliError, command_store, executing_runtime
 from stalwart.store import RunStatus
 
 if TYPE_CHECKING:
@@ -130,10 +130,12 @@ def test_workflows_of_two_runtimes_are_not_executed_by_one() -> None:
     wa: Workflow[[], None] = first.workflow(a)
     wb: Workflow[[], None] = second.workflow(b)
     with pytest.raises(CliError, match="different runtimes"):
-        executing_runtime([wa, wb], None, home_store=True)
-    twin = executing_runtime([wa], None, home_store=True, worker=False)
-    assert twin.store is first.store and list(twin.workflows.values()) == [wa]
-    assert executing_runtime([Workflow(a)], ":memory:", home_store=True).budget is None
+        executing_runtime([wa, wb], None)
+    with pytest.raises(CliError, match="different runtimes"):
+        command_store(None, [wa, wb])
+    twin = executing_runtime([wa], command_store(None, [wa]), worker=False)
+    assert twin.store.url == first.store.url and list(twin.workflows.values()) == [wa]
+    assert executing_runtime([Workflow(a)], ":memory:").budget is None
 
 
 @pytest.mark.slow

@@ -18,13 +18,14 @@ from rich.text import Text
 
 from .._runtime import Runtime
 from .._workflow import Workflow
-from ..store._base import EventKind, RunRecord, RunStatus
+from ..store._base import EventKind, RunRecord, RunStatus, Store
 from ._common import (
     FAILURE,
     USAGE,
     CliError,
     StoreOption,
     client_runtime,
+    command_store,
     console,
     executing_runtime,
     failure_line,
@@ -175,7 +176,7 @@ def run(
     started = time.monotonic()
     # With the settings of the runtime the module made it with (budget, models...).
     # A one-shot process, not a worker: it stays out of `stalwart workers list`.
-    rt = executing_runtime([wf], store, home_store=True, worker=not no_wait,
+    rt = executing_runtime([wf], command_store(store, [wf]), worker=not no_wait,
                            register_worker=False)
     where = store_hint_for(rt.store)
     progress = Progress(sys.stderr, quiet=quiet)
@@ -224,8 +225,8 @@ def _load_imports(imports: list[str]) -> dict[str, Workflow[Any, Any]]:
     return found
 
 
-async def _plan(store: str | None, run_id: str | None, imports: list[str]) -> _Plan:
-    workflows = _load_imports(imports)
+async def _plan(store: str | Store | None, run_id: str | None,
+                workflows: dict[str, Workflow[Any, Any]]) -> _Plan:
     rt = client_runtime(store)
     try:
         if run_id is not None:
@@ -269,12 +270,12 @@ async def _claimed_by(rt: Runtime, run_id: str) -> int | None:
     return None
 
 
-async def _execute(store: str | None, plan: _Plan, run_id: str | None,
+async def _execute(store: str | Store | None, plan: _Plan, run_id: str | None,
                    timeout: float | None, progress: Progress,
                    ) -> tuple[list[RunRecord], list[RunRecord]]:
     """Claim and run; returns (runs this process executed, ready runs left alone)."""
-    rt = executing_runtime(plan.workflows.values(), store, home_store=False,
-                           poll_interval=0.2, register_worker=False)
+    rt = executing_runtime(plan.workflows.values(), store, poll_interval=0.2,
+                           register_worker=False)
     for wf in plan.workflows.values():
         rt.register(wf)
     watch_steps(rt, progress)
@@ -338,10 +339,12 @@ def resume(
     While they execute it prints, on stderr, a line for each step as it starts, retries,
     parks and completes (a spinner on a terminal)."""
     add_cwd_to_path()
-    plan = run_async(_plan(store, run_id, imports or []))
+    named = _load_imports(imports or [])
+    where = command_store(store, named.values())
+    plan = run_async(_plan(where, run_id, dict(named)))
     out = console()
     if run_id is not None and not (plan.ready or plan.parked or plan.unresolved):
-        rec = run_async(_get(store, run_id))
+        rec = run_async(_get(where, run_id))
         out.print(f"run {run_id} has already ended ({rec.status}); nothing to resume")
         return
     for rec, why in plan.unresolved:
@@ -355,7 +358,7 @@ def resume(
     if plan.ready:
         before = {r.run_id: r.status for r in plan.ready}
         progress = Progress(sys.stderr, quiet=quiet, prefix_runs=run_id is None)
-        done, left = run_async(_execute(store, plan, run_id, timeout, progress))
+        done, left = run_async(_execute(where, plan, run_id, timeout, progress))
         if done:
             table = Table(box=None, pad_edge=False)
             for col in ("run id", "workflow", "was", "now"):
@@ -393,7 +396,7 @@ def resume(
                        FAILURE)
 
 
-async def _get(store: str | None, run_id: str) -> RunRecord:
+async def _get(store: str | Store | None, run_id: str) -> RunRecord:
     rt = client_runtime(store)
     try:
         return await rt.get_run(run_id)

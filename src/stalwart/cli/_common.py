@@ -9,6 +9,7 @@ while running. No traceback reaches the user unless ``$STALWART_DEBUG`` is set.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Coroutine, Iterable
 from datetime import datetime
@@ -32,6 +33,7 @@ __all__ = [
     "JsonOption",
     "StoreOption",
     "client_runtime",
+    "command_store",
     "console",
     "executing_runtime",
     "error_info",
@@ -62,7 +64,8 @@ StoreOption = Annotated[
         "--store",
         metavar="URL",
         help="Journal: a file path, sqlite:///PATH or postgresql://... "
-        "[default: $STALWART_STORE or ./.stalwart/stalwart.db]",
+        "[default: the store of the imported module's Runtime, else $STALWART_STORE, "
+        "else ./.stalwart/stalwart.db]",
         show_default=False,
     ),
 ]
@@ -169,7 +172,7 @@ def error_json(rec: RunRecord) -> dict[str, str] | None:
     return {"type": info.type, "message": info.message}
 
 
-def client_runtime(store: str | None, *, read_only: bool = True) -> Runtime:
+def client_runtime(store: str | Store | None, *, read_only: bool = True) -> Runtime:
     """A runtime that executes nothing: with ``read_only`` (the views) its store never
     writes — SQLite opened ``mode=ro``, PostgreSQL sessions read-only, nothing created;
     else (signal, cancel, dlq retry) it reads read-only until its first write.
@@ -189,24 +192,48 @@ def client_runtime(store: str | None, *, read_only: bool = True) -> Runtime:
     return Runtime(st, worker=False)
 
 
-def executing_runtime(workflows: Iterable[Workflow[Any, Any]], store: Store | str | None, *,
-                      home_store: bool, **overrides: Any) -> Runtime:
-    """The runtime that executes ``workflows`` here: a copy of the one their module made
-    them with (``@app.workflow``: its budget, models, prices, policies, tracing...), or a
-    plain ``Runtime`` for workflows no runtime made. It works on ``store``; where that is
-    ``None`` and ``home_store``, on the journal of their module's runtime (``run`` and
-    ``worker``: the module says where its runs go), else on the default journal."""
-    homes = {id(wf.runtime): wf.runtime for wf in workflows if wf.runtime is not None}
+def _home(workflows: Iterable[Workflow[Any, Any]]) -> Runtime | None:
+    """The one runtime that made ``workflows`` (``None``: no runtime made any)."""
+    wfs = list(workflows)
+    homes = {id(wf.runtime): wf.runtime for wf in wfs if wf.runtime is not None}
     if len(homes) > 1:
-        names = ", ".join(sorted(wf.name for wf in workflows if wf.runtime is not None))
+        names = ", ".join(sorted(wf.name for wf in wfs if wf.runtime is not None))
         raise CliError(f"the workflows {names} were made by different runtimes; execute "
                        "the runs of one runtime at a time (name the run)")
-    if not homes:
+    return next(iter(homes.values()), None)
+
+
+def command_store(flag: str | None,
+                  named: Iterable[Workflow[Any, Any]] = ()) -> str | Store | None:
+    """The journal a command works on; the one rule for every command:
+
+    1. ``--store``, when given;
+    2. else the store of the ``Runtime`` that made the workflows the command line names
+       (``run MODULE:WF``, ``--import MODULE``): the module says where its runs are;
+    3. else ``$STALWART_STORE``;
+    4. else ``./.stalwart/stalwart.db``.
+
+    (A module's ``Runtime()`` without a store reads 3 and 4 itself.) Workflows imported
+    later because a run names them change nothing: that run was found in this journal.
+    ``None`` means "3, else 4" (:func:`open_store` decides).
+    """
+    if flag is not None:
+        return flag
+    home = _home(named)
+    arg = home._store_arg if home is not None else None
+    return os.fspath(arg) if isinstance(arg, os.PathLike) else arg
+
+
+def executing_runtime(workflows: Iterable[Workflow[Any, Any]], store: str | Store | None,
+                      **overrides: Any) -> Runtime:
+    """The runtime that executes ``workflows`` here, on ``store`` (from
+    :func:`command_store`): a copy of the one their module made them with
+    (``@app.workflow``: its budget, models, prices, policies, tracing...), or a plain
+    ``Runtime`` for workflows no runtime made."""
+    home = _home(workflows)
+    if home is None:
         return Runtime(store, **overrides)
-    (home,) = homes.values()
-    if store is None and not home_store:
-        return home._like(open_store(None), **overrides)
-    return home._like(store, **overrides)
+    return home._like(open_store(store), **overrides)
 
 
 def store_hint_for(store: Store) -> str:
@@ -223,10 +250,12 @@ def store_hint_for(store: Store) -> str:
     return store_hint(url) if isinstance(url, str) else ""
 
 
-def store_hint(store: str | None) -> str:
+def store_hint(store: str | Store | None) -> str:
     """The ``--store`` part of a suggested command (empty when the default applies)."""
     if store is None:
         return ""
+    if not isinstance(store, str):
+        return store_hint_for(store)
     return f" --store {_shell_quote(store)}"
 
 

@@ -27,7 +27,7 @@ from rich.text import Text
 
 from .._serde import ErrorInfo
 from .._workflow import Workflow
-from ..store._base import Event, EventKind, RunRecord, RunStatus
+from ..store._base import Event, EventKind, RunRecord, RunStatus, Store
 from ._common import (
     FAILURE,
     USAGE,
@@ -35,6 +35,7 @@ from ._common import (
     JsonOption,
     StoreOption,
     client_runtime,
+    command_store,
     console,
     error_info,
     executing_runtime,
@@ -47,7 +48,7 @@ from ._common import (
 )
 from ._help import HelpCommand, HelpGroup
 from ._journal import open_journal
-from ._loader import add_cwd_to_path, find_workflow, import_module, resolve_ref, workflows_in
+from ._loader import add_cwd_to_path, imported_workflows, resolve_ref
 from ._options import at_least
 from ._output import Column, PlainOption, Rows, cell
 
@@ -167,7 +168,7 @@ def _short(type_name: str) -> str:
     return type_name.rpartition(".")[2]
 
 
-def _not_dead(rec: RunRecord, store: str | None) -> CliError:
+def _not_dead(rec: RunRecord, store: str | Store | None) -> CliError:
     return CliError(f"run {rec.run_id} is {rec.status}, not dead-lettered (see `stalwart dlq "
                     f"list{store_hint(store)}`)", USAGE)
 
@@ -312,12 +313,11 @@ def _info(line: str) -> None:
     sys.stderr.flush()
 
 
-def _workflow_for(rec: RunRecord, imports: list[str]) -> Workflow[Any, Any]:
-    for spec in imports:
-        wfs = [find_workflow(spec)] if ":" in spec else workflows_in(import_module(spec))
-        for wf in wfs:
-            if wf.name == rec.workflow:
-                return wf
+def _workflow_for(rec: RunRecord, imports: list[str],
+                  imported: list[Workflow[Any, Any]]) -> Workflow[Any, Any]:
+    for wf in imported:
+        if wf.name == rec.workflow:
+            return wf
     if imports:
         raise CliError(f"none of {', '.join(imports)} defines workflow {rec.workflow!r} "
                        f"of run {rec.run_id}")
@@ -335,7 +335,7 @@ def _workflow_for(rec: RunRecord, imports: list[str]) -> Workflow[Any, Any]:
     return wf
 
 
-async def _check(store: str | None, run_id: str) -> RunRecord:
+async def _check(store: str | Store | None, run_id: str) -> RunRecord:
     rt = client_runtime(store)
     try:
         rec = await rt.get_run(run_id)
@@ -346,7 +346,7 @@ async def _check(store: str | None, run_id: str) -> RunRecord:
     return rec
 
 
-async def _redrive_only(store: str | None, run_id: str) -> RunRecord:
+async def _redrive_only(store: str | Store | None, run_id: str) -> RunRecord:
     rt = client_runtime(store, read_only=False)
     try:
         await rt.redrive(run_id)
@@ -355,10 +355,9 @@ async def _redrive_only(store: str | None, run_id: str) -> RunRecord:
         await rt.close()
 
 
-async def _redrive_and_run(store: str | None, wf: Workflow[Any, Any], run_id: str,
+async def _redrive_and_run(store: str | Store | None, wf: Workflow[Any, Any], run_id: str,
                            timeout: float | None) -> RunRecord:
-    rt = executing_runtime([wf], store, home_store=False, poll_interval=0.2,
-                           register_worker=False)
+    rt = executing_runtime([wf], store, poll_interval=0.2, register_worker=False)
     rt.register(wf)
     try:
         await open_journal(rt)
@@ -402,17 +401,19 @@ def retry(
     from the journal without running.
     """
     add_cwd_to_path()
-    rec = run_async(_check(store, run_id))
-    hint = f"stalwart runs show {run_id}{store_hint(store)}"
+    imported = imported_workflows(imports or [])
+    store_ = command_store(store, imported)
+    rec = run_async(_check(store_, run_id))
+    hint = f"stalwart runs show {run_id}{store_hint(store_)}"
     if no_wait:
-        after = run_async(_redrive_only(store, run_id))
+        after = run_async(_redrive_only(store_, run_id))
         sys.stdout.write(run_id + "\n")
         _info(f"run {run_id} redriven ({after.status}); execute it with "
-              f"`stalwart resume {run_id}{store_hint(store)}`")
+              f"`stalwart resume {run_id}{store_hint(store_)}`")
         return
-    wf = _workflow_for(rec, imports or [])
+    wf = _workflow_for(rec, imports or [], imported)
     started = time.monotonic()
-    end = run_async(_redrive_and_run(store, wf, run_id, timeout))
+    end = run_async(_redrive_and_run(store_, wf, run_id, timeout))
     if end.status == RunStatus.COMPLETED:
         sys.stdout.write((end.result or "null") + "\n")
         _info(f"run {run_id} redriven and completed in "
@@ -421,11 +422,11 @@ def retry(
     if end.status in (RunStatus.SLEEPING, RunStatus.WAITING):
         when = fmt_time(end.wake_at, date=True) if end.wake_at else "a signal or child run"
         console().print(f"run {run_id} redriven; now {end.status} until {when}; a running "
-                        f"worker (or stalwart resume{store_hint(store)} then) continues it",
+                        f"worker (or stalwart resume{store_hint(store_)} then) continues it",
                         soft_wrap=True)
         return
     info = error_info(end.error)
-    again = (f"; see `stalwart dlq show {run_id}{store_hint(store)}`"
+    again = (f"; see `stalwart dlq show {run_id}{store_hint(store_)}`"
              if end.status == RunStatus.DEAD_LETTERED else f" (details: {hint})")
     raise CliError(f"run {run_id} was redriven and ended {end.status}: "
                    f"{_short(info.type)}: {info.message}{again}", FAILURE)

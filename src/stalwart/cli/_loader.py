@@ -23,7 +23,8 @@ from typing import Any
 from .._workflow import Workflow
 from ._common import CliError
 
-__all__ = ["add_cwd_to_path", "find_workflow", "import_module", "resolve_ref", "workflows_in"]
+__all__ = ["add_cwd_to_path", "find_workflow", "import_module", "imported_workflows",
+           "resolve_ref", "workflows_in"]
 
 
 def add_cwd_to_path() -> None:
@@ -175,6 +176,15 @@ def find_workflow(spec: str) -> Workflow[Any, Any]:
             return wf
     raise CliError(f"{spec} is not a stalwart workflow (it is a {type(obj).__name__}; "
                    "decorate it with @runtime.workflow)")
+
+
+def imported_workflows(specs: list[str]) -> list[Workflow[Any, Any]]:
+    """The workflows ``--import`` options name: each ``MODULE:WORKFLOW``, or every
+    workflow of ``MODULE``."""
+    found: list[Workflow[Any, Any]] = []
+    for spec in specs:
+        found += [find_workflow(spec)] if ":" in spec else workflows_in(import_module(spec))
+    return found
 
 
 def resolve_ref(ref: str) -> Workflow[Any, Any]:

@@ -12,7 +12,7 @@ from rich.text import Text
 from .._runtime import Runtime
 from .._timetravel import ReplayReport, fork_info
 from .._workflow import Workflow
-from ..store._base import Event, RunRecord, RunStatus
+from ..store._base import Event, RunRecord, RunStatus, Store
 from ._common import (
     FAILURE,
     USAGE,
@@ -20,6 +20,7 @@ from ._common import (
     JsonOption,
     StoreOption,
     client_runtime,
+    command_store,
     console,
     error_json,
     executing_runtime,
@@ -29,7 +30,7 @@ from ._common import (
     store_hint,
 )
 from ._journal import open_journal
-from ._loader import add_cwd_to_path, find_workflow, import_module, resolve_ref, workflows_in
+from ._loader import add_cwd_to_path, imported_workflows, resolve_ref
 from ._trace import build_trace, render_trace, trace_json
 
 __all__ = ["fork", "replay", "trace"]
@@ -71,13 +72,10 @@ def trace(
 # -- replay --------------------------------------------------------------------------
 
 
-def _workflow_for(rec: RunRecord, imports: list[str]) -> Workflow[Any, Any]:
-    add_cwd_to_path()
-    for spec in imports:
-        found = [find_workflow(spec)] if ":" in spec else workflows_in(import_module(spec))
-        for wf in found:
-            if wf.name == rec.workflow:
-                return wf
+def _workflow_for(rec: RunRecord, imported: list[Workflow[Any, Any]]) -> Workflow[Any, Any]:
+    for wf in imported:
+        if wf.name == rec.workflow:
+            return wf
     if rec.workflow_ref is None:
         raise CliError(f"run {rec.run_id} does not say where workflow {rec.workflow!r} is "
                        "defined; pass --import MODULE")
@@ -92,10 +90,12 @@ def _workflow_for(rec: RunRecord, imports: list[str]) -> Workflow[Any, Any]:
 
 
 async def _replay(store: str | None, run_id: str, imports: list[str]) -> ReplayReport:
-    rt = client_runtime(store)
+    add_cwd_to_path()
+    imported = imported_workflows(imports)
+    rt = client_runtime(command_store(store, imported))
     try:
         rec = await rt.get_run(run_id)
-        rt.register(_workflow_for(rec, imports))
+        rt.register(_workflow_for(rec, imported))
         return await rt.replay(run_id)
     finally:
         await rt.close()
@@ -131,17 +131,18 @@ def replay(
 # -- fork ----------------------------------------------------------------------------
 
 
-async def _fork(store: str | None, run_id: str, at: str, model: str | None,
-                new_id: str | None, imports: list[str], wait: bool) -> RunRecord:
+async def _fork(store: str | Store | None, run_id: str, at: str, model: str | None,
+                new_id: str | None, imported: list[Workflow[Any, Any]],
+                wait: bool) -> RunRecord:
     probe = client_runtime(store)
     try:
         rec = await probe.get_run(run_id)
     finally:
         await probe.close()
-    wf = _workflow_for(rec, imports) if wait else None
+    wf = _workflow_for(rec, imported) if wait else None
     # The fork executes with the settings of its workflow's runtime (budget, models...).
-    rt = executing_runtime([] if wf is None else [wf], store, home_store=False,
-                           worker=wait, register_worker=False)
+    rt = executing_runtime([] if wf is None else [wf], store, worker=wait,
+                           register_worker=False)
     try:
         if wf is not None:
             rt.register(wf)
@@ -179,13 +180,16 @@ def fork(
     turns from the fork step on. The fork's journal records its origin."""
     if not at:
         raise CliError("--at needs a step id", USAGE)
-    rec = run_async(_fork(store, run_id, at, model, new_id, imports or [], not no_wait))
+    add_cwd_to_path()
+    imported = imported_workflows(imports or [])
+    where = command_store(store, imported)
+    rec = run_async(_fork(where, run_id, at, model, new_id, imported, not no_wait))
     if as_json:
         print_json({"run_id": rec.run_id, "forked_from": run_id, "at": at, "model": model,
                     "status": str(rec.status), "result": rec.result,
                     "error": error_json(rec)})
         return
-    show = f"stalwart runs show {rec.run_id}{store_hint(store)}"
+    show = f"stalwart runs show {rec.run_id}{store_hint(where)}"
     if rec.status != RunStatus.COMPLETED and not no_wait:  # one line, as every error
         raise CliError(f"fork {failure_line(rec).removeprefix('run ')} (details: {show})",
                        FAILURE)

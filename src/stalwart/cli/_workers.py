@@ -32,6 +32,7 @@ from ._common import (
     JsonOption,
     StoreOption,
     client_runtime,
+    command_store,
     console,
     executing_runtime,
     fmt_duration,
@@ -94,19 +95,6 @@ async def _open_when_reachable(rt: Runtime, signals: asyncio.Queue[int]) -> bool
             continue
         _info(f"{signal.Signals(sig).name} while waiting for the store: stopping")
         return False
-
-
-def _store_arg(store_flag: str | None, workflows: dict[str, Workflow[Any, Any]],
-               ) -> Store | str | os.PathLike[str] | None:
-    """What the worker's store is made from: ``--store``, else what the workflows'
-    runtime was given, else ``None`` ($STALWART_STORE, then the default)."""
-    if store_flag is not None:
-        return store_flag
-    for wf in workflows.values():
-        if wf.runtime is not None and wf.runtime._store_arg is not None:
-            arg: Store | str | os.PathLike[str] = wf.runtime._store_arg
-            return arg
-    return None
 
 
 def _pooled(arg: Store | str | os.PathLike[str] | None, max_connections: int) -> Store:
@@ -253,10 +241,10 @@ def worker(
     given = {name: value for name, value in (
         ("concurrency", concurrency), ("lease_seconds", lease_seconds),
         ("poll_interval", poll_interval), ("pools", pools or None)) if value is not None}
-    target: Store | str | None = store
+    target: Store | str | None = command_store(store, workflows.values())
     if max_connections is not None:
-        target = _pooled(_store_arg(store, workflows), max_connections)
-    rt = executing_runtime(workflows.values(), target, home_store=True, **given)
+        target = _pooled(target, max_connections)
+    rt = executing_runtime(workflows.values(), target, **given)
     if create and hasattr(rt.store, "create"):
         rt.store.create = True  # PostgreSQL; an SQLite file is only ever created empty
     for wf in workflows.values():
