@@ -30,10 +30,19 @@ from ._cost import Prices, PriceTable, UsageReport, usage_report
 from ._execution import Execution, race_event
 from ._outage import StoreHealth
 from ._policy import DEFAULT_POLICY, INHERIT, Policy, _Inherit
-from ._serde import ErrorInfo, decode, encode, import_ref, rebuild_error, return_type
+from ._serde import (
+    ErrorInfo,
+    decode,
+    encode,
+    import_ref,
+    input_hash,
+    rebuild_error,
+    return_type,
+)
 from ._timetravel import ReplayReport
 from .errors import (
     ConfigurationError,
+    IdempotencyConflictError,
     LeaseLostError,
     RunCancelledError,
     RunFailedError,
@@ -78,6 +87,26 @@ WORKERS_KEPT_FOR = 7 * 86_400.0
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+IfExists = Literal["compare", "return"]
+"""What ``start`` does with a run id that exists: compare inputs, or return the run."""
+
+
+def _check_existing(rec: RunRecord, workflow: str, text: str, if_exists: IfExists) -> None:
+    """Refuse to hand back an existing run that is not the one the caller asked for."""
+    existing, given = input_hash(rec.input), input_hash(text)
+    if rec.workflow != workflow:
+        problem = f"is already used by a run of workflow {rec.workflow!r}"
+    elif if_exists == "compare" and existing != given:
+        problem = (f"is already used by a run started with other input (sha256 "
+                   f"{existing[:12]}…, now {given[:12]}…); the same id with the same input "
+                   'returns that run, if_exists="return" returns it whatever its input')
+    else:
+        return
+    raise IdempotencyConflictError(
+        f"run id {rec.run_id!r} {problem}", workflow=rec.workflow,
+        existing_input_hash=existing, input_hash=given, run_id=rec.run_id)
 
 
 def open_store(store: Store | str | os.PathLike[str] | None, *,
@@ -618,29 +647,42 @@ class Runtime:
     # -- the client API --------------------------------------------------------------
 
     async def start(self, workflow: Any, /, *args: Any, run_id: str | None = None,
-                    **kwargs: Any) -> RunHandle[Any]:
+                    if_exists: IfExists = "compare", **kwargs: Any) -> RunHandle[Any]:
         """Start a run of ``workflow`` (a workflow object or its registered name).
 
-        ``run_id`` is an idempotency key for the whole run: starting again with the same
-        id returns a handle to the existing run (``handle.created`` is False).
+        ``run_id`` is an idempotency key for the whole run, as Stripe's keys are for a
+        request: starting again with the same id and the same input returns a handle to
+        the existing run (``handle.created`` is False); with other input it raises
+        :class:`~stalwart.IdempotencyConflictError`, unless ``if_exists="return"``,
+        which returns the existing run whatever its input. Inputs are compared as
+        canonical JSON (key order does not matter).
+
+        Raises:
+            IdempotencyConflictError: the id belongs to a run of another workflow, or
+                (``if_exists="compare"``) to one started with other input.
         """
+        if if_exists not in ("compare", "return"):
+            raise ConfigurationError(
+                f'if_exists must be "compare" or "return", not {if_exists!r}')
         await self.open()
         wf = self._resolve(workflow) if isinstance(workflow, str) else workflow
         self.register(wf)
         text = wf.encode_input(args, kwargs)
         rid = run_id or uuid.uuid4().hex
+        # The store returns the run that has the id, from the same transaction that did
+        # not create it: comparing here holds also when two starts race.
         rec, created = await self.store.create_run(run_id=rid, workflow=wf.name, input=text,
                                                    now=self.clock.now(), workflow_ref=wf.ref)
-        if not created and rec.workflow != wf.name:
-            raise ConfigurationError(
-                f"run id {rid!r} is already used by a run of workflow {rec.workflow!r}")
+        if not created:
+            _check_existing(rec, wf.name, text, if_exists)
         self.poke()
         return RunHandle(self, rid, created)
 
     async def run(self, workflow: Any, /, *args: Any, run_id: str | None = None,
-                  **kwargs: Any) -> Any:
-        """Start a run and wait for its result."""
-        handle = await self.start(workflow, *args, run_id=run_id, **kwargs)
+                  if_exists: IfExists = "compare", **kwargs: Any) -> Any:
+        """Start a run (see :meth:`start`) and wait for its result."""
+        handle = await self.start(workflow, *args, run_id=run_id, if_exists=if_exists,
+                                  **kwargs)
         return await handle.result()
 
     def run_sync(self, workflow: Any, /, *args: Any, **kwargs: Any) -> Any:

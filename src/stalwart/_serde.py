@@ -18,6 +18,7 @@ journal is ever unpickled.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import json
@@ -38,7 +39,8 @@ from ._error_record import (
 from .errors import SerializationError
 
 __all__ = ["ErrorInfo", "decode", "encode", "encode_and_read", "encode_error",
-           "error_type_name", "raised_as_replayed", "rebuild_error", "return_type"]
+           "error_type_name", "input_hash", "raised_as_replayed", "rebuild_error",
+           "return_type"]
 
 _MODEL_TAG = "__stalwart_model__"
 _NO_HINT: Any = inspect.Signature.empty
@@ -158,6 +160,18 @@ def decode(text: str, tp: Any = _NO_HINT, *, what: str = "value") -> Any:
         return _untag_models(json.loads(text))
     except Exception as exc:
         raise SerializationError(f"{what} in the journal cannot be read back: {exc}") from exc
+
+
+def input_hash(text: str) -> str:
+    """SHA-256 (hex) of a run's journaled input, as canonical JSON (keys sorted, no
+    whitespace), so that ``{"a": 1, "b": 2}`` and ``{"b": 2, "a": 1}`` are the same input.
+    The one definition of "the same input" for run ids used as idempotency keys."""
+    try:
+        canonical = json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"),
+                               ensure_ascii=False, allow_nan=False)
+    except (ValueError, RecursionError):
+        canonical = text  # not JSON (never written by us): compared as it is
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 # get_type_hints evaluates string annotations on every call (~40 us); a step calls this

@@ -10,13 +10,13 @@ import time
 import uuid
 import warnings
 from dataclasses import dataclass
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, cast
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from .._runtime import Runtime
+from .._runtime import IfExists, Runtime
 from .._workflow import Workflow
 from ..store._base import EventKind, RunRecord, RunStatus, Store
 from ._common import (
@@ -68,7 +68,7 @@ class _Started:
 
 
 async def _run(rt: Runtime, wf: Workflow[Any, Any], args: tuple[Any, ...],
-               kwargs: dict[str, Any], *, state: _Started, wait: bool,
+               kwargs: dict[str, Any], *, state: _Started, if_exists: IfExists, wait: bool,
                timeout: float | None, progress: Progress) -> tuple[RunRecord, bool]:
     try:
         await open_journal(rt)  # one clear line when --store cannot be used
@@ -76,7 +76,8 @@ async def _run(rt: Runtime, wf: Workflow[Any, Any], args: tuple[Any, ...],
             # A mistyped --input makes pydantic warn while dumping it, before the
             # validation error that we report anyway.
             warnings.filterwarnings("ignore", message="Pydantic serializer warnings")
-            handle = await rt.start(wf, *args, run_id=state.run_id, **kwargs)
+            handle = await rt.start(wf, *args, run_id=state.run_id, if_exists=if_exists,
+                                    **kwargs)
         state.started = True
         if not wait:
             return await rt.get_run(handle.run_id), handle.created
@@ -150,8 +151,13 @@ def run(
              "is the single argument.")] = None,
     run_id: Annotated[str | None, typer.Option(
         "--run-id", metavar="ID",
-        help="Choose the run id; starting an existing id again returns that run (an "
-             "idempotency key for the whole run).")] = None,
+        help="Choose the run id, an idempotency key for the whole run: an existing id "
+             "with the same input returns that run; with other input it is an error "
+             "(exit 2).")] = None,
+    if_exists: Annotated[str, typer.Option(
+        "--if-exists", metavar="compare|return",
+        help="With an existing --run-id: compare the inputs (refuse other input), or "
+             "return the existing run whatever its input.")] = "compare",
     store: StoreOption = None,
     no_wait: Annotated[bool, typer.Option(
         "--no-wait", help="Only enqueue the run; a worker (stalwart resume) executes it.")]
@@ -169,6 +175,8 @@ def run(
     On stderr it prints the run id at once, then a line for each step as it starts,
     retries, parks and completes (a spinner on a terminal); Ctrl-C hands the run back
     for `stalwart resume`."""
+    if if_exists not in ("compare", "return"):
+        raise CliError(f"--if-exists is compare or return, not {if_exists!r}", USAGE)
     data = parse_json(input_json, "--input")
     add_cwd_to_path()
     wf = find_workflow(target)
@@ -184,7 +192,8 @@ def run(
     state = _Started(run_id or uuid.uuid4().hex)
     try:
         rec, created = run_async(_run(rt, wf, args, kwargs, state=state,
-                                      wait=not no_wait, timeout=timeout, progress=progress))
+                                      if_exists=cast(IfExists, if_exists), wait=not no_wait,
+                                      timeout=timeout, progress=progress))
     except KeyboardInterrupt:
         _interrupted(rt, state, where)
     hint = f"stalwart runs show {rec.run_id}{where}"
