@@ -3,11 +3,14 @@ for every adapter's calls."""
 
 from __future__ import annotations
 
+import http.server
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from stalwart.errors import MalformedResponseError
 from stalwart.models import (
     MAX_ARGUMENT_BYTES,
     MAX_ARGUMENT_DEPTH,
@@ -17,6 +20,8 @@ from stalwart.models import (
     ToolSpec,
     parse_tool_arguments,
 )
+from stalwart.models._anthropic import AnthropicModel
+from stalwart.models._openai import OpenAIModel
 from stalwart.testing import FaultServer
 
 ModelFactory = Callable[..., Model]
@@ -82,3 +87,40 @@ async def test_deep_arguments_from_either_adapter_are_data_not_a_crash(
     call = response.tool_calls[0]
     assert call.parsed is None
     assert "levels deep, over the limit of 64" in (call.parse_error or "")
+
+
+class _DeepBody(http.server.BaseHTTPRequestHandler):
+    """Answers every POST with 200 and a JSON body nested 5,000 levels deep."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        data = ('{"a": ' + "[" * 5000 + "]" * 5000 + "}").encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_a_body_too_deep_to_parse_is_a_malformed_response(provider: str) -> None:
+    """A response nested past the JSON parser's recursion limit is MalformedResponseError
+    (retryable), not a RecursionError that fails the run."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DeepBody)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    model: OpenAIModel | AnthropicModel = (
+        OpenAIModel("m", api_key="k", base_url=url + "/v1", timeout=5.0)
+        if provider == "openai" else AnthropicModel("m", api_key="k", base_url=url,
+                                                    timeout=5.0))
+    try:
+        with pytest.raises(MalformedResponseError):
+            await model.complete(ModelRequest.of("x"))
+    finally:
+        await model.aclose()
+        server.shutdown()
+        server.server_close()
