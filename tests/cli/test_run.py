@@ -32,10 +32,11 @@ def test_input_binds_an_array_by_position_and_a_scalar_as_the_one_argument(
 
 def test_starting_an_existing_run_id_returns_that_run_without_running_it_again(
         cli: Cli, project: Project) -> None:
-    """The run id is an idempotency key: the second start reports the first result."""
+    """The run id is an idempotency key: a second start with the same input reports the
+    first result (other input is refused: test_run_ids.py)."""
     first = cli("run", project.wf("adder"), "-i", "[1, 1]", "--run-id", "same",
                 "--store", project.store)
-    again = cli("run", project.wf("adder"), "-i", "[7, 7]", "--run-id", "same",
+    again = cli("run", project.wf("adder"), "-i", '{"a": 1, "b": 1}', "--run-id", "same",
                 "--store", project.store)
     assert json.loads(first.stdout) == json.loads(again.stdout) == 2
     assert "already existed" in again.stderr

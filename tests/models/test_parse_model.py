@@ -84,7 +84,8 @@ def test_public_names_are_pinned() -> None:
         "Usage", "OpenAIModel", "AnthropicModel", "SimulatedModel", "SimFaults", "Latency",
         "ScriptedReply", "SimStatistics", "Tokenizer", "TiktokenTokenizer",
         "ApproximateTokenizer", "count_tokens", "get_tokenizer", "parse_retry_after",
-        "FunctionModel", "ModelFunction",
+        "FunctionModel", "ModelFunction", "parse_tool_arguments", "MAX_ARGUMENT_BYTES",
+        "MAX_ARGUMENT_DEPTH",
     ])
     for name in models.__all__:
         assert getattr(models, name) is not None
