@@ -221,6 +221,8 @@ class _Plan:
     parked: list[RunRecord]
     unresolved: list[tuple[RunRecord, str]]
     workflows: dict[str, Workflow[Any, Any]]
+    store: str | Store | None
+    """The journal the runs were found in (see ``command_store``)."""
 
 
 def _load_imports(imports: list[str]) -> dict[str, Workflow[Any, Any]]:
@@ -234,8 +236,11 @@ def _load_imports(imports: list[str]) -> dict[str, Workflow[Any, Any]]:
     return found
 
 
-async def _plan(store: str | Store | None, run_id: str | None,
-                workflows: dict[str, Workflow[Any, Any]]) -> _Plan:
+async def _plan(flag: str | None, run_id: str | None, imports: list[str]) -> _Plan:
+    # Imported inside the event loop: a module that runs a program when imported fails
+    # here (see _loader) instead of running it.
+    workflows = _load_imports(imports)
+    store = command_store(flag, workflows.values())
     rt = client_runtime(store)
     try:
         if run_id is not None:
@@ -248,7 +253,7 @@ async def _plan(store: str | Store | None, run_id: str | None,
         now = rt.clock.now()
     finally:
         await rt.close()
-    plan = _Plan(ready=[], parked=[], unresolved=[], workflows=workflows)
+    plan = _Plan(ready=[], parked=[], unresolved=[], workflows=workflows, store=store)
     for rec in sorted(records, key=lambda r: r.created_at):
         if rec.is_terminal:
             continue
@@ -348,9 +353,8 @@ def resume(
     While they execute it prints, on stderr, a line for each step as it starts, retries,
     parks and completes (a spinner on a terminal)."""
     add_cwd_to_path()
-    named = _load_imports(imports or [])
-    where = command_store(store, named.values())
-    plan = run_async(_plan(where, run_id, dict(named)))
+    plan = run_async(_plan(store, run_id, imports or []))
+    where = plan.store
     out = console()
     if run_id is not None and not (plan.ready or plan.parked or plan.unresolved):
         rec = run_async(_get(where, run_id))

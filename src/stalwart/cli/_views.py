@@ -131,9 +131,12 @@ def replay(
 # -- fork ----------------------------------------------------------------------------
 
 
-async def _fork(store: str | Store | None, run_id: str, at: str, model: str | None,
-                new_id: str | None, imported: list[Workflow[Any, Any]],
-                wait: bool) -> RunRecord:
+async def _fork(flag: str | None, run_id: str, at: str, model: str | None,
+                new_id: str | None, imports: list[str],
+                wait: bool) -> tuple[RunRecord, str | Store | None]:
+    add_cwd_to_path()
+    imported = imported_workflows(imports)  # in the loop, as every import (see _loader)
+    store = command_store(flag, imported)
     probe = client_runtime(store)
     try:
         rec = await probe.get_run(run_id)
@@ -149,8 +152,8 @@ async def _fork(store: str | Store | None, run_id: str, at: str, model: str | No
         await open_journal(rt)
         handle = await rt.fork(run_id, at=at, model=model, run_id_for_fork=new_id)
         if not wait:
-            return await rt.get_run(handle.run_id)
-        return await rt.wait_for_end(handle.run_id)
+            return await rt.get_run(handle.run_id), store
+        return await rt.wait_for_end(handle.run_id), store
     finally:
         await rt.close()
 
@@ -180,10 +183,8 @@ def fork(
     turns from the fork step on. The fork's journal records its origin."""
     if not at:
         raise CliError("--at needs a step id", USAGE)
-    add_cwd_to_path()
-    imported = imported_workflows(imports or [])
-    where = command_store(store, imported)
-    rec = run_async(_fork(where, run_id, at, model, new_id, imported, not no_wait))
+    rec, where = run_async(_fork(store, run_id, at, model, new_id, imports or [],
+                                 not no_wait))
     if as_json:
         print_json({"run_id": rec.run_id, "forked_from": run_id, "at": at, "model": model,
                     "status": str(rec.status), "result": rec.result,
