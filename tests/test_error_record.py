@@ -51,6 +51,9 @@ EXAMPLES: dict[type[errors.StalwartError], errors.StalwartError] = {
     errors.NonDeterminismError: errors.NonDeterminismError(
         "changed", run_id="r", step_id="2", recorded="a", current="b"),
     errors.ContextMisuseError: errors.ContextMisuseError("misuse"),
+    errors.RestartIntensityError: errors.RestartIntensityError(
+        "too many restarts", child="r/3", reason="failed: ValueError: x", restarts=4,
+        max_restarts=3, within=5.0),
     errors.SignalTimeoutError: errors.SignalTimeoutError("late", signal="go", run_id="r"),
     errors.RunFailedError: errors.RunFailedError("failed", error_type="builtins.ValueError"),
     errors.RunCancelledError: errors.RunCancelledError("cancelled"),
