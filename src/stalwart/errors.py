@@ -386,7 +386,7 @@ class Cancelled(BaseException):
 class _ProviderError(ModelError):
     """Shared constructor: which provider and model failed, and the HTTP status if any."""
 
-    journal_attributes = ("provider", "model", "status_code")
+    journal_attributes: ClassVar[tuple[str, ...]] = ("provider", "model", "status_code")
 
     def __init__(
         self,
