@@ -10,6 +10,7 @@ import time
 import uuid
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, NoReturn, cast
 
 import typer
@@ -27,6 +28,7 @@ from ._common import (
     client_runtime,
     command_store,
     console,
+    error_info,
     executing_runtime,
     failure_line,
     fmt_duration,
@@ -37,6 +39,7 @@ from ._common import (
     store_hint,
     store_hint_for,
 )
+from ._frames import TracebackOption, traceback_lines
 from ._journal import open_journal
 from ._loader import add_cwd_to_path, find_workflow, import_module, resolve_ref, workflows_in
 from ._options import at_least
@@ -169,6 +172,7 @@ def run(
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="Print only the result (no run id, no step lines).")]
     = False,
+    whole_traceback: TracebackOption = False,
 ) -> None:
     """Run a workflow and print its result (JSON) on stdout.
 
@@ -206,7 +210,13 @@ def run(
             f"`stalwart resume {rec.run_id}{where}`, inspect it with `{hint}`")
         return
     if rec.status != RunStatus.COMPLETED:
-        raise CliError(f"{failure_line(rec)} (details: {hint})", FAILURE)
+        # Where the user's code was when it failed, then the one error line.
+        shown = traceback_lines(error_info(rec.error).traceback if rec.error else "",
+                                whole=whole_traceback, base=Path.cwd())
+        for line in shown:
+            _info(line)
+        more = "" if whole_traceback or not shown else "; the whole traceback: --traceback"
+        raise CliError(f"{failure_line(rec)} (details: {hint}{more})", FAILURE)
     sys.stdout.write((rec.result or "null") + "\n")
     say(f"run {rec.run_id} completed in {fmt_duration(time.monotonic() - started)}; "
         f"inspect it with `{hint}`")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -22,6 +23,7 @@ from ._common import (
     StoreOption,
     client_runtime,
     console,
+    error_info,
     fmt_duration,
     fmt_time,
     lease_note,
@@ -30,6 +32,7 @@ from ._common import (
     run_async,
     store_hint,
 )
+from ._frames import TracebackOption, traceback_lines
 from ._help import HelpCommand, HelpGroup
 from ._options import at_least
 from ._output import Column, PlainOption, Rows, cell
@@ -196,7 +199,7 @@ def _usage_line(usage: UsageReport) -> str:
 
 def render_story(out: Console, story: RunStory, children: list[RunRecord],
                  store: str | None, usage: UsageReport | None = None,
-                 fork: ForkInfo | None = None) -> None:
+                 fork: ForkInfo | None = None, *, whole_traceback: bool = False) -> None:
     """Print a run: its facts, executions, steps and outcome."""
     rec = story.run
     head = Text.assemble(("run ", "bold"), (rec.run_id, "bold"), "  ", _status(rec.status))
@@ -282,6 +285,13 @@ def render_story(out: Console, story: RunStory, children: list[RunRecord],
         out.print(Text.assemble(("result ", "bold"), preview(rec.result, 400)), soft_wrap=True)
     elif rec.error:
         out.print(Text.assemble(("error ", "bold red"), _error_line(rec)), soft_wrap=True)
+        shown = traceback_lines(error_info(rec.error).traceback, whole=whole_traceback,
+                                base=Path.cwd())
+        for line in shown:
+            out.print(Text(line, style="" if whole_traceback else "red"), soft_wrap=True)
+        if shown and not whole_traceback:
+            out.print(Text(f"  (your code's frames; the whole traceback: stalwart runs show "
+                           f"{rec.run_id}{store_hint(store)} --traceback)", style="dim"))
     else:
         out.print(Text(f"not finished ({rec.status})", style="dim"))
     out.print(Text(f"raw journal: stalwart runs events {rec.run_id}{store_hint(store)}; "
@@ -292,15 +302,19 @@ def render_story(out: Console, story: RunStory, children: list[RunRecord],
 def show_run(
     run_id: Annotated[str, typer.Argument(help="The run to show.")],
     as_json: JsonOption = False,
+    whole_traceback: TracebackOption = False,
     store: StoreOption = None,
 ) -> None:
-    """Show a run: status, times, executions (crash-resume), each step, the outcome."""
+    """Show a run: status, times, executions (crash-resume), each step, the outcome.
+
+    A failed run's error is followed by the frames of your code in its traceback
+    (file:line and source); --traceback prints the whole journaled traceback."""
     story, children, usage, fork = run_async(_show(store, run_id))
     out = console()
     if as_json:
         print_json(story_json(story, children, usage, fork))
         return
-    render_story(out, story, children, store, usage, fork)
+    render_story(out, story, children, store, usage, fork, whole_traceback=whole_traceback)
 
 
 # -- runs events ---------------------------------------------------------------------
