@@ -27,14 +27,14 @@ PUBLIC = {
     "CircuitBreakerConfig", "BulkheadConfig", "RateLimit", "Budget", "Price", "PriceTable",
     "UsageReport", "usage_report", "ReplayReport",
     # coordination patterns
-    "ChildRun", "ChildOutcome", "ChildSpec",
+    "ChildRun", "ChildOutcome", "ChildSpec", "Saga",
     # errors
     "StalwartError", "ConfigurationError", "IdempotencyConflictError", "SerializationError",
     "StoreError",
     "NotAStalwartStoreError", "SchemaVersionError", "StoreCorruptedError", "LeaseLostError",
     "RunNotFoundError", "WorkflowNotFoundError", "NonDeterminismError", "RemoteError",
     "ContextMisuseError", "SignalTimeoutError", "RunFailedError", "RunCancelledError",
-    "RestartIntensityError",
+    "RestartIntensityError", "SagaAbortedError", "CompensationFailedError",
     "ResilienceError", "RetryExhaustedError", "CallTimeoutError", "CircuitOpenError",
     "BulkheadFullError", "ThrottledError", "FallbackExhaustedError", "BudgetExceededError",
     "BudgetExceeded", "OutcomeCheckError", "ModelError", "RateLimitedError", "ProviderQuota",

@@ -42,6 +42,7 @@ from .errors import BulkheadFullError as BulkheadFullError
 from .errors import CallTimeoutError as CallTimeoutError
 from .errors import Cancelled as Cancelled
 from .errors import CircuitOpenError as CircuitOpenError
+from .errors import CompensationFailedError as CompensationFailedError
 from .errors import ConfigurationError as ConfigurationError
 from .errors import ContentFilterError as ContentFilterError
 from .errors import ContextMisuseError as ContextMisuseError
@@ -69,6 +70,7 @@ from .errors import RetryExhaustedError as RetryExhaustedError
 from .errors import RunCancelledError as RunCancelledError
 from .errors import RunFailedError as RunFailedError
 from .errors import RunNotFoundError as RunNotFoundError
+from .errors import SagaAbortedError as SagaAbortedError
 from .errors import SchemaVersionError as SchemaVersionError
 from .errors import SerializationError as SerializationError
 from .errors import SignalTimeoutError as SignalTimeoutError
@@ -93,6 +95,7 @@ from .models import Usage as Usage
 from .models import count_tokens as count_tokens
 from .models import parse_model as parse_model
 from .patterns import ChildSpec as ChildSpec
+from .patterns import Saga as Saga
 from .policies import BulkheadConfig as BulkheadConfig
 from .policies import CircuitBreakerConfig as CircuitBreakerConfig
 from .policies import RateLimit as RateLimit
@@ -162,6 +165,7 @@ __all__ = [
     "ChildRun",
     "ChildOutcome",
     "ChildSpec",
+    "Saga",
     # time
     "Clock",
     "SystemClock",
@@ -191,6 +195,7 @@ __all__ = [
     "RunFailedError",
     "RunCancelledError",
     "RestartIntensityError",
+    "SagaAbortedError",
     "ResilienceError",
     "RetryExhaustedError",
     "CallTimeoutError",
@@ -200,6 +205,7 @@ __all__ = [
     "FallbackExhaustedError",
     "BudgetExceededError",
     "BudgetExceeded",
+    "CompensationFailedError",
     "OutcomeCheckError",
     "ModelError",
     "RateLimitedError",

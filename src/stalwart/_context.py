@@ -60,12 +60,16 @@ from .store._base import (
 )
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from ._cancel import CleanupScope
     from ._children import ChildOutcome, ChildRun
     from ._execution import Execution
     from ._policy import Policy
     from ._tools import Tool
     from ._workflow import Workflow
     from .models import Message, Model, ModelOptions
+    from .patterns._saga import Saga
     from .patterns._supervisor import ChildSpec, Strategy
 
     Prompt = str | Message | Sequence[Message | str]
@@ -208,8 +212,8 @@ class Context:
             )
         if ex.finished:
             raise ContextMisuseError(f"run {ex.run_id} has ended; its context is closed")
-        if ex.cancel_requested:
-            raise Cancelled()
+        # A cancel is raised where a step would go live (Execution.go_live), not here: a
+        # replay walks the recorded steps to the same place as the first execution.
         scope = _scope_var.get() or ex.root_scope
         step_id = scope.next_id()
         recorded = ex.recorded.get(step_id)
@@ -469,6 +473,36 @@ class Context:
         from ._children import cancel_child
 
         return await cancel_child(self, child)
+
+    def saga(self, *, policy: Policy | None = None) -> Saga:
+        """A saga: ``async with ctx.saga() as saga: await saga.step(book, x,
+        compensate=cancel)``; on failure or cancel, the completed steps' compensations
+        run in reverse (see :class:`~stalwart.Saga`)."""
+        from .patterns._saga import Saga
+
+        return Saga(self, policy=policy)
+
+    def shield(self) -> AbstractContextManager[None]:
+        """``with ctx.shield():`` steps inside run although the run was cancelled (to
+        clean up, as a saga compensates); waits inside stay in memory. See
+        :mod:`stalwart._cancel`."""
+        from ._cancel import shield
+
+        return shield()
+
+    def cleanup_on_cancel(self) -> CleanupScope:
+        """``async with ctx.cleanup_on_cancel():`` a cancel of the run inside the block
+        is raised in its code as :class:`~stalwart.Cancelled`, also while the run is
+        parked (the store wakes it instead of ending it), so the code can clean up under
+        :meth:`shield`. Each end of the block is a journaled step."""
+        from ._cancel import CleanupScope
+
+        return CleanupScope(self)
+
+    def next_step_id(self) -> str:
+        """The id the next step begun here (this branch) will get: patterns order what
+        they keep by journal position with it (a saga's compensations)."""
+        return self._next_step_id()
 
     async def supervise(self, children: Sequence[ChildSpec | Workflow[Any, Any]], /, *,
                         strategy: Strategy = "one_for_one", max_restarts: int = 3,

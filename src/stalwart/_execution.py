@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._budget import RunBudget
+from ._cancel import shielded
 from ._clock import Clock
 from ._context import (
     Context,
@@ -59,6 +60,7 @@ from .store._base import (
     RunRecord,
     RunStatus,
     Store,
+    open_cleanups,
 )
 from .telemetry._interceptor import (
     NOOP,
@@ -162,6 +164,9 @@ class Execution:
         self.budget = RunBudget(self, events)
         self.replaying = bool(self.recorded)
         self.cancel_requested = run.cancel_requested
+        self.cancel_deferred = open_cleanups((e.kind, e.name) for e in events) > 0
+        """The run holds a cleanup scope (``ctx.cleanup_on_cancel``): a cancel is
+        delivered to its code, at its first live step, rather than at its start."""
         self.finished = False
         self.wakeup = asyncio.Event()
         self.cancelled = asyncio.Event()
@@ -186,6 +191,8 @@ class Execution:
         anything of it runs. In replay-only mode nothing may run: a step the journal
         lacks is noted as unrecorded, and this branch of the workflow parks (a
         ``gather``'s other branches go on replaying); a recorded wait parks it too."""
+        if self.cancel_requested and not shielded():
+            raise Cancelled()  # the cancel stops the run here (see _cancel)
         if self.divergence is not None:
             raise self.divergence  # the code caught it and went on: still refused
         if self.history is not None:
@@ -357,14 +364,18 @@ class Execution:
     async def wait_until(self, wake_at: float, status: RunStatus) -> None:
         if self.replay_only:
             return  # a recorded timer: replay does not wait for it
+        shield = shielded()
         while True:
             remaining = wake_at - self.clock.now()
             if remaining <= 0:
                 return
+            if shield:  # cleanup under a cancel: waits in memory, to its end
+                await self.clock.sleep(remaining)
+                continue
+            if self.cancel_requested:  # before parking: a recorded sleep too
+                raise Cancelled()
             if remaining > self.runtime.park_after:
                 raise Suspend(status, wake_at)
-            if self.cancel_requested:
-                raise Cancelled()
             # Sleep in memory, but not through a cancel: one sent here sets the event,
             # one sent from another process is read from the store at each poll.
             woken = await race_event(self.cancelled, self.clock,
@@ -457,7 +468,7 @@ class Execution:
                                                    redriven_at=self.redriven_at))
         try:
             try:
-                if self.cancel_requested:
+                if self.cancel_requested and not self.cancel_deferred:
                     raise Cancelled()
                 args, kwargs = self.workflow.decode_input(self.run.input)
                 result = await self.workflow.fn(ctx, *args, **kwargs)

@@ -23,6 +23,7 @@ seconds, or ``None``) and where it happened (``run_id``, ``step_id``, ``attempt`
     ├── RunFailedError                handle.result() of a failed run
     ├── RunCancelledError             handle.result() of a cancelled run
     ├── RestartIntensityError         a supervisor's children restarted too often
+    ├── SagaAbortedError              a saga rolled back after a ResilienceError
     ├── ResilienceError               raised by the policy stack
     │   ├── RetryExhaustedError       Retry gave up; __cause__ is the last error
     │   ├── CallTimeoutError          a timeout or deadline scope expired; retryable
@@ -31,7 +32,8 @@ seconds, or ``None``) and where it happened (``run_id``, ``step_id``, ``attempt`
     │   ├── BulkheadFullError         no slot: queue full or queue_timeout; retryable
     │   ├── ThrottledError            the local rate limiter would wait past max_wait
     │   ├── FallbackExhaustedError    every model of a fallback chain failed
-    │   └── BudgetExceededError       a run or agent reached a Budget (alias BudgetExceeded)
+    │   ├── BudgetExceededError       a run or agent reached a Budget (alias BudgetExceeded)
+    │   └── CompensationFailedError   a saga's compensation failed: the run is dead-lettered
     ├── ToolArgumentsError            a tool's arguments did not validate (a ValueError)
     ├── OutcomeCheckError             an output failed its check (a semantic failure);
     │                                 retryable: "HTTP 200 but wrong" may be right next time
@@ -84,6 +86,7 @@ __all__ = [
     "CallTimeoutError",
     "Cancelled",
     "CircuitOpenError",
+    "CompensationFailedError",
     "ConfigurationError",
     "ContentFilterError",
     "ContextMisuseError",
@@ -106,6 +109,7 @@ __all__ = [
     "RunCancelledError",
     "RunFailedError",
     "RunNotFoundError",
+    "SagaAbortedError",
     "SchemaVersionError",
     "SerializationError",
     "SignalTimeoutError",
@@ -360,6 +364,23 @@ class RestartIntensityError(StalwartError):
         self.restarts = restarts
         self.max_restarts = max_restarts
         self.within = within
+
+
+class SagaAbortedError(StalwartError):
+    """A saga was rolled back (its compensations ran) after an error that would have
+    dead-lettered the run (a :class:`ResilienceError`, the ``__cause__``). The run fails
+    rather than waiting in the dead-letter queue: a redrive could not resume an undone
+    saga forward.
+
+    Attributes:
+        undone: the forward steps whose compensations ran, in the order they ran.
+    """
+
+    journal_attributes = ("undone",)
+
+    def __init__(self, message: str, *, undone: list[str], **context: Any) -> None:
+        super().__init__(message, **context)
+        self.undone = undone
 
 
 class ResilienceError(StalwartError):
@@ -684,6 +705,33 @@ class RepairBudgetExceededError(AgentError):
 class OutputValidationError(AgentError):
     """The final answer did not validate against ``output_type`` after the re-asks
     (an outcome check: it counts as a failure, not as an answer)."""
+
+
+class CompensationFailedError(ResilienceError):
+    """A saga's compensation failed (its retries were exhausted, or it raised an error
+    not worth retrying; the ``__cause__``). The run is dead-lettered at that
+    compensation's step with the saga's state; ``stalwart dlq retry`` runs it again with
+    fresh attempts and the saga goes on undoing.
+
+    Attributes:
+        compensation: the compensation that failed.
+        done: the saga's completed forward steps.
+        undone: the forward steps already compensated, in the order they were.
+        not_undone: those still to compensate, the failed one first.
+        saga_error: the error that made the saga roll back.
+    """
+
+    journal_attributes = ("compensation", "done", "undone", "not_undone", "saga_error")
+
+    def __init__(self, message: str, *, compensation: str, done: list[str],
+                 undone: list[str], not_undone: list[str], saga_error: str,
+                 **context: Any) -> None:
+        super().__init__(message, **context)
+        self.compensation = compensation
+        self.done = done
+        self.undone = undone
+        self.not_undone = not_undone
+        self.saga_error = saga_error
 
 
 # --- tools ---------------------------------------------------------------------------

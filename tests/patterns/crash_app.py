@@ -120,12 +120,51 @@ async def _tree(ctx: sw.Context) -> dict[str, Any]:
 
 tree = sw.Workflow(_tree, name="tree")
 
-WORKFLOWS: dict[str, sw.Workflow[Any, Any]] = {"tree": tree}
+# -- sagas ---------------------------------------------------------------------------
+
+
+def _undo(ref: str) -> None:
+    """A compensation: its own effect, under its own step's key."""
+    effect(f"undo_{ref}")
+
+
+undo = sw.Tool(_undo, name="undo",
+               policy=sw.Policy(retry=sw.Retry(max_attempts=3, initial=0.01, max_backoff=0.05)))
+
+
+def _book(label: str) -> str:
+    effect(label)
+    if label == "d":
+        raise ValueError("d cannot be booked")
+    return label
+
+
+async def _trip(ctx: sw.Context) -> list[str]:
+    """Books a, b and c, then fails on d: c, b and a are undone, in that order."""
+    async with ctx.saga() as saga:
+        return [await saga.step(_book, x, name=f"book:{x}", compensate=undo)
+                for x in "abcd"]
+
+
+async def _trip_wait(ctx: sw.Context) -> list[str]:
+    """Books a and b, then waits for a signal (parked) inside the saga."""
+    async with ctx.saga() as saga:
+        done = [await saga.step(_book, x, name=f"book:{x}", compensate=undo) for x in "ab"]
+        await ctx.wait_for_signal("go")
+        return done
+
+
+trip = sw.Workflow(_trip, name="trip")
+trip_wait = sw.Workflow(_trip_wait, name="trip_wait")
+
+WORKFLOWS: dict[str, sw.Workflow[Any, Any]] = {"tree": tree, "trip": trip,
+                                               "trip_wait": trip_wait}
 CHILDREN: list[sw.Workflow[Any, Any]] = [worker]
 
 
 def make_runtime(store: str) -> sw.Runtime:
-    app = sw.Runtime(store, poll_interval=0.1, park_after=5.0, lease_seconds=30.0)
+    park_after = float(os.environ.get("PATTERNS_PARK_AFTER", "5.0"))
+    app = sw.Runtime(store, poll_interval=0.1, park_after=park_after, lease_seconds=30.0)
     for wf in (*WORKFLOWS.values(), *CHILDREN):
         app.register(wf)
     return app
@@ -139,6 +178,8 @@ async def main(store: str, workflow: str, run_id: str) -> Any:
             return await handle.result(timeout=120)
         except sw.RunFailedError as exc:
             return {"error": exc.error_type, "message": str(exc)}
+        except sw.RunCancelledError:
+            return {"cancelled": True}
     finally:
         await app.close()
 

@@ -27,3 +27,14 @@ def test_supervisor_example(tmp_path: Path) -> None:
     assert lines[4].startswith("restart 2 of risks: failed: builtins.ConnectionError")
     assert lines[5].startswith("inspect it: stalwart runs show ")
     assert (tmp_path / ".stalwart" / "stalwart.db").exists()
+
+
+def test_saga_booking_example(tmp_path: Path) -> None:
+    """examples/saga_booking.py: Lisbon rolls back in reverse, Oslo books past the pivot."""
+    lines = run_example("saga_booking.py", tmp_path).splitlines()
+    assert lines == [
+        "Lisbon: rolled back (no cars left in Lisbon); still booked: nothing",
+        "  steps: book flight, book hotel, tool:cancel, tool:cancel",
+        "Oslo: booked flight-oslo, hotel-oslo, car-oslo",
+        "  steps: book flight, book hotel, book car, charge, confirm",
+    ]

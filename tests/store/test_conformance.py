@@ -24,6 +24,7 @@ from stalwart.store import (
     Store,
     WorkerRecord,
 )
+from stalwart.store._base import CLEANUP_CLOSED, CLEANUP_OPENED
 
 StoreFactory = Callable[[], Awaitable[Store]]
 
@@ -600,6 +601,39 @@ async def test_cancel_of_a_run_with_an_expired_lease_is_immediate(store: Store) 
     assert rec.status == RunStatus.CANCELLED
     with pytest.raises(LeaseLostError):
         await store.append(lease, [step("0")], now=T0 + 12)
+
+
+def cleanup(step_id: str, which: str) -> NewEvent:
+    """The completed step that opens or closes a cleanup scope (ctx.cleanup_on_cancel)."""
+    name = CLEANUP_OPENED if which == "open" else CLEANUP_CLOSED
+    return NewEvent(EventKind.STEP_COMPLETED, step_id=step_id, name=name, payload="null")
+
+
+async def test_cancel_of_an_idle_run_holding_a_cleanup_scope_wakes_it(store: Store) -> None:
+    """A parked, pending or expired run that holds an open cleanup scope (a saga) is not
+    cancelled by the store: it is flagged and made ready (parked: pending), with no
+    RUN_CANCELLED event, so its code can clean up; one whose scopes are all closed again
+    is cancelled at once."""
+    parked = await running(store, "parked")
+    await store.append(parked, [cleanup("1", "open"), step("2")], now=T0,
+                       finish=Finish(RunStatus.WAITING, wake_at=T0 + 86_400))
+    expired = await running(store, "expired", lease_seconds=5)
+    await store.append(expired, [cleanup("1", "open")], now=T0)
+    nested = await running(store, "nested")
+    await store.append(nested, [cleanup("1", "open"), cleanup("2", "open"),
+                                cleanup("3", "close")], now=T0,
+                       finish=Finish(RunStatus.SLEEPING, wake_at=T0 + 86_400))
+    closed = await running(store, "closed")
+    await store.append(closed, [cleanup("1", "open"), cleanup("2", "close")], now=T0,
+                       finish=Finish(RunStatus.SLEEPING, wake_at=T0 + 86_400))
+    for rid, status in (("parked", RunStatus.PENDING), ("expired", RunStatus.RUNNING),
+                        ("nested", RunStatus.PENDING)):
+        rec = await store.request_cancel(rid, now=T0 + 10)
+        assert (rec.status, rec.cancel_requested, rec.wake_at) == (status, True, None), rid
+        assert EventKind.RUN_CANCELLED not in [e.kind for e in await store.load_events(rid)]
+    rec = await store.request_cancel("closed", now=T0 + 10)
+    assert (rec.status, rec.cancel_requested) == (RunStatus.CANCELLED, True)
+    assert sorted(await ready_ids(store, now=T0 + 11)) == ["expired", "nested", "parked"]
 
 
 async def test_cancel_of_a_finished_or_unknown_run(store: Store) -> None:

@@ -9,6 +9,7 @@ See ``docs/patterns.md``.
 
 from __future__ import annotations
 
+from ._saga import Saga as Saga
 from ._supervisor import ChildSpec as ChildSpec
 
-__all__ = ["ChildSpec"]
+__all__ = ["ChildSpec", "Saga"]

@@ -14,7 +14,7 @@ Implementations: :class:`~stalwart.store.SQLiteStore` (embedded default) and
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, final, runtime_checkable
 
@@ -103,6 +103,30 @@ class EventKind(enum.StrEnum):
 STEP_TIMED_AFTER = 0.002
 """Seconds from which a plain step's timing is journaled (``step_timed``): below it, a
 step's duration shows as under this, at no cost to the many trivial steps."""
+
+
+CLEANUP_OPENED = "stalwart.cleanup_opened"
+CLEANUP_CLOSED = "stalwart.cleanup_closed"
+"""The names of the steps that open and close a run's cleanup scope
+(``ctx.cleanup_on_cancel``, a saga). A run holding an open one is not cancelled by the
+store while it does not execute: ``request_cancel`` wakes it instead, so that its code
+can clean up (see :func:`open_cleanups`)."""
+
+
+def open_cleanups(events: Iterable[tuple[EventKind | str, str | None]]) -> int:
+    """How many cleanup scopes a journal leaves open, from its ``(kind, name)`` pairs:
+    completed ``stalwart.cleanup_opened`` steps less completed ``..._closed`` ones.
+
+    The stores count the same in SQL (``request_cancel``); a run with a positive count
+    has its cancel delivered to its code rather than applied by the store."""
+    count = 0
+    for kind, name in events:
+        if kind == EventKind.STEP_COMPLETED:
+            if name == CLEANUP_OPENED:
+                count += 1
+            elif name == CLEANUP_CLOSED:
+                count -= 1
+    return count
 
 
 @final

@@ -55,6 +55,8 @@ from ..errors import (
     StoreError,
 )
 from ._base import (
+    CLEANUP_CLOSED,
+    CLEANUP_OPENED,
     TERMINAL_STATUSES,
     AppendResult,
     Event,
@@ -66,6 +68,7 @@ from ._base import (
     RunRecord,
     RunStatus,
     WorkerRecord,
+    open_cleanups,
 )
 from ._chain import (
     GENESIS,
@@ -779,6 +782,16 @@ class PostgresStore:
                 await conn.execute(
                     "UPDATE stalwart_runs SET cancel_requested = TRUE, wake_requested = TRUE "
                     "WHERE run_id = %s", (rid,))
+            elif open_cleanups(await (await conn.execute(
+                    "SELECT kind, name FROM stalwart_events WHERE run_id = %s AND kind = "
+                    "'step_completed' AND name IN (%s, %s)",
+                    (rid, CLEANUP_OPENED, CLEANUP_CLOSED))).fetchall()) > 0:
+                # It cleans up when cancelled (a saga): woken, not ended, by the cancel.
+                await conn.execute(
+                    "UPDATE stalwart_runs SET cancel_requested = TRUE, wake_requested = TRUE, "
+                    "status = CASE WHEN status IN ('sleeping', 'waiting') THEN 'pending' "
+                    "ELSE status END, wake_at = NULL, updated_at = %s WHERE run_id = %s",
+                    (now, rid))
             else:
                 count, head = await self._insert_events(
                     conn, rid, count, head, [NewEvent(EventKind.RUN_CANCELLED)], now)

@@ -40,6 +40,8 @@ from ..errors import (
 )
 from . import _sqlite_schema as schema
 from ._base import (
+    CLEANUP_CLOSED,
+    CLEANUP_OPENED,
     SCHEMA_VERSION,
     TERMINAL_STATUSES,
     AppendResult,
@@ -52,6 +54,7 @@ from ._base import (
     RunRecord,
     RunStatus,
     WorkerRecord,
+    open_cleanups,
 )
 from ._chain import (
     GENESIS,
@@ -696,6 +699,16 @@ class SQLiteStore:
             if status == RunStatus.RUNNING and expires is not None and expires >= now:
                 conn.execute("UPDATE runs SET cancel_requested = 1, wake_requested = 1 "
                              "WHERE run_id = ?", (rid,))
+            elif open_cleanups(conn.execute(
+                    "SELECT kind, name FROM events WHERE run_id = ? AND kind = "
+                    "'step_completed' AND name IN (?, ?)",
+                    (rid, CLEANUP_OPENED, CLEANUP_CLOSED)).fetchall()) > 0:
+                # It cleans up when cancelled (a saga): woken, not ended, by the cancel.
+                conn.execute(
+                    "UPDATE runs SET cancel_requested = 1, wake_requested = 1, "
+                    "status = CASE WHEN status IN ('sleeping', 'waiting') THEN 'pending' "
+                    "ELSE status END, wake_at = NULL, updated_at = ? WHERE run_id = ?",
+                    (now, rid))
             else:
                 conn.execute(
                     "UPDATE runs SET status = 'cancelled', cancel_requested = 1, "

@@ -28,6 +28,7 @@ from ..store._base import (
     RunRecord,
     RunStatus,
     WorkerRecord,
+    open_cleanups,
 )
 from ..store._chain import GENESIS, chain, verify_events
 from ..store._claims import plan_claim, ready_sort_key
@@ -322,6 +323,12 @@ class MemoryStore:
         if (r.status == RunStatus.RUNNING and r.lease_expires_at is not None
                 and r.lease_expires_at >= now):
             self._set(run, cancel_requested=True)
+            run.wake_requested = True
+        elif open_cleanups((e.kind, e.name) for e in run.events) > 0:
+            # It cleans up when cancelled (a saga): woken, not ended, by the cancel.
+            parked = r.status in (RunStatus.SLEEPING, RunStatus.WAITING)
+            self._set(run, cancel_requested=True, wake_at=None, updated_at=now,
+                      status=RunStatus.PENDING if parked else r.status)
             run.wake_requested = True
         else:
             self._set(run, status=RunStatus.CANCELLED, cancel_requested=True, lease_owner=None,
