@@ -54,6 +54,8 @@ EXAMPLES: dict[type[errors.StalwartError], errors.StalwartError] = {
     errors.RestartIntensityError: errors.RestartIntensityError(
         "too many restarts", child="r/3", reason="failed: ValueError: x", restarts=4,
         max_restarts=3, within=5.0),
+    errors.SagaAbortedError: errors.SagaAbortedError("rolled back",
+                                                     undone=["book hotel", "book flight"]),
     errors.SignalTimeoutError: errors.SignalTimeoutError("late", signal="go", run_id="r"),
     errors.RunFailedError: errors.RunFailedError("failed", error_type="builtins.ValueError"),
     errors.RunCancelledError: errors.RunCancelledError("cancelled"),
@@ -70,6 +72,9 @@ EXAMPLES: dict[type[errors.StalwartError], errors.StalwartError] = {
     errors.FallbackExhaustedError: errors.FallbackExhaustedError("all failed", keys=("a", "b")),
     errors.BudgetExceededError: errors.BudgetExceededError(
         "over", budget="max_cost", level="run", limit=1.0, used=1.25),
+    errors.CompensationFailedError: errors.CompensationFailedError(
+        "cannot undo", compensation="cancel", done=["a", "b"], undone=["b"],
+        not_undone=["a"], saga_error="ValueError: no car", run_id="r", step_id="7"),
     errors.OutcomeCheckError: errors.OutcomeCheckError("wrong", key="step:x", reason="empty"),
     errors.AgentError: errors.AgentError("agent", agent="a"),
     errors.MaxIterationsError: errors.MaxIterationsError("max", agent="a"),

@@ -109,8 +109,19 @@ class DeadLetter:
                 "redrives": self.redrives,
                 "error": {"type": self.error.type, "message": self.error.message}}
 
+    @property
+    def saga(self) -> dict[str, Any] | None:
+        """The saga's state, when a saga's compensation dead-lettered the run
+        (``CompensationFailedError``): what was done, undone and not undone."""
+        attrs = self.error.attributes
+        if "not_undone" not in attrs:
+            return None
+        return {k: attrs.get(k) for k in ("compensation", "done", "undone", "not_undone",
+                                          "saga_error")}
+
     def as_json(self) -> dict[str, Any]:
         out = self.summary_json()
+        out["saga"] = self.saga
         out["error"]["traceback"] = self.error.traceback
         out["input"] = _json_or_text(self.run.input)
         out["created_at"] = self.run.created_at
@@ -270,6 +281,8 @@ def render_dead_letter(out: Console, dl: DeadLetter, store: str | None) -> None:
     out.print(Text("error", style="bold"))
     out.print(Text(f"  {dl.error.type}: {dl.error.message}", style="red"), soft_wrap=True)
     out.print()
+    if dl.saga is not None:
+        _render_saga(out, dl.saga)
     out.print(Text("failed attempts", style="bold"))
     if not dl.attempts:
         out.print("  (none recorded: the error was raised outside a guarded call)")
@@ -289,6 +302,25 @@ def render_dead_letter(out: Console, dl: DeadLetter, store: str | None) -> None:
     out.print()
     out.print(Text(f"send it through again: stalwart dlq retry {rec.run_id}"
                    f"{store_hint(store)}", style="dim"), soft_wrap=True)
+
+
+def _render_saga(out: Console, saga: dict[str, Any]) -> None:
+    def names(key: str) -> str:
+        value = saga.get(key)
+        return ", ".join(map(str, value)) if isinstance(value, list | tuple) and value \
+            else "-"
+
+    out.print(Text("saga (a compensation failed; dlq retry goes on undoing)", style="bold"))
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="dim")
+    facts.add_column()
+    facts.add_row("rolled back after", Text(str(saga.get("saga_error") or "-")))
+    facts.add_row("done", Text(names("done")))
+    facts.add_row("undone", Text(names("undone")))
+    facts.add_row("not undone", Text(names("not_undone")))
+    facts.add_row("failing", Text(str(saga.get("compensation") or "-")))
+    out.print(facts)
+    out.print()
 
 
 @dlq_app.command("show", cls=HelpCommand)
