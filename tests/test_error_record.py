@@ -56,6 +56,11 @@ EXAMPLES: dict[type[errors.StalwartError], errors.StalwartError] = {
         max_restarts=3, within=5.0),
     errors.SagaAbortedError: errors.SagaAbortedError("rolled back",
                                                      undone=["book hotel", "book flight"]),
+    errors.GraphBuildError: errors.GraphBuildError(
+        "cannot run", problems=["node 'b' cannot be reached from START"]),
+    errors.GraphError: errors.GraphError("bad update", node="agent", step_id="3"),
+    errors.GraphStepLimitError: errors.GraphStepLimitError(
+        "too many supersteps", max_steps=7, node="spin"),
     errors.SignalTimeoutError: errors.SignalTimeoutError("late", signal="go", run_id="r"),
     errors.RunFailedError: errors.RunFailedError("failed", error_type="builtins.ValueError"),
     errors.RunCancelledError: errors.RunCancelledError("cancelled"),

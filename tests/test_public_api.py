@@ -27,7 +27,7 @@ PUBLIC = {
     "CircuitBreakerConfig", "BulkheadConfig", "RateLimit", "Budget", "Price", "PriceTable",
     "UsageReport", "usage_report", "ReplayReport",
     # coordination patterns
-    "ChildRun", "ChildOutcome", "ChildSpec", "Saga",
+    "ChildRun", "ChildOutcome", "ChildSpec", "Saga", "Graph", "CompiledGraph", "START", "END",
     # errors
     "StalwartError", "ConfigurationError", "IdempotencyConflictError", "SerializationError",
     "StoreError",
@@ -35,6 +35,7 @@ PUBLIC = {
     "RunNotFoundError", "WorkflowNotFoundError", "NonDeterminismError", "RemoteError",
     "ContextMisuseError", "SignalTimeoutError", "RunFailedError", "RunCancelledError",
     "RestartIntensityError", "SagaAbortedError", "CompensationFailedError",
+    "GraphBuildError", "GraphError", "GraphStepLimitError",
     "ResilienceError", "RetryExhaustedError", "CallTimeoutError", "CircuitOpenError",
     "BulkheadFullError", "ThrottledError", "FallbackExhaustedError", "BudgetExceededError",
     "BudgetExceeded", "OutcomeCheckError", "ModelError", "RateLimitedError", "ProviderQuota",

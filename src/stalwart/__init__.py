@@ -47,6 +47,9 @@ from .errors import ConfigurationError as ConfigurationError
 from .errors import ContentFilterError as ContentFilterError
 from .errors import ContextMisuseError as ContextMisuseError
 from .errors import FallbackExhaustedError as FallbackExhaustedError
+from .errors import GraphBuildError as GraphBuildError
+from .errors import GraphError as GraphError
+from .errors import GraphStepLimitError as GraphStepLimitError
 from .errors import IdempotencyConflictError as IdempotencyConflictError
 from .errors import InvalidRequestError as InvalidRequestError
 from .errors import LeaseLostError as LeaseLostError
@@ -94,7 +97,11 @@ from .models import ToolSpec as ToolSpec
 from .models import Usage as Usage
 from .models import count_tokens as count_tokens
 from .models import parse_model as parse_model
+from .patterns import END as END
+from .patterns import START as START
 from .patterns import ChildSpec as ChildSpec
+from .patterns import CompiledGraph as CompiledGraph
+from .patterns import Graph as Graph
 from .patterns import Saga as Saga
 from .policies import BulkheadConfig as BulkheadConfig
 from .policies import CircuitBreakerConfig as CircuitBreakerConfig
@@ -166,6 +173,10 @@ __all__ = [
     "ChildOutcome",
     "ChildSpec",
     "Saga",
+    "Graph",
+    "CompiledGraph",
+    "START",
+    "END",
     # time
     "Clock",
     "SystemClock",
@@ -196,6 +207,9 @@ __all__ = [
     "RunCancelledError",
     "RestartIntensityError",
     "SagaAbortedError",
+    "GraphBuildError",
+    "GraphError",
+    "GraphStepLimitError",
     "ResilienceError",
     "RetryExhaustedError",
     "CallTimeoutError",

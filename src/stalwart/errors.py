@@ -6,7 +6,8 @@ seconds, or ``None``) and where it happened (``run_id``, ``step_id``, ``attempt`
 
     StalwartError
     ├── ConfigurationError            bad arguments, unknown store URL, ...
-    │   └── IdempotencyConflictError  a run id reused with other input or workflow
+    │   ├── IdempotencyConflictError  a run id reused with other input or workflow
+    │   └── GraphBuildError           a state graph that cannot run as drawn
     ├── SerializationError            a value cannot round-trip through the journal
     ├── StoreError                    the journal cannot be used
     │   ├── NotAStalwartStoreError    the file/database is not a stalwart journal
@@ -24,6 +25,9 @@ seconds, or ``None``) and where it happened (``run_id``, ``step_id``, ``attempt`
     ├── RunCancelledError             handle.result() of a cancelled run
     ├── RestartIntensityError         a supervisor's children restarted too often
     ├── SagaAbortedError              a saga rolled back after a ResilienceError
+    ├── GraphError                    a graph node's update or a router's answer does
+    │   │                             not fit its graph
+    │   └── GraphStepLimitError       a graph run took more than max_steps supersteps
     ├── ResilienceError               raised by the policy stack
     │   ├── RetryExhaustedError       Retry gave up; __cause__ is the last error
     │   ├── CallTimeoutError          a timeout or deadline scope expired; retryable
@@ -74,6 +78,9 @@ from typing import Any, ClassVar, final
 __all__ = [
     "AgentError",
     "FallbackExhaustedError",
+    "GraphBuildError",
+    "GraphError",
+    "GraphStepLimitError",
     "IdempotencyConflictError",
     "MaxIterationsError",
     "OutputValidationError",
@@ -381,6 +388,54 @@ class SagaAbortedError(StalwartError):
     def __init__(self, message: str, *, undone: list[str], **context: Any) -> None:
         super().__init__(message, **context)
         self.undone = undone
+
+
+class GraphBuildError(ConfigurationError):
+    """A state graph cannot run as drawn (``Graph.compile``): an edge to or from a node
+    that does not exist, a node with no way out, one unreachable from START or with no
+    path to END, a conditional edge with undeclared targets. Nothing was run.
+
+    Attributes:
+        problems: every problem found, one line each.
+    """
+
+    journal_attributes = ("problems",)
+
+    def __init__(self, message: str, *, problems: Sequence[str] = (),
+                 **context: Any) -> None:
+        super().__init__(message, **context)
+        self.problems = list(problems)
+
+
+class GraphError(StalwartError):
+    """A graph run met something its graph does not allow: a node's update names no
+    field of the state or does not validate, two parallel nodes set one field that has
+    no reducer, a router named a target it did not declare. Not retryable.
+
+    Attributes:
+        node: the node (or router's source node) concerned.
+    """
+
+    journal_attributes = ("node",)
+
+    def __init__(self, message: str, *, node: str | None = None, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.node = node
+
+
+class GraphStepLimitError(GraphError):
+    """A graph run would take more than ``max_steps`` supersteps (a cycle that does not
+    reach END): refused before the superstep runs. Not retryable.
+
+    Attributes:
+        max_steps: the bound.
+    """
+
+    journal_attributes = ("max_steps",)
+
+    def __init__(self, message: str, *, max_steps: int, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.max_steps = max_steps
 
 
 class ResilienceError(StalwartError):

@@ -64,11 +64,13 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 @dataclass
 class Child:
-    """Drives ``crash_app.py`` on one journal and ledger."""
+    """Drives ``crash_app.py`` (or another app of the same command line, ``app``) on one
+    journal and ledger."""
 
     store: str
     ledger: Path
     cwd: Path
+    app: Path = APP
 
     def spawn(self, workflow: str, run_id: str, *, crash_at: str | None = None,
               extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -77,7 +79,7 @@ class Child:
         if crash_at is not None:
             env["CRASH_AT"] = crash_at
         return subprocess.Popen(
-            [sys.executable, str(APP), self.store, str(self.ledger), workflow, run_id],
+            [sys.executable, str(self.app), self.store, str(self.ledger), workflow, run_id],
             env=env, cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True)
 

@@ -38,3 +38,14 @@ def test_saga_booking_example(tmp_path: Path) -> None:
         "Oslo: booked flight-oslo, hotel-oslo, car-oslo",
         "  steps: book flight, book hotel, book car, charge, confirm",
     ]
+
+
+def test_graph_example(tmp_path: Path) -> None:
+    """examples/graph_agent.py: the two research nodes join, two drafts, each node step
+    journals only its delta."""
+    out = run_example("graph_agent.py", tmp_path)
+    assert out.startswith("flowchart TD\n")
+    assert "notes: ['web: three recent posts on durable agents', 'papers: a 2024 survey" in out
+    assert "drafts: 2, verdict: good" in out
+    assert "step 1/0/1 node:web: journaled ['notes']" in out
+    assert "step 7 node:critique: journaled ['verdict']" in out

@@ -1,4 +1,5 @@
-"""Coordination patterns built on the durable core: approvals, sagas, supervisors.
+"""Coordination patterns built on the durable core: approvals, sagas, supervisors,
+state graphs, handoffs, actors.
 
 Each is made of the engine's public pieces (steps, child runs, waits, the journaled
 clock), so it is crash-safe, bounded and traced like any workflow code, and adds no
@@ -9,7 +10,11 @@ See ``docs/patterns.md``.
 
 from __future__ import annotations
 
+from ._graph import END as END
+from ._graph import START as START
+from ._graph import CompiledGraph as CompiledGraph
+from ._graph import Graph as Graph
 from ._saga import Saga as Saga
 from ._supervisor import ChildSpec as ChildSpec
 
-__all__ = ["ChildSpec", "Saga"]
+__all__ = ["END", "START", "ChildSpec", "CompiledGraph", "Graph", "Saga"]
