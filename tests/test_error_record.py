@@ -61,6 +61,14 @@ EXAMPLES: dict[type[errors.StalwartError], errors.StalwartError] = {
     errors.GraphError: errors.GraphError("bad update", node="agent", step_id="3"),
     errors.GraphStepLimitError: errors.GraphStepLimitError(
         "too many supersteps", max_steps=7, node="spin"),
+    errors.HandoffError: errors.HandoffError("no", source="a", target="b", chain=["a"]),
+    errors.HandoffContractError: errors.HandoffContractError(
+        "broke it", problems=["field 'x': Field required"], source="a", target="b",
+        chain=["a"]),
+    errors.HandoffLimitError: errors.HandoffLimitError(
+        "too long", max_hops=2, source="b", target="c", chain=["a", "b"]),
+    errors.HandoffLoopError: errors.HandoffLoopError("loop", source="a", target="b",
+                                                     chain=["a", "b", "a"]),
     errors.SignalTimeoutError: errors.SignalTimeoutError("late", signal="go", run_id="r"),
     errors.RunFailedError: errors.RunFailedError("failed", error_type="builtins.ValueError"),
     errors.RunCancelledError: errors.RunCancelledError("cancelled"),

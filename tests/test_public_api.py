@@ -28,6 +28,7 @@ PUBLIC = {
     "UsageReport", "usage_report", "ReplayReport",
     # coordination patterns
     "ChildRun", "ChildOutcome", "ChildSpec", "Saga", "Graph", "CompiledGraph", "START", "END",
+    "Team", "TeamResult", "Handoff",
     # errors
     "StalwartError", "ConfigurationError", "IdempotencyConflictError", "SerializationError",
     "StoreError",
@@ -35,7 +36,8 @@ PUBLIC = {
     "RunNotFoundError", "WorkflowNotFoundError", "NonDeterminismError", "RemoteError",
     "ContextMisuseError", "SignalTimeoutError", "RunFailedError", "RunCancelledError",
     "RestartIntensityError", "SagaAbortedError", "CompensationFailedError",
-    "GraphBuildError", "GraphError", "GraphStepLimitError",
+    "GraphBuildError", "HandoffError", "HandoffContractError", "HandoffLimitError",
+    "HandoffLoopError", "GraphError", "GraphStepLimitError",
     "ResilienceError", "RetryExhaustedError", "CallTimeoutError", "CircuitOpenError",
     "BulkheadFullError", "ThrottledError", "FallbackExhaustedError", "BudgetExceededError",
     "BudgetExceeded", "OutcomeCheckError", "ModelError", "RateLimitedError", "ProviderQuota",

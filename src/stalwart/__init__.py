@@ -50,6 +50,10 @@ from .errors import FallbackExhaustedError as FallbackExhaustedError
 from .errors import GraphBuildError as GraphBuildError
 from .errors import GraphError as GraphError
 from .errors import GraphStepLimitError as GraphStepLimitError
+from .errors import HandoffContractError as HandoffContractError
+from .errors import HandoffError as HandoffError
+from .errors import HandoffLimitError as HandoffLimitError
+from .errors import HandoffLoopError as HandoffLoopError
 from .errors import IdempotencyConflictError as IdempotencyConflictError
 from .errors import InvalidRequestError as InvalidRequestError
 from .errors import LeaseLostError as LeaseLostError
@@ -102,7 +106,10 @@ from .patterns import START as START
 from .patterns import ChildSpec as ChildSpec
 from .patterns import CompiledGraph as CompiledGraph
 from .patterns import Graph as Graph
+from .patterns import Handoff as Handoff
 from .patterns import Saga as Saga
+from .patterns import Team as Team
+from .patterns import TeamResult as TeamResult
 from .policies import BulkheadConfig as BulkheadConfig
 from .policies import CircuitBreakerConfig as CircuitBreakerConfig
 from .policies import RateLimit as RateLimit
@@ -177,6 +184,9 @@ __all__ = [
     "CompiledGraph",
     "START",
     "END",
+    "Team",
+    "TeamResult",
+    "Handoff",
     # time
     "Clock",
     "SystemClock",
@@ -210,6 +220,10 @@ __all__ = [
     "GraphBuildError",
     "GraphError",
     "GraphStepLimitError",
+    "HandoffError",
+    "HandoffContractError",
+    "HandoffLimitError",
+    "HandoffLoopError",
     "ResilienceError",
     "RetryExhaustedError",
     "CallTimeoutError",

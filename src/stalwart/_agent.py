@@ -52,6 +52,7 @@ from .models import (
     ModelRequest,
     ModelResponse,
     ToolCallRequest,
+    ToolSpec,
     Usage,
     parse_tool_arguments,
 )
@@ -61,7 +62,7 @@ from .telemetry._interceptor import AgentEndInput, AgentStartInput, CaptureConte
 if TYPE_CHECKING:
     from ._context import Context
 
-__all__ = ["Agent", "AgentResult"]
+__all__ = ["Agent", "AgentResult", "HandoffOffer"]
 
 OutT = TypeVar("OutT", default=str)
 _MISSING: Any = object()
@@ -80,6 +81,8 @@ class AgentResult(Generic[OutT]):
         tool_calls: tool calls executed (repairs not counted).
         models: which model answered each turn (fallbacks show here).
         fallback_used: True when ``fallback_output`` was returned.
+        handoff: ``(tool name, arguments)`` when the model handed off instead of
+            answering (a :class:`HandoffOffer` it accepted); ``output`` is then ``None``.
     """
 
     output: OutT
@@ -89,6 +92,25 @@ class AgentResult(Generic[OutT]):
     tool_calls: int
     models: tuple[str, ...] = field(default=())
     fallback_used: bool = False
+    handoff: tuple[str, dict[str, Any]] | None = None
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class HandoffOffer:
+    """A handoff an agent's loop offers its model as a tool (how the handoff pattern,
+    :mod:`stalwart.patterns._handoff`, talks to the loop).
+
+    When the model calls ``spec.name``, the loop asks ``check(arguments)``: an empty list
+    accepts the handoff and ends the loop (:attr:`AgentResult.handoff`); otherwise the
+    problems go back to the model as a ``handoff_refused`` tool error it can correct, at
+    most ``max_reasks`` times, then ``on_exhausted(problems)`` is raised.
+    """
+
+    spec: ToolSpec
+    check: Callable[[dict[str, Any]], list[str]]
+    max_reasks: int
+    on_exhausted: Callable[[list[str]], BaseException]
 
 
 def _input_text(value: Any) -> str:
@@ -229,12 +251,22 @@ class Agent(Generic[OutT]):
         return output, None
 
     async def run_result(self, ctx: Context, input: Any, *,
-                         policy: Policy | None = None) -> AgentResult[OutT]:
-        """Run the loop and return the output with the conversation and accounting."""
+                         policy: Policy | None = None,
+                         handoffs: Sequence[HandoffOffer] = ()) -> AgentResult[OutT]:
+        """Run the loop and return the output with the conversation and accounting.
+
+        ``handoffs`` are offered to the model beside the agent's tools; one it calls and
+        that accepts its arguments ends the loop with :attr:`AgentResult.handoff` set
+        (see :class:`HandoffOffer`; the handoff pattern uses this)."""
+        offers = {o.spec.name: o for o in handoffs}
+        clash = sorted(set(offers) & set(self.tools))
+        if clash:
+            raise ConfigurationError(f"agent {self.name!r}: handoff tools {clash} have the "
+                                     "names of its own tools")
         ic = ctx._ex.interceptor
         if not ic.active:
             with agent_budget(self.name, self.budget):
-                return await self._loop(ctx, input, policy, _Spent())
+                return await self._loop(ctx, input, policy, _Spent(), offers)
         primary = ctx._ex.runtime.model(self.model)
         first_step_id = ctx._next_step_id()
         handle = ic.agent_started(AgentStartInput(
@@ -245,7 +277,7 @@ class Agent(Generic[OutT]):
         spent = _Spent()
         try:
             with agent_budget(self.name, self.budget):
-                result = await self._loop(ctx, input, policy, spent)
+                result = await self._loop(ctx, input, policy, spent, offers)
         except BaseException as exc:
             # What it used before it failed is spent all the same (and on its span).
             ic.agent_ended(AgentEndInput(
@@ -259,7 +291,7 @@ class Agent(Generic[OutT]):
         return result
 
     async def _loop(self, ctx: Context, input: Any, policy: Policy | None,
-                    spent: _Spent) -> AgentResult[OutT]:
+                    spent: _Spent, offers: dict[str, HandoffOffer]) -> AgentResult[OutT]:
         effective = ctx._ex.runtime.effective_policy(self.policy, policy)
         output_schema = self._adapter.json_schema() if self._adapter is not None else None
         messages: list[Message] = []
@@ -267,9 +299,10 @@ class Agent(Generic[OutT]):
         if system:
             messages.append(Message.system(system))
         messages.append(Message.user(_input_text(input)))
-        specs = tuple(t.spec for t in self.tools.values())
+        specs = (*(t.spec for t in self.tools.values()), *(o.spec for o in offers.values()))
         answered_by: list[str] = []
         seen: Counter[str] = Counter()
+        refused: Counter[str] = Counter()
         repairs = reasks = 0
 
         for _turn in range(self.max_iterations):
@@ -287,6 +320,19 @@ class Agent(Generic[OutT]):
 
             if response.tool_calls:
                 for call in response.tool_calls:
+                    offer = offers.get(call.name)
+                    if offer is not None:
+                        args, content = self._handoff(call, offer, refused)
+                        if args is not None:
+                            return AgentResult(
+                                output=None, messages=tuple(messages),  # type: ignore[arg-type]
+                                usage=spent.usage(), iterations=spent.iterations,
+                                tool_calls=spent.tool_calls, models=tuple(answered_by),
+                                handoff=(call.name, args))
+                        await _journal_repair(ctx, turn_id, call, content)
+                        messages.append(Message.tool(content, tool_call_id=call.id,
+                                                     name=call.name))
+                        continue
                     content, repaired = await self._run_tool(ctx, call, seen)
                     if repaired:
                         await _journal_repair(ctx, turn_id, call, content)
@@ -326,6 +372,26 @@ class Agent(Generic[OutT]):
         raise MaxIterationsError(
             f"agent {self.name!r}: no final answer after {self.max_iterations} model turns",
             agent=self.name, run_id=ctx.run_id)
+
+    def _handoff(self, call: ToolCallRequest, offer: HandoffOffer,
+                 refused: Counter[str]) -> tuple[dict[str, Any] | None, str]:
+        """A handoff the model asked for: its arguments if the offer accepts them, else
+        the tool error that tells the model why (raising once it was told too often)."""
+        parsed, problem = parse_tool_arguments(
+            call.arguments, max_bytes=self.max_argument_bytes,
+            max_depth=self.max_argument_depth)
+        problems = ([f"arguments are not a JSON object: {problem}"] if parsed is None
+                    else offer.check(dict(parsed)))
+        if not problems:
+            return dict(parsed or {}), ""
+        refused[call.name] += 1
+        if refused[call.name] > offer.max_reasks:
+            raise offer.on_exhausted(problems)
+        return None, json.dumps({"error": {
+            "type": "handoff_refused",
+            "message": f"the handoff {call.name} does not satisfy its contract: "
+                       f"{'; '.join(problems)}. Fix the arguments and call it again.",
+            "problems": problems}})
 
     async def _run_tool(self, ctx: Context, call: ToolCallRequest,
                         seen: Counter[str]) -> tuple[str, bool]:

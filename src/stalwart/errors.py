@@ -28,6 +28,10 @@ seconds, or ``None``) and where it happened (``run_id``, ``step_id``, ``attempt`
     ├── GraphError                    a graph node's update or a router's answer does
     │   │                             not fit its graph
     │   └── GraphStepLimitError       a graph run took more than max_steps supersteps
+    ├── HandoffError                  a handoff between agents could not be made
+    │   ├── HandoffContractError      the sender did not satisfy the contract (re-asks spent)
+    │   ├── HandoffLimitError         a chain of handoffs longer than max_hops
+    │   └── HandoffLoopError          a handoff that repeats an earlier one of the chain
     ├── ResilienceError               raised by the policy stack
     │   ├── RetryExhaustedError       Retry gave up; __cause__ is the last error
     │   ├── CallTimeoutError          a timeout or deadline scope expired; retryable
@@ -81,6 +85,10 @@ __all__ = [
     "GraphBuildError",
     "GraphError",
     "GraphStepLimitError",
+    "HandoffContractError",
+    "HandoffError",
+    "HandoffLimitError",
+    "HandoffLoopError",
     "IdempotencyConflictError",
     "MaxIterationsError",
     "OutputValidationError",
@@ -436,6 +444,61 @@ class GraphStepLimitError(GraphError):
     def __init__(self, message: str, *, max_steps: int, **context: Any) -> None:
         super().__init__(message, **context)
         self.max_steps = max_steps
+
+
+class HandoffError(StalwartError):
+    """A handoff from one agent to another could not be made. Not retryable.
+
+    Attributes:
+        source, target: the agents (names) the handoff was from and to.
+        chain: the agents of the run of handoffs so far, in order.
+    """
+
+    journal_attributes: ClassVar[tuple[str, ...]] = ("source", "target", "chain")
+
+    def __init__(self, message: str, *, source: str | None = None,
+                 target: str | None = None, chain: Sequence[str] = (),
+                 **context: Any) -> None:
+        super().__init__(message, **context)
+        self.source = source
+        self.target = target
+        self.chain = list(chain)
+
+
+class HandoffContractError(HandoffError):
+    """The sending agent's model kept handing off with arguments that do not satisfy the
+    handoff's contract (a missing or invalid canonical field, a local field), after
+    ``max_reasks`` structured errors sent back to it.
+
+    Attributes:
+        problems: what was wrong with the last attempt, one line each.
+    """
+
+    journal_attributes = ("problems",)
+
+    def __init__(self, message: str, *, problems: Sequence[str] = (),
+                 **context: Any) -> None:
+        super().__init__(message, **context)
+        self.problems = list(problems)
+
+
+class HandoffLimitError(HandoffError):
+    """A chain of handoffs would take more than ``max_hops`` handoffs.
+
+    Attributes:
+        max_hops: the bound.
+    """
+
+    journal_attributes = ("max_hops",)
+
+    def __init__(self, message: str, *, max_hops: int, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.max_hops = max_hops
+
+
+class HandoffLoopError(HandoffError):
+    """A handoff repeats one made earlier in the chain (same agents, same contract): the
+    chain would go round without progress."""
 
 
 class ResilienceError(StalwartError):

@@ -97,6 +97,29 @@ class Child:
         """(label, key) of every effect a deduplicating service applied."""
         return crash_app.dedup_rows(self.ledger)  # type: ignore[no-any-return]
 
+    def in_flight(self) -> set[str]:
+        """The effects (``run:step`` keys) executed whose step has no outcome in the
+        journal: in flight when the process died."""
+        import asyncio
+
+        import stalwart as sw
+        from stalwart.store import EventKind
+
+        async def read() -> set[str]:
+            app = sw.Runtime(self.store, worker=False)
+            try:
+                out = set()
+                for _, key in self.raw_lines():
+                    run_id, _, step_id = key.rpartition(":")
+                    if not [e for e in await app.events(run_id) if e.step_id == step_id
+                            and e.kind in (EventKind.STEP_COMPLETED, EventKind.STEP_FAILED)]:
+                        out.add(key)
+                return out
+            finally:
+                await app.close()
+
+        return asyncio.run(read())
+
     @staticmethod
     def kill(proc: subprocess.Popen[str]) -> None:
         proc.send_signal(signal.SIGKILL)

@@ -49,3 +49,18 @@ def test_graph_example(tmp_path: Path) -> None:
     assert "drafts: 2, verdict: good" in out
     assert "step 1/0/1 node:web: journaled ['notes']" in out
     assert "step 7 node:critique: journaled ['verdict']" in out
+
+
+def test_handoff_example(tmp_path: Path) -> None:
+    """examples/handoff_support.py: the leaking handoff is refused with its reasons, the
+    corrected one transfers the contract only, redacted."""
+    lines = run_example("handoff_support.py", tmp_path).splitlines()
+    assert lines[0] == (
+        "refused transfer_to_billing: the handoff transfer_to_billing does not satisfy its "
+        "contract: field 'card_number' is local to triage and must not be handed off; "
+        "field 'issue': Field required. Fix the arguments and call it again.")
+    assert lines[1] == "chain: triage -> billing"
+    assert lines[2] == (
+        'billing received: {"customer_id": "c-42", "issue": "charged twice for order 1009", '
+        '"summary": "Customer ([email]) says the second charge came a day later."}')
+    assert lines[3].startswith("answer from billing: [sim:billing]")

@@ -5,16 +5,12 @@ again, and a deduplicating service applies every effect once."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-import stalwart as sw
-from stalwart.store import EventKind
 
 pytestmark = pytest.mark.slow
 
@@ -25,21 +21,6 @@ EXPECTED = {
     "n": 6,
 }
 EFFECTS = {"think": 6, "search": 1, "review": 1}
-
-
-async def in_flight(store: str, keys: list[str]) -> set[str]:
-    """The effects (``run:step`` keys) whose step has no outcome in the journal."""
-    app = sw.Runtime(store, worker=False)
-    try:
-        out = set()
-        for key in keys:
-            run_id, _, step_id = key.rpartition(":")
-            if not [e for e in await app.events(run_id) if e.step_id == step_id and e.kind
-                    in (EventKind.STEP_COMPLETED, EventKind.STEP_FAILED)]:
-                out.add(key)
-        return out
-    finally:
-        await app.close()
 
 
 @pytest.mark.parametrize("crash_at", [
@@ -58,7 +39,7 @@ def test_a_graph_killed_at_a_point_resumes_to_the_same_state(child: Any,
     child.app = GRAPH_APP
     code, _, err = child.run("notes", "g1", crash_at=crash_at)
     assert code == -9, err
-    flying = asyncio.run(in_flight(child.store, [k for _, k in child.raw_lines()]))
+    flying = child.in_flight()
     code, out, err = child.run("notes", "g1")
     assert code == 0, err
     assert json.loads(out) == EXPECTED

@@ -14,7 +14,11 @@ from ._graph import END as END
 from ._graph import START as START
 from ._graph import CompiledGraph as CompiledGraph
 from ._graph import Graph as Graph
+from ._handoff import Handoff as Handoff
+from ._handoff import Team as Team
+from ._handoff import TeamResult as TeamResult
 from ._saga import Saga as Saga
 from ._supervisor import ChildSpec as ChildSpec
 
-__all__ = ["END", "START", "ChildSpec", "CompiledGraph", "Graph", "Saga"]
+__all__ = ["END", "START", "ChildSpec", "CompiledGraph", "Graph", "Handoff", "Saga", "Team",
+           "TeamResult"]
