@@ -22,6 +22,7 @@ step lost that way runs again on resume, with the same idempotency key.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import sqlite3
@@ -35,7 +36,7 @@ from ..errors import (
     ConfigurationError,
     LeaseLostError,
     NotAStalwartStoreError,
-    RunNotFoundError,
+    StoreCorruptedError,
     StoreError,
 )
 from . import _sqlite_schema as schema
@@ -43,10 +44,8 @@ from ._base import (
     CLEANUP_CLOSED,
     CLEANUP_OPENED,
     SCHEMA_VERSION,
-    TERMINAL_STATUSES,
     AppendResult,
     Event,
-    EventKind,
     Finish,
     Lease,
     NewEvent,
@@ -56,22 +55,33 @@ from ._base import (
     WorkerRecord,
     open_cleanups,
 )
-from ._chain import (
-    GENESIS,
-    RUN_COLUMNS,
-    chain,
-    outcome_digest,
-    run_digest,
-    run_record,
-    verify_events,
-)
-from ._claims import READY_ORDER_SQL, plan_claim
+from ._chain import RUN_COLUMNS, run_record, verify_events
 from ._limits import (
     BucketDraw,
     BucketState,
     Reservation,
     plan_adjustment,
     plan_reservation,
+)
+from ._runs import (
+    READY_ORDER_SQL,
+    STATE_COLUMNS,
+    Plan,
+    RunState,
+    can_steal,
+    check_lease,
+    claim_order,
+    plan_append,
+    plan_cancel,
+    plan_claim,
+    plan_create,
+    plan_redrive,
+    plan_renew,
+    plan_take_signal,
+    plan_wake,
+    ready_sql,
+    require,
+    state_from_row,
 )
 
 __all__ = ["SQLiteStore"]
@@ -335,29 +345,29 @@ class SQLiteStore:
         events: Sequence[NewEvent] = (),
     ) -> tuple[RunRecord, bool]:
         def op(conn: sqlite3.Connection) -> tuple[RunRecord, bool]:
+            parent_state = None
             if parent is not None:
-                self._check_lease(conn, parent)
+                parent_state = check_lease(_state(conn, parent.run_id), parent)
             existing = conn.execute(_SELECT_RUN, (run_id,)).fetchone()
-            created = existing is None
-            if created:
-                parent_id = parent.run_id if parent else None
+            if existing is None:
+                new = plan_create(run_id=run_id, workflow=workflow, input=input, now=now,
+                                  workflow_ref=workflow_ref,
+                                  parent_run_id=parent.run_id if parent else None,
+                                  parent_step_id=parent_step_id, events=events)
+                rec = new.record
                 conn.execute(
                     "INSERT INTO runs (run_id, workflow, workflow_ref, status, input, "
-                    "parent_run_id, parent_step_id, created_at, updated_at, run_digest, "
-                    "outcome_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (run_id, workflow, workflow_ref, RunStatus.PENDING, input, parent_id,
-                     parent_step_id, now, now,
-                     run_digest(run_id, workflow, workflow_ref, input, parent_id,
-                                parent_step_id, now),
-                     outcome_digest(run_id, None, None)),
-                )
-                self._insert_events(conn, run_id, 0, GENESIS,
-                                    [NewEvent(EventKind.RUN_CREATED, name=workflow,
-                                              payload=input), *events], now)
-            if parent is not None and parent_events:
-                self._append_checked(conn, parent, parent_events, now, None)
-            row = conn.execute(_SELECT_RUN, (run_id,)).fetchone()
-            return run_record(row), created
+                    "parent_run_id, parent_step_id, created_at, updated_at, event_count, "
+                    "event_head, run_digest, outcome_digest) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, workflow, workflow_ref, str(rec.status), input, rec.parent_run_id,
+                     parent_step_id, now, now, new.state.event_count, new.state.event_head,
+                     new.run_digest, new.outcome_digest))
+                conn.executemany(_INSERT_EVENT, new.events)
+            if parent is not None and parent_state is not None and parent_events:
+                self._write_plan(conn, plan_append(parent_state, parent, parent_events,
+                                                   now=now), now)
+            return (run_record(existing), False) if existing is not None else (rec, True)
 
         return await self._write(op)
 
@@ -437,34 +447,32 @@ class SQLiteStore:
             return []
 
         def op(conn: sqlite3.Connection) -> list[Lease]:
-            stolen: list[str] = []
+            states: dict[str, RunState] = {}
+            stolen: dict[str, tuple[str, int]] = {}
             for sid, sowner, stoken in steal:
-                if len(stolen) >= limit:
-                    break
-                if run_id is not None and sid != run_id:
+                if len(stolen) >= limit or (run_id is not None and sid != run_id):
                     continue
-                row = conn.execute(
-                    "SELECT workflow FROM runs WHERE run_id = ? AND status = 'running' "
-                    "AND lease_owner = ? AND lease_token = ?", (sid, sowner, stoken)).fetchone()
-                if row and (workflows is None or row[0] in workflows):
-                    stolen.append(sid)
-            ready_ids: list[str] = []
+                row = conn.execute(f"SELECT {STATE_COLUMNS}, workflow FROM runs "
+                                   "WHERE run_id = ?", (sid,)).fetchone()
+                if row and (workflows is None or row[-1] in workflows):
+                    states[sid] = state_from_row(row)
+                    if can_steal(states[sid], sowner, stoken):
+                        stolen.setdefault(sid, (sowner, stoken))
+            ready: list[str] = []
             if len(stolen) < limit:
-                ready_ids = [r[0] for r in conn.execute(*self._ready_query(
-                    now, limit - len(stolen), run_id, workflows, stolen))]
+                for row in conn.execute(*self._ready_query(
+                        now, limit - len(stolen), run_id, workflows, list(stolen))):
+                    states[row[0]] = state_from_row(row)
+                    ready.append(row[0])
             leases = []
-            expires = now + lease_seconds
-            for rid in plan_claim(stolen, ready_ids, limit):
-                row = conn.execute(
-                    "UPDATE runs SET status = 'running', lease_owner = ?, "
-                    "lease_token = lease_token + 1, lease_expires_at = ?, owner_host = ?, "
-                    "owner_pid = ?, wake_at = NULL, wake_requested = 0, updated_at = ? "
-                    "WHERE run_id = ? RETURNING lease_token, event_count, event_head",
-                    (owner.id, expires, owner.host, owner.pid, now, rid)).fetchone()
-                self._insert_events(conn, rid, row[1], row[2], [NewEvent(
-                    EventKind.RUN_CLAIMED, name=owner.id,
-                    payload=json.dumps({"host": owner.host, "pid": owner.pid}))], now)
-                leases.append(Lease(rid, owner.id, row[0], expires))
+            for rid in claim_order(list(stolen), ready, limit):
+                plan = plan_claim(states[rid], owner, now=now, lease_seconds=lease_seconds,
+                                  steal=stolen.get(rid))
+                if plan is None:  # the index said ready, the row says otherwise
+                    raise _index_damage(rid)
+                self._write_plan(conn, plan, now)
+                leases.append(Lease(rid, owner.id, plan.after.lease_token,
+                                    now + lease_seconds))
             return leases
 
         return await self._write(op)
@@ -473,11 +481,8 @@ class SQLiteStore:
     def _ready_query(now: float, limit: int, run_id: str | None,
                      workflows: Sequence[str] | None,
                      exclude: Sequence[str]) -> tuple[str, dict[str, Any]]:
-        """Ready runs in claim order (see _claims): pending, parked and due, or running
-        with an expired lease."""
-        where = ("(status = 'pending' OR (status = 'running' AND lease_expires_at < :now) "
-                 "OR (status IN ('sleeping', 'waiting') AND wake_at IS NOT NULL "
-                 "AND wake_at <= :now))")
+        """Ready runs' states, in claim order (see _runs)."""
+        where = ready_sql(":now")
         params: dict[str, Any] = {"now": now, "limit": limit}
         if workflows is not None:
             where += f" AND workflow IN ({', '.join(f':wf{i}' for i in range(len(workflows)))})"
@@ -488,8 +493,8 @@ class SQLiteStore:
         if run_id is not None:
             where += " AND run_id = :run_id"
             params["run_id"] = run_id
-        return (f"SELECT run_id FROM runs WHERE {where} ORDER BY {READY_ORDER_SQL}, rowid "
-                "LIMIT :limit", params)
+        return (f"SELECT {STATE_COLUMNS} FROM runs WHERE {where} "
+                f"ORDER BY {READY_ORDER_SQL}, rowid LIMIT :limit", params)
 
     async def local_running(self, host: str) -> list[RunRecord]:
         def op() -> list[RunRecord]:
@@ -505,82 +510,29 @@ class SQLiteStore:
     ) -> dict[str, Lease | None]:
         def op(conn: sqlite3.Connection) -> dict[str, Lease | None]:
             out: dict[str, Lease | None] = {}
-            expires = now + lease_seconds
             for lease in leases:
-                cur = conn.execute(
-                    "UPDATE runs SET lease_expires_at = ? WHERE run_id = ? AND "
-                    "lease_owner = ? AND lease_token = ? AND status = 'running'",
-                    (expires, lease.run_id, lease.owner, lease.token))
-                out[lease.run_id] = (Lease(lease.run_id, lease.owner, lease.token, expires)
-                                     if cur.rowcount else None)
+                plan = plan_renew(_state(conn, lease.run_id), lease, now=now,
+                                  lease_seconds=lease_seconds)
+                if plan is not None:
+                    self._write_plan(conn, plan, now)
+                out[lease.run_id] = (None if plan is None else Lease(
+                    lease.run_id, lease.owner, lease.token, now + lease_seconds))
             return out
 
         return await self._write(op)
 
     # -- the journal -----------------------------------------------------------------
 
-    def _check_lease(self, conn: sqlite3.Connection, lease: Lease) -> tuple[Any, ...]:
-        row = conn.execute(
-            "SELECT status, lease_owner, lease_token, cancel_requested, event_count, "
-            "parent_run_id, wake_requested, event_head FROM runs WHERE run_id = ?",
-            (lease.run_id,)).fetchone()
-        if (row is None or row[0] != RunStatus.RUNNING or row[1] != lease.owner
-                or row[2] != lease.token):
-            raise LeaseLostError(
-                f"run {lease.run_id}: lease {lease.owner}#{lease.token} is no longer current",
-                run_id=lease.run_id)
-        return tuple(row)
-
-    @staticmethod
-    def _insert_events(conn: sqlite3.Connection, run_id: str, count: int, head: str,
-                       events: Sequence[NewEvent], now: float) -> int:
-        """Append ``events`` after the run's ``count`` events (the last with digest
-        ``head``), chained (see _chain), and move the run row's count and head on."""
-        digests = chain(head, run_id, count + 1, events, now)
-        conn.executemany(
-            "INSERT INTO events (run_id, seq, kind, step_id, name, payload, created_at, "
-            "digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(run_id, count + i + 1, str(e.kind), e.step_id, e.name, e.payload, now, d)
-             for i, (e, d) in enumerate(zip(events, digests, strict=True))],
-        )
-        count += len(events)
-        conn.execute("UPDATE runs SET event_count = ?, event_head = ?, updated_at = ? "
-                     "WHERE run_id = ?", (count, digests[-1] if digests else head, now, run_id))
-        return count
-
-    def _wake_parent(self, conn: sqlite3.Connection, parent_run_id: str | None,
-                     now: float) -> None:
-        if parent_run_id is None:
-            return
-        conn.execute(
-            "UPDATE runs SET status = CASE WHEN status = 'waiting' THEN 'pending' "
-            "ELSE status END, wake_at = CASE WHEN status = 'waiting' THEN NULL ELSE wake_at END, "
-            "wake_requested = 1, updated_at = ? WHERE run_id = ?", (now, parent_run_id))
-
-    def _append_checked(self, conn: sqlite3.Connection, lease: Lease,
-                        events: Sequence[NewEvent], now: float,
-                        finish: Finish | None) -> AppendResult:
-        _, _, _, cancel, count, parent_run_id, wake_requested, head = self._check_lease(
-            conn, lease)
-        if events:
-            self._insert_events(conn, lease.run_id, count, head, events, now)
-        if finish is not None:
-            new_status = finish.status
-            wake_at = finish.wake_at
-            if new_status == RunStatus.WAITING and wake_requested:
-                new_status, wake_at = RunStatus.PENDING, None  # a wake-up raced the park
-            elif new_status == RunStatus.SLEEPING and cancel:
-                new_status, wake_at = RunStatus.PENDING, None  # so is a cancel: observe it now
-            conn.execute(
-                "UPDATE runs SET status = ?, result = ?, error = ?, outcome_digest = ?, "
-                "wake_at = ?, lease_owner = NULL, lease_expires_at = NULL, updated_at = ? "
-                "WHERE run_id = ?",
-                (str(new_status), finish.result, finish.error,
-                 outcome_digest(lease.run_id, finish.result, finish.error), wake_at, now,
-                 lease.run_id))
-            if new_status in TERMINAL_STATUSES:
-                self._wake_parent(conn, parent_run_id, now)
-        return AppendResult(cancel_requested=bool(cancel))
+    def _write_plan(self, conn: sqlite3.Connection, plan: Plan, now: float) -> None:
+        """Write what ``plan`` says (its run's row is the one this transaction read), and
+        wake the run it names."""
+        if plan.events:
+            conn.executemany(_INSERT_EVENT, plan.events)
+        changes = plan.changes()
+        if changes:
+            conn.execute(_update_sql(tuple(changes)), (*changes.values(), plan.after.run_id))
+        if plan.wake is not None and (woken := _state(conn, plan.wake)) is not None:
+            self._write_plan(conn, plan_wake(woken, now=now), now)
 
     async def append(
         self,
@@ -591,12 +543,15 @@ class SQLiteStore:
         finish: Finish | None = None,
     ) -> AppendResult:
         def op(conn: sqlite3.Connection) -> AppendResult:
+            plan = plan_append(_state(conn, lease.run_id), lease, events, now=now,
+                               finish=finish)
             try:
-                return self._append_checked(conn, lease, events, now, finish)
+                self._write_plan(conn, plan, now)
             except sqlite3.IntegrityError as exc:
                 raise LeaseLostError(
                     f"run {lease.run_id}: a step outcome was already recorded ({exc})",
                     run_id=lease.run_id) from exc
+            return AppendResult(cancel_requested=plan.before.cancel_requested)
 
         return await self._enqueue(op, is_append=True)  # type: ignore[no-any-return]
 
@@ -654,18 +609,12 @@ class SQLiteStore:
 
     async def send_signal(self, run_id: str, name: str, payload: str, *, now: float) -> RunRecord:
         def op(conn: sqlite3.Connection) -> RunRecord:
-            row = conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-            if row is None:
-                raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
+            plan = plan_wake(require(_state(conn, run_id), run_id), now=now)
             conn.execute(
                 "INSERT INTO signals (run_id, name, payload, created_at) VALUES (?, ?, ?, ?)",
                 (run_id, name, payload, now))
-            conn.execute(
-                "UPDATE runs SET status = CASE WHEN status = 'waiting' THEN 'pending' "
-                "ELSE status END, wake_at = CASE WHEN status = 'waiting' THEN NULL "
-                "ELSE wake_at END, wake_requested = 1 WHERE run_id = ?", (run_id,))
-            out = conn.execute(_SELECT_RUN, (run_id,)).fetchone()
-            return run_record(out)
+            self._write_plan(conn, plan, now)
+            return run_record(conn.execute(_SELECT_RUN, (run_id,)).fetchone())
 
         return await self._write(op)
 
@@ -673,84 +622,53 @@ class SQLiteStore:
         self, lease: Lease, name: str, step_id: str, *, now: float
     ) -> str | None:
         def op(conn: sqlite3.Connection) -> str | None:
-            self._check_lease(conn, lease)
+            state = check_lease(_state(conn, lease.run_id), lease)
             row = conn.execute(
                 "SELECT id, payload FROM signals WHERE run_id = ? AND name = ? AND "
                 "consumed_step_id IS NULL ORDER BY id LIMIT 1", (lease.run_id, name)).fetchone()
             if row is None:
                 return None
+            plan = plan_take_signal(state, lease, name=name, step_id=step_id,
+                                    payload=row[1], now=now)
             conn.execute("UPDATE signals SET consumed_step_id = ? WHERE id = ?",
                          (step_id, row[0]))
-            self._append_checked(conn, lease, [NewEvent(
-                EventKind.SIGNAL_RECEIVED, step_id=step_id, name=name, payload=row[1])],
-                now, None)
+            self._write_plan(conn, plan, now)
             return str(row[1])
 
         return await self._write(op)
 
     async def request_cancel(self, run_id: str, *, now: float) -> RunRecord:
-        def cancel_one(conn: sqlite3.Connection, rid: str) -> None:
-            row = conn.execute(
-                "SELECT status, lease_expires_at, event_count, parent_run_id, event_head "
-                "FROM runs WHERE run_id = ?", (rid,)).fetchone()
-            if row is None or row[0] in TERMINAL_STATUSES:
+        def cancel(conn: sqlite3.Connection, rid: str) -> None:
+            state = _state(conn, rid)
+            if state is None:
                 return
-            status, expires, count, parent, head = row
-            if status == RunStatus.RUNNING and expires is not None and expires >= now:
-                conn.execute("UPDATE runs SET cancel_requested = 1, wake_requested = 1 "
-                             "WHERE run_id = ?", (rid,))
-            elif open_cleanups(conn.execute(
-                    "SELECT kind, name FROM events WHERE run_id = ? AND kind = "
-                    "'step_completed' AND name IN (?, ?)",
-                    (rid, CLEANUP_OPENED, CLEANUP_CLOSED)).fetchall()) > 0:
-                # It cleans up when cancelled (a saga): woken, not ended, by the cancel.
-                conn.execute(
-                    "UPDATE runs SET cancel_requested = 1, wake_requested = 1, "
-                    "status = CASE WHEN status IN ('sleeping', 'waiting') THEN 'pending' "
-                    "ELSE status END, wake_at = NULL, updated_at = ? WHERE run_id = ?",
-                    (now, rid))
-            else:
-                conn.execute(
-                    "UPDATE runs SET status = 'cancelled', cancel_requested = 1, "
-                    "lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL "
-                    "WHERE run_id = ?", (rid,))
-                self._insert_events(conn, rid, count, head,
-                                    [NewEvent(EventKind.RUN_CANCELLED)], now)
-                self._wake_parent(conn, parent, now)
-            for (child,) in conn.execute(
-                    "SELECT run_id FROM runs WHERE parent_run_id = ?", (rid,)).fetchall():
-                cancel_one(conn, child)
+            plan = plan_cancel(state, now=now, cleanups=0 if state.is_terminal else
+                               open_cleanups(conn.execute(
+                                   "SELECT kind, name FROM events WHERE run_id = ? AND kind "
+                                   "= 'step_completed' AND name IN (?, ?)",
+                                   (rid, CLEANUP_OPENED, CLEANUP_CLOSED)).fetchall()))
+            self._write_plan(conn, plan, now)
+            if plan.cascade:
+                for (child,) in conn.execute("SELECT run_id FROM runs WHERE parent_run_id = ? "
+                                             "ORDER BY created_at, rowid", (rid,)).fetchall():
+                    cancel(conn, child)
 
         def op(conn: sqlite3.Connection) -> RunRecord:
-            if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
-                raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
-            cancel_one(conn, run_id)
-            row = conn.execute(_SELECT_RUN, (run_id,)).fetchone()
-            return run_record(row)
+            require(_state(conn, run_id), run_id)
+            cancel(conn, run_id)
+            return run_record(conn.execute(_SELECT_RUN, (run_id,)).fetchone())
 
         return await self._write(op)
 
     async def redrive(self, run_id: str, *, now: float) -> RunRecord:
         def op(conn: sqlite3.Connection) -> RunRecord:
-            row = conn.execute("SELECT status, event_count, event_head FROM runs "
-                               "WHERE run_id = ?", (run_id,)).fetchone()
-            if row is None:
-                raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
-            if row[0] != RunStatus.DEAD_LETTERED:
-                raise ConfigurationError(
-                    f"run {run_id} is {row[0]}, not dead_lettered; only dead-lettered runs "
-                    "can be retried", run_id=run_id)
+            state = require(_state(conn, run_id), run_id)
             last = conn.execute(
                 "SELECT step_id FROM events WHERE run_id = ? AND kind = 'run_dead_lettered' "
                 "ORDER BY seq DESC LIMIT 1", (run_id,)).fetchone()
-            self._insert_events(conn, run_id, row[1], row[2], [NewEvent(
-                EventKind.RUN_REDRIVEN, step_id=last[0] if last else None)], now)
-            conn.execute(
-                "UPDATE runs SET status = 'pending', result = NULL, error = NULL, "
-                "outcome_digest = ?, cancel_requested = 0, updated_at = ? WHERE run_id = ?",
-                (outcome_digest(run_id, None, None), now, run_id))
-            out = conn.execute(_SELECT_RUN, (run_id,)).fetchone()
-            return run_record(out)
+            self._write_plan(conn, plan_redrive(state, last[0] if last else None, now=now),
+                             now)
+            return run_record(conn.execute(_SELECT_RUN, (run_id,)).fetchone())
 
         return await self._write(op)
 
@@ -883,6 +801,29 @@ class SQLiteStore:
             return int(row[0])
 
         return await self._call(op)
+
+
+_INSERT_EVENT = ("INSERT INTO events (run_id, seq, kind, step_id, name, payload, created_at, "
+                 "digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def _state(conn: sqlite3.Connection, run_id: str) -> RunState | None:
+    row = conn.execute(f"SELECT {STATE_COLUMNS} FROM runs WHERE run_id = ?",
+                       (run_id,)).fetchone()
+    return state_from_row(row) if row else None
+
+
+@functools.cache
+def _update_sql(columns: tuple[str, ...]) -> str:
+    return (f"UPDATE runs SET {', '.join(f'{c} = ?' for c in columns)} "
+            "WHERE run_id = ?")
+
+
+def _index_damage(run_id: str) -> StoreCorruptedError:
+    return StoreCorruptedError(
+        f"the journal is damaged: an index of the run table disagrees with run "
+        f"{run_id}'s row; nothing was changed (stalwart doctor checks every index)",
+        run_id=run_id)
 
 
 def _worker_record(row: Sequence[Any]) -> WorkerRecord:

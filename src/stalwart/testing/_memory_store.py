@@ -10,14 +10,12 @@ after the process ends, so it is no journal for production.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import final
 
-from ..errors import ConfigurationError, LeaseLostError, RunNotFoundError
+from ..errors import LeaseLostError
 from ..store._base import (
-    TERMINAL_STATUSES,
     AppendResult,
     Event,
     EventKind,
@@ -30,8 +28,7 @@ from ..store._base import (
     WorkerRecord,
     open_cleanups,
 )
-from ..store._chain import GENESIS, chain, verify_events
-from ..store._claims import plan_claim, ready_sort_key
+from ..store._chain import verify_events
 from ..store._limits import (
     BucketDraw,
     BucketState,
@@ -39,22 +36,44 @@ from ..store._limits import (
     plan_adjustment,
     plan_reservation,
 )
+from ..store._runs import (
+    EventRow,
+    Plan,
+    RunState,
+    can_steal,
+    check_lease,
+    claim_order,
+    is_ready,
+    plan_append,
+    plan_cancel,
+    plan_claim,
+    plan_create,
+    plan_redrive,
+    plan_renew,
+    plan_take_signal,
+    plan_wake,
+    ready_sort_key,
+    require,
+)
 
 __all__ = ["MemoryStore"]
 
 
 @dataclass
 class _Run:
-    rec: RunRecord
+    base: RunRecord
+    """What the run is (and its row as created); ``state`` holds what changes."""
+    state: RunState
     events: list[Event] = field(default_factory=list)
     digests: dict[int, str] = field(default_factory=dict)
-    """Each event's digest by sequence number (see ``stalwart.store._chain``), and the
-    chain's length and head as a run row keeps them: kept apart like the SQL stores'
-    columns, so that a test can damage one without the other."""
-    count: int = 0
-    head: str = GENESIS
-    wake_requested: bool = False
+    """Each event's digest by sequence number (see ``stalwart.store._chain``), kept apart
+    from the events like the SQL stores' columns, so that a test can damage one without
+    the other (the chain's length and head are in ``state``)."""
     order: int = 0
+
+    @property
+    def rec(self) -> RunRecord:
+        return self.state.record(self.base)
 
 
 @dataclass
@@ -68,7 +87,9 @@ class _Signal:
 
 @final
 class MemoryStore:
-    """The Store protocol in memory (see the module docstring)."""
+    """The Store protocol in memory (see the module docstring). Every transition is
+    planned by ``stalwart.store._runs``, as in the SQL stores: look the run up, plan,
+    apply."""
 
     def __init__(self) -> None:
         self._runs: dict[str, _Run] = {}
@@ -94,43 +115,31 @@ class MemoryStore:
     async def _yield() -> None:
         await asyncio.sleep(0)
 
-    def _set(self, run: _Run, **changes: object) -> None:
-        run.rec = replace(run.rec, **changes)  # type: ignore[arg-type]
+    def _state(self, run_id: str | None) -> RunState | None:
+        run = self._runs.get(run_id) if run_id is not None else None
+        return run.state if run is not None else None
 
-    def _append_events(self, run: _Run, events: Sequence[NewEvent], now: float) -> None:
-        for ev in events:
-            if ev.kind == EventKind.STEP_COMPLETED and any(
-                    e.kind == EventKind.STEP_COMPLETED and e.step_id == ev.step_id
-                    for e in run.events):
-                raise LeaseLostError(
-                    f"run {run.rec.run_id}: step {ev.step_id} already has an outcome",
-                    run_id=run.rec.run_id)
-        first = run.count + 1
-        digests = chain(run.head, run.rec.run_id, first, events, now)
-        for i, (ev, digest) in enumerate(zip(events, digests, strict=True)):
-            run.events.append(Event(run.rec.run_id, first + i, ev.kind, ev.step_id,
-                                    ev.name, ev.payload, now))
-            run.digests[first + i] = digest
-        if digests:
-            run.count, run.head = run.count + len(digests), digests[-1]
-        self._set(run, updated_at=now)
+    def _refuse_second_outcomes(self, run_id: str, events: Sequence[NewEvent]) -> None:
+        """The SQL stores' unique index: one outcome per step of a run."""
+        run = self._runs.get(run_id)
+        steps = {ev.step_id for ev in events if ev.kind == EventKind.STEP_COMPLETED}
+        if run is not None and steps and any(
+                e.kind == EventKind.STEP_COMPLETED and e.step_id in steps for e in run.events):
+            raise LeaseLostError(f"run {run_id}: a step outcome was already recorded",
+                                 run_id=run_id)
 
-    def _check(self, lease: Lease) -> _Run:
-        run = self._runs.get(lease.run_id)
-        if (run is None or run.rec.status != RunStatus.RUNNING
-                or run.rec.lease_owner != lease.owner or run.rec.lease_token != lease.token):
-            raise LeaseLostError(
-                f"run {lease.run_id}: lease {lease.owner}#{lease.token} is no longer current",
-                run_id=lease.run_id)
-        return run
+    def _insert(self, run: _Run, rows: Sequence[EventRow]) -> None:
+        for run_id, seq, kind, step_id, name, payload, at, digest in rows:
+            run.events.append(Event(run_id, seq, EventKind(kind), step_id, name, payload, at))
+            run.digests[seq] = digest
 
-    def _wake(self, run_id: str | None, now: float) -> None:
-        run = self._runs.get(run_id) if run_id else None
-        if run is None:
-            return
-        if run.rec.status == RunStatus.WAITING:
-            self._set(run, status=RunStatus.PENDING, wake_at=None, updated_at=now)
-        run.wake_requested = True
+    def _apply(self, plan: Plan, now: float) -> None:
+        """Write ``plan``, then wake the run it names."""
+        run = self._runs[plan.before.run_id]
+        self._insert(run, plan.events)
+        run.state = plan.after
+        if plan.wake is not None and (parent := self._state(plan.wake)) is not None:
+            self._apply(plan_wake(parent, now=now), now)
 
     # -- runs ------------------------------------------------------------------------
 
@@ -148,29 +157,24 @@ class MemoryStore:
         events: Sequence[NewEvent] = (),
     ) -> tuple[RunRecord, bool]:
         await self._yield()
-        parent_run = self._check(parent) if parent is not None else None
-        if parent_run is not None and parent_events:
-            # Validate before changing anything, like a transaction would.
-            for ev in parent_events:
-                if ev.kind == EventKind.STEP_COMPLETED and any(
-                        e.kind == EventKind.STEP_COMPLETED and e.step_id == ev.step_id
-                        for e in parent_run.events):
-                    raise LeaseLostError(f"run {parent_run.rec.run_id}: outcome exists")
+        # Plan everything before changing anything, as a transaction would.
+        parent_plan = None
+        if parent is not None:
+            parent_plan = plan_append(self._state(parent.run_id), parent, parent_events,
+                                      now=now)
+            self._refuse_second_outcomes(parent.run_id, parent_events)
         existing = self._runs.get(run_id)
         created = existing is None
         if existing is None:
+            new = plan_create(run_id=run_id, workflow=workflow, input=input, now=now,
+                              workflow_ref=workflow_ref,
+                              parent_run_id=parent.run_id if parent else None,
+                              parent_step_id=parent_step_id, events=events)
             self._order += 1
-            rec = RunRecord(
-                run_id=run_id, workflow=workflow, workflow_ref=workflow_ref,
-                status=RunStatus.PENDING, input=input, result=None, error=None,
-                parent_run_id=parent.run_id if parent else None, parent_step_id=parent_step_id,
-                created_at=now, updated_at=now, wake_at=None, lease_owner=None, lease_token=0,
-                lease_expires_at=None, owner_host=None, owner_pid=None, cancel_requested=False)
-            existing = self._runs[run_id] = _Run(rec, order=self._order)
-            self._append_events(existing, [NewEvent(EventKind.RUN_CREATED, name=workflow,
-                                                    payload=input), *events], now)
-        if parent_run is not None and parent_events:
-            self._append_events(parent_run, parent_events, now)
+            existing = self._runs[run_id] = _Run(new.record, new.state, order=self._order)
+            self._insert(existing, new.events)
+        if parent_plan is not None and parent_events:
+            self._apply(parent_plan, now)
         self.commits += 1
         return existing.rec, created
 
@@ -183,9 +187,9 @@ class MemoryStore:
                         parent_run_id: str | None = None, limit: int = 100) -> list[RunRecord]:
         await self._yield()
         runs = [r for r in self._runs.values()
-                if (status is None or r.rec.status == status)
-                and (parent_run_id is None or r.rec.parent_run_id == parent_run_id)]
-        runs.sort(key=lambda r: (r.rec.created_at, r.order), reverse=True)
+                if (status is None or r.state.status == status)
+                and (parent_run_id is None or r.state.parent_run_id == parent_run_id)]
+        runs.sort(key=lambda r: (r.base.created_at, r.order), reverse=True)
         return [r.rec for r in runs[:limit]]
 
     async def load_events(self, run_id: str) -> list[Event]:
@@ -195,23 +199,16 @@ class MemoryStore:
             return []
         rows = [(e.seq, str(e.kind), e.step_id, e.name, e.payload, e.created_at,
                  run.digests.get(e.seq)) for e in run.events]
-        return verify_events(run_id, rows, count=run.count, head=run.head)
+        return verify_events(run_id, rows, count=run.state.event_count,
+                             head=run.state.event_head)
 
     async def run_ids(self) -> list[str]:
         """Every run id, oldest first (``stalwart doctor``)."""
         await self._yield()
-        return [r.rec.run_id for r in sorted(self._runs.values(),
-                                             key=lambda r: (r.rec.created_at, r.order))]
+        return [r.base.run_id for r in sorted(self._runs.values(),
+                                              key=lambda r: (r.base.created_at, r.order))]
 
     # -- leases ----------------------------------------------------------------------
-
-    def _ready(self, run: _Run, now: float) -> bool:
-        r = run.rec
-        return (r.status == RunStatus.PENDING
-                or (r.status == RunStatus.RUNNING and r.lease_expires_at is not None
-                    and r.lease_expires_at < now)
-                or (r.status in (RunStatus.SLEEPING, RunStatus.WAITING)
-                    and r.wake_at is not None and r.wake_at <= now))
 
     async def claim(self, owner: Owner, *, now: float, lease_seconds: float, limit: int,
                     run_id: str | None = None, steal: Sequence[tuple[str, str, int]] = (),
@@ -220,53 +217,46 @@ class MemoryStore:
         if workflows is not None and not workflows:
             return []
         allowed = None if workflows is None else set(workflows)
-        stolen: list[str] = []
+
+        def eligible(run: _Run | None) -> bool:
+            return run is not None and (allowed is None or run.base.workflow in allowed)
+
+        stolen: dict[str, tuple[str, int]] = {}
         for sid, sowner, stoken in steal:
-            if run_id is not None and sid != run_id:
-                continue
-            run = self._runs.get(sid)
-            if (run is not None and run.rec.status == RunStatus.RUNNING
-                    and run.rec.lease_owner == sowner and run.rec.lease_token == stoken
-                    and (allowed is None or run.rec.workflow in allowed)):
-                stolen.append(sid)
+            if (run_id is None or sid == run_id) and eligible(self._runs.get(sid)) \
+                    and can_steal(self._runs[sid].state, sowner, stoken):
+                stolen.setdefault(sid, (sowner, stoken))
         pool = ([self._runs[run_id]] if run_id is not None and run_id in self._runs
                 else [] if run_id is not None else list(self._runs.values()))
-        ready = sorted((r for r in pool if self._ready(r, now)
-                        and (allowed is None or r.rec.workflow in allowed)),
-                       key=lambda r: ready_sort_key(r.rec, r.order))
-        chosen = [self._runs[rid] for rid in plan_claim(
-            stolen, [r.rec.run_id for r in ready], limit)]
+        ready = sorted((r for r in pool if eligible(r) and is_ready(r.state, now)),
+                       key=lambda r: ready_sort_key(r.state.status, r.base.created_at,
+                                                    r.order))
         leases = []
-        for run in chosen:
-            token = run.rec.lease_token + 1
-            self._set(run, status=RunStatus.RUNNING, lease_owner=owner.id, lease_token=token,
-                      lease_expires_at=now + lease_seconds, owner_host=owner.host,
-                      owner_pid=owner.pid, wake_at=None, updated_at=now)
-            run.wake_requested = False
-            self._append_events(run, [NewEvent(
-                EventKind.RUN_CLAIMED, name=owner.id,
-                payload=json.dumps({"host": owner.host, "pid": owner.pid}))], now)
-            leases.append(Lease(run.rec.run_id, owner.id, token, now + lease_seconds))
+        for rid in claim_order(list(stolen), [r.base.run_id for r in ready], limit):
+            plan = plan_claim(self._runs[rid].state, owner, now=now,
+                              lease_seconds=lease_seconds, steal=stolen.get(rid))
+            assert plan is not None  # checked above, nothing ran in between
+            self._apply(plan, now)
+            leases.append(Lease(rid, owner.id, plan.after.lease_token, now + lease_seconds))
         self.commits += 1
         return leases
 
     async def local_running(self, host: str) -> list[RunRecord]:
         await self._yield()
         return [r.rec for r in self._runs.values()
-                if r.rec.status == RunStatus.RUNNING and r.rec.owner_host == host]
+                if r.state.status == RunStatus.RUNNING and r.state.owner_host == host]
 
     async def renew(self, leases: Sequence[Lease], *, now: float,
                     lease_seconds: float) -> dict[str, Lease | None]:
         await self._yield()
         out: dict[str, Lease | None] = {}
         for lease in leases:
-            try:
-                run = self._check(lease)
-            except LeaseLostError:
-                out[lease.run_id] = None
-                continue
-            self._set(run, lease_expires_at=now + lease_seconds)
-            out[lease.run_id] = replace(lease, expires_at=now + lease_seconds)
+            plan = plan_renew(self._state(lease.run_id), lease, now=now,
+                              lease_seconds=lease_seconds)
+            if plan is not None:
+                self._apply(plan, now)
+            out[lease.run_id] = (None if plan is None
+                                 else replace(lease, expires_at=now + lease_seconds))
         self.commits += 1
         return out
 
@@ -275,73 +265,51 @@ class MemoryStore:
     async def append(self, lease: Lease, events: Sequence[NewEvent], *, now: float,
                      finish: Finish | None = None) -> AppendResult:
         await self._yield()
-        run = self._check(lease)
-        self._append_events(run, events, now)
-        cancel = run.rec.cancel_requested
-        if finish is not None:
-            status, wake_at = finish.status, finish.wake_at
-            woken = status == RunStatus.WAITING and run.wake_requested
-            if woken or (status == RunStatus.SLEEPING and cancel):
-                status, wake_at = RunStatus.PENDING, None
-            self._set(run, status=status, result=finish.result, error=finish.error,
-                      wake_at=wake_at, lease_owner=None, lease_expires_at=None, updated_at=now)
-            if status in TERMINAL_STATUSES:
-                self._wake(run.rec.parent_run_id, now)
+        plan = plan_append(self._state(lease.run_id), lease, events, now=now, finish=finish)
+        self._refuse_second_outcomes(lease.run_id, events)
+        self._apply(plan, now)
         self.commits += 1
-        return AppendResult(cancel_requested=cancel)
+        return AppendResult(cancel_requested=plan.before.cancel_requested)
 
     # -- signals, cancellation, redrive ------------------------------------------------
 
     async def send_signal(self, run_id: str, name: str, payload: str, *, now: float) -> RunRecord:
         await self._yield()
-        run = self._runs.get(run_id)
-        if run is None:
-            raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
+        plan = plan_wake(require(self._state(run_id), run_id), now=now)
         self._signals.append(_Signal(len(self._signals) + 1, run_id, name, payload))
-        self._wake(run_id, now)
+        self._apply(plan, now)
         self.commits += 1
-        return run.rec
+        return self._runs[run_id].rec
 
     async def take_signal(self, lease: Lease, name: str, step_id: str, *,
                           now: float) -> str | None:
         await self._yield()
-        run = self._check(lease)
+        check_lease(self._state(lease.run_id), lease)
         for sig in self._signals:
             if sig.run_id == lease.run_id and sig.name == name and sig.consumed_step_id is None:
+                self._apply(plan_take_signal(self._state(lease.run_id), lease, name=name,
+                                             step_id=step_id, payload=sig.payload, now=now),
+                            now)
                 sig.consumed_step_id = step_id
-                self._append_events(run, [NewEvent(EventKind.SIGNAL_RECEIVED, step_id, name,
-                                                   sig.payload)], now)
                 self.commits += 1
                 return sig.payload
         return None
 
     def _cancel(self, run_id: str, now: float) -> None:
-        run = self._runs.get(run_id)
-        if run is None or run.rec.status in TERMINAL_STATUSES:
+        state = self._state(run_id)
+        if state is None:
             return
-        r = run.rec
-        if (r.status == RunStatus.RUNNING and r.lease_expires_at is not None
-                and r.lease_expires_at >= now):
-            self._set(run, cancel_requested=True)
-            run.wake_requested = True
-        elif open_cleanups((e.kind, e.name) for e in run.events) > 0:
-            # It cleans up when cancelled (a saga): woken, not ended, by the cancel.
-            parked = r.status in (RunStatus.SLEEPING, RunStatus.WAITING)
-            self._set(run, cancel_requested=True, wake_at=None, updated_at=now,
-                      status=RunStatus.PENDING if parked else r.status)
-            run.wake_requested = True
-        else:
-            self._set(run, status=RunStatus.CANCELLED, cancel_requested=True, lease_owner=None,
-                      lease_expires_at=None, wake_at=None)
-            self._append_events(run, [NewEvent(EventKind.RUN_CANCELLED)], now)
-            self._wake(r.parent_run_id, now)
-        for child in [c for c in self._runs.values() if c.rec.parent_run_id == run_id]:
-            self._cancel(child.rec.run_id, now)
+        events = self._runs[run_id].events
+        plan = plan_cancel(state, now=now, cleanups=open_cleanups(
+            (e.kind, e.name) for e in events))
+        self._apply(plan, now)
+        if plan.cascade:
+            for child in [c for c in self._runs.values() if c.state.parent_run_id == run_id]:
+                self._cancel(child.base.run_id, now)
 
     async def request_cancel(self, run_id: str, *, now: float) -> RunRecord:
         await self._yield()
-        if run_id not in self._runs:
-            raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
+        require(self._state(run_id), run_id)
         self._cancel(run_id, now)
         self.commits += 1
         return self._runs[run_id].rec
@@ -349,25 +317,18 @@ class MemoryStore:
     async def redrive(self, run_id: str, *, now: float) -> RunRecord:
         await self._yield()
         run = self._runs.get(run_id)
-        if run is None:
-            raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
-        if run.rec.status != RunStatus.DEAD_LETTERED:
-            raise ConfigurationError(
-                f"run {run_id} is {run.rec.status}, not dead_lettered; only dead-lettered "
-                "runs can be retried", run_id=run_id)
+        state = require(run.state if run else None, run_id)
+        assert run is not None
         dead = [e for e in run.events if e.kind == EventKind.RUN_DEAD_LETTERED]
-        self._append_events(run, [NewEvent(EventKind.RUN_REDRIVEN,
-                                           step_id=dead[-1].step_id if dead else None)], now)
-        self._set(run, status=RunStatus.PENDING, result=None, error=None,
-                  cancel_requested=False, updated_at=now)
+        self._apply(plan_redrive(state, dead[-1].step_id if dead else None, now=now), now)
         self.commits += 1
         return run.rec
 
     async def next_wake_at(self) -> float | None:
         await self._yield()
-        wakes = [r.rec.wake_at for r in self._runs.values()
-                 if r.rec.status in (RunStatus.SLEEPING, RunStatus.WAITING)
-                 and r.rec.wake_at is not None]
+        wakes = [r.state.wake_at for r in self._runs.values()
+                 if r.state.status in (RunStatus.SLEEPING, RunStatus.WAITING)
+                 and r.state.wake_at is not None]
         return min(wakes) if wakes else None
 
     # -- the workers registry --------------------------------------------------------
