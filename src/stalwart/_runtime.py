@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import socket
 import uuid
 from collections import Counter, deque
@@ -39,6 +40,7 @@ from ._serde import (
     rebuild_error,
     return_type,
 )
+from ._store_retry import transient_retry
 from ._timetravel import ReplayReport
 from .errors import (
     ConfigurationError,
@@ -66,6 +68,7 @@ from .store._base import (
     Event,
     EventKind,
     Finish,
+    InheritsRetry,
     Lease,
     NewEvent,
     Owner,
@@ -326,6 +329,8 @@ class Runtime:
         """What the store was made from (``client()`` and the CLI open their own from a URL
         or path; ``None``: ``$STALWART_STORE`` or the default)."""
         self.clock = clock or SystemClock()
+        if isinstance(self.store, InheritsRetry):  # its own retries: Retry, on our clock
+            self.store.inherit_retry(transient_retry(self.clock, random.Random()))
         self.worker = worker
         self.register_worker = register_worker
         self.concurrency = concurrency

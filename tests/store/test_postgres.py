@@ -7,13 +7,16 @@ The shared semantics are in ``test_conformance.py``; these need a server too
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import pytest
 
+from stalwart._clock import SystemClock
 from stalwart._runtime import open_store
+from stalwart._store_retry import transient_retry
 from stalwart.errors import (
     ConfigurationError,
     NotAStalwartStoreError,
@@ -201,9 +204,10 @@ async def test_concurrent_appends_are_group_committed(pg: PostgresStore) -> None
         assert len(await pg.load_events(x.run_id)) == 3
 
 
-async def test_a_deadlocked_append_is_retried(pg_url: str) -> None:
-    """An append chosen as a deadlock victim is retried and lands; no error surfaces."""
-    store = PostgresStore(with_option(pg_url, "-cdeadlock_timeout=1s"))
+async def _deadlocked_finish(store: PostgresStore, pg_url: str) -> asyncio.Task[object]:
+    """A child's finish (which locks the child's row, then wakes the parent's) made a
+    deadlock victim: another session holds the parent's row, waits until the finish
+    waits for it, then asks for the child's. Returns the finish's task, done."""
     await store.open()
     parent = (await store.claim(OWNER, now=1.0, lease_seconds=30, limit=1)
               if await store.create_run(run_id="p", workflow="wf", input="[]", now=1.0)
@@ -214,7 +218,7 @@ async def test_a_deadlocked_append_is_retried(pg_url: str) -> None:
     async with await psycopg.AsyncConnection.connect(
             with_option(pg_url, "-cdeadlock_timeout=5s")) as raw:
         await raw.execute("SELECT 1 FROM stalwart_runs WHERE run_id = 'p' FOR UPDATE")
-        finishing = asyncio.create_task(store.append(
+        finishing: asyncio.Task[object] = asyncio.create_task(store.append(
             child, [], now=4.0, finish=Finish(RunStatus.COMPLETED, result="1")))
         # The append holds the child's row and waits for the parent's. Seen waiting in
         # pg_locks, not assumed after a sleep: PostgreSQL checks for a deadlock once, a
@@ -230,11 +234,46 @@ async def test_a_deadlocked_append_is_retried(pg_url: str) -> None:
             raise AssertionError("the append never waited for the parent's row")
         await raw.execute("SELECT 1 FROM stalwart_runs WHERE run_id = 'c' FOR UPDATE")
         await raw.rollback()
-    await asyncio.wait_for(finishing, 10)
-    child_rec = await store.get_run("c")
-    assert child_rec is not None
-    assert child_rec.status == RunStatus.COMPLETED
-    await store.close()
+    await asyncio.wait([finishing], timeout=10)
+    assert finishing.done()
+    return finishing
+
+
+async def test_a_deadlocked_append_is_retried_as_the_retry_policy_says(pg_url: str) -> None:
+    """An append chosen as a deadlock victim is retried after the store's retry (the
+    Retry decision core a Runtime gives it) agreed, and lands; no error surfaces."""
+    asked: list[int] = []
+    policy = transient_retry(SystemClock(), random.Random(0))
+
+    async def retry(attempt: int, error: BaseException) -> bool:
+        asked.append(attempt)
+        return await policy(attempt, error)
+
+    store = PostgresStore(with_option(pg_url, "-cdeadlock_timeout=1s"), retry=retry)
+    try:
+        finishing = await _deadlocked_finish(store, pg_url)
+        assert finishing.exception() is None
+        child_rec = await store.get_run("c")
+        assert child_rec is not None
+        assert child_rec.status == RunStatus.COMPLETED
+        assert asked == [1]
+    finally:
+        await store.close()
+
+
+async def test_without_a_retry_a_deadlock_reaches_the_caller_as_retryable(
+        pg_url: str) -> None:
+    """retry=None: the deadlock is a retryable StoreError, and nothing was written."""
+    store = PostgresStore(with_option(pg_url, "-cdeadlock_timeout=1s"), retry=None)
+    try:
+        finishing = await _deadlocked_finish(store, pg_url)
+        error = finishing.exception()
+        assert isinstance(error, StoreError) and error.retryable
+        assert "deadlock" in str(error)
+        child_rec = await store.get_run("c")
+        assert child_rec is not None and child_rec.status == RunStatus.RUNNING
+    finally:
+        await store.close()
 
 
 def test_the_url_hides_the_password_and_open_store_picks_postgres() -> None:

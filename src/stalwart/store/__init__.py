@@ -1,5 +1,6 @@
 """Journal stores: the protocol and the embedded SQLite implementation."""
 
+from ._base import INHERIT as INHERIT
 from ._base import TERMINAL_STATUSES as TERMINAL_STATUSES
 from ._base import Event as Event
 from ._base import EventKind as EventKind
@@ -10,6 +11,7 @@ from ._base import Owner as Owner
 from ._base import RunRecord as RunRecord
 from ._base import RunStatus as RunStatus
 from ._base import Store as Store
+from ._base import TransientRetry as TransientRetry
 from ._base import WorkerRecord as WorkerRecord
 from ._limits import BucketDraw as BucketDraw
 from ._limits import Reservation as Reservation
@@ -30,4 +32,6 @@ __all__ = [
     "WorkerRecord",
     "BucketDraw",
     "Reservation",
+    "TransientRetry",
+    "INHERIT",
 ]

@@ -14,21 +14,23 @@ Implementations: :class:`~stalwart.store.SQLiteStore` (embedded default) and
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, final, runtime_checkable
+from typing import Final, Protocol, TypeAlias, final, runtime_checkable
 
 __all__ = [
     "TERMINAL_STATUSES",
     "Event",
     "EventKind",
     "Finish",
+    "InheritsRetry",
     "Lease",
     "NewEvent",
     "Owner",
     "RunRecord",
     "RunStatus",
     "Store",
+    "TransientRetry",
     "WorkerRecord",
 ]
 
@@ -41,6 +43,35 @@ tables have their own, in ``_postgres_schema``).
    A writer migrates a journal of schema 1, hashing its events as they are then."""
 
 APP_ID = "stalwart"
+
+TransientRetry: TypeAlias = Callable[[int, BaseException], Awaitable[bool]]
+"""How a store waits out a transient failure of its own transaction (a deadlock, a
+serialization failure): called after attempt ``n`` (1-based) failed with the error, it
+waits as long as it sees fit and returns ``True`` to make attempt ``n + 1``, or at once
+``False`` to give up (the error then reaches the caller as a retryable
+:class:`~stalwart.errors.StoreError`). A :class:`~stalwart.Runtime` builds one from
+:class:`~stalwart.Retry` on its own clock; the store itself has no clock and no random
+source, and imports nothing of the policies."""
+
+
+@final
+class Inherit(enum.Enum):
+    """The type of :data:`INHERIT`."""
+
+    INHERIT = "inherit"
+
+
+INHERIT: Final = Inherit.INHERIT
+"""A store argument left to whoever uses the store (a :class:`~stalwart.Runtime` gives
+its own): not the same as ``None``, which disables."""
+
+
+@runtime_checkable
+class InheritsRetry(Protocol):
+    """A store with retries of its own, which takes a runtime's :data:`TransientRetry`
+    unless it was given one (or ``None``) when it was made."""
+
+    def inherit_retry(self, retry: TransientRetry) -> None: ...
 
 
 class RunStatus(enum.StrEnum):

@@ -3,13 +3,21 @@
 Same semantics as :class:`~stalwart.store.SQLiteStore` (both pass
 ``tests/store/test_conformance.py``); what differs is how they are obtained:
 
-* **Fencing.** Every write that acts for a run locks its row (``SELECT … FOR UPDATE``)
-  and checks the lease owner and token in the same transaction as the write.
+* **Rules.** Every transition is planned by ``_runs`` (lock the row, plan, write), as in
+  the other stores; ``_postgres_rows`` only reads and writes the rows.
+* **Fencing in one statement.** The store remembers each run it holds a lease on as it
+  last wrote it, plans an append from that, and writes it with one statement that
+  compares the row with what the plan read (owner, token, count, head, flags), locks
+  it and writes the events and the row — or writes nothing when the row changed
+  meanwhile (a cancel, a wake-up, another owner): then it locks the row, plans again
+  and writes (``SELECT … FOR UPDATE``, then the write, in one transaction). A step
+  thus costs one round trip.
 * **Claims** pick ready runs with ``FOR UPDATE SKIP LOCKED``: racing workers each get
   different runs and never wait on one another.
 * **Group commit.** Appends queue while earlier ones are being written; a flusher takes
-  the queue as one transaction, each append in its own savepoint, so a fenced-off
-  writer fails alone. A few flushers run at once, each on its own pooled connection.
+  the queue and writes it in one statement (all its runs' compare-and-sets), so a
+  fenced-off writer fails alone. A few flushers run at once, each on its own pooled
+  connection; one run's appends go through one flusher at a time, in order.
 * **Wake-ups.** New runs, signals, finished executions and cancellations send
   ``NOTIFY stalwart_wake`` (payload: the run id) right after they commit, coalesced by
   one notifier per store (not inside the write: PostgreSQL serializes the commits of
@@ -17,8 +25,10 @@ Same semantics as :class:`~stalwart.store.SQLiteStore` (both pass
   :meth:`PostgresStore.wait_for_notification` lets a scheduler sleep until one comes.
   Polling stays the safety net: a notification can be lost while a listener reconnects.
 * **Errors.** Connection failures, pool timeouts, deadlocks and serialization failures
-  become :class:`~stalwart.errors.StoreError` with ``retryable=True`` (deadlocks are
-  first retried here, a few times).
+  become :class:`~stalwart.errors.StoreError` with ``retryable=True``. Deadlocks and
+  serialization failures are first retried here as the store's ``retry`` says: a
+  :class:`~stalwart.Runtime` gives it one built from :class:`~stalwart.Retry` (full
+  jitter, on the runtime's clock; see ``stalwart._store_retry``).
 
 The tables (``stalwart_meta``, ``stalwart_runs``, ``stalwart_events``,
 ``stalwart_signals``) live in the first schema of the connection's ``search_path``
@@ -32,12 +42,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import json
 import logging
-import random
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar, final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -51,35 +59,27 @@ from ..errors import (
     ConfigurationError,
     LeaseLostError,
     NotAStalwartStoreError,
-    RunNotFoundError,
     StoreError,
 )
 from ._base import (
     CLEANUP_CLOSED,
     CLEANUP_OPENED,
-    TERMINAL_STATUSES,
+    INHERIT,
     AppendResult,
     Event,
     EventKind,
     Finish,
+    Inherit,
     Lease,
     NewEvent,
     Owner,
     RunRecord,
     RunStatus,
+    TransientRetry,
     WorkerRecord,
     open_cleanups,
 )
-from ._chain import (
-    GENESIS,
-    RUN_COLUMNS,
-    chain,
-    outcome_digest,
-    run_digest,
-    run_record,
-    verify_events,
-)
-from ._claims import READY_ORDER_SQL, plan_claim
+from ._chain import RUN_COLUMNS, run_record, verify_events
 from ._limits import (
     BucketDraw,
     BucketState,
@@ -88,7 +88,30 @@ from ._limits import (
     plan_reservation,
 )
 from ._pg_conninfo import check_conninfo, invalid_option
+from ._postgres_rows import lock_state, write_plans
 from ._postgres_schema import Access, check_or_create
+from ._runs import (
+    APPEND_READS,
+    READY_ORDER_SQL,
+    STATE_COLUMNS,
+    Plan,
+    RunState,
+    can_steal,
+    check_lease,
+    claim_order,
+    is_current,
+    plan_append,
+    plan_cancel,
+    plan_claim,
+    plan_create,
+    plan_redrive,
+    plan_renew,
+    plan_take_signal,
+    plan_wake,
+    ready_sql,
+    require,
+    state_from_row,
+)
 
 __all__ = ["CHANNEL", "PostgresStore"]
 
@@ -101,11 +124,7 @@ CHANNEL = "stalwart_wake"
 """The ``LISTEN``/``NOTIFY`` channel; each notification's payload is a run id."""
 
 _SELECT_RUN = f"SELECT {RUN_COLUMNS} FROM stalwart_runs WHERE run_id = %s"
-_READY = (
-    "(status = 'pending' OR (status = 'running' AND lease_expires_at < %(now)s) "
-    "OR (status IN ('sleeping', 'waiting') AND wake_at IS NOT NULL AND wake_at <= %(now)s))"
-)
-_TRANSIENT_ATTEMPTS = 5
+_HELD_MAX = 100_000
 _notes: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
     "stalwart_pg_notes", default=None)
 """The run ids the current write transaction will notify about once it commits."""
@@ -137,7 +156,43 @@ class _Append:
     now: float
     finish: Finish | None
     future: asyncio.Future[AppendResult]
-    attempts: int = 0
+
+
+def _plan_from(held: RunState | None, items: Sequence[_Append]) -> list[tuple[_Append, Plan]]:
+    """The leading ``items`` (one run's appends, in order) that can be planned from the
+    state the store last wrote, each on the one before: up to a finish, an append that
+    wakes another run (written with it in one transaction instead) or one that the
+    remembered state refuses (the locked path decides). Two appends recording one step
+    are not written together either (the second must fail alone)."""
+    out: list[tuple[_Append, Plan]] = []
+    steps: set[str | None] = set()
+    state = held
+    for item in items:
+        if state is None or not is_current(state, item.lease):
+            break
+        try:
+            plan = plan_append(state, item.lease, item.events, now=item.now,
+                               finish=item.finish)
+        except (LeaseLostError, ValueError):
+            break
+        recorded = {ev.step_id for ev in item.events if ev.kind == EventKind.STEP_COMPLETED}
+        if plan.wake is not None or recorded & steps:
+            break
+        steps |= recorded
+        out.append((item, plan))
+        state = plan.after
+        if state.status != RunStatus.RUNNING:
+            break
+    return out
+
+
+def _settle(fut: asyncio.Future[AppendResult], outcome: AppendResult | BaseException) -> None:
+    if fut.done():
+        return
+    if isinstance(outcome, BaseException):
+        fut.set_exception(outcome)
+    else:
+        fut.set_result(outcome)
 
 
 _FOR_GOOD = re.compile(
@@ -172,6 +227,11 @@ class PostgresStore:
         create: create the journal even in a schema that holds other tables (by default
             only an empty schema gets one: never beside an application's tables by
             accident).
+        retry: how to wait out a deadlock or a serialization failure of the store's own
+            transactions before trying again (see :data:`~stalwart.store.TransientRetry`).
+            By default a :class:`~stalwart.Runtime` that uses the store gives it its own
+            (a :class:`~stalwart.Retry` of 5 attempts, 20-160 ms, full jitter); ``None``
+            never retries (the error reaches the caller, retryable).
 
     Raises:
         ConfigurationError: ``url`` is malformed or sets an option to a value libpq
@@ -189,6 +249,7 @@ class PostgresStore:
         connect_timeout: float = 10.0,
         access: Access = "write",
         create: bool = False,
+        retry: TransientRetry | Inherit | None = INHERIT,
     ) -> None:
         if not 1 <= min_connections <= max_connections:
             raise ConfigurationError("need 1 <= min_connections <= max_connections")
@@ -218,12 +279,37 @@ class PostgresStore:
         self._notifier: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
         self._notified = asyncio.Event()
+        self._retry = retry
+        self._held: dict[str, RunState] = {}
+        """Runs this store holds a lease on, as it last wrote them: appends are planned
+        from these and written conditionally (see the module docstring)."""
+        self._flushing: set[str] = set()
+        """Runs whose appends a flusher is writing (the others leave them to it)."""
         self.commits = 0
         """How many write transactions committed (for tests and benchmarks)."""
 
     @property
     def url(self) -> str:
         return self._url
+
+    def inherit_retry(self, retry: TransientRetry) -> None:
+        """Use ``retry`` unless one was given (or ``None``) when the store was made: how a
+        :class:`~stalwart.Runtime` gives its store the library's retry policy."""
+        if self._retry is INHERIT:
+            self._retry = retry
+
+    def _hold(self, state: RunState) -> None:
+        if state.status != RunStatus.RUNNING:
+            self._held.pop(state.run_id, None)
+            return
+        if len(self._held) >= _HELD_MAX and state.run_id not in self._held:
+            self._held.clear()  # a safety valve: the fallback path needs no memory
+        self._held[state.run_id] = state
+
+    def _forget(self, lease: Lease) -> None:
+        held = self._held.get(lease.run_id)
+        if held is not None and held.lease_token <= lease.token:
+            del self._held[lease.run_id]
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -338,8 +424,12 @@ class PostgresStore:
             raise self._error(exc, "cannot read") from exc
 
     async def _write(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        """Run ``fn`` in a transaction, again after a deadlock or a serialization failure
+        as long as the store's ``retry`` says so; notify once it committed."""
         await self._writable()
-        for attempt in range(1, _TRANSIENT_ATTEMPTS + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             notes: list[str] = []
             token = _notes.set(notes)
             try:
@@ -349,12 +439,18 @@ class PostgresStore:
                 self._send_notifications(notes)
                 return out
             except psycopg.Error as exc:
-                if not _transient(exc) or attempt == _TRANSIENT_ATTEMPTS:
+                if not await self._again(attempt, exc):
                     raise self._error(exc, "cannot write to") from exc
-                await asyncio.sleep(random.uniform(0, 0.01 * 2 ** attempt))
             finally:
                 _notes.reset(token)
-        raise AssertionError("unreachable")
+
+    async def _again(self, attempt: int, exc: psycopg.Error) -> bool:
+        """Whether to try a transaction that failed with ``exc`` once more (after the
+        retry's wait): only a deadlock or a serialization failure, as ``retry`` says."""
+        retry = self._retry
+        if not _transient(exc) or retry is None or retry is INHERIT:
+            return False
+        return await retry(attempt, exc)
 
     async def _notify(self, conn: Conn, run_id: str) -> None:
         """Wake listeners about ``run_id`` once the current write commits."""
@@ -406,35 +502,52 @@ class PostgresStore:
         parent_events: Sequence[NewEvent] = (),
         events: Sequence[NewEvent] = (),
     ) -> tuple[RunRecord, bool]:
-        initial = [NewEvent(EventKind.RUN_CREATED, name=workflow, payload=input), *events]
-        digests = chain(GENESIS, run_id, 1, initial, now)
-        parent_id = parent.run_id if parent else None
+        new = plan_create(run_id=run_id, workflow=workflow, input=input, now=now,
+                          workflow_ref=workflow_ref,
+                          parent_run_id=parent.run_id if parent else None,
+                          parent_step_id=parent_step_id, events=events)
+        rec = new.record
+        insert = (
+            "WITH ins AS (INSERT INTO stalwart_runs (run_id, workflow, workflow_ref, status, "
+            "input, parent_run_id, parent_step_id, created_at, updated_at, event_count, "
+            "event_head, run_digest, outcome_digest) VALUES (%s, %s, %s, %s, %s, %s, %s, "
+            "%s, %s, %s, %s, %s, %s) ON CONFLICT (run_id) DO NOTHING RETURNING run_id), "
+            "ev AS (INSERT INTO stalwart_events (run_id, seq, kind, step_id, name, payload, "
+            "created_at, digest) SELECT * FROM unnest(%s::text[], %s::int[], %s::text[], "
+            "%s::text[], %s::text[], %s::text[], %s::float8[], %s::text[]) "
+            "WHERE EXISTS (SELECT 1 FROM ins)) SELECT count(*) FROM ins")
+        args = [run_id, workflow, workflow_ref, str(rec.status), input, rec.parent_run_id,
+                parent_step_id, now, now, new.state.event_count, new.state.event_head,
+                new.run_digest, new.outcome_digest,
+                *(list(c) for c in zip(*new.events, strict=True))]
 
-        async def op(conn: Conn) -> tuple[RunRecord, bool]:
+        async def op(conn: Conn) -> tuple[RunRecord, bool, Plan | None]:
+            parent_plan = None
             if parent is not None:
-                await self._check_lease(conn, parent)
-            cur = await conn.execute(
-                "INSERT INTO stalwart_runs (run_id, workflow, workflow_ref, status, input, "
-                "parent_run_id, parent_step_id, created_at, updated_at, event_count, "
-                "event_head, run_digest, outcome_digest) "
-                "VALUES (%s, %s, %s, 'pending', %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT (run_id) DO NOTHING RETURNING run_id",
-                (run_id, workflow, workflow_ref, input, parent_id, parent_step_id, now, now,
-                 len(initial), digests[-1],
-                 run_digest(run_id, workflow, workflow_ref, input, parent_id,
-                            parent_step_id, now),
-                 outcome_digest(run_id, None, None)))
-            created = await cur.fetchone() is not None
+                parent_plan = plan_append(await lock_state(conn, parent.run_id), parent,
+                                          parent_events, now=now)
+            row = await (await conn.execute(insert, args)).fetchone()
+            created = row is not None and row[0] == 1
             if created:
-                await self._insert_rows(conn, run_id, 0, initial, digests, now)
                 await self._notify(conn, run_id)
-            if parent is not None and parent_events:
-                await self._append_checked(conn, parent, parent_events, now, None)
-            row = await (await conn.execute(_SELECT_RUN, (run_id,))).fetchone()
-            assert row is not None
-            return run_record(row), created
+            if parent_plan is not None and parent_events:
+                await self._write_plan(conn, parent_plan, now)
+            if created:
+                return rec, True, parent_plan
+            # READ COMMITTED: a conflicting insert has committed once ours returned.
+            existing = await (await conn.execute(_SELECT_RUN, (run_id,))).fetchone()
+            assert existing is not None
+            return run_record(existing), False, parent_plan
 
-        return await self._write(op)
+        try:
+            record, created, parent_plan = await self._write(op)
+        except LeaseLostError:
+            if parent is not None:
+                self._forget(parent)
+            raise
+        if parent_plan is not None and parent_events:
+            self._hold(parent_plan.after)
+        return record, created
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         rows = await self._read(_SELECT_RUN, (run_id,))
@@ -498,63 +611,47 @@ class PostgresStore:
         if limit <= 0 or (workflows is not None and not workflows):
             return []
         wf_clause = "" if workflows is None else " AND workflow = ANY(%(workflows)s)"
+        only = "" if run_id is None else " AND run_id = %(run_id)s"
         params: dict[str, Any] = {"now": now, "run_id": run_id,
                                   "workflows": list(workflows or ())}
-        only = "" if run_id is None else " AND run_id = %(run_id)s"
-        pick = (f"SELECT run_id, event_count, event_head FROM stalwart_runs WHERE {_READY}"
+        steal = [s for s in steal if run_id is None or s[0] == run_id]
+        pick = (f"SELECT {STATE_COLUMNS} FROM stalwart_runs WHERE {ready_sql('%(now)s')}"
                 f"{wf_clause}{only} AND NOT (run_id = ANY(%(stolen)s)) "
                 f"ORDER BY {READY_ORDER_SQL}, created_seq LIMIT %(limit)s "
                 "FOR UPDATE SKIP LOCKED")
-        steal = [s for s in steal if run_id is None or s[0] == run_id]
-        payload = json.dumps({"host": owner.host, "pid": owner.pid})
-        claimed = NewEvent(EventKind.RUN_CLAIMED, name=owner.id, payload=payload)
 
-        async def op(conn: Conn) -> list[Lease]:
-            # Dead owners' runs first, then expired leases, then the oldest (_claims).
-            heads: dict[str, tuple[int, str]] = {}
-            stolen: list[str] = []
-            for sid, sowner, stoken in steal:
-                if len(stolen) >= limit:
-                    break
-                row = await (await conn.execute(
-                    "SELECT run_id, event_count, event_head FROM stalwart_runs "
-                    "WHERE run_id = %(sid)s AND status = 'running' AND lease_owner = %(owner)s "
-                    f"AND lease_token = %(token)s{wf_clause} FOR UPDATE SKIP LOCKED",
-                    {**params, "sid": sid, "owner": sowner, "token": stoken})).fetchone()
-                if row is not None and sid not in heads:
-                    stolen.append(sid)
-                    heads[sid] = (row[1], row[2])
+        async def op(conn: Conn) -> list[Plan]:
+            states: dict[str, RunState] = {}
+            stolen: dict[str, tuple[str, int]] = {}
+            if steal:
+                for row in await (await conn.execute(
+                        f"SELECT {STATE_COLUMNS} FROM stalwart_runs WHERE run_id = "
+                        f"ANY(%(ids)s){wf_clause} ORDER BY run_id FOR UPDATE SKIP LOCKED",
+                        {**params, "ids": [s[0] for s in steal]})).fetchall():
+                    states[row[0]] = state_from_row(row)
+                for sid, sowner, stoken in steal:
+                    if (sid in states and sid not in stolen and len(stolen) < limit
+                            and can_steal(states[sid], sowner, stoken)):
+                        stolen[sid] = (sowner, stoken)
             ready: list[str] = []
             if len(stolen) < limit:
-                for rid, count, head in await (await conn.execute(
+                for row in await (await conn.execute(
                         pick, {**params, "limit": limit - len(stolen),
-                               "stolen": stolen})).fetchall():
-                    ready.append(rid)
-                    heads[rid] = (count, head)
-            ids = plan_claim(stolen, ready, limit)
-            if not ids:
-                return []
-            expires = now + lease_seconds
-            digests = {rid: chain(heads[rid][1], rid, heads[rid][0] + 1, [claimed], now)[0]
-                       for rid in ids}
-            rows = await (await conn.execute(
-                "UPDATE stalwart_runs r SET status = 'running', lease_owner = %s, "
-                "lease_token = r.lease_token + 1, lease_expires_at = %s, owner_host = %s, "
-                "owner_pid = %s, wake_at = NULL, wake_requested = FALSE, updated_at = %s, "
-                "event_count = r.event_count + 1, event_head = v.head "
-                "FROM unnest(%s::text[], %s::text[]) AS v(id, head) WHERE r.run_id = v.id "
-                "RETURNING r.run_id, r.lease_token, r.event_count",
-                (owner.id, expires, owner.host, owner.pid, now, ids,
-                 [digests[rid] for rid in ids]))).fetchall()
-            by_id = {r[0]: (r[1], r[2]) for r in rows}
-            await conn.cursor().executemany(
-                "INSERT INTO stalwart_events (run_id, seq, kind, step_id, name, payload, "
-                "created_at, digest) VALUES (%s, %s, %s, NULL, %s, %s, %s, %s)",
-                [(rid, by_id[rid][1], str(EventKind.RUN_CLAIMED), owner.id, payload, now,
-                  digests[rid]) for rid in ids])
-            return [Lease(rid, owner.id, by_id[rid][0], expires) for rid in ids]
+                               "stolen": list(stolen)})).fetchall():
+                    states[row[0]] = state_from_row(row)
+                    ready.append(row[0])
+            plans = [plan for rid in claim_order(list(stolen), ready, limit)
+                     if (plan := plan_claim(states[rid], owner, now=now,
+                                            lease_seconds=lease_seconds,
+                                            steal=stolen.get(rid))) is not None]
+            await write_plans(conn, plans)
+            return plans
 
-        return await self._write(op)
+        plans = await self._write(op)
+        for plan in plans:  # the next append of each is planned from what the claim wrote
+            self._hold(plan.after)
+        return [Lease(plan.after.run_id, owner.id, plan.after.lease_token,
+                      now + lease_seconds) for plan in plans]
 
     async def local_running(self, host: str) -> list[RunRecord]:
         rows = await self._read(
@@ -565,95 +662,42 @@ class PostgresStore:
     async def renew(
         self, leases: Sequence[Lease], *, now: float, lease_seconds: float
     ) -> dict[str, Lease | None]:
-        expires = now + lease_seconds
+        if not leases:
+            return {}
 
         async def op(conn: Conn) -> dict[str, Lease | None]:
             out: dict[str, Lease | None] = {}
-            for lease in leases:
-                cur = await conn.execute(
-                    "UPDATE stalwart_runs SET lease_expires_at = %s WHERE run_id = %s AND "
-                    "lease_owner = %s AND lease_token = %s AND status = 'running'",
-                    (expires, lease.run_id, lease.owner, lease.token))
-                out[lease.run_id] = (Lease(lease.run_id, lease.owner, lease.token, expires)
-                                     if cur.rowcount else None)
+            for lease in sorted(leases, key=lambda lease: lease.run_id):  # lock order
+                plan = plan_renew(await lock_state(conn, lease.run_id), lease, now=now,
+                                  lease_seconds=lease_seconds)
+                if plan is not None:
+                    await write_plans(conn, [plan])
+                    self._renewed(plan.after)
+                out[lease.run_id] = (None if plan is None else Lease(
+                    lease.run_id, lease.owner, lease.token, now + lease_seconds))
             return out
 
-        return await self._write(op) if leases else {}
+        out = await self._write(op)
+        for lease in leases:
+            if out[lease.run_id] is None:
+                self._forget(lease)
+        return {lease.run_id: out[lease.run_id] for lease in leases}
+
+    def _renewed(self, state: RunState) -> None:
+        held = self._held.get(state.run_id)
+        if held is not None and held.lease_token == state.lease_token:
+            self._held[state.run_id] = replace(held, lease_expires_at=state.lease_expires_at)
 
     # -- the journal -----------------------------------------------------------------
 
-    @staticmethod
-    async def _check_lease(conn: Conn, lease: Lease) -> tuple[Any, ...]:
-        row = await (await conn.execute(
-            "SELECT status, lease_owner, lease_token, cancel_requested, event_count, "
-            "parent_run_id, wake_requested, event_head FROM stalwart_runs "
-            "WHERE run_id = %s FOR UPDATE",
-            (lease.run_id,))).fetchone()
-        if (row is None or row[0] != RunStatus.RUNNING or row[1] != lease.owner
-                or row[2] != lease.token):
-            raise LeaseLostError(
-                f"run {lease.run_id}: lease {lease.owner}#{lease.token} is no longer current",
-                run_id=lease.run_id)
-        return tuple(row)
-
-    @classmethod
-    async def _insert_events(cls, conn: Conn, run_id: str, count: int, head: str,
-                             events: Sequence[NewEvent], now: float) -> tuple[int, str]:
-        """Insert ``events`` after the run's ``count`` events (the last with digest
-        ``head``), chained (see _chain); the run's new count and head, for the caller's
-        update of its row."""
-        digests = chain(head, run_id, count + 1, events, now)
-        await cls._insert_rows(conn, run_id, count, events, digests, now)
-        return count + len(events), digests[-1] if digests else head
-
-    @staticmethod
-    async def _insert_rows(conn: Conn, run_id: str, count: int, events: Sequence[NewEvent],
-                           digests: Sequence[str], now: float) -> None:
-        await conn.cursor().executemany(
-            "INSERT INTO stalwart_events (run_id, seq, kind, step_id, name, payload, "
-            "created_at, digest) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            [(run_id, count + i + 1, str(e.kind), e.step_id, e.name, e.payload, now, d)
-             for i, (e, d) in enumerate(zip(events, digests, strict=True))])
-
-    async def _wake_parent(self, conn: Conn, parent_run_id: str | None, now: float) -> None:
-        if parent_run_id is None:
-            return
-        await conn.execute(
-            "UPDATE stalwart_runs SET status = CASE WHEN status = 'waiting' THEN 'pending' "
-            "ELSE status END, wake_at = CASE WHEN status = 'waiting' THEN NULL "
-            "ELSE wake_at END, wake_requested = TRUE, updated_at = %s WHERE run_id = %s",
-            (now, parent_run_id))
-        await self._notify(conn, parent_run_id)
-
-    async def _append_checked(self, conn: Conn, lease: Lease, events: Sequence[NewEvent],
-                              now: float, finish: Finish | None) -> AppendResult:
-        _, _, _, cancel, count, parent_run_id, wake_requested, head = \
-            await self._check_lease(conn, lease)
-        if events:
-            count, head = await self._insert_events(conn, lease.run_id, count, head, events,
-                                                    now)
-        if finish is not None:
-            status, wake_at = finish.status, finish.wake_at
-            if status == RunStatus.WAITING and wake_requested:
-                status, wake_at = RunStatus.PENDING, None  # a wake-up raced the park
-            elif status == RunStatus.SLEEPING and cancel:
-                status, wake_at = RunStatus.PENDING, None  # so did a cancel: observe it now
-            await conn.execute(
-                "UPDATE stalwart_runs SET status = %s, result = %s, error = %s, "
-                "outcome_digest = %s, wake_at = %s, lease_owner = NULL, "
-                "lease_expires_at = NULL, event_count = %s, event_head = %s, "
-                "updated_at = %s WHERE run_id = %s",
-                (str(status), finish.result, finish.error,
-                 outcome_digest(lease.run_id, finish.result, finish.error), wake_at, count,
-                 head, now, lease.run_id))
-            await self._notify(conn, lease.run_id)
-            if status in TERMINAL_STATUSES:
-                await self._wake_parent(conn, parent_run_id, now)
-        elif events:
-            await conn.execute(
-                "UPDATE stalwart_runs SET event_count = %s, event_head = %s, updated_at = %s "
-                "WHERE run_id = %s", (count, head, now, lease.run_id))
-        return AppendResult(cancel_requested=bool(cancel))
+    async def _write_plan(self, conn: Conn, plan: Plan, now: float) -> None:
+        """Write ``plan`` (its row is locked by this transaction), notify, and wake the
+        run it names."""
+        await write_plans(conn, [plan])
+        if plan.notify:
+            await self._notify(conn, plan.after.run_id)
+        if plan.wake is not None and (woken := await lock_state(conn, plan.wake)) is not None:
+            await self._write_plan(conn, plan_wake(woken, now=now), now)
 
     async def append(
         self,
@@ -675,75 +719,112 @@ class PostgresStore:
         return await fut
 
     async def _flush_loop(self) -> None:
-        while self._pending:
-            batch = self._pending[:self._max_batch]
-            del self._pending[:self._max_batch]
-            batch.sort(key=lambda item: item.lease.run_id)  # one lock order for all flushers
-            await self._flush(batch)
+        while batch := self._take_batch():
+            runs = {item.lease.run_id for item in batch}
+            try:
+                await self._flush(batch)
+            finally:
+                self._flushing -= runs
+
+    def _take_batch(self) -> list[_Append]:
+        """Up to ``max_batch`` queued appends, in order, of runs no other flusher is
+        writing (a run's appends are written by one flusher at a time, in order)."""
+        batch: list[_Append] = []
+        rest: list[_Append] = []
+        mine: set[str] = set()
+        for item in self._pending:
+            run_id = item.lease.run_id
+            if len(batch) < self._max_batch and (run_id in mine
+                                                 or run_id not in self._flushing):
+                batch.append(item)
+                mine.add(run_id)
+            else:
+                rest.append(item)
+        self._pending = rest
+        self._flushing |= mine
+        return batch
 
     async def _flush(self, batch: list[_Append]) -> None:
-        """Write ``batch`` in one transaction, one savepoint per append."""
-        outcomes: list[AppendResult | BaseException | None] = []
-        notes: list[str] = []
-        token = _notes.set(notes)
+        """Write ``batch``: each run's leading appends planned from the state this store
+        last wrote and written conditionally, all in one statement; whatever that could
+        not write (a row that changed meanwhile), one append per transaction after
+        locking its row."""
+        runs: dict[str, list[_Append]] = {}
+        for item in batch:
+            runs.setdefault(item.lease.run_id, []).append(item)
+        fast: list[tuple[Plan, list[tuple[_Append, Plan]]]] = []
+        slow: dict[str, list[_Append]] = {}
+        for run_id, items in runs.items():
+            planned = _plan_from(self._held.get(run_id), items)
+            if planned:
+                first, last = planned[0][1], planned[-1][1]
+                fast.append((Plan(first.before, last.after,
+                                  tuple(ev for _, p in planned for ev in p.events),
+                                  notify=last.notify), planned))
+            slow[run_id] = items[len(planned):]
+        if fast:
+            written = await self._write_fast([plan for plan, _ in fast])
+            for plan, planned in fast:
+                run_id = plan.after.run_id
+                if written is None or run_id not in written:
+                    slow[run_id] = [item for item, _ in planned] + slow[run_id]
+                    continue
+                self._hold(plan.after)
+                for item, part in planned:
+                    _settle(item.future, AppendResult(part.before.cancel_requested))
+        for items in slow.values():
+            for item in items:
+                await self._append_locked(item)
+
+    async def _write_fast(self, plans: list[Plan]) -> set[str] | None:
+        """The conditional write of ``plans``; the ids written, or ``None`` when the
+        statement failed as a whole (each append then takes the locked path, which
+        reports its own error)."""
         try:
-            async with self._connection() as conn, conn.transaction():
-                for item in batch:
-                    mark = len(notes)
-                    try:
-                        async with conn.transaction():
-                            outcomes.append(await self._append_checked(
-                                conn, item.lease, item.events, item.now, item.finish))
-                        mark = len(notes)
-                    except LeaseLostError as exc:
-                        outcomes.append(exc)
-                    except UniqueViolation as exc:
-                        outcomes.append(LeaseLostError(
-                            f"run {item.lease.run_id}: a step outcome was already recorded "
-                            f"({exc})", run_id=item.lease.run_id))
-                    except psycopg.Error as exc:
-                        item.attempts += 1  # a deadlock victim tries again after this batch
-                        outcomes.append(None if _transient(exc)
-                                        and item.attempts < _TRANSIENT_ATTEMPTS
-                                        else self._error(exc, "cannot write to"))
-                    del notes[mark:]  # a rolled-back savepoint notifies nobody
-            self.commits += 1
-            self._send_notifications(notes)
+            async with self._connection() as conn:
+                written = await write_plans(conn, plans, guard=APPEND_READS)
+        except (psycopg.Error, StoreError):
+            return None
+        self.commits += 1
+        self._send_notifications([p.after.run_id for p in plans
+                                  if p.notify and p.after.run_id in written])
+        return written
+
+    async def _append_locked(self, item: _Append) -> None:
+        """One append: lock the run's row, plan from it, write (retried as ``_write``
+        retries)."""
+        async def op(conn: Conn) -> Plan:
+            plan = plan_append(await lock_state(conn, item.lease.run_id), item.lease,
+                               item.events, now=item.now, finish=item.finish)
+            try:
+                await self._write_plan(conn, plan, item.now)
+            except UniqueViolation as exc:
+                raise LeaseLostError(
+                    f"run {item.lease.run_id}: a step outcome was already recorded ({exc})",
+                    run_id=item.lease.run_id) from exc
+            return plan
+
+        try:
+            plan = await self._write(op)
+        except LeaseLostError as exc:
+            self._forget(item.lease)
+            _settle(item.future, exc)
         except Exception as exc:
-            err = exc if isinstance(exc, StoreError) else self._error(exc, "cannot write to")
-            outcomes = [err] * len(batch)
-        finally:
-            _notes.reset(token)
-        retry = []
-        for item, outcome in zip(batch, outcomes, strict=True):
-            if outcome is None:
-                retry.append(item)
-            elif not item.future.done():
-                if isinstance(outcome, BaseException):
-                    item.future.set_exception(outcome)
-                else:
-                    item.future.set_result(outcome)
-        if retry:
-            await asyncio.sleep(random.uniform(0, 0.02))
-            self._pending[:0] = retry
+            _settle(item.future, exc if isinstance(exc, StoreError)
+                    else self._error(exc, "cannot write to"))
+        else:
+            self._hold(plan.after)
+            _settle(item.future, AppendResult(plan.before.cancel_requested))
 
     # -- signals and cancellation ----------------------------------------------------
 
     async def send_signal(self, run_id: str, name: str, payload: str, *, now: float) -> RunRecord:
         async def op(conn: Conn) -> RunRecord:
-            row = await (await conn.execute(
-                "SELECT status FROM stalwart_runs WHERE run_id = %s FOR UPDATE",
-                (run_id,))).fetchone()
-            if row is None:
-                raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
+            plan = plan_wake(require(await lock_state(conn, run_id), run_id), now=now)
             await conn.execute(
                 "INSERT INTO stalwart_signals (run_id, name, payload, created_at) "
                 "VALUES (%s, %s, %s, %s)", (run_id, name, payload, now))
-            await conn.execute(
-                "UPDATE stalwart_runs SET status = CASE WHEN status = 'waiting' THEN 'pending' "
-                "ELSE status END, wake_at = CASE WHEN status = 'waiting' THEN NULL "
-                "ELSE wake_at END, wake_requested = TRUE WHERE run_id = %s", (run_id,))
-            await self._notify(conn, run_id)
+            await self._write_plan(conn, plan, now)
             out = await (await conn.execute(_SELECT_RUN, (run_id,))).fetchone()
             assert out is not None
             return run_record(out)
@@ -753,93 +834,66 @@ class PostgresStore:
     async def take_signal(
         self, lease: Lease, name: str, step_id: str, *, now: float
     ) -> str | None:
-        async def op(conn: Conn) -> str | None:
-            await self._check_lease(conn, lease)
+        async def op(conn: Conn) -> tuple[str, Plan] | None:
+            state = check_lease(await lock_state(conn, lease.run_id), lease)
             row = await (await conn.execute(
                 "SELECT id, payload FROM stalwart_signals WHERE run_id = %s AND name = %s "
                 "AND consumed_step_id IS NULL ORDER BY id LIMIT 1 FOR UPDATE",
                 (lease.run_id, name))).fetchone()
             if row is None:
                 return None
+            plan = plan_take_signal(state, lease, name=name, step_id=step_id,
+                                    payload=row[1], now=now)
             await conn.execute("UPDATE stalwart_signals SET consumed_step_id = %s "
                                "WHERE id = %s", (step_id, row[0]))
-            await self._append_checked(conn, lease, [NewEvent(
-                EventKind.SIGNAL_RECEIVED, step_id=step_id, name=name, payload=row[1])],
-                now, None)
-            return str(row[1])
+            await self._write_plan(conn, plan, now)
+            return str(row[1]), plan
 
-        return await self._write(op)
+        try:
+            out = await self._write(op)
+        except LeaseLostError:
+            self._forget(lease)
+            raise
+        if out is None:
+            return None
+        self._hold(out[1].after)
+        return out[0]
 
     async def request_cancel(self, run_id: str, *, now: float) -> RunRecord:
-        async def cancel_one(conn: Conn, rid: str) -> None:
-            row = await (await conn.execute(
-                "SELECT status, lease_expires_at, event_count, parent_run_id, event_head "
-                "FROM stalwart_runs WHERE run_id = %s FOR UPDATE", (rid,))).fetchone()
-            if row is None or row[0] in TERMINAL_STATUSES:
+        async def cancel(conn: Conn, rid: str) -> None:
+            state = await lock_state(conn, rid)
+            if state is None:
                 return
-            status, expires, count, parent, head = row
-            if status == RunStatus.RUNNING and expires is not None and expires >= now:
-                await conn.execute(
-                    "UPDATE stalwart_runs SET cancel_requested = TRUE, wake_requested = TRUE "
-                    "WHERE run_id = %s", (rid,))
-            elif open_cleanups(await (await conn.execute(
-                    "SELECT kind, name FROM stalwart_events WHERE run_id = %s AND kind = "
-                    "'step_completed' AND name IN (%s, %s)",
-                    (rid, CLEANUP_OPENED, CLEANUP_CLOSED))).fetchall()) > 0:
-                # It cleans up when cancelled (a saga): woken, not ended, by the cancel.
-                await conn.execute(
-                    "UPDATE stalwart_runs SET cancel_requested = TRUE, wake_requested = TRUE, "
-                    "status = CASE WHEN status IN ('sleeping', 'waiting') THEN 'pending' "
-                    "ELSE status END, wake_at = NULL, updated_at = %s WHERE run_id = %s",
-                    (now, rid))
-            else:
-                count, head = await self._insert_events(
-                    conn, rid, count, head, [NewEvent(EventKind.RUN_CANCELLED)], now)
-                await conn.execute(
-                    "UPDATE stalwart_runs SET status = 'cancelled', cancel_requested = TRUE, "
-                    "lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL, "
-                    "event_count = %s, event_head = %s, updated_at = %s WHERE run_id = %s",
-                    (count, head, now, rid))
-                await self._wake_parent(conn, parent, now)
-            await self._notify(conn, rid)
-            for (child,) in await (await conn.execute(
-                    "SELECT run_id FROM stalwart_runs WHERE parent_run_id = %s "
-                    "ORDER BY created_at, created_seq", (rid,))).fetchall():
-                await cancel_one(conn, child)
+            plan = plan_cancel(state, now=now, cleanups=0 if state.is_terminal else
+                               open_cleanups(await (await conn.execute(
+                                   "SELECT kind, name FROM stalwart_events WHERE run_id = %s "
+                                   "AND kind = 'step_completed' AND name IN (%s, %s)",
+                                   (rid, CLEANUP_OPENED, CLEANUP_CLOSED))).fetchall()))
+            await self._write_plan(conn, plan, now)
+            if plan.cascade:
+                for (child,) in await (await conn.execute(
+                        "SELECT run_id FROM stalwart_runs WHERE parent_run_id = %s "
+                        "ORDER BY created_at, created_seq", (rid,))).fetchall():
+                    await cancel(conn, child)
 
         async def op(conn: Conn) -> RunRecord:
-            await cancel_one(conn, run_id)
+            require(await lock_state(conn, run_id), run_id)
+            await cancel(conn, run_id)
             row = await (await conn.execute(_SELECT_RUN, (run_id,))).fetchone()
-            if row is None:
-                raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
+            assert row is not None
             return run_record(row)
 
         return await self._write(op)
 
     async def redrive(self, run_id: str, *, now: float) -> RunRecord:
         async def op(conn: Conn) -> RunRecord:
-            row = await (await conn.execute(
-                "SELECT status, event_count, event_head FROM stalwart_runs "
-                "WHERE run_id = %s FOR UPDATE",
-                (run_id,))).fetchone()
-            if row is None:
-                raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
-            if row[0] != RunStatus.DEAD_LETTERED:
-                raise ConfigurationError(
-                    f"run {run_id} is {row[0]}, not dead_lettered; only dead-lettered runs "
-                    "can be retried", run_id=run_id)
+            state = require(await lock_state(conn, run_id), run_id)
             last = await (await conn.execute(
                 "SELECT step_id FROM stalwart_events WHERE run_id = %s "
                 "AND kind = 'run_dead_lettered' ORDER BY seq DESC LIMIT 1",
                 (run_id,))).fetchone()
-            count, head = await self._insert_events(conn, run_id, row[1], row[2], [NewEvent(
-                EventKind.RUN_REDRIVEN, step_id=last[0] if last else None)], now)
-            await conn.execute(
-                "UPDATE stalwart_runs SET status = 'pending', result = NULL, error = NULL, "
-                "outcome_digest = %s, cancel_requested = FALSE, event_count = %s, "
-                "event_head = %s, updated_at = %s WHERE run_id = %s",
-                (outcome_digest(run_id, None, None), count, head, now, run_id))
-            await self._notify(conn, run_id)
+            await self._write_plan(conn, plan_redrive(state, last[0] if last else None,
+                                                      now=now), now)
             out = await (await conn.execute(_SELECT_RUN, (run_id,))).fetchone()
             assert out is not None
             return run_record(out)

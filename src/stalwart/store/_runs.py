@@ -140,9 +140,6 @@ APPEND_READS = ("status", "lease_owner", "lease_token", "cancel_requested",
 """The columns :func:`plan_append` reads. Two rows that agree on these get the same plan
 (a property test holds it to that), so a write conditional on them is sound."""
 
-_WRITABLE = tuple(f.name for f in fields(RunState) if f.name not in ("run_id",
-                                                                    "parent_run_id"))
-
 
 def state_from_row(row: Sequence[Any]) -> RunState:
     """A row of :data:`STATE_COLUMNS` as a state (SQLite's integers made booleans).
@@ -182,6 +179,9 @@ class Plan:
         wake: a run to wake (:func:`plan_wake`) in the same transaction: the parent.
         cascade: (a cancel) cancel the run's children next.
         notify: listeners should hear about the run (PostgreSQL's NOTIFY, after commit).
+        writes: the columns the transition sets (to ``after``'s values), whether or not
+            a value differs from ``before``'s: a write made from a remembered row must
+            not depend on that row's other columns.
     """
 
     before: RunState
@@ -190,12 +190,12 @@ class Plan:
     wake: str | None = None
     cascade: bool = False
     notify: bool = False
+    writes: tuple[str, ...] = ()
 
     def changes(self) -> dict[str, Any]:
-        """The columns whose value changes, with their new values (and the outcome's
-        digest when the result or the error changes)."""
-        out = {name: getattr(self.after, name) for name in _WRITABLE
-               if getattr(self.after, name) != getattr(self.before, name)}
+        """The columns to write, with their values (and the outcome's digest when the
+        result or the error is written)."""
+        out = {name: getattr(self.after, name) for name in self.writes}
         if "result" in out or "error" in out:
             out["outcome_digest"] = outcome_digest(self.after.run_id, self.after.result,
                                                    self.after.error)
@@ -203,7 +203,20 @@ class Plan:
 
     @property
     def changed(self) -> bool:
-        return self.after != self.before or bool(self.events)
+        return bool(self.writes)
+
+
+_COUNT = ("event_count", "event_head", "updated_at")
+_FINISH = (*_COUNT, "status", "result", "error", "wake_at", "lease_owner",
+           "lease_expires_at")
+_CLAIM = (*_COUNT, "status", "lease_owner", "lease_token", "lease_expires_at",
+          "owner_host", "owner_pid", "wake_at", "wake_requested")
+_WAKE = ("status", "wake_at", "wake_requested", "updated_at")
+_FLAG = ("cancel_requested", "wake_requested", "updated_at")
+_CANCEL = (*_COUNT, "status", "cancel_requested", "lease_owner", "lease_expires_at",
+           "wake_at")
+_REDRIVE = (*_COUNT, "status", "result", "error", "cancel_requested")
+_CLEANUP = ("status", "wake_at", "cancel_requested", "wake_requested", "updated_at")
 
 
 def _unchanged(state: RunState) -> Plan:
@@ -355,7 +368,7 @@ def plan_claim(state: RunState, owner: Owner, *, now: float, lease_seconds: floa
         counted, status=RunStatus.RUNNING, lease_owner=owner.id,
         lease_token=state.lease_token + 1, lease_expires_at=now + lease_seconds,
         owner_host=owner.host, owner_pid=owner.pid, wake_at=None, wake_requested=False,
-        updated_at=now), rows)
+        updated_at=now), rows, writes=_CLAIM)
 
 
 def plan_renew(state: RunState | None, lease: Lease, *, now: float,
@@ -363,7 +376,8 @@ def plan_renew(state: RunState | None, lease: Lease, *, now: float,
     """Extend a current lease to ``now + lease_seconds``; ``None`` when it was lost."""
     if state is None or not is_current(state, lease):
         return None
-    return Plan(state, replace(state, lease_expires_at=now + lease_seconds))
+    return Plan(state, replace(state, lease_expires_at=now + lease_seconds),
+                writes=("lease_expires_at",))
 
 
 def _one_outcome_each(lease: Lease, events: Sequence[NewEvent]) -> None:
@@ -401,13 +415,13 @@ def plan_append(state: RunState | None, lease: Lease, events: Sequence[NewEvent]
     rows, after = _events(current, events, now)
     after = replace(after, updated_at=now)
     if finish is None:
-        return Plan(current, after, rows)
+        return Plan(current, after, rows, writes=_COUNT)
     if finish.status == RunStatus.RUNNING:
         raise ValueError("a finish ends the execution: RUNNING is no status to end in")
     status, wake_at = _parked_status(current, finish)
     after = replace(after, status=status, result=finish.result, error=finish.error,
                     wake_at=wake_at, lease_owner=None, lease_expires_at=None)
-    return Plan(current, after, rows, notify=True,
+    return Plan(current, after, rows, notify=True, writes=_FINISH,
                 wake=current.parent_run_id if status in TERMINAL_STATUSES else None)
 
 
@@ -430,11 +444,14 @@ def plan_wake(state: RunState, *, now: float) -> Plan:
     it is."""
     if state.is_terminal:
         return _unchanged(state)
-    after = replace(state, wake_requested=True)
     if state.status == RunStatus.WAITING:
-        after = replace(after, status=RunStatus.PENDING, wake_at=None)
-    return Plan(state, after if after == state else replace(after, updated_at=now),
-                notify=True)
+        return Plan(state, replace(state, status=RunStatus.PENDING, wake_at=None,
+                                   wake_requested=True, updated_at=now),
+                    notify=True, writes=_WAKE)
+    if state.wake_requested:
+        return Plan(state, state, notify=True)
+    return Plan(state, replace(state, wake_requested=True, updated_at=now), notify=True,
+                writes=("wake_requested", "updated_at"))
 
 
 def plan_cancel(state: RunState, *, now: float, cleanups: int = 0) -> Plan:
@@ -453,15 +470,19 @@ def plan_cancel(state: RunState, *, now: float, cleanups: int = 0) -> Plan:
         status = RunStatus.PENDING if state.status in PARKED else state.status
         return Plan(state, replace(state, status=status, wake_at=None,
                                    cancel_requested=True, wake_requested=True,
-                                   updated_at=now), cascade=True, notify=True)
+                                   updated_at=now), cascade=True, notify=True,
+                    writes=_CLEANUP)
     if live:
         after = replace(state, cancel_requested=True, wake_requested=True)
-        return Plan(state, after if after == state else replace(after, updated_at=now),
-                    cascade=True, notify=True)
+        if after == state:
+            return Plan(state, state, cascade=True, notify=True)
+        return Plan(state, replace(after, updated_at=now), cascade=True, notify=True,
+                    writes=_FLAG)
     rows, after = _events(state, [NewEvent(EventKind.RUN_CANCELLED)], now)
     after = replace(after, status=RunStatus.CANCELLED, cancel_requested=True,
                     lease_owner=None, lease_expires_at=None, wake_at=None, updated_at=now)
-    return Plan(state, after, rows, wake=state.parent_run_id, cascade=True, notify=True)
+    return Plan(state, after, rows, wake=state.parent_run_id, cascade=True, notify=True,
+                writes=_CANCEL)
 
 
 def plan_redrive(state: RunState, dead_step_id: str | None, *, now: float) -> Plan:
@@ -478,4 +499,5 @@ def plan_redrive(state: RunState, dead_step_id: str | None, *, now: float) -> Pl
     rows, after = _events(state, [NewEvent(EventKind.RUN_REDRIVEN, step_id=dead_step_id)],
                           now)
     return Plan(state, replace(after, status=RunStatus.PENDING, result=None, error=None,
-                               cancel_requested=False, updated_at=now), rows, notify=True)
+                               cancel_requested=False, updated_at=now), rows, notify=True,
+                writes=_REDRIVE)
