@@ -288,6 +288,8 @@ def states(draw: st.DrawFn) -> RunState:
                    error=draw(st.sampled_from([None, "e"])),
                    owner_host=draw(st.sampled_from([None, "h"])),
                    owner_pid=draw(st.sampled_from([None, 7])),
+                   event_count=draw(st.integers(1, 4)),
+                   event_head=draw(st.sampled_from(["0" * 32, "ab" * 16, "cd" * 16])),
                    updated_at=draw(st.floats(T0 - 50, T0 + 50)))
 
 

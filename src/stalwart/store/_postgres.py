@@ -186,6 +186,14 @@ def _plan_from(held: RunState | None, items: Sequence[_Append]) -> list[tuple[_A
     return out
 
 
+def _merged(plans: Sequence[Plan]) -> Plan:
+    """Consecutive plans of one run (each made from the one before) as one write."""
+    return Plan(plans[0].before, plans[-1].after,
+                tuple(ev for plan in plans for ev in plan.events),
+                notify=any(plan.notify for plan in plans),
+                writes=tuple(dict.fromkeys(c for plan in plans for c in plan.writes)))
+
+
 def _settle(fut: asyncio.Future[AppendResult], outcome: AppendResult | BaseException) -> None:
     if fut.done():
         return
@@ -423,9 +431,12 @@ class PostgresStore:
         except psycopg.Error as exc:
             raise self._error(exc, "cannot read") from exc
 
-    async def _write(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
-        """Run ``fn`` in a transaction, again after a deadlock or a serialization failure
-        as long as the store's ``retry`` says so; notify once it committed."""
+    async def _write(self, fn: Callable[[Conn], Awaitable[T]], *,
+                     transaction: bool = True) -> T:
+        """Run ``fn`` in a transaction (``transaction=False``: ``fn`` makes one write,
+        atomic by itself, and needs no BEGIN and COMMIT), again after a deadlock or a
+        serialization failure as long as the store's ``retry`` says so; notify once it
+        committed."""
         await self._writable()
         attempt = 0
         while True:
@@ -433,8 +444,12 @@ class PostgresStore:
             notes: list[str] = []
             token = _notes.set(notes)
             try:
-                async with self._connection() as conn, conn.transaction():
-                    out = await fn(conn)
+                async with self._connection() as conn:
+                    if transaction:
+                        async with conn.transaction():
+                            out = await fn(conn)
+                    else:
+                        out = await fn(conn)
                 self.commits += 1
                 self._send_notifications(notes)
                 return out
@@ -540,7 +555,8 @@ class PostgresStore:
             return run_record(existing), False, parent_plan
 
         try:
-            record, created, parent_plan = await self._write(op)
+            # Without a parent the insert is one statement: no transaction around it.
+            record, created, parent_plan = await self._write(op, transaction=parent is not None)
         except LeaseLostError:
             if parent is not None:
                 self._forget(parent)
@@ -757,10 +773,7 @@ class PostgresStore:
         for run_id, items in runs.items():
             planned = _plan_from(self._held.get(run_id), items)
             if planned:
-                first, last = planned[0][1], planned[-1][1]
-                fast.append((Plan(first.before, last.after,
-                                  tuple(ev for _, p in planned for ev in p.events),
-                                  notify=last.notify), planned))
+                fast.append((_merged([plan for _, plan in planned]), planned))
             slow[run_id] = items[len(planned):]
         if fast:
             written = await self._write_fast([plan for plan, _ in fast])
