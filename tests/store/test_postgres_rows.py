@@ -172,3 +172,24 @@ async def test_a_finish_that_wakes_a_parent_is_one_transaction(pg: PostgresStore
     await pg.append(child, [], now=5.0, finish=Finish(RunStatus.COMPLETED, result="1"))
     rec = await pg.get_run("p")
     assert rec is not None and (rec.status, rec.wake_at) == (RunStatus.PENDING, None)
+
+
+async def test_an_append_never_waits_for_ever_on_a_failed_flush(
+        pg: PostgresStore, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A flush that fails in an unforeseen way answers every append in it with a
+    StoreError (and logs the failure) instead of leaving the callers waiting."""
+    from stalwart.errors import StoreError
+    from stalwart.store import _postgres
+
+    lease = await held(pg)
+
+    def broken(*_: object) -> object:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(_postgres, "_plan_from", broken)
+    with pytest.raises(StoreError, match="a bug"):
+        await asyncio.wait_for(pg.append(lease, [step("0")], now=2.0), 10)
+    assert "failed unexpectedly" in caplog.text
+    monkeypatch.undo()
+    await pg.append(lease, [step("0")], now=3.0)  # the store goes on

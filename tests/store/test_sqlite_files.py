@@ -22,7 +22,8 @@ from stalwart.errors import (
 )
 from stalwart.store import EventKind, NewEvent, Owner, SQLiteStore
 from stalwart.store._base import SCHEMA_VERSION
-from stalwart.store._sqlite import default_path
+from stalwart.store._runs import STATE_COLUMNS
+from stalwart.store._sqlite import _find, default_path
 
 OWNER = Owner(id="w", host="h", pid=1)
 
@@ -132,8 +133,17 @@ async def test_a_journal_of_another_schema_version_is_refused_untouched(
     assert ("newer" if found > SCHEMA_VERSION else "older") in str(err)
 
 
+async def read_everything(store: SQLiteStore) -> None:
+    for rec in await store.list_runs(limit=10_000):
+        await store.get_run(rec.run_id)
+        await store.load_events(rec.run_id)
+
+
 async def test_a_corrupted_journal_is_refused_untouched(tmp_path: Path) -> None:
-    """A journal with garbage in the middle raises StoreCorruptedError, unchanged."""
+    """Garbage in the middle of a journal: opening reads only what an open needs (the
+    header, the schema, the WAL), so the damage is met where it is read — a reader that
+    reads everything gets StoreCorruptedError — and a writer's background check finds it
+    at once and refuses every operation. The file stays as it was."""
     path = tmp_path / "journal.db"
     await make_journal(path, runs=200)
     data = bytearray(path.read_bytes())
@@ -142,7 +152,111 @@ async def test_a_corrupted_journal_is_refused_untouched(tmp_path: Path) -> None:
     middle = (len(data) // page // 2) * page
     data[middle:middle + 3 * page] = b"\xa5\x5a" * (3 * page // 2)
     path.write_bytes(bytes(data))
-    await refused(path, StoreCorruptedError)
+    before = contents(path)
+    reader = SQLiteStore(path, access="read")
+    await reader.open()
+    try:
+        with pytest.raises(StoreCorruptedError):
+            await read_everything(reader)
+    finally:
+        await reader.close()
+    writer = SQLiteStore(path)
+    await writer.open()
+    try:
+        assert isinstance(await writer.verified(), StoreCorruptedError)
+        with pytest.raises(StoreCorruptedError, match="damaged"):
+            await writer.create_run(run_id="new", workflow="wf", input="[]", now=1.0)
+        with pytest.raises(StoreCorruptedError, match="damaged"):
+            await writer.get_run("run-0001")
+    finally:
+        await writer.close()
+    assert contents(path) == before
+
+
+def _omit_from_index(path: Path, index: str, definition: str) -> None:
+    """Make ``index`` hold no entries while the schema says it indexes every row: an
+    index that silently omits runs, as damage can leave one (integrity_check says
+    "row N missing from index")."""
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"DROP INDEX {index}")
+        conn.execute(f"{definition} WHERE run_id = 'no such run'")
+        conn.execute("PRAGMA writable_schema = ON")
+        conn.execute("UPDATE sqlite_master SET sql = ? WHERE name = ?", (definition, index))
+    conn.close()
+
+
+async def test_an_index_that_omits_runs_stops_a_writer(tmp_path: Path) -> None:
+    """The claim index omits every run: a claim would silently find no work. The
+    writer's background integrity_check finds it, and the claim is refused with
+    StoreCorruptedError instead."""
+    path = tmp_path / "journal.db"
+    store = SQLiteStore(path)
+    await store.open()
+    for i in range(3):
+        await store.create_run(run_id=f"r{i}", workflow="wf", input="[]", now=float(i))
+    await store.close()
+    _omit_from_index(path, "runs_status", "CREATE INDEX runs_status ON runs (status, wake_at)")
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        damage = await store.verified()
+        assert damage is not None and "runs_status" in str(damage)
+        with pytest.raises(StoreCorruptedError, match="runs_status"):
+            await store.claim(OWNER, now=10.0, lease_seconds=30, limit=10)
+    finally:
+        await store.close()
+
+
+def _rename_in_index(path: Path, index: str, old: bytes, new: bytes) -> None:
+    """Change one key of ``index`` in the file's bytes, as a flipped byte would."""
+    with sqlite3.connect(path) as conn:
+        pages = [r[0] for r in conn.execute("SELECT pageno FROM dbstat WHERE name = ?",
+                                            (index,))]
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    data = bytearray(path.read_bytes())
+    for pageno in pages:
+        at = data.find(old, (pageno - 1) * size, pageno * size)
+        if at >= 0:
+            data[at:at + len(old)] = new
+            path.write_bytes(bytes(data))
+            return
+    raise AssertionError(f"{old!r} is not in {index}")
+
+
+async def test_a_damaged_id_index_is_damage_not_another_or_a_missing_run(
+        tmp_path: Path) -> None:
+    """The run table's id index says run-0002 where it meant run-0001: get_run of
+    run-0001 must not say "no such run", get_run of run-0002 must not return run-0001's
+    row (a reader, which runs no background check, finds both by the lookups' own
+    checks), and a writer creates no second run-0001; each is StoreCorruptedError."""
+    path = tmp_path / "journal.db"
+    await make_journal(path, runs=3)
+    _rename_in_index(path, "sqlite_autoindex_runs_1", b"run-0001", b"run-0002")
+    reader = SQLiteStore(path, access="read")
+    await reader.open()
+    try:
+        with pytest.raises(StoreCorruptedError, match="run run-0001"):
+            await reader.get_run("run-0001")
+        with pytest.raises(StoreCorruptedError, match="run run-0002"):
+            await reader.get_run("run-0002")
+        assert (await reader.get_run("run-0000")) is not None
+    finally:
+        await reader.close()
+    conn = sqlite3.connect(path)  # the lookup every transition starts with
+    try:
+        for asked in ("run-0001", "run-0002"):
+            with pytest.raises(StoreCorruptedError, match=f"run {asked}"):
+                _find(conn, STATE_COLUMNS, asked)
+    finally:
+        conn.close()
+    writer = SQLiteStore(path)
+    await writer.open()
+    try:  # whichever finds it first: the lookup, or the background check
+        with pytest.raises(StoreCorruptedError, match=r"run run-0001|missing from index"):
+            await writer.create_run(run_id="run-0001", workflow="wf", input="[]", now=9.0)
+    finally:
+        await writer.close()
 
 
 async def test_a_truncated_header_is_refused_untouched(tmp_path: Path) -> None:

@@ -739,6 +739,15 @@ class PostgresStore:
             runs = {item.lease.run_id for item in batch}
             try:
                 await self._flush(batch)
+            except BaseException as exc:  # nobody may wait for ever on an append
+                if not isinstance(exc, StoreError | psycopg.Error | asyncio.CancelledError):
+                    log.exception("%s: an append batch failed unexpectedly", self._url)
+                err = exc if isinstance(exc, StoreError) else self._error(
+                    exc, "cannot write to")
+                for item in batch:
+                    _settle(item.future, err)
+                if not isinstance(exc, Exception):
+                    raise
             finally:
                 self._flushing -= runs
 

@@ -149,6 +149,7 @@ class SQLiteStore:
                                   asyncio.Future[Any]]] = []
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._verifier: schema.Verifier | None = None
         self.commits = 0
         """How many write transactions committed (for tests and benchmarks)."""
 
@@ -206,6 +207,25 @@ class SQLiteStore:
             return
         ro.close()
         self._conn = self._open_writer(migrate=found != SCHEMA_VERSION)
+        self._verify()
+
+    def _verify(self) -> None:
+        """A writer: check the whole file in the background (see ``Verifier``)."""
+        if self._verifier is None and self._path != ":memory:":
+            self._verifier = schema.Verifier(self._path, busy_timeout=self._busy_timeout)
+
+    async def verified(self) -> StoreCorruptedError | None:
+        """Wait for the background check of a store that writes; what it found."""
+        verifier = self._verifier
+        if verifier is None:
+            return None
+        await asyncio.get_running_loop().run_in_executor(None, verifier.done.wait)
+        return verifier.damage
+
+    def _intact(self) -> None:
+        """Refuse to go on with a journal the background check found damaged."""
+        if self._verifier is not None and self._verifier.damage is not None:
+            raise self._verifier.damage
 
     def _absent_message(self, state: str) -> str:
         return (f"no stalwart journal at {self._path} ("
@@ -269,6 +289,7 @@ class SQLiteStore:
                     schema.MIGRATABLE_FROM <= found < SCHEMA_VERSION):
                 raise schema.version_error(self._path, found, writer=True)
             self._conn = self._open_writer(migrate=found != SCHEMA_VERSION)
+            self._verify()
         else:
             self._conn = self._create(state)
         self._writable = True
@@ -277,6 +298,9 @@ class SQLiteStore:
         if self._executor is None:
             return
         conn = self._conn
+        verifier, self._verifier = self._verifier, None
+        if verifier is not None:
+            await asyncio.get_running_loop().run_in_executor(None, verifier.stop)
         if conn is not None:
             await self._call(conn.close)
         self._conn = None
@@ -292,6 +316,7 @@ class SQLiteStore:
         return await loop.run_in_executor(self._executor, self._mapped, fn, *args)
 
     def _mapped(self, fn: Callable[..., T], *args: Any) -> T:
+        self._intact()
         try:
             return fn(*args)
         except schema.ERRORS as exc:
@@ -348,7 +373,7 @@ class SQLiteStore:
             parent_state = None
             if parent is not None:
                 parent_state = check_lease(_state(conn, parent.run_id), parent)
-            existing = conn.execute(_SELECT_RUN, (run_id,)).fetchone()
+            existing = _find(conn, RUN_COLUMNS, run_id)
             if existing is None:
                 new = plan_create(run_id=run_id, workflow=workflow, input=input, now=now,
                                   workflow_ref=workflow_ref,
@@ -373,7 +398,7 @@ class SQLiteStore:
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         def op() -> RunRecord | None:
-            row = self._db().execute(_SELECT_RUN, (run_id,)).fetchone()
+            row = _find(self._db(), RUN_COLUMNS, run_id)
             return run_record(row) if row else None
 
         return await self._call(op)
@@ -563,6 +588,7 @@ class SQLiteStore:
             return
         outcomes: list[Any] = []
         try:
+            self._intact()
             self._become_writer()
             conn = self._db()
             try:
@@ -807,9 +833,28 @@ _INSERT_EVENT = ("INSERT INTO events (run_id, seq, kind, step_id, name, payload,
                  "digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 
 
-def _state(conn: sqlite3.Connection, run_id: str) -> RunState | None:
-    row = conn.execute(f"SELECT {STATE_COLUMNS} FROM runs WHERE run_id = ?",
+def _find(conn: sqlite3.Connection, columns: str, run_id: str) -> Any:
+    """The run table's ``columns`` for ``run_id``, checked against a second structure, so
+    that a damaged index of the run table is an error, never another run's row nor a run
+    silently missing. The row the id index leads to must carry that id in the table
+    itself (SQLite reads an indexed column from the index, so the table's own id is
+    read by rowid); a run not found must have no events either (the events table is a
+    b-tree of its own, keyed by run id)."""
+    row = conn.execute(f"SELECT {columns}, (SELECT t.run_id FROM runs AS t "
+                       "WHERE t.rowid = runs.rowid) FROM runs WHERE run_id = ?",
                        (run_id,)).fetchone()
+    if row is not None:
+        if row[-1] != run_id:
+            raise _index_damage(run_id)
+        return row[:-1]
+    if conn.execute("SELECT 1 FROM events WHERE run_id = ? AND seq = 1",
+                    (run_id,)).fetchone() is not None:
+        raise _index_damage(run_id)
+    return None
+
+
+def _state(conn: sqlite3.Connection, run_id: str) -> RunState | None:
+    row = _find(conn, STATE_COLUMNS, run_id)
     return state_from_row(row) if row else None
 
 
@@ -821,8 +866,8 @@ def _update_sql(columns: tuple[str, ...]) -> str:
 
 def _index_damage(run_id: str) -> StoreCorruptedError:
     return StoreCorruptedError(
-        f"the journal is damaged: an index of the run table disagrees with run "
-        f"{run_id}'s row; nothing was changed (stalwart doctor checks every index)",
+        f"the journal is damaged at run {run_id}: an index of the run table disagrees "
+        "with the run's rows; nothing was changed (stalwart doctor checks every index)",
         run_id=run_id)
 
 
