@@ -77,7 +77,7 @@ def test_create_journals_run_created_then_the_given_events() -> None:
 def test_claim_takes_a_ready_run_with_a_new_token_and_clears_the_wake_flag() -> None:
     """Pending -> running under a token one higher; wake_requested is cleared; the claim
     is journaled naming owner, host and pid."""
-    state = replace(created(), wake_requested=True, lease_token=4)
+    state = created()._replace(wake_requested=True, lease_token=4)
     plan = plan_claim(state, A, now=T0 + 1, lease_seconds=LEASE)
     assert plan is not None
     after = plan.after
@@ -102,7 +102,7 @@ def test_claim_takes_a_ready_run_with_a_new_token_and_clears_the_wake_flag() -> 
 def test_which_runs_a_claim_may_take(status: RunStatus, expires: float | None,
                                      wake_at: float | None, now: float, ready: bool) -> None:
     """Pending, parked and due, or running on an expired lease; nothing else."""
-    state = replace(created(), status=status, lease_expires_at=expires, wake_at=wake_at,
+    state = created()._replace(status=status, lease_expires_at=expires, wake_at=wake_at,
                     lease_owner="x" if status == RunStatus.RUNNING else None)
     assert is_ready(state, now) is ready
     assert (plan_claim(state, A, now=now, lease_seconds=LEASE) is not None) is ready
@@ -145,11 +145,11 @@ def test_a_stale_lease_writes_nothing() -> None:
         with pytest.raises(LeaseLostError):
             plan_append(state, stale, [step("0")], now=T0)
     with pytest.raises(LeaseLostError):
-        plan_append(replace(state, status=RunStatus.PENDING), lease, [], now=T0)
+        plan_append(state._replace(status=RunStatus.PENDING), lease, [], now=T0)
     with pytest.raises(LeaseLostError):
         plan_append(None, lease, [], now=T0)
     with pytest.raises(LeaseLostError):
-        plan_take_signal(replace(state, lease_token=9), lease, name="go", step_id="1",
+        plan_take_signal(state._replace(lease_token=9), lease, name="go", step_id="1",
                          payload="1", now=T0)
 
 
@@ -184,7 +184,7 @@ def test_a_park_loses_to_a_racing_wake_up_or_cancel(park: RunStatus, wake: bool,
     """The flags a wake-up or a cancel left while the run executed decide where a park
     ends: pending (claimable now, no wake time) instead of parked."""
     state, lease = claimed()
-    state = replace(state, wake_requested=wake, cancel_requested=cancel)
+    state = state._replace(wake_requested=wake, cancel_requested=cancel)
     after = plan_append(state, lease, [], now=T0 + 1,
                         finish=Finish(park, wake_at=T0 + 60)).after
     assert after.status == ends
@@ -216,14 +216,14 @@ def test_a_finish_cannot_leave_the_run_running() -> None:
 def test_a_wake_up_makes_a_waiting_run_pending_and_flags_any_other() -> None:
     """Waiting -> pending at once; running or sleeping keep their status, flagged; a
     finished run is left exactly as it is (its end time does not move)."""
-    waiting = replace(created(), status=RunStatus.WAITING, wake_at=T0 + 50)
+    waiting = created()._replace(status=RunStatus.WAITING, wake_at=T0 + 50)
     after = plan_wake(waiting, now=T0 + 1).after
     assert (after.status, after.wake_at, after.wake_requested) == (
         RunStatus.PENDING, None, True)
     running, _ = claimed()
     assert plan_wake(running, now=T0 + 1).changes() == {"wake_requested": True,
                                                         "updated_at": T0 + 1}
-    done = replace(running, status=RunStatus.COMPLETED, lease_owner=None)
+    done = running._replace(status=RunStatus.COMPLETED, lease_owner=None)
     plan = plan_wake(done, now=T0 + 1)
     assert not plan.changed and not plan.notify
 
@@ -236,7 +236,7 @@ def test_cancel_flags_a_live_lease_and_cancels_anything_else_at_once() -> None:
     assert (live.after.status, live.after.cancel_requested, live.after.wake_requested) == (
         RunStatus.RUNNING, True, True)
     assert live.cascade and not live.events and live.wake is None
-    for idle in (state, replace(state, status=RunStatus.SLEEPING, lease_owner=None,
+    for idle in (state, state._replace(status=RunStatus.SLEEPING, lease_owner=None,
                                 lease_expires_at=None, wake_at=T0 + 9)):
         plan = plan_cancel(idle, now=T0 + LEASE + 1)
         assert plan.after.status == RunStatus.CANCELLED and plan.cascade
@@ -246,7 +246,7 @@ def test_cancel_flags_a_live_lease_and_cancels_anything_else_at_once() -> None:
 
 def test_cancel_leaves_a_finished_run_and_its_children_alone() -> None:
     """Nothing changes, and the cascade stops there."""
-    done = replace(created(), status=RunStatus.COMPLETED)
+    done = created()._replace(status=RunStatus.COMPLETED)
     plan = plan_cancel(done, now=T0)
     assert not plan.changed and not plan.cascade
 
@@ -254,7 +254,7 @@ def test_cancel_leaves_a_finished_run_and_its_children_alone() -> None:
 def test_redrive_puts_only_a_dead_lettered_run_back() -> None:
     """Dead-lettered -> pending, result, error and the cancel flag cleared, the dead
     step journaled; any other status is refused."""
-    dead = replace(created(), status=RunStatus.DEAD_LETTERED, error="e",
+    dead = created()._replace(status=RunStatus.DEAD_LETTERED, error="e",
                    cancel_requested=True)
     plan = plan_redrive(dead, "4", now=T0 + 1)
     assert (plan.after.status, plan.after.error, plan.after.cancel_requested) == (
@@ -279,7 +279,7 @@ TIMES = st.one_of(st.none(), st.floats(T0 - 50, T0 + 50).map(lambda x: round(x, 
 @st.composite
 def states(draw: st.DrawFn) -> RunState:
     status = draw(STATUSES)
-    return replace(created(), status=status, wake_at=draw(TIMES),
+    return created()._replace(status=status, wake_at=draw(TIMES),
                    lease_owner=draw(st.sampled_from([None, "a", "b"])),
                    lease_token=draw(st.integers(0, 3)), lease_expires_at=draw(TIMES),
                    cancel_requested=draw(st.booleans()),
@@ -324,7 +324,7 @@ def test_an_append_depends_only_on_the_columns_it_reads(
     """Two rows that agree on APPEND_READS get the same plan: the same events, the same
     written values, the same answer (so PostgreSQL's write, conditional on exactly these
     columns, is sound)."""
-    other = replace(other, **{c: getattr(state, c) for c in APPEND_READS})
+    other = other._replace(**{c: getattr(state, c) for c in APPEND_READS})
     lease = Lease("r", state.lease_owner or "a", token, T0 + LEASE)
     events = [step(s) for s in steps]
     outcomes = []
@@ -339,6 +339,6 @@ def test_an_append_depends_only_on_the_columns_it_reads(
         return
     assert hasattr(second, "after")
     written = {k: v for k, v in first.changes().items() if k != "outcome_digest"}
-    assert replace(other, **written) == second.after
+    assert other._replace(**written) == second.after
     assert (first.events, first.wake, first.notify, first.before.cancel_requested) == (
         second.events, second.wake, second.notify, second.before.cancel_requested)

@@ -45,7 +45,7 @@ import contextvars
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, TypeVar, final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -702,7 +702,7 @@ class PostgresStore:
     def _renewed(self, state: RunState) -> None:
         held = self._held.get(state.run_id)
         if held is not None and held.lease_token == state.lease_token:
-            self._held[state.run_id] = replace(held, lease_expires_at=state.lease_expires_at)
+            self._held[state.run_id] = held._replace(lease_expires_at=state.lease_expires_at)
 
     # -- the journal -----------------------------------------------------------------
 

@@ -837,16 +837,16 @@ def _find(conn: sqlite3.Connection, columns: str, run_id: str) -> Any:
     """The run table's ``columns`` for ``run_id``, checked against a second structure, so
     that a damaged index of the run table is an error, never another run's row nor a run
     silently missing. The row the id index leads to must carry that id in the table
-    itself (SQLite reads an indexed column from the index, so the table's own id is
-    read by rowid); a run not found must have no events either (the events table is a
-    b-tree of its own, keyed by run id)."""
-    row = conn.execute(f"SELECT {columns}, (SELECT t.run_id FROM runs AS t "
-                       "WHERE t.rowid = runs.rowid) FROM runs WHERE run_id = ?",
-                       (run_id,)).fetchone()
+    itself (SQLite would read an indexed column from the index, so the row is fetched
+    by the rowid the index gives: every column then comes from the table); a run not
+    found must have no events either (the events table is a b-tree of its own, keyed by
+    run id). ``columns`` start with ``run_id``."""
+    row = conn.execute(f"SELECT {columns} FROM runs WHERE rowid = "
+                       "(SELECT rowid FROM runs WHERE run_id = ?)", (run_id,)).fetchone()
     if row is not None:
-        if row[-1] != run_id:
+        if row[0] != run_id:
             raise _index_damage(run_id)
-        return row[:-1]
+        return row
     if conn.execute("SELECT 1 FROM events WHERE run_id = ? AND seq = 1",
                     (run_id,)).fetchone() is not None:
         raise _index_damage(run_id)
