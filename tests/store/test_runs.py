@@ -244,6 +244,24 @@ def test_cancel_flags_a_live_lease_and_cancels_anything_else_at_once() -> None:
         assert [e[2] for e in plan.events] == ["run_cancelled"] and plan.wake == "p"
 
 
+def test_a_run_holding_a_cleanup_scope_is_woken_by_a_cancel_not_ended() -> None:
+    """No live lease and an open cleanup scope (a saga): flagged and made ready (a parked
+    run pending, no wake time), nothing journaled, no parent woken, children next; a live
+    lease is only flagged, as ever."""
+    state, _ = claimed(created("c", parent="p"))
+    parked = state._replace(status=RunStatus.WAITING, lease_owner=None,
+                            lease_expires_at=None, wake_at=T0 + 99)
+    plan = plan_cancel(parked, now=T0 + 1, cleanups=1)
+    assert (plan.after.status, plan.after.wake_at, plan.after.cancel_requested,
+            plan.after.wake_requested) == (RunStatus.PENDING, None, True, True)
+    assert not plan.events and plan.wake is None and plan.cascade
+    expired = plan_cancel(state, now=T0 + LEASE + 1, cleanups=2)
+    assert expired.after.status == RunStatus.RUNNING and expired.after.cancel_requested
+    live = plan_cancel(state, now=T0 + 1, cleanups=1)
+    assert live.after == plan_cancel(state, now=T0 + 1).after
+    assert plan_cancel(parked, now=T0 + 1, cleanups=0).after.status == RunStatus.CANCELLED
+
+
 def test_cancel_leaves_a_finished_run_and_its_children_alone() -> None:
     """Nothing changes, and the cascade stops there."""
     done = created()._replace(status=RunStatus.COMPLETED)

@@ -19,7 +19,12 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from stalwart.errors import ConfigurationError, LeaseLostError
 from stalwart.store import EventKind, Finish, Lease, NewEvent, Owner, RunStatus
-from stalwart.store._base import TERMINAL_STATUSES
+from stalwart.store._base import (
+    CLEANUP_CLOSED,
+    CLEANUP_OPENED,
+    TERMINAL_STATUSES,
+    open_cleanups,
+)
 from stalwart.store._chain import verify_events
 from stalwart.store._runs import (
     EventRow,
@@ -56,6 +61,7 @@ class Model:
     wake_flag: bool = False
     cancel_flag: bool = False
     events: int = 1  # run_created
+    cleanups: int = 0  # open cleanup scopes (a saga's)
 
     def ready(self, now: float) -> bool:
         return (self.status == RunStatus.PENDING
@@ -147,16 +153,22 @@ class Runs(RuleBasedStateMachine):
 
     @rule(pick=st.integers(0, 50), steps=st.integers(0, 2),
           finish=st.one_of(st.none(), st.sampled_from(ENDINGS)),
-          wait=st.one_of(st.none(), st.floats(0, 30)))
+          wait=st.one_of(st.none(), st.floats(0, 30)),
+          cleanup=st.sampled_from([None, CLEANUP_OPENED, CLEANUP_CLOSED]))
     def append(self, pick: int, steps: int, finish: RunStatus | None,
-               wait: float | None) -> None:
-        """Steps, perhaps ending the execution: a stale lease changes nothing."""
+               wait: float | None, cleanup: str | None) -> None:
+        """Steps (one may open or close a cleanup scope), perhaps ending the execution:
+        a stale lease changes nothing."""
         if not self.leases:
             return
         lease = self.leases[pick % len(self.leases)]
+        names = ["f"] * steps
+        if cleanup is not None and (cleanup == CLEANUP_OPENED
+                                    or self.model[lease.run_id].cleanups > 0):
+            names.append(cleanup)
         events = [NewEvent(EventKind.STEP_COMPLETED, step_id=str(self.steps + i),
-                           name="f", payload="1") for i in range(steps)]
-        self.steps += steps
+                           name=name, payload="1") for i, name in enumerate(names)]
+        self.steps += len(names)
         wake_at = None if wait is None else self.now + wait
         end = None if finish is None else Finish(finish, result='"r"', wake_at=wake_at)
         before = self.states[lease.run_id]
@@ -169,7 +181,8 @@ class Runs(RuleBasedStateMachine):
         assert self.current(lease)
         self.apply(plan)
         m = self.model[lease.run_id]
-        m.events += steps
+        m.events += len(names)
+        m.cleanups += names.count(CLEANUP_OPENED) - names.count(CLEANUP_CLOSED)
         if finish is None:
             return
         status, m.wake_at = finish, wake_at
@@ -220,7 +233,9 @@ class Runs(RuleBasedStateMachine):
         self.cancel_tree(run_id)
 
     def cancel_tree(self, run_id: str) -> None:
-        plan = plan_cancel(self.states[run_id], now=self.now)
+        counted = open_cleanups((r[2], r[4]) for r in self.journal[run_id])
+        assert counted == self.model[run_id].cleanups
+        plan = plan_cancel(self.states[run_id], now=self.now, cleanups=counted)
         self.apply(plan)
         m = self.model[run_id]
         if m.status in TERMINAL_STATUSES:
@@ -230,6 +245,13 @@ class Runs(RuleBasedStateMachine):
             m.cancel_flag = True
             self.model_wake(run_id)
             m.status = RunStatus.RUNNING
+        elif m.cleanups > 0:  # it cleans up when cancelled: woken, not ended
+            m.cancel_flag = True
+            self.model_wake(run_id)
+            if m.status in PARKED:
+                m.status = RunStatus.PENDING
+            m.wake_at = None
+            assert not plan.events
         else:
             m.status, m.cancel_flag, m.owner = RunStatus.CANCELLED, True, None
             m.expires = m.wake_at = None

@@ -148,8 +148,9 @@ def open_cleanups(events: Iterable[tuple[EventKind | str, str | None]]) -> int:
     """How many cleanup scopes a journal leaves open, from its ``(kind, name)`` pairs:
     completed ``stalwart.cleanup_opened`` steps less completed ``..._closed`` ones.
 
-    The stores count the same in SQL (``request_cancel``); a run with a positive count
-    has its cancel delivered to its code rather than applied by the store."""
+    The stores count the same in SQL (``request_cancel``) and pass the count to the
+    planner (``_runs.plan_cancel``): a run with a positive count has its cancel
+    delivered to its code rather than applied by the store."""
     count = 0
     for kind, name in events:
         if kind == EventKind.STEP_COMPLETED:

@@ -469,9 +469,9 @@ def plan_cancel(state: RunState, *, now: float, cleanups: int = 0) -> Plan:
             and state.lease_expires_at >= now)
     if not live and cleanups > 0:
         status = RunStatus.PENDING if state.status in PARKED else state.status
-        return Plan(state, replace(state, status=status, wake_at=None,
-                                   cancel_requested=True, wake_requested=True,
-                                   updated_at=now), cascade=True, notify=True,
+        return Plan(state, state._replace(status=status, wake_at=None,
+                                          cancel_requested=True, wake_requested=True,
+                                          updated_at=now), cascade=True, notify=True,
                     writes=_CLEANUP)
     if live:
         if state.cancel_requested and state.wake_requested:
