@@ -288,7 +288,8 @@ class Context:
 
         Sync functions run in the runtime's thread pool. The result must be JSON-compatible
         or a pydantic model; the function's return annotation, when present, is used to
-        rebuild it with its type. An exception is recorded and re-raised (also on replay).
+        rebuild it with its type (without one, the result is plain JSON: a model comes
+        back as its data). An exception is recorded and re-raised (also on replay).
         Code inside the step can read its idempotency key with :func:`current_step`.
 
         ``check`` is an outcome check on the result (see :func:`outcome_problem`): a

@@ -11,6 +11,7 @@ the lease to expire.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import random
@@ -35,7 +36,6 @@ from ._serde import (
     ErrorInfo,
     decode,
     encode,
-    import_ref,
     input_hash,
     rebuild_error,
     return_type,
@@ -94,6 +94,16 @@ R = TypeVar("R")
 
 IfExists = Literal["compare", "return"]
 """What ``start`` does with a run id that exists: compare inputs, or return the run."""
+
+
+def import_ref(ref: str) -> Any:
+    """Import ``module:qualname`` (a reference the caller gave, never one read from a
+    journal) and return the object."""
+    module_name, _, qualname = ref.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def _check_existing(rec: RunRecord, workflow: str, text: str, if_exists: IfExists) -> None:
@@ -1112,6 +1122,12 @@ class Runtime:
                 if ex.run_id not in renewed:
                     continue
                 lease = renewed[ex.run_id]
+                if lease is None and ex.finished:
+                    # Its last write (the run ended or parked, the lease released) may
+                    # have committed before this renewal read the row: "no lease" is
+                    # that write, not a takeover. Were it a takeover, that write fails
+                    # (fenced) and the execution ends by itself; it runs no more steps.
+                    continue
                 if lease is None:
                     log.warning("run %s: lease taken over; stopping local execution",
                                 ex.run_id)

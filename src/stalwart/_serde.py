@@ -19,7 +19,6 @@ journal is ever unpickled.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import inspect
 import json
 import types
@@ -48,7 +47,7 @@ _MISSING = object()
 
 
 @lru_cache(maxsize=512)
-def _adapter(tp: Any) -> TypeAdapter[Any]:
+def cached_adapter(tp: Any) -> TypeAdapter[Any]:
     return TypeAdapter(tp)
 
 
@@ -56,37 +55,28 @@ def _has_hint(tp: Any) -> bool:
     return tp is not _NO_HINT and tp is not None and tp is not Any and tp is not object
 
 
-def _tag_models(value: Any) -> Any:
+def plain_json(value: Any) -> Any:
+    """``value`` with every pydantic model in it replaced by its JSON data."""
     if isinstance(value, BaseModel):
-        cls = type(value)
-        return {_MODEL_TAG: f"{cls.__module__}:{cls.__qualname__}",
-                "data": value.model_dump(mode="json")}
+        return value.model_dump(mode="json")
     if isinstance(value, dict):
-        return {k: _tag_models(v) for k, v in value.items()}
+        return {k: plain_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_tag_models(v) for v in value]
+        return [plain_json(v) for v in value]
     return value
 
 
-def _untag_models(value: Any) -> Any:
+def read_plain(value: Any) -> Any:
+    """Untyped JSON as read from the journal, with the import-path tags of records
+    written by older versions replaced by their data (the module they name is never
+    imported: see the module docstring)."""
     if isinstance(value, dict):
-        ref = value.get(_MODEL_TAG)
-        if isinstance(ref, str) and set(value) == {_MODEL_TAG, "data"}:
-            cls = import_ref(ref)
-            return cls.model_validate(value["data"])
-        return {k: _untag_models(v) for k, v in value.items()}
+        if set(value) == {_MODEL_TAG, "data"} and isinstance(value[_MODEL_TAG], str):
+            return read_plain(value["data"])
+        return {k: read_plain(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_untag_models(v) for v in value]
+        return [read_plain(v) for v in value]
     return value
-
-
-def import_ref(ref: str) -> Any:
-    """Import ``module:qualname`` and return the object."""
-    module_name, _, qualname = ref.partition(":")
-    obj: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def encode(value: Any, tp: Any = _NO_HINT, *, what: str = "value") -> str:
@@ -98,7 +88,7 @@ def encode(value: Any, tp: Any = _NO_HINT, *, what: str = "value") -> str:
     if _has_hint(tp):
         return _encode_typed(value, tp, what)[0]
     try:
-        return json.dumps(_tag_models(value), allow_nan=False, separators=(",", ":"))
+        return json.dumps(plain_json(value), allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise SerializationError(
             f"{what} of type {type(value).__name__} cannot be stored in the journal: {exc}"
@@ -120,7 +110,7 @@ def encode_and_read(value: Any, tp: Any = _NO_HINT, *,
 
 
 def _encode_typed(value: Any, tp: Any, what: str) -> tuple[str, Any]:
-    adapter = _adapter(tp)
+    adapter = cached_adapter(tp)
     try:
         # Quietly: a value of another type only makes pydantic warn while dumping;
         # whether it can be read back is what the check below decides.
@@ -156,8 +146,8 @@ def decode(text: str, tp: Any = _NO_HINT, *, what: str = "value") -> Any:
     """Read back a value written by :func:`encode` with the same ``tp``."""
     try:
         if _has_hint(tp):
-            return _adapter(tp).validate_json(text)
-        return _untag_models(json.loads(text))
+            return cached_adapter(tp).validate_json(text)
+        return read_plain(json.loads(text))
     except Exception as exc:
         raise SerializationError(f"{what} in the journal cannot be read back: {exc}") from exc
 

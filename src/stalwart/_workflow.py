@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar,
 
 from pydantic import TypeAdapter, ValidationError
 
-from ._serde import _adapter, _tag_models, _untag_models, parameter_types
+from ._serde import cached_adapter, parameter_types, plain_json, read_plain
 from .errors import ConfigurationError, SerializationError
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ _EMPTY = inspect.Parameter.empty
 def _type_adapter(tp: Any) -> TypeAdapter[Any]:
     """A cached adapter (building one costs a millisecond, per start and per execution)."""
     try:
-        return _adapter(tp)
+        return cached_adapter(tp)
     except TypeError:  # an unhashable annotation, e.g. Annotated with a list in it
         return TypeAdapter(tp)
 
@@ -61,7 +61,7 @@ def _to_jsonable(value: Any, tp: Any, what: str) -> Any:
             adapter = _type_adapter(tp)
             # Validate first: dumping a value of the wrong type would only warn.
             return adapter.dump_python(adapter.validate_python(value), mode="json")
-        out = _tag_models(value)
+        out = plain_json(value)
         json.dumps(out, allow_nan=False)
         return out
     except ValidationError as exc:
@@ -74,7 +74,7 @@ def _from_jsonable(data: Any, tp: Any, what: str) -> Any:
     try:
         if tp is not _EMPTY and tp is not Any:
             return _type_adapter(tp).validate_python(data)
-        return _untag_models(data)
+        return read_plain(data)
     except ValidationError as exc:
         raise SerializationError(_invalid(what, tp, data, exc)) from None
     except Exception as exc:

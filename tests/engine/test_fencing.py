@@ -364,3 +364,84 @@ async def test_steps_tools_and_model_calls_see_the_lease_token(tmp_path: Path) -
 
 async def _status_is(app: sw.Runtime, run_id: str, status: sw.RunStatus) -> bool:
     return (await app.get_run(run_id)).status == status
+
+
+class SlowRelease:
+    """A store whose ``append`` that ends a run returns only after the heartbeat's next
+    renewal has been answered, as a PostgreSQL append still returns its connection to
+    the pool after the commit: the renewal lands after the run ended and released its
+    lease, and finds no lease."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.committed = asyncio.Event()
+        self.released = asyncio.Event()
+        self.answers: list[dict[str, Lease | None]] = []
+
+    async def append(self, lease: Lease, events: Sequence[Any], *, now: float,
+                     finish: Any = None) -> Any:
+        result = await self.inner.append(lease, events, now=now, finish=finish)
+        if finish is not None:
+            self.committed.set()
+            await self.released.wait()  # after the commit, before the caller resumes
+        return result
+
+    async def renew(self, leases: Sequence[Lease], *, now: float,
+                    lease_seconds: float) -> dict[str, Lease | None]:
+        answer = await self.inner.renew(leases, now=now, lease_seconds=lease_seconds)
+        if self.committed.is_set():
+            self.answers.append(answer)
+            self.released.set()
+        return answer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class _Ends(sw.telemetry.Interceptor):
+    """Notes the status each execution ends with (``None``: it ended without one)."""
+
+    def __init__(self) -> None:
+        self.ends: list[sw.RunStatus | None] = []
+
+    def run_ended(self, input: sw.telemetry.RunEndInput) -> None:
+        self.ends.append(input.status)
+
+
+class _Hooks:
+    def __init__(self, interceptor: sw.telemetry.Interceptor) -> None:
+        self.interceptor = interceptor
+
+    def bind(self, runtime: Any) -> sw.telemetry.Interceptor:
+        return self.interceptor
+
+
+@pytest.mark.parametrize("ending", ["completes", "parks"])
+async def test_a_renewal_answered_after_the_run_ended_cancels_nothing(
+        ending: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The heartbeat's renewal reaches the store after the execution's last write (the
+    run completed or parked, its lease released) but before the execution resumed from
+    that write: "no lease" then means the run ended, not that it was taken over. The
+    execution is not cancelled: it sees its outcome (the interceptor is told it), and no
+    takeover is logged."""
+    store = SlowRelease(MemoryStore())
+    clock = sw.FakeClock(start=T0)
+    ends = _Ends()
+    app = sw.Runtime(store, clock=clock, lease_seconds=LEASE, tracing=_Hooks(ends))  # type: ignore[arg-type]
+
+    @app.workflow
+    async def short(ctx: sw.Context) -> str:
+        if ending == "parks":
+            await ctx.sleep(3600)
+        return "done"
+
+    async with app:
+        handle = await app.start(short)
+        await until(store.committed.is_set, "the run's last write committed")
+        await clock.advance(LEASE / 3)  # the heartbeat renews: the lease is gone
+        await until(lambda: not app.in_flight, "the execution ended")
+        assert store.answers == [{handle.run_id: None}]
+        expected = sw.RunStatus.COMPLETED if ending == "completes" else sw.RunStatus.SLEEPING
+        assert ends.ends == [expected]
+        assert (await handle.status()) == expected
+    assert "lease taken over" not in caplog.text

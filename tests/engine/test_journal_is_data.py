@@ -11,10 +11,12 @@ from __future__ import annotations
 import base64
 import json
 import pickle
+import sys
 import time
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 import stalwart as sw
 from stalwart.store import EventKind, Finish, NewEvent, Owner, RunStatus, SQLiteStore
@@ -132,3 +134,78 @@ async def test_the_outcome_of_a_run_with_a_crafted_error_runs_no_code(
     assert not marker.exists()
     assert isinstance(info.value.__cause__, ValueError)
     assert str(info.value.__cause__) == "declined"
+
+
+def side_effect_module(folder: Path, name: str, marker: Path) -> None:
+    """A module ``name`` in ``folder`` whose import creates ``marker`` (and that defines
+    a pydantic model, as the journal's reference claims)."""
+    (folder / f"{name}.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n"
+        "from pydantic import BaseModel\n"
+        "class Thing(BaseModel):\n"
+        "    x: int\n")
+
+
+def test_the_side_effect_module_does_create_the_file_when_imported(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The module is live: importing it creates the marker, so its absence below means
+    nothing imported it."""
+    marker = tmp_path / "imported"
+    side_effect_module(tmp_path, "sw_probe_live", marker)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    __import__("sw_probe_live")
+    assert marker.exists()
+
+
+async def test_an_untyped_result_naming_a_module_imports_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recorded result of an untyped step that names a module (the import-path tag an
+    older version wrote for pydantic models) replays as plain JSON data: the module it
+    names, importable and with a side effect, is never imported."""
+    db, marker = tmp_path / "j.db", tmp_path / "imported"
+    side_effect_module(tmp_path, "sw_probe_journal", marker)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    tagged = {"__stalwart_model__": "sw_probe_journal:Thing", "data": {"x": 1}}
+    await write_run(db, "r4", "fetch", [NewEvent(
+        EventKind.STEP_COMPLETED, "1", "lookup", json.dumps([tagged, {"n": tagged}]))],
+        Finish(RunStatus.PENDING))
+
+    def lookup():  # type: ignore[no-untyped-def]  # untyped on purpose
+        raise AssertionError("a recorded step must not run again")
+
+    app = sw.Runtime(db)
+
+    @app.workflow(name="fetch")
+    async def fetch(ctx: sw.Context) -> object:
+        return await ctx.step(lookup, name="lookup")
+
+    async with app:
+        result = await app.handle("r4").result()
+    assert result == [{"x": 1}, {"n": {"x": 1}}]
+    assert not marker.exists()
+    assert "sw_probe_journal" not in sys.modules
+
+
+async def test_an_untyped_model_result_is_its_json_data_live_and_replayed(
+        tmp_path: Path) -> None:
+    """An untyped step returning a pydantic model gives the workflow the model's JSON
+    data on its first execution, as every replay will (nothing to import by name)."""
+
+    class Point(BaseModel):
+        x: int
+
+    def make():  # type: ignore[no-untyped-def]  # untyped on purpose
+        return Point(x=3)
+
+    app = sw.Runtime(tmp_path / "j.db")
+
+    @app.workflow
+    async def points(ctx: sw.Context) -> object:
+        got = await ctx.step(make)
+        return {"live": got, "type": type(got).__name__}
+
+    async with app:
+        assert await app.run(points) == {"live": {"x": 3}, "type": "dict"}
+        events = await app.events((await app.list_runs())[0].run_id)
+    done = [e for e in events if e.kind == EventKind.STEP_COMPLETED]
+    assert json.loads(done[0].payload or "null") == {"x": 3}

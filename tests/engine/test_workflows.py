@@ -50,20 +50,25 @@ async def test_steps_run_once_and_results_round_trip_with_types(db: Path) -> Non
     assert calls == ["gpus"]
 
 
-async def test_unannotated_model_results_are_rebuilt_from_their_import_path(db: Path) -> None:
-    """Without an annotation a pydantic model is tagged and rebuilt from its class."""
+async def test_unannotated_model_results_are_their_json_data(db: Path) -> None:
+    """Without an annotation a pydantic model is plain JSON data (a dict), live and on
+    replay: the journal names no class to import; annotate the step to get the model."""
     app = sw.Runtime(db)
 
     def make():  # type: ignore[no-untyped-def]
         return Brief(topic="t", facts=[])
 
+    def typed() -> Brief:
+        return Brief(topic="t", facts=[])
+
     @app.workflow
-    async def wf(ctx: sw.Context) -> str:
+    async def wf(ctx: sw.Context) -> list[str]:
         b = await ctx.step(make)
-        return type(b).__name__
+        c = await ctx.step(typed)
+        return [type(b).__name__, type(c).__name__]
 
     async with app:
-        assert await app.run(wf) == "Brief"
+        assert await app.run(wf) == ["dict", "Brief"]
 
 
 async def test_unserializable_result_fails_naming_the_step(db: Path) -> None:
