@@ -34,6 +34,7 @@ from ._llm import model_turn, read_output, system_prompt
 from ._policy import INHERIT, Policy, _Inherit
 from ._serde import error_type_name
 from ._tools import Tool, ToolArgumentsError
+from .engine._interceptor import AgentEndInput, AgentStartInput, CaptureContent
 from .errors import (
     BudgetExceededError,
     ConfigurationError,
@@ -57,7 +58,6 @@ from .models import (
     parse_tool_arguments,
 )
 from .store._base import EventKind, NewEvent
-from .telemetry._interceptor import AgentEndInput, AgentStartInput, CaptureContent
 
 if TYPE_CHECKING:
     from ._context import Context

@@ -534,7 +534,7 @@ class Context:
         """
         from ._calls import Candidate, guarded_call
         from ._tools import ToolCall
-        from .telemetry._interceptor import ToolCallEndInput, ToolCallStartInput
+        from .engine._interceptor import ToolCallEndInput, ToolCallStartInput
 
         ex = self._ex
         args = tool.validate(arguments)

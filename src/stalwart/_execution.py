@@ -42,6 +42,13 @@ from ._context import (
 )
 from ._determinism import History, is_provisional, step_path
 from ._serde import encode, encode_error, return_type
+from .engine._interceptor import (
+    NOOP,
+    RunEndInput,
+    RunStartInput,
+    StepEndInput,
+    StepStartInput,
+)
 from .errors import (
     Cancelled,
     LeaseLostError,
@@ -61,13 +68,6 @@ from .store._base import (
     RunStatus,
     Store,
     open_cleanups,
-)
-from .telemetry._interceptor import (
-    NOOP,
-    RunEndInput,
-    RunStartInput,
-    StepEndInput,
-    StepStartInput,
 )
 
 if TYPE_CHECKING:

@@ -18,9 +18,9 @@ from pydantic import TypeAdapter
 
 from ._calls import Candidate, guarded_call
 from ._policy import Policy
+from .engine._interceptor import ModelCallEndInput, ModelCallStartInput
 from .errors import ConfigurationError, OutputValidationError
 from .models import Message, Model, ModelOptions, ModelRequest, ModelResponse, count_tokens
-from .telemetry._interceptor import ModelCallEndInput, ModelCallStartInput
 
 if TYPE_CHECKING:
     from ._context import Context

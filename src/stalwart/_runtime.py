@@ -42,6 +42,7 @@ from ._serde import (
 )
 from ._store_retry import transient_retry
 from ._timetravel import ReplayReport
+from .engine._interceptor import NOOP, BindInput, Instrumentation, Interceptor, PolicyInput
 from .errors import (
     ConfigurationError,
     IdempotencyConflictError,
@@ -78,8 +79,6 @@ from .store._base import (
     WorkerRecord,
 )
 from .store._sqlite import SQLiteStore
-from .telemetry._config import Tracing
-from .telemetry._interceptor import NOOP, Interceptor, PolicyInput
 
 __all__ = ["RunHandle", "Runtime", "open_store"]
 
@@ -318,7 +317,7 @@ class Runtime:
         models: Mapping[str, Model] | None = None,
         pools: Collection[str] | None = None,
         limits: Literal["auto", "cluster", "local"] = "auto",
-        tracing: Tracing | None = None,
+        tracing: Instrumentation | None = None,
         register_worker: bool = True,
     ) -> None:
         self._settings: dict[str, Any] = {
@@ -404,8 +403,10 @@ class Runtime:
         self.health = StoreHealth(self.store.url, self.clock, log)
         """The store's reachability as this runtime's loops see it (an outage is logged
         in one line when it begins, once a minute while it lasts, one when it ends)."""
-        self.interceptor: Interceptor = NOOP if tracing is None else tracing.bind(self)
-        """The hooks executions call (see :mod:`stalwart.telemetry`)."""
+        self.interceptor: Interceptor = NOOP if tracing is None else tracing.bind(
+            BindInput(self.clock, self.breakers, self.bulkheads))
+        """The hooks executions call (see :mod:`stalwart.telemetry`): made by ``tracing``
+        through the engine's :class:`~stalwart.telemetry.Instrumentation` protocol."""
 
     # -- registration ----------------------------------------------------------------
 

@@ -23,8 +23,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 import stalwart as sw
 from stalwart.models import ModelRequest, ToolCallRequest
-from stalwart.telemetry import Tracing, configure, trace_id_for
-from stalwart.telemetry._interceptor import NOOP
+from stalwart.telemetry import NOOP, Tracing, configure, trace_id_for
 from stalwart.telemetry._setup import _span_exporters
 from stalwart.testing import MemoryStore, OTLPReceiver
 from stalwart.testing._otlp_receiver import attributes

@@ -23,8 +23,7 @@ from rich.status import Status
 from rich.text import Text
 
 from .._runtime import RunHandle, Runtime
-from ..store._base import STEP_TIMED_AFTER, Event, EventKind
-from ..telemetry._interceptor import (
+from ..engine._interceptor import (
     AgentEndInput,
     AgentStartInput,
     Interceptor,
@@ -38,6 +37,7 @@ from ..telemetry._interceptor import (
     ToolCallEndInput,
     ToolCallStartInput,
 )
+from ..store._base import STEP_TIMED_AFTER, Event, EventKind
 from ._common import fmt_duration, fmt_time, preview
 
 __all__ = ["Progress", "describe", "watch_steps"]

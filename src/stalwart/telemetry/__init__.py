@@ -9,8 +9,10 @@ Turn it on per runtime::
     app = sw.Runtime(tracing=Tracing(tracer_provider=provider))  # your SDK provider
     app = sw.Runtime(tracing=Tracing(steps="calls", capture_content="hash"))
 
-:class:`Interceptor` and its ``*Input`` dataclasses are the hooks the runtime calls;
-:class:`Tracing` binds the OpenTelemetry one. :func:`configure` builds SDK providers from
+:class:`Interceptor` and its ``*Input`` dataclasses are the hooks the runtime calls
+(they belong to the engine, :mod:`stalwart.engine._interceptor`, and are re-exported
+here); :class:`Tracing` is an :class:`Instrumentation` that binds the OpenTelemetry one
+from a :class:`BindInput`. :func:`configure` builds SDK providers from
 the ``OTEL_*`` variables; :class:`RunIdGenerator` gives stalwart's spans their ids. This
 package imports without the extra; ``configure``, ``RunIdGenerator`` and ``Tracing.bind``
 need it.
@@ -20,24 +22,26 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..engine._interceptor import NOOP as NOOP
+from ..engine._interceptor import AgentEndInput as AgentEndInput
+from ..engine._interceptor import AgentStartInput as AgentStartInput
+from ..engine._interceptor import BindInput as BindInput
+from ..engine._interceptor import CaptureContent as CaptureContent
+from ..engine._interceptor import Instrumentation as Instrumentation
+from ..engine._interceptor import Interceptor as Interceptor
+from ..engine._interceptor import ModelCallEndInput as ModelCallEndInput
+from ..engine._interceptor import ModelCallStartInput as ModelCallStartInput
+from ..engine._interceptor import PolicyInput as PolicyInput
+from ..engine._interceptor import RunEndInput as RunEndInput
+from ..engine._interceptor import RunStartInput as RunStartInput
+from ..engine._interceptor import StepEndInput as StepEndInput
+from ..engine._interceptor import StepStartInput as StepStartInput
+from ..engine._interceptor import ToolCallEndInput as ToolCallEndInput
+from ..engine._interceptor import ToolCallStartInput as ToolCallStartInput
 from ._config import StepSpans as StepSpans
 from ._config import Tracing as Tracing
 from ._ids import span_id_for as span_id_for
 from ._ids import trace_id_for as trace_id_for
-from ._interceptor import NOOP as NOOP
-from ._interceptor import AgentEndInput as AgentEndInput
-from ._interceptor import AgentStartInput as AgentStartInput
-from ._interceptor import CaptureContent as CaptureContent
-from ._interceptor import Interceptor as Interceptor
-from ._interceptor import ModelCallEndInput as ModelCallEndInput
-from ._interceptor import ModelCallStartInput as ModelCallStartInput
-from ._interceptor import PolicyInput as PolicyInput
-from ._interceptor import RunEndInput as RunEndInput
-from ._interceptor import RunStartInput as RunStartInput
-from ._interceptor import StepEndInput as StepEndInput
-from ._interceptor import StepStartInput as StepStartInput
-from ._interceptor import ToolCallEndInput as ToolCallEndInput
-from ._interceptor import ToolCallStartInput as ToolCallStartInput
 
 if TYPE_CHECKING:
     from ._setup import Providers as Providers
@@ -50,7 +54,7 @@ __all__ = [
     # the hooks
     "Interceptor", "NOOP", "RunStartInput", "RunEndInput", "StepStartInput", "StepEndInput",
     "AgentStartInput", "AgentEndInput", "ModelCallStartInput", "ModelCallEndInput",
-    "ToolCallStartInput", "ToolCallEndInput", "PolicyInput",
+    "ToolCallStartInput", "ToolCallEndInput", "PolicyInput", "Instrumentation", "BindInput",
 ]
 
 

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, final
+from typing import Any, Literal, final
 
+from ..engine._interceptor import NOOP, BindInput, CaptureContent, Interceptor
 from ..errors import ConfigurationError
-from ._interceptor import NOOP, CaptureContent, Interceptor
-
-if TYPE_CHECKING:
-    from .._runtime import Runtime
 
 __all__ = ["StepSpans", "Tracing", "sdk_disabled"]
 
@@ -79,9 +76,9 @@ class Tracing:
             raise ConfigurationError(
                 f"Tracing.sampler must be an OpenTelemetry SDK Sampler, got {self.sampler!r}")
 
-    def bind(self, runtime: Runtime) -> Interceptor:
-        """The interceptor that traces ``runtime``'s runs (the runtime calls this); the
-        no-op one when ``OTEL_SDK_DISABLED`` is true."""
+    def bind(self, input: BindInput, /) -> Interceptor:
+        """The interceptor that traces the runs of the runtime ``input`` describes (the
+        runtime calls this once); the no-op one when ``OTEL_SDK_DISABLED`` is true."""
         if sdk_disabled():
             return NOOP
         try:
@@ -89,4 +86,4 @@ class Tracing:
         except ImportError as exc:  # pragma: no cover - the extra is installed in tests
             raise ConfigurationError(
                 "tracing needs the otel extra: pip install 'stalwart[otel]'") from exc
-        return OTelInterceptor(self, runtime)
+        return OTelInterceptor(self, input)

@@ -40,11 +40,10 @@ from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind
 from pydantic import TypeAdapter
 
-from ..errors import ConfigurationError
-from ._ids import span_id_for, trace_id_for
-from ._interceptor import (
+from ..engine._interceptor import (
     AgentEndInput,
     AgentStartInput,
+    BindInput,
     CaptureContent,
     Interceptor,
     ModelCallEndInput,
@@ -57,10 +56,11 @@ from ._interceptor import (
     ToolCallEndInput,
     ToolCallStartInput,
 )
+from ..errors import ConfigurationError
+from ._ids import span_id_for, trace_id_for
 from ._setup import CHOSEN, RunIdGenerator, configure
 
 if TYPE_CHECKING:
-    from .._runtime import Runtime
     from ._config import Tracing
 
 __all__ = ["OTelInterceptor"]
@@ -163,7 +163,7 @@ def _provider(config: Tracing) -> SdkTracerProvider:
 class OTelInterceptor(Interceptor):
     """Spans and metrics for one runtime's runs (built by :meth:`Tracing.bind`)."""
 
-    def __init__(self, config: Tracing, runtime: Runtime) -> None:
+    def __init__(self, config: Tracing, bound: BindInput) -> None:
         provider = _provider(config)
         if not isinstance(provider.id_generator, RunIdGenerator):
             # A public attribute, typed by the SDK after its default (RandomIdGenerator).
@@ -179,8 +179,9 @@ class OTelInterceptor(Interceptor):
         self._sampler = config.sampler
         self._steps = config.steps
         self._capture_default = config.capture_content
-        self._clock = runtime.clock
-        self._runtime = weakref.ref(runtime)
+        self._clock = bound.clock
+        self.bound = bound
+        """What the runtime handed over: its clock, breakers and bulkheads."""
         self._runs: dict[str, _Run] = {}
         self._traces: dict[str, int] = {}
         self._agents: contextvars.ContextVar[tuple[_Agent, ...]] = contextvars.ContextVar(
@@ -418,9 +419,9 @@ class OTelInterceptor(Interceptor):
         attributes.update({f"gen_ai.request.{name}": value for name in (
             "temperature", "max_tokens", "top_p", "seed")
             if (value := getattr(options, name)) is not None})
-        runtime = self._runtime()
-        if runtime is not None and input.key in runtime.breakers:
-            attributes["stalwart.breaker.state"] = str(runtime.breakers.get(input.key).state)
+        breakers = self.bound.breakers
+        if input.key in breakers:
+            attributes["stalwart.breaker.state"] = str(breakers.get(input.key).state)
         call = self._call_span(input.run_id, input.step_id, f"chat {input.model}",
                                (input.key, str(input.attempt)), SpanKind.CLIENT, attributes)
         if call is not None and call.capture:
@@ -548,30 +549,33 @@ class OTelInterceptor(Interceptor):
         self._retries = meter.create_counter(
             "stalwart.retries", unit="{retry}",
             description="Attempts retried by the retry policy")
-        runtime = self._runtime
+        # The meter provider keeps its callbacks for good: they hold this interceptor
+        # weakly, so a runtime that is gone stops reporting (and is not kept alive).
+        me = weakref.ref(self)
         meter.create_observable_gauge(
-            "stalwart.breaker.state", callbacks=[lambda o: _breaker_states(runtime(), o)],
+            "stalwart.breaker.state", callbacks=[lambda o: _breaker_states(me(), o)],
             description="Circuit breaker state: 0 closed, 1 half-open, 2 open")
         meter.create_observable_gauge(
             "stalwart.bulkhead.queued", unit="{call}",
-            callbacks=[lambda o: _bulkheads(runtime(), "queued")],
+            callbacks=[lambda o: _bulkheads(me(), "queued")],
             description="Calls waiting for a bulkhead slot")
         meter.create_observable_gauge(
             "stalwart.bulkhead.active", unit="{call}",
-            callbacks=[lambda o: _bulkheads(runtime(), "active")],
+            callbacks=[lambda o: _bulkheads(me(), "active")],
             description="Calls holding a bulkhead slot")
 
 
-def _breaker_states(runtime: Runtime | None, options: CallbackOptions) -> Iterable[Observation]:
-    if runtime is None:
+def _breaker_states(it: OTelInterceptor | None,
+                    options: CallbackOptions) -> Iterable[Observation]:
+    if it is None:
         return []
     return [Observation(_BREAKER_LEVEL.get(str(s.state), 0),
                         {"stalwart.breaker.key": key, "stalwart.breaker.state": str(s.state)})
-            for key, s in runtime.breakers.statistics().items()]
+            for key, s in it.bound.breakers.statistics().items()]
 
 
-def _bulkheads(runtime: Runtime | None, which: str) -> Iterable[Observation]:
-    if runtime is None:
+def _bulkheads(it: OTelInterceptor | None, which: str) -> Iterable[Observation]:
+    if it is None:
         return []
     return [Observation(getattr(s, which), {"stalwart.bulkhead.pool": name})
-            for name, s in runtime.bulkheads.statistics().items()]
+            for name, s in it.bound.bulkheads.statistics().items()]

@@ -31,6 +31,12 @@ Where the runtime calls them:
 The ``*_started`` hooks of agents, model calls and tool calls return a handle that the
 runtime hands back in the matching ``*_ended`` input. Hooks run on the event loop and
 must not block; an exception from a hook propagates (interceptors must not raise).
+
+A runtime gets its interceptor from an :class:`Instrumentation` (``Runtime(tracing=...)``,
+e.g. :class:`stalwart.telemetry.Tracing`), which it calls once with a
+:class:`BindInput`: the runtime's clock and its breaker and bulkhead registries (for
+timestamps and gauges). That and the hooks' inputs are all an interceptor sees of the
+engine; the engine knows interceptors only through this module.
 """
 
 from __future__ import annotations
@@ -38,8 +44,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, final
+from typing import TYPE_CHECKING, Any, Literal, Protocol, final
 
+from .._clock import Clock
+from ..policies import BreakerRegistry, BulkheadRegistry, ClusterBulkheadRegistry
 from ..store._base import TERMINAL_STATUSES
 
 if TYPE_CHECKING:
@@ -47,7 +55,8 @@ if TYPE_CHECKING:
     from ..store._base import RunRecord, RunStatus
 
 __all__ = [
-    "NOOP", "AgentEndInput", "AgentStartInput", "CaptureContent", "Interceptor",
+    "NOOP", "AgentEndInput", "AgentStartInput", "BindInput", "CaptureContent", "Instrumentation",
+    "Interceptor",
     "ModelCallEndInput", "ModelCallStartInput", "PolicyInput", "RunEndInput", "RunStartInput",
     "StepEndInput", "StepStartInput", "ToolCallEndInput", "ToolCallStartInput",
 ]
@@ -251,3 +260,25 @@ class _NoOp(Interceptor):
 
 NOOP: Interceptor = _NoOp()
 """The interceptor of a runtime without tracing."""
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class BindInput:
+    """What a runtime hands an :class:`Instrumentation` once, when it is made."""
+
+    clock: Clock
+    """The runtime's clock (virtual under a ``FakeClock``): span times come from it."""
+    breakers: BreakerRegistry
+    """The runtime's circuit breakers (their state, for attributes and gauges)."""
+    bulkheads: BulkheadRegistry | ClusterBulkheadRegistry
+    """The runtime's bulkheads (queued and active calls, for gauges)."""
+
+
+class Instrumentation(Protocol):
+    """What ``Runtime(tracing=...)`` takes: something that makes the runtime's
+    interceptor (:class:`stalwart.telemetry.Tracing` is one)."""
+
+    def bind(self, input: BindInput, /) -> Interceptor:
+        """The interceptor for the runtime that ``input`` describes (called once)."""
+        ...
