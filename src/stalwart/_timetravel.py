@@ -38,6 +38,7 @@ from .store._base import (
     Owner,
     RunStatus,
 )
+from .store._memory import MemoryStore
 
 if TYPE_CHECKING:
     from ._runtime import RunHandle, Runtime
@@ -91,7 +92,6 @@ async def replay_run(runtime: Runtime, run_id: str) -> ReplayReport:
     """Replay ``run_id``'s journal with the workflow code registered now; see the module
     docstring. Nothing is written to the runtime's store and no step runs."""
     from ._execution import Execution
-    from .testing import MemoryStore
 
     rec = await runtime.get_run(run_id)
     wf = runtime._resolve(rec.workflow)

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 from stalwart.models import FunctionModel as FunctionModel
 from stalwart.models import SimulatedModel as SimulatedModel
 
+from ..store._memory import MemoryStore as MemoryStore
 from ._fault_server import Fault as Fault
 from ._fault_server import FaultServer as FaultServer
 from ._fault_server import RecordedRequest as RecordedRequest
 from ._fault_server import Reply as Reply
-from ._memory_store import MemoryStore as MemoryStore
 
 if TYPE_CHECKING:
     from ._otlp_receiver import OTLPReceiver as OTLPReceiver

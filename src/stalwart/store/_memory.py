@@ -1,6 +1,8 @@
 """An in-memory store: the Store protocol with no disk and no threads.
 
-For tests and virtual-time benchmarks. Everything happens on the event loop, so a
+For tests and virtual-time benchmarks (:mod:`stalwart.testing` exports it), and the
+scratch journal of ``runs replay`` (:mod:`stalwart._timetravel`), which must write
+nothing to the real one. Everything happens on the event loop, so a
 :class:`~stalwart.FakeClock` with ``autojump=True`` sees the loop idle only when every
 run really waits on the clock — which makes hour-long backoffs and outages exact and
 instant. It passes the same conformance suite as the real stores; it keeps nothing
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import final
 
 from ..errors import LeaseLostError
-from ..store._base import (
+from ._base import (
     AppendResult,
     Event,
     EventKind,
@@ -28,15 +30,15 @@ from ..store._base import (
     WorkerRecord,
     open_cleanups,
 )
-from ..store._chain import verify_events
-from ..store._limits import (
+from ._chain import verify_events
+from ._limits import (
     BucketDraw,
     BucketState,
     Reservation,
     plan_adjustment,
     plan_reservation,
 )
-from ..store._runs import (
+from ._runs import (
     EventRow,
     Plan,
     RunState,
