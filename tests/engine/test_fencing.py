@@ -20,6 +20,7 @@ import pytest
 import stalwart as sw
 from stalwart.errors import StoreError
 from stalwart.store import EventKind, Lease, SQLiteStore, Store
+from stalwart.telemetry import Interceptor, RunEndInput
 from stalwart.testing import MemoryStore
 
 T0 = 1_700_000_000.0
@@ -398,21 +399,21 @@ class SlowRelease:
         return getattr(self.inner, name)
 
 
-class _Ends(sw.telemetry.Interceptor):
+class _Ends(Interceptor):
     """Notes the status each execution ends with (``None``: it ended without one)."""
 
     def __init__(self) -> None:
         self.ends: list[sw.RunStatus | None] = []
 
-    def run_ended(self, input: sw.telemetry.RunEndInput) -> None:
+    def run_ended(self, input: RunEndInput) -> None:
         self.ends.append(input.status)
 
 
 class _Hooks:
-    def __init__(self, interceptor: sw.telemetry.Interceptor) -> None:
+    def __init__(self, interceptor: Interceptor) -> None:
         self.interceptor = interceptor
 
-    def bind(self, runtime: Any) -> sw.telemetry.Interceptor:
+    def bind(self, runtime: Any) -> Interceptor:
         return self.interceptor
 
 
