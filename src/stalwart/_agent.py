@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING, Any, Generic, final
 from pydantic import BaseModel, TypeAdapter
 from typing_extensions import TypeVar
 
-from ._budget import Budget, agent_budget
 from ._context import outcome_problem
-from ._llm import model_turn, read_output, system_prompt
-from ._policy import INHERIT, Policy, _Inherit
 from ._serde import error_type_name
-from ._tools import Tool, ToolArgumentsError
+from .engine._budget import Budget, agent_budget
 from .engine._interceptor import AgentEndInput, AgentStartInput, CaptureContent
+from .engine._llm import model_turn, read_output, system_prompt
+from .engine._policy import INHERIT, Policy, _Inherit
+from .engine._tools import Tool, ToolArgumentsError
 from .errors import (
     BudgetExceededError,
     ConfigurationError,

@@ -12,7 +12,7 @@ recorded result (or re-raises the recorded error) without running anything — a
 yielding to the event loop, so a branch replays its whole recorded prefix at once. Code
 that no longer fits the journal (a step recorded under another name at the same id, a
 step where the journal shows nothing was, a recorded step left out) raises
-:class:`NonDeterminismError` before the step runs (:mod:`stalwart._determinism`).
+:class:`NonDeterminismError` before the step runs (:mod:`stalwart.engine._determinism`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, final, overload
 
-from ._determinism import is_provisional
 from ._serde import (
     ErrorInfo,
     decode,
@@ -39,6 +38,7 @@ from ._serde import (
     rebuild_error,
     return_type,
 )
+from .engine._determinism import is_provisional
 from .errors import (
     Cancelled,
     ContextMisuseError,
@@ -62,12 +62,12 @@ from .store._base import (
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
-    from ._cancel import CleanupScope
-    from ._children import ChildOutcome, ChildRun
-    from ._execution import Execution
-    from ._policy import Policy
-    from ._tools import Tool
-    from ._workflow import Workflow
+    from .engine._cancel import CleanupScope
+    from .engine._children import ChildOutcome, ChildRun
+    from .engine._execution import Execution
+    from .engine._policy import Policy
+    from .engine._tools import Tool
+    from .engine._workflow import Workflow
     from .models import Message, Model, ModelOptions
     from .patterns._saga import Saga
     from .patterns._supervisor import ChildSpec, Strategy
@@ -457,21 +457,21 @@ class Context:
         """Start ``workflow`` as a child run and return its handle without waiting for
         it (one journaled step). Wait with :meth:`wait_any`, stop it with
         :meth:`cancel_child`."""
-        from ._children import start_child
+        from .engine._children import start_child
 
         return await start_child(self, workflow, args, kwargs)
 
     async def wait_any(self, children: Sequence[ChildRun], /) -> ChildOutcome:
         """Wait until one of ``children`` has ended and return how (the first ended one
         in list order; a replay returns the recorded one)."""
-        from ._children import wait_any
+        from .engine._children import wait_any
 
         return await wait_any(self, children)
 
     async def cancel_child(self, child: ChildRun, /) -> ChildOutcome:
         """Cancel a child run (and its own children), wait until it has ended, and
         return how it ended (it may have finished before the cancel reached it)."""
-        from ._children import cancel_child
+        from .engine._children import cancel_child
 
         return await cancel_child(self, child)
 
@@ -486,8 +486,8 @@ class Context:
     def shield(self) -> AbstractContextManager[None]:
         """``with ctx.shield():`` steps inside run although the run was cancelled (to
         clean up, as a saga compensates); waits inside stay in memory. See
-        :mod:`stalwart._cancel`."""
-        from ._cancel import shield
+        :mod:`stalwart.engine._cancel`."""
+        from .engine._cancel import shield
 
         return shield()
 
@@ -496,7 +496,7 @@ class Context:
         is raised in its code as :class:`~stalwart.Cancelled`, also while the run is
         parked (the store wakes it instead of ending it), so the code can clean up under
         :meth:`shield`. Each end of the block is a journaled step."""
-        from ._cancel import CleanupScope
+        from .engine._cancel import CleanupScope
 
         return CleanupScope(self)
 
@@ -532,9 +532,9 @@ class Context:
         attempt (:class:`~stalwart.OutcomeCheckError`, retryable) — it counts against the
         tool's circuit breaker and is retried like an error.
         """
-        from ._calls import Candidate, guarded_call
-        from ._tools import ToolCall
+        from .engine._calls import Candidate, guarded_call
         from .engine._interceptor import ToolCallEndInput, ToolCallStartInput
+        from .engine._tools import ToolCall
 
         ex = self._ex
         args = tool.validate(arguments)
@@ -605,7 +605,7 @@ class Context:
         (:class:`~stalwart.OutcomeCheckError`): it counts against the model's breaker
         and is retried by the policy, like an error.
         """
-        from ._llm import llm
+        from .engine._llm import llm
 
         return await llm(self, model, prompt, output_type=output_type,
                          instructions=instructions, policy=policy, options=options,
@@ -670,7 +670,7 @@ async def _join(tasks: Sequence[asyncio.Future[Any]], on_error: str,
     each branch cancelled by a sibling's failure.
 
     A branch that diverged from the journal provisionally (see
-    :func:`~stalwart._determinism.is_provisional`) does not cancel the others: if one of
+    :func:`~stalwart.engine._determinism.is_provisional`) does not cancel the others: if one of
     them fails as the journal recorded, that failure is what cancelled this branch the
     first time, and it is raised; if none does, the divergence is."""
     results: list[Any] = [None] * len(tasks)

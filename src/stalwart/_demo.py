@@ -31,10 +31,10 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from ._agent import Agent
 from ._clock import Clock
 from ._context import Context, current_step
-from ._policy import Policy
 from ._runtime import PolicyNote
-from ._tools import Tool
-from ._workflow import Workflow
+from .engine._policy import Policy
+from .engine._tools import Tool
+from .engine._workflow import Workflow
 from .models import (
     Latency,
     Model,

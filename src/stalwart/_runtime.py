@@ -25,13 +25,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, final, overload
 
-from ._budget import Budget
 from ._clock import Clock, SystemClock
 from ._context import Context
-from ._cost import Prices, PriceTable, UsageReport, usage_report
-from ._execution import Execution, race_event
-from ._outage import StoreHealth
-from ._policy import DEFAULT_POLICY, INHERIT, Policy, _Inherit
 from ._serde import (
     ErrorInfo,
     decode,
@@ -41,8 +36,13 @@ from ._serde import (
     return_type,
 )
 from ._store_retry import transient_retry
-from ._timetravel import ReplayReport
+from .engine._budget import Budget
+from .engine._cost import Prices, PriceTable, UsageReport, usage_report
+from .engine._execution import Execution, race_event
 from .engine._interceptor import NOOP, BindInput, Instrumentation, Interceptor, PolicyInput
+from .engine._outage import StoreHealth
+from .engine._policy import DEFAULT_POLICY, INHERIT, Policy, _Inherit
+from .engine._timetravel import ReplayReport
 from .errors import (
     ConfigurationError,
     IdempotencyConflictError,
@@ -248,7 +248,7 @@ class RunHandle(Generic[R]):
             async for event in handle.events():
                 print(event.seq, event.kind, event.step_id, event.name)
         """
-        from ._stream import follow_events
+        from .engine._stream import follow_events
 
         return follow_events(self.runtime, self.run_id, after=after, poll=poll)
 
@@ -422,7 +422,7 @@ class Runtime:
         """Register an async function ``(ctx, ...)`` as a workflow (a decorator).
         ``pool`` names the worker pool whose workers execute its runs; ``budget`` limits
         what each of its runs may spend (on top of the runtime's)."""
-        from ._workflow import Workflow
+        from .engine._workflow import Workflow
 
         def deco(f: Callable[Concatenate[Context, P], Awaitable[R]]) -> Workflow[P, R]:
             wf: Workflow[P, R] = Workflow(f, name=name, pool=pool, budget=budget)
@@ -483,7 +483,7 @@ class Runtime:
 
     def import_workflows(self, refs: list[str]) -> None:
         """Import ``module:attribute`` references and register the workflows found."""
-        from ._workflow import Workflow
+        from .engine._workflow import Workflow
 
         for ref in refs:
             try:
@@ -502,7 +502,7 @@ class Runtime:
              max_argument_depth: int | _Inherit = INHERIT) -> Any:
         """Make a function a :class:`~stalwart.Tool` (a decorator, with or without
         arguments)."""
-        from ._tools import Tool
+        from .engine._tools import Tool
 
         def deco(f: Callable[..., Any]) -> Tool[Any, Any]:
             return Tool(f, name=name, description=description, policy=policy,
@@ -777,7 +777,7 @@ class Runtime:
     async def replay(self, run_id: str) -> ReplayReport:
         """Re-run the current code of ``run_id``'s workflow against its journal, calling
         nothing external, and report whether the code is still deterministic for it."""
-        from ._timetravel import replay_run
+        from .engine._timetravel import replay_run
 
         await self.open()
         return await replay_run(self, run_id)
@@ -787,7 +787,7 @@ class Runtime:
         """Start a new run that reuses ``run_id``'s recorded results before step ``at``
         and executes from there — with ``model`` for agent turns from ``at`` on, when
         given. The fork's journal records its origin."""
-        from ._timetravel import fork_run
+        from .engine._timetravel import fork_run
 
         return await fork_run(self, run_id, at=at, model=model, new_run_id=run_id_for_fork)
 

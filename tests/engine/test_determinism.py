@@ -366,7 +366,7 @@ def test_live_steps_are_judged_by_the_journal_around_them(
         visited: list[str], step: str, blamed: str | None, provisional: bool) -> None:
     """Which new step fits the journal, which is blamed, and which divergence a
     sibling's failure could explain."""
-    from stalwart._determinism import History, is_provisional
+    from stalwart.engine._determinism import History, is_provisional
 
     history = History("r", JOURNAL)
     for sid in visited:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from stalwart import Context, FakeClock, Runtime, Workflow
-from stalwart._outage import StoreHealth
+from stalwart.engine._outage import StoreHealth
 from stalwart.errors import StoreError
 from stalwart.testing import MemoryStore
 

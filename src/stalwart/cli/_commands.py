@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .._runtime import IfExists, Runtime
-from .._workflow import Workflow
+from ..engine._workflow import Workflow
 from ..store._base import EventKind, RunRecord, RunStatus, Store
 from ._common import (
     FAILURE,

@@ -22,7 +22,7 @@ from rich.console import Console
 from .. import errors
 from .._runtime import Runtime, open_store
 from .._serde import ErrorInfo
-from .._workflow import Workflow
+from ..engine._workflow import Workflow
 from ..store._base import RunRecord, RunStatus, Store
 from ..store._sqlite import SQLiteStore
 

@@ -26,7 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .._serde import ErrorInfo
-from .._workflow import Workflow
+from ..engine._workflow import Workflow
 from ..store._base import Event, EventKind, RunRecord, RunStatus, Store
 from ._common import (
     FAILURE,

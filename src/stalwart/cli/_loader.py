@@ -20,7 +20,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .._workflow import Workflow
+from ..engine._workflow import Workflow
 from ._common import CliError
 
 __all__ = ["add_cwd_to_path", "find_workflow", "import_module", "imported_workflows",

@@ -13,10 +13,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .._cost import UsageReport, usage_report
 from .._runtime import Runtime, _pid_alive
 from .._serde import ErrorInfo
-from .._timetravel import ForkInfo, fork_info
+from ..engine._cost import UsageReport, usage_report
+from ..engine._timetravel import ForkInfo, fork_info
 from ..store._base import Event, RunRecord, RunStatus
 from ._common import (
     JsonOption,

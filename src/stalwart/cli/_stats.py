@@ -21,8 +21,8 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from .._cost import PriceTable, Tally, call_usages
 from .._runtime import Runtime
+from ..engine._cost import PriceTable, Tally, call_usages
 from ..store._base import Event, EventKind, RunRecord
 from ._common import (
     JsonOption,

@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.text import Text
 from rich.tree import Tree
 
-from .._cost import CallUsage, PriceTable, call_usages
-from .._timetravel import ForkInfo, fork_info
+from ..engine._cost import CallUsage, PriceTable, call_usages
+from ..engine._timetravel import ForkInfo, fork_info
 from ..store._base import Event, RunRecord
 from ._common import fmt_duration
 from ._timeline import Step, read_story

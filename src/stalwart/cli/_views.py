@@ -10,8 +10,8 @@ import typer
 from rich.text import Text
 
 from .._runtime import Runtime
-from .._timetravel import ReplayReport, fork_info
-from .._workflow import Workflow
+from ..engine._timetravel import ReplayReport, fork_info
+from ..engine._workflow import Workflow
 from ..store._base import Event, RunRecord, RunStatus, Store
 from ._common import (
     FAILURE,

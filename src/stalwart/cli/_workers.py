@@ -23,7 +23,7 @@ import typer
 from rich.text import Text
 
 from .._runtime import Runtime, _pid_alive
-from .._workflow import Workflow
+from ..engine._workflow import Workflow
 from ..errors import StoreError
 from ..store._base import RunRecord, RunStatus, Store, WorkerRecord
 from ..store._sqlite import SQLiteStore

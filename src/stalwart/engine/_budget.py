@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, final
 
+from ..errors import BudgetExceededError, ConfigurationError
+from ..models import ModelResponse
+from ..store._base import Event
 from ._cost import PriceTable, call_usages
-from .errors import BudgetExceededError, ConfigurationError
-from .models import ModelResponse
-from .store._base import Event
 
 if TYPE_CHECKING:
     from ._execution import Execution

@@ -42,10 +42,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from ._context import StepInfo, bind_step_context, outcome_problem, unbind_step_context
-from ._policy import Policy
-from ._serde import ErrorInfo, encode_error, error_type_name, rebuild_error
-from .errors import (
+from .._context import StepInfo, bind_step_context, outcome_problem, unbind_step_context
+from .._serde import ErrorInfo, encode_error, error_type_name, rebuild_error
+from ..errors import (
     BudgetExceededError,
     CircuitOpenError,
     ConfigurationError,
@@ -57,9 +56,9 @@ from .errors import (
     StalwartError,
     StoreError,
 )
-from .policies import Attempt, Decision, GiveUp, RetryState, Sleep, decide, remaining
-from .policies._common import to_seconds
-from .policies._stack import (
+from ..policies import Attempt, Decision, GiveUp, RetryState, Sleep, decide, remaining
+from ..policies._common import to_seconds
+from ..policies._stack import (
     BreakerLayer,
     BulkheadLayer,
     CallAttempt,
@@ -70,13 +69,14 @@ from .policies._stack import (
     TimeoutLayer,
     compose,
 )
-from .policies._timeout import call_deadline
-from .store._base import Event, EventKind, NewEvent, RunStatus
+from ..policies._timeout import call_deadline
+from ..store._base import Event, EventKind, NewEvent, RunStatus
+from ._policy import Policy
 
 if TYPE_CHECKING:
-    from ._context import Context
+    from .._context import Context
+    from .._runtime import Runtime
     from ._execution import Execution
-    from ._runtime import Runtime
 
 __all__ = ["Candidate", "guarded_call"]
 

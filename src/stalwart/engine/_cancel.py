@@ -29,11 +29,11 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, final
 
-from .errors import Cancelled, LeaseLostError, NonDeterminismError, StoreError
-from .store._base import CLEANUP_CLOSED, CLEANUP_OPENED
+from ..errors import Cancelled, LeaseLostError, NonDeterminismError, StoreError
+from ..store._base import CLEANUP_CLOSED, CLEANUP_OPENED
 
 if TYPE_CHECKING:
-    from ._context import Context
+    from .._context import Context
 
 __all__ = ["CleanupScope", "shield", "shielded"]
 

@@ -25,12 +25,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, final
 
-from ._serde import ErrorInfo, decode
-from .errors import Cancelled, ConfigurationError
-from .store._base import TERMINAL_STATUSES, EventKind, NewEvent, RunRecord, RunStatus
+from .._serde import ErrorInfo, decode
+from ..errors import Cancelled, ConfigurationError
+from ..store._base import TERMINAL_STATUSES, EventKind, NewEvent, RunRecord, RunStatus
 
 if TYPE_CHECKING:
-    from ._context import Context
+    from .._context import Context
     from ._workflow import Workflow
 
 __all__ = ["ChildOutcome", "ChildRun", "cancel_child", "start_child", "wait_any"]

@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, TypeAlias, final
 
-from .errors import ConfigurationError
-from .store._base import Event, EventKind
+from ..errors import ConfigurationError
+from ..store._base import Event, EventKind
 
 __all__ = [
     "DEFAULT_PRICES",

@@ -1,7 +1,7 @@
 """The non-determinism detector: does the workflow code still make the journal's steps?
 
 One detector serves both a live execution that resumes a run and ``stalwart runs
-replay``: both run the workflow code through an :class:`~stalwart._execution.Execution`,
+replay``: both run the workflow code through an :class:`~stalwart.engine._execution.Execution`,
 which asks a :class:`History` of the run's journal before each step. Its answers are
 errors (:class:`~stalwart.errors.NonDeterminismError`), raised before the step's code
 runs, so code that no longer matches a run is refused before it causes a new effect.
@@ -40,7 +40,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping
 
-from .errors import NonDeterminismError
+from ..errors import NonDeterminismError
 
 __all__ = ["History", "is_provisional", "step_path"]
 

@@ -28,10 +28,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._budget import RunBudget
-from ._cancel import shielded
-from ._clock import Clock
-from ._context import (
+from .._clock import Clock
+from .._context import (
     Context,
     StepInfo,
     Suspend,
@@ -40,16 +38,8 @@ from ._context import (
     set_root_scope,
     unbind_step_context,
 )
-from ._determinism import History, is_provisional, step_path
-from ._serde import encode, encode_error, return_type
-from .engine._interceptor import (
-    NOOP,
-    RunEndInput,
-    RunStartInput,
-    StepEndInput,
-    StepStartInput,
-)
-from .errors import (
+from .._serde import encode, encode_error, return_type
+from ..errors import (
     Cancelled,
     LeaseLostError,
     NonDeterminismError,
@@ -57,7 +47,7 @@ from .errors import (
     StalwartError,
     StoreError,
 )
-from .store._base import (
+from ..store._base import (
     TERMINAL_STATUSES,
     Event,
     EventKind,
@@ -69,9 +59,19 @@ from .store._base import (
     Store,
     open_cleanups,
 )
+from ._budget import RunBudget
+from ._cancel import shielded
+from ._determinism import History, is_provisional, step_path
+from ._interceptor import (
+    NOOP,
+    RunEndInput,
+    RunStartInput,
+    StepEndInput,
+    StepStartInput,
+)
 
 if TYPE_CHECKING:
-    from ._runtime import Runtime
+    from .._runtime import Runtime
     from ._workflow import Workflow
 
 __all__ = ["Execution"]
@@ -186,7 +186,7 @@ class Execution:
         """The step ``step_id`` is about to run for real (it has no recorded outcome):
         a new step, a call that had failed attempts, or a recorded wait going on.
 
-        The non-determinism detector is asked first (:mod:`stalwart._determinism`): a
+        The non-determinism detector is asked first (:mod:`stalwart.engine._determinism`): a
         step that does not fit the journal raises :class:`NonDeterminismError` before
         anything of it runs. In replay-only mode nothing may run: a step the journal
         lacks is noted as unrecorded, and this branch of the workflow parks (a

@@ -2,7 +2,7 @@
 
 Both go the same way: the model of the call (or the one ``runs fork --model`` put in its
 place) and the policy's fallback chain become the candidates of one
-:func:`~stalwart._calls.guarded_call` step named ``chat:{name}``, whose recorded result
+:func:`~stalwart.engine._calls.guarded_call` step named ``chat:{name}``, whose recorded result
 is the :class:`~stalwart.models.ModelResponse`. Cost accounting, ``stats``, ``runs
 trace`` and forks read such steps whoever made them, so a single ``ctx.llm`` call is
 counted, drawn and forked like an agent's turn.
@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter
 
+from ..errors import ConfigurationError, OutputValidationError
+from ..models import Message, Model, ModelOptions, ModelRequest, ModelResponse, count_tokens
 from ._calls import Candidate, guarded_call
+from ._interceptor import ModelCallEndInput, ModelCallStartInput
 from ._policy import Policy
-from .engine._interceptor import ModelCallEndInput, ModelCallStartInput
-from .errors import ConfigurationError, OutputValidationError
-from .models import Message, Model, ModelOptions, ModelRequest, ModelResponse, count_tokens
 
 if TYPE_CHECKING:
-    from ._context import Context
+    from .._context import Context
 
 __all__ = ["llm", "model_turn", "read_output", "system_prompt"]
 
@@ -131,7 +131,7 @@ async def llm(ctx: Context, model: str | Model, prompt: Prompt, *, output_type: 
               instructions: str, policy: Policy | None, options: ModelOptions | None,
               name: str, pool: str | None, check: Callable[[Any], object] | None) -> Any:
     """``ctx.llm``: see :meth:`stalwart.Context.llm`."""
-    from ._context import outcome_problem
+    from .._context import outcome_problem
 
     if not name:
         raise ConfigurationError("ctx.llm: name must not be empty")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from typing import final
 
-from ._clock import Clock
+from .._clock import Clock
 
 __all__ = ["StoreHealth"]
 

@@ -17,12 +17,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+from ..errors import StoreError
+from ..store._base import Event
 from ._execution import race_event
-from .errors import StoreError
-from .store._base import Event
 
 if TYPE_CHECKING:
-    from ._runtime import Runtime
+    from .._runtime import Runtime
 
 __all__ = ["READ_GAP", "follow_events"]
 

@@ -4,7 +4,7 @@
 journal with nothing external allowed — every step must come from the journal. The
 execution writes only to a throwaway in-memory store, and a step the journal does not
 have parks its branch instead of running. Divergences are found by the detector a live
-resume uses (:mod:`stalwart._determinism`), so ``runs replay`` and a resume agree on
+resume uses (:mod:`stalwart.engine._determinism`), so ``runs replay`` and a resume agree on
 every change of code. The report says whether the code still makes the same steps in the
 same order and reaches the same outcome; a run that had not ended may stop where its
 journal stops (a recorded wait that had not ended is such a stop, not a new step).
@@ -28,9 +28,8 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, final
 
-from ._determinism import step_path
-from .errors import ConfigurationError
-from .store._base import (
+from ..errors import ConfigurationError
+from ..store._base import (
     TERMINAL_STATUSES,
     Event,
     EventKind,
@@ -38,10 +37,11 @@ from .store._base import (
     Owner,
     RunStatus,
 )
-from .store._memory import MemoryStore
+from ..store._memory import MemoryStore
+from ._determinism import step_path
 
 if TYPE_CHECKING:
-    from ._runtime import RunHandle, Runtime
+    from .._runtime import RunHandle, Runtime
 
 __all__ = ["ForkInfo", "ReplayReport", "fork_info", "fork_run", "replay_run"]
 
@@ -107,7 +107,7 @@ async def replay_run(runtime: Runtime, run_id: str) -> ReplayReport:
     status = await asyncio.create_task(ex.execute())
     after = await scratch.get_run(rec.run_id)
     assert after is not None
-    # The execution asked the same detector a live resume asks (stalwart._determinism):
+    # The execution asked the same detector a live resume asks (stalwart.engine._determinism):
     # a divergence ended it with NonDeterminismError, before the step it concerns.
     problems: list[str] = []
     where: str | None = None
@@ -190,7 +190,7 @@ async def fork_run(runtime: Runtime, run_id: str, *, at: str, model: str | None 
         ConfigurationError: ``at`` is not a step id of that run's journal, or
             ``new_run_id`` is taken.
     """
-    from ._runtime import RunHandle
+    from .._runtime import RunHandle
 
     if not _STEP_ID.match(at):
         raise ConfigurationError(f"{at!r} is not a step id (like 3 or 4/0/2)")

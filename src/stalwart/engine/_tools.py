@@ -16,9 +16,9 @@ from typing import Any, Generic, ParamSpec, TypeVar, final, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
+from ..errors import ConfigurationError, ToolArgumentsError
+from ..models import ToolSpec
 from ._policy import INHERIT, Policy, _Inherit
-from .errors import ConfigurationError, ToolArgumentsError
-from .models import ToolSpec
 
 __all__ = ["Tool", "ToolCall", "ToolArgumentsError"]
 

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar,
 
 from pydantic import TypeAdapter, ValidationError
 
-from ._serde import cached_adapter, parameter_types, plain_json, read_plain
-from .errors import ConfigurationError, SerializationError
+from .._serde import cached_adapter, parameter_types, plain_json, read_plain
+from ..errors import ConfigurationError, SerializationError
 
 if TYPE_CHECKING:
+    from .._context import Context
+    from .._runtime import Runtime
     from ._budget import Budget
-    from ._context import Context
-    from ._runtime import Runtime
 
 __all__ = ["Workflow"]
 

@@ -68,7 +68,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, final, overload
 
-from .._tools import Tool
+from ..engine._tools import Tool
 from ..errors import (
     Cancelled,
     CompensationFailedError,
@@ -81,9 +81,9 @@ from ..errors import (
 )
 
 if TYPE_CHECKING:
-    from .._cancel import CleanupScope
     from .._context import Context
-    from .._policy import Policy
+    from ..engine._cancel import CleanupScope
+    from ..engine._policy import Policy
 
 __all__ = ["Saga"]
 

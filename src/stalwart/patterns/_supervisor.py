@@ -36,13 +36,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, final, get_args
 
-from .._children import ChildOutcome, ChildRun
+from ..engine._children import ChildOutcome, ChildRun
 from ..errors import ConfigurationError, RestartIntensityError
 from ..store._base import RunStatus
 
 if TYPE_CHECKING:
     from .._context import Context
-    from .._workflow import Workflow
+    from ..engine._workflow import Workflow
 
 __all__ = ["ChildSpec", "Restart", "Strategy", "supervise"]
 
@@ -77,7 +77,7 @@ class ChildSpec:
 
 
 def _specs(children: Sequence[Any]) -> list[ChildSpec]:
-    from .._workflow import Workflow
+    from ..engine._workflow import Workflow
 
     if isinstance(children, ChildSpec | Workflow) or not isinstance(children, Sequence):
         raise ConfigurationError("supervise() takes a list of ChildSpec (or workflows)")

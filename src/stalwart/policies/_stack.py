@@ -13,7 +13,7 @@ calls that were made. What a failure means for each layer is the failure classif
 decision (:mod:`stalwart.policies._classify`).
 
 The layers above these — Budget, Fallback and Retry, whose decisions the engine must
-journal before acting on them — live in the engine (``stalwart._calls``) and drive this
+journal before acting on them — live in the engine (``stalwart.engine._calls``) and drive this
 stack once per attempt.
 """
 
