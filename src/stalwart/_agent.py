@@ -23,17 +23,20 @@ import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, final
+from typing import Any, Generic, final
 
 from pydantic import BaseModel, TypeAdapter
 from typing_extensions import TypeVar
 
-from ._context import outcome_problem
+from ._context import Context
 from ._serde import error_type_name
 from .engine._budget import Budget, agent_budget
+from .engine._calls import tool_call
+from .engine._execution import Execution
 from .engine._interceptor import AgentEndInput, AgentStartInput, CaptureContent
 from .engine._llm import model_turn, read_output, system_prompt
 from .engine._policy import INHERIT, Policy, _Inherit
+from .engine._scope import outcome_problem
 from .engine._tools import Tool, ToolArgumentsError
 from .errors import (
     BudgetExceededError,
@@ -58,9 +61,6 @@ from .models import (
     parse_tool_arguments,
 )
 from .store._base import EventKind, NewEvent
-
-if TYPE_CHECKING:
-    from ._context import Context
 
 __all__ = ["Agent", "AgentResult", "HandoffOffer"]
 
@@ -122,6 +122,20 @@ def _input_text(value: Any) -> str:
         return json.dumps(TypeAdapter(Any).dump_python(value, mode="json"))
     except Exception:
         return str(value)
+
+
+@dataclass(slots=True)
+class _Turns:
+    """The conversation of one agent run, and its loop's counters."""
+
+    messages: list[Message]
+    answered_by: list[str] = field(default_factory=list)
+    seen: Counter[str] = field(default_factory=Counter)
+    """Tool calls by name and arguments (the same call too often is a loop)."""
+    refused: Counter[str] = field(default_factory=Counter)
+    """Handoffs refused, by tool name."""
+    repairs: int = 0
+    reasks: int = 0
 
 
 @dataclass(slots=True)
@@ -263,21 +277,22 @@ class Agent(Generic[OutT]):
         if clash:
             raise ConfigurationError(f"agent {self.name!r}: handoff tools {clash} have the "
                                      "names of its own tools")
-        ic = ctx._ex.interceptor
+        ex = ctx.execution  # the engine's step API (the context's internal API)
+        ic = ex.interceptor
         if not ic.active:
             with agent_budget(self.name, self.budget):
-                return await self._loop(ctx, input, policy, _Spent(), offers)
-        primary = ctx._ex.runtime.model(self.model)
-        first_step_id = ctx._next_step_id()
+                return await self._loop(ex, input, policy, _Spent(), offers)
+        primary = ex.engine.model(self.model)
+        first_step_id = ex.next_step_id()
         handle = ic.agent_started(AgentStartInput(
-            ctx.run_id, self.name, first_step_id, primary.provider, primary.name,
-            live=not ctx._ex.replaying,
+            ex.run_id, self.name, first_step_id, primary.provider, primary.name,
+            live=not ex.replaying,
             capture_content=None if self.capture_content is INHERIT else self.capture_content,
-            since=ctx._ex.first_seen(first_step_id)))
+            since=ex.first_seen(first_step_id)))
         spent = _Spent()
         try:
             with agent_budget(self.name, self.budget):
-                result = await self._loop(ctx, input, policy, spent, offers)
+                result = await self._loop(ex, input, policy, spent, offers)
         except BaseException as exc:
             # What it used before it failed is spent all the same (and on its span).
             ic.agent_ended(AgentEndInput(
@@ -290,88 +305,95 @@ class Agent(Generic[OutT]):
             input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens))
         return result
 
-    async def _loop(self, ctx: Context, input: Any, policy: Policy | None,
+    async def _loop(self, ex: Execution, input: Any, policy: Policy | None,
                     spent: _Spent, offers: dict[str, HandoffOffer]) -> AgentResult[OutT]:
-        effective = ctx._ex.runtime.effective_policy(self.policy, policy)
-        output_schema = self._adapter.json_schema() if self._adapter is not None else None
-        messages: list[Message] = []
-        system = self._system_prompt()
-        if system:
-            messages.append(Message.system(system))
-        messages.append(Message.user(_input_text(input)))
+        effective = ex.engine.effective_policy(self.policy, policy)
+        turns = _Turns(self._opening(input))
         specs = (*(t.spec for t in self.tools.values()), *(o.spec for o in offers.values()))
-        answered_by: list[str] = []
-        seen: Counter[str] = Counter()
-        refused: Counter[str] = Counter()
-        repairs = reasks = 0
-
+        output_schema = self._adapter.json_schema() if self._adapter is not None else None
         for _turn in range(self.max_iterations):
-            request = ModelRequest(messages=tuple(messages), tools=specs, options=self.options,
-                                   output_schema=output_schema)
-            turn_id = ctx._next_step_id()
+            request = ModelRequest(messages=tuple(turns.messages), tools=specs,
+                                   options=self.options, output_schema=output_schema)
+            turn_id = ex.next_step_id()
             response = await model_turn(
-                ctx, name=self.name, model=self.model, request=request, policy=effective,
+                ex, name=self.name, model=self.model, request=request, policy=effective,
                 pool=self.pool, check=lambda r: self._verdict(r)[1])
             spent.input_tokens += response.usage.input_tokens
             spent.output_tokens += response.usage.output_tokens
             spent.iterations += 1
-            answered_by.append(f"{response.provider}:{response.model}")
-            messages.append(response.to_message())
-
+            turns.answered_by.append(f"{response.provider}:{response.model}")
+            turns.messages.append(response.to_message())
             if response.tool_calls:
-                for call in response.tool_calls:
-                    offer = offers.get(call.name)
-                    if offer is not None:
-                        args, content = self._handoff(call, offer, refused)
-                        if args is not None:
-                            return AgentResult(
-                                output=None, messages=tuple(messages),  # type: ignore[arg-type]
-                                usage=spent.usage(), iterations=spent.iterations,
-                                tool_calls=spent.tool_calls, models=tuple(answered_by),
-                                handoff=(call.name, args))
-                        await _journal_repair(ctx, turn_id, call, content)
-                        messages.append(Message.tool(content, tool_call_id=call.id,
-                                                     name=call.name))
-                        continue
-                    content, repaired = await self._run_tool(ctx, call, seen)
-                    if repaired:
-                        await _journal_repair(ctx, turn_id, call, content)
-                        repairs += 1
-                        if repairs > self.max_repairs:
-                            raise RepairBudgetExceededError(
-                                f"agent {self.name!r}: more than {self.max_repairs} "
-                                f"malformed tool calls (last: {content})", agent=self.name,
-                                run_id=ctx.run_id)
-                    else:
-                        spent.tool_calls += 1
-                    messages.append(Message.tool(content, tool_call_id=call.id,
-                                                 name=call.name))
+                handoff = await self._tool_calls(ex, response, turn_id, turns, spent, offers)
+                if handoff is not None:
+                    return self._result(None, turns, spent, handoff=handoff)
                 continue
-
             output, problem = self._verdict(response)
-            if problem is not None:
-                reasks += 1
-                if reasks > self.max_reasks:
-                    raise OutputValidationError(
-                        f"agent {self.name!r}: {problem} (after {self.max_reasks} "
-                        "re-asks)", agent=self.name, run_id=ctx.run_id) from None
-                again = ("Reply again with JSON only, matching the schema."
-                         if self._adapter is not None else "Reply again.")
-                messages.append(Message.user(
-                    f"Your answer was not valid: {problem[:2000]}\n{again}"))
-                continue
-            return AgentResult(output=output, messages=tuple(messages),
-                               usage=spent.usage(), iterations=spent.iterations,
-                               tool_calls=spent.tool_calls, models=tuple(answered_by))
-
+            if problem is None:
+                return self._result(output, turns, spent)
+            self._reask(ex, turns, problem)
         if self.fallback_output is not _MISSING:
-            return AgentResult(output=self.fallback_output, messages=tuple(messages),
-                               usage=spent.usage(), iterations=spent.iterations,
-                               tool_calls=spent.tool_calls, models=tuple(answered_by),
-                               fallback_used=True)
+            return self._result(self.fallback_output, turns, spent, fallback_used=True)
         raise MaxIterationsError(
             f"agent {self.name!r}: no final answer after {self.max_iterations} model turns",
-            agent=self.name, run_id=ctx.run_id)
+            agent=self.name, run_id=ex.run_id)
+
+    def _opening(self, input: Any) -> list[Message]:
+        """The conversation's start: the system prompt (if any) and the input."""
+        system = self._system_prompt()
+        return [*([Message.system(system)] if system else []),
+                Message.user(_input_text(input))]
+
+    def _result(self, output: Any, turns: _Turns, spent: _Spent, *,
+                fallback_used: bool = False,
+                handoff: tuple[str, dict[str, Any]] | None = None) -> AgentResult[OutT]:
+        return AgentResult(output=output, messages=tuple(turns.messages),
+                           usage=spent.usage(), iterations=spent.iterations,
+                           tool_calls=spent.tool_calls, models=tuple(turns.answered_by),
+                           fallback_used=fallback_used, handoff=handoff)
+
+    def _reask(self, ex: Execution, turns: _Turns, problem: str) -> None:
+        """Ask again after an answer that is not valid (at most ``max_reasks`` times)."""
+        turns.reasks += 1
+        if turns.reasks > self.max_reasks:
+            raise OutputValidationError(
+                f"agent {self.name!r}: {problem} (after {self.max_reasks} "
+                "re-asks)", agent=self.name, run_id=ex.run_id) from None
+        again = ("Reply again with JSON only, matching the schema."
+                 if self._adapter is not None else "Reply again.")
+        turns.messages.append(Message.user(
+            f"Your answer was not valid: {problem[:2000]}\n{again}"))
+
+    async def _tool_calls(self, ex: Execution, response: ModelResponse, turn_id: str,
+                          turns: _Turns, spent: _Spent, offers: dict[str, HandoffOffer],
+                          ) -> tuple[str, dict[str, Any]] | None:
+        """Execute the tool calls a model turn asked for; malformed ones go back to the
+        model (at most ``max_repairs`` in the whole run of the agent). Returns the
+        handoff the model made, when an offer accepted it (the loop ends there)."""
+        for call in response.tool_calls:
+            offer = offers.get(call.name)
+            if offer is not None:
+                args, content = self._handoff(call, offer, turns.refused)
+                if args is not None:
+                    return call.name, args
+                await _journal_repair(ex, turn_id, call, content)
+                turns.messages.append(Message.tool(content, tool_call_id=call.id,
+                                                   name=call.name))
+                continue
+            content, repaired = await self._run_tool(ex, call, turns.seen)
+            if repaired:
+                await _journal_repair(ex, turn_id, call, content)
+                turns.repairs += 1
+                if turns.repairs > self.max_repairs:
+                    raise RepairBudgetExceededError(
+                        f"agent {self.name!r}: more than {self.max_repairs} "
+                        f"malformed tool calls (last: {content})", agent=self.name,
+                        run_id=ex.run_id)
+            else:
+                spent.tool_calls += 1
+            turns.messages.append(Message.tool(content, tool_call_id=call.id,
+                                               name=call.name))
+        return None
 
     def _handoff(self, call: ToolCallRequest, offer: HandoffOffer,
                  refused: Counter[str]) -> tuple[dict[str, Any] | None, str]:
@@ -393,7 +415,7 @@ class Agent(Generic[OutT]):
                        f"{'; '.join(problems)}. Fix the arguments and call it again.",
             "problems": problems}})
 
-    async def _run_tool(self, ctx: Context, call: ToolCallRequest,
+    async def _run_tool(self, ex: Execution, call: ToolCallRequest,
                         seen: Counter[str]) -> tuple[str, bool]:
         """Execute one requested tool call; returns (message content, was a repair)."""
         tool = self.tools.get(call.name)
@@ -417,9 +439,10 @@ class Agent(Generic[OutT]):
             raise ToolLoopError(
                 f"agent {self.name!r}: tool {call.name!r} was called {seen[signature]} times "
                 f"with the same arguments {call.arguments}", agent=self.name,
-                run_id=ctx.run_id)
+                run_id=ex.run_id)
         try:
-            result = await ctx.tool(tool, _tool_call_id=call.id, **arguments)
+            result = await tool_call(ex, tool, arguments, policy=None, check=None,
+                                     tool_call_id=call.id)
         except (StoreError, BudgetExceededError):
             raise
         except Exception as exc:
@@ -427,7 +450,7 @@ class Agent(Generic[OutT]):
         return (result if isinstance(result, str) else _input_text(result)), False
 
 
-async def _journal_repair(ctx: Context, turn_id: str, call: ToolCallRequest,
+async def _journal_repair(ex: Execution, turn_id: str, call: ToolCallRequest,
                           content: str) -> None:
     """Journal a malformed tool call sent back to the model (``tool_call_repaired``, on
     the model turn that made it), so ``runs events`` and ``runs trace`` show it; a replay
@@ -439,7 +462,7 @@ async def _journal_repair(ctx: Context, turn_id: str, call: ToolCallRequest,
     payload = json.dumps({"call_id": call.id, "tool": call.name, "error": error.get("type"),
                           "message": str(error.get("message", ""))[:2000],
                           "arguments": call.arguments[:2000]})
-    await ctx._ex.note(NewEvent(EventKind.TOOL_CALL_REPAIRED, turn_id, call.name, payload),
+    await ex.note(NewEvent(EventKind.TOOL_CALL_REPAIRED, turn_id, call.name, payload),
                        key=call.id)
 
 

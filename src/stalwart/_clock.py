@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import final
 
-__all__ = ["Clock", "FakeClock", "SystemClock"]
+__all__ = ["Clock", "FakeClock", "SystemClock", "race_event"]
 
 
 class Clock(ABC):
@@ -182,3 +182,17 @@ def _is_jumper(handle: object) -> bool:
     clocks on one loop must not count each other's checks as activity."""
     callback = getattr(handle, "_callback", None)
     return getattr(callback, "__func__", None) is FakeClock._maybe_jump
+
+
+async def race_event(event: asyncio.Event, clock: Clock, timeout: float) -> bool:
+    """Wait for ``event`` at most ``timeout`` seconds of ``clock`` time; True if it fired."""
+    if event.is_set():
+        return True
+    waiter = asyncio.ensure_future(event.wait())
+    sleeper = asyncio.ensure_future(clock.sleep(timeout))
+    try:
+        await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        sleeper.cancel()
+    return event.is_set()

@@ -77,7 +77,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, final
+from typing import Any, ClassVar, Self, TypeVar, final
 
 __all__ = [
     "AgentError",
@@ -175,6 +175,26 @@ class StalwartError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def located(self, *, run_id: str | None = None, step_id: str | None = None) -> Self:
+        """This error, saying where it happened: ``self`` when it already names a run
+        (and, if ``step_id`` is given, a step), else a new error of the same type with
+        the same attributes, traceback and cause, and the run and step filled in where
+        it had none. An error is never changed after it was made: one raised by a lower
+        layer that knew no run (a model adapter, a policy) is located by the engine
+        this way before it is journaled and raised to workflow code."""
+        if (self.run_id is not None or run_id is None) and (
+                self.step_id is not None or step_id is None):
+            return self
+        state = dict(self.__dict__)
+        if self.run_id is None:
+            state["run_id"] = run_id
+        if self.step_id is None:
+            state["step_id"] = step_id
+        err = _rebuild(type(self), self.message, state)
+        err.__cause__ = self.__cause__
+        err.__suppress_context__ = self.__suppress_context__
+        return err.with_traceback(self.__traceback__)
+
     def __reduce__(self) -> tuple[Any, ...]:
         # For processes that pickle exceptions (multiprocessing, concurrent.futures): the
         # keyword-only constructors would not take back ``args``. The journal never
@@ -182,7 +202,10 @@ class StalwartError(Exception):
         return (_rebuild, (type(self), self.message, self.__dict__.copy()))
 
 
-def _rebuild(cls: type[StalwartError], message: str, state: dict[str, Any]) -> StalwartError:
+_E = TypeVar("_E", bound="StalwartError")
+
+
+def _rebuild(cls: type[_E], message: str, state: dict[str, Any]) -> _E:
     err = cls.__new__(cls)
     Exception.__init__(err, message)
     err.__dict__.update(state)

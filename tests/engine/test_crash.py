@@ -476,7 +476,7 @@ async def test_a_paused_owner_runs_no_step_after_it_was_taken_over(tmp_path: Pat
 def test_a_zombie_pid_is_not_alive(tmp_path: Path) -> None:
     """A child SIGKILLed and not reaped keeps its pid (signal 0 still reaches it); the
     runtime's same-host liveness check counts it dead, a running process alive."""
-    from stalwart._runtime import _pid_alive
+    from stalwart.engine._worker import pid_alive as _pid_alive
 
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

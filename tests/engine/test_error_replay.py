@@ -160,3 +160,67 @@ async def test_a_tool_that_gives_up_with_a_user_error_raises_the_remote_error(
         events = await app.events(h.run_id)
     failed = [e for e in events if e.kind == EventKind.STEP_FAILED]
     assert json.loads(failed[0].payload or "{}")["attributes"] == {"code": 402}
+
+
+@pytest.mark.parametrize("how", ["step", "tool"])
+async def test_an_error_without_context_is_located_not_changed(tmp_path: Path,
+                                                              how: str) -> None:
+    """A stalwart error raised where no run is known (here by user code; a model adapter
+    or a policy likewise) is journaled and raised to the workflow naming its run and
+    step, and replayed the same; the error object that was raised is left as it was."""
+    raised: list[sw.StalwartError] = []
+
+    def refuse() -> str:
+        err = sw.ConfigurationError("refused")
+        raised.append(err)
+        raise err
+
+    app = sw.Runtime(tmp_path / "j.db")
+    tool = sw.Tool(refuse, name="refuse", policy=sw.Policy(retry=None))
+
+    @app.workflow
+    async def located(ctx: sw.Context) -> list[str | None]:
+        try:
+            if how == "step":
+                await ctx.step(refuse)
+            else:
+                await ctx.tool(tool)
+        except sw.ConfigurationError as exc:
+            return [exc.run_id, exc.step_id]
+        return []
+
+    async with app:
+        handle = await app.start(located, run_id="r1")
+        assert await handle.result() == ["r1", "1"]
+        events = await app.events("r1")
+    assert [(e.run_id, e.step_id) for e in raised] == [(None, None)]
+    failed = [json.loads(e.payload or "{}") for e in events
+              if e.kind == EventKind.STEP_FAILED]
+    assert [(f["attributes"]["run_id"], f["attributes"]["step_id"]) for f in failed] == [
+        ("r1", "1")]
+    replay = await sw.Runtime(tmp_path / "j.db", worker=False).__aenter__()
+    try:
+        replay.register(located)
+        report = await replay.replay("r1")
+    finally:
+        await replay.close()
+    assert report.deterministic, report.divergences
+
+
+def test_located_makes_a_copy_with_the_context_and_keeps_what_it_had() -> None:
+    """``located`` fills in only what is missing, on a new error of the same type with
+    the same attributes, cause and traceback; an error that says where it is comes back
+    itself."""
+    cause = ValueError("root")
+    try:
+        raise sw.RetryExhaustedError("gave up", attempts=3, errors=(cause,),
+                                     reason="r") from cause
+    except sw.RetryExhaustedError as exc:
+        original = exc
+    copy = original.located(run_id="r", step_id="4")
+    assert copy is not original and type(copy) is sw.RetryExhaustedError
+    assert (copy.run_id, copy.step_id, copy.attempts, copy.errors) == ("r", "4", 3, (cause,))
+    assert copy.__cause__ is cause and copy.__traceback__ is original.__traceback__
+    assert (original.run_id, original.step_id) == (None, None)
+    assert copy.located(run_id="other", step_id="9") is copy
+    assert copy.located(run_id="other") is copy

@@ -218,7 +218,7 @@ async def test_same_worker_reclaiming_its_expired_lease_fences_the_old_execution
         rec = await inner.get_run("r")
         assert rec is not None and rec.lease_owner == app.owner.id and rec.lease_token == 2
         gates[1].set()  # the superseded execution returns and tries to record
-        await until(lambda: not app._superseded, "the old execution ended")
+        await until(lambda: not app._worker.superseded, "the old execution ended")
         steps = _events(EventKind.STEP_COMPLETED, await inner.load_events("r"))
         assert steps == []  # its outcome was refused
         gates[2].set()

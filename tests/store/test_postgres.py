@@ -16,7 +16,7 @@ import pytest
 
 from stalwart._clock import SystemClock
 from stalwart._runtime import open_store
-from stalwart._store_retry import transient_retry
+from stalwart.engine._store_retry import transient_retry
 from stalwart.errors import (
     ConfigurationError,
     NotAStalwartStoreError,

@@ -27,7 +27,6 @@ from ._common import (
     StoreOption,
     client_runtime,
     command_store,
-    console,
     error_info,
     executing_runtime,
     failure_line,
@@ -43,6 +42,7 @@ from ._frames import TracebackOption, traceback_lines
 from ._journal import open_journal
 from ._loader import add_cwd_to_path, find_workflow, import_module, resolve_ref, workflows_in
 from ._options import at_least
+from ._output import console
 from ._progress import Progress, watch_steps
 
 __all__ = ["cancel", "resume", "run", "signal"]

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 
 from .. import errors
-from .._runtime import Runtime, open_store
+from .._runtime import Runtime, open_store, runtime_of
 from .._serde import ErrorInfo
 from ..engine._workflow import Workflow
 from ..store._base import RunRecord, RunStatus, Store
@@ -34,7 +33,6 @@ __all__ = [
     "StoreOption",
     "client_runtime",
     "command_store",
-    "console",
     "executing_runtime",
     "error_info",
     "error_json",
@@ -98,14 +96,6 @@ def exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, (*_INPUT_ERRORS, json.JSONDecodeError)):
         return USAGE
     return FAILURE
-
-
-def console() -> Console:
-    """A console on the current stdout: fitted to a terminal; when stdout is not one,
-    full width, never wrapped, without trailing spaces (see ``_output``)."""
-    from ._output import pipe_console
-
-    return pipe_console(sys.stdout)
 
 
 def print_json(value: Any) -> None:
@@ -195,9 +185,10 @@ def client_runtime(store: str | Store | None, *, read_only: bool = True) -> Runt
 def _home(workflows: Iterable[Workflow[Any, Any]]) -> Runtime | None:
     """The one runtime that made ``workflows`` (``None``: no runtime made any)."""
     wfs = list(workflows)
-    homes = {id(wf.runtime): wf.runtime for wf in wfs if wf.runtime is not None}
+    made = [(wf, home) for wf in wfs if (home := runtime_of(wf)) is not None]
+    homes = {id(home): home for _, home in made}
     if len(homes) > 1:
-        names = ", ".join(sorted(wf.name for wf in wfs if wf.runtime is not None))
+        names = ", ".join(sorted(wf.name for wf, _ in made))
         raise CliError(f"the workflows {names} were made by different runtimes; execute "
                        "the runs of one runtime at a time (name the run)")
     return next(iter(homes.values()), None)

@@ -51,7 +51,6 @@ from ..store._sqlite import SQLiteStore
 from ._common import (
     FAILURE,
     CliError,
-    console,
     exit_code_for,
     fmt_duration,
     fmt_time,
@@ -59,6 +58,7 @@ from ._common import (
 )
 from ._demo_child import demo_runtime
 from ._demo_policies import PolicyStory, read_attempt, read_policies, render_policies
+from ._output import console
 from ._timeline import RunStory, read_story
 
 __all__ = ["demo"]

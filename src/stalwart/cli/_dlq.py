@@ -36,7 +36,6 @@ from ._common import (
     StoreOption,
     client_runtime,
     command_store,
-    console,
     error_info,
     executing_runtime,
     fmt_duration,
@@ -50,7 +49,7 @@ from ._help import HelpCommand, HelpGroup
 from ._journal import open_journal
 from ._loader import add_cwd_to_path, imported_workflows, resolve_ref
 from ._options import at_least
-from ._output import Column, PlainOption, Rows, cell
+from ._output import Column, PlainOption, Rows, cell, console
 
 __all__ = ["DeadLetter", "FailedAttempt", "dlq_app", "read_dead_letter"]
 

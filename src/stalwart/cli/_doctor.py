@@ -34,13 +34,15 @@ from typing import Any, Literal
 
 from rich.text import Text
 
-from .._runtime import _pid_alive, open_store
+from .._runtime import open_store
+from ..engine._worker import pid_alive
 from ..errors import NotAStalwartStoreError, SchemaVersionError, StoreError
 from ..store import _sqlite_schema
 from ..store._base import TERMINAL_STATUSES, EventKind, RunRecord, RunStatus, Store
 from ..store._sqlite import SQLiteStore
 from ..store._wal import check_wal
-from ._common import FAILURE, JsonOption, StoreOption, console, lease_note, print_json, run_async
+from ._common import FAILURE, JsonOption, StoreOption, lease_note, print_json, run_async
+from ._output import console
 
 __all__ = ["Diagnosis", "Finding", "diagnose", "doctor"]
 
@@ -83,7 +85,7 @@ class Diagnosis:
 
 
 async def diagnose(store: Store, *, now: float, host: str,
-                   pid_alive: Callable[[int], bool] = _pid_alive) -> Diagnosis:
+                   pid_alive: Callable[[int], bool] = pid_alive) -> Diagnosis:
     """Check ``store`` (not open; opened read-only here) and say what is wrong."""
     report = Diagnosis(store.url)
     target = store

@@ -85,6 +85,12 @@ def pipe_console(stream: TextIO) -> Console:
                    soft_wrap=True, color_system=None)
 
 
+def console() -> Console:
+    """A console on the current stdout: fitted to a terminal; when stdout is not one,
+    full width, never wrapped, without trailing spaces."""
+    return pipe_console(sys.stdout)
+
+
 @dataclass(frozen=True, slots=True)
 class Column:
     """A table column: its header, and whether a terminal may cut it (the last, long

@@ -13,16 +13,16 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .._runtime import Runtime, _pid_alive
+from .._runtime import Runtime
 from .._serde import ErrorInfo
 from ..engine._cost import UsageReport, usage_report
 from ..engine._timetravel import ForkInfo, fork_info
+from ..engine._worker import pid_alive
 from ..store._base import Event, RunRecord, RunStatus
 from ._common import (
     JsonOption,
     StoreOption,
     client_runtime,
-    console,
     error_info,
     fmt_duration,
     fmt_time,
@@ -35,7 +35,7 @@ from ._common import (
 from ._frames import TracebackOption, traceback_lines
 from ._help import HelpCommand, HelpGroup
 from ._options import at_least
-from ._output import Column, PlainOption, Rows, cell
+from ._output import Column, PlainOption, Rows, cell, console
 from ._timeline import RunStory, read_story
 from ._views import fork, replay, trace
 
@@ -216,7 +216,7 @@ def render_story(out: Console, story: RunStory, children: list[RunRecord],
         facts.add_row("wakes at", fmt_time(rec.wake_at, date=True))
     if rec.status == RunStatus.RUNNING and rec.owner_pid is not None:
         gone = lease_note(rec, now=time.time(), host=socket.gethostname(),
-                          pid_alive=_pid_alive)
+                          pid_alive=pid_alive)
         facts.add_row("held by", f"pid {rec.owner_pid} on {rec.owner_host}"
                       + (f" ({gone})" if gone else ""))
     if rec.cancel_requested and not rec.is_terminal:

@@ -28,13 +28,12 @@ from ._common import (
     JsonOption,
     StoreOption,
     client_runtime,
-    console,
     fmt_time,
     print_json,
     run_async,
 )
 from ._options import at_least
-from ._output import Column, PlainOption, Rows, parse_duration, pipe_console
+from ._output import Column, PlainOption, Rows, console, parse_duration, pipe_console
 from ._trace import fmt_cost
 
 __all__ = ["parse_duration", "percentile", "stats"]

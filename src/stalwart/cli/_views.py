@@ -21,7 +21,6 @@ from ._common import (
     StoreOption,
     client_runtime,
     command_store,
-    console,
     error_json,
     executing_runtime,
     failure_line,
@@ -31,6 +30,7 @@ from ._common import (
 )
 from ._journal import open_journal
 from ._loader import add_cwd_to_path, imported_workflows, resolve_ref
+from ._output import console
 from ._trace import build_trace, render_trace, trace_json
 
 __all__ = ["fork", "replay", "trace"]

@@ -22,7 +22,8 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from .._runtime import Runtime, _pid_alive
+from .._runtime import Runtime, runtime_of
+from ..engine._worker import pid_alive
 from ..engine._workflow import Workflow
 from ..errors import StoreError
 from ..store._base import RunRecord, RunStatus, Store, WorkerRecord
@@ -33,7 +34,6 @@ from ._common import (
     StoreOption,
     client_runtime,
     command_store,
-    console,
     executing_runtime,
     fmt_duration,
     print_json,
@@ -43,7 +43,7 @@ from ._help import HelpCommand, HelpGroup
 from ._journal import open_journal
 from ._loader import add_cwd_to_path, find_workflow, import_module, workflows_in
 from ._options import at_least
-from ._output import PlainOption, Rows, parse_duration, pipe_console
+from ._output import PlainOption, Rows, console, parse_duration, pipe_console
 
 __all__ = ["worker", "workers_app"]
 
@@ -121,7 +121,8 @@ def store_origin(store_flag: str | None, rt: Runtime,
     if store_flag is not None:
         return "--store"
     for wf in workflows.values():
-        if wf.runtime is not None and wf.runtime._store_arg is not None:
+        home = runtime_of(wf)
+        if home is not None and home._store_arg is not None:
             return f"the Runtime of {wf.ref.partition(':')[0] if wf.ref else 'its module'}"
     if os.environ.get("STALWART_STORE"):
         return "$STALWART_STORE"
@@ -284,7 +285,7 @@ def _state(w: WorkerRecord, now: float, host: str) -> str:
     worker's runs over."""
     if w.stopped_at is not None:
         return "stopped"
-    if w.host == host and w.pid != os.getpid() and not _pid_alive(w.pid):
+    if w.host == host and w.pid != os.getpid() and not pid_alive(w.pid):
         return "dead"
     return "live" if w.alive(now) else "dead"
 

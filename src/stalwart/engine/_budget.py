@@ -19,19 +19,17 @@ from __future__ import annotations
 
 import contextvars
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, final
+from typing import Any, final
 
+from .._clock import Clock
 from ..errors import BudgetExceededError, ConfigurationError
 from ..models import ModelResponse
 from ..store._base import Event
 from ._cost import PriceTable, call_usages
-
-if TYPE_CHECKING:
-    from ._execution import Execution
 
 __all__ = ["Budget", "RunBudget", "Spend", "agent_budget"]
 
@@ -135,22 +133,31 @@ def spend_from_journal(events: Iterable[Event], prices: PriceTable) -> Spend:
 
 
 class RunBudget:
-    """The budgets in force for one execution of a run, and what it has spent."""
+    """The budgets in force for one execution of a run, and what it has spent.
 
-    __slots__ = ("_base", "_events", "_ex", "live", "prices", "run_level")
+    Args:
+        run_id, created_at: the run (``max_seconds`` counts from its creation).
+        levels: the run-wide budgets in force, outermost first: ``("runtime", b)``,
+            ``("workflow", b)``.
+        prices: how calls are priced.
+        clock: the runtime's clock.
+        note: told ``(step_id, key)`` of each call a budget refuses (the policy log).
+        events: the journal the execution started from (its spending so far).
+    """
 
-    def __init__(self, ex: Execution, events: list[Event]) -> None:
-        runtime = ex.runtime
-        levels = []
-        if runtime.budget is not None:
-            levels.append(("runtime", runtime.budget))
-        wf_budget = ex.workflow.budget
-        if wf_budget is not None:
-            levels.append(("workflow", wf_budget))
+    __slots__ = ("_base", "_clock", "_events", "_note", "created_at", "live", "prices",
+                 "run_id", "run_level")
+
+    def __init__(self, *, run_id: str, created_at: float,
+                 levels: Sequence[tuple[str, Budget]], prices: PriceTable, clock: Clock,
+                 note: Callable[[str, str], None], events: list[Event]) -> None:
+        self.run_id = run_id
+        self.created_at = created_at
         self.run_level: tuple[tuple[str, Budget], ...] = tuple(levels)
-        self.prices = runtime.prices
+        self.prices = prices
         self.live = Spend()
-        self._ex = ex
+        self._clock = clock
+        self._note = note
         self._events = events
         self._base: Spend | None = None
 
@@ -173,8 +180,7 @@ class RunBudget:
         scopes = _agent_scopes.get()
         if not self.run_level and not scopes:
             return
-        ex = self._ex
-        age = ex.clock.now() - ex.run.created_at
+        age = self._clock.now() - self.created_at
         is_model = not key.startswith("tool:")
         if self.run_level:
             spent = self.spent
@@ -186,7 +192,7 @@ class RunBudget:
 
     def _check_one(self, level: str, b: Budget, spent: Spend, age: float, step_id: str,
                    key: str, is_model: bool) -> None:
-        ex = self._ex
+        run_id = self.run_id
         seconds = b.seconds
         for name, limit, used in (("max_steps", b.max_steps, spent.calls),
                                   ("max_tokens", b.max_tokens, spent.tokens),
@@ -198,17 +204,18 @@ class RunBudget:
                 provider, _, model = key.partition(":")
                 if spent.unpriced or (is_model and self.prices.price(provider, model) is None):
                     raise ConfigurationError(
-                        f"run {ex.run_id}: the {level} budget max_cost={limit} cannot be "
+                        f"run {run_id}: the {level} budget max_cost={limit} cannot be "
                         f"enforced: no price for {key if is_model else 'a model used'} "
-                        "(give the runtime a price for it: Runtime(prices={...}))")
+                        "(give the runtime a price for it: Runtime(prices={...}))",
+                        run_id=run_id, step_id=step_id)
             if used >= limit:
                 where = level if not level.startswith("agent:") else "agent"
-                ex.runtime.note_policy(ex.run_id, step_id, "budget_exceeded", key)
+                self._note(step_id, key)
                 raise BudgetExceededError(
-                    f"run {ex.run_id}: {level} budget {name}={limit:g} reached "
+                    f"run {run_id}: {level} budget {name}={limit:g} reached "
                     f"({used:g} used, {max(0.0, used - limit):g} over); the call to {key} "
                     f"at step {step_id} was not made", budget=name, level=where,
-                    limit=float(limit), used=float(used), run_id=ex.run_id, step_id=step_id)
+                    limit=float(limit), used=float(used), run_id=run_id, step_id=step_id)
 
     def settled(self, result: Any, *, live: bool) -> None:
         """Count a call that settled (``result`` is ``None`` for a failed one): into the

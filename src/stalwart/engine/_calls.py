@@ -40,10 +40,9 @@ import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
-from .._context import StepInfo, bind_step_context, outcome_problem, unbind_step_context
-from .._serde import ErrorInfo, encode_error, error_type_name, rebuild_error
+from .._serde import ErrorInfo, decode, encode, encode_error, error_type_name, rebuild_error
 from ..errors import (
     BudgetExceededError,
     CircuitOpenError,
@@ -71,14 +70,15 @@ from ..policies._stack import (
 )
 from ..policies._timeout import call_deadline
 from ..store._base import Event, EventKind, NewEvent, RunStatus
+from ._engine import Engine
+from ._execution import Execution
+from ._interceptor import ToolCallEndInput, ToolCallStartInput
 from ._policy import Policy
+from ._scope import StepInfo, bind_step, outcome_problem, unbind_step
+from ._steps import begin, record_failure, recorded_outcome
+from ._tools import Tool, ToolCall
 
-if TYPE_CHECKING:
-    from .._context import Context
-    from .._runtime import Runtime
-    from ._execution import Execution
-
-__all__ = ["Candidate", "guarded_call"]
+__all__ = ["Candidate", "guarded_call", "tool_call"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +134,7 @@ class _Answer:
 class _Call:
     """One guarded call: its step, what the journal holds of it, its policies."""
 
-    ctx: Context
+    ex: Execution
     step_id: str
     name: str
     candidates: Sequence[Candidate]
@@ -153,15 +153,11 @@ class _Call:
     before_attempt: Callable[[str], Awaitable[None]] | None = None
 
     @property
-    def ex(self) -> Execution:
-        return self.ctx._ex
-
-    @property
-    def runtime(self) -> Runtime:
-        return self.ctx._ex.runtime
+    def engine(self) -> Engine:
+        return self.ex.engine
 
     def note(self, action: str, key: str) -> None:
-        self.runtime.note_policy(self.ex.run_id, self.step_id, action, key)
+        self.engine.note_policy(self.ex.run_id, self.step_id, action, key)
 
     async def journal_attempt(self, ci: int, number: int, err: BaseException, nxt: str, *,
                               at: float, retry_at: float | None = None,
@@ -175,11 +171,9 @@ class _Call:
             "call_started": self.origin, "error": json.loads(encode_error(err).to_json())}))])
 
     async def record_failure(self, exc: BaseException) -> BaseException:
-        """Journal the step's failure; returns what to raise (what a replay raises)."""
-        if isinstance(exc, StalwartError) and exc.step_id is None:
-            exc.step_id = self.step_id
-            exc.run_id = self.ex.run_id
-        return await self.ctx._record_failure(self.step_id, self.name, exc)
+        """Journal the step's failure; returns what to raise (what a replay raises: a
+        stalwart error that named no step is located at this one)."""
+        return await record_failure(self.ex, self.step_id, self.name, exc)
 
     async def fail_step(self, exc: BaseException) -> BaseException:
         """The call ends failed: journal it and count it in the budget; returns what to
@@ -191,13 +185,13 @@ class _Call:
     def fallback_can_answer(self, ci: int) -> bool:
         """Whether a candidate after ``ci`` can take a call now (its breaker permits)."""
         config = self.policy.breaker_config
-        breakers = self.runtime.breakers
+        breakers = self.engine.breakers
         return any(config is None or c.key not in breakers or breakers.get(c.key).would_permit()
                    for c in self.candidates[ci + 1:])
 
 
 async def guarded_call(
-    ctx: Context,
+    ex: Execution,
     *,
     name: str,
     candidates: Sequence[Candidate],
@@ -215,26 +209,24 @@ async def guarded_call(
     fails (:class:`OutcomeCheckError`, retried like an error), otherwise the result is
     kept and a ``check_failed`` event is journaled with it (an agent re-asks instead).
     """
-    ex = ctx._ex
-    step_id, recorded = ctx._begin(name)
-    outcome = ctx._outcome(recorded)
+    step_id, recorded = begin(ex, name)
+    outcome = recorded_outcome(recorded)
     if outcome is not None:
-        return _replayed(ctx, step_id, outcome, decode_result)
+        return _replayed(ex, step_id, outcome, decode_result)
     ex.go_live(step_id, name)
     now = ex.clock.now()
     priors = _priors(recorded or (), ex.redriven_after(step_id))
     origin = now if not priors else (priors[0].call_started or priors[0].at)
-    call = _Call(ctx, step_id, name, candidates, policy, pool, check, reject_failed_check,
+    call = _Call(ex, step_id, name, candidates, policy, pool, check, reject_failed_check,
                  priors, started_at=now, origin=origin,
                  errors=[rebuild_error(p.error) for p in priors])
     text = await _budget(call, encode_result)
     return decode_result(text)
 
 
-def _replayed(ctx: Context, step_id: str, outcome: Event,
+def _replayed(ex: Execution, step_id: str, outcome: Event,
               decode_result: Callable[[str], Any]) -> Any:
     """A recorded call: its result, or its error raised again."""
-    ex = ctx._ex
     if outcome.kind == EventKind.STEP_COMPLETED:
         value = decode_result(outcome.payload or "null")
         ex.budget.settled(value, live=False)
@@ -257,8 +249,7 @@ async def _budget(call: _Call, encode_result: Callable[[Any], str]) -> str:
         try:
             budget.check(call.step_id, key)
         except (BudgetExceededError, ConfigurationError) as exc:
-            await call.record_failure(exc)
-            raise
+            raise await call.record_failure(exc) from exc.__cause__
 
     call.before_attempt = check
     answer = await _overall(call)
@@ -273,8 +264,7 @@ async def _record_answer(call: _Call, answer: _Answer,
     try:
         text = encode_result(answer.result)
     except SerializationError as exc:
-        await call.fail_step(exc)
-        raise
+        raise await call.fail_step(exc) from exc.__cause__
     cand, attempt = call.candidates[answer.candidate], answer.attempt
     if answer.candidate > 0:
         call.note("fallback_answered", cand.key)
@@ -442,7 +432,7 @@ def _retry_decision(call: _Call, state: RetryState, exc: Exception, now: float) 
 def _attempt_stack(call: _Call, ci: int) -> Next:
     """CircuitBreaker → (outcome check) → RateLimit → Bulkhead → (the lease's fence)
     → Timeout → the call."""
-    runtime, policy, cand = call.runtime, call.policy, call.candidates[ci]
+    runtime, policy, cand = call.engine, call.policy, call.candidates[ci]
     clock = runtime.clock
     layers: list[Layer] = []
     if policy.breaker_config is not None:
@@ -476,12 +466,12 @@ async def _fence(call: _Call, attempt: CallAttempt, inner: Next) -> Any:
 
 async def _invoke(call: _Call, cand: Candidate, attempt: CallAttempt) -> Any:
     """The call itself, with the step's context bound for the code it runs."""
-    token = bind_step_context(StepInfo(call.ex.run_id, call.step_id, call.name,
+    token = bind_step(StepInfo(call.ex.run_id, call.step_id, call.name,
                                        attempt.number, call.ex.lease.token))
     try:
         return await cand.call(call.step_id, attempt.number)
     finally:
-        unbind_step_context(token)
+        unbind_step(token)
 
 
 def _check(call: _Call, attempt: CallAttempt, result: Any) -> OutcomeCheckError | None:
@@ -495,3 +485,44 @@ def _check(call: _Call, attempt: CallAttempt, result: Any) -> OutcomeCheckError 
         f"step {call.name!r} ({call.step_id}): the result of {attempt.key} failed its "
         f"check: {problem}", key=attempt.key, reason=problem, run_id=call.ex.run_id,
         step_id=call.step_id, attempt=attempt.number)
+
+
+# -- a tool call -----------------------------------------------------------------------
+
+
+async def tool_call(ex: Execution, tool: Tool[Any, Any], arguments: dict[str, Any], *,
+                    policy: Policy | None, check: Callable[[Any], object] | None,
+                    tool_call_id: str | None = None) -> Any:
+    """``ctx.tool``: see :meth:`stalwart.Context.tool`. ``tool_call_id`` is the model's id
+    of the call, when an agent makes it."""
+    args = tool.validate(arguments)
+    tp = tool.return_type
+
+    async def call(step_id: str, attempt: int) -> Any:
+        kwargs = dict(args)
+        if tool.call_param is not None:
+            kwargs[tool.call_param] = ToolCall(ex.run_id, step_id, tool.name, attempt,
+                                               tool_call_id, ex.lease.token)
+        info = StepInfo(ex.run_id, step_id, f"tool:{tool.name}", attempt, ex.lease.token)
+        ic = ex.interceptor
+        if not ic.active:
+            return await ex.invoke(info, tool.fn, (), kwargs, is_async=tool.is_async)
+        handle = ic.tool_call_started(ToolCallStartInput(
+            ex.run_id, step_id, attempt, tool.name, tool_call_id, args))
+        try:
+            result = await ex.invoke(info, tool.fn, (), kwargs, is_async=tool.is_async,
+                                     handle=handle)
+        except BaseException as exc:
+            ic.tool_call_ended(ToolCallEndInput(handle, error=exc))
+            raise
+        ic.tool_call_ended(ToolCallEndInput(handle, result=result))
+        return result
+
+    return await guarded_call(
+        ex, name=f"tool:{tool.name}",
+        candidates=[Candidate(key=f"tool:{tool.name}", call=call)],
+        # Its bulkhead (when its policy has one) is the tool's own: calls of one tool
+        # share its slots, another tool's do not take them.
+        policy=ex.engine.effective_policy(tool.policy, policy), pool=f"tool:{tool.name}",
+        encode_result=lambda v: encode(v, tp, what=f"result of tool {tool.name!r}"),
+        decode_result=lambda text: decode(text, tp), check=check, reject_failed_check=True)

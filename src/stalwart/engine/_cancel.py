@@ -2,7 +2,8 @@
 
 A cancel normally ends a run at its next step (or at once, by the store, when the run
 is parked). Code that must undo something first, a saga's compensations, needs two
-things from the engine, both documented :class:`~stalwart.Context` methods:
+things from the engine, both documented :class:`~stalwart.Context` methods (the shield
+itself is a context variable of :mod:`._scope`, which the execution reads):
 
 * ``with ctx.shield():`` steps begun inside run although the run's cancellation was
   requested (the cancel is observed again at the first step after it). Waits inside a
@@ -23,54 +24,34 @@ same place as in the execution that first saw the cancel.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from collections.abc import Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, final
+from typing import final
 
 from ..errors import Cancelled, LeaseLostError, NonDeterminismError, StoreError
 from ..store._base import CLEANUP_CLOSED, CLEANUP_OPENED
+from ._execution import Execution
+from ._scope import shield
+from ._steps import recorded_value
 
-if TYPE_CHECKING:
-    from .._context import Context
-
-__all__ = ["CleanupScope", "shield", "shielded"]
-
-_shield_var: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "stalwart_shield", default=False)
+__all__ = ["CleanupScope"]
 
 _ENGINE_ERRORS = (LeaseLostError, StoreError, NonDeterminismError)
-
-
-def shielded() -> bool:
-    """Whether the calling code runs inside ``ctx.shield()``."""
-    return _shield_var.get()
-
-
-@contextlib.contextmanager
-def shield() -> Iterator[None]:
-    token = _shield_var.set(True)
-    try:
-        yield
-    finally:
-        _shield_var.reset(token)
 
 
 @final
 class CleanupScope:
     """``async with ctx.cleanup_on_cancel():`` (see the module docstring)."""
 
-    __slots__ = ("_ctx", "_open")
+    __slots__ = ("_ex", "_open")
 
-    def __init__(self, ctx: Context) -> None:
-        self._ctx = ctx
+    def __init__(self, ex: Execution) -> None:
+        self._ex = ex
         self._open = False
 
     async def __aenter__(self) -> CleanupScope:
         if self._open:
             raise RuntimeError("a cleanup scope is entered once")
-        await self._ctx._recorded_value(CLEANUP_OPENED, lambda: None)
+        await recorded_value(self._ex, CLEANUP_OPENED, lambda: None)
         self._open = True
         return self
 
@@ -84,5 +65,5 @@ class CleanupScope:
         if self._open and ended:
             self._open = False
             with shield():
-                await self._ctx._recorded_value(CLEANUP_CLOSED, lambda: None)
+                await recorded_value(self._ex, CLEANUP_CLOSED, lambda: None)
         return False

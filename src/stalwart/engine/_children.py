@@ -1,12 +1,13 @@
 """Child runs held by a handle: start one without waiting, wait for the first of several
 to end, cancel one. The engine half of :meth:`Context.start_child`,
 :meth:`Context.wait_any` and :meth:`Context.cancel_child`, on which supervision trees
-(:mod:`stalwart.patterns._supervisor`) are built.
+(:mod:`stalwart.engine._supervisor`) are built.
 
 ``ctx.child`` starts a child run and waits for it in one step. A supervisor needs the
 two apart, and a choice the journal keeps: *which* of its children ended first. Each of
 these is one journaled step, so a replay takes the same branch:
 
+* ``child:{workflow}`` (``ctx.child``) starts a child and waits for it in one step;
 * ``start:{workflow}`` journals the child's start and its handle in the transaction that
   creates the child run (the child's id is ``{run_id}/{step_id}``, so a step that runs
   again after a crash finds the same child, never a second one);
@@ -23,17 +24,16 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, final
+from typing import Any, final
 
 from .._serde import ErrorInfo, decode
-from ..errors import Cancelled, ConfigurationError
-from ..store._base import TERMINAL_STATUSES, EventKind, NewEvent, RunRecord, RunStatus
+from ..errors import Cancelled, ConfigurationError, RunCancelledError, RunFailedError
+from ..store._base import TERMINAL_STATUSES, Event, EventKind, NewEvent, RunRecord, RunStatus
+from ._execution import Execution
+from ._steps import begin, record_failure, recorded_outcome, replayed
+from ._workflow import Workflow
 
-if TYPE_CHECKING:
-    from .._context import Context
-    from ._workflow import Workflow
-
-__all__ = ["ChildOutcome", "ChildRun", "cancel_child", "start_child", "wait_any"]
+__all__ = ["ChildOutcome", "ChildRun", "cancel_child", "child", "start_child", "wait_any"]
 
 
 @final
@@ -113,65 +113,100 @@ class ChildOutcome:
                    error_type=error_type, error_message=error_message)
 
 
-def _replayed(ctx: Context, step_id: str, outcome: Any) -> Any:
+def _replayed(ex: Execution, step_id: str, outcome: Event) -> str:
     """A recorded outcome of one of these steps: its value, or its error raised."""
     if outcome.kind != EventKind.STEP_COMPLETED:
-        ctx._replay_outcome(step_id, outcome, Any)
+        replayed(ex, step_id, outcome, Any)
     return outcome.payload or "null"
 
 
-async def start_child(ctx: Context, workflow: Workflow[Any, Any], args: tuple[Any, ...],
+async def child(ex: Execution, workflow: Workflow[Any, Any], args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> Any:
+    """:meth:`Context.child`."""
+    step_name = f"child:{workflow.name}"
+    step_id, recorded = begin(ex, step_name)
+    tp = workflow.result_type
+    outcome = recorded_outcome(recorded)
+    if outcome is not None:
+        return replayed(ex, step_id, outcome, tp)
+    ex.go_live(step_id, step_name)
+    child_id = f"{ex.run_id}/{step_id}"
+    if not recorded:
+        await ex.create_child(child_id, step_id, step_name, workflow, args, kwargs)
+    since = ex.clock.monotonic()
+    while True:
+        rec = await ex.child_settled(child_id)
+        if rec.status in TERMINAL_STATUSES:
+            break
+        await ex.wait_for_wakeup(None, since)
+    if rec.status == RunStatus.COMPLETED:
+        await ex.record([NewEvent(EventKind.STEP_COMPLETED, step_id, step_name,
+                                  rec.result or "null")])
+        return decode(rec.result or "null", tp)
+    if rec.status == RunStatus.CANCELLED and await ex.cancel_was_requested():
+        raise Cancelled()  # cancelled with this run (a cancel cascades): not a failure
+    err: BaseException
+    if rec.status == RunStatus.CANCELLED:
+        err = RunCancelledError(f"child run {child_id} was cancelled",
+                                run_id=ex.run_id, step_id=step_id)
+    else:
+        info = ErrorInfo.from_json(rec.error or '{"type": "?", "message": "?"}')
+        err = RunFailedError(f"child run {child_id} failed: {info.type}: {info.message}",
+                             error_type=info.type, run_id=ex.run_id, step_id=step_id)
+    await record_failure(ex, step_id, step_name, err)
+    raise err
+
+
+async def start_child(ex: Execution, workflow: Workflow[Any, Any], args: tuple[Any, ...],
                       kwargs: dict[str, Any]) -> ChildRun:
     """:meth:`Context.start_child`."""
     step_name = f"start:{workflow.name}"
-    step_id, recorded = ctx._begin(step_name)
-    ex = ctx._ex
-    outcome = ctx._outcome(recorded)
+    step_id, recorded = begin(ex, step_name)
+    outcome = recorded_outcome(recorded)
     if outcome is not None:
-        return ChildRun(**json.loads(_replayed(ctx, step_id, outcome)))
+        return ChildRun(**json.loads(_replayed(ex, step_id, outcome)))
     ex.go_live(step_id, step_name)
-    child = ChildRun(f"{ex.run_id}/{step_id}", step_id, workflow.name)
-    handle = json.dumps({"run_id": child.run_id, "step_id": step_id,
-                         "workflow": workflow.name})
-    done = NewEvent(EventKind.STEP_COMPLETED, step_id, step_name, handle)
+    handle = ChildRun(f"{ex.run_id}/{step_id}", step_id, workflow.name)
+    text = json.dumps({"run_id": handle.run_id, "step_id": step_id,
+                       "workflow": workflow.name})
+    done = NewEvent(EventKind.STEP_COMPLETED, step_id, step_name, text)
     if recorded:  # started, but its handle was not recorded (a journal of an older kind)
         await ex.record([done])
     else:
-        await ex.create_child(child.run_id, step_id, step_name, workflow, args, kwargs,
+        await ex.create_child(handle.run_id, step_id, step_name, workflow, args, kwargs,
                               also=[done])
-    return child
+    return handle
 
 
-async def _ended(ctx: Context, child: ChildRun) -> RunRecord | None:
-    rec = await ctx._ex.child_settled(child.run_id)
+async def _ended(ex: Execution, handle: ChildRun) -> RunRecord | None:
+    rec = await ex.child_settled(handle.run_id)
     return rec if rec.status in TERMINAL_STATUSES else None
 
 
-async def _own_cancel(ctx: Context, rec: RunRecord) -> None:
+async def _own_cancel(ex: Execution, rec: RunRecord) -> None:
     """A child cancelled because this run was (a cancel cascades): not an outcome to
     record, this run stops as cancelled."""
-    if rec.status == RunStatus.CANCELLED and await ctx._ex.cancel_was_requested():
+    if rec.status == RunStatus.CANCELLED and await ex.cancel_was_requested():
         raise Cancelled()
 
 
-async def wait_any(ctx: Context, children: Sequence[ChildRun]) -> ChildOutcome:
+async def wait_any(ex: Execution, children: Sequence[ChildRun]) -> ChildOutcome:
     """:meth:`Context.wait_any`."""
     handles = list(children)
     if not handles or not all(isinstance(c, ChildRun) for c in handles):
         raise ConfigurationError("wait_any() needs one or more ChildRun handles "
                                  "(from ctx.start_child)")
-    step_id, recorded = ctx._begin("stalwart.wait_any")
-    ex = ctx._ex
-    outcome = ctx._outcome(recorded)
+    step_id, recorded = begin(ex, "stalwart.wait_any")
+    outcome = recorded_outcome(recorded)
     if outcome is not None:
-        return ChildOutcome.from_json(_replayed(ctx, step_id, outcome))
+        return ChildOutcome.from_json(_replayed(ex, step_id, outcome))
     ex.go_live(step_id, "stalwart.wait_any")
     since = ex.clock.monotonic()
     while True:
-        for i, child in enumerate(handles):
-            rec = await _ended(ctx, child)
+        for i, handle in enumerate(handles):
+            rec = await _ended(ex, handle)
             if rec is not None:
-                await _own_cancel(ctx, rec)
+                await _own_cancel(ex, rec)
                 got = ChildOutcome.of(rec, i)
                 await ex.record([NewEvent(EventKind.STEP_COMPLETED, step_id,
                                           "stalwart.wait_any", got.to_json())])
@@ -179,25 +214,24 @@ async def wait_any(ctx: Context, children: Sequence[ChildRun]) -> ChildOutcome:
         await ex.wait_for_wakeup(None, since)
 
 
-async def cancel_child(ctx: Context, child: ChildRun) -> ChildOutcome:
+async def cancel_child(ex: Execution, handle: ChildRun) -> ChildOutcome:
     """:meth:`Context.cancel_child`."""
-    if not isinstance(child, ChildRun):
+    if not isinstance(handle, ChildRun):
         raise ConfigurationError(f"cancel_child() needs a ChildRun handle (from "
-                                 f"ctx.start_child), not {type(child).__name__}")
-    step_id, recorded = ctx._begin("stalwart.cancel_child")
-    ex = ctx._ex
-    outcome = ctx._outcome(recorded)
+                                 f"ctx.start_child), not {type(handle).__name__}")
+    step_id, recorded = begin(ex, "stalwart.cancel_child")
+    outcome = recorded_outcome(recorded)
     if outcome is not None:
-        return ChildOutcome.from_json(_replayed(ctx, step_id, outcome))
+        return ChildOutcome.from_json(_replayed(ex, step_id, outcome))
     ex.go_live(step_id, "stalwart.cancel_child")
-    rec = await _ended(ctx, child)
+    rec = await _ended(ex, handle)
     if rec is None:
         await ex.fence()
-        await ex.runtime.cancel(child.run_id)
+        await ex.engine.cancel_run(handle.run_id)
     since = ex.clock.monotonic()
     while rec is None:
         await ex.wait_for_wakeup(None, since)
-        rec = await _ended(ctx, child)
+        rec = await _ended(ex, handle)
     got = ChildOutcome.of(rec, 0)
     await ex.record([NewEvent(EventKind.STEP_COMPLETED, step_id, "stalwart.cancel_child",
                               got.to_json())])

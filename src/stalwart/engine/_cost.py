@@ -344,70 +344,97 @@ def call_usages(events: Iterable[Event], prices: PriceTable) -> list[CallUsage]:
             by_step.setdefault(ev.step_id, []).append(ev)
     out = []
     for sid, group in by_step.items():
-        name = group[0].name or ""
-        is_model = name.startswith("chat:")
-        errors: list[str] = []
-        durations: list[float] = []
-        failures: list[tuple[str, str, float | None]] = []
-        made = True
-        key = name if not is_model else ""
-        attempts = 0
-        ok = settled = False
-        usage = (0, 0)
-        cost: float | None = 0.0
-        started: float | None = None
-        duration: float | None = None
+        fold = _Call(group[0].name or "")
         for ev in group:
-            if ev.kind == EventKind.ATTEMPT_FAILED:
-                d = _loads(ev.payload)
-                attempts += 1
-                error = _short(str(d.get("error", {}).get("type", "?")))
-                errors.append(error)
-                took = _num(d.get("duration"))
-                if took is not None:
-                    durations.append(took)
-                if is_model and not key:
-                    key = str(d.get("key", ""))
-                failures.append((str(d.get("key") or name), error, took))
-            elif ev.kind == EventKind.CALL_TIMED:
-                d = _loads(ev.payload)
-                started = _num(d.get("started_at"))
-                duration = _num(d.get("duration"))
-                if duration is not None:
-                    durations.append(duration)
-            elif ev.kind == EventKind.CHECK_FAILED:
-                d = _loads(ev.payload)
-                errors.append("semantic:" + _short(str(d.get("error", "OutcomeCheckError"))))
-            elif ev.kind == EventKind.STEP_COMPLETED:
-                ok = settled = True
-                attempts += 1
-                if is_model:
-                    d = _loads(ev.payload)
-                    u = d.get("usage") or {}
-                    usage = (int(u.get("input_tokens", 0)), int(u.get("output_tokens", 0)))
-                    provider, model = str(d.get("provider", "")), str(d.get("model", ""))
-                    if provider or model:
-                        key = f"{provider}:{model}"
-                    cost = prices.cost(provider, model, *usage)
-            elif ev.kind == EventKind.STEP_FAILED:
-                settled = True
-                if attempts == 0:  # failed without a failed attempt: a budget stop (no
-                    # call was made) or a result that could not be recorded (one was)
-                    kind = _short(str(_loads(ev.payload).get("type", "?")))
-                    errors.append(kind)
-                    made = kind not in _REFUSALS
-                    attempts = 1 if made else 0
-        if is_model and not ok:
-            cost = 0.0  # nothing answered, so nothing was billed as far as we know
-        if is_model and not key:
-            key = "?"
-        out.append(CallUsage(
-            step_id=sid, name=name, kind="model" if is_model else "tool", key=key,
-            agent=name[len("chat:"):] if is_model else None, ok=ok, attempts=attempts,
-            errors=tuple(errors), input_tokens=usage[0], output_tokens=usage[1], cost=cost,
-            started_at=started, duration=duration, attempt_durations=tuple(durations),
-            reused=sid in reused, settled=settled, made=made, failures=tuple(failures)))
+            fold.add(ev, prices)
+        out.append(fold.usage(sid, sid in reused))
     return out
+
+
+@dataclass(slots=True)
+class _Call:
+    """One call's events, folded in journal order (see :func:`call_usages`)."""
+
+    name: str
+    errors: list[str] = field(default_factory=list)
+    durations: list[float] = field(default_factory=list)
+    failures: list[tuple[str, str, float | None]] = field(default_factory=list)
+    key: str = ""
+    made: bool = True
+    attempts: int = 0
+    ok: bool = False
+    settled: bool = False
+    usage_: tuple[int, int] = (0, 0)
+    cost: float | None = 0.0
+    started: float | None = None
+    duration: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.is_model:
+            self.key = self.name
+
+    @property
+    def is_model(self) -> bool:
+        return self.name.startswith("chat:")
+
+    def add(self, ev: Event, prices: PriceTable) -> None:
+        if ev.kind == EventKind.ATTEMPT_FAILED:
+            self._attempt_failed(_loads(ev.payload))
+        elif ev.kind == EventKind.CALL_TIMED:
+            d = _loads(ev.payload)
+            self.started = _num(d.get("started_at"))
+            self.duration = _num(d.get("duration"))
+            if self.duration is not None:
+                self.durations.append(self.duration)
+        elif ev.kind == EventKind.CHECK_FAILED:
+            d = _loads(ev.payload)
+            self.errors.append("semantic:" + _short(str(d.get("error", "OutcomeCheckError"))))
+        elif ev.kind == EventKind.STEP_COMPLETED:
+            self._completed(_loads(ev.payload) if self.is_model else {}, prices)
+        elif ev.kind == EventKind.STEP_FAILED:
+            self.settled = True
+            if self.attempts == 0:  # failed without a failed attempt: a budget stop (no
+                # call was made) or a result that could not be recorded (one was)
+                kind = _short(str(_loads(ev.payload).get("type", "?")))
+                self.errors.append(kind)
+                self.made = kind not in _REFUSALS
+                self.attempts = 1 if self.made else 0
+
+    def _attempt_failed(self, d: dict[str, Any]) -> None:
+        self.attempts += 1
+        error = _short(str(d.get("error", {}).get("type", "?")))
+        self.errors.append(error)
+        took = _num(d.get("duration"))
+        if took is not None:
+            self.durations.append(took)
+        if self.is_model and not self.key:
+            self.key = str(d.get("key", ""))
+        self.failures.append((str(d.get("key") or self.name), error, took))
+
+    def _completed(self, d: dict[str, Any], prices: PriceTable) -> None:
+        self.ok = self.settled = True
+        self.attempts += 1
+        if self.is_model:
+            u = d.get("usage") or {}
+            self.usage_ = (int(u.get("input_tokens", 0)), int(u.get("output_tokens", 0)))
+            provider, model = str(d.get("provider", "")), str(d.get("model", ""))
+            if provider or model:
+                self.key = f"{provider}:{model}"
+            self.cost = prices.cost(provider, model, *self.usage_)
+
+    def usage(self, step_id: str, reused: bool) -> CallUsage:
+        name, is_model = self.name, self.is_model
+        # A model call nothing answered was not billed, as far as we know.
+        cost = 0.0 if is_model and not self.ok else self.cost
+        return CallUsage(
+            step_id=step_id, name=name, kind="model" if is_model else "tool",
+            key=(self.key or "?") if is_model else self.key,
+            agent=name[len("chat:"):] if is_model else None, ok=self.ok,
+            attempts=self.attempts, errors=tuple(self.errors), input_tokens=self.usage_[0],
+            output_tokens=self.usage_[1], cost=cost, started_at=self.started,
+            duration=self.duration, attempt_durations=tuple(self.durations),
+            reused=reused, settled=self.settled, made=self.made,
+            failures=tuple(self.failures))
 
 
 def usage_report(events: Iterable[Event], prices: PriceTable | None = None) -> UsageReport:

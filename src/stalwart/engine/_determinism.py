@@ -133,14 +133,12 @@ class History:
             top = self._last.get(path[:c])
             if top is not None and top > path[c]:
                 later = self._first_within((*path[:c], path[c] + 1), upto=top)
-                err = self._error(
+                # Later than a gather around it: the step may have been cancelled.
+                return self._error(
                     f"step {step_id} ({name!r}) is not in the journal where it already "
                     f"holds the later step {later} ({self.names[later]!r}): the workflow "
                     "code now does something there that it did not do",
-                    step_id, self.names.get(step_id), name)
-                if c < len(path) - 1:  # later than a gather around it: may be cancelled
-                    setattr(err, _PROVISIONAL, True)
-                return err
+                    step_id, self.names.get(step_id), name, provisional=c < len(path) - 1)
         return None
 
     def check_gather(self, gather_id: str, width: int) -> NonDeterminismError | None:
@@ -195,6 +193,9 @@ class History:
         raise AssertionError(f"no recorded step within {_id(lo)}")  # pragma: no cover
 
     def _error(self, what: str, step_id: str, recorded: str | None,
-               current: str | None) -> NonDeterminismError:
-        return NonDeterminismError(f"run {self.run_id}: {what}", run_id=self.run_id,
-                                   step_id=step_id, recorded=recorded, current=current)
+               current: str | None, *, provisional: bool = False) -> NonDeterminismError:
+        err = NonDeterminismError(f"run {self.run_id}: {what}", run_id=self.run_id,
+                                  step_id=step_id, recorded=recorded, current=current)
+        if provisional:  # marked as it is made, before anyone sees it
+            setattr(err, _PROVISIONAL, True)
+        return err

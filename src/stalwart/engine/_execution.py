@@ -1,8 +1,9 @@
 """One execution of one run: replay state, journal writes, and the outcome.
 
 An execution starts when a worker claims a run's lease. It reads the run's journal,
-calls the workflow function from the top with a fresh :class:`Context` (recorded steps
-return their records), and ends in exactly one journal transaction that completes,
+calls the workflow function from the top with a fresh context (the caller makes it:
+:class:`stalwart.Context`, which sits above the engine; recorded steps return their
+records), and ends in exactly one journal transaction that completes,
 fails, cancels or parks the run and releases the lease. Every write carries the lease,
 so an execution whose lease was taken over cannot change the run (fencing).
 
@@ -10,7 +11,7 @@ Writes are fenced by the store; effects are fenced here. Before a step's code ru
 step, each attempt of a tool or model call — in ``_calls.guarded_call``, after its rate
 limit and bulkhead waits —, a child's start, a signal's take), :meth:`Execution.fence`
 makes sure the lease is still this execution's: a comparison on the runtime's clock
-while the lease is more than ``Runtime.lease_margin`` from its expiry, else a renewal
+while the lease is more than ``Engine.lease_margin`` from its expiry, else a renewal
 in the store, which raises :class:`~stalwart.errors.LeaseLostError` if another owner took
 the run over. So a process that was paused (SIGSTOP, a GC stall, a suspended VM) past
 its lease stops at its next step instead of running it beside the new owner.
@@ -25,20 +26,11 @@ import json
 import logging
 import random
 import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from .._clock import Clock
-from .._context import (
-    Context,
-    StepInfo,
-    Suspend,
-    bind_step_context,
-    new_root_scope,
-    set_root_scope,
-    unbind_step_context,
-)
-from .._serde import encode, encode_error, return_type
+from .._clock import race_event
+from .._serde import encode, encode_error
 from ..errors import (
     Cancelled,
     LeaseLostError,
@@ -48,7 +40,6 @@ from ..errors import (
     StoreError,
 )
 from ..store._base import (
-    TERMINAL_STATUSES,
     Event,
     EventKind,
     Finish,
@@ -59,9 +50,9 @@ from ..store._base import (
     Store,
     open_cleanups,
 )
-from ._budget import RunBudget
-from ._cancel import shielded
+from ._budget import Budget, RunBudget
 from ._determinism import History, is_provisional, step_path
+from ._engine import Engine
 from ._interceptor import (
     NOOP,
     RunEndInput,
@@ -69,10 +60,17 @@ from ._interceptor import (
     StepEndInput,
     StepStartInput,
 )
-
-if TYPE_CHECKING:
-    from .._runtime import Runtime
-    from ._workflow import Workflow
+from ._scope import (
+    Scope,
+    StepInfo,
+    Suspend,
+    bind_step,
+    current_scope,
+    set_scope,
+    shielded,
+    unbind_step,
+)
+from ._workflow import Workflow
 
 __all__ = ["Execution"]
 
@@ -86,46 +84,68 @@ _STEP_EVENTS = frozenset({
 })
 
 
-async def race_event(event: asyncio.Event, clock: Clock, timeout: float) -> bool:
-    """Wait for ``event`` at most ``timeout`` seconds of ``clock`` time; True if it fired."""
-    if event.is_set():
-        return True
-    waiter = asyncio.ensure_future(event.wait())
-    sleeper = asyncio.ensure_future(clock.sleep(timeout))
-    try:
-        await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
-        sleeper.cancel()
-    return event.is_set()
-
-
 class Execution:
     """The live state of a run while one worker executes it."""
 
-    def __init__(self, runtime: Runtime, lease: Lease, run: RunRecord,
+    def __init__(self, engine: Engine, lease: Lease, run: RunRecord,
                  workflow: Workflow[Any, Any], events: list[Event], *,
                  store: Store | None = None, replay_only: bool = False) -> None:
-        self.runtime = runtime
-        self.store = store if store is not None else runtime.store
+        self.engine = engine
+        """The services this execution uses (its runtime)."""
+        self.store = store if store is not None else engine.store
         self.replay_only = replay_only
+        """Replay the journal without running anything (``Runtime.replay``): a step that
+        is not recorded parks the execution instead of running (see :meth:`go_live`)."""
         self.in_threads = 0
         """Synchronous steps of this run running in a thread now. A thread cannot be
         stopped: cancelling the run does not end them, so its lease is not handed back
         while one runs (another worker would run the step beside it)."""
         self._threads_lock = threading.Lock()
-        """Replay the journal without running anything (``Runtime.replay``): a step that
-        is not recorded parks the execution instead of running (see :meth:`go_live`)."""
         self.unrecorded: list[tuple[str, str]] = []
         """In replay-only mode: the steps the code asked for that the journal lacks."""
-        self.fork_at: tuple[int, ...] | None = None
-        self.fork_model: str | None = None
-        self.clock = runtime.clock
+        self.clock = engine.clock
         self.lease = lease
         self.run = run
         self.run_id = run.run_id
         self.workflow = workflow
         self.rng = random.Random(f"{run.run_id}:{lease.token}")
+        self._read_journal(events)
+        self.divergence: NonDeterminismError | None = None
+        """The first certain divergence found: the run ends with it even if the workflow
+        code caught it."""
+        levels = [(level, b) for level, b in (("runtime", engine.budget),
+                                               ("workflow", workflow.budget))
+                  if isinstance(b, Budget)]
+        self.budget = RunBudget(
+            run_id=run.run_id, created_at=run.created_at, levels=levels,
+            prices=engine.prices, clock=engine.clock, events=events,
+            note=lambda step_id, key: engine.note_policy(
+                run.run_id, step_id, "budget_exceeded", key))
+        self.replaying = bool(self.recorded)
+        self.cancel_requested = run.cancel_requested
+        self.cancel_deferred = open_cleanups((e.kind, e.name) for e in events) > 0
+        """The run holds a cleanup scope (``ctx.cleanup_on_cancel``): a cancel is
+        delivered to its code, at its first live step, rather than at its start."""
+        self.finished = False
+        self.wakeup = asyncio.Event()
+        self.cancelled = asyncio.Event()
+        """Set when this process learns of a cancel (an in-memory sleep wakes on it)."""
+        self.root_scope = Scope("")
+        self.lease_lost = False
+        """Set once this process knows the lease is gone (a heartbeat or a fence found it
+        taken over, or this runtime claimed the run again): every later fence raises."""
+        self.task: asyncio.Task[Any] | None = None
+        """The task executing the run (the heartbeat cancels it when the lease is lost)."""
+        self._fence_lock: asyncio.Lock | None = None
+        # A replay-only execution (``Runtime.replay``) re-reads what was traced already.
+        self.interceptor = NOOP if replay_only else engine.interceptor
+        self.outcome: Finish | None = None
+
+    def _read_journal(self, events: list[Event]) -> None:
+        """What the journal holds: each step's events, redrives, notes, call timings,
+        the fork origin; and the non-determinism detector over it."""
+        self.fork_at: tuple[int, ...] | None = None
+        self.fork_model: str | None = None
         self.recorded: dict[str, list[Event]] = {}
         self._redriven: dict[str, int] = {}
         self._call_started: dict[str, str] = {}
@@ -154,33 +174,14 @@ class Execution:
                 self.fork_at = step_path(str(fork.get("at", "")))
                 self.fork_model = fork.get("model")
         self.recorded = {k: v for k, v in self.recorded.items() if v}
-        self.history = (History(run.run_id, {k: v[0].name for k, v in self.recorded.items()})
+        self.history = (History(self.run_id, {k: v[0].name for k, v in self.recorded.items()})
                         if self.recorded else None)
         """The non-determinism detector over this run's journal (``None``: nothing is
         recorded, every step is new)."""
-        self.divergence: NonDeterminismError | None = None
-        """The first certain divergence found: the run ends with it even if the workflow
-        code caught it."""
-        self.budget = RunBudget(self, events)
-        self.replaying = bool(self.recorded)
-        self.cancel_requested = run.cancel_requested
-        self.cancel_deferred = open_cleanups((e.kind, e.name) for e in events) > 0
-        """The run holds a cleanup scope (``ctx.cleanup_on_cancel``): a cancel is
-        delivered to its code, at its first live step, rather than at its start."""
-        self.finished = False
-        self.wakeup = asyncio.Event()
-        self.cancelled = asyncio.Event()
-        """Set when this process learns of a cancel (an in-memory sleep wakes on it)."""
-        self.root_scope = new_root_scope()
-        self.lease_lost = False
-        """Set once this process knows the lease is gone (a heartbeat or a fence found it
-        taken over, or this runtime claimed the run again): every later fence raises."""
-        self.task: asyncio.Task[Any] | None = None
-        """The task executing the run (the heartbeat cancels it when the lease is lost)."""
-        self._fence_lock: asyncio.Lock | None = None
-        # A replay-only execution (``Runtime.replay``) re-reads what was traced already.
-        self.interceptor = NOOP if replay_only else runtime.interceptor
-        self.outcome: Finish | None = None
+
+    def next_step_id(self) -> str:
+        """The id the next step begun in the calling scope (this branch) will get."""
+        return current_scope(self.root_scope).peek()
 
     def go_live(self, step_id: str, name: str) -> None:
         """The step ``step_id`` is about to run for real (it has no recorded outcome):
@@ -265,7 +266,7 @@ class Execution:
         next step to the store: the lease is renewed there, or found taken over."""
         if self.lease_lost:
             raise self._lost()
-        if self.clock.now() < self.lease.expires_at - self.runtime.lease_margin:
+        if self.clock.now() < self.lease.expires_at - self.engine.lease_margin:
             return
         if self._fence_lock is None:
             self._fence_lock = asyncio.Lock()
@@ -273,10 +274,10 @@ class Execution:
             if self.lease_lost:
                 raise self._lost()
             now = self.clock.now()
-            if now < self.lease.expires_at - self.runtime.lease_margin:
+            if now < self.lease.expires_at - self.engine.lease_margin:
                 return  # another branch renewed it meanwhile
             renewed = await self.store.renew([self.lease], now=now,
-                                             lease_seconds=self.runtime.lease_seconds)
+                                             lease_seconds=self.engine.lease_seconds)
             lease = renewed.get(self.run_id)
             if lease is None:
                 self.lease_lost = True
@@ -294,14 +295,14 @@ class Execution:
         """Whether the lease may have lapsed, by this thread's reading of the clock (a
         synchronous step checks it once its thread starts: it may have queued)."""
         return self.lease_lost or (
-            self.clock.now() >= self.lease.expires_at - self.runtime.lease_margin)
+            self.clock.now() >= self.lease.expires_at - self.engine.lease_margin)
 
     # -- journal ---------------------------------------------------------------------
 
     async def record(self, events: list[NewEvent], finish: Finish | None = None) -> None:
         result = await self.store.append(self.lease, events, now=self.clock.now(),
                                          finish=finish)
-        self.runtime.journal_written(self.run_id)
+        self.engine.journal_written(self.run_id)
         if result.cancel_requested:
             self.cancel()
         self._steps_ended(events)
@@ -330,7 +331,7 @@ class Execution:
         await self.fence()
         taken = await self.store.take_signal(self.lease, name, step_id, now=self.clock.now())
         if taken is not None:
-            self.runtime.journal_written(self.run_id)
+            self.engine.journal_written(self.run_id)
         return taken
 
     async def create_child(self, child_id: str, step_id: str, step_name: str,
@@ -339,7 +340,7 @@ class Execution:
                            ) -> None:
         """Create the child run ``child_id``, journaling its start (and ``also``, in
         the same transaction) at ``step_id`` of this run."""
-        self.runtime.register(workflow)
+        self.engine.register(workflow)
         text = workflow.encode_input(args, kwargs)
         await self.fence()
         started = [NewEvent(EventKind.CHILD_STARTED, step_id, step_name, child_id),
@@ -349,8 +350,8 @@ class Execution:
             workflow_ref=workflow.ref, parent=self.lease, parent_step_id=step_id,
             parent_events=started)
         self._steps_ended(started)
-        self.runtime.journal_written(self.run_id)
-        self.runtime.poke()
+        self.engine.journal_written(self.run_id)
+        self.engine.poke()
 
     async def child_settled(self, child_id: str) -> RunRecord:
         self.wakeup.clear()
@@ -374,12 +375,12 @@ class Execution:
                 continue
             if self.cancel_requested:  # before parking: a recorded sleep too
                 raise Cancelled()
-            if remaining > self.runtime.park_after:
+            if remaining > self.engine.park_after:
                 raise Suspend(status, wake_at)
             # Sleep in memory, but not through a cancel: one sent here sets the event,
             # one sent from another process is read from the store at each poll.
             woken = await race_event(self.cancelled, self.clock,
-                                     min(remaining, self.runtime.poll_interval))
+                                     min(remaining, self.engine.poll_interval))
             if not woken and self.clock.now() < wake_at:
                 await self.cancel_was_requested()
 
@@ -404,7 +405,7 @@ class Execution:
         park the run until ``deadline`` or the next wake-up. Callers re-check the store
         after each return, so wake-ups from other processes are seen within a poll."""
         now = self.clock.monotonic()
-        budget = min(self.runtime.poll_interval, since + self.runtime.park_after - now)
+        budget = min(self.engine.poll_interval, since + self.engine.park_after - now)
         if deadline is not None:
             budget = min(budget, deadline - self.clock.now())
         if budget > 0:
@@ -421,7 +422,7 @@ class Execution:
         """Call the user's ``fn`` for a step or tool (``handle``: its tool call's, from
         the interceptor), in a thread unless it is async. Fenced first (:meth:`fence`)."""
         await self.fence()
-        token = bind_step_context(info)
+        token = bind_step(info)
         try:
             with self.interceptor.activated(info.run_id, info.step_id, handle):
                 if is_async:
@@ -430,10 +431,10 @@ class Execution:
                 loop = asyncio.get_running_loop()
                 with self.clock.activity():  # a virtual clock must not jump past a thread
                     return await loop.run_in_executor(
-                        self.runtime.thread_pool,
+                        self.engine.thread_pool,
                         functools.partial(self._in_thread, info.step_id, cctx, fn, args, kwargs))
         finally:
-            unbind_step_context(token)
+            unbind_step(token)
 
     def _in_thread(self, step_id: str, cctx: contextvars.Context, fn: Callable[..., Any],
                    args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -458,20 +459,38 @@ class Execution:
 
     # -- the whole run ---------------------------------------------------------------
 
-    async def execute(self) -> RunStatus | None:
-        """Run the workflow to its next resting point; returns the status it reached,
-        or ``None`` if the lease was lost (nothing more was written)."""
-        set_root_scope(self.root_scope)
-        ctx = Context(self)
+    async def execute(self, ctx: object) -> RunStatus | None:
+        """Run the workflow with ``ctx`` (its context) to its next resting point; returns
+        the status it reached, or ``None`` if the lease was lost (nothing more was
+        written)."""
+        set_scope(self.root_scope)
         self.interceptor.run_started(RunStartInput(self.run, resumed=bool(self.recorded),
                                                    redrives=self.redrives,
                                                    redriven_at=self.redriven_at))
         try:
+            return await self._outcome_of(self._run_workflow(ctx))
+        except LeaseLostError as exc:
+            log.warning("run %s: lease lost, execution abandoned: %s", self.run_id, exc)
+            return None
+        finally:
+            self.finished = True
+            out = self.outcome
+            self.interceptor.run_ended(RunEndInput(
+                self.run, out.status if out is not None else None,
+                out.error if out is not None else None))
+
+    async def _run_workflow(self, ctx: object) -> Any:
+        if self.cancel_requested and not self.cancel_deferred:
+            raise Cancelled()
+        args, kwargs = self.workflow.decode_input(self.run.input)
+        return await self.workflow.fn(ctx, *args, **kwargs)
+
+    async def _outcome_of(self, running: Awaitable[Any]) -> RunStatus:
+        """Await the workflow and journal how it ended (completed, parked, cancelled,
+        failed or dead-lettered) in the transaction that releases the lease."""
+        try:
             try:
-                if self.cancel_requested and not self.cancel_deferred:
-                    raise Cancelled()
-                args, kwargs = self.workflow.decode_input(self.run.input)
-                result = await self.workflow.fn(ctx, *args, **kwargs)
+                result = await running
             except Suspend as park:
                 self._check_end("parks the run")
                 await self._finish([NewEvent(EventKind.RUN_SUSPENDED, name=str(park.status),
@@ -480,7 +499,7 @@ class Execution:
                                    Finish(park.status, wake_at=park.wake_at))
                 return park.status
             self._check_end("finishes")
-            text = encode(result, return_type(self.workflow.fn),
+            text = encode(result, self.workflow.result_type,
                           what=f"result of workflow {self.workflow.name}")
             await self._finish([NewEvent(EventKind.RUN_COMPLETED, payload=text)],
                                Finish(RunStatus.COMPLETED, result=text))
@@ -489,45 +508,35 @@ class Execution:
             await self._finish([NewEvent(EventKind.RUN_CANCELLED)],
                                Finish(RunStatus.CANCELLED))
             return RunStatus.CANCELLED
-        except LeaseLostError as exc:
-            log.warning("run %s: lease lost, execution abandoned: %s", self.run_id, exc)
-            return None
-        except (asyncio.CancelledError, StoreError):
+        except (asyncio.CancelledError, StoreError, LeaseLostError):
             # A journal failure is no outcome of the run: recording one (had the store
             # come back meanwhile) would fail a run over a database restart.
             raise
         except Exception as exc:
-            if isinstance(exc, StalwartError) and exc.run_id is None:
-                exc.run_id = self.run_id
-            info = encode_error(exc).to_json()
-            # A run that exhausted its resilience policies goes to the dead-letter queue,
-            # from where `stalwart dlq retry` can send it through again. So does one whose
-            # code no longer matches its journal: it waits there for the code to be
-            # fixed or rolled back (Temporal keeps retrying such a workflow task), not
-            # failed for good by a deploy.
-            dead = isinstance(exc, ResilienceError | NonDeterminismError)
-            kind, status = ((EventKind.RUN_DEAD_LETTERED, RunStatus.DEAD_LETTERED) if dead
-                            else (EventKind.RUN_FAILED, RunStatus.FAILED))
-            step_id = exc.step_id if isinstance(exc, StalwartError) else None
-            try:
-                await self._finish([NewEvent(kind, step_id=step_id, payload=info)],
-                                   Finish(status, error=info))
-            except LeaseLostError:
-                return None
-            return status
-        finally:
-            self.finished = True
-            out = self.outcome
-            self.interceptor.run_ended(RunEndInput(
-                self.run, out.status if out is not None else None,
-                out.error if out is not None else None))
+            return await self._failed(exc)
+
+    async def _failed(self, exc: Exception) -> RunStatus:
+        """Journal the run's failure. A run that exhausted its resilience policies goes
+        to the dead-letter queue, from where ``stalwart dlq retry`` can send it through
+        again. So does one whose code no longer matches its journal: it waits there for
+        the code to be fixed or rolled back (Temporal keeps retrying such a workflow
+        task), not failed for good by a deploy."""
+        if isinstance(exc, StalwartError):
+            exc = exc.located(run_id=self.run_id)
+        info = encode_error(exc).to_json()
+        dead = isinstance(exc, ResilienceError | NonDeterminismError)
+        kind, status = ((EventKind.RUN_DEAD_LETTERED, RunStatus.DEAD_LETTERED) if dead
+                        else (EventKind.RUN_FAILED, RunStatus.FAILED))
+        step_id = exc.step_id if isinstance(exc, StalwartError) else None
+        await self._finish([NewEvent(kind, step_id=step_id, payload=info)],
+                           Finish(status, error=info))
+        return status
 
     async def _finish(self, events: list[NewEvent], finish: Finish) -> None:
         self.finished = True
         await self.store.append(self.lease, events, now=self.clock.now(), finish=finish)
         self.outcome = finish
-        self.runtime.journal_written(self.run_id)
-
+        self.engine.journal_written(self.run_id)
 
 
 def _note_key(payload: str | None) -> str:
@@ -536,6 +545,3 @@ def _note_key(payload: str | None) -> str:
     except (ValueError, AttributeError):
         return ""
 
-
-def is_terminal(status: RunStatus | None) -> bool:
-    return status in TERMINAL_STATUSES

@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import TypeAdapter
 
 from ..errors import ConfigurationError, OutputValidationError
 from ..models import Message, Model, ModelOptions, ModelRequest, ModelResponse, count_tokens
 from ._calls import Candidate, guarded_call
+from ._execution import Execution
 from ._interceptor import ModelCallEndInput, ModelCallStartInput
 from ._policy import Policy
-
-if TYPE_CHECKING:
-    from .._context import Context
+from ._scope import outcome_problem
 
 __all__ = ["llm", "model_turn", "read_output", "system_prompt"]
 
@@ -61,42 +60,41 @@ def read_output(adapter: TypeAdapter[Any] | None, type_name: str,
         return None, f"the answer does not match {type_name}: {exc}"
 
 
-async def model_turn(ctx: Context, *, name: str, model: str | Model, request: ModelRequest,
+async def model_turn(ex: Execution, *, name: str, model: str | Model, request: ModelRequest,
                      policy: Policy, pool: str | None,
                      check: Callable[[ModelResponse], object] | None = None,
                      reject_failed_check: bool = False) -> ModelResponse:
     """One model call of ``request`` as the journaled step ``chat:{name}`` under
     ``policy`` (its fallback chain included); see :func:`guarded_call` for ``check``."""
-    runtime = ctx._ex.runtime
-    override = ctx._ex.model_override(ctx._next_step_id())
+    override = ex.model_override(ex.next_step_id())
     chain = [model if override is None else override, *policy.fallback_chain]
     estimate = sum(count_tokens(m.content or "") for m in request.messages)
     candidates = []
     for spec in chain:
-        m = runtime.model(spec)
+        m = ex.engine.model(spec)
         candidates.append(Candidate(
-            key=f"{m.provider}:{m.name}", call=_completer(m, request, ctx, name),
+            key=f"{m.provider}:{m.name}", call=_completer(m, request, ex, name),
             estimate_tokens=estimate,
             actual_tokens=lambda r: int(r.usage.input_tokens + r.usage.output_tokens)))
     response: ModelResponse = await guarded_call(
-        ctx, name=f"chat:{name}", candidates=candidates, policy=policy, pool=pool,
+        ex, name=f"chat:{name}", candidates=candidates, policy=policy, pool=pool,
         encode_result=lambda r: RESPONSE.dump_json(r).decode(),
         decode_result=RESPONSE.validate_json, check=check,
         reject_failed_check=reject_failed_check)
     return response
 
 
-def _completer(model: Model, request: ModelRequest, ctx: Context, agent: str) -> Any:
-    ic = ctx._ex.interceptor
+def _completer(model: Model, request: ModelRequest, ex: Execution, agent: str) -> Any:
+    ic = ex.interceptor
 
     async def call(step_id: str, attempt: int) -> ModelResponse:
         if not ic.active:
             return await model.complete(request)
         handle = ic.model_call_started(ModelCallStartInput(
-            ctx.run_id, step_id, attempt, f"{model.provider}:{model.name}", model.provider,
+            ex.run_id, step_id, attempt, f"{model.provider}:{model.name}", model.provider,
             model.name, request, agent))
         try:
-            with ic.activated(ctx.run_id, step_id, handle):
+            with ic.activated(ex.run_id, step_id, handle):
                 response = await model.complete(request)
         except BaseException as exc:
             ic.model_call_ended(ModelCallEndInput(handle, error=exc))
@@ -127,12 +125,10 @@ def _messages(prompt: Prompt, system: str) -> list[Message]:
     return messages
 
 
-async def llm(ctx: Context, model: str | Model, prompt: Prompt, *, output_type: Any,
+async def llm(ex: Execution, model: str | Model, prompt: Prompt, *, output_type: Any,
               instructions: str, policy: Policy | None, options: ModelOptions | None,
               name: str, pool: str | None, check: Callable[[Any], object] | None) -> Any:
     """``ctx.llm``: see :meth:`stalwart.Context.llm`."""
-    from .._context import outcome_problem
-
     if not name:
         raise ConfigurationError("ctx.llm: name must not be empty")
     adapter = TypeAdapter(output_type) if output_type is not None else None
@@ -149,11 +145,11 @@ async def llm(ctx: Context, model: str | Model, prompt: Prompt, *, output_type: 
         return wrong
 
     response = await model_turn(
-        ctx, name=name, model=model, request=request,
-        policy=ctx._ex.runtime.effective_policy(policy), pool=pool or name, check=problem,
+        ex, name=name, model=model, request=request,
+        policy=ex.engine.effective_policy(policy), pool=pool or name, check=problem,
         reject_failed_check=True)
     value, wrong = read_output(adapter, type_name, response.content or "")
     if wrong is not None:  # only a replay with another output_type can get here
         raise OutputValidationError(f"ctx.llm {name!r}: {wrong}", agent=name,
-                                    run_id=ctx.run_id)
+                                    run_id=ex.run_id)
     return value

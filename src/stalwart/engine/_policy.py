@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Final, final
 
 from ..errors import ConfigurationError
+from ..models import Model
 from ..policies import BulkheadConfig, CircuitBreakerConfig, RateLimit, Retry, Timeout
 
 __all__ = ["DEFAULT_POLICY", "INHERIT", "Policy"]
@@ -71,8 +72,6 @@ class Policy:
                     f"Policy.{name} must be a {kind.__name__}, None or INHERIT, not "
                     f"{type(value).__name__} ({value!r})")
         if isinstance(self.fallback, tuple):
-            from ..models import Model
-
             for model in self.fallback:
                 if not ((isinstance(model, str) and ":" in model) or isinstance(model, Model)):
                     raise ConfigurationError(

@@ -15,14 +15,11 @@ the journal and ends), and its events are the ones ``runs events`` and ``--json`
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
+from .._clock import race_event
 from ..errors import StoreError
 from ..store._base import Event
-from ._execution import race_event
-
-if TYPE_CHECKING:
-    from .._runtime import Runtime
+from ._engine import Engine
 
 __all__ = ["READ_GAP", "follow_events"]
 
@@ -30,18 +27,18 @@ READ_GAP = 0.05
 """Seconds between two reads of a followed run's journal, at least."""
 
 
-async def follow_events(runtime: Runtime, run_id: str, *, after: int = 0,
+async def follow_events(runtime: Engine, run_id: str, *, after: int = 0,
                         poll: float | None = None) -> AsyncIterator[Event]:
     """The events of ``run_id`` with ``seq > after``, as they are journaled, until the
     run has ended (see :meth:`stalwart.RunHandle.events`)."""
-    await runtime.get_run(run_id)  # RunNotFoundError before the first event
+    await runtime.read_run(run_id)  # RunNotFoundError before the first event
     interval = runtime.poll_interval if poll is None else poll
     if interval <= 0:
         raise ValueError("poll must be positive")
     last = after
     read_at = float("-inf")
     while True:
-        woken = runtime._journal_waiter(run_id)
+        woken = runtime.journal_waiter(run_id)
         # Each read loads the run's journal: a burst of writes (a fast run's steps) is
         # read in batches, at most every READ_GAP seconds, not once per write.
         gap = read_at + READ_GAP - runtime.clock.monotonic()
@@ -51,7 +48,7 @@ async def follow_events(runtime: Runtime, run_id: str, *, after: int = 0,
         try:
             # The status first, then the events: a run seen ended has all its events
             # (its end and its last events are one transaction).
-            rec = await runtime.get_run(run_id)
+            rec = await runtime.read_run(run_id)
             events = await runtime.store.load_events(run_id)
         except StoreError as exc:
             if not exc.retryable:

@@ -25,8 +25,9 @@ import dataclasses
 import json
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, final
+from typing import Any, final
 
 from ..errors import ConfigurationError
 from ..store._base import (
@@ -35,13 +36,13 @@ from ..store._base import (
     EventKind,
     NewEvent,
     Owner,
+    RunRecord,
     RunStatus,
 )
 from ..store._memory import MemoryStore
 from ._determinism import step_path
-
-if TYPE_CHECKING:
-    from .._runtime import RunHandle, Runtime
+from ._engine import Engine
+from ._execution import Execution
 
 __all__ = ["ForkInfo", "ReplayReport", "fork_info", "fork_run", "replay_run"]
 
@@ -88,64 +89,72 @@ class ReplayReport:
         return dataclasses.asdict(self) | {"divergences": list(self.divergences)}
 
 
-async def replay_run(runtime: Runtime, run_id: str) -> ReplayReport:
-    """Replay ``run_id``'s journal with the workflow code registered now; see the module
-    docstring. Nothing is written to the runtime's store and no step runs."""
-    from ._execution import Execution
-
-    rec = await runtime.get_run(run_id)
-    wf = runtime._resolve(rec.workflow)
-    events = await runtime.store.load_events(run_id)
+async def replay_run(engine: Engine, run_id: str,
+                     make_context: Callable[[Execution], object]) -> ReplayReport:
+    """Replay ``run_id``'s journal with the workflow code registered now (each execution
+    gets its context from ``make_context``); see the module docstring. Nothing is
+    written to the runtime's store and no step runs."""
+    rec = await engine.read_run(run_id)
+    wf = engine.resolve(rec.workflow)
+    events = await engine.store.load_events(run_id)
     scratch = MemoryStore()
     await scratch.create_run(run_id=rec.run_id, workflow=rec.workflow, input=rec.input,
                              now=rec.created_at, workflow_ref=rec.workflow_ref)
-    leases = await scratch.claim(Owner("replay", "replay", 0), now=runtime.clock.now(),
+    leases = await scratch.claim(Owner("replay", "replay", 0), now=engine.clock.now(),
                                  lease_seconds=1e9, limit=1, run_id=rec.run_id)
-    ex = Execution(runtime, leases[0], dataclasses.replace(rec, cancel_requested=False), wf,
+    ex = Execution(engine, leases[0], dataclasses.replace(rec, cancel_requested=False), wf,
                    events, store=scratch, replay_only=True)
     # Its own task: the execution sets context variables that must not leak to the caller.
-    status = await asyncio.create_task(ex.execute())
+    status = await asyncio.create_task(ex.execute(make_context(ex)))
     after = await scratch.get_run(rec.run_id)
     assert after is not None
     # The execution asked the same detector a live resume asks (stalwart.engine._determinism):
     # a divergence ended it with NonDeterminismError, before the step it concerns.
-    problems: list[str] = []
-    where: str | None = None
     error = json.loads(after.error) if after.error else {}
-    if str(error.get("type", "")).endswith("NonDeterminismError"):
-        problems.append(str(error.get("message", "")))
-        where = _step_in(error)
-    ended = rec.status in TERMINAL_STATUSES and rec.status != RunStatus.CANCELLED
-    if ex.unrecorded and ended and not problems:
-        # Past the end of a journal that is complete: the code wants more than the run
-        # did (on a run still going, that is where it would go on).
-        sid, name = min(ex.unrecorded, key=lambda s: step_path(s[0]))
-        problems.append(f"the code now calls {name!r} at step {sid}, which the journal "
-                        "does not have")
-        where = sid
+    problems, where = _divergence(rec, ex, error)
     replayed = {RunStatus.COMPLETED: "completed", RunStatus.CANCELLED: "cancelled"}.get(
         status or after.status, "failed" if after.status in TERMINAL_STATUSES else "stopped")
     if not problems:
-        if rec.status == RunStatus.COMPLETED:
-            if replayed != "completed":
-                problems.append(f"the run completed, but replaying it {replayed}"
-                                + (f": {error.get('type')}: {error.get('message')}"
-                                   if error else ""))
-            elif after.result != rec.result:
-                problems.append(f"the result differs: recorded {rec.result}, "
-                                f"replayed {after.result}")
-        elif rec.status in (RunStatus.FAILED, RunStatus.DEAD_LETTERED):
-            recorded_error = json.loads(rec.error or "{}")
-            if replayed != "failed":
-                problems.append(f"the run {rec.status}, but replaying it {replayed}")
-            elif recorded_error.get("type") != error.get("type"):
-                problems.append(f"the run failed with {recorded_error.get('type')}, the "
-                                f"replay with {error.get('type')}")
+        problems = _other_outcome(rec, after, replayed, error)
     return ReplayReport(run_id=rec.run_id, workflow=rec.workflow,
                         recorded_status=str(rec.status), replayed=replayed,
                         deterministic=not problems, steps_recorded=len(ex.recorded),
                         steps_replayed=len(ex.history.visited) if ex.history else 0,
                         divergences=tuple(problems), step_id=where)
+
+
+def _divergence(rec: RunRecord, ex: Execution,
+                error: dict[str, Any]) -> tuple[list[str], str | None]:
+    """What the replay found different in the steps, and at which step."""
+    if str(error.get("type", "")).endswith("NonDeterminismError"):
+        return [str(error.get("message", ""))], _step_in(error)
+    ended = rec.status in TERMINAL_STATUSES and rec.status != RunStatus.CANCELLED
+    if ex.unrecorded and ended:
+        # Past the end of a journal that is complete: the code wants more than the run
+        # did (on a run still going, that is where it would go on).
+        sid, name = min(ex.unrecorded, key=lambda s: step_path(s[0]))
+        return [f"the code now calls {name!r} at step {sid}, which the journal "
+                "does not have"], sid
+    return [], None
+
+
+def _other_outcome(rec: RunRecord, after: RunRecord, replayed: str,
+                   error: dict[str, Any]) -> list[str]:
+    """Where the replay's outcome differs from the recorded one (same steps)."""
+    if rec.status == RunStatus.COMPLETED:
+        if replayed != "completed":
+            return [f"the run completed, but replaying it {replayed}"
+                    + (f": {error.get('type')}: {error.get('message')}" if error else "")]
+        if after.result != rec.result:
+            return [f"the result differs: recorded {rec.result}, replayed {after.result}"]
+    elif rec.status in (RunStatus.FAILED, RunStatus.DEAD_LETTERED):
+        recorded_error = json.loads(rec.error or "{}")
+        if replayed != "failed":
+            return [f"the run {rec.status}, but replaying it {replayed}"]
+        if recorded_error.get("type") != error.get("type"):
+            return [f"the run failed with {recorded_error.get('type')}, the replay with "
+                    f"{error.get('type')}"]
+    return []
 
 
 def _step_in(error: dict[str, Any]) -> str | None:
@@ -181,8 +190,8 @@ def fork_info(events: list[Event]) -> ForkInfo | None:
     return None
 
 
-async def fork_run(runtime: Runtime, run_id: str, *, at: str, model: str | None = None,
-                   new_run_id: str | None = None) -> RunHandle[Any]:
+async def fork_run(engine: Engine, run_id: str, *, at: str, model: str | None = None,
+                   new_run_id: str | None = None) -> str:
     """Start a fork of ``run_id`` at step ``at``; see the module docstring.
 
     Raises:
@@ -190,12 +199,10 @@ async def fork_run(runtime: Runtime, run_id: str, *, at: str, model: str | None 
         ConfigurationError: ``at`` is not a step id of that run's journal, or
             ``new_run_id`` is taken.
     """
-    from .._runtime import RunHandle
-
     if not _STEP_ID.match(at):
         raise ConfigurationError(f"{at!r} is not a step id (like 3 or 4/0/2)")
-    rec = await runtime.get_run(run_id)
-    events = await runtime.store.load_events(run_id)
+    rec = await engine.read_run(run_id)
+    events = await engine.store.load_events(run_id)
     by_step: dict[str, list[Event]] = {}
     for ev in events:
         if ev.step_id is not None and ev.kind in _COPIED:
@@ -204,7 +211,7 @@ async def fork_run(runtime: Runtime, run_id: str, *, at: str, model: str | None 
         raise ConfigurationError(f"run {run_id} has no step {at} (see stalwart runs show "
                                  f"{run_id})")
     if model is not None:
-        runtime.model(model)  # a bad spec fails now, not in the middle of the fork
+        engine.model(model)  # a bad spec fails now, not in the middle of the fork
     limit = step_path(at)
     reused = sorted((sid for sid, evs in by_step.items()
                      if step_path(sid) < limit and _settled(evs)), key=step_path)
@@ -214,14 +221,13 @@ async def fork_run(runtime: Runtime, run_id: str, *, at: str, model: str | None 
     marker = NewEvent(EventKind.RUN_FORKED, payload=json.dumps(
         {"origin": run_id, "at": at, "model": model, "reused": reused}))
     rid = new_run_id or f"{run_id}.fork-{uuid.uuid4().hex[:6]}"
-    await runtime.open()
-    _, created = await runtime.store.create_run(
-        run_id=rid, workflow=rec.workflow, input=rec.input, now=runtime.clock.now(),
+    _, created = await engine.store.create_run(
+        run_id=rid, workflow=rec.workflow, input=rec.input, now=engine.clock.now(),
         workflow_ref=rec.workflow_ref, events=[marker, *copied])
     if not created:
         raise ConfigurationError(f"run id {rid!r} is already taken")
-    runtime.poke()
-    return RunHandle(runtime, rid, True)
+    engine.poke()
+    return rid
 
 
 def _settled(evs: list[Event]) -> bool:

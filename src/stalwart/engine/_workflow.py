@@ -7,22 +7,21 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, final
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, final
 
 from pydantic import TypeAdapter, ValidationError
 
-from .._serde import cached_adapter, parameter_types, plain_json, read_plain
+from .._serde import cached_adapter, parameter_types, plain_json, read_plain, return_type
 from ..errors import ConfigurationError, SerializationError
-
-if TYPE_CHECKING:
-    from .._context import Context
-    from .._runtime import Runtime
-    from ._budget import Budget
+from ._budget import Budget
 
 __all__ = ["Workflow"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+C = TypeVar("C")
+"""The context a workflow function takes first (:class:`stalwart.Context`, which this
+module does not know: the workflow definition sits below the context in the engine)."""
 
 _EMPTY = inspect.Parameter.empty
 
@@ -129,10 +128,12 @@ class Workflow(Generic[P, R]):
     """A registered workflow: an async function whose first parameter is the Context.
 
     Created by ``@runtime.workflow``; pass it to ``runtime.start``/``runtime.run``, or to
-    ``ctx.child`` from another workflow.
+    ``ctx.child`` from another workflow. ``P`` are its parameters after the context,
+    ``R`` its result: ``app.start(wf, ...)`` and ``ctx.child(wf, ...)`` are checked
+    against them.
     """
 
-    def __init__(self, fn: Callable[Concatenate[Context, P], Awaitable[R]], *,
+    def __init__(self, fn: Callable[Concatenate[C, P], Awaitable[R]], *,
                  name: str | None = None, pool: str | None = None,
                  budget: Budget | None = None) -> None:
         if not inspect.iscoroutinefunction(fn):
@@ -143,18 +144,14 @@ class Workflow(Generic[P, R]):
                 inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
             raise ConfigurationError(
                 f"workflow {fn.__qualname__!r} must take the Context as its first parameter")
-        self.fn = fn
+        self.fn: Callable[..., Awaitable[R]] = fn
+        """The workflow function (called with the context first)."""
         self.name = name or fn.__qualname__
         self.pool = pool
         """The worker pool that executes its runs (``stalwart worker --pool``); ``None``
         is the ``"default"`` pool."""
         self.budget = budget
         """Limits on what each run of it may spend (:class:`~stalwart.Budget`)."""
-        self.runtime: Runtime | None = None
-        """The runtime whose ``@runtime.workflow`` made it, if one did. The CLI executes
-        its runs (``stalwart run``, ``resume``, ``worker``, ``runs fork``, ``dlq retry``)
-        with that runtime's settings: its budget, models, prices, policies, tracing and,
-        unless ``--store`` says otherwise for ``run`` and ``worker``, its journal."""
         self.ref = f"{_importable_module(fn.__module__)}:{fn.__qualname__}"
         """Where the function lives, ``module:qualname``, recorded with each run so that
         ``stalwart resume`` can import it. A script run as ``python app.py`` records
@@ -166,6 +163,11 @@ class Workflow(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<Workflow {self.name}>"
+
+    @property
+    def result_type(self) -> Any:
+        """The declared result type (what a run's result is read back as)."""
+        return return_type(self.fn)
 
     def encode_input(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """Bind and serialize the arguments; also checks them against the annotations."""

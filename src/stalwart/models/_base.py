@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from stalwart.errors import ConfigurationError
 
+from ._simulated import SimulatedModel
 from ._types import ModelRequest, ModelResponse
 
 __all__ = ["PROVIDERS", "Model", "parse_model"]
@@ -91,7 +92,5 @@ def _factory(provider: str) -> Callable[..., Model] | None:
 
         return AnthropicModel
     if provider == "sim":
-        from ._simulated import SimulatedModel
-
         return SimulatedModel.from_spec  # NAME?tools=a,b&seed=N
     return None

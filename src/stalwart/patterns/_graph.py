@@ -34,52 +34,20 @@ import inspect
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, final, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Generic, Literal, final, get_args, get_origin
 
 from pydantic import BaseModel
 
 from ..errors import GraphBuildError
+from ._graph_parts import END, START, Branch, Join, Node, S
+from ._graph_run import CompiledGraph
 
 if TYPE_CHECKING:
-    from .._context import Context
+    pass
 
 __all__ = ["END", "START", "CompiledGraph", "Graph"]
 
-START = "__start__"
-"""The graph's entry: ``graph.edge(START, "first")``."""
-END = "__end__"
-"""The graph's exit: ``graph.edge("last", END)``; a router may return it."""
-
-S = TypeVar("S", bound=BaseModel)
 _RESERVED = (START, END)
-
-
-@dataclass(frozen=True, slots=True)
-class Node:
-    """A node of a graph: its function and how it is called."""
-
-    name: str
-    fn: Callable[..., Any]
-    takes_ctx: bool
-    is_async: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Branch:
-    """A conditional edge: ``router(state)`` picks among ``targets`` after ``source``."""
-
-    source: str
-    router: Callable[[Any], Any]
-    path_map: dict[str, str]
-    """What the router may return, mapped to the node (or END) it means."""
-
-
-@dataclass(frozen=True, slots=True)
-class Join:
-    """``target`` runs once every one of ``sources`` has run since it last did."""
-
-    sources: tuple[str, ...]
-    target: str
 
 
 @dataclass(slots=True)
@@ -232,52 +200,14 @@ class Graph(Generic[S]):
             raise GraphBuildError(
                 f"graph {self.name!r} cannot run as drawn: " + "; ".join(found),
                 problems=found)
-        return CompiledGraph(self, max_steps)
+        spec = self._spec
+        return CompiledGraph(self.state, self.name, max_steps, nodes=spec.nodes,
+                             edges=spec.edges, branches=spec.branches, joins=spec.joins,
+                             mermaid=mermaid(spec))
 
     def to_mermaid(self) -> str:
         """The graph as a Mermaid flowchart (solid: edges; dotted: conditional)."""
         return mermaid(self._spec)
-
-
-@final
-class CompiledGraph(Generic[S]):
-    """A checked graph (from :meth:`Graph.compile`); run it inside a workflow."""
-
-    def __init__(self, graph: Graph[S], max_steps: int) -> None:
-        self.state: type[S] = graph.state
-        self.name = graph.name
-        self.max_steps = max_steps
-        spec = graph._spec
-        self.nodes: dict[str, Node] = dict(spec.nodes)
-        self.edges: tuple[tuple[str, str], ...] = tuple(spec.edges)
-        self.branches: tuple[Branch, ...] = tuple(spec.branches)
-        self.joins: tuple[Join, ...] = tuple(spec.joins)
-        self.order = {name: i for i, name in enumerate(self.nodes)}
-        self._mermaid = mermaid(spec)
-
-    def __repr__(self) -> str:
-        return f"<CompiledGraph {self.name} nodes={list(self.nodes)}>"
-
-    async def run(self, ctx: Context, state: S, *, max_steps: int | None = None) -> S:
-        """Run the graph from :data:`START` with ``state`` until every branch reached
-        :data:`END`; returns the final state. Each node is a journaled step (or, for a
-        node that takes the context, its own steps and then one for its update); a
-        resumed run rebuilds the state from the journaled deltas.
-
-        Raises:
-            GraphStepLimitError: more than ``max_steps`` supersteps (default: the
-                graph's).
-            GraphError: a node's update or a router's answer does not fit the graph.
-        """
-        from ._graph_run import run_graph
-
-        final: S = await run_graph(self, ctx, state,
-                                   self.max_steps if max_steps is None else max_steps)
-        return final
-
-    def to_mermaid(self) -> str:
-        """The graph as a Mermaid flowchart."""
-        return self._mermaid
 
 
 # -- checks ---------------------------------------------------------------------------

@@ -26,18 +26,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, final
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ..errors import GraphError, GraphStepLimitError
 from ._delta import diff, patch
-from ._graph import END, START, CompiledGraph, Node
+from ._graph_parts import END, START, Branch, Join, Node, S
 
 if TYPE_CHECKING:
     from .._context import Context
 
-__all__ = ["run_graph"]
+__all__ = ["CompiledGraph", "run_graph"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,3 +262,43 @@ async def run_graph(graph: CompiledGraph[Any], ctx: Context, state: BaseModel,
                         waiting[i] = set()
         due = _order(graph, after)
     return at.snap()
+
+
+@final
+class CompiledGraph(Generic[S]):
+    """A checked graph (from :meth:`Graph.compile`); run it inside a workflow."""
+
+    def __init__(self, state: type[S], name: str, max_steps: int, *,
+                 nodes: Mapping[str, Node], edges: Sequence[tuple[str, str]],
+                 branches: Sequence[Branch], joins: Sequence[Join], mermaid: str) -> None:
+        self.state: type[S] = state
+        self.name = name
+        self.max_steps = max_steps
+        self.nodes: dict[str, Node] = dict(nodes)
+        self.edges: tuple[tuple[str, str], ...] = tuple(edges)
+        self.branches: tuple[Branch, ...] = tuple(branches)
+        self.joins: tuple[Join, ...] = tuple(joins)
+        self.order = {n: i for i, n in enumerate(self.nodes)}
+        self._mermaid = mermaid
+
+    def __repr__(self) -> str:
+        return f"<CompiledGraph {self.name} nodes={list(self.nodes)}>"
+
+    async def run(self, ctx: Context, state: S, *, max_steps: int | None = None) -> S:
+        """Run the graph from :data:`START` with ``state`` until every branch reached
+        :data:`END`; returns the final state. Each node is a journaled step (or, for a
+        node that takes the context, its own steps and then one for its update); a
+        resumed run rebuilds the state from the journaled deltas.
+
+        Raises:
+            GraphStepLimitError: more than ``max_steps`` supersteps (default: the
+                graph's).
+            GraphError: a node's update or a router's answer does not fit the graph.
+        """
+        final: S = await run_graph(self, ctx, state,
+                                   self.max_steps if max_steps is None else max_steps)
+        return final
+
+    def to_mermaid(self) -> str:
+        """The graph as a Mermaid flowchart."""
+        return self._mermaid

@@ -28,7 +28,7 @@ Same semantics as :class:`~stalwart.store.SQLiteStore` (both pass
   become :class:`~stalwart.errors.StoreError` with ``retryable=True``. Deadlocks and
   serialization failures are first retried here as the store's ``retry`` says: a
   :class:`~stalwart.Runtime` gives it one built from :class:`~stalwart.Retry` (full
-  jitter, on the runtime's clock; see ``stalwart._store_retry``).
+  jitter, on the runtime's clock; see ``stalwart.engine._store_retry``).
 
 The tables (``stalwart_meta``, ``stalwart_runs``, ``stalwart_events``,
 ``stalwart_signals``) live in the first schema of the connection's ``search_path``

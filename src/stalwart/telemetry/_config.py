@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Literal, final
 
 from ..engine._interceptor import NOOP, BindInput, CaptureContent, Interceptor
 from ..errors import ConfigurationError
+from ._env import sdk_disabled
 
 __all__ = ["StepSpans", "Tracing", "sdk_disabled"]
 
 StepSpans = Literal["all", "calls", "none"]
 """Which steps get a span of their own (see :class:`Tracing`)."""
-
-
-def sdk_disabled() -> bool:
-    """``OTEL_SDK_DISABLED`` is true: OpenTelemetry is turned off in this process."""
-    return (os.environ.get("OTEL_SDK_DISABLED") or "").strip().lower() == "true"
 
 
 @final

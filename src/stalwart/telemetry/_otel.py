@@ -30,7 +30,7 @@ import json
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal, Protocol
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics as metrics_api
@@ -60,8 +60,23 @@ from ..errors import ConfigurationError
 from ._ids import span_id_for, trace_id_for
 from ._setup import CHOSEN, RunIdGenerator, configure
 
-if TYPE_CHECKING:
-    from ._config import Tracing
+
+class Settings(Protocol):
+    """What the interceptor reads of its :class:`~stalwart.telemetry.Tracing` (which
+    imports this module when it binds, not the other way round)."""
+
+    @property
+    def tracer_provider(self) -> Any: ...
+    @property
+    def meter_provider(self) -> Any: ...
+    @property
+    def metrics(self) -> bool: ...
+    @property
+    def capture_content(self) -> CaptureContent: ...
+    @property
+    def steps(self) -> Literal["all", "calls", "none"]: ...
+    @property
+    def sampler(self) -> Any: ...
 
 __all__ = ["OTelInterceptor"]
 
@@ -146,7 +161,7 @@ def _fail(span: Span, kind: str, message: str) -> None:
     span.set_status(trace_api.Status(trace_api.StatusCode.ERROR, message))
 
 
-def _provider(config: Tracing) -> SdkTracerProvider:
+def _provider(config: Settings) -> SdkTracerProvider:
     provider = config.tracer_provider
     if provider is None:
         provider = trace_api.get_tracer_provider()
@@ -163,7 +178,7 @@ def _provider(config: Tracing) -> SdkTracerProvider:
 class OTelInterceptor(Interceptor):
     """Spans and metrics for one runtime's runs (built by :meth:`Tracing.bind`)."""
 
-    def __init__(self, config: Tracing, bound: BindInput) -> None:
+    def __init__(self, config: Settings, bound: BindInput) -> None:
         provider = _provider(config)
         if not isinstance(provider.id_generator, RunIdGenerator):
             # A public attribute, typed by the SDK after its default (RandomIdGenerator).

@@ -43,7 +43,7 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import Sampler
 
 from ..errors import ConfigurationError
-from ._config import sdk_disabled
+from ._env import sdk_disabled
 
 __all__ = ["CHOSEN", "Providers", "RunIdGenerator", "configure"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from stalwart import FakeClock, Runtime
-from stalwart._store_retry import STORE_RETRY, transient_retry
+from stalwart.engine._store_retry import STORE_RETRY, transient_retry
 from stalwart.policies import Retry
 from stalwart.store import INHERIT
 

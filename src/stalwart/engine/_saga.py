@@ -66,9 +66,8 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, final, overload
+from typing import Any, TypeVar, final, overload
 
-from ..engine._tools import Tool
 from ..errors import (
     Cancelled,
     CompensationFailedError,
@@ -79,11 +78,13 @@ from ..errors import (
     SagaAbortedError,
     StoreError,
 )
-
-if TYPE_CHECKING:
-    from .._context import Context
-    from ..engine._cancel import CleanupScope
-    from ..engine._policy import Policy
+from ._calls import tool_call
+from ._cancel import CleanupScope
+from ._execution import Execution
+from ._policy import Policy
+from ._scope import shield
+from ._steps import run_step
+from ._tools import Tool
 
 __all__ = ["Saga"]
 
@@ -152,12 +153,13 @@ class Saga:
     """A saga in a workflow: ``async with ctx.saga() as saga`` (see the module docstring).
 
     Args:
-        ctx: the workflow's context.
+        execution: the run's execution (``ctx.saga()`` passes it: a saga is built on
+            the engine's step API, as every pattern is).
         policy: the policies of the compensations (over the runtime's).
     """
 
-    def __init__(self, ctx: Context, *, policy: Policy | None = None) -> None:
-        self._ctx = ctx
+    def __init__(self, execution: Execution, *, policy: Policy | None = None) -> None:
+        self._ex = execution
         self._policy = policy
         self._undo: list[_Undo] = []
         self._done: list[str] = []
@@ -205,7 +207,7 @@ class Saga:
                 "compensate=")
         if undo is not None:
             await self._hold_cancel()
-        position = _path(self._ctx.next_step_id())
+        position = _path(self._ex.next_step_id())
         result = await self._run(fn, args, kwargs, name)
         self._done.append(what)
         if undo is not None:
@@ -243,7 +245,7 @@ class Saga:
         undo = _compensation(fn, "compensation()")
         arguments = _bind(undo, args, kwargs)
         await self._hold_cancel()
-        self._undo.append(_Undo(_path(self._ctx.next_step_id()), undo.name, undo,
+        self._undo.append(_Undo(_path(self._ex.next_step_id()), undo.name, undo,
                                 arguments))
 
     def _check_open(self) -> None:
@@ -252,14 +254,15 @@ class Saga:
 
     async def _hold_cancel(self) -> None:
         if self._scope is None:
-            self._scope = self._ctx.cleanup_on_cancel()
+            self._scope = CleanupScope(self._ex)
             await self._scope.__aenter__()
 
     async def _run(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
                    name: str | None) -> Any:
         if isinstance(fn, Tool):
-            return await self._ctx.tool(fn, **_bind(fn, args, kwargs))
-        return await self._ctx.step(fn, *args, name=name, **kwargs)
+            return await tool_call(self._ex, fn, _bind(fn, args, kwargs), policy=None,
+                                   check=None)
+        return await run_step(self._ex, fn, args, kwargs, name=name)
 
     # -- backward --------------------------------------------------------------------
 
@@ -275,7 +278,7 @@ class Saga:
         if self._pivot is None and self._undo:
             await self._compensate(exc)
         if self._scope is not None:
-            with self._ctx.shield():
+            with shield():
                 await self._scope.__aexit__(type(exc), exc, exc.__traceback__)
         if self._pivot is None and self._undo and isinstance(exc, ResilienceError):
             raise SagaAbortedError(
@@ -283,17 +286,18 @@ class Saga:
                 f"{', '.join(u.step for u in reversed(self._undo))}",
                 undone=[u.step for u in sorted(self._undo, key=lambda u: u.position,
                                                 reverse=True)],
-                run_id=self._ctx.run_id) from exc
+                run_id=self._ex.run_id) from exc
         return False
 
     async def _compensate(self, exc: BaseException) -> None:
         order = sorted(self._undo, key=lambda u: u.position, reverse=True)
         undone: list[str] = []
-        with self._ctx.shield():
+        with shield():
             for i, undo in enumerate(order):
-                step_id = self._ctx.next_step_id()
+                step_id = self._ex.next_step_id()
                 try:
-                    await self._ctx.tool(undo.tool, policy=self._policy, **undo.arguments)
+                    await tool_call(self._ex, undo.tool, undo.arguments, policy=self._policy,
+                                    check=None)
                 except _ENGINE_ERRORS:
                     raise
                 except Exception as failure:
@@ -306,5 +310,5 @@ class Saga:
                         f"saga failed on {type(exc).__name__}: {exc}",
                         compensation=undo.tool.name, done=list(self._done), undone=undone,
                         not_undone=left, saga_error=f"{type(exc).__name__}: {exc}",
-                        run_id=self._ctx.run_id, step_id=step_id) from failure
+                        run_id=self._ex.run_id, step_id=step_id) from failure
                 undone.append(undo.step)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import random
 
-from ._clock import Clock
-from .policies import Retry, RetryOn, RetryState, Sleep, decide
-from .store import TransientRetry
+from .._clock import Clock
+from ..policies import Retry, RetryOn, RetryState, Sleep, decide
+from ..store import TransientRetry
 
 __all__ = ["STORE_RETRY", "transient_retry"]
 

@@ -23,8 +23,9 @@ them when they end, as each child's *restart type* and the supervisor's *strateg
 a ``permanent`` child lives): the last outcome of each child, by id.
 
 Everything a supervisor decides rests on journaled steps (``ctx.start_child``,
-``ctx.wait_any``, ``ctx.cancel_child``, ``ctx.now``), and each restart is journaled as a
-``supervisor:restart`` step whose result says which child ended, how, what was
+``ctx.wait_any``, ``ctx.cancel_child``, ``ctx.now``: the engine's step functions behind
+those methods, which a supervisor calls with the run's execution), and each restart is
+journaled as a ``supervisor:restart`` step whose result says which child ended, how, what was
 restarted and the restart count in the window. A supervisor whose process is killed
 replays all of it: its restart counts survive, no child is started twice.
 """
@@ -34,15 +35,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, final, get_args
+from typing import Any, Literal, final, get_args
 
-from ..engine._children import ChildOutcome, ChildRun
 from ..errors import ConfigurationError, RestartIntensityError
 from ..store._base import RunStatus
-
-if TYPE_CHECKING:
-    from .._context import Context
-    from ..engine._workflow import Workflow
+from ._children import ChildOutcome, ChildRun, cancel_child, start_child, wait_any
+from ._execution import Execution
+from ._steps import now, run_step
+from ._workflow import Workflow
 
 __all__ = ["ChildSpec", "Restart", "Strategy", "supervise"]
 
@@ -77,8 +77,6 @@ class ChildSpec:
 
 
 def _specs(children: Sequence[Any]) -> list[ChildSpec]:
-    from ..engine._workflow import Workflow
-
     if isinstance(children, ChildSpec | Workflow) or not isinstance(children, Sequence):
         raise ConfigurationError("supervise() takes a list of ChildSpec (or workflows)")
     specs = []
@@ -137,7 +135,7 @@ def group(strategy: Strategy, ended: str, order: Sequence[str]) -> list[str]:
 class _Tree:
     """The supervisor's state, rebuilt by replay from journaled steps."""
 
-    ctx: Context
+    ex: Execution
     specs: dict[str, ChildSpec]
     order: list[str]
     running: dict[str, ChildRun] = field(default_factory=dict)
@@ -146,17 +144,17 @@ class _Tree:
 
     async def start(self, cid: str) -> None:
         spec = self.specs[cid]
-        self.running[cid] = await self.ctx.start_child(spec.workflow, *spec.args,
-                                                       **spec.kwargs)
+        self.running[cid] = await start_child(self.ex, spec.workflow, spec.args,
+                                              dict(spec.kwargs))
 
     async def stop(self, ids: Sequence[str]) -> None:
         """Stop the running children among ``ids``, in reverse start order."""
         for cid in reversed([i for i in self.order if i in ids and i in self.running]):
-            self.last[cid] = await self.ctx.cancel_child(self.running.pop(cid))
+            self.last[cid] = await cancel_child(self.ex, self.running.pop(cid))
 
     async def next_end(self) -> tuple[str, ChildOutcome]:
         ids = [i for i in self.order if i in self.running]
-        out = await self.ctx.wait_any([self.running[i] for i in ids])
+        out = await wait_any(self.ex, [self.running[i] for i in ids])
         cid = ids[out.index]
         del self.running[cid]
         self.last[cid] = out
@@ -167,38 +165,40 @@ async def _record(info: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
-async def supervise(ctx: Context, children: Sequence[Any], *, strategy: Strategy,
+async def supervise(ex: Execution, children: Sequence[Any], *, strategy: Strategy,
                     max_restarts: int, within: float) -> dict[str, ChildOutcome]:
     """:meth:`Context.supervise <stalwart.Context.supervise>`; see the module docstring."""
     _check(strategy, max_restarts, within)
     specs = _specs(children)
-    tree = _Tree(ctx, {s.name: s for s in specs}, [s.name for s in specs])
+    tree = _Tree(ex, {s.name: s for s in specs}, [s.name for s in specs])
     for cid in tree.order:
         await tree.start(cid)
     while tree.running:
         cid, out = await tree.next_end()
         if not restarts(tree.specs[cid].restart, out):
             continue
-        now = await ctx.now()
-        recent = [t for t in tree.restart_times if t >= now - within]
+        at = await now(ex)
+        recent = [t for t in tree.restart_times if t >= at - within]
         info: dict[str, Any] = {
-            "child": cid, "run_id": out.run_id, "reason": out.reason, "at": now,
+            "child": cid, "run_id": out.run_id, "reason": out.reason, "at": at,
             "strategy": strategy, "restarts_in_window": len(recent) + 1,
             "max_restarts": max_restarts, "within": within}
         if len(recent) + 1 > max_restarts:
-            await ctx.step(_record, {**info, "escalated": True}, name="supervisor:escalate")
+            await run_step(ex, _record, ({**info, "escalated": True},), {},
+                           name="supervisor:escalate")
             await tree.stop(tree.order)
             raise RestartIntensityError(
-                f"supervisor {ctx.workflow_name} ({ctx.run_id}): child {cid!r} ended "
+                f"supervisor {ex.workflow.name} ({ex.run_id}): child {cid!r} ended "
                 f"({out.reason}) and a restart would be restart {len(recent) + 1} within "
                 f"{within:g}s (max_restarts={max_restarts}); its children were stopped",
                 child=cid, reason=out.reason, restarts=len(recent) + 1,
-                max_restarts=max_restarts, within=float(within), run_id=ctx.run_id)
-        tree.restart_times = [*recent, now]
+                max_restarts=max_restarts, within=float(within), run_id=ex.run_id)
+        tree.restart_times = [*recent, at]
         members = group(strategy, cid, tree.order)
         await tree.stop([m for m in members if m != cid])
         again = [m for m in members if m == cid or tree.specs[m].restart != "temporary"]
-        await ctx.step(_record, {**info, "restarted": again}, name="supervisor:restart")
+        await run_step(ex, _record, ({**info, "restarted": again},), {},
+                       name="supervisor:restart")
         for m in again:
             await tree.start(m)
     return dict(tree.last)
