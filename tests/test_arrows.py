@@ -41,6 +41,7 @@ PART_OF_PACKAGE = {
     "stalwart.telemetry": "telemetry",
     "stalwart.cli": "cli",
     "stalwart.testing": "testing",
+    "stalwart.tools": "tools",
 }
 
 ALLOWED: dict[str, set[str]] = {
@@ -54,7 +55,8 @@ ALLOWED: dict[str, set[str]] = {
     "patterns": {"foundation", "models", "policies", "store", "engine", "context", "agents"},
     "runtime": {"foundation", "models", "policies", "store", "engine", "context"},
     "api": {"foundation", "models", "policies", "store", "engine", "context", "agents",
-            "patterns", "runtime"},
+            "patterns", "runtime", "tools"},
+    "tools": {"foundation"},  # helpers for tool bodies: what they refuse is an error
     "telemetry": {"foundation"},  # and the engine's interceptor protocol: TELEMETRY_SEES
     "cli": {"foundation", "models", "policies", "store", "engine", "context", "agents",
             "patterns", "runtime", "api", "telemetry", "cli"},
@@ -68,7 +70,8 @@ TELEMETRY_SEES = {"stalwart.engine._interceptor"}
 ``Instrumentation`` protocol it implements."""
 
 ENGINE_ORDER = [
-    "_interceptor", "_store_retry", "_policy", "_tools", "_cost", "_budget", "_determinism",
+    "_interceptor", "_store_retry", "_policy", "_tools", "_privilege", "_cost", "_budget",
+    "_determinism",
     "_outage", "_workflow", "_scope", "_engine", "_execution", "_steps", "_cancel",
     "_calls", "_llm", "_children", "_gather", "_supervisor", "_saga", "_stream",
     "_timetravel", "_worker",

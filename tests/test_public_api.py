@@ -18,6 +18,7 @@ PUBLIC = {
     "Clock", "SystemClock", "FakeClock",
     # agents, tools, models
     "Agent", "AgentResult", "Tool", "ToolCall", "ToolArgumentsError", "Model",
+    "Grant", "UnsafeArgumentError",
     "parse_model", "SimulatedModel", "SimFaults", "FunctionModel", "OpenAIModel",
     "AnthropicModel", "Message", "ModelOptions",
     "ModelRequest", "ModelResponse", "ToolCallRequest", "ToolSpec", "Usage",
@@ -48,7 +49,7 @@ PUBLIC = {
 }
 
 PACKAGES = ["stalwart", "stalwart.testing", "stalwart.models", "stalwart.policies",
-            "stalwart.store", "stalwart.telemetry", "stalwart.patterns"]
+            "stalwart.store", "stalwart.telemetry", "stalwart.patterns", "stalwart.tools"]
 
 # Classes meant to be subclassed: the interceptor base of telemetry hooks.
 EXTENSION_POINTS = {"Interceptor"}

@@ -30,6 +30,7 @@ from .engine._cost import usage_report as usage_report
 from .engine._policy import DEFAULT_POLICY as DEFAULT_POLICY
 from .engine._policy import INHERIT as INHERIT
 from .engine._policy import Policy as Policy
+from .engine._privilege import Grant as Grant
 from .engine._timetravel import ReplayReport as ReplayReport
 from .engine._tools import Tool as Tool
 from .engine._tools import ToolCall as ToolCall
@@ -87,6 +88,7 @@ from .errors import StoreError as StoreError
 from .errors import ThrottledError as ThrottledError
 from .errors import ToolArgumentsError as ToolArgumentsError
 from .errors import ToolLoopError as ToolLoopError
+from .errors import UnsafeArgumentError as UnsafeArgumentError
 from .errors import WorkflowNotFoundError as WorkflowNotFoundError
 from .models import FunctionModel as FunctionModel
 from .models import Message as Message
@@ -142,6 +144,8 @@ __all__ = [
     "Tool",
     "ToolCall",
     "ToolArgumentsError",
+    "Grant",
+    "UnsafeArgumentError",
     "Model",
     "parse_model",
     "OpenAIModel",

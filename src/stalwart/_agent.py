@@ -36,6 +36,7 @@ from .engine._execution import Execution
 from .engine._interceptor import AgentEndInput, AgentStartInput, CaptureContent
 from .engine._llm import model_turn, read_output, system_prompt
 from .engine._policy import INHERIT, Policy, _Inherit
+from .engine._privilege import Grant, Verdict, decide
 from .engine._scope import outcome_problem
 from .engine._tools import Tool, ToolArgumentsError
 from .errors import (
@@ -83,6 +84,8 @@ class AgentResult(Generic[OutT]):
         fallback_used: True when ``fallback_output`` was returned.
         handoff: ``(tool name, arguments)`` when the model handed off instead of
             answering (a :class:`HandoffOffer` it accepted); ``output`` is then ``None``.
+        refused: tool calls refused by least privilege (not executed; each audited
+            as a ``tool_call_refused`` event).
     """
 
     output: OutT
@@ -93,6 +96,7 @@ class AgentResult(Generic[OutT]):
     models: tuple[str, ...] = field(default=())
     fallback_used: bool = False
     handoff: tuple[str, dict[str, Any]] | None = None
+    refused: int = 0
 
 
 @final
@@ -136,6 +140,8 @@ class _Turns:
     """Handoffs refused, by tool name."""
     repairs: int = 0
     reasks: int = 0
+    refused_calls: int = 0
+    """Tool calls least privilege refused."""
 
 
 @dataclass(slots=True)
@@ -178,6 +184,11 @@ class Agent(Generic[OutT]):
             the model sends (size of the JSON text, default 1 MiB; nesting depth,
             default 64), unless the tool sets its own. A call over them goes back to
             the model as ``invalid_json``, like any malformed call.
+        grant: the allowlist of tool calls its model may make, by the tools' effects
+            and scopes (:class:`~stalwart.Grant`); tools outside it are not shown to
+            the model, and a call to one is refused (a ``permission_denied`` tool
+            error, a ``tool_call_refused`` audit event), never executed. ``None``
+            (default): every tool in ``tools``.
     """
 
     def __init__(
@@ -201,6 +212,7 @@ class Agent(Generic[OutT]):
         capture_content: CaptureContent | _Inherit = INHERIT,
         max_argument_bytes: int = MAX_ARGUMENT_BYTES,
         max_argument_depth: int = MAX_ARGUMENT_DEPTH,
+        grant: Grant | None = None,
     ) -> None:
         if not name:
             raise ConfigurationError("an agent needs a name")
@@ -219,6 +231,7 @@ class Agent(Generic[OutT]):
         self.model = model
         self.instructions = instructions
         self.tools = {t.name: t for t in tools}
+        self.grant = _checked_grant(name, grant)
         self.output_type = output_type
         self.policy = policy
         self.pool = pool or name
@@ -309,7 +322,9 @@ class Agent(Generic[OutT]):
                     spent: _Spent, offers: dict[str, HandoffOffer]) -> AgentResult[OutT]:
         effective = ex.engine.effective_policy(self.policy, policy)
         turns = _Turns(self._opening(input))
-        specs = (*(t.spec for t in self.tools.values()), *(o.spec for o in offers.values()))
+        specs = (*(t.spec for t in self.tools.values()
+                   if decide(t, grant=self.grant).action == "allow"),
+                 *(o.spec for o in offers.values()))
         output_schema = self._adapter.json_schema() if self._adapter is not None else None
         for _turn in range(self.max_iterations):
             request = ModelRequest(messages=tuple(turns.messages), tools=specs,
@@ -350,7 +365,8 @@ class Agent(Generic[OutT]):
         return AgentResult(output=output, messages=tuple(turns.messages),
                            usage=spent.usage(), iterations=spent.iterations,
                            tool_calls=spent.tool_calls, models=tuple(turns.answered_by),
-                           fallback_used=fallback_used, handoff=handoff)
+                           fallback_used=fallback_used, handoff=handoff,
+                           refused=turns.refused_calls)
 
     def _reask(self, ex: Execution, turns: _Turns, problem: str) -> None:
         """Ask again after an answer that is not valid (at most ``max_reasks`` times)."""
@@ -380,6 +396,14 @@ class Agent(Generic[OutT]):
                 turns.messages.append(Message.tool(content, tool_call_id=call.id,
                                                    name=call.name))
                 continue
+            tool = self.tools.get(call.name)
+            verdict = decide(tool, grant=self.grant) if tool is not None else None
+            if tool is not None and verdict is not None and verdict.action == "refuse":
+                await _journal_refusal(ex, turn_id, call, tool, verdict)
+                content = self._refuse(ex, call, verdict, turns)
+                turns.messages.append(Message.tool(content, tool_call_id=call.id,
+                                                   name=call.name))
+                continue
             content, repaired = await self._run_tool(ex, call, turns.seen)
             if repaired:
                 await _journal_repair(ex, turn_id, call, content)
@@ -394,6 +418,20 @@ class Agent(Generic[OutT]):
             turns.messages.append(Message.tool(content, tool_call_id=call.id,
                                                name=call.name))
         return None
+
+    def _refuse(self, ex: Execution, call: ToolCallRequest, verdict: Verdict,
+                turns: _Turns) -> str:
+        """A refused call: counted (the same refused call ``loop_limit`` times is a
+        loop, as for an allowed one) and the tool error the model gets."""
+        turns.refused_calls += 1
+        signature = f"{call.name}:{call.arguments}"
+        turns.seen[signature] += 1
+        if turns.seen[signature] >= self.loop_limit:
+            raise ToolLoopError(
+                f"agent {self.name!r}: tool {call.name!r} was refused {turns.seen[signature]}"
+                " times with the same arguments", agent=self.name, run_id=ex.run_id)
+        return _tool_error("permission_denied",
+                           f"{verdict.message}. The call was not executed.")
 
     def _handoff(self, call: ToolCallRequest, offer: HandoffOffer,
                  refused: Counter[str]) -> tuple[dict[str, Any] | None, str]:
@@ -464,6 +502,25 @@ async def _journal_repair(ex: Execution, turn_id: str, call: ToolCallRequest,
                           "arguments": call.arguments[:2000]})
     await ex.note(NewEvent(EventKind.TOOL_CALL_REPAIRED, turn_id, call.name, payload),
                        key=call.id)
+
+
+def _checked_grant(agent: str, grant: object) -> Grant | None:
+    if grant is not None and not isinstance(grant, Grant):
+        raise ConfigurationError(f"agent {agent!r}: grant must be a sw.Grant, not "
+                                 f"{type(grant).__name__}")
+    return grant
+
+
+async def _journal_refusal(ex: Execution, turn_id: str, call: ToolCallRequest,
+                           tool: Tool[Any, Any], verdict: Verdict) -> None:
+    """The audit record of a refused call (``tool_call_refused``, on the model turn that
+    asked for it): the tool, its effect and scopes, why, and the arguments as sent."""
+    payload = json.dumps({"call_id": call.id, "tool": call.name, "effect": tool.effect,
+                          "scopes": sorted(tool.scopes), "reason": verdict.reason,
+                          "message": verdict.message[:2000],
+                          "arguments": call.arguments[:2000]})
+    await ex.note(NewEvent(EventKind.TOOL_CALL_REFUSED, turn_id, call.name, payload),
+                  key=call.id)
 
 
 def _own(tool_limit: int | _Inherit, agent_limit: int) -> int:

@@ -17,7 +17,7 @@ import logging
 import os
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, final, overload
 
@@ -32,7 +32,7 @@ from .engine._interceptor import Instrumentation
 from .engine._policy import INHERIT, Policy, _Inherit
 from .engine._stream import follow_events
 from .engine._timetravel import ReplayReport, fork_run, replay_run
-from .engine._tools import Tool
+from .engine._tools import Effect, Tool
 from .engine._worker import Worker
 from .engine._workflow import Workflow
 from .errors import (
@@ -312,14 +312,15 @@ class Runtime(Engine):
     def tool(self, fn: Any = None, /, *, name: str | None = None,
              description: str | None = None, policy: Policy | None = None,
              max_argument_bytes: int | _Inherit = INHERIT,
-             max_argument_depth: int | _Inherit = INHERIT) -> Any:
+             max_argument_depth: int | _Inherit = INHERIT,
+             effect: Effect = "write", scopes: Iterable[str] = ()) -> Any:
         """Make a function a :class:`~stalwart.Tool` (a decorator, with or without
-        arguments)."""
+        arguments); ``effect`` and ``scopes`` declare what it may do (least privilege)."""
 
         def deco(f: Callable[..., Any]) -> Tool[Any, Any]:
             return Tool(f, name=name, description=description, policy=policy,
                         max_argument_bytes=max_argument_bytes,
-                        max_argument_depth=max_argument_depth)
+                        max_argument_depth=max_argument_depth, effect=effect, scopes=scopes)
 
         return deco(fn) if fn is not None else deco
 

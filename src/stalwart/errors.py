@@ -43,6 +43,8 @@ seconds, or ``None``) and where it happened (``run_id``, ``step_id``, ``attempt`
     │   ├── BudgetExceededError       a run or agent reached a Budget (alias BudgetExceeded)
     │   └── CompensationFailedError   a saga's compensation failed: the run is dead-lettered
     ├── ToolArgumentsError            a tool's arguments did not validate (a ValueError)
+    ├── UnsafeArgumentError           a safe tool helper refused an argument (a path out
+    │                                 of its root, a shell string, spliced SQL)
     ├── OutcomeCheckError             an output failed its check (a semantic failure);
     │                                 retryable: "HTTP 200 but wrong" may be right next time
     ├── AgentError                    an agent's loop could not produce an answer
@@ -889,3 +891,11 @@ class ToolArgumentsError(StalwartError, ValueError):
         super().__init__(f"invalid arguments for tool {tool!r}: {errors}")
         self.tool = tool
         self.errors = errors
+
+
+class UnsafeArgumentError(StalwartError, ValueError):
+    """A safe tool helper (:mod:`stalwart.tools`) refused an argument: a path that
+    escapes its root, a command that is not an argv list or not allowed, SQL that is
+    not one parameterized statement or does what its tool may not. Not retryable.
+
+    Also a ``ValueError``, as bad arguments are in Python."""

@@ -107,6 +107,11 @@ def describe(ev: Event, *, run_id: str, timing: dict[str, float]) -> tuple[str, 
         return (f"step {sid} asked for tool {info.get('tool', name)!r} with a malformed call "
                 f"({info.get('error')}: {preview(str(info.get('message', '')), 120)}); sent "
                 "back to the model", "yellow")
+    if k == EventKind.TOOL_CALL_REFUSED:
+        info = _payload(ev)
+        return (f"step {sid} asked for tool {info.get('tool', name)!r}: refused, not "
+                f"executed ({info.get('reason')}: "
+                f"{preview(str(info.get('message', '')), 120)})", "red")
     if k == EventKind.RUN_SUSPENDED:
         if ev.name == "sleeping" and ev.payload:
             try:

@@ -278,6 +278,9 @@ def render_story(out: Console, story: RunStory, children: list[RunRecord],
             for line in st.repairs:
                 table.add_row("", "", Text("repaired", style="yellow"), "", "",
                               Text(preview(line, 60)))
+            for line in st.refusals:
+                table.add_row("", "", Text("refused", style="red"), "", "",
+                              Text(preview(line, 60)))
         out.print(table)
 
     out.print()

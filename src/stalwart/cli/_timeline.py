@@ -38,7 +38,7 @@ _END_KINDS = {
     EventKind.RUN_DEAD_LETTERED: "dead_lettered",
 }
 _RUN_KINDS = frozenset(kind for kind in EventKind if kind.value.startswith("run_"))
-_NOTES = frozenset({EventKind.TOOL_CALL_REPAIRED})
+_NOTES = frozenset({EventKind.TOOL_CALL_REPAIRED, EventKind.TOOL_CALL_REFUSED})
 """Events about a step written after its outcome: kept beside it, not among its own."""
 _TIMED = (EventKind.CALL_TIMED, EventKind.STEP_TIMED)
 """Events about the run as a whole. The one that ends a run names the step that ended it
@@ -96,6 +96,8 @@ class Step:
     (a plain step below ``STEP_TIMED_AFTER``); ``started_at`` is then its end."""
     repairs: tuple[str, ...] = ()
     """Malformed tool calls of this model turn sent back to the model, one line each."""
+    refusals: tuple[str, ...] = ()
+    """Tool calls of this model turn refused by least privilege (audited), one line each."""
 
     @property
     def duration(self) -> float | None:
@@ -113,7 +115,8 @@ class Step:
                 "ended_at": self.ended_at, "duration": self.duration,
                 "duration_under": self.under, "execution": self.execution,
                 "reused": self.reused, "detail": self.detail, "seq": self.seq,
-                "wake_at": self.wake_at, "repairs": list(self.repairs)}
+                "wake_at": self.wake_at, "repairs": list(self.repairs),
+                "refusals": list(self.refusals)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,10 +268,14 @@ def read_story(run: RunRecord, events: list[Event], *, now: float | None = None)
         number = execution_of(_outcome_or_last(evs).seq)
         st = _step(sid, evs, run, started, ended, number or None,
                    time.time() if now is None else now)
-        repairs = tuple(_repair_line(e) for e in notes.get(sid, ()))
-        if under is not None or repairs:
+        noted = notes.get(sid, ())
+        repairs = tuple(_repair_line(e) for e in noted
+                        if e.kind == EventKind.TOOL_CALL_REPAIRED)
+        refusals = tuple(_refusal_line(e) for e in noted
+                         if e.kind == EventKind.TOOL_CALL_REFUSED)
+        if under is not None or repairs or refusals:
             st = replace(st, under=under if st.outcome in ("completed", "failed") else None,
-                         repairs=repairs)
+                         repairs=repairs, refusals=refusals)
         steps.append(st)
     return RunStory(run=run, executions=executions, steps=steps)
 
@@ -323,6 +330,16 @@ def _repair_line(ev: Event) -> str:
     except ValueError:
         info = {}
     return (f"tool {info.get('tool', ev.name)!s}: {info.get('error', '?')}: "
+            f"{info.get('message', '')}")
+
+
+def _refusal_line(ev: Event) -> str:
+    """``tool NAME: REASON: message`` of a ``tool_call_refused`` event."""
+    try:
+        info = json.loads(ev.payload or "{}")
+    except ValueError:
+        info = {}
+    return (f"tool {info.get('tool', ev.name)!s}: {info.get('reason', '?')}: "
             f"{info.get('message', '')}")
 
 

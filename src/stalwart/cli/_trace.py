@@ -37,7 +37,8 @@ class TraceNode:
     label: str
     kind: str
     """``run``, ``gather``, ``branch``, ``agent``, ``model``, ``tool``, ``step`` or
-    ``repair`` (a malformed tool call of a model turn, sent back to the model)."""
+    ``repair`` (a malformed tool call of a model turn, sent back to the model) or
+    ``refused`` (a tool call least privilege refused: not executed, audited)."""
     step_id: str | None = None
     started_at: float | None = None
     ended_at: float | None = None
@@ -111,6 +112,8 @@ def _leaf(st: Step, call: CallUsage | None) -> TraceNode:
     # The malformed tool calls of this turn, sent back to the model as tool errors.
     node.children = [TraceNode(label=f"repair {line}", kind="repair",
                                outcome="sent back to the model") for line in st.repairs]
+    node.children += [TraceNode(label=f"refused {line}", kind="refused",
+                                outcome="not executed (audited)") for line in st.refusals]
     return node
 
 

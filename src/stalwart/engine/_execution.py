@@ -77,6 +77,8 @@ __all__ = ["Execution"]
 log = logging.getLogger("stalwart.engine")
 
 _OUTCOMES = (EventKind.STEP_COMPLETED, EventKind.STEP_FAILED)
+_NOTE_EVENTS = frozenset({EventKind.TOOL_CALL_REPAIRED, EventKind.TOOL_CALL_REFUSED})
+"""Notes about a model turn's tool calls, keyed by the call's id (see :meth:`note`)."""
 _STEP_EVENTS = frozenset({
     EventKind.STEP_COMPLETED, EventKind.STEP_FAILED, EventKind.ATTEMPT_FAILED,
     EventKind.TIMER_STARTED, EventKind.SIGNAL_WAIT_STARTED, EventKind.SIGNAL_RECEIVED,
@@ -165,7 +167,7 @@ class Execution:
                 self.recorded[ev.step_id] = kept
             elif ev.step_id is not None and ev.kind in _STEP_EVENTS:
                 self.recorded.setdefault(ev.step_id, []).append(ev)
-            elif ev.kind == EventKind.TOOL_CALL_REPAIRED and ev.step_id is not None:
+            elif ev.kind in _NOTE_EVENTS and ev.step_id is not None:
                 self._noted.add((ev.step_id, _note_key(ev.payload)))
             elif ev.kind in (EventKind.CALL_TIMED, EventKind.STEP_TIMED) and ev.step_id:
                 self._call_started[ev.step_id] = ev.payload or ""

@@ -10,9 +10,9 @@ service behind the tool can deduplicate the effect.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Generic, ParamSpec, TypeVar, final, get_type_hints
+from typing import Any, Generic, Literal, ParamSpec, TypeVar, final, get_args, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
@@ -20,10 +20,34 @@ from ..errors import ConfigurationError, ToolArgumentsError
 from ..models import ToolSpec
 from ._policy import INHERIT, Policy, _Inherit
 
-__all__ = ["Tool", "ToolCall", "ToolArgumentsError"]
+__all__ = ["Effect", "Tool", "ToolCall", "ToolArgumentsError"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+Effect = Literal["read", "write", "privileged"]
+"""What calling a tool can do, declared by the tool (least privilege, docs/tools.md):
+
+* ``read``: looks, changes nothing (a search, a file read, a SELECT);
+* ``write``: changes something the agent's task owns (a draft, a note, a row);
+* ``privileged``: an effect that needs trust: money, mail to outsiders, deleting,
+  running commands, changing permissions. An agent refuses it (or asks for approval)
+  while untrusted content is in its context.
+"""
+EFFECTS: tuple[Effect, ...] = get_args(Effect)
+
+
+def _scopes(owner: str, scopes: Iterable[str]) -> frozenset[str]:
+    if isinstance(scopes, str):
+        raise ConfigurationError(f"{owner}: scopes must be a collection of strings, "
+                                 f"not the string {scopes!r}")
+    out = frozenset(scopes)
+    bad = sorted(repr(s) for s in out if not isinstance(s, str) or not s.strip()
+                 or any(c.isspace() for c in s))
+    if bad:
+        raise ConfigurationError(f"{owner}: a scope is a non-empty string without "
+                                 f"spaces, not {', '.join(bad)}")
+    return out
 
 
 @final
@@ -71,14 +95,26 @@ class Tool(Generic[P, R]):
     ``max_argument_bytes`` and ``max_argument_depth`` cap the arguments a model may send
     it (size of the JSON text, nesting depth); calls over them go back to the model as
     ``invalid_json``. Default: the agent's limits.
+
+    ``effect`` (:data:`Effect`: ``"read"``, ``"write"`` or ``"privileged"``; default
+    ``"write"``, since a tool that declares nothing may change something) and ``scopes``
+    (strings such as ``"email:send"``) declare what the tool may do; an agent's
+    :class:`~stalwart.Grant` allows calls by them, and an agent with untrusted content in
+    its context refuses a ``privileged`` one (see :class:`~stalwart.Trust`).
     """
 
     def __init__(self, fn: Callable[P, R], *, name: str | None = None,
                  description: str | None = None, policy: Policy | None = None,
                  max_argument_bytes: int | _Inherit = INHERIT,
-                 max_argument_depth: int | _Inherit = INHERIT) -> None:
+                 max_argument_depth: int | _Inherit = INHERIT,
+                 effect: Effect = "write", scopes: Iterable[str] = ()) -> None:
         self.fn = fn
         self.name = name or fn.__name__
+        if effect not in EFFECTS:
+            raise ConfigurationError(f"tool {self.name!r}: effect must be one of "
+                                     f"{', '.join(EFFECTS)}, not {effect!r}")
+        self.effect: Effect = effect
+        self.scopes: frozenset[str] = _scopes(f"tool {self.name!r}", scopes)
         self.description = description or inspect.getdoc(fn) or ""
         self.policy = policy
         self.max_argument_bytes = _limit(self.name, "max_argument_bytes", max_argument_bytes)

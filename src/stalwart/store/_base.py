@@ -129,6 +129,10 @@ class EventKind(enum.StrEnum):
     TOOL_CALL_REPAIRED = "tool_call_repaired"
     """A malformed tool call from the model (bad JSON, wrong arguments, an unknown tool)
     was sent back to it as a tool error; ``step_id`` is the model turn that made it."""
+    TOOL_CALL_REFUSED = "tool_call_refused"
+    """A tool call the model asked for was refused, not executed (its agent's
+    :class:`~stalwart.Grant` does not cover the tool): the audit record, on the model
+    turn that asked for it; the model got a ``permission_denied`` tool error."""
 
 
 STEP_TIMED_AFTER = 0.002
