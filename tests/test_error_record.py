@@ -69,6 +69,24 @@ EXAMPLES: dict[type[errors.StalwartError], errors.StalwartError] = {
         "too long", max_hops=2, source="b", target="c", chain=["a", "b"]),
     errors.HandoffLoopError: errors.HandoffLoopError("loop", source="a", target="b",
                                                      chain=["a", "b", "a"]),
+    errors.EnsembleError: errors.EnsembleError("all failed", pattern="mixture"),
+    errors.NoQuorumError: errors.NoQuorumError(
+        "no quorum", quorum=3, voters=5, tally=[['"a"', 2], ['"b"', 2]], abstained=["c"]),
+    errors.DivergenceError: errors.DivergenceError(
+        "diverged", divergence=0.5, threshold=0.3, answers={"a": {"x": 1}, "b": {"x": 2}}),
+    errors.RefinementExhaustedError: errors.RefinementExhaustedError(
+        "none accepted", rounds=2, history=[{"round": 1, "draft": "d",
+                                             "verdict": {"accept": False}}]),
+    errors.ReflexionExhaustedError: errors.ReflexionExhaustedError(
+        "all failed", trials=[{"trial": 1, "answer": 3, "reflection": "add"}]),
+    errors.EscalatedError: errors.EscalatedError(
+        "escalated", pattern="vote", reason="NoQuorumError: no quorum",
+        evidence={"tally": [['"a"', 1]]}),
+    errors.BlackboardError: errors.BlackboardError("board", board="facts"),
+    errors.BoardConflictError: errors.BoardConflictError(
+        "conflict", board="facts", key="k", expected=1, actual=2),
+    errors.BoardPatternError: errors.BoardPatternError(
+        "bad pattern", board="facts", pattern="'k*['"),
     errors.SignalTimeoutError: errors.SignalTimeoutError("late", signal="go", run_id="r"),
     errors.RunFailedError: errors.RunFailedError("failed", error_type="builtins.ValueError"),
     errors.RunCancelledError: errors.RunCancelledError("cancelled"),

@@ -29,7 +29,8 @@ PUBLIC = {
     "UsageReport", "usage_report", "ReplayReport",
     # coordination patterns
     "ChildRun", "ChildOutcome", "ChildSpec", "Saga", "Graph", "CompiledGraph", "START", "END",
-    "Team", "TeamResult", "Handoff",
+    "Team", "TeamResult", "Handoff", "vote", "VoteResult", "mixture", "MixtureResult",
+    "refine", "Verdict", "RefineResult", "reflexion", "Evaluation", "ReflexionResult",
     # errors
     "StalwartError", "ConfigurationError", "IdempotencyConflictError", "SerializationError",
     "StoreError",
@@ -38,7 +39,9 @@ PUBLIC = {
     "ContextMisuseError", "SignalTimeoutError", "RunFailedError", "RunCancelledError",
     "RestartIntensityError", "SagaAbortedError", "CompensationFailedError",
     "GraphBuildError", "HandoffError", "HandoffContractError", "HandoffLimitError",
-    "HandoffLoopError", "GraphError", "GraphStepLimitError",
+    "HandoffLoopError", "GraphError", "GraphStepLimitError", "EnsembleError",
+    "NoQuorumError", "DivergenceError", "RefinementExhaustedError", "ReflexionExhaustedError",
+    "EscalatedError",
     "ResilienceError", "RetryExhaustedError", "CallTimeoutError", "CircuitOpenError",
     "BulkheadFullError", "ThrottledError", "FallbackExhaustedError", "BudgetExceededError",
     "BudgetExceeded", "OutcomeCheckError", "ModelError", "RateLimitedError", "ProviderQuota",

@@ -47,6 +47,9 @@ from .errors import CompensationFailedError as CompensationFailedError
 from .errors import ConfigurationError as ConfigurationError
 from .errors import ContentFilterError as ContentFilterError
 from .errors import ContextMisuseError as ContextMisuseError
+from .errors import DivergenceError as DivergenceError
+from .errors import EnsembleError as EnsembleError
+from .errors import EscalatedError as EscalatedError
 from .errors import FallbackExhaustedError as FallbackExhaustedError
 from .errors import GraphBuildError as GraphBuildError
 from .errors import GraphError as GraphError
@@ -64,12 +67,15 @@ from .errors import ModelConnectionError as ModelConnectionError
 from .errors import ModelError as ModelError
 from .errors import ModelTimeoutError as ModelTimeoutError
 from .errors import NonDeterminismError as NonDeterminismError
+from .errors import NoQuorumError as NoQuorumError
 from .errors import NotAStalwartStoreError as NotAStalwartStoreError
 from .errors import OutcomeCheckError as OutcomeCheckError
 from .errors import OutputValidationError as OutputValidationError
 from .errors import ProviderOverloadedError as ProviderOverloadedError
 from .errors import ProviderQuota as ProviderQuota
 from .errors import RateLimitedError as RateLimitedError
+from .errors import RefinementExhaustedError as RefinementExhaustedError
+from .errors import ReflexionExhaustedError as ReflexionExhaustedError
 from .errors import RemoteError as RemoteError
 from .errors import RepairBudgetExceededError as RepairBudgetExceededError
 from .errors import ResilienceError as ResilienceError
@@ -107,11 +113,21 @@ from .patterns import END as END
 from .patterns import START as START
 from .patterns import ChildSpec as ChildSpec
 from .patterns import CompiledGraph as CompiledGraph
+from .patterns import Evaluation as Evaluation
 from .patterns import Graph as Graph
 from .patterns import Handoff as Handoff
+from .patterns import MixtureResult as MixtureResult
+from .patterns import RefineResult as RefineResult
+from .patterns import ReflexionResult as ReflexionResult
 from .patterns import Saga as Saga
 from .patterns import Team as Team
 from .patterns import TeamResult as TeamResult
+from .patterns import Verdict as Verdict
+from .patterns import VoteResult as VoteResult
+from .patterns import mixture as mixture
+from .patterns import refine as refine
+from .patterns import reflexion as reflexion
+from .patterns import vote as vote
 from .policies import BulkheadConfig as BulkheadConfig
 from .policies import CircuitBreakerConfig as CircuitBreakerConfig
 from .policies import RateLimit as RateLimit
@@ -191,6 +207,16 @@ __all__ = [
     "Team",
     "TeamResult",
     "Handoff",
+    "vote",
+    "VoteResult",
+    "mixture",
+    "MixtureResult",
+    "refine",
+    "Verdict",
+    "RefineResult",
+    "reflexion",
+    "Evaluation",
+    "ReflexionResult",
     # time
     "Clock",
     "SystemClock",
@@ -228,6 +254,12 @@ __all__ = [
     "HandoffContractError",
     "HandoffLimitError",
     "HandoffLoopError",
+    "EnsembleError",
+    "NoQuorumError",
+    "DivergenceError",
+    "RefinementExhaustedError",
+    "ReflexionExhaustedError",
+    "EscalatedError",
     "ResilienceError",
     "RetryExhaustedError",
     "CallTimeoutError",

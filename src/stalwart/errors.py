@@ -32,7 +32,18 @@ seconds, or ``None``) and where it happened (``run_id``, ``step_id``, ``attempt`
     │   ├── HandoffContractError      the sender did not satisfy the contract (re-asks spent)
     │   ├── HandoffLimitError         a chain of handoffs longer than max_hops
     │   └── HandoffLoopError          a handoff that repeats an earlier one of the chain
+    ├── EnsembleError                 an ensemble could not settle on an answer
+    │   ├── NoQuorumError             no answer of a vote reached its quorum
+    │   ├── DivergenceError           a mixture's proposers disagreed over escalate_above
+    │   ├── RefinementExhaustedError  the critic accepted no draft within max_rounds
+    │   └── ReflexionExhaustedError   no trial passed the evaluator within max_trials
+    ├── BlackboardError               a blackboard operation could not be done
+    │   ├── BoardConflictError        compare-and-set lost: the entry is at another version
+    │   └── BoardPatternError         a read/take pattern that is not valid (also a
+    │                                 ConfigurationError)
     ├── ResilienceError               raised by the policy stack
+    │   ├── EscalatedError            a pattern escalated to the dead-letter queue (its
+    │   │                             evidence attached; the cause is the pattern's error)
     │   ├── RetryExhaustedError       Retry gave up; __cause__ is the last error
     │   ├── CallTimeoutError          a timeout or deadline scope expired; retryable
     │   ├── CircuitOpenError          the breaker rejected the call; retryable after
@@ -83,6 +94,15 @@ from typing import Any, ClassVar, Self, TypeVar, final
 
 __all__ = [
     "AgentError",
+    "BlackboardError",
+    "BoardConflictError",
+    "BoardPatternError",
+    "DivergenceError",
+    "EnsembleError",
+    "EscalatedError",
+    "NoQuorumError",
+    "RefinementExhaustedError",
+    "ReflexionExhaustedError",
     "FallbackExhaustedError",
     "GraphBuildError",
     "GraphError",
@@ -813,6 +833,171 @@ class OutcomeCheckError(StalwartError):
         super().__init__(message, **context)
         self.key = key
         self.reason = reason
+
+
+# --- ensembles and the blackboard ----------------------------------------------------
+
+
+class EnsembleError(StalwartError):
+    """An ensemble (``sw.vote``, ``sw.mixture``, ``sw.refine``, ``sw.reflexion``) could not
+    settle on an answer it may return. Not retryable: the members' answers are journaled,
+    so running it again gives the same outcome.
+
+    Attributes:
+        pattern: which ensemble (``"vote"``, ``"mixture"``, ``"refine"``, ``"reflexion"``).
+    """
+
+    journal_attributes: ClassVar[tuple[str, ...]] = ("pattern",)
+
+    def __init__(self, message: str, *, pattern: str, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.pattern = pattern
+
+
+class NoQuorumError(EnsembleError):
+    """No answer of a vote reached its quorum (or two tied at the top).
+
+    Attributes:
+        quorum: the votes an answer needed.
+        voters: how many voters were asked.
+        tally: ``[[answer as JSON text, votes], ...]``, most votes first.
+        abstained: voters that gave no valid ballot (failed, or an invalid answer).
+    """
+
+    journal_attributes = ("quorum", "voters", "tally", "abstained")
+
+    def __init__(self, message: str, *, quorum: int, voters: int,
+                 tally: Sequence[Sequence[Any]] = (), abstained: Sequence[str] = (),
+                 **context: Any) -> None:
+        super().__init__(message, pattern="vote", **context)
+        self.quorum = quorum
+        self.voters = voters
+        self.tally = [list(t) for t in tally]
+        self.abstained = list(abstained)
+
+
+class DivergenceError(EnsembleError):
+    """A mixture's proposers disagreed more than its ``escalate_above`` allows; the
+    aggregator was not asked.
+
+    Attributes:
+        divergence: the measured divergence (0 = all agree, 1 = nothing in common).
+        threshold: ``escalate_above``.
+        answers: the proposers' answers (JSON values), by proposer.
+    """
+
+    journal_attributes = ("divergence", "threshold", "answers")
+
+    def __init__(self, message: str, *, divergence: float, threshold: float,
+                 answers: Mapping[str, Any] | None = None, **context: Any) -> None:
+        super().__init__(message, pattern="mixture", **context)
+        self.divergence = divergence
+        self.threshold = threshold
+        self.answers = dict(answers or {})
+
+
+class RefinementExhaustedError(EnsembleError):
+    """The critic accepted no draft of a generator-critic loop within ``max_rounds``.
+
+    Attributes:
+        rounds: the rounds made.
+        history: ``[{"round", "draft", "verdict"}, ...]``, every draft and critique.
+    """
+
+    journal_attributes = ("rounds", "history")
+
+    def __init__(self, message: str, *, rounds: int,
+                 history: Sequence[Mapping[str, Any]] = (), **context: Any) -> None:
+        super().__init__(message, pattern="refine", **context)
+        self.rounds = rounds
+        self.history = [dict(h) for h in history]
+
+
+class ReflexionExhaustedError(EnsembleError):
+    """No trial of a Reflexion loop passed its evaluator within ``max_trials``.
+
+    Attributes:
+        trials: ``[{"trial", "answer", "evaluation", "reflection"}, ...]``, every trial
+            with its evaluation and the reflection written after it.
+    """
+
+    journal_attributes = ("trials",)
+
+    def __init__(self, message: str, *, trials: Sequence[Mapping[str, Any]] = (),
+                 **context: Any) -> None:
+        super().__init__(message, pattern="reflexion", **context)
+        self.trials = [dict(t) for t in trials]
+
+
+class EscalatedError(ResilienceError):
+    """A pattern escalated to a human through the dead-letter queue (``escalate="dlq"``):
+    the run waits there with the evidence, and ``stalwart dlq`` shows it. The
+    ``__cause__`` is the pattern's own error (a :class:`NoQuorumError`, ...).
+
+    Attributes:
+        pattern: the pattern that escalated.
+        reason: the pattern's error, ``"Type: message"``.
+        evidence: what the pattern's error carried (its journal attributes).
+    """
+
+    journal_attributes = ("pattern", "reason", "evidence")
+
+    def __init__(self, message: str, *, pattern: str, reason: str,
+                 evidence: Mapping[str, Any] | None = None, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.pattern = pattern
+        self.reason = reason
+        self.evidence = dict(evidence or {})
+
+
+class BlackboardError(StalwartError):
+    """A blackboard operation could not be done.
+
+    Attributes:
+        board: the blackboard's name.
+    """
+
+    journal_attributes: ClassVar[tuple[str, ...]] = ("board",)
+
+    def __init__(self, message: str, *, board: str, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.board = board
+
+
+class BoardConflictError(BlackboardError):
+    """A compare-and-set write lost: the entry is not at the version the writer read
+    (another writer changed it first, or it does not exist). Nothing was written; read
+    it again and decide.
+
+    Attributes:
+        key: the entry's key.
+        expected: the version the writer expected (0: that the key does not exist).
+        actual: the version the entry is at (0: it does not exist).
+    """
+
+    journal_attributes = ("key", "expected", "actual")
+
+    def __init__(self, message: str, *, board: str, key: str, expected: int, actual: int,
+                 **context: Any) -> None:
+        super().__init__(message, board=board, **context)
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+
+
+class BoardPatternError(BlackboardError, ConfigurationError):
+    """A pattern given to ``read``/``take``/``wait`` is not valid (see
+    :class:`~stalwart.Blackboard`): nothing was read or taken.
+
+    Attributes:
+        pattern: the pattern, as given (its ``repr``).
+    """
+
+    journal_attributes = ("pattern",)
+
+    def __init__(self, message: str, *, board: str, pattern: str, **context: Any) -> None:
+        super().__init__(message, board=board, **context)
+        self.pattern = pattern
 
 
 # --- agents --------------------------------------------------------------------------

@@ -64,3 +64,16 @@ def test_handoff_example(tmp_path: Path) -> None:
         'billing received: {"customer_id": "c-42", "issue": "charged twice for order 1009", '
         '"summary": "Customer ([email]) says the second charge came a day later."}')
     assert lines[3].startswith("answer from billing: [sim:billing]")
+
+
+def test_ensembles_example(tmp_path: Path) -> None:
+    """examples/ensembles.py: the vote outvotes the broken annotator, the mixture's
+    second layer converges, the critic asks for a source once, the solver learns."""
+    lines = run_example("ensembles.py", tmp_path).splitlines()
+    assert lines[0] == "vote: ham (3 of 5; dissent: annotator2, annotator4)"
+    assert lines[1] == ("mixture: Demand grows ~40% a year as inference gets cheaper; "
+                        "margins shrink. (divergence 1.00 -> 0.39, 7 calls)")
+    assert lines[2] == ("refine: GPUs are scarce (source: TSMC Q3 report). (round 2; "
+                        "asked: cite a source)")
+    assert lines[3] == "reflexion: 17 (trial 2; memory: trial 1: 8+9 is not 15: carry the one)"
+    assert lines[4].startswith("inspect it: stalwart runs show ")

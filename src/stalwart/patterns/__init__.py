@@ -1,5 +1,6 @@
 """Coordination patterns built on the durable core: approvals, sagas, supervisors,
-state graphs, handoffs, actors.
+state graphs, handoffs, and ensembles (votes, mixtures of agents, generator-critic
+loops, Reflexion).
 
 Each is made of the engine's public pieces (steps, child runs, waits, the journaled
 clock), so it is crash-safe, bounded and traced like any workflow code, and adds no
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 from ..engine._saga import Saga as Saga
 from ..engine._supervisor import ChildSpec as ChildSpec
+from ._divergence import divergence as divergence
+from ._divergence import token_distance as token_distance
 from ._graph import END as END
 from ._graph import START as START
 from ._graph import CompiledGraph as CompiledGraph
@@ -22,6 +25,30 @@ from ._graph import Graph as Graph
 from ._handoff import Handoff as Handoff
 from ._handoff import Team as Team
 from ._handoff import TeamResult as TeamResult
+from ._members import Reply as Reply
+from ._mixture import MixtureInput as MixtureInput
+from ._mixture import MixtureResult as MixtureResult
+from ._mixture import mixture as mixture
+from ._refine import CritiqueInput as CritiqueInput
+from ._refine import RefineInput as RefineInput
+from ._refine import RefineResult as RefineResult
+from ._refine import Round as Round
+from ._refine import Verdict as Verdict
+from ._refine import refine as refine
+from ._reflexion import Evaluation as Evaluation
+from ._reflexion import EvaluationInput as EvaluationInput
+from ._reflexion import ReflectionInput as ReflectionInput
+from ._reflexion import ReflexionResult as ReflexionResult
+from ._reflexion import Trial as Trial
+from ._reflexion import TrialInput as TrialInput
+from ._reflexion import reflexion as reflexion
+from ._vote import Ballot as Ballot
+from ._vote import VoteResult as VoteResult
+from ._vote import vote as vote
 
-__all__ = ["END", "START", "ChildSpec", "CompiledGraph", "Graph", "Handoff", "Saga", "Team",
-           "TeamResult"]
+__all__ = ["END", "START", "Ballot", "ChildSpec", "CompiledGraph", "CritiqueInput",
+           "Evaluation", "EvaluationInput", "Graph", "Handoff", "MixtureInput",
+           "MixtureResult", "RefineInput", "RefineResult", "ReflectionInput",
+           "ReflexionResult", "Reply", "Round", "Saga", "Team", "TeamResult", "Trial",
+           "TrialInput", "Verdict", "VoteResult", "divergence", "mixture", "refine",
+           "reflexion", "token_distance", "vote"]

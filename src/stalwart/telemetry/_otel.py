@@ -529,6 +529,8 @@ class OTelInterceptor(Interceptor):
     def policy_noted(self, input: PolicyInput) -> None:
         if input.action == "retried" and self._metrics:
             self._retries.add(1, {"stalwart.policy.key": input.key})
+        elif input.action == "semantic_failure" and self._metrics:
+            self._semantic.add(1, {"stalwart.policy.key": input.key})
         state = self._runs.get(input.run_id)
         if state is None or state.steps is None or input.step_id is None:
             return
@@ -564,6 +566,12 @@ class OTelInterceptor(Interceptor):
         self._retries = meter.create_counter(
             "stalwart.retries", unit="{retry}",
             description="Attempts retried by the retry policy")
+        self._semantic = meter.create_counter(
+            "stalwart.semantic_failures", unit="{failure}",
+            description="Answers that were wrong though the call succeeded: a voter "
+                        "dissenting from the winner, a draft a critic rejected, a "
+                        "failed Reflexion trial, a refuted blackboard entry "
+                        "(key: the model, or the member without one)")
         # The meter provider keeps its callbacks for good: they hold this interceptor
         # weakly, so a runtime that is gone stops reporting (and is not kept alive).
         me = weakref.ref(self)
