@@ -366,6 +366,7 @@ async def test_a_journal_of_schema_2_is_migrated_with_its_chains(pg: PostgresSto
     sql(pg_url, "ALTER TABLE stalwart_runs DROP COLUMN event_head, DROP COLUMN run_digest, "
                 "DROP COLUMN outcome_digest")
     sql(pg_url, "ALTER TABLE stalwart_events DROP COLUMN digest")
+    sql(pg_url, "DROP TABLE stalwart_board_entries, stalwart_board_ops")  # schema 4's
     sql(pg_url, "UPDATE stalwart_meta SET value = '2' WHERE key = 'schema_version'")
     before = snapshot(pg_url)
     reader = PostgresStore(pg_url, access="read")
@@ -381,6 +382,36 @@ async def test_a_journal_of_schema_2_is_migrated_with_its_chains(pg: PostgresSto
         assert (await writer.get_run("r")).result == "7"  # type: ignore[union-attr]
     finally:
         await writer.close()
+
+
+async def test_a_journal_of_schema_3_gains_the_blackboard_tables(pg: PostgresStore,
+                                                                pg_url: str) -> None:
+    """A journal written before blackboards (schema 3) is refused by readers, untouched,
+    and a writer adds the tables; its runs stay and a board works on it."""
+    from stalwart.store._board import BoardOp
+    from stalwart.store._postgres_schema import SCHEMA_VERSION
+
+    await pg.create_run(run_id="r", workflow="wf", input="[1]", now=1.0)
+    await pg.close()
+    sql(pg_url, "DROP TABLE stalwart_board_entries, stalwart_board_ops")
+    sql(pg_url, "UPDATE stalwart_meta SET value = '3' WHERE key = 'schema_version'")
+    before = snapshot(pg_url)
+    reader = PostgresStore(pg_url, access="read")
+    with pytest.raises(SchemaVersionError, match="migrates it"):
+        await reader.open()
+    await reader.close()
+    assert snapshot(pg_url) == before
+    writer = PostgresStore(pg_url)
+    await writer.open()
+    try:
+        assert await writer.get_run("r") is not None
+        entry = await writer.board_apply(BoardOp("post", "b", "r:1", key="k", value=1),
+                                         now=2.0)
+        assert entry is not None and entry.version == 1
+    finally:
+        await writer.close()
+    assert sql(pg_url, "SELECT value FROM stalwart_meta WHERE key = 'schema_version'") == [
+        (str(SCHEMA_VERSION),)]
 
 
 # -- URLs ----------------------------------------------------------------------------------

@@ -401,6 +401,7 @@ def downgrade_to_schema_1(path: Path) -> None:
                      "ALTER TABLE runs DROP COLUMN run_digest",
                      "ALTER TABLE runs DROP COLUMN outcome_digest",
                      "ALTER TABLE events DROP COLUMN digest",
+                     "DROP TABLE board_entries", "DROP TABLE board_ops",
                      "UPDATE stalwart_meta SET value = '1' WHERE key = 'schema_version'"):
             conn.execute(stmt)
     conn.close()
@@ -427,4 +428,37 @@ async def test_a_journal_of_schema_1_is_migrated_by_a_writer_only(tmp_path: Path
         assert conn.execute("SELECT value FROM stalwart_meta WHERE key = 'schema_version'"
                             ).fetchone() == (str(SCHEMA_VERSION),)
         assert conn.execute("SELECT count(*) FROM events WHERE digest = ''").fetchone() == (0,)
+    conn.close()
+
+
+# -- schema 2 (before blackboards) -----------------------------------------------------
+
+
+async def test_a_journal_of_schema_2_gains_the_blackboard_tables_from_a_writer(
+        tmp_path: Path) -> None:
+    """A journal written before blackboards is refused by readers, untouched; a writer
+    adds the tables (its runs stay as they were) and a board works on it."""
+    from stalwart.store._board import BoardOp
+
+    path = tmp_path / "journal.db"
+    await make_journal(path, runs=2)
+    with sqlite3.connect(path) as conn:
+        for stmt in ("DROP TABLE board_entries", "DROP TABLE board_ops",
+                     "UPDATE stalwart_meta SET value = '2' WHERE key = 'schema_version'"):
+            conn.execute(stmt)
+    conn.close()
+    err = await refused(path, SchemaVersionError, access="read")
+    assert "migrates it" in str(err)
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        assert len(await store.list_runs()) == 2
+        entry = await store.board_apply(BoardOp("post", "b", "r:1", key="k", value=1),
+                                        now=1.0)
+        assert entry is not None and entry.version == 1
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT value FROM stalwart_meta WHERE key = 'schema_version'"
+                            ).fetchone() == (str(SCHEMA_VERSION),)
     conn.close()

@@ -34,13 +34,15 @@ __all__ = [
     "WorkerRecord",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The SQLite journal's schema version, which this code reads and writes (PostgreSQL's
 tables have their own, in ``_postgres_schema``).
 
 2. Checksums: each event's digest chains to the one before it in its run, and the run
    row keeps the chain's head and digests of the run and its outcome (see ``_chain``).
-   A writer migrates a journal of schema 1, hashing its events as they are then."""
+   A writer migrates a journal of schema 1, hashing its events as they are then.
+3. Blackboards (see ``_board``): ``board_entries`` and ``board_ops``. A writer adds them
+   to a journal of schema 1 or 2 (runs may depend on them, so they are versioned)."""
 
 APP_ID = "stalwart"
 

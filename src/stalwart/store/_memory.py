@@ -30,6 +30,7 @@ from ._base import (
     WorkerRecord,
     open_cleanups,
 )
+from ._board import BoardEntry, BoardOp, choose, plan
 from ._chain import verify_events
 from ._limits import (
     BucketDraw,
@@ -100,6 +101,8 @@ class MemoryStore:
         self._workers: dict[str, WorkerRecord] = {}
         self._buckets: dict[str, BucketState] = {}
         self._slots: dict[str, dict[str, float]] = {}  # pool -> holder -> expires_at
+        self._board: dict[tuple[str, str], BoardEntry] = {}
+        self._board_ops: dict[str, BoardEntry] = {}
         self.commits = 0
         """Write operations performed (the counterpart of SQLiteStore.commits)."""
 
@@ -407,3 +410,33 @@ class MemoryStore:
     async def bulkhead_active(self, pool: str, *, now: float) -> int:
         await self._yield()
         return sum(1 for expires in self._slots.get(pool, {}).values() if expires >= now)
+
+    # -- blackboards (see _board) ----------------------------------------------------
+
+    async def board_apply(self, op: BoardOp, *, now: float) -> BoardEntry | None:
+        await self._yield()
+        done = self._board_ops.get(op.op_key)
+        if done is not None:
+            return done
+        if op.kind == "take":
+            assert op.pattern is not None
+            current = choose(op.pattern, [e for (b, _), e in self._board.items()
+                                          if b == op.board and not e.taken])
+        else:
+            current = self._board.get((op.board, op.key))
+        entry = plan(op, current, now)
+        if entry is None:
+            return None
+        self._board[(op.board, entry.key)] = entry
+        self._board_ops[op.op_key] = entry
+        self.commits += 1
+        return entry
+
+    async def board_entries(self, board: str, *, prefix: str = "") -> list[BoardEntry]:
+        await self._yield()
+        return sorted((e for (b, k), e in self._board.items()
+                       if b == board and k.startswith(prefix)), key=lambda e: e.key)
+
+    async def board_names(self) -> list[str]:
+        await self._yield()
+        return sorted({b for b, _ in self._board})

@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import json
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -79,6 +80,8 @@ from ._base import (
     WorkerRecord,
     open_cleanups,
 )
+from ._board import ROW_COLUMNS, BoardEntry, BoardOp, choose, entry_from_row, entry_row
+from ._board import plan as plan_board
 from ._chain import RUN_COLUMNS, run_record, verify_events
 from ._limits import (
     BucketDraw,
@@ -1121,3 +1124,67 @@ class PostgresStore:
         rows = await self._read("SELECT count(*) FROM stalwart_bulkhead_slots "
                                 "WHERE pool = %s AND expires_at >= %s", (pool, now))
         return int(rows[0][0])
+
+    # -- blackboards (see _board: lock, plan, write) ------------------------------------
+
+    async def board_apply(self, op: BoardOp, *, now: float) -> BoardEntry | None:
+        async def write(conn: Conn) -> BoardEntry | None:
+            done = await (await conn.execute(
+                "SELECT entry FROM stalwart_board_ops WHERE op_key = %s",
+                (op.op_key,))).fetchone()
+            if done is not None:
+                return BoardEntry.from_json(json.loads(done[0]))
+            if op.kind == "take":
+                # Exactly one taker: each candidate row is locked by one transaction;
+                # the others skip it and look at the next.
+                assert op.pattern is not None
+                current = choose(op.pattern, await _board_rows(
+                    conn, op.board, op.pattern.prefix,
+                    "AND taken_by IS NULL ORDER BY updated_at, key FOR UPDATE SKIP LOCKED"))
+            else:
+                # One writer per key at a time, also while the key does not exist yet (a
+                # row lock cannot hold a row that is not there).
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext('stalwart-board'), "
+                    "hashtext(current_schema() || ':' || %s || ':' || %s))",
+                    (op.board, op.key))
+                found = await _board_rows(conn, op.board, op.key, "AND key = %s FOR UPDATE",
+                                          op.key)
+                current = found[0] if found else None
+            entry = plan_board(op, current, now)
+            if entry is None:
+                return None
+            await conn.execute(
+                f"INSERT INTO stalwart_board_entries ({_BOARD_COLUMNS}) VALUES "
+                f"({', '.join(['%s'] * len(ROW_COLUMNS))}) ON CONFLICT (board, key) DO "
+                f"UPDATE SET {', '.join(f'{c} = EXCLUDED.{c}' for c in ROW_COLUMNS[2:])}",
+                entry_row(entry))
+            await conn.execute(
+                "INSERT INTO stalwart_board_ops (op_key, board, entry, created_at) "
+                "VALUES (%s, %s, %s, %s)",
+                (op.op_key, op.board, json.dumps(entry.as_json()), now))
+            return entry
+
+        return await self._write(write)
+
+    async def board_entries(self, board: str, *, prefix: str = "") -> list[BoardEntry]:
+        rows = await self._read(
+            f"SELECT {_BOARD_COLUMNS} FROM stalwart_board_entries WHERE board = %s AND "
+            "substr(key, 1, %s) = %s ORDER BY key", (board, len(prefix), prefix))
+        return [entry_from_row(r) for r in rows]
+
+    async def board_names(self) -> list[str]:
+        rows = await self._read("SELECT DISTINCT board FROM stalwart_board_entries "
+                                "ORDER BY board")
+        return [r[0] for r in rows]
+
+
+_BOARD_COLUMNS = ", ".join(ROW_COLUMNS)
+
+
+async def _board_rows(conn: Conn, board: str, prefix: str, extra: str,
+                      *args: Any) -> list[BoardEntry]:
+    rows = await (await conn.execute(
+        f"SELECT {_BOARD_COLUMNS} FROM stalwart_board_entries WHERE board = %s AND "
+        f"substr(key, 1, %s) = %s {extra}", (board, len(prefix), prefix, *args))).fetchall()
+    return [entry_from_row(r) for r in rows]

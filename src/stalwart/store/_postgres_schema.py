@@ -25,7 +25,7 @@ from ._chain import GENESIS, event_digest, outcome_digest, run_digest
 
 __all__ = ["MIGRATIONS", "SCHEMA", "SCHEMA_VERSION", "TABLES", "WORKERS_SCHEMA", "check_or_create"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The version of these tables. It is PostgreSQL's own (SQLite's file layout has its
 own number): bump it with a :data:`MIGRATIONS` entry whenever ``SCHEMA`` changes.
 
@@ -33,7 +33,8 @@ own number): bump it with a :data:`MIGRATIONS` entry whenever ``SCHEMA`` changes
    (a stalwart that predates them would not honour them, so they are versioned).
 3. Checksums (see ``_chain``): ``stalwart_events.digest`` chains each event to the one
    before it; ``stalwart_runs`` keeps the chain's head and digests of the run and its
-   outcome. The migration hashes the events as they are then."""
+   outcome. The migration hashes the events as they are then.
+4. Blackboards (see ``_board``): ``stalwart_board_entries`` and ``stalwart_board_ops``."""
 
 log = logging.getLogger("stalwart.store.postgres")
 
@@ -54,6 +55,10 @@ TABLES = {
     "stalwart_rate_buckets": frozenset({"key", "tokens", "updated_at", "capacity",
                                         "refill_per_second"}),
     "stalwart_bulkhead_slots": frozenset({"pool", "holder", "acquired_at", "expires_at"}),
+    "stalwart_board_entries": frozenset({
+        "board", "key", "version", "value", "state", "verified_by", "note", "provenance",
+        "sources", "created_at", "updated_at", "taken_by", "taken_at"}),
+    "stalwart_board_ops": frozenset({"op_key", "board", "entry", "created_at"}),
 }
 
 _LIMITS = (
@@ -72,6 +77,31 @@ _LIMITS = (
     PRIMARY KEY (pool, holder)
 )""",
     "CREATE INDEX stalwart_bulkhead_slots_holder ON stalwart_bulkhead_slots (holder)",
+)
+
+_BOARD = (
+    """CREATE TABLE stalwart_board_entries (
+    board TEXT NOT NULL,
+    key TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    value TEXT NOT NULL,
+    state TEXT NOT NULL,
+    verified_by TEXT,
+    note TEXT,
+    provenance TEXT NOT NULL,
+    sources TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    taken_by TEXT,
+    taken_at DOUBLE PRECISION,
+    PRIMARY KEY (board, key)
+)""",
+    """CREATE TABLE stalwart_board_ops (
+    op_key TEXT PRIMARY KEY,
+    board TEXT NOT NULL,
+    entry TEXT,
+    created_at DOUBLE PRECISION NOT NULL
+)""",
 )
 
 SCHEMA = """
@@ -128,7 +158,7 @@ CREATE TABLE stalwart_signals (
 );
 CREATE INDEX stalwart_signals_pending ON stalwart_signals (run_id, name, id)
     WHERE consumed_step_id IS NULL;
-""" + ";\n".join(_LIMITS) + ";\n"
+""" + ";\n".join(_LIMITS) + ";\n" + ";\n".join(_BOARD) + ";\n"
 
 WORKERS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS stalwart_workers (
@@ -181,6 +211,7 @@ Migration = tuple[str, ...] | Callable[[Conn], Awaitable[None]]
 MIGRATIONS: dict[int, Migration] = {
     1: _LIMITS,
     2: _add_checksums,
+    3: _BOARD,
 }
 """What takes the schema from version ``n`` to ``n + 1``, keyed by ``n``: statements, or
 a function that runs them (and computes what SQL cannot)."""

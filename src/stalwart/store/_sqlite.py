@@ -55,6 +55,8 @@ from ._base import (
     WorkerRecord,
     open_cleanups,
 )
+from ._board import ROW_COLUMNS, BoardEntry, BoardOp, choose, entry_from_row, entry_row
+from ._board import plan as plan_board
 from ._chain import RUN_COLUMNS, run_record, verify_events
 from ._limits import (
     BucketDraw,
@@ -828,6 +830,52 @@ class SQLiteStore:
 
         return await self._call(op)
 
+    # -- blackboards (see _board: lock, plan, write, one write lock across processes) --
+
+    async def board_apply(self, op: BoardOp, *, now: float) -> BoardEntry | None:
+        def write(conn: sqlite3.Connection) -> BoardEntry | None:
+            done = conn.execute("SELECT entry FROM board_ops WHERE op_key = ?",
+                                (op.op_key,)).fetchone()
+            if done is not None:
+                return BoardEntry.from_json(json.loads(done[0]))
+            if op.kind == "take":
+                assert op.pattern is not None
+                current = choose(op.pattern, self._board_rows(
+                    conn, op.board, op.pattern.prefix, "AND taken_by IS NULL"))
+            else:
+                found = self._board_rows(conn, op.board, op.key, "AND key = ?", op.key)
+                current = found[0] if found else None
+            entry = plan_board(op, current, now)
+            if entry is None:
+                return None
+            conn.execute(f"INSERT OR REPLACE INTO board_entries ({_BOARD_COLUMNS}) "
+                         f"VALUES ({', '.join('?' * len(ROW_COLUMNS))})", entry_row(entry))
+            conn.execute("INSERT INTO board_ops (op_key, board, entry, created_at) "
+                         "VALUES (?, ?, ?, ?)",
+                         (op.op_key, op.board, json.dumps(entry.as_json()), now))
+            return entry
+
+        return await self._write(write)
+
+    @staticmethod
+    def _board_rows(conn: sqlite3.Connection, board: str, prefix: str, extra: str = "",
+                    *args: Any) -> list[BoardEntry]:
+        rows = conn.execute(
+            f"SELECT {_BOARD_COLUMNS} FROM board_entries WHERE board = ? AND "
+            f"substr(key, 1, ?) = ? {extra} ORDER BY key",
+            (board, len(prefix), prefix, *args)).fetchall()
+        return [entry_from_row(r) for r in rows]
+
+    async def board_entries(self, board: str, *, prefix: str = "") -> list[BoardEntry]:
+        return await self._call(lambda: self._board_rows(self._db(), board, prefix))
+
+    async def board_names(self) -> list[str]:
+        def op() -> list[str]:
+            return [r[0] for r in self._db().execute(
+                "SELECT DISTINCT board FROM board_entries ORDER BY board")]
+
+        return await self._call(op)
+
 
 _INSERT_EVENT = ("INSERT INTO events (run_id, seq, kind, step_id, name, payload, created_at, "
                  "digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
@@ -856,6 +904,9 @@ def _find(conn: sqlite3.Connection, columns: str, run_id: str) -> Any:
 def _state(conn: sqlite3.Connection, run_id: str) -> RunState | None:
     row = _find(conn, STATE_COLUMNS, run_id)
     return state_from_row(row) if row else None
+
+
+_BOARD_COLUMNS = ", ".join(ROW_COLUMNS)
 
 
 @functools.cache

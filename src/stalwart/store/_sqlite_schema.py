@@ -120,6 +120,18 @@ OPERATIONAL = (
     "CREATE INDEX IF NOT EXISTS bulkhead_slots_holder ON bulkhead_slots (holder)",
 )
 
+BOARD = (
+    "CREATE TABLE board_entries (board TEXT NOT NULL, key TEXT NOT NULL, "
+    "version INTEGER NOT NULL, value TEXT NOT NULL, state TEXT NOT NULL, verified_by TEXT, "
+    "note TEXT, provenance TEXT NOT NULL, sources TEXT NOT NULL, created_at REAL NOT NULL, "
+    "updated_at REAL NOT NULL, taken_by TEXT, taken_at REAL, PRIMARY KEY (board, key)) "
+    "WITHOUT ROWID",
+    "CREATE TABLE board_ops (op_key TEXT PRIMARY KEY, board TEXT NOT NULL, entry TEXT, "
+    "created_at REAL NOT NULL)",
+)
+"""Schema 3: the blackboards (``_board``): entries, and the operations applied (by the
+idempotency key of the step that made each)."""
+
 MIGRATABLE_FROM = 1
 """The oldest journal schema a writer migrates (1: before checksums, see _chain)."""
 
@@ -334,7 +346,7 @@ def create(conn: sqlite3.Connection) -> None:
             for stmt in SCHEMA.split(";"):
                 if stmt.strip():
                     conn.execute(stmt)
-            for stmt in OPERATIONAL:
+            for stmt in (*OPERATIONAL, *BOARD):
                 conn.execute(stmt)
             conn.executemany("INSERT INTO stalwart_meta (key, value) VALUES (?, ?)",
                              [("app", APP_ID), ("schema_version", str(SCHEMA_VERSION))])
@@ -346,13 +358,17 @@ def create(conn: sqlite3.Connection) -> None:
 
 def migrate(conn: sqlite3.Connection, path: str) -> None:
     """Bring ``conn``'s journal (ours, checked) to :data:`SCHEMA_VERSION` in one
-    transaction. Schema 1 predates checksums: its events are hashed as they are now."""
+    transaction. Schema 1 predates checksums: its events are hashed as they are now;
+    schemas 1 and 2 predate the blackboards: their tables are added."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         meta = dict(conn.execute("SELECT key, value FROM stalwart_meta").fetchall())
         found = int(meta.get("schema_version", "0"))
         if found == 1:
             _migrate_1(conn)
+        if found in (1, 2):
+            for stmt in BOARD:
+                conn.execute(stmt)
         elif found != SCHEMA_VERSION:
             raise version_error(path, found, writer=True)
         for stmt in OPERATIONAL:
