@@ -94,6 +94,8 @@ LOCAL_IMPORTS = {
                                                              "first use",
     ("stalwart.cli._frames", "stalwart"): "where the package lives, for frames to hide",
     ("stalwart.cli._runs", "stalwart.cli._trace"): "the waterfall, only for runs trace",
+    ("stalwart.cli.dashboard._command", "stalwart.cli.dashboard._web"): "the dashboard extra "
+                                                                       "(starlette, jinja2)",
 }
 """Function-local imports of stalwart modules, each with its reason."""
 

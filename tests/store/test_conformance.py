@@ -131,6 +131,20 @@ async def test_list_runs_is_newest_first_filtered_and_limited(store: Store) -> N
     assert await store.list_runs(status=RunStatus.COMPLETED) == []
 
 
+async def test_list_runs_filters_by_workflow_and_creation_time(store: Store) -> None:
+    """list_runs(workflow=, created_before=, created_since=): the dashboard's filters and
+    its pages (runs created before the last one shown); each alone and together."""
+    for i, wf in enumerate(["a", "b", "a", "b"]):
+        await store.create_run(run_id=f"r{i}", workflow=wf, input="[]", now=T0 + i)
+    ids = lambda runs: [r.run_id for r in runs]  # noqa: E731
+    assert ids(await store.list_runs(workflow="a")) == ["r2", "r0"]
+    assert ids(await store.list_runs(created_before=T0 + 2)) == ["r1", "r0"]
+    assert ids(await store.list_runs(created_since=T0 + 2)) == ["r3", "r2"]
+    assert ids(await store.list_runs(workflow="b", created_before=T0 + 3,
+                                     created_since=T0 + 1)) == ["r1"]
+    assert await store.list_runs(workflow="nope") == []
+
+
 async def test_list_runs_filters_by_parent(store: Store) -> None:
     """list_runs(parent_run_id=...) returns that run's children only."""
     parent = await running(store, "p")

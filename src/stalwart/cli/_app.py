@@ -21,6 +21,7 @@ from ._help import HelpCommand, HelpGroup
 from ._runs import runs_app
 from ._stats import stats
 from ._workers import worker, workers_app
+from .dashboard import dashboard
 
 __all__ = ["app", "main"]
 
@@ -125,6 +126,7 @@ app.add_typer(dlq_app, name="dlq")
 app.command("doctor", cls=HelpCommand)(doctor)
 app.command("worker", cls=HelpCommand)(worker)
 app.add_typer(workers_app, name="workers")
+app.command("dashboard", cls=HelpCommand)(dashboard)
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ from ._options import at_least
 from ._output import console
 from ._progress import Progress, watch_steps
 
-__all__ = ["cancel", "resume", "run", "signal"]
+__all__ = ["cancel", "cancel_run", "resume", "run", "signal"]
 
 _AT_REST = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED,
                       RunStatus.DEAD_LETTERED, RunStatus.SLEEPING, RunStatus.WAITING})
@@ -461,7 +461,9 @@ def signal(
                        f"stalwart resume {run_id}{store_hint(store)}", style="dim"))
 
 
-async def _cancel(store: str | None, run_id: str) -> tuple[RunRecord, RunRecord]:
+async def cancel_run(store: str | None, run_id: str) -> tuple[RunRecord, RunRecord]:
+    """Request a run's cancellation: its record before and after (the same record when
+    it had already ended: nothing is written then)."""
     rt = client_runtime(store, read_only=False)
     try:
         before = await rt.get_run(run_id)
@@ -478,7 +480,7 @@ def cancel(
     store: StoreOption = None,
 ) -> None:
     """Cancel a run and its unfinished children."""
-    before, rec = run_async(_cancel(store, run_id))
+    before, rec = run_async(cancel_run(store, run_id))
     out = console()
     if before.is_terminal:
         if before.status == RunStatus.CANCELLED:

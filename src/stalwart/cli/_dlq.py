@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .._runtime import Runtime
 from .._serde import ErrorInfo
 from ..engine._workflow import Workflow
 from ..store._base import Event, EventKind, RunRecord, RunStatus, Store
@@ -51,7 +52,8 @@ from ._loader import add_cwd_to_path, imported_workflows, resolve_ref
 from ._options import at_least
 from ._output import Column, PlainOption, Rows, cell, console
 
-__all__ = ["DeadLetter", "FailedAttempt", "dlq_app", "read_dead_letter"]
+__all__ = ["DeadLetter", "FailedAttempt", "dead_letters", "dlq_app", "read_dead_letter",
+           "redrive_only"]
 
 dlq_app = typer.Typer(help="The dead-letter queue: runs that exhausted their resilience "
                            "policies.", no_args_is_help=True, cls=HelpGroup,
@@ -194,11 +196,16 @@ async def _load(store: str | None, run_id: str) -> DeadLetter:
         await rt.close()
 
 
+async def dead_letters(rt: Runtime, limit: int) -> list[DeadLetter]:
+    """The newest ``limit`` dead-lettered runs, each with its error chain."""
+    records = await rt.list_runs(status=RunStatus.DEAD_LETTERED, limit=limit)
+    return [read_dead_letter(rec, await rt.events(rec.run_id)) for rec in records]
+
+
 async def _load_all(store: str | None, limit: int) -> list[DeadLetter]:
     rt = client_runtime(store)
     try:
-        records = await rt.list_runs(status=RunStatus.DEAD_LETTERED, limit=limit)
-        return [read_dead_letter(rec, await rt.events(rec.run_id)) for rec in records]
+        return await dead_letters(rt, limit)
     finally:
         await rt.close()
 
@@ -377,9 +384,14 @@ async def _check(store: str | Store | None, run_id: str) -> RunRecord:
     return rec
 
 
-async def _redrive_only(store: str | Store | None, run_id: str) -> RunRecord:
+async def redrive_only(store: str | Store | None, run_id: str) -> RunRecord:
+    """Put a dead-lettered run back in the queue (a worker executes it); a
+    :class:`CliError` when it is not dead-lettered."""
     rt = client_runtime(store, read_only=False)
     try:
+        rec = await rt.get_run(run_id)
+        if rec.status != RunStatus.DEAD_LETTERED:
+            raise _not_dead(rec, store)
         await rt.redrive(run_id)
         return await rt.get_run(run_id)
     finally:
@@ -437,7 +449,7 @@ def retry(
     rec = run_async(_check(store_, run_id))
     hint = f"stalwart runs show {run_id}{store_hint(store_)}"
     if no_wait:
-        after = run_async(_redrive_only(store_, run_id))
+        after = run_async(redrive_only(store_, run_id))
         sys.stdout.write(run_id + "\n")
         _info(f"run {run_id} redriven ({after.status}); execute it with "
               f"`stalwart resume {run_id}{store_hint(store_)}`")

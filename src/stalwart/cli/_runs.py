@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -39,7 +40,8 @@ from ._output import Column, PlainOption, Rows, cell, console
 from ._timeline import RunStory, read_story
 from ._views import fork, replay, trace
 
-__all__ = ["render_story", "runs_app", "story_json"]
+__all__ = ["RunView", "error_line", "read_run_view", "render_story", "run_json", "runs_app",
+           "story_json"]
 
 runs_app = typer.Typer(help="Inspect runs and their journals.", no_args_is_help=True,
                        cls=HelpGroup, rich_markup_mode=None)
@@ -112,7 +114,7 @@ def _status(status: RunStatus) -> Text:
     return Text(str(status), style=_STATUS_STYLE.get(status, ""))
 
 
-def _error_line(rec: RunRecord) -> str:
+def error_line(rec: RunRecord) -> str:
     info = _json_or_text(rec.error)
     if isinstance(info, dict):
         return f"{info.get('type', '?')}: {info.get('message', '')}"
@@ -155,7 +157,7 @@ def list_runs(
                  Column("result / error", cut=True)])
     for r in records:
         outcome = (cell(r.result, 40, plain=plain) if r.status == RunStatus.COMPLETED
-                   else cell(_error_line(r), 40, plain=plain) if r.error else "")
+                   else cell(error_line(r), 40, plain=plain) if r.error else "")
         rows.add(r.run_id, Text(r.workflow), _status(r.status),
                  fmt_time(r.created_at, date=True), fmt_time(r.updated_at),
                  Text(outcome))
@@ -165,20 +167,30 @@ def list_runs(
 # -- runs show -----------------------------------------------------------------------
 
 
-async def _load_story(rt: Runtime, run_id: str) -> tuple[RunStory, list[RunRecord]]:
+@dataclass(frozen=True, slots=True)
+class RunView:
+    """Everything ``runs show`` (and the dashboard's run page) shows of a run."""
+
+    story: RunStory
+    events: list[Event]
+    children: list[RunRecord]
+    usage: UsageReport
+    fork: ForkInfo | None
+
+
+async def read_run_view(rt: Runtime, run_id: str) -> RunView:
+    """A run, its journal, its children, its usage and where it was forked from."""
     rec = await rt.get_run(run_id)
     events = await rt.events(run_id)
     children = await rt.store.list_runs(parent_run_id=run_id, limit=1000)
-    return read_story(rec, events), children
+    return RunView(read_story(rec, events), events, children, usage_report(events, rt.prices),
+                   fork_info(events))
 
 
-async def _show(store: str | None, run_id: str,
-                ) -> tuple[RunStory, list[RunRecord], UsageReport, ForkInfo | None]:
+async def _show(store: str | None, run_id: str) -> RunView:
     rt = client_runtime(store)
     try:
-        story, children = await _load_story(rt, run_id)
-        events = await rt.events(run_id)
-        return story, children, usage_report(events, rt.prices), fork_info(events)
+        return await read_run_view(rt, run_id)
     finally:
         await rt.close()
 
@@ -287,7 +299,7 @@ def render_story(out: Console, story: RunStory, children: list[RunRecord],
     if rec.status == RunStatus.COMPLETED:
         out.print(Text.assemble(("result ", "bold"), preview(rec.result, 400)), soft_wrap=True)
     elif rec.error:
-        out.print(Text.assemble(("error ", "bold red"), _error_line(rec)), soft_wrap=True)
+        out.print(Text.assemble(("error ", "bold red"), error_line(rec)), soft_wrap=True)
         shown = traceback_lines(error_info(rec.error).traceback, whole=whole_traceback,
                                 base=Path.cwd())
         for line in shown:
@@ -312,12 +324,13 @@ def show_run(
 
     A failed run's error is followed by the frames of your code in its traceback
     (file:line and source); --traceback prints the whole journaled traceback."""
-    story, children, usage, fork = run_async(_show(store, run_id))
+    view = run_async(_show(store, run_id))
     out = console()
     if as_json:
-        print_json(story_json(story, children, usage, fork))
+        print_json(story_json(view.story, view.children, view.usage, view.fork))
         return
-    render_story(out, story, children, store, usage, fork, whole_traceback=whole_traceback)
+    render_story(out, view.story, view.children, store, view.usage, view.fork,
+                 whole_traceback=whole_traceback)
 
 
 # -- runs events ---------------------------------------------------------------------

@@ -36,7 +36,7 @@ from ._options import at_least
 from ._output import Column, PlainOption, Rows, console, parse_duration, pipe_console
 from ._trace import fmt_cost
 
-__all__ = ["parse_duration", "percentile", "stats"]
+__all__ = ["aggregate", "collect", "parse_duration", "percentile", "stats"]
 
 def percentile(values: list[float], q: float) -> float | None:
     """The nearest-rank percentile ``q`` (0-100) of ``values``; ``None`` when empty."""
@@ -96,17 +96,24 @@ def aggregate(runs: list[tuple[RunRecord, list[Event]]], prices: PriceTable,
     return rows
 
 
+async def collect(rt: Runtime, since: float | None,
+                  limit: int) -> list[tuple[RunRecord, list[Event]]]:
+    """The newest ``limit`` runs active in the last ``since`` seconds (all with
+    ``None``), each with its journal."""
+    records = await rt.list_runs(limit=limit)
+    now = time.time()
+    out = []
+    for rec in records:
+        if since is not None and rec.updated_at < now - since:
+            continue
+        out.append((rec, await rt.store.load_events(rec.run_id)))
+    return out
+
+
 async def _collect(rt: Runtime, since: float | None,
                    limit: int) -> list[tuple[RunRecord, list[Event]]]:
     try:
-        records = await rt.list_runs(limit=limit)
-        now = time.time()
-        out = []
-        for rec in records:
-            if since is not None and rec.updated_at < now - since:
-                continue
-            out.append((rec, await rt.store.load_events(rec.run_id)))
-        return out
+        return await collect(rt, since, limit)
     finally:
         await rt.close()
 

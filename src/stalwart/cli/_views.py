@@ -33,7 +33,7 @@ from ._loader import add_cwd_to_path, imported_workflows, resolve_ref
 from ._output import console
 from ._trace import build_trace, render_trace, trace_json
 
-__all__ = ["fork", "replay", "trace"]
+__all__ = ["fork", "replay", "start_fork", "trace"]
 
 ImportOption = Annotated[list[str] | None, typer.Option(
     "--import", metavar="MODULE",
@@ -131,9 +131,11 @@ def replay(
 # -- fork ----------------------------------------------------------------------------
 
 
-async def _fork(flag: str | None, run_id: str, at: str, model: str | None,
-                new_id: str | None, imports: list[str],
-                wait: bool) -> tuple[RunRecord, str | Store | None]:
+async def start_fork(flag: str | None, run_id: str, at: str, model: str | None,
+                     new_id: str | None, imports: list[str],
+                     wait: bool) -> tuple[RunRecord, str | Store | None]:
+    """Fork ``run_id`` at step ``at``: with ``wait``, execute the fork here until it ends;
+    else only create it (a worker executes it)."""
     add_cwd_to_path()
     imported = imported_workflows(imports)  # in the loop, as every import (see _loader)
     store = command_store(flag, imported)
@@ -183,7 +185,7 @@ def fork(
     turns from the fork step on. The fork's journal records its origin."""
     if not at:
         raise CliError("--at needs a step id", USAGE)
-    rec, where = run_async(_fork(store, run_id, at, model, new_id, imports or [],
+    rec, where = run_async(start_fork(store, run_id, at, model, new_id, imports or [],
                                  not no_wait))
     if as_json:
         print_json({"run_id": rec.run_id, "forked_from": run_id, "at": at, "model": model,

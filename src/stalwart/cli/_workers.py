@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -45,7 +46,8 @@ from ._loader import add_cwd_to_path, find_workflow, import_module, workflows_in
 from ._options import at_least
 from ._output import PlainOption, Rows, console, parse_duration, pipe_console
 
-__all__ = ["worker", "workers_app"]
+__all__ = ["Fleet", "WorkerRow", "fleet_of", "read_fleet", "worker", "worker_state",
+           "workers_app"]
 
 log = logging.getLogger("stalwart.worker")
 
@@ -279,7 +281,7 @@ workers_app = typer.Typer(
 )
 
 
-def _state(w: WorkerRecord, now: float, host: str) -> str:
+def worker_state(w: WorkerRecord, now: float, host: str) -> str:
     """``stopped`` (cleanly), ``dead`` (its process is gone from this host, or it has not
     been heard from within its lease) or ``live`` — the engine's own rule for taking a
     worker's runs over."""
@@ -290,17 +292,65 @@ def _state(w: WorkerRecord, now: float, host: str) -> str:
     return "live" if w.alive(now) else "dead"
 
 
-async def _read(store: str | None, since: float) -> tuple[list[WorkerRecord],
-                                                           list[RunRecord], float]:
+@dataclass(frozen=True, slots=True)
+class WorkerRow:
+    """A worker as ``workers list`` (and the dashboard) show it: its state and the runs
+    it holds a lease on."""
+
+    worker: WorkerRecord
+    state: str
+    held: tuple[RunRecord, ...]
+
+    def uptime(self, now: float) -> float:
+        """Up till now while it lives; else till it stopped or was last heard from."""
+        w = self.worker
+        end = now if self.state == "live" else (w.stopped_at or w.heartbeat_at)
+        return end - w.started_at
+
+    def expired(self, now: float) -> int:
+        """How many of its leases have expired."""
+        return sum(1 for r in self.held if (r.lease_expires_at or 0) < now)
+
+
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    """The workers registry read at ``now``: each worker with its leases, and the running
+    runs leased by processes not in the registry."""
+
+    now: float
+    host: str
+    rows: tuple[WorkerRow, ...]
+    orphans: tuple[RunRecord, ...]
+
+
+def fleet_of(workers: list[WorkerRecord], running: list[RunRecord], now: float,
+             host: str) -> Fleet:
+    """Each worker's state and leases (a pure function of what the store returned)."""
+    leases: dict[str, list[RunRecord]] = {}
+    for r in running:
+        if r.lease_owner is not None:
+            leases.setdefault(r.lease_owner, []).append(r)
+    rows = tuple(WorkerRow(w, worker_state(w, now, host), tuple(leases.pop(w.worker_id, [])))
+                 for w in workers)
+    return Fleet(now=now, host=host, rows=rows,
+                 orphans=tuple(r for held in leases.values() for r in held))
+
+
+async def read_fleet(rt: Runtime, since: float) -> Fleet:
+    """The workers heard from in the last ``since`` seconds, read through ``rt``."""
+    await rt.open()
+    now = time.time()
+    workers = await rt.store.list_workers(since=now - since)
+    running = await rt.store.list_runs(status=RunStatus.RUNNING, limit=1_000_000)
+    return fleet_of(workers, running, now, socket.gethostname())
+
+
+async def _read(store: str | None, since: float) -> Fleet:
     rt = client_runtime(store)
     try:
-        await rt.open()
-        now = time.time()
-        workers = await rt.store.list_workers(since=now - since)
-        running = await rt.store.list_runs(status=RunStatus.RUNNING, limit=1_000_000)
+        return await read_fleet(rt, since)
     finally:
         await rt.close()
-    return workers, running, now
 
 
 def _lease_view(r: RunRecord, now: float) -> dict[str, Any]:
@@ -321,14 +371,10 @@ def list_workers(
 ) -> None:
     """Live workers (and recently stopped or dead ones), their leases and heartbeats."""
     since = parse_duration(since_text)
-    workers, running, now = run_async(_read(store, since))
-    leases: dict[str, list[RunRecord]] = {}
-    for r in running:
-        if r.lease_owner is not None:
-            leases.setdefault(r.lease_owner, []).append(r)
-    host = socket.gethostname()
-    rows = [(w, _state(w, now, host), leases.pop(w.worker_id, [])) for w in workers]
-    orphans = [r for held in leases.values() for r in held]
+    fleet = run_async(_read(store, since))
+    now, host = fleet.now, fleet.host
+    rows = [(r.worker, r.state, list(r.held)) for r in fleet.rows]
+    orphans = list(fleet.orphans)
     if json_out:
         print_json({
             "now": now,
@@ -352,12 +398,11 @@ def list_workers(
                   "leases", "pools"])
     for w, state, held in rows:
         style = {"live": "green", "dead": "red"}.get(state, "dim")
-        expired = sum(1 for r in held if (r.lease_expires_at or 0) < now)
+        row = WorkerRow(w, state, tuple(held))
+        expired = row.expired(now)
         held_text = str(len(held)) + (f" ({expired} expired)" if expired else "")
         table.add(w.worker_id, Text(state, style=style), w.host, str(w.pid),
-                  # up till now while it lives; else till it stopped or was last heard
-                  fmt_duration((now if state == "live" else w.stopped_at or
-                                w.heartbeat_at) - w.started_at),
+                  fmt_duration(row.uptime(now)),
                   f"{fmt_duration(now - w.heartbeat_at)} ago",
                   f"{w.in_flight}/{w.concurrency}", held_text,
                   ", ".join(w.pools) or "all")

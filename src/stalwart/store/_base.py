@@ -338,8 +338,13 @@ class Store(Protocol):
         status: RunStatus | None = None,
         parent_run_id: str | None = None,
         limit: int = 100,
+        workflow: str | None = None,
+        created_before: float | None = None,
+        created_since: float | None = None,
     ) -> list[RunRecord]:
-        """Runs, newest first."""
+        """Runs, newest first; only those of ``workflow``, created before
+        ``created_before`` (the cursor of the next page) or since ``created_since``, when
+        given."""
         ...
 
     async def load_events(self, run_id: str) -> list[Event]: ...

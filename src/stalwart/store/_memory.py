@@ -189,11 +189,16 @@ class MemoryStore:
         return run.rec if run else None
 
     async def list_runs(self, *, status: RunStatus | None = None,
-                        parent_run_id: str | None = None, limit: int = 100) -> list[RunRecord]:
+                        parent_run_id: str | None = None, limit: int = 100,
+                        workflow: str | None = None, created_before: float | None = None,
+                        created_since: float | None = None) -> list[RunRecord]:
         await self._yield()
         runs = [r for r in self._runs.values()
                 if (status is None or r.state.status == status)
-                and (parent_run_id is None or r.state.parent_run_id == parent_run_id)]
+                and (parent_run_id is None or r.state.parent_run_id == parent_run_id)
+                and (workflow is None or r.base.workflow == workflow)
+                and (created_before is None or r.base.created_at < created_before)
+                and (created_since is None or r.base.created_at >= created_since)]
         runs.sort(key=lambda r: (r.base.created_at, r.order), reverse=True)
         return [r.rec for r in runs[:limit]]
 

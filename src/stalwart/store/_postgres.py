@@ -578,8 +578,18 @@ class PostgresStore:
         status: RunStatus | None = None,
         parent_run_id: str | None = None,
         limit: int = 100,
+        workflow: str | None = None,
+        created_before: float | None = None,
+        created_since: float | None = None,
     ) -> list[RunRecord]:
-        clauses, args = [], []
+        clauses: list[str] = []
+        args: list[object] = []
+        for column, cmp, value in (("workflow", "=", workflow),
+                                   ("created_at", "<", created_before),
+                                   ("created_at", ">=", created_since)):
+            if value is not None:
+                clauses.append(f"{column} {cmp} %s")
+                args.append(value)
         if status is not None:
             clauses.append("status = %s")
             args.append(str(status))

@@ -1,0 +1,155 @@
+"""The workflows whose journals the dashboard tests look at, and a journal filled with
+one run of each kind (completed, a model call, dead-lettered, failed, waiting, a parent
+with a child).
+
+Run as ``python dash_app.py STORE RUN_ID MARKER`` it starts (or resumes) a ``crashy``
+run whose second step SIGKILLs its own process the first time it runs (``MARKER`` does
+not exist yet): a real crash, for the waterfall's crash mark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import stalwart as sw
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+async def _adder(ctx: sw.Context, a: int, b: int) -> int:
+    first = await ctx.step(add, a, b)
+    return await ctx.step(add, first, 1)
+
+
+adder = sw.Workflow(_adder, name="adder")
+
+
+async def _writer(ctx: sw.Context, topic: str) -> str:
+    return await ctx.llm("sim:writer", f"Write about {topic}")
+
+
+writer = sw.Workflow(_writer, name="writer")
+
+
+def lookup(query: str, call: sw.ToolCall, marker: str) -> str:
+    if not Path(marker).exists():
+        raise TimeoutError(f"lookup service down (attempt {call.attempt})")
+    return f"found {query}"
+
+
+lookup_tool = sw.Tool(lookup, policy=sw.Policy(
+    retry=sw.Retry(max_attempts=3, initial=0.001, max_backoff=0.002)))
+
+
+async def _fragile(ctx: sw.Context, query: str, marker: str) -> str:
+    first = await ctx.step(add, 1, 2)
+    return f"{first}:{await ctx.tool(lookup_tool, query=query, marker=marker)}"
+
+
+fragile = sw.Workflow(_fragile, name="fragile")
+
+
+async def _boom(ctx: sw.Context) -> None:
+    await ctx.step(add, 1, 1)
+    raise ValueError("kaboom")
+
+
+boom = sw.Workflow(_boom, name="boom")
+
+
+async def _waiter(ctx: sw.Context, item: str) -> str:
+    decision = await ctx.wait_for_signal("approve")
+    return f"{item}: {decision['by']}"
+
+
+waiter = sw.Workflow(_waiter, name="waiter")
+
+
+async def _child(ctx: sw.Context, x: int) -> int:
+    return await ctx.step(add, x, 1)
+
+
+child = sw.Workflow(_child, name="child")
+
+
+async def _parent(ctx: sw.Context, x: int) -> int:
+    return await ctx.child(child, x)
+
+
+parent = sw.Workflow(_parent, name="parent")
+
+
+def die_once(marker: str) -> str:
+    if not Path(marker).exists():
+        Path(marker).write_text("crashed once")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "survived"
+
+
+async def _crashy(ctx: sw.Context, marker: str) -> str:
+    first = await ctx.step(add, 1, 2)
+    return f"{first}:{await ctx.step(die_once, marker)}"
+
+
+crashy = sw.Workflow(_crashy, name="crashy")
+
+WORKFLOWS = (adder, writer, fragile, boom, waiter, child, parent, crashy)
+
+
+def runtime(store: str) -> sw.Runtime:
+    rt = sw.Runtime(store, poll_interval=0.05, park_after=0.05)
+    for wf in WORKFLOWS:
+        rt.register(wf)
+    return rt
+
+
+async def _settle(rt: sw.Runtime, run_id: str) -> sw.RunRecord:
+    while True:
+        rec = await rt.get_run(run_id)
+        if rec.status in (sw.RunStatus.COMPLETED, sw.RunStatus.FAILED,
+                          sw.RunStatus.DEAD_LETTERED, sw.RunStatus.WAITING):
+            return rec
+        await asyncio.sleep(0.01)
+
+
+async def populate(store: str, marker_dir: Path) -> dict[str, Any]:
+    """One run of each kind; returns their ids by kind."""
+    rt = runtime(store)
+    try:
+        ids = {"ok": "ok-1", "llm": "llm-1", "dead": "dead-1", "failed": "boom-1",
+               "waiting": "wait-1", "parent": "parent-1"}
+        await rt.start(adder, 1, 2, run_id=ids["ok"])
+        await rt.start(writer, "durability", run_id=ids["llm"])
+        await rt.start(fragile, "gpus", str(marker_dir / "service.up"), run_id=ids["dead"])
+        await rt.start(boom, run_id=ids["failed"])
+        await rt.start(waiter, "invoice", run_id=ids["waiting"])
+        await rt.start(parent, 41, run_id=ids["parent"])
+        for run_id in ids.values():
+            await _settle(rt, run_id)
+        return ids
+    finally:
+        await rt.close()
+
+
+async def _main(store: str, run_id: str, marker: str) -> None:
+    rt = runtime(store)
+    try:
+        await rt.open()
+        if await rt.store.get_run(run_id) is None:
+            await rt.start(crashy, marker, run_id=run_id)
+        else:
+            await rt.resume(run_id)
+        await rt.wait_for_end(run_id, timeout=60)
+    finally:
+        await rt.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(_main(*sys.argv[1:4]))

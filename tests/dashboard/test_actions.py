@@ -1,0 +1,115 @@
+"""The dashboard's actions (cancel, dead-letter retry, fork): they go through the CLI's
+own functions, and only with this start's token, the page's CSRF field and no foreign
+Origin; ``--read-only`` takes none."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from stalwart.cli.dashboard._web import Guard
+
+if TYPE_CHECKING:
+    from conftest import Dash, Journal
+
+
+def _csrf(html: str) -> str:
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
+    assert found is not None, "no action form on the page"
+    return found.group(1)
+
+
+def test_the_token_link_sets_a_strict_cookie_and_drops_the_token(dash: Dash,
+                                                                 journal: Journal) -> None:
+    with dash.client(journal.store) as client:
+        landed = client.get(f"/runs/ok-1?token={dash.token}", follow_redirects=False)
+        wrong = client.get("/runs?token=guess")
+    assert landed.status_code == 303 and landed.headers["location"] == "/runs/ok-1"
+    cookie = landed.headers["set-cookie"]
+    assert dash.token in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert wrong.status_code == 403 and "not the token" in wrong.text
+
+
+def test_cancel_from_the_run_page(dash: Dash, journal: Journal) -> None:
+    with dash.client(journal.store, authorized=True) as client:
+        page = client.get("/runs/wait-1").text
+        assert 'action="/runs/wait-1/cancel"' in page
+        done = client.post("/runs/wait-1/cancel", data={"csrf": _csrf(page)},
+                           follow_redirects=False)
+        assert done.status_code == 303
+        assert done.headers["location"].startswith("/runs/wait-1?note=cancelled")
+        again = client.post("/runs/wait-1/cancel", data={"csrf": _csrf(page)})
+    assert str(journal.record("wait-1").status) == "cancelled"
+    assert again.status_code == 409 and "already ended" in again.text
+
+
+@pytest.mark.parametrize("missing", ["token", "csrf", "origin", "read-only"])
+def test_an_action_without_its_guards_is_refused(dash: Dash, journal: Journal,
+                                                 missing: str) -> None:
+    """No cookie (the token link was not opened), a wrong CSRF field, another site's
+    Origin, or a read-only dashboard: 403, and the run is left as it was."""
+    csrf = Guard(dash.token, read_only=False).csrf
+    with dash.client(journal.store, authorized=missing != "token",
+                     read_only=missing == "read-only") as client:
+        page = client.get("/runs/wait-1").text
+        assert ('action="/runs/wait-1/cancel"' in page) == (missing in ("csrf", "origin"))
+        headers = {"origin": "http://evil.example"} if missing == "origin" else {}
+        refused = client.post("/runs/wait-1/cancel",
+                              data={"csrf": "0" * 64 if missing == "csrf" else csrf},
+                              headers=headers)
+    assert refused.status_code == 403 and "action refused" in refused.text
+    assert str(journal.record("wait-1").status) == "waiting"
+
+
+def test_retry_redrives_a_dead_letter_and_a_worker_finishes_it(dash: Dash,
+                                                               journal: Journal) -> None:
+    (journal.dir / "service.up").write_text("up")  # the service is back
+    # the run's input names the marker path of the journal that made it
+    rec = journal.record("dead-1")
+    Path(rec.input.split('"')[-2]).write_text("up")
+    with dash.client(journal.store, authorized=True) as client:
+        dlq = client.get("/dlq").text
+        assert 'action="/runs/dead-1/retry"' in dlq
+        done = client.post("/runs/dead-1/retry", data={"csrf": _csrf(dlq)},
+                           follow_redirects=False)
+        assert done.status_code == 303 and "redriven" in done.headers["location"]
+        not_dead = client.post("/runs/ok-1/retry", data={"csrf": _csrf(dlq)})
+    assert not_dead.status_code == 400 and "not dead-lettered" in not_dead.text
+    assert str(journal.record("dead-1").status) == "pending"
+
+    async def work() -> str:
+        rt = dash.app.runtime(journal.store)
+        try:
+            await rt.resume("dead-1")
+            return str((await rt.wait_for_end("dead-1", timeout=30)).status)
+        finally:
+            await rt.close()
+
+    assert asyncio.run(work()) == "completed"
+
+
+def test_fork_from_a_step(dash: Dash, journal: Journal) -> None:
+    with dash.client(journal.store, authorized=True) as client:
+        page = client.get("/runs/ok-1").text
+        assert '<option value="2">' in page
+        done = client.post("/runs/ok-1/fork", data={"csrf": _csrf(page), "at": "2"},
+                           follow_redirects=False)
+        assert done.status_code == 303, done.text
+        fork_id = done.headers["location"].split("?")[0].removeprefix("/runs/")
+        fork = client.get(f"/runs/{fork_id}").text
+        empty = client.post("/runs/ok-1/fork", data={"csrf": _csrf(page), "at": ""})
+    assert fork_id != "ok-1" and 'href="/runs/ok-1"' in fork and "at step 2" in fork
+    assert empty.status_code == 400 and "needs the step" in empty.text
+
+
+def test_postgres_actions(dash: Dash, pg_journal: Journal) -> None:
+    with dash.client(pg_journal.store, authorized=True) as client:
+        page = client.get("/runs/wait-1").text
+        done = client.post("/runs/wait-1/cancel", data={"csrf": _csrf(page)},
+                           follow_redirects=False)
+    assert done.status_code == 303
+    assert str(pg_journal.record("wait-1").status) == "cancelled"
