@@ -31,6 +31,7 @@ PUBLIC = {
     "ChildRun", "ChildOutcome", "ChildSpec", "Saga", "Graph", "CompiledGraph", "START", "END",
     "Team", "TeamResult", "Handoff", "vote", "VoteResult", "mixture", "MixtureResult",
     "refine", "Verdict", "RefineResult", "reflexion", "Evaluation", "ReflexionResult",
+    "Blackboard", "BoardEntry",
     # errors
     "StalwartError", "ConfigurationError", "IdempotencyConflictError", "SerializationError",
     "StoreError",
@@ -41,7 +42,7 @@ PUBLIC = {
     "GraphBuildError", "HandoffError", "HandoffContractError", "HandoffLimitError",
     "HandoffLoopError", "GraphError", "GraphStepLimitError", "EnsembleError",
     "NoQuorumError", "DivergenceError", "RefinementExhaustedError", "ReflexionExhaustedError",
-    "EscalatedError",
+    "EscalatedError", "BlackboardError", "BoardConflictError", "BoardPatternError",
     "ResilienceError", "RetryExhaustedError", "CallTimeoutError", "CircuitOpenError",
     "BulkheadFullError", "ThrottledError", "FallbackExhaustedError", "BudgetExceededError",
     "BudgetExceeded", "OutcomeCheckError", "ModelError", "RateLimitedError", "ProviderQuota",

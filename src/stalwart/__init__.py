@@ -37,6 +37,9 @@ from .engine._tools import ToolCall as ToolCall
 from .engine._workflow import Workflow as Workflow
 from .errors import AgentError as AgentError
 from .errors import AuthenticationError as AuthenticationError
+from .errors import BlackboardError as BlackboardError
+from .errors import BoardConflictError as BoardConflictError
+from .errors import BoardPatternError as BoardPatternError
 from .errors import BudgetExceeded as BudgetExceeded
 from .errors import BudgetExceededError as BudgetExceededError
 from .errors import BulkheadFullError as BulkheadFullError
@@ -111,6 +114,8 @@ from .models import count_tokens as count_tokens
 from .models import parse_model as parse_model
 from .patterns import END as END
 from .patterns import START as START
+from .patterns import Blackboard as Blackboard
+from .patterns import BoardEntry as BoardEntry
 from .patterns import ChildSpec as ChildSpec
 from .patterns import CompiledGraph as CompiledGraph
 from .patterns import Evaluation as Evaluation
@@ -217,6 +222,8 @@ __all__ = [
     "reflexion",
     "Evaluation",
     "ReflexionResult",
+    "Blackboard",
+    "BoardEntry",
     # time
     "Clock",
     "SystemClock",
@@ -260,6 +267,9 @@ __all__ = [
     "RefinementExhaustedError",
     "ReflexionExhaustedError",
     "EscalatedError",
+    "BlackboardError",
+    "BoardConflictError",
+    "BoardPatternError",
     "ResilienceError",
     "RetryExhaustedError",
     "CallTimeoutError",

@@ -63,7 +63,31 @@ async def _reflecting(ctx: sw.Context) -> Any:
     return {"output": r.output, "memory": list(r.memory)}
 
 
+board = sw.Blackboard("jobs")
+worker = sw.Agent("worker", model("worker", lambda r: f"done {last_user(r)}"))
+
+
+def checker(entry: sw.BoardEntry) -> bool:
+    crash_app.effect("verifier")
+    return entry.value != "bogus"
+
+
+board.knowledge_source(checker)
+
+
+async def _blackboard(ctx: sw.Context) -> Any:
+    for i, v in enumerate(["a", "bogus", "c"]):
+        await board.post(ctx, f"job:{i}", v, agent="producer")
+    await board.run_verifiers(ctx)
+    done = []
+    while (job := await board.take(ctx, "job:*", verified_only=True)) is not None:
+        done.append(await worker.run(ctx, job.value))
+    left = await board.read(ctx, "job:*")
+    return {"done": done, "left": [(e.key, e.state) for e in left]}
+
+
 WORKFLOWS = {w.name: w for w in (sw.Workflow(_voting, name="voting"),
+                                 sw.Workflow(_blackboard, name="blackboard"),
                                  sw.Workflow(_moa, name="moa"),
                                  sw.Workflow(_refining, name="refining"),
                                  sw.Workflow(_reflecting, name="reflecting"))}

@@ -22,6 +22,8 @@ CASES = {
     "refining": ({"output": "draft v2", "rounds": 2}, {"model-gen": 2, "model-critic": 2}),
     "reflecting": ({"output": "4", "memory": ["trial 1: 2+2 is 4"]},
                    {"model-actor": 2, "model-judge": 2}),
+    "blackboard": ({"done": ["done a", "done c"], "left": [["job:1", "refuted"]]},
+                   {"verifier": 3, "model-worker": 2}),
 }
 
 
@@ -31,6 +33,8 @@ CASES = {
     ("moa", "model-agg:1:after"),        # the aggregator answered, not journaled
     ("refining", "model-critic:2:before"),
     ("reflecting", "model-actor:2:after"),
+    ("blackboard", "verifier:2:after"),      # a verdict made, not journaled
+    ("blackboard", "model-worker:1:after"),  # a taken job's work done, not journaled
 ])
 def test_an_ensemble_killed_mid_way_resumes_without_repaying(child: Any, workflow: str,
                                                              crash_at: str) -> None:
@@ -52,5 +56,5 @@ def test_an_ensemble_killed_mid_way_resumes_without_repaying(child: Any, workflo
     executed = Counter(key for _, key in child.raw_lines())
     assert {k for k, n in executed.items() if n > 1} == flying
     assert len(flying) >= crash_at.endswith(":after")
-    if workflow in ("refining", "reflecting"):  # one member at a time
+    if workflow in ("refining", "reflecting", "blackboard"):  # one member at a time
         assert len(flying) == crash_at.endswith(":after")

@@ -77,3 +77,25 @@ def test_ensembles_example(tmp_path: Path) -> None:
                         "asked: cite a source)")
     assert lines[3] == "reflexion: 17 (trial 2; memory: trial 1: 8+9 is not 15: carry the one)"
     assert lines[4].startswith("inspect it: stalwart runs show ")
+
+
+def test_blackboard_example(tmp_path: Path) -> None:
+    """examples/blackboard.py: the made-up fact is refuted, the others verified, and the
+    summary built on everything is flagged with its chain; `stalwart board facts`
+    shows it."""
+    lines = run_example("blackboard.py", tmp_path).splitlines()
+    assert lines == [
+        "fact:h100:launch: refuted by fact_checker (the atlas says nothing)",
+        "fact:h100:memory: verified by fact_checker",
+        "fact:h100:process: verified by fact_checker",
+        "poisoned: summary:careless via summary:careless -> fact:h100:launch",
+        "inspect it: stalwart board facts",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "STALWART_STORE"}
+    shown = subprocess.run([sys.executable, "-m", "stalwart.cli", "board", "facts",
+                            "--plain"], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    rows = {r.split("\t")[0]: r.split("\t") for r in shown.stdout.splitlines()[1:]}
+    assert rows["summary:careless"][7] == "summary:careless -> fact:h100:launch"
+    assert rows["summary:careful"][7] == "-"

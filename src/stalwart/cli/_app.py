@@ -13,6 +13,7 @@ import typer
 from .. import __version__
 from ..errors import StalwartError
 from . import _commands
+from ._board import board
 from ._common import FAILURE, USAGE, CliError, exit_code_for
 from ._demo import demo
 from ._dlq import dlq_app
@@ -122,6 +123,7 @@ app.command("cancel", cls=HelpCommand)(_commands.cancel)
 app.command("demo", cls=HelpCommand)(demo)
 app.add_typer(runs_app, name="runs")
 app.command("stats", cls=HelpCommand)(stats)
+app.command("board", cls=HelpCommand)(board)
 app.add_typer(dlq_app, name="dlq")
 app.command("doctor", cls=HelpCommand)(doctor)
 app.command("worker", cls=HelpCommand)(worker)

@@ -16,6 +16,10 @@ from __future__ import annotations
 
 from ..engine._saga import Saga as Saga
 from ..engine._supervisor import ChildSpec as ChildSpec
+from ._blackboard import Blackboard as Blackboard
+from ._blackboard import BoardEntry as BoardEntry
+from ._blackboard import Poisoned as Poisoned
+from ._blackboard import poisoning as poisoning
 from ._divergence import divergence as divergence
 from ._divergence import token_distance as token_distance
 from ._graph import END as END
@@ -46,9 +50,9 @@ from ._vote import Ballot as Ballot
 from ._vote import VoteResult as VoteResult
 from ._vote import vote as vote
 
-__all__ = ["END", "START", "Ballot", "ChildSpec", "CompiledGraph", "CritiqueInput",
-           "Evaluation", "EvaluationInput", "Graph", "Handoff", "MixtureInput",
-           "MixtureResult", "RefineInput", "RefineResult", "ReflectionInput",
-           "ReflexionResult", "Reply", "Round", "Saga", "Team", "TeamResult", "Trial",
-           "TrialInput", "Verdict", "VoteResult", "divergence", "mixture", "refine",
-           "reflexion", "token_distance", "vote"]
+__all__ = ["Ballot", "Blackboard", "BoardEntry", "ChildSpec", "CompiledGraph", "CritiqueInput",
+           "END", "Evaluation", "EvaluationInput", "Graph", "Handoff", "MixtureInput",
+           "MixtureResult", "Poisoned", "RefineInput", "RefineResult", "ReflectionInput",
+           "ReflexionResult", "Reply", "Round", "START", "Saga", "Team", "TeamResult", "Trial",
+           "TrialInput", "Verdict", "VoteResult", "divergence", "mixture", "poisoning",
+           "refine", "reflexion", "token_distance", "vote"]

@@ -54,7 +54,7 @@ a human, the evidence attached."""
 
 ESCALATIONS = ("error", "dlq")
 
-_RUN_ERRORS = (StoreError, LeaseLostError, NonDeterminismError, BudgetExceededError,
+RUN_ERRORS = (StoreError, LeaseLostError, NonDeterminismError, BudgetExceededError,
                ContextMisuseError)
 """Errors of the run, not of a member: never taken for a member's failure."""
 
@@ -133,7 +133,7 @@ async def ask(ctx: Context, member: Any, label: str, payload: Any, prompt: str, 
             reply = Reply(label, validate(output, reply.value), model=reply.model,
                           calls=reply.calls, tokens=reply.tokens)
         return reply
-    except _RUN_ERRORS:
+    except RUN_ERRORS:
         raise
     except Exception as exc:
         if not catch:

@@ -1,0 +1,272 @@
+"""sw.Blackboard in workflows: posts with provenance, compare-and-set, takes, durable
+waits in virtual time, knowledge sources that verify and refute, verified-only reads,
+context poisoning with its chain, and bad input."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+import stalwart as sw
+from stalwart.patterns import poisoning
+from stalwart.store import EventKind
+from stalwart.testing import MemoryStore
+
+T0 = 1_700_000_000.0
+
+
+def make_app() -> tuple[sw.Runtime, MemoryStore]:
+    store = MemoryStore()
+    return sw.Runtime(store, clock=sw.FakeClock(T0, autojump=True)), store
+
+
+async def test_a_post_records_provenance_and_the_read_sees_it() -> None:
+    """post records run, step, workflow, agent and model; the read sees it, as the
+    store does (one version)."""
+    app, store = make_app()
+    board = sw.Blackboard("facts")
+    agent = sw.Agent("scout", "sim:scout")
+
+    @app.workflow
+    async def scout(ctx: sw.Context) -> dict[str, Any]:
+        e = await board.post(ctx, "gpu:h100", {"tflops": 989}, agent=agent)
+        [seen] = await board.read(ctx, "gpu:*")
+        return {"version": e.version, "prov": dict(seen.provenance), "state": seen.state}
+
+    async with app:
+        out = await app.run(scout, run_id="s")
+    prov = out["prov"]
+    assert (out["version"], out["state"]) == (1, "unverified")
+    assert (prov["run_id"], prov["agent"], prov["model"]) == ("s", "scout", "sim:scout")
+    assert prov["workflow"].endswith("scout")
+    assert prov["at"] == T0 and prov["step_id"]
+    [entry] = await store.board_entries("facts")
+    assert entry.version == 1 and entry.provenance == prov
+
+
+async def test_compare_and_set_conflict_fails_the_run_and_changes_nothing() -> None:
+    """Two writers read version 1; the second CAS write is BoardConflictError with
+    expected 1 and actual 2; the entry keeps the first writer's value."""
+    app, store = make_app()
+    board = sw.Blackboard("plan")
+
+    @app.workflow
+    async def writers(ctx: sw.Context) -> Any:
+        v1 = await board.post(ctx, "step", "draft", expected_version=0)
+        await board.post(ctx, "step", "first edit", expected_version=v1.version)
+        return await board.post(ctx, "step", "second edit", expected_version=v1.version)
+
+    async with app:
+        with pytest.raises(sw.RunFailedError) as caught:
+            await app.run(writers, run_id="w")
+        rec = await app.get_run("w")
+    assert caught.value.error_type == "stalwart.errors.BoardConflictError"
+    attrs = json.loads(rec.error or "{}")["attributes"]
+    assert (attrs["expected"], attrs["actual"], attrs["key"]) == (1, 2, "step")
+    [entry] = await store.board_entries("plan")
+    assert (entry.version, entry.value) == (2, "first edit")
+
+
+async def test_take_is_exactly_once_across_runs_and_verified_only_skips_unverified() -> None:
+    """Two runs take from one board: each entry goes to one of them; a verified-only
+    take ignores an unverified entry."""
+    app, _ = make_app()
+    board = sw.Blackboard("queue")
+
+    @app.workflow
+    async def fill(ctx: sw.Context) -> None:
+        for i in range(5):
+            await board.post(ctx, f"job:{i}", i)
+        await board.verify(ctx, "job:4", verified=True, by="test")
+
+    @app.workflow
+    async def drain(ctx: sw.Context) -> list[Any]:
+        out = []
+        while (e := await board.take(ctx, "job:*")) is not None:
+            out.append(e.value)
+        return out
+
+    @app.workflow
+    async def careful(ctx: sw.Context) -> Any:
+        e = await board.take(ctx, "job:*", verified_only=True)
+        return None if e is None else e.value
+
+    async with app:
+        await app.run(fill)
+        assert await app.run(careful) == 4
+        a, b = await app.start(drain), await app.start(drain)
+        got = (await a.result()) + (await b.result())
+    assert sorted(got) == [0, 1, 2, 3]
+
+
+async def test_a_durable_wait_sees_a_later_post_and_times_out_in_virtual_time() -> None:
+    """A waiter polls with backoff (1, 2, 4 s...) and returns the entry another run
+    posted at t=10s, at the first poll after it (t=15s); a waiter with timeout=30 and
+    nothing to see fails at t=30 exactly."""
+    clock = sw.FakeClock(T0, autojump=True)
+    app = sw.Runtime(MemoryStore(), clock=clock)
+    board = sw.Blackboard("answers")
+
+    @app.workflow
+    async def waiter(ctx: sw.Context) -> list[Any]:
+        e = await board.wait(ctx, "answer:*", take=True)
+        return [e.value, await ctx.now() - T0]
+
+    @app.workflow
+    async def late(ctx: sw.Context) -> None:
+        await ctx.sleep(10)
+        await board.post(ctx, "answer:1", 42)
+
+    @app.workflow
+    async def patient(ctx: sw.Context) -> Any:
+        return await board.wait(ctx, "never:*", timeout=30)
+
+    async with app:
+        w = await app.start(waiter)
+        await app.start(late)
+        assert await w.result() == [42, 15.0]
+        with pytest.raises(sw.RunFailedError) as caught:
+            await app.run(patient)
+    assert "no entry matched 'never:*' within 30s" in str(caught.value)
+    assert clock.now() - T0 >= 30
+
+
+async def test_knowledge_sources_verify_and_refute_and_verified_only_contains_it() -> None:
+    """A function verifier refutes the false fact and verifies the true one; a
+    verified-only reader sees only the true one; the refutation is a semantic failure of
+    the agent and model that posted it."""
+    app, _ = make_app()
+    board = sw.Blackboard("facts")
+    truth = {"paris": "France", "berlin": "Germany"}
+
+    def fact_checker(entry: sw.BoardEntry) -> sw.Verdict:
+        ok = truth.get(entry.key.split(":")[1]) == entry.value
+        return sw.Verdict(accept=ok, reasons=[] if ok else ["not what the atlas says"])
+
+    board.knowledge_source(fact_checker, pattern="capital:*")
+
+    @app.workflow
+    async def pipeline(ctx: sw.Context) -> dict[str, Any]:
+        await board.post(ctx, "capital:paris", "France", agent="scout", model="sim:a")
+        await board.post(ctx, "capital:berlin", "Austria", agent="scout", model="sim:b")
+        await board.post(ctx, "note", "uncovered")
+        judged = await board.run_verifiers(ctx)
+        trusted = await board.read(ctx, "capital:*", verified_only=True)
+        return {"judged": {e.key: [e.state, e.verified_by, e.note] for e in judged},
+                "trusted": [e.key for e in trusted]}
+
+    async with app:
+        out = await app.run(pipeline, run_id="p")
+        events = await app.events("p")
+    assert out["judged"] == {
+        "capital:berlin": ["refuted", "fact_checker", "not what the atlas says"],
+        "capital:paris": ["verified", "fact_checker", None]}
+    assert out["trusted"] == ["capital:paris"]
+    [refuted] = [json.loads(e.payload or "{}") for e in events
+                 if e.kind == EventKind.STEP_COMPLETED and e.name == "board:facts:refuted"]
+    assert refuted["semantic"] == [{"member": "scout", "model": "sim:b", "reason":
+                                    "facts/capital:berlin refuted by fact_checker: not what "
+                                    "the atlas says"}]
+
+
+async def test_an_agent_verifier_and_a_verifier_that_raises() -> None:
+    """An agent with output_type=Verdict judges an entry; a verifier that raises is a
+    BlackboardError naming it and the entry, which stays unverified."""
+    app, store = make_app()
+    board = sw.Blackboard("facts")
+    judge = sw.Agent("judge", sw.FunctionModel(
+        lambda r: '{"accept": true, "reasons": ["checked"]}', name="judge"),
+        output_type=sw.Verdict)
+    board.knowledge_source(judge, pattern="ok:*")
+
+    def broken(entry: sw.BoardEntry) -> bool:
+        raise RuntimeError("lookup service down")
+
+    board.knowledge_source(broken, pattern="bad:*")
+
+    @app.workflow
+    async def check(ctx: sw.Context) -> Any:
+        await board.post(ctx, "ok:1", 1)
+        await board.run_verifiers(ctx, "ok:*")
+        await board.post(ctx, "bad:1", 1)
+        return await board.run_verifiers(ctx)
+
+    async with app:
+        with pytest.raises(sw.RunFailedError) as caught:
+            await app.run(check)
+    assert caught.value.error_type == "stalwart.errors.BlackboardError"
+    assert ("verifier 'broken' failed on 'bad:1' (version 1): RuntimeError: lookup "
+            "service down; the entry stays unverified") in str(caught.value)
+    states = {e.key: e.state for e in await store.board_entries("facts")}
+    assert states == {"ok:1": "verified", "bad:1": "unverified"}
+
+
+async def test_poisoning_flags_what_was_built_on_a_refuted_entry_with_its_chain() -> None:
+    """b is built on a, c on b, d on nothing: refuting a flags b (b -> a) and c
+    (c -> b -> a); rewriting a afterwards does not clear what used the refuted
+    version."""
+    app, _ = make_app()
+    board = sw.Blackboard("kb")
+
+    @app.workflow
+    async def build(ctx: sw.Context) -> list[Any]:
+        a = await board.post(ctx, "a", "claim")
+        b = await board.post(ctx, "b", "inference", sources=[a])
+        await board.post(ctx, "c", "conclusion", sources=[b])
+        await board.post(ctx, "d", "independent")
+        await board.verify(ctx, "a", verified=False, by="auditor", note="made up")
+        first = [(p.key, list(p.chain), p.refuted_by) for p in await board.poisoning(ctx)]
+        await board.post(ctx, "a", "corrected claim")
+        again = [p.key for p in await board.poisoning(ctx)]
+        return [first, again]
+
+    async with app:
+        first, again = await app.run(build)
+    assert first == [["b", ["b", "a"], "auditor"], ["c", ["c", "b", "a"], "auditor"]]
+    assert again == []  # the refuted version is gone: nothing in the board refers to it
+    assert poisoning([]) == []
+
+
+@pytest.mark.parametrize(("call", "error", "message"), [
+    (lambda b, ctx: b.read(ctx, ""), "BoardPatternError", "it is empty"),
+    (lambda b, ctx: b.take(ctx, "a\\"), "BoardPatternError", "lone"),
+    (lambda b, ctx: b.read(ctx, "*", where=[1]), "BoardPatternError", "where= must map"),
+    (lambda b, ctx: b.post(ctx, "", 1), "ConfigurationError", "a key is a non-empty"),
+    (lambda b, ctx: b.post(ctx, "k", 1, expected_version=-1), "ConfigurationError",
+     "expected_version must be an int >= 0"),
+    (lambda b, ctx: b.run_verifiers(ctx), "ConfigurationError", "no knowledge source"),
+    (lambda b, ctx: b.wait(ctx, "*", poll=0), "ConfigurationError", "poll must be"),
+])
+async def test_bad_blackboard_input_is_one_clear_error_and_nothing_is_journaled(
+        call: Any, error: str, message: str) -> None:
+    """Refused before any step runs: the run fails with the typed error; no board step
+    completed and the store holds nothing."""
+    app, store = make_app()
+    board = sw.Blackboard("b")
+
+    @app.workflow
+    async def bad(ctx: sw.Context) -> Any:
+        return await call(board, ctx)
+
+    async with app:
+        with pytest.raises(sw.RunFailedError) as caught:
+            await app.run(bad, run_id="x")
+        events = await app.events("x")
+    assert caught.value.error_type == f"stalwart.errors.{error}"
+    assert message in str(caught.value)
+    assert not [e for e in events if e.kind == EventKind.STEP_COMPLETED]
+    assert await store.board_names() == []
+
+
+def test_a_blackboard_needs_a_name_and_sources_unique_names() -> None:
+    """Blackboard('') and two knowledge sources of one name are ConfigurationErrors."""
+    with pytest.raises(sw.ConfigurationError):
+        sw.Blackboard("")
+    board = sw.Blackboard("b")
+    board.knowledge_source(lambda e: True, name="v")
+    with pytest.raises(sw.ConfigurationError, match="two knowledge sources"):
+        board.knowledge_source(lambda e: True, name="v")
+    with pytest.raises(sw.BoardPatternError):
+        board.knowledge_source(lambda e: True, pattern="", name="w")
