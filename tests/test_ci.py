@@ -52,3 +52,38 @@ def test_with_postgres_a_ci_run_gets_a_fresh_database_dropped_at_exit() -> None:
                            "-tAc", f"SELECT count(*) FROM pg_database WHERE datname = '{name}'"],
                           capture_output=True, text=True, check=True)
     assert left.stdout.strip() == "0"  # dropped by the EXIT trap
+
+
+def browser_setup(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["/bin/bash", "-c", "set -euo pipefail; source "
+                                              ".ci/browser_setup.sh; "
+                                              'echo "chromium=${STALWART_TEST_CHROMIUM:-}"'],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+def test_without_a_browser_a_ci_run_fails_saying_why(tmp_path: Path) -> None:
+    """No Chromium and no apt-get to install it: with CI=true the set-up exits 1 with the
+    reason; without CI it says the browser tests will be skipped."""
+    bare = {"PATH": str(tmp_path), "HOME": str(tmp_path),
+            "STALWART_TEST_CHROMIUM": str(tmp_path / "no-chromium")}
+    failed = browser_setup({**bare, "CI": "true"})
+    assert failed.returncode == 1
+    assert "no apt-get to install it" in failed.stderr
+    assert "CI=true: failing the run" in failed.stderr
+    skipped = browser_setup(bare)
+    assert skipped.returncode == 0, skipped.stderr
+    assert "browser tests will be skipped" in skipped.stderr
+    assert skipped.stdout.strip() == f"chromium={tmp_path / 'no-chromium'}"
+
+
+def test_a_browser_that_is_there_is_used_as_it_is(tmp_path: Path) -> None:
+    """Chromium present: nothing is installed, and the tests are told where it is."""
+    browser = tmp_path / "chromium"
+    browser.write_text("#!/bin/sh\n")
+    browser.chmod(0o755)
+    done = browser_setup({"PATH": str(tmp_path), "HOME": str(tmp_path), "CI": "true",
+                          "STALWART_TEST_CHROMIUM": str(browser)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"chromium={browser}"
+    assert "apt-get" not in done.stderr

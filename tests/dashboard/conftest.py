@@ -13,7 +13,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,18 +55,22 @@ class Journal:
     ids: dict[str, str]
     dir: Path
 
-    def run(self, coro: Any) -> Any:
-        return asyncio.run(coro)
+    def work(self, fn: Callable[[Any], Awaitable[Any]]) -> Any:
+        """``await fn(runtime)`` on this journal, in a thread of its own (a browser test's
+        thread has Playwright's event loop running)."""
 
-    def record(self, run_id: str) -> Any:
-        async def get() -> Any:
+        async def go() -> Any:
             rt = dash_app.runtime(self.store)
             try:
-                return await rt.get_run(run_id)
+                return await fn(rt)
             finally:
                 await rt.close()
 
-        return asyncio.run(get())
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, go()).result()
+
+    def record(self, run_id: str) -> Any:
+        return self.work(lambda rt: rt.get_run(run_id))
 
 
 def _fill(store: str, where: Path) -> Journal:
