@@ -1,6 +1,6 @@
 """The workflows whose journals the dashboard tests look at, and a journal filled with
-one run of each kind (completed, a model call, dead-lettered, failed, waiting, a parent
-with a child).
+one run of each kind (completed, a model call, an agent with a tool, dead-lettered,
+failed, waiting, a parent with a child).
 
 Run as ``python dash_app.py STORE RUN_ID MARKER`` it starts (or resumes) a ``crashy``
 run whose second step SIGKILLs its own process the first time it runs (``MARKER`` does
@@ -46,6 +46,29 @@ def lookup(query: str, call: sw.ToolCall, marker: str) -> str:
 
 lookup_tool = sw.Tool(lookup, policy=sw.Policy(
     retry=sw.Retry(max_attempts=3, initial=0.001, max_backoff=0.002)))
+
+
+def forecast(city: str) -> str:
+    return f"{city}: sunny, 21C"
+
+
+def weather_bot(request: sw.ModelRequest) -> Any:
+    """Asks for the forecast once, then answers with what the tool said."""
+    said = next((m.content for m in request.messages if m.role == "tool"), None)
+    if said is None:
+        return sw.ToolCallRequest.create("c1", "forecast", {"city": "Oslo"})
+    return f"Pack sunglasses: {said}"
+
+
+helper = sw.Agent("helper", sw.FunctionModel(weather_bot, name="weather-bot"),
+                  tools=[sw.Tool(forecast)])
+
+
+async def _assistant(ctx: sw.Context, question: str) -> str:
+    return await helper.run(ctx, question)
+
+
+assistant = sw.Workflow(_assistant, name="assistant")
 
 
 async def _fragile(ctx: sw.Context, query: str, marker: str) -> str:
@@ -100,7 +123,7 @@ async def _crashy(ctx: sw.Context, marker: str) -> str:
 
 crashy = sw.Workflow(_crashy, name="crashy")
 
-WORKFLOWS = (adder, writer, fragile, boom, waiter, child, parent, crashy)
+WORKFLOWS = (adder, writer, assistant, fragile, boom, waiter, child, parent, crashy)
 
 
 def runtime(store: str) -> sw.Runtime:
@@ -123,10 +146,11 @@ async def populate(store: str, marker_dir: Path) -> dict[str, Any]:
     """One run of each kind; returns their ids by kind."""
     rt = runtime(store)
     try:
-        ids = {"ok": "ok-1", "llm": "llm-1", "dead": "dead-1", "failed": "boom-1",
-               "waiting": "wait-1", "parent": "parent-1"}
+        ids = {"ok": "ok-1", "llm": "llm-1", "agent": "agent-1", "dead": "dead-1",
+               "failed": "boom-1", "waiting": "wait-1", "parent": "parent-1"}
         await rt.start(adder, 1, 2, run_id=ids["ok"])
         await rt.start(writer, "durability", run_id=ids["llm"])
+        await rt.start(assistant, "What to pack for Oslo?", run_id=ids["agent"])
         await rt.start(fragile, "gpus", str(marker_dir / "service.up"), run_id=ids["dead"])
         await rt.start(boom, run_id=ids["failed"])
         await rt.start(waiter, "invoice", run_id=ids["waiting"])

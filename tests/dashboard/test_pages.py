@@ -29,7 +29,8 @@ def test_runs_page_lists_every_run_newest_first(dash: Dash, shared_journal: Jour
     assert page.status_code == 200
     rows = _rows(page.text)
     # newest first: the child run was created after its parent
-    assert rows == ["parent-1/1", "parent-1", "wait-1", "boom-1", "dead-1", "llm-1", "ok-1"]
+    assert rows == ["parent-1/1", "parent-1", "wait-1", "boom-1", "dead-1", "agent-1",
+                    "llm-1", "ok-1"]
     for status in ("completed", "dead_lettered", "failed", "waiting"):
         assert f'class="status s-{status}"' in page.text
     assert 'sse-connect="/runs/stream?' in page.text  # live on the first page
@@ -65,7 +66,7 @@ def test_runs_page_filters_by_time(dash: Dash, shared_journal: Journal) -> None:
     """``since``: runs created in that period (all of them here; none in the future)."""
     with dash.client(shared_journal.store) as client:
         recent = client.get("/runs?since=1h")
-        assert len(_rows(recent.text)) == 7
+        assert len(_rows(recent.text)) == 8
         bad = client.get("/runs?since=soon")
     assert bad.status_code == 400 and "is not a duration" in bad.text
 
@@ -87,7 +88,7 @@ def test_runs_page_pages_without_gaps(
                 assert "sse-connect" not in page.text
             found = re.search(r'<a href="(/runs\?[^"]*before=[^"]+)">older', page.text)
             url = found.group(1).replace("&amp;", "&") if found else None
-    assert len(seen) == 7 and len(set(seen)) == 7
+    assert len(seen) == 8 and len(set(seen)) == 8
 
 
 def test_pages_split_runs_created_at_one_instant(dash: Dash, tmp_path: Path,
@@ -164,6 +165,19 @@ def test_run_page_shows_model_calls_tokens_and_cost(dash: Dash, shared_journal: 
     assert "sim:writer" in usage and "$0" in usage
 
 
+def test_run_page_shows_an_agents_conversation(dash: Dash, shared_journal: Journal) -> None:
+    """The agent's turns with the model that answered each, the tool call it asked for
+    and the tool's result, in order."""
+    with dash.client(shared_journal.store) as client:
+        html = client.get("/runs/agent-1").text
+    talk = html[html.index('<div class="conversation" data-agent="helper">'):]
+    talk = talk[:talk.index("</div>\n</div>") if "</div>\n</div>" in talk else None]
+    order = [talk.index(s) for s in ("function:weather-bot", "calls <b>forecast</b>",
+                                     "tool:forecast", "Oslo: sunny, 21C",
+                                     "Pack sunglasses")]
+    assert order == sorted(order), talk
+
+
 def test_run_page_shows_the_tree_of_child_runs(dash: Dash, shared_journal: Journal) -> None:
     with dash.client(shared_journal.store) as client:
         parent = client.get("/runs/parent-1").text
@@ -214,7 +228,7 @@ def test_stats_page_shows_errors_latency_and_cost(dash: Dash, shared_journal: Jo
     assert "tool:lookup" in html and "TimeoutError x3" in html
     assert "sim:writer" in html
     assert '<svg class="costplot"' in html
-    assert "7 run(s)" in recent
+    assert "8 run(s)" in recent
 
 
 def _digest(store: str) -> dict[str, str]:
@@ -263,7 +277,7 @@ def test_postgres_pages(dash: Dash, pg_journal: Journal) -> None:
     """The same pages over PostgreSQL."""
     with dash.client(pg_journal.store) as client:
         runs = client.get("/runs")
-        assert runs.status_code == 200 and len(_rows(runs.text)) == 7
+        assert runs.status_code == 200 and len(_rows(runs.text)) == 8
         assert set(_rows(client.get("/runs?workflow=fragile").text)) == {"dead-1"}
         assert client.get("/runs/dead-1").status_code == 200
         assert _rows(client.get("/dlq").text) == ["dead-1"]

@@ -9,16 +9,18 @@ module only places them on a page.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from ...engine._cost import PriceTable, call_usages
-from ...store._base import Event, RunRecord
+from ...store._base import Event, EventKind, RunRecord
 from .._timeline import Execution
 from .._trace import TraceNode
 
-__all__ = ["CostBar", "CostPlot", "Mark", "Waterfall", "WaterfallRow", "cost_plot",
-           "waterfall"]
+__all__ = ["Conversation", "CostBar", "CostPlot", "Mark", "Message", "Waterfall", "WaterfallRow",
+           "conversations", "cost_plot", "waterfall"]
 
 WIDTH = 1000.0
 """The waterfall's and the plot's SVG width, in user units."""
@@ -199,3 +201,70 @@ def cost_plot(runs: list[tuple[RunRecord, list[Event]]], prices: PriceTable, *,
                  for i in range(buckets))
     return CostPlot(bars=bars, total=sum(sums), peak=peak, start=start, end=end,
                     unpriced=sum(unpriced), height=height, by=by)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message of an agent's conversation, as its journal recorded it."""
+
+    role: str
+    """``assistant`` (a model turn) or ``tool`` (a tool call's result)."""
+    step_id: str | None
+    origin: str
+    """Who said it: the ``provider:model`` that answered the turn (a fallback's, when the
+    primary failed), or ``tool:name``."""
+    content: str
+    tool_calls: tuple[tuple[str, str], ...]
+    """``(tool, arguments)`` the model asked for."""
+    outcome: str
+    failed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    agent: str
+    messages: tuple[Message, ...]
+
+
+def _answer(payload: str | None) -> dict[str, Any]:
+    try:
+        found = json.loads(payload or "null")
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {"content": found}
+
+
+def conversations(root: TraceNode, events: list[Event]) -> list[Conversation]:
+    """The agents' conversations in ``root`` (from ``build_trace``, which groups each
+    agent's model turns with the tool calls they asked for): each turn's answer and
+    the model that gave it, each tool call's result, in journal order."""
+    completed = {e.step_id: e.payload for e in events
+                 if e.kind == EventKind.STEP_COMPLETED and e.step_id is not None}
+    out: list[Conversation] = []
+    for node, _ in _walk(root, 0):
+        if node.kind != "agent":
+            continue
+        messages = []
+        for leaf in node.children:
+            payload = completed.get(leaf.step_id or "")
+            failed = "failed" in leaf.outcome
+            if leaf.kind == "model":
+                d = _answer(payload)
+                origin = (f"{d['provider']}:{d['model']}" if d.get("provider")
+                          and d.get("model") else leaf.label.removeprefix("chat "))
+                calls = tuple((str(c.get("name")), str(c.get("arguments", "")))
+                              for c in d.get("tool_calls") or () if isinstance(c, dict))
+                content = d.get("content")
+                messages.append(Message(
+                    role="assistant", step_id=leaf.step_id, origin=origin,
+                    content="" if content is None else str(content), tool_calls=calls,
+                    outcome=leaf.outcome, failed=failed))
+            elif leaf.kind == "tool":
+                messages.append(Message(
+                    role="tool", step_id=leaf.step_id,
+                    origin=leaf.label.replace("execute_tool ", "tool:"),
+                    content=payload or "", tool_calls=(), outcome=leaf.outcome,
+                    failed=failed))
+        out.append(Conversation(agent=node.label.removeprefix("invoke_agent "),
+                                messages=tuple(messages)))
+    return out

@@ -51,7 +51,7 @@ from .._stats import aggregate, collect, percentile
 from .._trace import build_trace, fmt_cost
 from .._views import start_fork
 from .._workers import read_fleet
-from ._model import LABEL, ROW, WIDTH, cost_plot, waterfall
+from ._model import LABEL, ROW, WIDTH, conversations, cost_plot, waterfall
 
 __all__ = ["Settings", "create_app"]
 
@@ -301,6 +301,7 @@ def create_app(settings: Settings) -> Starlette:
         root = build_trace(rec, view.events, rt.prices)
         return {"view": view, "run": rec, "wf": waterfall(root, view.story.executions,
                                                           now=time.time()),
+                "talks": conversations(root, view.events),
                 "tree": await _tree(rt, run_id), "error": error_info(rec.error)
                 if rec.error else None}
 
@@ -454,4 +455,5 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={404: not_found})
     app.add_middleware(TokenLink, guard=guard, render=render)
+    app.state.runtime = rt  # the read-only runtime the pages read through
     return app
