@@ -284,3 +284,33 @@ def test_postgres_pages(dash: Dash, pg_journal: Journal) -> None:
         assert client.get("/workers").status_code == 200
         assert "tool:lookup" in client.get("/stats").text
         assert client.get("/runs/nope").status_code == 404
+
+
+def test_stats_page_shows_the_cluster_wide_limits(dash: Dash, journal: Journal) -> None:
+    """The buckets and bulkhead slots the journal keeps: tokens now, slots in use."""
+    import time
+
+    from stalwart.store import BucketDraw, SQLiteStore
+
+    with dash.client(journal.store) as client:
+        before = client.get("/stats").text
+    assert "none kept in this journal" in before and "data-bucket" not in before
+
+    async def hold() -> None:
+        store = SQLiteStore(journal.store)
+        await store.open()
+        try:
+            now = time.time()
+            await store.rate_reserve([BucketDraw("sim:writer", 3, 5, 1.0)], now=now)
+            assert await store.bulkhead_acquire("tool:lookup", "w1:7", max_concurrent=4,
+                                                now=now, lease_seconds=600)
+        finally:
+            await store.close()
+
+    asyncio.run(hold())
+    with dash.client(journal.store) as client:
+        html = client.get("/stats").text
+    bucket = html.split('<tr data-bucket="sim:writer">')[1].split("</tr>")[0]
+    assert "<td>5</td>" in bucket and "60/min" in bucket
+    pool = html.split('<tr data-pool="tool:lookup">')[1].split("</tr>")[0]
+    assert "<td>1</td>" in pool and "w1:7" in pool

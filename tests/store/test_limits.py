@@ -241,3 +241,26 @@ async def test_a_postgres_journal_of_schema_1_gains_the_limit_tables(pg_url: str
         row = conn.execute("SELECT value FROM stalwart_meta WHERE key = 'schema_version'"
                            ).fetchone()
     assert row == (str(SCHEMA_VERSION),)
+
+
+async def test_limits_view_shows_buckets_refilled_and_unexpired_slots(store: Store) -> None:
+    """limits_view (the dashboard's): each bucket's tokens refilled to the moment of
+    reading by the reservation rule, each pool's unexpired slots and since when."""
+    from stalwart.store._limits import LimitsReader
+
+    if not isinstance(store, LimitsReader):
+        pytest.skip("the in-memory store keeps no bucket configuration to show")
+    lim = limits(store)
+    await lim.rate_reserve([draw("sim:a", 2, capacity=4, rate=0.5)], now=T0)
+    assert await lim.bulkhead_acquire("tool:x", "w1:1", max_concurrent=2, now=T0,
+                                      lease_seconds=10)
+    assert await lim.bulkhead_acquire("tool:x", "w2:1", max_concurrent=2, now=T0 + 1,
+                                      lease_seconds=1)
+    view = await store.limits_view(now=T0 + 3)  # w2's slot expired at T0 + 2
+    (bucket,) = view.buckets
+    assert (bucket.key, bucket.tokens, bucket.capacity, bucket.refill_per_second) == (
+        "sim:a", 3.5, 4.0, 0.5)
+    (pool,) = view.pools
+    assert (pool.pool, pool.in_use, pool.holders, pool.oldest) == ("tool:x", 1, ("w1:1",), T0)
+    empty = await store.limits_view(now=T0 + 20)
+    assert empty.pools == () and empty.buckets[0].tokens == 4.0  # full again, capped

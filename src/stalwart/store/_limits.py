@@ -26,15 +26,20 @@ back, so a worker whose clock lags gets no refill rather than a double one.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import final
+from typing import Protocol, final, runtime_checkable
 
 from .._buckets import BucketDraw, Reservation
 
 __all__ = [
     "BucketDraw",
     "BucketState",
+    "BucketView",
+    "LimitsReader",
+    "LimitsView",
+    "PoolView",
+    "limits_view",
     "Reservation",
     "plan_adjustment",
     "plan_reservation",
@@ -90,3 +95,72 @@ def plan_adjustment(state: BucketState | None, draw: BucketDraw, *, now: float) 
     capacity) or, when negative, charging them (possibly into debt)."""
     refilled = _refill(state, draw, now)
     return BucketState(min(draw.capacity, refilled.tokens + draw.amount), refilled.updated_at)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class BucketView:
+    """A token bucket as it stands at the moment it was read: ``tokens`` refilled up to
+    then by the rule every reservation applies (negative while callers are in debt)."""
+
+    key: str
+    tokens: float
+    capacity: float
+    refill_per_second: float
+    updated_at: float
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PoolView:
+    """A bulkhead pool's unexpired slots: how many are held, by whom, since when."""
+
+    pool: str
+    in_use: int
+    holders: tuple[str, ...]
+    oldest: float | None
+    """When the longest-held slot was acquired."""
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LimitsView:
+    """The cluster-wide limits kept in a store, read at one moment (``stalwart
+    dashboard``). What waits in each worker's queue is that worker's memory, not here."""
+
+    now: float
+    buckets: tuple[BucketView, ...]
+    pools: tuple[PoolView, ...]
+
+
+@runtime_checkable
+class LimitsReader(Protocol):
+    """A store that can show the cluster-wide limits it keeps (SQLite, PostgreSQL)."""
+
+    async def limits_view(self, *, now: float) -> LimitsView: ...
+
+
+BucketRow = tuple[str, float, float, float, float]
+"""key, tokens, updated_at, capacity, refill_per_second."""
+SlotRow = tuple[str, str, float, float]
+"""pool, holder, acquired_at, expires_at."""
+
+
+def limits_view(buckets: Iterable[BucketRow], slots: Iterable[SlotRow], *,
+                now: float) -> LimitsView:
+    """The view of a store's bucket and slot rows at ``now``: buckets refilled as a
+    reservation would refill them, slots counted while unexpired (as
+    ``bulkhead_active`` counts them)."""
+    views = []
+    for key, tokens, updated_at, capacity, refill in buckets:
+        draw = BucketDraw(key, 0.0, capacity, refill)
+        state = _refill(BucketState(tokens, updated_at), draw, now)
+        views.append(BucketView(key, state.tokens, capacity, refill, updated_at))
+    held: dict[str, list[tuple[str, float]]] = {}
+    for pool, holder, acquired_at, expires_at in slots:
+        if expires_at >= now:
+            held.setdefault(pool, []).append((holder, acquired_at))
+    pools = tuple(PoolView(pool, len(rows), tuple(h for h, _ in rows),
+                           min((t for _, t in rows), default=None))
+                  for pool, rows in sorted(held.items()))
+    return LimitsView(now=now, buckets=tuple(sorted(views, key=lambda b: b.key)), pools=pools)

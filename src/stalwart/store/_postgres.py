@@ -86,7 +86,9 @@ from ._chain import RUN_COLUMNS, run_record, verify_events
 from ._limits import (
     BucketDraw,
     BucketState,
+    LimitsView,
     Reservation,
+    limits_view,
     plan_adjustment,
     plan_reservation,
 )
@@ -1129,6 +1131,14 @@ class PostgresStore:
                                "AND holder = %s", (pool, holder))
 
         await self._write(op)
+
+    async def limits_view(self, *, now: float) -> LimitsView:
+        """The buckets and bulkhead slots in this journal at ``now`` (reads only)."""
+        buckets = await self._read("SELECT key, tokens, updated_at, capacity, "
+                                   "refill_per_second FROM stalwart_rate_buckets")
+        slots = await self._read("SELECT pool, holder, acquired_at, expires_at "
+                                 "FROM stalwart_bulkhead_slots")
+        return limits_view(buckets, slots, now=now)
 
     async def bulkhead_active(self, pool: str, *, now: float) -> int:
         rows = await self._read("SELECT count(*) FROM stalwart_bulkhead_slots "

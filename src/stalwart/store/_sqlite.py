@@ -61,7 +61,9 @@ from ._chain import RUN_COLUMNS, run_record, verify_events
 from ._limits import (
     BucketDraw,
     BucketState,
+    LimitsView,
     Reservation,
+    limits_view,
     plan_adjustment,
     plan_reservation,
 )
@@ -831,6 +833,23 @@ class SQLiteStore:
                          (pool, holder))
 
         await self._write(op)
+
+    async def limits_view(self, *, now: float) -> LimitsView:
+        """The buckets and bulkhead slots in this journal at ``now`` (reads only)."""
+        def op() -> LimitsView:
+            db = self._db()
+            have = {r[0] for r in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN "
+                "('rate_buckets', 'bulkhead_slots')")}
+            buckets = db.execute(
+                "SELECT key, tokens, updated_at, capacity, refill_per_second "
+                "FROM rate_buckets").fetchall() if "rate_buckets" in have else []
+            slots = db.execute(
+                "SELECT pool, holder, acquired_at, expires_at FROM bulkhead_slots"
+            ).fetchall() if "bulkhead_slots" in have else []
+            return limits_view(buckets, slots, now=now)
+
+        return await self._call(op)
 
     async def bulkhead_active(self, pool: str, *, now: float) -> int:
         def op() -> int:

@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ... import errors
 from ..._runtime import Runtime
 from ...store._base import RunRecord, RunStatus
+from ...store._limits import LimitsReader
 from .._commands import cancel_run
 from .._common import (
     FAILURE,
@@ -326,8 +327,10 @@ def create_app(settings: Settings) -> Starlette:
         runs = await collect(rt, window, 1000)
         rows = aggregate(runs, rt.prices)
         ordered = sorted(rows.items(), key=lambda kv: (kv[1].kind != "model", kv[0]))
+        limits = (await rt.store.limits_view(now=time.time())
+                  if isinstance(rt.store, LimitsReader) else None)
         return page("stats.html", request, rows=ordered, runs=len(runs), since=since,
-                    plot=cost_plot(runs, rt.prices))
+                    plot=cost_plot(runs, rt.prices), limits=limits)
 
     # -- live (Server-Sent Events) ---------------------------------------------------
 
