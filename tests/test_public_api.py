@@ -18,7 +18,7 @@ PUBLIC = {
     "Clock", "SystemClock", "FakeClock",
     # agents, tools, models
     "Agent", "AgentResult", "Tool", "ToolCall", "ToolArgumentsError", "Model",
-    "Grant", "UnsafeArgumentError",
+    "Grant", "Trust", "Origin", "Sourced", "UnsafeArgumentError",
     "parse_model", "SimulatedModel", "SimFaults", "FunctionModel", "OpenAIModel",
     "AnthropicModel", "Message", "ModelOptions",
     "ModelRequest", "ModelResponse", "ToolCallRequest", "ToolSpec", "Usage",

@@ -31,6 +31,8 @@ from .engine._policy import DEFAULT_POLICY as DEFAULT_POLICY
 from .engine._policy import INHERIT as INHERIT
 from .engine._policy import Policy as Policy
 from .engine._privilege import Grant as Grant
+from .engine._privilege import Sourced as Sourced
+from .engine._privilege import Trust as Trust
 from .engine._timetravel import ReplayReport as ReplayReport
 from .engine._tools import Tool as Tool
 from .engine._tools import ToolCall as ToolCall
@@ -105,6 +107,7 @@ from .models import Model as Model
 from .models import ModelOptions as ModelOptions
 from .models import ModelRequest as ModelRequest
 from .models import ModelResponse as ModelResponse
+from .models import Origin as Origin
 from .models import SimFaults as SimFaults
 from .models import SimulatedModel as SimulatedModel
 from .models import ToolCallRequest as ToolCallRequest
@@ -166,6 +169,9 @@ __all__ = [
     "ToolCall",
     "ToolArgumentsError",
     "Grant",
+    "Trust",
+    "Origin",
+    "Sourced",
     "UnsafeArgumentError",
     "Model",
     "parse_model",

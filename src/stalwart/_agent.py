@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, final
 
-from pydantic import BaseModel, TypeAdapter
+from pydantic import TypeAdapter
 from typing_extensions import TypeVar
 
 from ._context import Context
@@ -36,7 +36,18 @@ from .engine._execution import Execution
 from .engine._interceptor import AgentEndInput, AgentStartInput, CaptureContent
 from .engine._llm import model_turn, read_output, system_prompt
 from .engine._policy import INHERIT, Policy, _Inherit
-from .engine._privilege import Grant, Verdict, decide
+from .engine._privilege import (
+    DEFAULT_TRUST,
+    STALWART,
+    Grant,
+    Trust,
+    Verdict,
+    decide,
+    input_messages,
+    input_text,
+    origins_payload,
+    untrusted_sources,
+)
 from .engine._scope import outcome_problem
 from .engine._tools import Tool, ToolArgumentsError
 from .errors import (
@@ -56,6 +67,7 @@ from .models import (
     ModelOptions,
     ModelRequest,
     ModelResponse,
+    Origin,
     ToolCallRequest,
     ToolSpec,
     Usage,
@@ -117,17 +129,6 @@ class HandoffOffer:
     on_exhausted: Callable[[list[str]], BaseException]
 
 
-def _input_text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, BaseModel):
-        return value.model_dump_json()
-    try:
-        return json.dumps(TypeAdapter(Any).dump_python(value, mode="json"))
-    except Exception:
-        return str(value)
-
-
 @dataclass(slots=True)
 class _Turns:
     """The conversation of one agent run, and its loop's counters."""
@@ -142,6 +143,10 @@ class _Turns:
     reasks: int = 0
     refused_calls: int = 0
     """Tool calls least privilege refused."""
+    journaled: int = 0
+    """How many messages have had their origins journaled (``context_origins``)."""
+    untrusted: tuple[str, ...] = ()
+    """The untrusted origins in the context of the latest model turn."""
 
 
 @dataclass(slots=True)
@@ -189,6 +194,13 @@ class Agent(Generic[OutT]):
             the model, and a call to one is refused (a ``permission_denied`` tool
             error, a ``tool_call_refused`` audit event), never executed. ``None``
             (default): every tool in ``tools``.
+        trust: which origins of its context the agent trusts (:class:`~stalwart.Trust`;
+            default: the system prompt, the developer, the user and the model). While
+            the context its model saw holds content from any other origin (a tool's
+            output, a retrieved document, another agent...), a ``privileged`` tool call
+            is refused, or held for a human's approval, as the policy says; ``None``
+            turns the check off. Every message's origin is journaled
+            (``context_origins``) and shown by ``runs trace``.
     """
 
     def __init__(
@@ -213,6 +225,7 @@ class Agent(Generic[OutT]):
         max_argument_bytes: int = MAX_ARGUMENT_BYTES,
         max_argument_depth: int = MAX_ARGUMENT_DEPTH,
         grant: Grant | None = None,
+        trust: Trust | None = DEFAULT_TRUST,
     ) -> None:
         if not name:
             raise ConfigurationError("an agent needs a name")
@@ -231,7 +244,7 @@ class Agent(Generic[OutT]):
         self.model = model
         self.instructions = instructions
         self.tools = {t.name: t for t in tools}
-        self.grant = _checked_grant(name, grant)
+        self.grant, self.trust = _checked_privilege(name, grant, trust)
         self.output_type = output_type
         self.policy = policy
         self.pool = pool or name
@@ -245,10 +258,7 @@ class Agent(Generic[OutT]):
         self.fallback_output = fallback_output
         self.budget = budget
         self.check = check
-        if capture_content not in (True, False, "hash", INHERIT):
-            raise ConfigurationError(
-                f"agent {name!r}: capture_content must be True, False, 'hash' or INHERIT")
-        self.capture_content = capture_content
+        self.capture_content = _checked_capture(name, capture_content)
         self._adapter: TypeAdapter[Any] | None = (
             TypeAdapter(output_type) if output_type is not None else None)
 
@@ -322,17 +332,22 @@ class Agent(Generic[OutT]):
                     spent: _Spent, offers: dict[str, HandoffOffer]) -> AgentResult[OutT]:
         effective = ex.engine.effective_policy(self.policy, policy)
         turns = _Turns(self._opening(input))
-        specs = (*(t.spec for t in self.tools.values()
-                   if decide(t, grant=self.grant).action == "allow"),
-                 *(o.spec for o in offers.values()))
+        offered = [t for t in self.tools.values() if decide(t, grant=self.grant).action
+                   == "allow"]
+        specs = (*(t.spec for t in offered), *(o.spec for o in offers.values()))
         output_schema = self._adapter.json_schema() if self._adapter is not None else None
         for _turn in range(self.max_iterations):
             request = ModelRequest(messages=tuple(turns.messages), tools=specs,
                                    options=self.options, output_schema=output_schema)
             turn_id = ex.next_step_id()
+            origins = NewEvent(EventKind.CONTEXT_ORIGINS, turn_id, f"chat:{self.name}",
+                               origins_payload(turns.messages, turns.journaled, self.trust))
             response = await model_turn(
                 ex, name=self.name, model=self.model, request=request, policy=effective,
-                pool=self.pool, check=lambda r: self._verdict(r)[1])
+                pool=self.pool, check=lambda r: self._verdict(r)[1], also=[origins])
+            turns.journaled = len(turns.messages)
+            turns.untrusted = (() if self.trust is None else untrusted_sources(
+                request.messages, self.trust, offered))
             spent.input_tokens += response.usage.input_tokens
             spent.output_tokens += response.usage.output_tokens
             spent.iterations += 1
@@ -354,10 +369,11 @@ class Agent(Generic[OutT]):
             agent=self.name, run_id=ex.run_id)
 
     def _opening(self, input: Any) -> list[Message]:
-        """The conversation's start: the system prompt (if any) and the input."""
+        """The conversation's start: the system prompt (if any) and the input, each
+        message with its origin."""
         system = self._system_prompt()
-        return [*([Message.system(system)] if system else []),
-                Message.user(_input_text(input))]
+        return [*([Message.system(system, origin=Origin.system())] if system else []),
+                *input_messages(input)]
 
     def _result(self, output: Any, turns: _Turns, spent: _Spent, *,
                 fallback_used: bool = False,
@@ -378,7 +394,7 @@ class Agent(Generic[OutT]):
         again = ("Reply again with JSON only, matching the schema."
                  if self._adapter is not None else "Reply again.")
         turns.messages.append(Message.user(
-            f"Your answer was not valid: {problem[:2000]}\n{again}"))
+            f"Your answer was not valid: {problem[:2000]}\n{again}", origin=STALWART))
 
     async def _tool_calls(self, ex: Execution, response: ModelResponse, turn_id: str,
                           turns: _Turns, spent: _Spent, offers: dict[str, HandoffOffer],
@@ -394,15 +410,16 @@ class Agent(Generic[OutT]):
                     return call.name, args
                 await _journal_repair(ex, turn_id, call, content)
                 turns.messages.append(Message.tool(content, tool_call_id=call.id,
-                                                   name=call.name))
+                                                   name=call.name, origin=STALWART))
                 continue
             tool = self.tools.get(call.name)
-            verdict = decide(tool, grant=self.grant) if tool is not None else None
-            if tool is not None and verdict is not None and verdict.action == "refuse":
+            verdict = None if tool is None else decide(
+                tool, grant=self.grant, trust=self.trust, untrusted=turns.untrusted)
+            if tool is not None and verdict is not None and verdict.action != "allow":
                 await _journal_refusal(ex, turn_id, call, tool, verdict)
                 content = self._refuse(ex, call, verdict, turns)
                 turns.messages.append(Message.tool(content, tool_call_id=call.id,
-                                                   name=call.name))
+                                                   name=call.name, origin=STALWART))
                 continue
             content, repaired = await self._run_tool(ex, call, turns.seen)
             if repaired:
@@ -415,8 +432,9 @@ class Agent(Generic[OutT]):
                         run_id=ex.run_id)
             else:
                 spent.tool_calls += 1
+            origin = STALWART if repaired or tool is None else tool.origin
             turns.messages.append(Message.tool(content, tool_call_id=call.id,
-                                               name=call.name))
+                                               name=call.name, origin=origin))
         return None
 
     def _refuse(self, ex: Execution, call: ToolCallRequest, verdict: Verdict,
@@ -485,7 +503,7 @@ class Agent(Generic[OutT]):
             raise
         except Exception as exc:
             return _tool_error("tool_failed", f"{error_type_name(exc)}: {exc}"), False
-        return (result if isinstance(result, str) else _input_text(result)), False
+        return (result if isinstance(result, str) else input_text(result)), False
 
 
 async def _journal_repair(ex: Execution, turn_id: str, call: ToolCallRequest,
@@ -504,11 +522,23 @@ async def _journal_repair(ex: Execution, turn_id: str, call: ToolCallRequest,
                        key=call.id)
 
 
-def _checked_grant(agent: str, grant: object) -> Grant | None:
+def _checked_capture(agent: str, capture: CaptureContent | _Inherit,
+                     ) -> CaptureContent | _Inherit:
+    if capture not in (True, False, "hash", INHERIT):
+        raise ConfigurationError(
+            f"agent {agent!r}: capture_content must be True, False, 'hash' or INHERIT")
+    return capture
+
+
+def _checked_privilege(agent: str, grant: object,
+                       trust: object) -> tuple[Grant | None, Trust | None]:
     if grant is not None and not isinstance(grant, Grant):
         raise ConfigurationError(f"agent {agent!r}: grant must be a sw.Grant, not "
                                  f"{type(grant).__name__}")
-    return grant
+    if trust is not None and not isinstance(trust, Trust):
+        raise ConfigurationError(f"agent {agent!r}: trust must be a sw.Trust or None, not "
+                                 f"{type(trust).__name__}")
+    return grant, trust
 
 
 async def _journal_refusal(ex: Execution, turn_id: str, call: ToolCallRequest,
@@ -518,6 +548,7 @@ async def _journal_refusal(ex: Execution, turn_id: str, call: ToolCallRequest,
     payload = json.dumps({"call_id": call.id, "tool": call.name, "effect": tool.effect,
                           "scopes": sorted(tool.scopes), "reason": verdict.reason,
                           "message": verdict.message[:2000],
+                          "untrusted": list(verdict.untrusted),
                           "arguments": call.arguments[:2000]})
     await ex.note(NewEvent(EventKind.TOOL_CALL_REFUSED, turn_id, call.name, payload),
                   key=call.id)

@@ -79,8 +79,9 @@ async def test_environment_supplies_key_and_base_url(monkeypatch: pytest.MonkeyP
 def test_public_names_are_pinned() -> None:
     """stalwart.models exports exactly these names, all resolvable."""
     assert sorted(models.__all__) == sorted([
-        "Model", "parse_model", "PROVIDERS", "Message", "Role", "ToolSpec",
-        "ToolCallRequest", "ModelOptions", "ModelRequest", "ModelResponse", "FinishReason",
+        "Model", "parse_model", "PROVIDERS", "Message", "Origin", "OriginKind", "Role",
+        "ToolSpec", "ToolCallRequest", "ModelOptions", "ModelRequest", "ModelResponse",
+        "FinishReason",
         "Usage", "OpenAIModel", "AnthropicModel", "SimulatedModel", "SimFaults", "Latency",
         "ScriptedReply", "SimStatistics", "Tokenizer", "TiktokenTokenizer",
         "ApproximateTokenizer", "count_tokens", "get_tokenizer", "parse_retry_after",

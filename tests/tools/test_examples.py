@@ -19,15 +19,19 @@ def run_example(name: str, cwd: Path) -> str:
 
 
 def test_least_privilege_example(tmp_path: Path) -> None:
-    """examples/least_privilege.py: the injected refund is refused and audited, the path
+    """examples/least_privilege.py: the injected refund (granted, but the context is
+    tainted) and account deletion (not granted) are refused and audited, the path
     escape fails in the tool, the spliced e-mail matches nobody."""
     lines = run_example("least_privilege.py", tmp_path).splitlines()
-    assert lines[:6] == [
+    assert lines[:9] == [
         "read_attachment: ok",
         "refund: permission_denied",
+        "delete_account: permission_denied",
         "read_attachment: tool_failed",
         "find_customer: ok",
         "Summary: the customer asks for a refund; escalated to billing.",
-        "refunds executed: 0; refusals audited: 1",
+        "audited: refund refused, untrusted_context (untrusted: tool:read_attachment)",
+        "audited: delete_account refused, not_granted",
+        "privileged calls executed: 0",
     ]
-    assert lines[6].startswith("inspect it: stalwart runs trace ")
+    assert lines[9].startswith("inspect it: stalwart runs trace ")

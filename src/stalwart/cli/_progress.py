@@ -107,6 +107,19 @@ def describe(ev: Event, *, run_id: str, timing: dict[str, float]) -> tuple[str, 
         return (f"step {sid} asked for tool {info.get('tool', name)!r} with a malformed call "
                 f"({info.get('error')}: {preview(str(info.get('message', '')), 120)}); sent "
                 "back to the model", "yellow")
+    if k == EventKind.TOOL_CALL_APPROVAL:
+        info = _payload(ev)
+        verdict = "approved" if info.get("approved") else "not approved"
+        return (f"step {sid} held tool {info.get('tool', name)!r} for approval: {verdict} "
+                f"(untrusted context from {', '.join(info.get('untrusted') or [])})",
+                "green" if info.get("approved") else "red")
+    if k == EventKind.CONTEXT_ORIGINS:
+        messages = _payload(ev).get("messages") or []
+        untrusted = list(dict.fromkeys(str(m.get("origin")) for m in messages
+                                       if isinstance(m, dict) and m.get("trusted") is False))
+        if not untrusted:
+            return None
+        return f"{step} saw untrusted content from {', '.join(untrusted)}", "yellow"
     if k == EventKind.TOOL_CALL_REFUSED:
         info = _payload(ev)
         return (f"step {sid} asked for tool {info.get('tool', name)!r}: refused, not "

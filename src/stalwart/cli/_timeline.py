@@ -38,7 +38,8 @@ _END_KINDS = {
     EventKind.RUN_DEAD_LETTERED: "dead_lettered",
 }
 _RUN_KINDS = frozenset(kind for kind in EventKind if kind.value.startswith("run_"))
-_NOTES = frozenset({EventKind.TOOL_CALL_REPAIRED, EventKind.TOOL_CALL_REFUSED})
+_NOTES = frozenset({EventKind.TOOL_CALL_REPAIRED, EventKind.TOOL_CALL_REFUSED,
+                    EventKind.TOOL_CALL_APPROVAL, EventKind.CONTEXT_ORIGINS})
 """Events about a step written after its outcome: kept beside it, not among its own."""
 _TIMED = (EventKind.CALL_TIMED, EventKind.STEP_TIMED)
 """Events about the run as a whole. The one that ends a run names the step that ended it
@@ -97,7 +98,11 @@ class Step:
     repairs: tuple[str, ...] = ()
     """Malformed tool calls of this model turn sent back to the model, one line each."""
     refusals: tuple[str, ...] = ()
-    """Tool calls of this model turn refused by least privilege (audited), one line each."""
+    """Tool calls of this model turn refused by least privilege (audited), or held for
+    approval and decided, one line each."""
+    origins: tuple[str, ...] = ()
+    """Where the messages this model turn saw first came from (``user``,
+    ``tool:search (untrusted)``...)."""
 
     @property
     def duration(self) -> float | None:
@@ -116,7 +121,7 @@ class Step:
                 "duration_under": self.under, "execution": self.execution,
                 "reused": self.reused, "detail": self.detail, "seq": self.seq,
                 "wake_at": self.wake_at, "repairs": list(self.repairs),
-                "refusals": list(self.refusals)}
+                "refusals": list(self.refusals), "origins": list(self.origins)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,10 +277,13 @@ def read_story(run: RunRecord, events: list[Event], *, now: float | None = None)
         repairs = tuple(_repair_line(e) for e in noted
                         if e.kind == EventKind.TOOL_CALL_REPAIRED)
         refusals = tuple(_refusal_line(e) for e in noted
-                         if e.kind == EventKind.TOOL_CALL_REFUSED)
-        if under is not None or repairs or refusals:
+                         if e.kind in (EventKind.TOOL_CALL_REFUSED,
+                                       EventKind.TOOL_CALL_APPROVAL))
+        origins = tuple(line for e in noted if e.kind == EventKind.CONTEXT_ORIGINS
+                        for line in _origin_lines(e))
+        if under is not None or repairs or refusals or origins:
             st = replace(st, under=under if st.outcome in ("completed", "failed") else None,
-                         repairs=repairs, refusals=refusals)
+                         repairs=repairs, refusals=refusals, origins=origins)
         steps.append(st)
     return RunStory(run=run, executions=executions, steps=steps)
 
@@ -334,13 +342,28 @@ def _repair_line(ev: Event) -> str:
 
 
 def _refusal_line(ev: Event) -> str:
-    """``tool NAME: REASON: message`` of a ``tool_call_refused`` event."""
+    """``tool NAME: REASON: message`` of a ``tool_call_refused`` event, ``tool NAME:
+    approved|not approved: message`` of a ``tool_call_approval`` one."""
     try:
         info = json.loads(ev.payload or "{}")
     except ValueError:
         info = {}
-    return (f"tool {info.get('tool', ev.name)!s}: {info.get('reason', '?')}: "
-            f"{info.get('message', '')}")
+    reason = info.get("reason", "?")
+    if ev.kind == EventKind.TOOL_CALL_APPROVAL:
+        reason = "approved" if info.get("approved") else "not approved"
+    return f"tool {info.get('tool', ev.name)!s}: {reason}: {info.get('message', '')}"
+
+
+def _origin_lines(ev: Event) -> list[str]:
+    """The origins of a ``context_origins`` event, once each: ``user``,
+    ``tool:search (untrusted)``."""
+    try:
+        messages = json.loads(ev.payload or "{}").get("messages") or []
+    except (ValueError, AttributeError):
+        return []
+    lines = (f"{m.get('origin', '?')}" + (" (untrusted)" if m.get("trusted") is False else "")
+             for m in messages if isinstance(m, dict))
+    return list(dict.fromkeys(lines))
 
 
 def _wake_at(ev: Event) -> float | None:

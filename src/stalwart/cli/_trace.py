@@ -38,7 +38,8 @@ class TraceNode:
     kind: str
     """``run``, ``gather``, ``branch``, ``agent``, ``model``, ``tool``, ``step`` or
     ``repair`` (a malformed tool call of a model turn, sent back to the model) or
-    ``refused`` (a tool call least privilege refused: not executed, audited)."""
+    ``refused`` (a tool call least privilege refused: not executed, audited) or
+    ``context`` (where the messages a model turn saw came from)."""
     step_id: str | None = None
     started_at: float | None = None
     ended_at: float | None = None
@@ -112,8 +113,16 @@ def _leaf(st: Step, call: CallUsage | None) -> TraceNode:
     # The malformed tool calls of this turn, sent back to the model as tool errors.
     node.children = [TraceNode(label=f"repair {line}", kind="repair",
                                outcome="sent back to the model") for line in st.repairs]
+    if st.origins:
+        node.children.insert(0, TraceNode(label="context " + ", ".join(st.origins),
+                                          kind="context"))
     node.children += [TraceNode(label=f"refused {line}", kind="refused",
-                                outcome="not executed (audited)") for line in st.refusals]
+                                outcome="not executed (audited)") for line in st.refusals
+                      if ": approved:" not in line and ": not approved:" not in line]
+    node.children += [TraceNode(label=f"held {line}", kind="refused",
+                                outcome="approval decided (audited)")
+                      for line in st.refusals
+                      if ": approved:" in line or ": not approved:" in line]
     return node
 
 

@@ -151,6 +151,8 @@ class _Call:
     attempts: int = 0
     reason: str = "attempts exhausted"
     before_attempt: Callable[[str], Awaitable[None]] | None = None
+    also: Sequence[NewEvent] = ()
+    """Events journaled in the same append as a successful outcome, before it."""
 
     @property
     def engine(self) -> Engine:
@@ -201,8 +203,12 @@ async def guarded_call(
     decode_result: Callable[[str], Any],
     check: Callable[[Any], object] | None = None,
     reject_failed_check: bool = False,
+    also: Sequence[NewEvent] = (),
 ) -> Any:
     """Make the call as one journaled step under ``policy``; see the module docstring.
+
+    ``also``: events about the step journaled in the same append as its result (an
+    agent's turn journals where its context came from so), at no extra commit.
 
     ``check`` is an outcome check on a successful result. A result that fails it counts
     as a failure for the candidate's breaker; with ``reject_failed_check`` the attempt
@@ -219,7 +225,7 @@ async def guarded_call(
     origin = now if not priors else (priors[0].call_started or priors[0].at)
     call = _Call(ex, step_id, name, candidates, policy, pool, check, reject_failed_check,
                  priors, started_at=now, origin=origin,
-                 errors=[rebuild_error(p.error) for p in priors])
+                 errors=[rebuild_error(p.error) for p in priors], also=also)
     text = await _budget(call, encode_result)
     return decode_result(text)
 
@@ -268,7 +274,7 @@ async def _record_answer(call: _Call, answer: _Answer,
     cand, attempt = call.candidates[answer.candidate], answer.attempt
     if answer.candidate > 0:
         call.note("fallback_answered", cand.key)
-    events = [NewEvent(EventKind.CALL_TIMED, call.step_id, call.name, json.dumps({
+    events = [*call.also, NewEvent(EventKind.CALL_TIMED, call.step_id, call.name, json.dumps({
         "started_at": call.started_at, "duration": attempt.duration,
         "attempts": attempt.number, "key": cand.key})),
         NewEvent(EventKind.STEP_COMPLETED, call.step_id, call.name, text)]

@@ -77,7 +77,8 @@ __all__ = ["Execution"]
 log = logging.getLogger("stalwart.engine")
 
 _OUTCOMES = (EventKind.STEP_COMPLETED, EventKind.STEP_FAILED)
-_NOTE_EVENTS = frozenset({EventKind.TOOL_CALL_REPAIRED, EventKind.TOOL_CALL_REFUSED})
+_NOTE_EVENTS = frozenset({EventKind.TOOL_CALL_REPAIRED, EventKind.TOOL_CALL_REFUSED,
+                          EventKind.TOOL_CALL_APPROVAL})
 """Notes about a model turn's tool calls, keyed by the call's id (see :meth:`note`)."""
 _STEP_EVENTS = frozenset({
     EventKind.STEP_COMPLETED, EventKind.STEP_FAILED, EventKind.ATTEMPT_FAILED,

@@ -18,6 +18,7 @@ from pydantic import TypeAdapter
 
 from ..errors import ConfigurationError, OutputValidationError
 from ..models import Message, Model, ModelOptions, ModelRequest, ModelResponse, count_tokens
+from ..store._base import NewEvent
 from ._calls import Candidate, guarded_call
 from ._execution import Execution
 from ._interceptor import ModelCallEndInput, ModelCallStartInput
@@ -63,9 +64,11 @@ def read_output(adapter: TypeAdapter[Any] | None, type_name: str,
 async def model_turn(ex: Execution, *, name: str, model: str | Model, request: ModelRequest,
                      policy: Policy, pool: str | None,
                      check: Callable[[ModelResponse], object] | None = None,
-                     reject_failed_check: bool = False) -> ModelResponse:
+                     reject_failed_check: bool = False,
+                     also: Sequence[NewEvent] = ()) -> ModelResponse:
     """One model call of ``request`` as the journaled step ``chat:{name}`` under
-    ``policy`` (its fallback chain included); see :func:`guarded_call` for ``check``."""
+    ``policy`` (its fallback chain included); see :func:`guarded_call` for ``check``
+    and ``also``."""
     override = ex.model_override(ex.next_step_id())
     chain = [model if override is None else override, *policy.fallback_chain]
     estimate = sum(count_tokens(m.content or "") for m in request.messages)
@@ -80,7 +83,7 @@ async def model_turn(ex: Execution, *, name: str, model: str | Model, request: M
         ex, name=f"chat:{name}", candidates=candidates, policy=policy, pool=pool,
         encode_result=lambda r: RESPONSE.dump_json(r).decode(),
         decode_result=RESPONSE.validate_json, check=check,
-        reject_failed_check=reject_failed_check)
+        reject_failed_check=reject_failed_check, also=also)
     return response
 
 

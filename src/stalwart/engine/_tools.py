@@ -17,7 +17,7 @@ from typing import Any, Generic, Literal, ParamSpec, TypeVar, final, get_args, g
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from ..errors import ConfigurationError, ToolArgumentsError
-from ..models import ToolSpec
+from ..models import Origin, ToolSpec
 from ._policy import INHERIT, Policy, _Inherit
 
 __all__ = ["Effect", "Tool", "ToolCall", "ToolArgumentsError"]
@@ -115,6 +115,13 @@ class Tool(Generic[P, R]):
                                      f"{', '.join(EFFECTS)}, not {effect!r}")
         self.effect: Effect = effect
         self.scopes: frozenset[str] = _scopes(f"tool {self.name!r}", scopes)
+        self.origin: Origin = Origin.tool(self.name)
+        """The origin of this tool's output in an agent's context (an MCP tool's is
+        ``Origin.mcp(server, tool)``)."""
+        self.description_origin: Origin = Origin.developer()
+        """Who wrote this tool's description and schema, which the model reads too: the
+        developer for a local tool; the server for an MCP tool (so a poisoned
+        description taints the context like a poisoned result)."""
         self.description = description or inspect.getdoc(fn) or ""
         self.policy = policy
         self.max_argument_bytes = _limit(self.name, "max_argument_bytes", max_argument_bytes)

@@ -32,6 +32,8 @@ from ._types import Message as Message
 from ._types import ModelOptions as ModelOptions
 from ._types import ModelRequest as ModelRequest
 from ._types import ModelResponse as ModelResponse
+from ._types import Origin as Origin
+from ._types import OriginKind as OriginKind
 from ._types import Role as Role
 from ._types import ToolCallRequest as ToolCallRequest
 from ._types import ToolSpec as ToolSpec
@@ -49,6 +51,8 @@ __all__ = [
     "PROVIDERS",
     # data
     "Message",
+    "Origin",
+    "OriginKind",
     "Role",
     "ToolSpec",
     "ToolCallRequest",

@@ -25,6 +25,8 @@ __all__ = [
     "ModelOptions",
     "ModelRequest",
     "ModelResponse",
+    "Origin",
+    "OriginKind",
     "Role",
     "ToolCallRequest",
     "ToolSpec",
@@ -130,12 +132,99 @@ def _depth(text: str) -> int:
     return max(accumulate(steps, initial=0))
 
 
+OriginKind = Literal["system", "developer", "user", "model", "tool", "mcp", "retrieval",
+                     "web", "agent", "blackboard"]
+"""Where a piece of an agent's context came from (see :class:`Origin`)."""
+
+
+@final
+class Origin(BaseModel):
+    """Where a message of an agent's context came from: provenance.
+
+    ``kind`` is the channel (the system prompt, the developer, the user, the model's own
+    turn, a tool's output, an MCP server's tool, a retrieved document, the web, another
+    agent, the blackboard) and ``source`` which one (the tool's name, ``server/tool``,
+    the document's id, the URL, the agent's name, the entry's key). Whether an origin is
+    trusted is not a property of the content but a policy over origins
+    (:class:`~stalwart.Trust`). Build with the class methods.
+    """
+
+    model_config = _FROZEN
+
+    kind: OriginKind
+    source: str = ""
+
+    @property
+    def label(self) -> str:
+        """``kind`` or ``kind:source``: how the journal and the trace name it."""
+        return f"{self.kind}:{self.source}" if self.source else self.kind
+
+    def __str__(self) -> str:
+        return self.label
+
+    @classmethod
+    def system(cls) -> Origin:
+        """The agent's instructions."""
+        return cls(kind="system")
+
+    @classmethod
+    def developer(cls, source: str = "") -> Origin:
+        """Text the program itself wrote (a template, a fixed prompt)."""
+        return cls(kind="developer", source=source)
+
+    @classmethod
+    def user(cls, source: str = "") -> Origin:
+        """The user the agent works for."""
+        return cls(kind="user", source=source)
+
+    @classmethod
+    def model(cls, source: str = "") -> Origin:
+        """The model's own turn."""
+        return cls(kind="model", source=source)
+
+    @classmethod
+    def tool(cls, name: str) -> Origin:
+        """The output of the local tool ``name``."""
+        return cls(kind="tool", source=name)
+
+    @classmethod
+    def mcp(cls, server: str, tool: str) -> Origin:
+        """The output of ``tool`` on the MCP server ``server``."""
+        return cls(kind="mcp", source=f"{server}/{tool}")
+
+    @classmethod
+    def retrieval(cls, source: str) -> Origin:
+        """A retrieved document (its id or collection)."""
+        return cls(kind="retrieval", source=source)
+
+    @classmethod
+    def web(cls, url: str) -> Origin:
+        """A page from the web."""
+        return cls(kind="web", source=url)
+
+    @classmethod
+    def agent(cls, name: str) -> Origin:
+        """The output of another agent."""
+        return cls(kind="agent", source=name)
+
+    @classmethod
+    def blackboard(cls, key: str) -> Origin:
+        """An entry of a shared blackboard."""
+        return cls(kind="blackboard", source=key)
+
+
+_ROLE_ORIGIN: dict[str, OriginKind] = {"system": "system", "user": "user",
+                                        "assistant": "model", "tool": "tool"}
+
+
 @final
 class Message(BaseModel):
     """One turn of a conversation.
 
     ``tool_calls`` appear only on assistant messages; ``tool_call_id`` (and optionally
     ``name``) only on tool messages, which carry a tool's result as ``content``.
+    ``origin`` is where the content came from (provenance; never sent to a provider);
+    when it is not set, :attr:`provenance` infers it from the role.
     """
 
     model_config = _FROZEN
@@ -145,6 +234,17 @@ class Message(BaseModel):
     tool_calls: tuple[ToolCallRequest, ...] = ()
     tool_call_id: str | None = None
     name: str | None = None
+    origin: Origin | None = None
+
+    @property
+    def provenance(self) -> Origin:
+        """:attr:`origin`, or what the role implies: a system message is the system's,
+        a user message the user's, an assistant message the model's, a tool message
+        the output of the tool it names."""
+        if self.origin is not None:
+            return self.origin
+        kind = _ROLE_ORIGIN[self.role]
+        return Origin(kind=kind, source=(self.name or "") if kind == "tool" else "")
 
     @model_validator(mode="after")
     def _check_role_fields(self) -> Message:
@@ -157,14 +257,16 @@ class Message(BaseModel):
         return self
 
     @classmethod
-    def system(cls, content: str) -> Message:
+    def system(cls, content: str, *, origin: Origin | None = None) -> Message:
         """A system (instructions) message."""
-        return cls(role="system", content=content)
+        return cls(role="system", content=content, origin=origin)
 
     @classmethod
-    def user(cls, content: str, *, name: str | None = None) -> Message:
-        """A user message."""
-        return cls(role="user", content=content, name=name)
+    def user(cls, content: str, *, name: str | None = None,
+             origin: Origin | None = None) -> Message:
+        """A user message (``origin``: where its content came from, when that is not
+        the user: a retrieved document, another agent's output...)."""
+        return cls(role="user", content=content, name=name, origin=origin)
 
     @classmethod
     def assistant(cls, content: str | None = None, *,
@@ -173,9 +275,11 @@ class Message(BaseModel):
         return cls(role="assistant", content=content, tool_calls=tuple(tool_calls))
 
     @classmethod
-    def tool(cls, content: str, *, tool_call_id: str, name: str | None = None) -> Message:
+    def tool(cls, content: str, *, tool_call_id: str, name: str | None = None,
+             origin: Origin | None = None) -> Message:
         """The result of the tool call ``tool_call_id``."""
-        return cls(role="tool", content=content, tool_call_id=tool_call_id, name=name)
+        return cls(role="tool", content=content, tool_call_id=tool_call_id, name=name,
+                   origin=origin)
 
 
 def _empty_object_schema() -> JsonObject:

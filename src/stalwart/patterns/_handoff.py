@@ -39,13 +39,14 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 from pydantic import BaseModel, ValidationError
 
 from .._agent import Agent, HandoffOffer
+from ..engine._privilege import Sourced
 from ..errors import (
     ConfigurationError,
     HandoffContractError,
     HandoffLimitError,
     HandoffLoopError,
 )
-from ..models import ToolSpec
+from ..models import Origin, ToolSpec
 
 if TYPE_CHECKING:
     from .._context import Context
@@ -240,7 +241,9 @@ class Team:
             transfers.append(moved["contract"])
             chain.append(h.target)
             agent = self.agents[h.target]
-            payload = h.contract.model_validate(moved["contract"])
+            # What the receiver is handed is another agent's output: its provenance.
+            payload = Sourced(h.contract.model_validate(moved["contract"]),
+                              Origin.agent(h.source))
 
 
 async def _transfer(h: Handoff, hop: int, arguments: dict[str, Any]) -> dict[str, Any]:

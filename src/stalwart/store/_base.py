@@ -133,8 +133,17 @@ class EventKind(enum.StrEnum):
     was sent back to it as a tool error; ``step_id`` is the model turn that made it."""
     TOOL_CALL_REFUSED = "tool_call_refused"
     """A tool call the model asked for was refused, not executed (its agent's
-    :class:`~stalwart.Grant` does not cover the tool): the audit record, on the model
-    turn that asked for it; the model got a ``permission_denied`` tool error."""
+    :class:`~stalwart.Grant` does not cover the tool, or it is privileged and the
+    context held untrusted content): the audit record, on the model turn that asked for
+    it, with the untrusted sources; the model got a ``permission_denied`` tool error."""
+    TOOL_CALL_APPROVAL = "tool_call_approval"
+    """A privileged tool call with untrusted content in the context was held for a
+    human's approval of its exact arguments; the record of the decision (approved or
+    not), with the untrusted sources, on the model turn that asked for it."""
+    CONTEXT_ORIGINS = "context_origins"
+    """Where the messages an agent's model turn saw came from (those not journaled with
+    an earlier turn): their index, role, origin and whether the agent trusts it;
+    journaled in the same append as the turn's outcome."""
 
 
 STEP_TIMED_AFTER = 0.002

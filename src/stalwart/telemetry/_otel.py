@@ -440,7 +440,8 @@ class OTelInterceptor(Interceptor):
         call = self._call_span(input.run_id, input.step_id, f"chat {input.model}",
                                (input.key, str(input.attempt)), SpanKind.CLIENT, attributes)
         if call is not None and call.capture:
-            messages = [m.model_dump(mode="json", exclude_none=True)
+            # the messages as sent (GenAI conventions); their origins are in the journal
+            messages = [m.model_dump(mode="json", exclude_none=True, exclude={"origin"})
                         for m in input.request.messages]
             self._content(call.span, call.capture, "gen_ai.input.messages",
                           json.dumps(messages), "stalwart.input.sha256")
