@@ -23,19 +23,19 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
-async def _adder(ctx: sw.Context, a: int, b: int) -> int:
+async def adder(ctx: sw.Context, a: int, b: int) -> int:
     first = await ctx.step(add, a, b)
     return await ctx.step(add, first, 1)
 
 
-adder = sw.Workflow(_adder, name="adder")
+adder = sw.Workflow(adder, name="adder")  # type: ignore[assignment]
 
 
-async def _writer(ctx: sw.Context, topic: str) -> str:
+async def writer(ctx: sw.Context, topic: str) -> str:
     return await ctx.llm("sim:writer", f"Write about {topic}")
 
 
-writer = sw.Workflow(_writer, name="writer")
+writer = sw.Workflow(writer, name="writer")  # type: ignore[assignment]
 
 
 def lookup(query: str, call: sw.ToolCall, marker: str) -> str:
@@ -64,49 +64,49 @@ helper = sw.Agent("helper", sw.FunctionModel(weather_bot, name="weather-bot"),
                   tools=[sw.Tool(forecast)])
 
 
-async def _assistant(ctx: sw.Context, question: str) -> str:
+async def assistant(ctx: sw.Context, question: str) -> str:
     return await helper.run(ctx, question)
 
 
-assistant = sw.Workflow(_assistant, name="assistant")
+assistant = sw.Workflow(assistant, name="assistant")  # type: ignore[assignment]
 
 
-async def _fragile(ctx: sw.Context, query: str, marker: str) -> str:
+async def fragile(ctx: sw.Context, query: str, marker: str) -> str:
     first = await ctx.step(add, 1, 2)
     return f"{first}:{await ctx.tool(lookup_tool, query=query, marker=marker)}"
 
 
-fragile = sw.Workflow(_fragile, name="fragile")
+fragile = sw.Workflow(fragile, name="fragile")  # type: ignore[assignment]
 
 
-async def _boom(ctx: sw.Context) -> None:
+async def boom(ctx: sw.Context) -> None:
     await ctx.step(add, 1, 1)
     raise ValueError("kaboom")
 
 
-boom = sw.Workflow(_boom, name="boom")
+boom = sw.Workflow(boom, name="boom")  # type: ignore[assignment]
 
 
-async def _waiter(ctx: sw.Context, item: str) -> str:
+async def waiter(ctx: sw.Context, item: str) -> str:
     decision = await ctx.wait_for_signal("approve")
     return f"{item}: {decision['by']}"
 
 
-waiter = sw.Workflow(_waiter, name="waiter")
+waiter = sw.Workflow(waiter, name="waiter")  # type: ignore[assignment]
 
 
-async def _child(ctx: sw.Context, x: int) -> int:
+async def child(ctx: sw.Context, x: int) -> int:
     return await ctx.step(add, x, 1)
 
 
-child = sw.Workflow(_child, name="child")
+child = sw.Workflow(child, name="child")  # type: ignore[assignment]
 
 
-async def _parent(ctx: sw.Context, x: int) -> int:
+async def parent(ctx: sw.Context, x: int) -> int:
     return await ctx.child(child, x)
 
 
-parent = sw.Workflow(_parent, name="parent")
+parent = sw.Workflow(parent, name="parent")  # type: ignore[assignment]
 
 
 def die_once(marker: str) -> str:
@@ -116,12 +116,12 @@ def die_once(marker: str) -> str:
     return "survived"
 
 
-async def _crashy(ctx: sw.Context, marker: str) -> str:
+async def crashy(ctx: sw.Context, marker: str) -> str:
     first = await ctx.step(add, 1, 2)
     return f"{first}:{await ctx.step(die_once, marker)}"
 
 
-crashy = sw.Workflow(_crashy, name="crashy")
+crashy = sw.Workflow(crashy, name="crashy")  # type: ignore[assignment]
 
 WORKFLOWS = (adder, writer, assistant, fragile, boom, waiter, child, parent, crashy)
 

@@ -113,3 +113,28 @@ def test_postgres_actions(dash: Dash, pg_journal: Journal) -> None:
                            follow_redirects=False)
     assert done.status_code == 303
     assert str(pg_journal.record("wait-1").status) == "cancelled"
+
+
+def test_replay_checks_todays_code_and_writes_nothing(dash: Dash, journal: Journal) -> None:
+    """The replay button: today's code against the journal, nothing executed, the
+    journal's bytes unchanged; a module that cannot be imported is one clear page."""
+    before = Path(journal.store).read_bytes()
+    with dash.client(journal.store, authorized=True) as client:
+        page = client.get("/runs/ok-1").text
+        done = client.post("/runs/ok-1/replay", data={"csrf": _csrf(page)})
+    assert done.status_code == 200, done.text
+    assert "deterministic (2 of 2 recorded steps reached, nothing executed)" in done.text
+    assert Path(journal.store).read_bytes() == before
+
+
+def test_replay_says_so_when_the_code_diverges(dash: Dash, journal: Journal,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    async def _changed(ctx: object, a: int, b: int) -> int:  # one step, not two
+        return await ctx.step(dash.app.add, a, b)  # type: ignore[attr-defined,no-any-return]
+
+    monkeypatch.setattr(dash.app.adder, "fn", _changed, raising=False)
+    monkeypatch.setattr(dash.app.adder, "_fn", _changed, raising=False)
+    with dash.client(journal.store, authorized=True) as client:
+        page = client.get("/runs/ok-1").text
+        done = client.post("/runs/ok-1/replay", data={"csrf": _csrf(page)})
+    assert done.status_code == 200 and "DIVERGES" in done.text, done.text

@@ -33,7 +33,7 @@ from ._loader import add_cwd_to_path, imported_workflows, resolve_ref
 from ._output import console
 from ._trace import build_trace, render_trace, trace_json
 
-__all__ = ["fork", "replay", "start_fork", "trace"]
+__all__ = ["fork", "replay", "replay_report", "start_fork", "trace"]
 
 ImportOption = Annotated[list[str] | None, typer.Option(
     "--import", metavar="MODULE",
@@ -89,7 +89,9 @@ def _workflow_for(rec: RunRecord, imported: list[Workflow[Any, Any]]) -> Workflo
     return wf
 
 
-async def _replay(store: str | None, run_id: str, imports: list[str]) -> ReplayReport:
+async def replay_report(store: str | None, run_id: str, imports: list[str]) -> ReplayReport:
+    """Replay a run's journal with today's code (imported from ``imports``, else from the
+    run's own reference), calling nothing; the journal is only read."""
     add_cwd_to_path()
     imported = imported_workflows(imports)
     rt = client_runtime(command_store(store, imported))
@@ -111,7 +113,7 @@ def replay(
 
     Exits 1 when the code diverges from the journal (a step added, renamed or dropped, or
     another outcome)."""
-    report = run_async(_replay(store, run_id, imports or []))
+    report = run_async(replay_report(store, run_id, imports or []))
     if as_json:
         print_json(report.as_json())
     else:

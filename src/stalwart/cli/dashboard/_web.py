@@ -50,7 +50,7 @@ from .._output import parse_duration
 from .._runs import RunView, error_line, read_run_view
 from .._stats import aggregate, collect, percentile
 from .._trace import build_trace, fmt_cost
-from .._views import start_fork
+from .._views import replay_report, start_fork
 from .._workers import read_fleet
 from ._model import LABEL, ROW, WIDTH, conversations, cost_plot, waterfall
 
@@ -430,6 +430,22 @@ def create_app(settings: Settings) -> Starlette:
 
         return await act(request, do)
 
+    async def replay_action(request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+
+        async def do(form: dict[str, Any]) -> str:
+            report = await replay_report(settings.store, run_id, [])
+            if report.deterministic:
+                note = (f"replayed with today's code: deterministic ({report.steps_replayed}"
+                        f" of {report.steps_recorded} recorded steps reached, nothing "
+                        "executed)")
+            else:
+                note = ("replayed with today's code: DIVERGES: "
+                        + preview("; ".join(report.divergences), 400))
+            return f"/runs/{run_id}?" + urlencode({"note": note})
+
+        return await act(request, do)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
@@ -445,6 +461,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/runs/{run_id:path}/cancel", guarded(cancel_action), methods=["POST"]),
         Route("/runs/{run_id:path}/retry", guarded(retry_action), methods=["POST"]),
         Route("/runs/{run_id:path}/fork", guarded(fork_action), methods=["POST"]),
+        Route("/runs/{run_id:path}/replay", guarded(replay_action), methods=["POST"]),
         Route("/runs/{run_id:path}", guarded(run_page)),
         Route("/dlq", guarded(dlq_page)),
         Route("/workers", guarded(workers_page)),
