@@ -117,7 +117,8 @@ def test_plain_prints_tab_separated_values_in_full(cli: Cli, project: Project) -
 
 
 @pytest.mark.parametrize(("args", "header"), [
-    (["stats"], "dependency\tcalls\tfailed\terrors\tp50\tp95\ttokens\tcost\tbreaker"),
+    (["stats"], "dependency\tcalls\tfailed\terrors\tp50\tp95\ttokens\tcost\tsemantic\t"
+                "breaker"),
     (["workers", "list"], "worker\tstate\thost\tpid\tup\theartbeat\tin flight\tleases\tpools"),
     (["dlq", "list"], "run id\tworkflow\tdead-lettered\tstep\tattempts\terror"),
 ])

@@ -1,5 +1,8 @@
 """``stalwart stats``: per model and per tool — calls, errors by kind, latency, tokens,
-cost and breaker state — over the runs of a period, read from the journal.
+cost, semantic failures and breaker state — over the runs of a period, read from the
+journal; then what the journal says about semantic coordination (re-asks, repairs,
+extra critic rounds and trials per accepted answer, with their tokens; oscillating
+plans; blackboard entries built on refuted ones: see ``patterns._semantic``).
 
 Latency is per attempt, from the journal: ``call_timed`` gives the duration of a call's
 last attempt, and every ``attempt_failed`` its own. Breaker state lives in the memory
@@ -23,7 +26,10 @@ from rich.text import Text
 
 from .._runtime import Runtime
 from ..engine._cost import PriceTable, Tally, call_usages
+from ..patterns._blackboard import poisoning
+from ..patterns._semantic import SemanticReport, semantic_report
 from ..store._base import Event, EventKind, RunRecord
+from ..store._board import BoardStore
 from ._common import (
     JsonOption,
     StoreOption,
@@ -54,11 +60,13 @@ class _Row:
     latencies: list[float] = field(default_factory=list)
     rejected_at: float | None = None
     last_attempt_at: float | None = None
+    semantic: int = 0
+    """Answers judged wrong after they returned (see ``patterns._semantic``)."""
 
     def as_json(self, key: str) -> dict[str, Any]:
         return {"key": key, "kind": self.kind, **self.tally.as_json(),
                 "p50": percentile(self.latencies, 50), "p95": percentile(self.latencies, 95),
-                "breaker": self.breaker}
+                "semantic": self.semantic, "breaker": self.breaker}
 
     @property
     def breaker(self) -> str:
@@ -93,6 +101,9 @@ def aggregate(runs: list[tuple[RunRecord, list[Event]]], prices: PriceTable,
             if ev.kind == EventKind.ATTEMPT_FAILED and str(
                     d.get("error", {}).get("type", "")).endswith("CircuitOpenError"):
                 seen.rejected_at = max(seen.rejected_at or 0.0, ev.created_at)
+    for key, n in semantic_report((r.run_id, evs) for r, evs in runs).failures.items():
+        rows.setdefault(key, _Row(kind="member" if key.startswith("member:")
+                                  else "model")).semantic += n
     return rows
 
 
@@ -110,10 +121,20 @@ async def collect(rt: Runtime, since: float | None,
     return out
 
 
-async def _collect(rt: Runtime, since: float | None,
-                   limit: int) -> list[tuple[RunRecord, list[Event]]]:
+async def _collect(rt: Runtime, since: float | None, limit: int
+                   ) -> tuple[list[tuple[RunRecord, list[Event]]], dict[str, list[Any]]]:
+    """The runs of the period with their journals, and each blackboard's entries built
+    on a refuted one."""
     try:
-        return await collect(rt, since, limit)
+        runs = await collect(rt, since, limit)
+        poisoned: dict[str, list[Any]] = {}
+        if isinstance(rt.store, BoardStore):
+            for board in await rt.store.board_names():
+                found = poisoning([e for e in await rt.store.board_entries(board)
+                                   if not e.taken])
+                if found:
+                    poisoned[board] = found
+        return runs, poisoned
     finally:
         await rt.close()
 
@@ -142,12 +163,17 @@ def stats(
     it)."""
     window = parse_duration(since) if since is not None else None
     rt = client_runtime(store)
-    runs = run_async(_collect(rt, window, limit))
+    runs, poisoned = run_async(_collect(rt, window, limit))
     rows = aggregate(runs, rt.prices)
     ordered = sorted(rows.items(), key=lambda kv: (kv[1].kind != "model", kv[0]))
+    report = semantic_report((r.run_id, evs) for r, evs in runs)
     if as_json:
         print_json({"runs": len(runs), "since": window,
-                    "rows": [row.as_json(key) for key, row in ordered]})
+                    "rows": [row.as_json(key) for key, row in ordered],
+                    "semantic": report.as_json(),
+                    "poisoned": {b: [{"key": p.key, "chain": list(p.chain),
+                                      "refuted_by": p.refuted_by} for p in found]
+                                 for b, found in poisoned.items()}})
         return
     out = console()
     # With --plain the table alone goes to stdout; what frames it, to stderr.
@@ -158,7 +184,7 @@ def stats(
         out.print("no model or tool calls")
         return
     table = Rows(["dependency", "calls", "failed", Column("errors", wrap=True), "p50",
-                  "p95", "tokens", "cost", "breaker"])
+                  "p95", "tokens", "cost", "semantic", "breaker"])
     for key, row in ordered:
         t = row.tally
         errors = ", ".join(f"{k} x{n}" for k, n in sorted(t.errors.items())) or "-"
@@ -169,9 +195,36 @@ def stats(
             cost = f">= {fmt_cost(t.priced_cost)} ({t.unpriced_calls} unpriced)"
         table.add(key, str(t.calls), str(t.failed), Text(errors), _ms(percentile(
             row.latencies, 50)), _ms(percentile(row.latencies, 95)),
-            str(t.tokens) if row.kind == "model" else "-", cost, row.breaker)
+            str(t.tokens) if row.kind == "model" else "-", cost, str(row.semantic),
+            row.breaker)
     table.print(out, plain=plain)
     notes.print(Text("calls: a retried call counts once; errors: one per failed attempt. "
+                   "semantic: answers judged wrong after they returned (dissent, rejected "
+                   "drafts, failed trials, refuted entries, re-asked answers). "
                    "breaker: open@TIME when the latest journaled attempt was rejected by an "
                    "open breaker; live breaker state is held by the worker processes, not "
                    "the journal (n/a)", style="dim"))
+    for line in semantic_lines(report, poisoned):
+        notes.print(line)
+
+
+def semantic_lines(report: SemanticReport, poisoned: dict[str, list[Any]]) -> list[str]:
+    """The semantic coordination summary under the table (empty when there is none)."""
+    out = []
+    if report.retries or report.accepted:
+        kinds = ", ".join(f"{k} x{n}" for k, n in sorted(report.retries.items())) or "none"
+        amp = report.amplification
+        out.append(f"semantic retries: {kinds}; {report.retry_tokens} tokens; "
+                   f"{report.accepted} accepted answer(s); "
+                   + (f"{amp:.2f} retries per accepted answer" if amp is not None
+                      else "no accepted answer")
+                   + (f"; {report.runs_over_budget} run(s) stopped by the semantic retry "
+                      "budget" if report.runs_over_budget else ""))
+    for run_id, where, osc in report.oscillations:
+        out.append(f"oscillation: run {run_id}, {where}: "
+                   f"{' -> '.join(osc.cycle)} x{osc.repeats}")
+    for board, found in poisoned.items():
+        for p in found:
+            out.append(f"poisoned: blackboard {board!r}, {p.key} built on refuted "
+                       f"{p.chain[-1]} ({' -> '.join(p.chain)})")
+    return out

@@ -46,13 +46,19 @@ from ._reflexion import ReflexionResult as ReflexionResult
 from ._reflexion import Trial as Trial
 from ._reflexion import TrialInput as TrialInput
 from ._reflexion import reflexion as reflexion
+from ._semantic import Oscillation as Oscillation
+from ._semantic import SemanticReport as SemanticReport
+from ._semantic import limit_semantic_retries as limit_semantic_retries
+from ._semantic import oscillation as oscillation
+from ._semantic import semantic_report as semantic_report
 from ._vote import Ballot as Ballot
 from ._vote import VoteResult as VoteResult
 from ._vote import vote as vote
 
 __all__ = ["Ballot", "Blackboard", "BoardEntry", "ChildSpec", "CompiledGraph", "CritiqueInput",
            "END", "Evaluation", "EvaluationInput", "Graph", "Handoff", "MixtureInput",
-           "MixtureResult", "Poisoned", "RefineInput", "RefineResult", "ReflectionInput",
-           "ReflexionResult", "Reply", "Round", "START", "Saga", "Team", "TeamResult", "Trial",
-           "TrialInput", "Verdict", "VoteResult", "divergence", "mixture", "poisoning",
-           "refine", "reflexion", "token_distance", "vote"]
+           "MixtureResult", "Oscillation", "Poisoned", "RefineInput", "RefineResult",
+           "ReflectionInput", "ReflexionResult", "Reply", "Round", "START", "Saga",
+           "SemanticReport", "Team", "TeamResult", "Trial", "TrialInput", "Verdict",
+           "VoteResult", "divergence", "limit_semantic_retries", "mixture", "oscillation",
+           "poisoning", "refine", "reflexion", "semantic_report", "token_distance", "vote"]

@@ -129,15 +129,18 @@ class Blackboard:
 
     Args:
         name: the board's name (boards of one store are separate).
+        breaker: count each refuted entry against the circuit breaker of the model that
+            posted it.
 
     Raises:
         ConfigurationError: an empty name.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, breaker: bool = False) -> None:
         if not isinstance(name, str) or not name or any(ord(c) < 32 for c in name):
             raise ConfigurationError(f"a blackboard needs a printable name, not {name!r}")
         self.name = name
+        self.breaker = breaker
         self._sources: list[_Source] = []
 
     def __repr__(self) -> str:
@@ -222,7 +225,8 @@ class Blackboard:
                 "key": key, "version": entry.version, "by": by, "note": note,
                 "provenance": dict(prov)}, [Semantic(
                     str(prov.get("agent") or prov.get("workflow") or "?"),
-                    prov.get("model"), f"{self.name}/{key} refuted by {by}: {note or ''}")])
+                    prov.get("model"), f"{self.name}/{key} refuted by {by}: {note or ''}")],
+                breaker=self.breaker)
         return entry
 
     # -- reading and taking ----------------------------------------------------------

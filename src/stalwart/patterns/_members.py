@@ -223,10 +223,14 @@ SEMANTIC_ACTION = "semantic_failure"
 
 
 async def record(ctx: Context, name: str, info: Mapping[str, Any],
-                 semantic: Sequence[Semantic] = ()) -> dict[str, Any]:
+                 semantic: Sequence[Semantic] = (), *, breaker: bool = False,
+                 notes: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
     """Journal what a pattern decided as a step named ``name`` whose result is ``info``
     plus its ``semantic`` failures; the failures are noted to the runtime's metrics when
-    the step runs (once: a replay returns the record without running it)."""
+    the step runs (once: a replay returns the record without running it) and, with
+    ``breaker``, counted against the circuit breaker of each failing model (an answer
+    that keeps being wrong takes its model out of rotation like one that times out);
+    ``notes`` are other ``(action, key)`` policy notes for the metrics."""
     engine, run_id = ctx.execution.engine, ctx.run_id
     payload = {**info, "semantic": [s.as_json() for s in semantic]}
 
@@ -234,6 +238,10 @@ async def record(ctx: Context, name: str, info: Mapping[str, Any],
         step_id = current_step().step_id
         for s in semantic:
             engine.note_policy(run_id, step_id, SEMANTIC_ACTION, s.model or s.member)
+            if breaker and s.model:
+                engine.breakers.get(s.model).on_late_failure()
+        for action, key in notes:
+            engine.note_policy(run_id, step_id, action, key)
         return info
 
     return await ctx.step(decided, payload, name=name)

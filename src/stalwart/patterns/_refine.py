@@ -30,6 +30,7 @@ from ._members import (
     Escalate,
     Semantic,
     ask,
+    canonical,
     check_escalate,
     escalation,
     labels,
@@ -37,6 +38,7 @@ from ._members import (
     record,
     to_json,
 )
+from ._semantic import spend_retry, watch
 
 if TYPE_CHECKING:
     from .._context import Context
@@ -147,7 +149,7 @@ async def refine(ctx: Context, generator: Any, critic: Any, task: Any, *,
                  max_rounds: int = 3, accept: Callable[[Verdict], bool] | None = None,
                  within: float | None = None, output_type: type[T] | None = None,
                  on_exhausted: Literal["escalate", "return"] = "escalate",
-                 escalate: Escalate = "error") -> RefineResult[T]:
+                 escalate: Escalate = "error", breaker: bool = False) -> RefineResult[T]:
     """Draft, critique and revise until the critic accepts (at most ``max_rounds``).
 
     Args:
@@ -162,10 +164,14 @@ async def refine(ctx: Context, generator: Any, critic: Any, task: Any, *,
         on_exhausted: ``"escalate"`` (raise, as ``escalate`` says) or ``"return"`` the
             last draft, ``accepted=False``.
         escalate: ``"error"`` or ``"dlq"``.
+        breaker: count each rejected draft against the generator's model's circuit
+            breaker.
 
     Raises:
         ConfigurationError: bad bounds, members or options (nothing asked).
         RefinementExhaustedError: no draft accepted within the bounds.
+        BudgetExceededError: a round past the run's semantic retry budget
+            (:func:`~stalwart.patterns.limit_semantic_retries`).
         Whatever the generator or critic raised: a member that fails ends the loop.
     """
     check_bounds("refine()", "max_rounds", max_rounds, within)
@@ -185,6 +191,8 @@ async def refine(ctx: Context, generator: Any, critic: Any, task: Any, *,
     for n in range(1, max_rounds + 1):
         if within is not None and n > 1 and await ctx.now() - start >= within:
             break
+        if n > 1:
+            spend_retry(ctx, f"refine round {n} of {gen_name!r}")
         given = RefineInput(task=task, round=n, draft=draft, reasons=reasons)
         made = await ask(ctx, generator, gen_name, given, given.prompt(), pattern="refine",
                          output=drafts, catch=False)
@@ -201,9 +209,11 @@ async def refine(ctx: Context, generator: Any, critic: Any, task: Any, *,
                                            or "draft rejected by the critic")]
         await record(ctx, f"refine:round:{n}", {
             "round": n, "draft": to_json(draft), "verdict": verdict.model_dump(mode="json"),
-            "accepted": ok, "critic": critic_name}, semantic)
+            "accepted": ok, "critic": critic_name,
+            "tokens": made.tokens + judged.tokens}, semantic, breaker=breaker)
         if ok:
             return RefineResult(draft, True, n, tuple(history), calls, tokens)
+        await watch(ctx, f"refine {gen_name}", [canonical(r.draft) for r in history])
         reasons = list(verdict.reasons)
     if on_exhausted == "return" and history:
         return RefineResult(draft, False, len(history), tuple(history), calls, tokens)

@@ -28,6 +28,7 @@ from ._members import (
     Escalate,
     Semantic,
     ask,
+    canonical,
     check_escalate,
     escalation,
     labels,
@@ -36,6 +37,7 @@ from ._members import (
     to_json,
 )
 from ._refine import check_bounds
+from ._semantic import spend_retry, watch
 
 if TYPE_CHECKING:
     from .._context import Context
@@ -142,7 +144,8 @@ class ReflexionResult(Generic[T]):
 async def reflexion(ctx: Context, actor: Any, evaluator: Any, task: Any, *,
                     max_trials: int = 3, reflector: Any = None,
                     within: float | None = None, output_type: type[T] | None = None,
-                    escalate: Escalate = "error") -> ReflexionResult[T]:
+                    escalate: Escalate = "error",
+                    breaker: bool = False) -> ReflexionResult[T]:
     """Try, evaluate, reflect and try again with the reflections in memory.
 
     Args:
@@ -156,10 +159,13 @@ async def reflexion(ctx: Context, actor: Any, evaluator: Any, task: Any, *,
         within: no new trial starts this many seconds (journaled clock) after the first.
         output_type: each answer is validated as this type.
         escalate: ``"error"`` or ``"dlq"`` when every trial failed.
+        breaker: count each failed trial against the actor's model's circuit breaker.
 
     Raises:
         ConfigurationError: bad bounds or members (nothing asked).
         ReflexionExhaustedError: no trial passed (with every trial and reflection).
+        BudgetExceededError: a trial past the run's semantic retry budget
+            (:func:`~stalwart.patterns.limit_semantic_retries`).
     """
     check_bounds("reflexion()", "max_trials", max_trials, within)
     members = [actor, evaluator] + ([reflector] if reflector is not None else [])
@@ -174,6 +180,8 @@ async def reflexion(ctx: Context, actor: Any, evaluator: Any, task: Any, *,
     for n in range(1, max_trials + 1):
         if within is not None and n > 1 and await ctx.now() - start >= within:
             break
+        if n > 1:
+            spend_retry(ctx, f"reflexion trial {n} of {names[0]!r}")
         given = TrialInput(task=task, trial=n, memory=list(memory))
         tried = await ask(ctx, actor, names[0], given, given.prompt(), pattern="reflexion",
                           output=answers, catch=False)
@@ -201,9 +209,11 @@ async def reflexion(ctx: Context, actor: Any, evaluator: Any, task: Any, *,
         await record(ctx, f"reflexion:trial:{n}", {
             "trial": n, "answer": to_json(tried.value),
             "evaluation": evaluation.model_dump(mode="json"), "reflection": reflection,
-            "memory": list(memory)}, semantic)
+            "memory": list(memory), "tokens": tried.tokens + judged.tokens},
+            semantic, breaker=breaker)
         if evaluation.success:
             return ReflexionResult(tried.value, tuple(trials), tuple(memory), calls, tokens)
+        await watch(ctx, f"reflexion {names[0]}", [canonical(t.answer) for t in trials])
     story = [{"trial": t.trial, "answer": to_json(t.answer),
               "evaluation": t.evaluation.model_dump(mode="json"),
               "reflection": t.reflection} for t in trials]

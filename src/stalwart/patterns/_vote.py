@@ -139,7 +139,7 @@ def winner(counted: Sequence[tuple[str, int, Any]], quorum: int) -> tuple[str, i
 async def vote(ctx: Context, voters: Sequence[Any], task: Any, *,
                quorum: int | None = None, output_type: type[T] | None = None,
                key: Callable[[Any], Any] | None = None, escalate: Escalate = "error",
-               ) -> VoteResult[T]:
+               breaker: bool = False) -> VoteResult[T]:
     """Ask every voter ``task`` and return the answer a quorum agrees on.
 
     Args:
@@ -153,6 +153,8 @@ async def vote(ctx: Context, voters: Sequence[Any], task: Any, *,
             e.g. ``str.lower`` to count "Paris" and "paris" as one answer.
         escalate: ``"error"`` raises :class:`~stalwart.errors.NoQuorumError` when no
             answer reaches the quorum; ``"dlq"`` dead-letters the run with the tally.
+        breaker: count each dissenting voter's answer against its model's circuit
+            breaker (a semantic failure, like a 5xx).
 
     Raises:
         ConfigurationError: no voters, a quorum below 1 or above the voters, something
@@ -179,7 +181,7 @@ async def vote(ctx: Context, voters: Sequence[Any], task: Any, *,
         "quorum": need, "voters": len(voters), "winner": win_key,
         "tally": [[k, n] for k, n, _ in counted],
         "ballots": [{"voter": b.voter, "key": b.key, "model": b.model, "error": b.error}
-                    for b in ballots]}, semantic)
+                    for b in ballots]}, semantic, breaker=breaker)
     calls = sum(r.calls for r in replies)
     tokens = sum(r.tokens for r in replies)
     if top is None:

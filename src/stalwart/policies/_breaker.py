@@ -364,6 +364,13 @@ class CircuitBreaker:
         else:
             self._record(failed=bool(self._config.record(exc)), duration=duration)
 
+    def on_late_failure(self) -> None:
+        """Record a failure found after the call was recorded (a semantic failure: an
+        answer that returned, and was later judged wrong by a vote, a critic or a
+        verifier): one more failed call in the window, which may open the breaker.
+        OPEN ends only by waiting, as for any late outcome."""
+        self._record(failed=True, duration=0.0)
+
     # -- async helpers ---------------------------------------------------------------
 
     @asynccontextmanager
