@@ -73,7 +73,7 @@ ENGINE_ORDER = [
     "_interceptor", "_store_retry", "_policy", "_tools", "_privilege", "_cost", "_budget",
     "_determinism",
     "_outage", "_workflow", "_scope", "_engine", "_execution", "_steps", "_cancel",
-    "_calls", "_llm", "_children", "_gather", "_supervisor", "_saga", "_stream",
+    "_calls", "_llm", "_children", "_actor", "_gather", "_supervisor", "_saga", "_stream",
     "_timetravel", "_worker",
 ]
 """The engine's modules, bottom first: each imports only modules before it."""

@@ -13,6 +13,7 @@ import stalwart
 PUBLIC = {
     # runtime and workflows
     "Runtime", "RunHandle", "Workflow", "Context", "StepInfo", "current_step",
+    "Actor", "ActorContext", "ActorError", "ActorKeyError", "ActorNotFoundError",
     "RunRecord", "RunStatus", "Store", "SQLiteStore", "PostgresStore",
     # time
     "Clock", "SystemClock", "FakeClock",

@@ -14,12 +14,14 @@ from ._agent import AgentResult as AgentResult
 from ._clock import Clock as Clock
 from ._clock import FakeClock as FakeClock
 from ._clock import SystemClock as SystemClock
+from ._context import ActorContext as ActorContext
 from ._context import Context as Context
 from ._context import StepInfo as StepInfo
 from ._context import current_step as current_step
 from ._runtime import PolicyNote as PolicyNote
 from ._runtime import RunHandle as RunHandle
 from ._runtime import Runtime as Runtime
+from .engine._actor import Actor as Actor
 from .engine._budget import Budget as Budget
 from .engine._children import ChildOutcome as ChildOutcome
 from .engine._children import ChildRun as ChildRun
@@ -37,6 +39,9 @@ from .engine._timetravel import ReplayReport as ReplayReport
 from .engine._tools import Tool as Tool
 from .engine._tools import ToolCall as ToolCall
 from .engine._workflow import Workflow as Workflow
+from .errors import ActorError as ActorError
+from .errors import ActorKeyError as ActorKeyError
+from .errors import ActorNotFoundError as ActorNotFoundError
 from .errors import AgentError as AgentError
 from .errors import AuthenticationError as AuthenticationError
 from .errors import BlackboardError as BlackboardError
@@ -160,6 +165,11 @@ __all__ = [
     "RunHandle",
     "Workflow",
     "Context",
+    "Actor",
+    "ActorContext",
+    "ActorError",
+    "ActorKeyError",
+    "ActorNotFoundError",
     "StepInfo",
     "current_step",
     # agents, tools, models

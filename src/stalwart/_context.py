@@ -17,12 +17,15 @@ handoffs) are built with this class, as user code is.
 
 from __future__ import annotations
 
+import math
 import uuid as uuid_mod
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Literal, ParamSpec, TypeVar, final, overload
+from datetime import timedelta
+from typing import Any, Generic, Literal, ParamSpec, TypeVar, final, overload
 
-from .engine import _children, _steps
+from .engine import _actor, _children, _steps
+from .engine._actor import Actor, Turn, message_body
 from .engine._calls import tool_call
 from .engine._cancel import CleanupScope
 from .engine._children import ChildOutcome, ChildRun
@@ -37,10 +40,12 @@ from .engine._tools import Tool
 from .engine._workflow import Workflow
 from .models import Model, ModelOptions
 
-__all__ = ["Context", "StepInfo", "current_step", "outcome_problem"]
+__all__ = ["ActorContext", "Context", "StepInfo", "current_step", "outcome_problem"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
+S = TypeVar("S")
+M = TypeVar("M")
 
 
 @final
@@ -185,6 +190,36 @@ class Context:
         return how it ended (it may have finished before the cancel reached it)."""
         return await _children.cancel_child(self._ex, child)
 
+    # -- actors ----------------------------------------------------------------------
+
+    async def send(self, actor: Actor[Any, M, Any] | str, key: str | int, message: M, /
+                   ) -> str:
+        """Put ``message`` into the mailbox of instance ``key`` of ``actor`` (one journaled
+        step; the instance is made if new) and return the message's id, which is the
+        step's: a repeat after a crash is the same message, handled once.
+
+        Raises:
+            ActorNotFoundError: ``actor`` is not declared on this runtime.
+            ActorKeyError: ``key`` is not a str or int (or is empty, too long, not
+                printable).
+            SerializationError: ``message`` cannot be stored, or is not of the type the
+                handler declares.
+        """
+        return (await _actor.send(self._ex, actor, key, message))[2]
+
+    async def ask(self, actor: Actor[Any, M, T] | str, key: str | int, message: M, /, *,
+                  timeout: float | None = None) -> T:
+        """Send ``message`` (as :meth:`send`) and wait durably for the handler's reply: a
+        crash of this run, or of the instance, while it is on its way loses nothing.
+
+        Raises:
+            ActorError: the handler raised (``__cause__`` is its error, rebuilt).
+            SignalTimeoutError: no reply within ``timeout`` seconds (the message stays
+                sent; a later reply is kept, unread).
+        """
+        result: T = await _actor.ask(self._ex, actor, key, message, timeout=timeout)
+        return result
+
     # -- patterns --------------------------------------------------------------------
 
     async def supervise(self, children: Sequence[ChildSpec | Workflow[Any, Any]], /, *,
@@ -291,3 +326,79 @@ class Context:
         runs to its end and exceptions are returned in place of results.
         """
         return await gather(self._ex, aws, on_error)
+
+
+@final
+class ActorContext(Generic[S]):
+    """What an actor's handler is given for one message (``@app.actor``): the instance's
+    key and state, the message's id, its reminders, and :attr:`ctx`, the instance's
+    :class:`Context`, for durable work (steps, tools, model calls, sends and asks).
+
+    Change the state in place or assign :attr:`state`; it is committed with the
+    message's acknowledgement when the handler returns, and dropped (with the reminders
+    set meanwhile) when it raises.
+    """
+
+    __slots__ = ("_actor", "_ctx", "_turn")
+
+    def __init__(self, ctx: Context, actor: Actor[S, Any, Any], turn: Turn) -> None:
+        self._ctx = ctx
+        self._actor = actor
+        self._turn = turn
+
+    @property
+    def ctx(self) -> Context:
+        """The instance's durable context (its steps are journaled with the message)."""
+        return self._ctx
+
+    @property
+    def actor(self) -> str:
+        """The actor's name."""
+        return self._actor.name
+
+    @property
+    def key(self) -> str:
+        """The instance's key (an ``int`` key as its decimal text)."""
+        return self._turn.key
+
+    @property
+    def message_id(self) -> str:
+        """The message's id, its idempotency key (``reminder:{name}@{due}`` for a
+        reminder): the same on every re-execution of the handler."""
+        return self._turn.message.id
+
+    @property
+    def reminder(self) -> str | None:
+        """The name of the reminder being handled, or ``None`` for a sent message."""
+        return self._turn.message.reminder
+
+    @property
+    def state(self) -> S:
+        """The instance's state (a copy of the committed one, for this message)."""
+        state: S = self._turn.state
+        return state
+
+    @state.setter
+    def state(self, value: S) -> None:
+        self._turn.state = value
+
+    def remind(self, name: str, after: float | timedelta, message: object) -> None:
+        """Hand ``message`` to this instance's handler ``after`` seconds from the commit
+        of this message (on the runtime's clock), as a reminder named ``name``; setting
+        a name again replaces it. Kept with the state: a crash or a restart loses none.
+
+        Raises:
+            ValueError: ``after`` is negative or not finite.
+            SerializationError: ``message`` is not of the handler's message type.
+        """
+        seconds = after.total_seconds() if isinstance(after, timedelta) else float(after)
+        if not 0 <= seconds < math.inf:
+            raise ValueError(f"remind() needs a finite, non-negative delay, not {after!r}")
+        body = message_body(self._actor, message)
+        self._turn.cancelled_reminders.discard(name)
+        self._turn.set_reminders[name] = (seconds, body)
+
+    def cancel_reminder(self, name: str) -> None:
+        """Drop the reminder ``name`` (set earlier or in this handler), if there is one."""
+        self._turn.set_reminders.pop(name, None)
+        self._turn.cancelled_reminders.add(name)

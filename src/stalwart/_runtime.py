@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib
+import json
 import logging
 import os
 import uuid
@@ -22,8 +23,18 @@ from types import TracebackType
 from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, final, overload
 
 from ._clock import Clock, race_event
-from ._context import Context
-from ._serde import ErrorInfo, decode, encode, input_hash, rebuild_error
+from ._context import ActorContext, Context
+from ._serde import ErrorInfo, decode, encode, input_hash, rebuild_error, return_type
+from .engine._actor import (
+    Actor,
+    ActorMessage,
+    Turn,
+    actor_of,
+    actor_run_id,
+    check_key,
+    deliver,
+    message_body,
+)
 from .engine._budget import Budget
 from .engine._cost import Prices, UsageReport, usage_report
 from .engine._engine import Engine, PolicyNote, Settings, open_store
@@ -44,7 +55,7 @@ from .errors import (
     WorkflowNotFoundError,
 )
 from .models import Model
-from .store._base import TERMINAL_STATUSES, Event, RunRecord, RunStatus, Store
+from .store._base import TERMINAL_STATUSES, Event, EventKind, RunRecord, RunStatus, Store
 
 __all__ = ["PolicyNote", "RunHandle", "Runtime", "open_store", "runtime_of"]
 
@@ -52,6 +63,8 @@ log = logging.getLogger("stalwart.runtime")
 
 P = ParamSpec("P")
 R = TypeVar("R")
+S = TypeVar("S")
+M = TypeVar("M")
 
 IfExists = Literal["compare", "return"]
 """What ``start`` does with a run id that exists: compare inputs, or return the run."""
@@ -264,6 +277,71 @@ class Runtime(Engine):
             return wf
 
         return deco(fn) if fn is not None else deco
+
+    def actor(self, *, state: Callable[[], S], name: str | None = None,
+              ) -> Callable[[Callable[[ActorContext[S], M], Awaitable[R]]], Actor[S, M, R]]:
+        """Declare an actor (a virtual object): ``async def handler(ctx, message)``, with
+        ``ctx`` an :class:`~stalwart.ActorContext`. Each key is an instance with its own
+        durable state (``state()`` is a new instance's: a type such as ``int`` or a
+        pydantic model, or a function) and mailbox, made by the first message to it. An
+        instance handles one message at a time, in the order they were sent, each once,
+        on whichever worker of a fleet holds it; its state is committed with each
+        message's acknowledgement. Send with :meth:`send`, ``ctx.send`` and ``ctx.ask``.
+        Declare it in every process that sends to it or runs it (``name``: default the
+        function's)."""
+        state_type: Any = state if isinstance(state, type) else return_type(state)
+
+        def deco(fn: Callable[[ActorContext[S], M], Awaitable[R]]) -> Actor[S, M, R]:
+            found: Actor[S, M, R] = Actor(fn, state=state, state_type=state_type, name=name,
+                                          make_context=_actor_context)
+            self.register(found.workflow)
+            _HOMES[found.workflow] = self
+            return found
+
+        return deco
+
+    async def send(self, actor: Actor[Any, M, Any] | str, key: str | int, message: M, /, *,
+                   message_id: str | None = None) -> str:
+        """Put ``message`` into the mailbox of instance ``key`` of ``actor`` (made if new)
+        and return its id. ``message_id`` is its idempotency key: sending again with the
+        same id (a retry after an error or a crash) is handled once. Without one, each
+        call is a new message.
+
+        Raises:
+            ActorNotFoundError: ``actor`` is not declared on this runtime; nothing sent.
+            ActorKeyError: ``key`` is not a str or int (or bad text); nothing sent.
+            SerializationError: ``message`` cannot be stored or is not of the handler's
+                message type; nothing sent.
+        """
+        found = actor_of(self, actor)
+        text_key = check_key(key, found.name)
+        body = message_body(found, message)
+        if message_id is not None and (not isinstance(message_id, str) or not message_id):
+            raise ConfigurationError(f"message_id must be a non-empty str, not {message_id!r}")
+        mid = message_id or f"m-{uuid.uuid4().hex}"
+        await self.open()
+        await deliver(self.store, found, text_key, ActorMessage(mid, body), now=self.clock.now())
+        run_id = actor_run_id(found.name, text_key)
+        self.wake_local(run_id)
+        self.journal_written(run_id)
+        self.poke()
+        return mid
+
+    async def actor_state(self, actor: Actor[S, Any, Any] | str, key: str | int) -> S:
+        """The committed state of instance ``key`` of ``actor`` (a new instance's state
+        when no message to it has been handled yet), read from its journal."""
+        found = actor_of(self, actor)
+        run_id = actor_run_id(found.name, check_key(key, found.name))
+        await self.open()
+        text = found.initial
+        if await self.store.get_run(run_id) is not None:
+            commit = f"actor:{found.name}.commit"
+            for ev in reversed(await self.store.load_events(run_id)):
+                if ev.kind == EventKind.STEP_COMPLETED and ev.name == commit:
+                    text = json.dumps(json.loads(ev.payload or "{}")["state"])
+                    break
+        state: S = found.decode_state(text)
+        return state
 
     def _like(self, store: Store | str | os.PathLike[str] | None = None, *,
               worker: bool = True, **overrides: Any) -> Runtime:
@@ -614,3 +692,7 @@ class Runtime(Engine):
 
 def _context(ex: Execution) -> Context:
     return Context(ex)
+
+
+def _actor_context(ctx: Context, actor: Actor[Any, Any, Any], turn: Turn) -> ActorContext[Any]:
+    return ActorContext(ctx, actor, turn)

@@ -7,7 +7,9 @@ seconds, or ``None``) and where it happened (``run_id``, ``step_id``, ``attempt`
     StalwartError
     ├── ConfigurationError            bad arguments, unknown store URL, ...
     │   ├── IdempotencyConflictError  a run id reused with other input or workflow
-    │   └── GraphBuildError           a state graph that cannot run as drawn
+    │   ├── GraphBuildError           a state graph that cannot run as drawn
+    │   ├── ActorNotFoundError        a message to an actor not declared on the runtime
+    │   └── ActorKeyError             an actor key that is not a str or int (or bad text)
     ├── SerializationError            a value cannot round-trip through the journal
     ├── StoreError                    the journal cannot be used
     │   ├── NotAStalwartStoreError    the file/database is not a stalwart journal
@@ -28,6 +30,7 @@ seconds, or ``None``) and where it happened (``run_id``, ``step_id``, ``attempt`
     ├── GraphError                    a graph node's update or a router's answer does
     │   │                             not fit its graph
     │   └── GraphStepLimitError       a graph run took more than max_steps supersteps
+    ├── ActorError                    the actor's handler failed on an asked message
     ├── HandoffError                  a handoff between agents could not be made
     │   ├── HandoffContractError      the sender did not satisfy the contract (re-asks spent)
     │   ├── HandoffLimitError         a chain of handoffs longer than max_hops
@@ -93,6 +96,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Self, TypeVar, final
 
 __all__ = [
+    "ActorError",
+    "ActorKeyError",
+    "ActorNotFoundError",
     "AgentError",
     "BlackboardError",
     "BoardConflictError",
@@ -458,6 +464,58 @@ class GraphBuildError(ConfigurationError):
                  **context: Any) -> None:
         super().__init__(message, **context)
         self.problems = list(problems)
+
+
+class ActorNotFoundError(ConfigurationError):
+    """A message to an actor that is not declared (``@app.actor``) on the runtime that
+    sends it: nothing was sent and no instance was made.
+
+    Attributes:
+        actor: the actor's name as given.
+    """
+
+    journal_attributes = ("actor",)
+
+    def __init__(self, message: str, *, actor: str | None = None, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.actor = actor
+
+
+class ActorKeyError(ConfigurationError):
+    """An actor instance key that is not a ``str`` or an ``int``, or text that is empty,
+    too long or holds a control character: nothing was sent.
+
+    Attributes:
+        actor: the actor's name.
+    """
+
+    journal_attributes = ("actor",)
+
+    def __init__(self, message: str, *, actor: str | None = None, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.actor = actor
+
+
+class ActorError(StalwartError):
+    """``ctx.ask``: the actor's handler raised on the message (the instance's state is as
+    it was before it). Not retryable: asking again sends a new message.
+
+    Attributes:
+        actor, key: the instance asked.
+        message_id: the message's id.
+        error_type: the qualified name of the handler's error.
+    """
+
+    journal_attributes = ("actor", "key", "message_id", "error_type")
+
+    def __init__(self, message: str, *, actor: str | None = None, key: str | None = None,
+                 message_id: str | None = None, error_type: str | None = None,
+                 **context: Any) -> None:
+        super().__init__(message, **context)
+        self.actor = actor
+        self.key = key
+        self.message_id = message_id
+        self.error_type = error_type
 
 
 class GraphError(StalwartError):

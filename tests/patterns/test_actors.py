@@ -1,0 +1,172 @@
+"""Actors (virtual objects) in one process, on SQLite and PostgreSQL: state per key,
+order, idempotent message ids, ask/reply, reminders on a fake clock, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+import stalwart as sw
+from stalwart.store import EventKind, RunStatus
+
+
+class Tally(BaseModel):
+    count: int = 0
+    seen: list[int] = []
+    fired: list[str] = []
+
+
+def make_app(store: str, **kw: Any) -> tuple[sw.Runtime, Any, Any, Any]:
+    app = sw.Runtime(store, poll_interval=0.05, **kw)
+
+    @app.actor(state=Tally)
+    async def tally(ctx: sw.ActorContext[Tally], msg: dict[str, Any]) -> int:
+        if msg.get("boom"):
+            ctx.state.count += 1000  # dropped: the handler raises
+            raise ValueError("boom")
+        if "remind" in msg:
+            ctx.remind(msg["remind"], msg["after"], {"n": 0, "tick": msg["remind"]})
+        if "cancel" in msg:
+            ctx.cancel_reminder(msg["cancel"])
+        if "tick" in msg:
+            ctx.state.fired.append(msg["tick"])
+        ctx.state.count += msg.get("n", 0)
+        if "i" in msg:
+            ctx.state.seen.append(msg["i"])
+        return ctx.state.count
+
+    @app.workflow
+    async def asker(ctx: sw.Context, key: str, n: int) -> int:
+        await ctx.send(tally, key, {"n": n})
+        got: int = await ctx.ask(tally, key, {"n": n})
+        return got
+
+    @app.workflow
+    async def failing_ask(ctx: sw.Context, key: str) -> str:
+        try:
+            await ctx.ask(tally, key, {"boom": True})
+        except sw.ActorError as exc:
+            return f"{exc.error_type}:{exc.key}"
+        return "no error"
+
+    return app, tally, asker, failing_ask
+
+
+async def settle(app: sw.Runtime, actor: Any, key: str, count: int,
+                 timeout: float = 30.0) -> Tally:
+    """Wait until instance ``key``'s committed count is ``count``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        state: Tally = await app.actor_state(actor, key)
+        if state.count == count or loop.time() > deadline:
+            return state
+        await asyncio.sleep(0.02)
+
+
+async def test_messages_are_applied_in_order_once_per_key(store_url: str) -> None:
+    """Messages to two keys: each instance sees its own in the order sent, each once; a
+    message sent again with the same id is handled once."""
+    app, tally, _, _ = make_app(store_url)
+    async with app:
+        for i in range(20):
+            await app.send(tally, "a", {"n": 1, "i": i})
+            await app.send(tally, 7, {"n": 2, "i": i})
+        await app.send(tally, "a", {"n": 100, "i": 99}, message_id="dup")
+        await app.send(tally, "a", {"n": 100, "i": 99}, message_id="dup")
+        a = await settle(app, tally, "a", 120)
+        b = await settle(app, tally, "7", 40)
+    assert a.count == 120 and a.seen == [*range(20), 99]
+    assert b.count == 40 and b.seen == list(range(20))
+
+
+async def test_state_survives_a_restart_and_an_idle_instance_parks(store_url: str) -> None:
+    """A new runtime on the same journal reads the committed state and goes on from it;
+    an instance with an empty mailbox parks (its run waits, nothing held)."""
+    app, tally, _, _ = make_app(store_url, park_after=0.1)
+    async with app:
+        await app.send(tally, "k", {"n": 5})
+        await settle(app, tally, "k", 5)
+        for _ in range(200):
+            rec = await app.get_run("actor:tally:k")
+            if rec.status == RunStatus.WAITING:
+                break
+            await asyncio.sleep(0.02)
+        assert rec.status == RunStatus.WAITING
+    app, tally, _, _ = make_app(store_url)
+    async with app:
+        assert (await app.actor_state(tally, "k")).count == 5
+        await app.send(tally, "k", {"n": 6})
+        assert (await settle(app, tally, "k", 11)).count == 11
+
+
+async def test_a_workflow_sends_and_asks(store_url: str) -> None:
+    """ctx.send is a step (handled once), ctx.ask waits for the reply: the count after
+    both messages."""
+    app, tally, asker, _ = make_app(store_url)
+    async with app:
+        handle = await app.start(asker, "w", 3)
+        assert await handle.result() == 6
+        events = await app.events(handle.run_id)
+        assert (await app.actor_state(tally, "w")).count == 6
+    steps = [e.name for e in events if e.kind == EventKind.STEP_COMPLETED]
+    assert steps == ["send:tally", "ask:tally"]
+    received = [e for e in events if e.kind == EventKind.SIGNAL_RECEIVED]
+    assert [e.name for e in received] == [f"stalwart.reply:{handle.run_id}/2"]
+
+
+async def test_a_failing_handler_leaves_the_state_and_raises_to_the_asker(
+        store_url: str) -> None:
+    """A handler that raises commits no change (its in-place edit is dropped); the asker
+    gets ActorError naming the handler's error type; the instance goes on."""
+    app, tally, _, failing_ask = make_app(store_url)
+    async with app:
+        await app.send(tally, "f", {"n": 1})
+        assert await app.run(failing_ask, "f") == "builtins.ValueError:f"
+        await app.send(tally, "f", {"n": 1})
+        assert (await settle(app, tally, "f", 2)).count == 2
+
+
+async def test_reminders_fire_on_the_clock(store_url: str) -> None:
+    """A reminder is handed to the handler when due on the runtime's clock; one cancelled
+    never fires; reminders fire in due order."""
+    clock = sw.FakeClock(start=1_000.0)
+    app, tally, _, _ = make_app(store_url, clock=clock)
+    async with app:
+        await app.send(tally, "r", {"remind": "late", "after": 50})
+        await app.send(tally, "r", {"remind": "soon", "after": 10})
+        await app.send(tally, "r", {"remind": "never", "after": 20})
+        await app.send(tally, "r", {"cancel": "never", "n": 1})
+        await settle(app, tally, "r", 1)
+        for _ in range(6):
+            await clock.advance(15)
+            await asyncio.sleep(0.2)
+        state = await app.actor_state(tally, "r")
+    assert state.fired == ["soon", "late"]
+
+
+async def test_bad_input_is_refused_and_nothing_is_recorded(store_url: str) -> None:
+    """An undeclared actor, a bad key, a message that is not the declared type: one
+    typed error each, and no run is made."""
+    app, tally, _, _ = make_app(store_url)
+    other = sw.Runtime(store_url, worker=False)
+
+    @other.actor(state=int)
+    async def elsewhere(ctx: sw.ActorContext[int], msg: int) -> None:
+        ctx.state += msg
+
+    async with app:
+        with pytest.raises(sw.ActorNotFoundError, match="no actor 'elsewhere'"):
+            await app.send(elsewhere, "k", 1)
+        with pytest.raises(sw.ActorNotFoundError, match="no actor 'nope'"):
+            await app.send("nope", "k", 1)
+        for key in (1.5, None, b"k", ("a",), True, "", "x" * 201, "a\nb"):
+            with pytest.raises(sw.ActorKeyError):
+                await app.send(tally, key, {"n": 1})  # type: ignore[arg-type]
+        with pytest.raises(sw.SerializationError):
+            await app.send(tally, "k", "not a dict")  # type: ignore[arg-type]
+        assert await app.list_runs() == []
+    await other.close()
