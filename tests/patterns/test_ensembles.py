@@ -275,7 +275,11 @@ async def test_mixture_vote_and_weighted_strategies_need_no_aggregator() -> None
         return [v.output, w.output, v.calls]
 
     async with app:
-        assert await app.run(moa) == ["B", "A", 3]
+        assert await app.run(moa, run_id="m") == ["B", "A", 3]
+        events = await app.events("m")
+    # whose answer lost is a semantic failure of that proposer, as a voter's dissent
+    assert [[s["member"] for s in r["semantic"]]
+            for r in records(events, "mixture:aggregate")] == [["x"], ["y", "z"]]
 
 
 async def test_divergence_above_the_threshold_escalates_before_the_aggregator() -> None:
@@ -300,12 +304,15 @@ async def test_divergence_above_the_threshold_escalates_before_the_aggregator() 
         with pytest.raises(sw.RunFailedError) as caught:
             await app.run(moa, run_id="d")
         rec = await app.get_run("d")
+        events = await app.events("d")
     assert caught.value.error_type == "stalwart.errors.DivergenceError"
     attrs = json.loads(rec.error or "{}")["attributes"]
     assert attrs["divergence"] == 0.5 and attrs["threshold"] == 0.3
     assert attrs["answers"] == {"a": {"city": "Oslo", "year": 2024},
                                 "b": {"city": "Oslo", "year": 2023}}
     assert asked == []
+    [escalated] = records(events, "mixture:escalated")
+    assert (escalated["divergence"], escalated["escalate"]) == (0.5, "error")
 
 
 @pytest.mark.parametrize(("args", "kw", "message"), [

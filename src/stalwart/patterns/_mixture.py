@@ -40,6 +40,7 @@ from ._divergence import divergence as measure
 from ._members import (
     Escalate,
     Reply,
+    Semantic,
     ask,
     canonical,
     check_escalate,
@@ -145,7 +146,7 @@ async def mixture(ctx: Context, proposers: Sequence[Any], aggregator: Any, task:
                   weights: Sequence[float] | None = None,
                   output_type: type[T] | None = None,
                   escalate_above: float | None = None,
-                  escalate: Escalate = "error") -> MixtureResult[T]:
+                  escalate: Escalate = "error", breaker: bool = False) -> MixtureResult[T]:
     """Ask layers of proposers, then make one answer of the last layer's.
 
     Args:
@@ -161,6 +162,8 @@ async def mixture(ctx: Context, proposers: Sequence[Any], aggregator: Any, task:
             this type (text read as JSON); a proposer's that does not fit is a failure.
         escalate_above: escalate when the last layer's divergence is above this.
         escalate: ``"error"`` (:class:`~stalwart.errors.DivergenceError`) or ``"dlq"``.
+        breaker: with ``"vote"``/``"weighted"``, count each proposer whose last answer
+            lost against its model's circuit breaker.
 
     Raises:
         ConfigurationError: zero proposers, a bad ``layers``/``strategy``/``weights``/
@@ -199,6 +202,9 @@ async def mixture(ctx: Context, proposers: Sequence[Any], aggregator: Any, task:
     div = divergences[-1]
     if escalate_above is not None and div > escalate_above:
         answers_json = {r.member: to_json(r.value) for r in last if r.ok}
+        await record(ctx, "mixture:escalated", {
+            "divergence": div, "threshold": escalate_above, "answers": answers_json,
+            "escalate": escalate})
         err = DivergenceError(
             f"mixture: the proposers diverged by {div:.3f}, above escalate_above="
             f"{escalate_above:g}", divergence=div, threshold=float(escalate_above),
@@ -210,11 +216,17 @@ async def mixture(ctx: Context, proposers: Sequence[Any], aggregator: Any, task:
         reply = await ask(ctx, aggregator, labels([aggregator], "aggregator")[0], given,
                           given.prompt(), pattern="mixture", output=adapter, catch=False)
         output, calls, tokens = reply.value, calls + reply.calls, tokens + reply.tokens
+        dissent: list[Semantic] = []
     else:
         w = list(weights) if strategy == "weighted" and weights is not None else [1.0] * len(last)
         output = _plurality(last, w)
+        chosen = canonical(output)
+        dissent = [Semantic(r.member, r.model, f"proposed {canonical(r.value)[:200]}, not "
+                            f"the {strategy} winner") for r in last
+                   if r.ok and canonical(r.value) != chosen]
     await record(ctx, "mixture:aggregate", {"strategy": strategy, "divergence": div,
-                                            "output": to_json(output)})
+                                            "output": to_json(output)}, dissent,
+                 breaker=breaker)
     return MixtureResult(output=output, divergence=div, divergences=tuple(divergences),
                          layers=tuple(done), calls=calls, tokens=tokens)
 

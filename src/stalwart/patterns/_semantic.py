@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["Oscillation", "SemanticReport", "limit_semantic_retries", "oscillation",
            "semantic_report"]
 
-DECISIONS = ("vote:tally", "refine:round:", "reflexion:trial:", "mixture:layer:",
+DECISIONS = ("vote:tally", "refine:round:", "reflexion:trial:", "mixture:aggregate",
              "semantic:oscillation")
 """Names (prefixes) of the ensembles' decision steps, whose results the report reads;
 and the blackboards' ``board:NAME:refuted`` steps."""

@@ -532,6 +532,8 @@ class OTelInterceptor(Interceptor):
             self._retries.add(1, {"stalwart.policy.key": input.key})
         elif input.action == "semantic_failure" and self._metrics:
             self._semantic.add(1, {"stalwart.policy.key": input.key})
+        elif input.action == "oscillation" and self._metrics:
+            self._oscillations.add(1, {"stalwart.policy.key": input.key})
         state = self._runs.get(input.run_id)
         if state is None or state.steps is None or input.step_id is None:
             return
@@ -573,6 +575,10 @@ class OTelInterceptor(Interceptor):
                         "dissenting from the winner, a draft a critic rejected, a "
                         "failed Reflexion trial, a refuted blackboard entry "
                         "(key: the model, or the member without one)")
+        self._oscillations = meter.create_counter(
+            "stalwart.oscillations", unit="{oscillation}",
+            description="Loops seen alternating between the same outputs, A->B->A->B "
+                        "(key: the loop)")
         # The meter provider keeps its callbacks for good: they hold this interceptor
         # weakly, so a runtime that is gone stops reporting (and is not kept alive).
         me = weakref.ref(self)
