@@ -12,7 +12,7 @@ import stalwart as sw
 from .conftest import Cli
 
 
-def make_board(path: Path) -> None:
+def make_board(path: Path | str) -> None:
     """A board where b was built on a, and a was refuted; c verified; d taken."""
     app = sw.Runtime(str(path))
     board = sw.Blackboard("facts")
@@ -70,3 +70,12 @@ def test_board_errors_are_one_line(cli: Cli, tmp_path: Path) -> None:
     empty = cli("board", "nope", "--store", str(path))
     assert empty.exit_code == 0
     assert "no entries on blackboard 'nope' (boards in this store: facts)" in empty.output
+
+
+def test_board_reads_a_postgres_journal(cli: Cli, pg_url: str) -> None:
+    """The same view of a board kept in PostgreSQL."""
+    make_board(pg_url)
+    data = json.loads(cli("board", "facts", "--json", "--store", pg_url).stdout)
+    assert [(e["key"], e["state"]) for e in data["entries"]] == [
+        ("a", "refuted"), ("b", "unverified"), ("c", "verified")]
+    assert data["entries"][1]["poisoned_by"] == ["b", "a"]

@@ -73,7 +73,7 @@ def state(path: Path) -> tuple[Any, ...]:
 @pytest.mark.parametrize("command", [
     ["runs", "list"], ["runs", "show", "r5"], ["runs", "events", "r5"],
     ["runs", "trace", "r5"], ["stats"], ["dlq", "list"], ["workers", "list"],
-    ["doctor"], ["runs", "show", "missing"], ["runs", "list", "--json"],
+    ["doctor"], ["runs", "show", "missing"], ["runs", "list", "--json"], ["board", "kb"],
 ], ids=lambda c: "-".join(c))
 def test_read_commands_write_nothing(cli: Cli, project: Project,
                                      command: list[str]) -> None:
@@ -249,7 +249,8 @@ def test_read_commands_create_nothing_in_postgres(cli: Cli, pg_url: str,
             conn.execute("CREATE TABLE orders (id INT)")
     before = _relations(pg_url)
     for command in (["runs", "list"], ["runs", "show", "x"], ["runs", "events", "x"],
-                    ["stats"], ["dlq", "list"], ["workers", "list"], ["doctor"]):
+                    ["stats"], ["dlq", "list"], ["workers", "list"], ["doctor"],
+                    ["board", "kb"]):
         line = cli.one_line_error(cli(*command, "--store", pg_url), 2)
         assert "no stalwart journal" in line, command
     assert _relations(pg_url) == before
