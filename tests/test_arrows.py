@@ -42,6 +42,7 @@ PART_OF_PACKAGE = {
     "stalwart.cli": "cli",
     "stalwart.testing": "testing",
     "stalwart.tools": "tools",
+    "stalwart.remote": "remote",
 }
 
 ALLOWED: dict[str, set[str]] = {
@@ -55,13 +56,17 @@ ALLOWED: dict[str, set[str]] = {
     "patterns": {"foundation", "models", "policies", "store", "engine", "context", "agents"},
     "runtime": {"foundation", "models", "policies", "store", "engine", "context"},
     "api": {"foundation", "models", "policies", "store", "engine", "context", "agents",
-            "patterns", "runtime", "tools"},
+            "patterns", "runtime", "tools", "remote"},
+    # tools and agents from elsewhere (MCP, A2A) and the registry: over the engine's
+    # tools, the context (remote agents as steps) and the runtime (a workflow served)
+    "remote": {"foundation", "models", "policies", "store", "engine", "context", "agents",
+               "runtime"},
     "tools": {"foundation"},  # helpers for tool bodies: what they refuse is an error
     "telemetry": {"foundation"},  # and the engine's interceptor protocol: TELEMETRY_SEES
     "cli": {"foundation", "models", "policies", "store", "engine", "context", "agents",
-            "patterns", "runtime", "api", "telemetry", "cli"},
+            "patterns", "runtime", "api", "telemetry", "cli", "remote"},
     "testing": {"foundation", "models", "policies", "store", "engine", "context", "agents",
-                "patterns", "runtime", "api", "telemetry", "cli"},
+                "patterns", "runtime", "api", "telemetry", "cli", "remote"},
 }
 """Who may import whom (besides itself): the table of docs/design.md."""
 
@@ -70,7 +75,8 @@ TELEMETRY_SEES = {"stalwart.engine._interceptor"}
 ``Instrumentation`` protocol it implements."""
 
 ENGINE_ORDER = [
-    "_interceptor", "_store_retry", "_policy", "_tools", "_privilege", "_cost", "_budget",
+    "_interceptor", "_store_retry", "_policy", "_schema", "_tools", "_privilege", "_cost",
+    "_budget",
     "_determinism",
     "_outage", "_workflow", "_scope", "_engine", "_execution", "_steps", "_cancel",
     "_calls", "_llm", "_children", "_actor", "_gather", "_supervisor", "_saga", "_stream",

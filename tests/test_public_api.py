@@ -19,7 +19,7 @@ PUBLIC = {
     "Clock", "SystemClock", "FakeClock",
     # agents, tools, models
     "Agent", "AgentResult", "Tool", "ToolCall", "ToolArgumentsError", "Model",
-    "Grant", "Trust", "Origin", "Sourced", "UnsafeArgumentError",
+    "Grant", "Trust", "Origin", "Sourced", "UnsafeArgumentError", "MCPServer",
     "parse_model", "SimulatedModel", "SimFaults", "FunctionModel", "OpenAIModel",
     "AnthropicModel", "Message", "ModelOptions",
     "ModelRequest", "ModelResponse", "ToolCallRequest", "ToolSpec", "Usage",
@@ -51,10 +51,13 @@ PUBLIC = {
     "MalformedResponseError", "InvalidRequestError", "AuthenticationError",
     "ContentFilterError", "AgentError", "MaxIterationsError", "ToolLoopError",
     "RepairBudgetExceededError", "OutputValidationError", "Cancelled",
+    "ToolSchemaError", "DuplicateToolError", "ToolServerError", "ToolServerUnavailableError",
+    "ToolResultError", "RemoteToolError",
 }
 
 PACKAGES = ["stalwart", "stalwart.testing", "stalwart.models", "stalwart.policies",
-            "stalwart.store", "stalwart.telemetry", "stalwart.patterns", "stalwart.tools"]
+            "stalwart.store", "stalwart.telemetry", "stalwart.patterns", "stalwart.tools",
+            "stalwart.remote"]
 
 # Classes meant to be subclassed: the interceptor base of telemetry hooks.
 EXTENSION_POINTS = {"Interceptor"}

@@ -58,6 +58,7 @@ from .errors import ConfigurationError as ConfigurationError
 from .errors import ContentFilterError as ContentFilterError
 from .errors import ContextMisuseError as ContextMisuseError
 from .errors import DivergenceError as DivergenceError
+from .errors import DuplicateToolError as DuplicateToolError
 from .errors import EnsembleError as EnsembleError
 from .errors import EscalatedError as EscalatedError
 from .errors import FallbackExhaustedError as FallbackExhaustedError
@@ -87,6 +88,7 @@ from .errors import RateLimitedError as RateLimitedError
 from .errors import RefinementExhaustedError as RefinementExhaustedError
 from .errors import ReflexionExhaustedError as ReflexionExhaustedError
 from .errors import RemoteError as RemoteError
+from .errors import RemoteToolError as RemoteToolError
 from .errors import RepairBudgetExceededError as RepairBudgetExceededError
 from .errors import ResilienceError as ResilienceError
 from .errors import RestartIntensityError as RestartIntensityError
@@ -104,6 +106,10 @@ from .errors import StoreError as StoreError
 from .errors import ThrottledError as ThrottledError
 from .errors import ToolArgumentsError as ToolArgumentsError
 from .errors import ToolLoopError as ToolLoopError
+from .errors import ToolResultError as ToolResultError
+from .errors import ToolSchemaError as ToolSchemaError
+from .errors import ToolServerError as ToolServerError
+from .errors import ToolServerUnavailableError as ToolServerUnavailableError
 from .errors import UnsafeArgumentError as UnsafeArgumentError
 from .errors import WorkflowNotFoundError as WorkflowNotFoundError
 from .models import FunctionModel as FunctionModel
@@ -147,6 +153,7 @@ from .policies import RateLimit as RateLimit
 from .policies import Retry as Retry
 from .policies import RetryOn as RetryOn
 from .policies import Timeout as Timeout
+from .remote import MCPServer as MCPServer
 from .store import RunRecord as RunRecord
 from .store import RunStatus as RunStatus
 from .store import SQLiteStore as SQLiteStore
@@ -183,6 +190,8 @@ __all__ = [
     "Origin",
     "Sourced",
     "UnsafeArgumentError",
+    # tools and agents from elsewhere
+    "MCPServer",
     "Model",
     "parse_model",
     "OpenAIModel",
@@ -312,6 +321,12 @@ __all__ = [
     "ToolLoopError",
     "RepairBudgetExceededError",
     "OutputValidationError",
+    "ToolSchemaError",
+    "DuplicateToolError",
+    "ToolServerError",
+    "ToolServerUnavailableError",
+    "ToolResultError",
+    "RemoteToolError",
     "Cancelled",
 ]
 

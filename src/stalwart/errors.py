@@ -9,7 +9,9 @@ seconds, or ``None``) and where it happened (``run_id``, ``step_id``, ``attempt`
     │   ├── IdempotencyConflictError  a run id reused with other input or workflow
     │   ├── GraphBuildError           a state graph that cannot run as drawn
     │   ├── ActorNotFoundError        a message to an actor not declared on the runtime
-    │   └── ActorKeyError             an actor key that is not a str or int (or bad text)
+    │   ├── ActorKeyError             an actor key that is not a str or int (or bad text)
+    │   ├── ToolSchemaError           a tool schema that is not valid JSON Schema
+    │   └── DuplicateToolError        two tools of one registry with the same name
     ├── SerializationError            a value cannot round-trip through the journal
     ├── StoreError                    the journal cannot be used
     │   ├── NotAStalwartStoreError    the file/database is not a stalwart journal
@@ -59,6 +61,10 @@ seconds, or ``None``) and where it happened (``run_id``, ``step_id``, ``attempt`
     ├── ToolArgumentsError            a tool's arguments did not validate (a ValueError)
     ├── UnsafeArgumentError           a safe tool helper refused an argument (a path out
     │                                 of its root, a shell string, spliced SQL)
+    ├── ToolServerError               an MCP server or A2A agent failed a call
+    │   ├── ToolServerUnavailableError unreachable, died, connection lost; retryable
+    │   ├── ToolResultError           a result not matching its tool's output schema
+    │   └── RemoteToolError           the remote tool reported an error; not retryable
     ├── OutcomeCheckError             an output failed its check (a semantic failure);
     │                                 retryable: "HTTP 200 but wrong" may be right next time
     ├── AgentError                    an agent's loop could not produce an answer
@@ -162,6 +168,12 @@ __all__ = [
     "ThrottledError",
     "ToolArgumentsError",
     "WorkflowNotFoundError",
+    "ToolSchemaError",
+    "DuplicateToolError",
+    "ToolServerError",
+    "ToolServerUnavailableError",
+    "ToolResultError",
+    "RemoteToolError",
 ]
 
 
@@ -1142,3 +1154,78 @@ class UnsafeArgumentError(StalwartError, ValueError):
     not one parameterized statement or does what its tool may not. Not retryable.
 
     Also a ``ValueError``, as bad arguments are in Python."""
+
+
+# --- tools from elsewhere: MCP servers, A2A agents -----------------------------------
+
+
+class ToolSchemaError(ConfigurationError):
+    """A tool's schema (its ``parameters``, or an MCP tool's input or output schema) is
+    not a valid JSON Schema. Raised when the tool is registered, before any call.
+
+    Attributes:
+        tool: the tool's name.
+        server: the server that declared it (``""`` for a local tool).
+    """
+
+    journal_attributes = ("tool", "server")
+
+    def __init__(self, message: str, *, tool: str, server: str = "", **context: Any) -> None:
+        super().__init__(message, **context)
+        self.tool = tool
+        self.server = server
+
+
+class DuplicateToolError(ConfigurationError):
+    """Two tools of one registry (two MCP servers, or a server and a local tool) have the
+    same name. Give a server a ``prefix=`` to namespace its tools.
+
+    Attributes:
+        tool: the name.
+        sources: where each came from (``"local"``, ``"mcp:<server>"``).
+    """
+
+    journal_attributes = ("tool", "sources")
+
+    def __init__(self, message: str, *, tool: str, sources: Sequence[str],
+                 **context: Any) -> None:
+        super().__init__(message, **context)
+        self.tool = tool
+        self.sources = list(sources)
+
+
+class ToolServerError(StalwartError):
+    """A tool server (an MCP server, a remote A2A agent) failed a call.
+
+    Attributes:
+        server: the server's name.
+        tool: the tool (or remote agent skill) called, when there was one.
+    """
+
+    journal_attributes: ClassVar[tuple[str, ...]] = ("server", "tool")
+
+    def __init__(self, message: str, *, server: str, tool: str = "", **context: Any) -> None:
+        super().__init__(message, **context)
+        self.server = server
+        self.tool = tool
+
+
+class ToolServerUnavailableError(ToolServerError):
+    """The server cannot be reached: unreachable at start, or it died or dropped the
+    connection during a call. Retryable: the next attempt restarts (stdio) or reconnects
+    (HTTP) it."""
+
+    retryable = True
+
+
+class ToolResultError(ToolServerError):
+    """The server answered with a result that is not what its tool declares: not
+    matching the tool's output schema, or not an MCP result at all. Retryable (a flaky
+    server may answer well next time); a semantic failure for its breaker."""
+
+    retryable = True
+
+
+class RemoteToolError(ToolServerError):
+    """The remote tool ran and reported an error (an MCP result with ``isError``, an A2A
+    task that failed or was rejected). Not retryable: the server decided."""

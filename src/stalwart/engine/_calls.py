@@ -505,7 +505,9 @@ async def tool_call(ex: Execution, tool: Tool[Any, Any], arguments: dict[str, An
     tp = tool.return_type
 
     async def call(step_id: str, attempt: int) -> Any:
-        kwargs = dict(args)
+        kwargs: dict[str, Any] = dict(args)
+        if tool.arguments_param is not None:  # a tool described by a schema (MCP)
+            kwargs = {tool.arguments_param: dict(args)}
         if tool.call_param is not None:
             kwargs[tool.call_param] = ToolCall(ex.run_id, step_id, tool.name, attempt,
                                                tool_call_id, ex.lease.token)

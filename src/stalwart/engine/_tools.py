@@ -10,7 +10,7 @@ service behind the tool can deduplicate the effect.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, final, get_args, get_type_hints
 
@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from ..errors import ConfigurationError, ToolArgumentsError
 from ..models import Origin, ToolSpec
 from ._policy import INHERIT, Policy, _Inherit
+from ._schema import schema_validator
 
 __all__ = ["Effect", "Tool", "ToolCall", "ToolArgumentsError"]
 
@@ -101,13 +102,20 @@ class Tool(Generic[P, R]):
     (strings such as ``"email:send"``) declare what the tool may do; an agent's
     :class:`~stalwart.Grant` allows calls by them, and an agent with untrusted content in
     its context refuses a ``privileged`` one (see :class:`~stalwart.Trust`).
+
+    ``parameters``: a JSON schema for the arguments, for a tool described elsewhere (an
+    MCP server's): the model is shown it and arguments are validated against it with
+    ``jsonschema`` (:class:`~stalwart.ToolSchemaError` when it is not valid JSON
+    Schema); ``fn`` then takes the arguments as one dict parameter (and optionally a
+    :class:`ToolCall` one).
     """
 
     def __init__(self, fn: Callable[P, R], *, name: str | None = None,
                  description: str | None = None, policy: Policy | None = None,
                  max_argument_bytes: int | _Inherit = INHERIT,
                  max_argument_depth: int | _Inherit = INHERIT,
-                 effect: Effect = "write", scopes: Iterable[str] = ()) -> None:
+                 effect: Effect = "write", scopes: Iterable[str] = (),
+                 parameters: Mapping[str, Any] | None = None) -> None:
         self.fn = fn
         self.name = name or fn.__name__
         if effect not in EFFECTS:
@@ -134,6 +142,12 @@ class Tool(Generic[P, R]):
                 from exc
         self.return_type: Any = hints.get("return", Any)
         self.call_param: str | None = None
+        self.arguments_param: str | None = None
+        """With ``parameters=``: the parameter that receives the arguments as one dict."""
+        self._schema_validator: Any = None
+        if parameters is not None:
+            self._init_from_schema(fn, hints, parameters)
+            return
         fields: dict[str, Any] = {}
         for pname, param in inspect.signature(fn).parameters.items():
             tp = hints.get(pname, Any)
@@ -156,6 +170,28 @@ class Tool(Generic[P, R]):
                 f"tool {self.name!r}: its parameters cannot be described to a model: "
                 f"{detail}") from exc
 
+    def _init_from_schema(self, fn: Callable[..., Any], hints: dict[str, Any],
+                          parameters: Mapping[str, Any]) -> None:
+        """A tool described by a JSON schema rather than by its signature (a tool from
+        elsewhere: an MCP server). ``fn`` takes the arguments as one dict parameter (and
+        optionally a :class:`ToolCall` one); they are validated with ``jsonschema``."""
+        self._schema_validator = schema_validator(self.name, parameters)
+        for pname in inspect.signature(fn).parameters:
+            if hints.get(pname) is ToolCall:
+                self.call_param = pname
+            elif self.arguments_param is None:
+                self.arguments_param = pname
+            else:
+                raise ConfigurationError(
+                    f"tool {self.name!r}: with parameters=, the function takes one "
+                    f"parameter for the arguments (and optionally a ToolCall), not {pname!r}")
+        if self.arguments_param is None:
+            raise ConfigurationError(f"tool {self.name!r}: with parameters=, the function "
+                                     "needs a parameter for the arguments")
+        self.args_model = create_model(f"{self.name}_arguments")  # unused: no signature
+        self.spec = ToolSpec(name=self.name, description=self.description,
+                             parameters=dict(parameters))
+
     def __repr__(self) -> str:
         return f"<Tool {self.name}>"
 
@@ -165,6 +201,8 @@ class Tool(Generic[P, R]):
         Raises:
             ToolArgumentsError: unknown, missing or ill-typed arguments.
         """
+        if self._schema_validator is not None:
+            return self._schema_validator(arguments)  # type: ignore[no-any-return]
         try:
             model = self.args_model.model_validate(arguments)
         except ValidationError as exc:

@@ -1,0 +1,10 @@
+"""Tools and agents from elsewhere: MCP servers (the ``mcp`` extra), a registry of tools
+with health checks, A2A agents (the ``a2a`` extra). The SDKs load on first use."""
+
+from __future__ import annotations
+
+from ._mcp import META_PREFIX as META_PREFIX
+from ._mcp import MCPServer as MCPServer
+from ._mcp import MCPServerStatistics as MCPServerStatistics
+
+__all__ = ["META_PREFIX", "MCPServer", "MCPServerStatistics"]
