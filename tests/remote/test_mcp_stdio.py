@@ -31,6 +31,7 @@ async def test_tools_are_discovered_with_their_schemas() -> None:
         assert tool.spec.parameters["required"] == ["timezone"]
         assert (tool.effect, tool.scopes) == ("read", {"time:read"})
         assert server.source == "mcp:time"
+        assert tool.origin == tool.description_origin == sw.Origin.mcp("time", "get_current_time")
         with pytest.raises(sw.ToolArgumentsError):
             tool.validate({"timezone": 3})
         with pytest.raises(sw.ToolArgumentsError):

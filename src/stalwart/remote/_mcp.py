@@ -41,6 +41,7 @@ from ..errors import (
     ToolServerError,
     ToolServerUnavailableError,
 )
+from ..models import Origin
 from ..policies._common import to_seconds
 
 __all__ = ["MCPServer", "MCPServerStatistics", "META_PREFIX"]
@@ -392,11 +393,15 @@ class MCPServer:
                 outputs[spec.name] = check_schema(spec.name, spec.output_schema,
                                                   what="output schema", server=self.name,
                                                   require_object=False)
-            tools[local] = Tool(_caller(self, spec.name), name=local,
-                                description=spec.description or spec.title or spec.name,
-                                policy=self.policy,
-                                effect=self.effects.get(spec.name, self.effect),
-                                scopes=self.scopes, parameters=spec.input_schema)
+            tool: Tool[Any, Any] = Tool(
+                _caller(self, spec.name), name=local,
+                description=spec.description or spec.title or spec.name, policy=self.policy,
+                effect=self.effects.get(spec.name, self.effect), scopes=self.scopes,
+                parameters=spec.input_schema)
+            # Its output and its description (which the model reads) are the server's:
+            # untrusted by default (docs/tools.md, provenance).
+            tool.origin = tool.description_origin = Origin.mcp(self.name, spec.name)
+            tools[local] = tool
             remote[local] = spec.name
         unknown = sorted(set(self.effects) - set(remote.values()))
         if unknown:
