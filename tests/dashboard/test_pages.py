@@ -166,15 +166,17 @@ def test_run_page_shows_model_calls_tokens_and_cost(dash: Dash, shared_journal: 
 
 
 def test_run_page_shows_an_agents_conversation(dash: Dash, shared_journal: Journal) -> None:
-    """The agent's turns with the model that answered each, the tool call it asked for
-    and the tool's result, in order."""
+    """The agent's turns with the model that answered each and the origins of what it
+    saw (provenance: the tool's output is untrusted), the tool call it asked for and
+    the tool's result, in order."""
     with dash.client(shared_journal.store) as client:
         html = client.get("/runs/agent-1").text
     talk = html[html.index('<div class="conversation" data-agent="helper">'):]
     talk = talk[:talk.index("</div>\n</div>") if "</div>\n</div>" in talk else None]
-    order = [talk.index(s) for s in ("function:weather-bot", "calls <b>forecast</b>",
-                                     "tool:forecast", "Oslo: sunny, 21C",
-                                     "Pack sunglasses")]
+    order = [talk.index(s) for s in ("function:weather-bot", "saw: <span class=\"\">user",
+                                     "calls <b>forecast</b>", "tool:forecast",
+                                     "Oslo: sunny, 21C", 'class="untrusted">tool:forecast '
+                                     "(untrusted)", "Pack sunglasses")]
     assert order == sorted(order), talk
 
 
@@ -226,6 +228,7 @@ def test_stats_page_shows_errors_latency_and_cost(dash: Dash, shared_journal: Jo
         html = client.get("/stats").text
         recent = client.get("/stats?since=1h").text
     assert "tool:lookup" in html and "TimeoutError x3" in html
+    assert "<th title=" in html and ">semantic</th>" in html
     assert "sim:writer" in html
     assert '<svg class="costplot"' in html
     assert "8 run(s)" in recent

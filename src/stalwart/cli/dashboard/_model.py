@@ -16,7 +16,7 @@ from typing import Any
 
 from ...engine._cost import PriceTable, call_usages
 from ...store._base import Event, EventKind, RunRecord
-from .._timeline import Execution
+from .._timeline import Execution, Step
 from .._trace import TraceNode
 
 __all__ = ["Conversation", "CostBar", "CostPlot", "Mark", "Message", "Waterfall", "WaterfallRow",
@@ -50,7 +50,9 @@ class WaterfallRow:
     flags: tuple[str, ...]
     """What to mark: ``retried``, ``failed``, ``fallback``, ``breaker`` (a call an open
     breaker rejected), ``refused`` (a budget stop), ``reused`` (from a fork's origin),
-    ``parked`` (a sleep or a wait), ``running``."""
+    ``parked`` (a sleep or a wait), ``running``; a row of kind ``refused`` is a tool call
+    least privilege refused (or held for approval), ``context`` the origins a model turn
+    saw, ``repair`` a malformed tool call sent back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +83,7 @@ def _flags(node: TraceNode) -> tuple[str, ...]:
         out.append("fallback")
     if any("CircuitOpen" in e for e in node.errors):
         out.append("breaker")
-    if "refused" in node.outcome:
+    if "refused" in node.outcome or node.kind == "refused":
         out.append("refused")
     if "reused" in node.outcome:
         out.append("reused")
@@ -218,6 +220,9 @@ class Message:
     """``(tool, arguments)`` the model asked for."""
     outcome: str
     failed: bool
+    context: tuple[str, ...] = ()
+    """For a model turn: where the messages it saw first came from (``user``,
+    ``tool:search (untrusted)``), when the journal says (provenance)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,12 +239,15 @@ def _answer(payload: str | None) -> dict[str, Any]:
     return found if isinstance(found, dict) else {"content": found}
 
 
-def conversations(root: TraceNode, events: list[Event]) -> list[Conversation]:
+def conversations(root: TraceNode, events: list[Event],
+                  steps: list[Step]) -> list[Conversation]:
     """The agents' conversations in ``root`` (from ``build_trace``, which groups each
-    agent's model turns with the tool calls they asked for): each turn's answer and
-    the model that gave it, each tool call's result, in journal order."""
+    agent's model turns with the tool calls they asked for): each turn's answer, the
+    model that gave it and the origins of what it saw (``read_story``'s), each tool
+    call's result, in journal order."""
     completed = {e.step_id: e.payload for e in events
                  if e.kind == EventKind.STEP_COMPLETED and e.step_id is not None}
+    origins = {st.step_id: st.origins for st in steps}
     out: list[Conversation] = []
     for node, _ in _walk(root, 0):
         if node.kind != "agent":
@@ -258,7 +266,8 @@ def conversations(root: TraceNode, events: list[Event]) -> list[Conversation]:
                 messages.append(Message(
                     role="assistant", step_id=leaf.step_id, origin=origin,
                     content="" if content is None else str(content), tool_calls=calls,
-                    outcome=leaf.outcome, failed=failed))
+                    outcome=leaf.outcome, failed=failed,
+                    context=origins.get(leaf.step_id or "", ())))
             elif leaf.kind == "tool":
                 messages.append(Message(
                     role="tool", step_id=leaf.step_id,

@@ -302,7 +302,7 @@ def create_app(settings: Settings) -> Starlette:
         root = build_trace(rec, view.events, rt.prices)
         return {"view": view, "run": rec, "wf": waterfall(root, view.story.executions,
                                                           now=time.time()),
-                "talks": conversations(root, view.events),
+                "talks": conversations(root, view.events, view.story.steps),
                 "tree": await _tree(rt, run_id), "error": error_info(rec.error)
                 if rec.error else None}
 
