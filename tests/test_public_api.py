@@ -32,7 +32,7 @@ PUBLIC = {
     "ChildRun", "ChildOutcome", "ChildSpec", "Saga", "Graph", "CompiledGraph", "START", "END",
     "Team", "TeamResult", "Handoff", "vote", "VoteResult", "mixture", "MixtureResult",
     "refine", "Verdict", "RefineResult", "reflexion", "Evaluation", "ReflexionResult",
-    "Blackboard", "BoardEntry",
+    "Blackboard", "BoardEntry", "read_quarantined",
     # errors
     "StalwartError", "ConfigurationError", "IdempotencyConflictError", "SerializationError",
     "StoreError",

@@ -144,6 +144,7 @@ from .patterns import TeamResult as TeamResult
 from .patterns import Verdict as Verdict
 from .patterns import VoteResult as VoteResult
 from .patterns import mixture as mixture
+from .patterns import read_quarantined as read_quarantined
 from .patterns import refine as refine
 from .patterns import reflexion as reflexion
 from .patterns import vote as vote
@@ -235,6 +236,7 @@ __all__ = [
     "START",
     "END",
     "Team",
+    "read_quarantined",
     "TeamResult",
     "Handoff",
     "vote",

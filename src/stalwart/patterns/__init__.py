@@ -33,6 +33,8 @@ from ._members import Reply as Reply
 from ._mixture import MixtureInput as MixtureInput
 from ._mixture import MixtureResult as MixtureResult
 from ._mixture import mixture as mixture
+from ._quarantine import free_text_fields as free_text_fields
+from ._quarantine import read_quarantined as read_quarantined
 from ._refine import CritiqueInput as CritiqueInput
 from ._refine import RefineInput as RefineInput
 from ._refine import RefineResult as RefineResult
@@ -60,5 +62,6 @@ __all__ = ["Ballot", "Blackboard", "BoardEntry", "ChildSpec", "CompiledGraph", "
            "MixtureResult", "Oscillation", "Poisoned", "RefineInput", "RefineResult",
            "ReflectionInput", "ReflexionResult", "Reply", "Round", "START", "Saga",
            "SemanticReport", "Team", "TeamResult", "Trial", "TrialInput", "Verdict",
-           "VoteResult", "divergence", "limit_semantic_retries", "mixture", "oscillation",
-           "poisoning", "refine", "reflexion", "semantic_report", "token_distance", "vote"]
+           "VoteResult", "divergence", "free_text_fields", "limit_semantic_retries", "mixture",
+           "oscillation", "poisoning", "read_quarantined", "refine", "reflexion",
+           "semantic_report", "token_distance", "vote"]

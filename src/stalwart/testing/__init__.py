@@ -15,19 +15,27 @@ from ._fault_server import Fault as Fault
 from ._fault_server import FaultServer as FaultServer
 from ._fault_server import RecordedRequest as RecordedRequest
 from ._fault_server import Reply as Reply
+from ._obedient import Attempt as Attempt
+from ._obedient import Instruction as Instruction
+from ._obedient import ObedientModel as ObedientModel
+from ._obedient import instruction as instruction
 
 if TYPE_CHECKING:
     from ._otlp_receiver import OTLPReceiver as OTLPReceiver
 
 __all__ = [
+    "Attempt",
     "Fault",
     "FaultServer",
     "FunctionModel",
+    "Instruction",
     "MemoryStore",
     "OTLPReceiver",
+    "ObedientModel",
     "RecordedRequest",
     "Reply",
     "SimulatedModel",
+    "instruction",
 ]
 
 
