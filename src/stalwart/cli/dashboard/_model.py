@@ -27,6 +27,8 @@ WIDTH = 1000.0
 LABEL = 380.0
 """The waterfall's label column."""
 ROW = 22.0
+PLOT_TOP = 18.0
+"""The cost plot's band above its tallest bar, for its caption."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +201,7 @@ def cost_plot(runs: list[tuple[RunRecord, list[Event]]], prices: PriceTable, *,
     bars = tuple(CostBar(start=start + i * slice_, end=start + (i + 1) * slice_,
                          cost=sums[i], calls=calls[i], unpriced=unpriced[i],
                          x=i * bar_w, width=max(1.0, bar_w - 2),
-                         height=scale[i] * (height - 20))
+                         height=scale[i] * (height - 20 - PLOT_TOP))
                  for i in range(buckets))
     return CostPlot(bars=bars, total=sum(sums), peak=peak, start=start, end=end,
                     unpriced=sum(unpriced), height=height, by=by)
