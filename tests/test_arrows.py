@@ -79,7 +79,8 @@ ENGINE_ORDER = [
     "_budget",
     "_determinism",
     "_outage", "_workflow", "_scope", "_engine", "_execution", "_steps", "_cancel",
-    "_calls", "_llm", "_children", "_actor", "_gather", "_supervisor", "_saga", "_stream",
+    "_calls", "_llm", "_children", "_actor", "_gather", "_supervisor", "_saga", "_approval",
+    "_stream",
     "_timetravel", "_worker",
 ]
 """The engine's modules, bottom first: each imports only modules before it."""

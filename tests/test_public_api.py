@@ -13,6 +13,8 @@ import stalwart
 PUBLIC = {
     # runtime and workflows
     "Runtime", "RunHandle", "Workflow", "Context", "StepInfo", "current_step",
+    "ApprovalError", "ApprovalNotFoundError", "ApprovalConflictError",
+    "ApprovalTimeoutError", "ApprovalRequest", "Decision",
     "Actor", "ActorContext", "ActorError", "ActorKeyError", "ActorNotFoundError",
     "RunRecord", "RunStatus", "Store", "SQLiteStore", "PostgresStore",
     # time

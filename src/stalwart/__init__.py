@@ -22,6 +22,8 @@ from ._runtime import PolicyNote as PolicyNote
 from ._runtime import RunHandle as RunHandle
 from ._runtime import Runtime as Runtime
 from .engine._actor import Actor as Actor
+from .engine._approval import ApprovalRequest as ApprovalRequest
+from .engine._approval import Decision as Decision
 from .engine._budget import Budget as Budget
 from .engine._children import ChildOutcome as ChildOutcome
 from .engine._children import ChildRun as ChildRun
@@ -43,6 +45,10 @@ from .errors import ActorError as ActorError
 from .errors import ActorKeyError as ActorKeyError
 from .errors import ActorNotFoundError as ActorNotFoundError
 from .errors import AgentError as AgentError
+from .errors import ApprovalConflictError as ApprovalConflictError
+from .errors import ApprovalError as ApprovalError
+from .errors import ApprovalNotFoundError as ApprovalNotFoundError
+from .errors import ApprovalTimeoutError as ApprovalTimeoutError
 from .errors import AuthenticationError as AuthenticationError
 from .errors import BlackboardError as BlackboardError
 from .errors import BoardConflictError as BoardConflictError
@@ -277,6 +283,12 @@ __all__ = [
     "RemoteError",
     "ContextMisuseError",
     "SignalTimeoutError",
+    "ApprovalError",
+    "ApprovalNotFoundError",
+    "ApprovalConflictError",
+    "ApprovalTimeoutError",
+    "ApprovalRequest",
+    "Decision",
     "RunFailedError",
     "RunCancelledError",
     "RestartIntensityError",

@@ -24,8 +24,9 @@ from contextlib import AbstractContextManager
 from datetime import timedelta
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, final, overload
 
-from .engine import _actor, _children, _steps
+from .engine import _actor, _approval, _children, _steps
 from .engine._actor import Actor, Turn, message_body
+from .engine._approval import Decision
 from .engine._calls import tool_call
 from .engine._cancel import CleanupScope
 from .engine._children import ChildOutcome, ChildRun
@@ -163,6 +164,30 @@ class Context:
             SignalTimeoutError: ``timeout`` seconds passed first.
         """
         return await _steps.wait_for_signal(self._ex, name, timeout)
+
+    async def approval(self, name: str, payload: Any, *, timeout: float | None = None,
+                       default: Literal["approve", "deny"] | None = None) -> Decision:
+        """Ask a human to approve ``payload``, durably, and return their decision.
+
+        The run parks (nothing held in memory, across restarts) until someone decides
+        with ``app.approve`` / ``app.deny`` or ``stalwart approve`` / ``deny``. The
+        decision is bound to this run, this step and this exact payload through a
+        token (SHA-256 of the three, the payload as canonical JSON): a decision made on
+        a payload that changed since it was shown is refused, the same decision twice
+        is idempotent, and a decision is final. It is journaled at this step (who,
+        when, comment, token) and a replay returns it without waiting.
+
+        Args:
+            name: what is being approved (``stalwart approvals`` lists it).
+            payload: the JSON-serializable value the human decides on.
+            timeout: seconds to wait; ``None`` waits for ever.
+            default: the decision a timeout makes (``"approve"`` or ``"deny"``).
+
+        Raises:
+            ApprovalTimeoutError: ``timeout`` passed undecided and there is no default.
+        """
+        return await _approval.approval(self._ex, name, payload, timeout=timeout,
+                                        default=default)
 
     # -- child runs ------------------------------------------------------------------
 

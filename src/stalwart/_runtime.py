@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import getpass
 import importlib
 import json
 import logging
@@ -35,6 +36,7 @@ from .engine._actor import (
     deliver,
     message_body,
 )
+from .engine._approval import ApprovalRequest, Decision, decision_signal, find_requests, judge
 from .engine._budget import Budget
 from .engine._cost import Prices, UsageReport, usage_report
 from .engine._engine import Engine, PolicyNote, Settings, open_store
@@ -47,6 +49,7 @@ from .engine._tools import Effect, Tool
 from .engine._worker import Worker
 from .engine._workflow import Workflow
 from .errors import (
+    ApprovalConflictError,
     ConfigurationError,
     IdempotencyConflictError,
     RunCancelledError,
@@ -598,6 +601,68 @@ class Runtime(Engine):
         self.journal_written(run_id)
         return rec
 
+    # -- human approvals (ctx.approval) ----------------------------------------------
+
+    async def approve(self, run_id: str, approval: str, *, by: str | None = None,
+                      comment: str | None = None, token: str | None = None) -> Decision:
+        """Approve the approval ``approval`` (its step id, or its name) of a run.
+
+        ``token`` (from :meth:`approvals`) binds the decision to the payload that was
+        shown: a different payload is refused. Approving again returns the decision
+        already made; after a deny (or a timeout) it is refused. ``by`` defaults to the
+        login name.
+
+        Raises:
+            RunNotFoundError: no such run.
+            ApprovalNotFoundError: the run has no such approval.
+            ApprovalConflictError: another payload, or the other decision was made.
+        """
+        return await self._decide(run_id, approval, True, by, comment, token)
+
+    async def deny(self, run_id: str, approval: str, *, by: str | None = None,
+                   comment: str | None = None, token: str | None = None) -> Decision:
+        """Deny an approval; the mirror of :meth:`approve` (a deny is final too)."""
+        return await self._decide(run_id, approval, False, by, comment, token)
+
+    async def approvals(self, run_id: str | None = None, *,
+                        limit: int = 1000) -> list[ApprovalRequest]:
+        """Approvals waiting for a decision: of ``run_id``, or of every unfinished run
+        (at most ``limit`` runs of each status are read), oldest first. A decision sent
+        and not yet taken by its run is not pending."""
+        await self.open()
+        if run_id is not None:
+            runs = [await self.read_run(run_id)]
+        else:
+            runs = [rec for status in (RunStatus.WAITING, RunStatus.RUNNING, RunStatus.PENDING)
+                    for rec in await self.store.list_runs(status=status, limit=limit)]
+        out: list[ApprovalRequest] = []
+        for rec in runs:
+            queued = {name for name, _ in await self.store.pending_signals(rec.run_id)}
+            out += [r for r in find_requests(rec.run_id, await self.store.load_events(
+                rec.run_id)) if r.pending and decision_signal(r.step_id) not in queued]
+        return sorted(out, key=lambda r: r.requested_at)
+
+    async def _decide(self, run_id: str, which: str, approved: bool, by: str | None,
+                      comment: str | None, token: str | None) -> Decision:
+        rec = await self.get_run(run_id)
+        # Queued decisions first, then the journal: a decision the run takes between the
+        # two reads is in the second (read the other way round, it would be in neither).
+        queued = await self.store.pending_signals(run_id)
+        requests = find_requests(run_id, await self.store.load_events(run_id))
+        req, earlier = judge(requests, queued, run_id=run_id, which=which,
+                             approved=approved, token=token)
+        if earlier is not None:
+            return earlier
+        if rec.is_terminal:
+            raise ApprovalConflictError(
+                f"run {run_id} has ended ({rec.status}) before approval {req.name!r} "
+                f"(step {req.step_id}) was decided", approval=req.name, run_id=run_id,
+                step_id=req.step_id)
+        decision = Decision(approved=approved, by=by or _login(), at=self.clock.now(),
+                            comment=comment, token=req.token)
+        await self.signal(run_id, decision_signal(req.step_id), decision.as_json())
+        return decision
+
     async def cancel(self, run_id: str) -> RunRecord:
         """Cancel a run (and its children); a running one stops at its next step."""
         await self.open()
@@ -696,3 +761,11 @@ def _context(ex: Execution) -> Context:
 
 def _actor_context(ctx: Context, actor: Actor[Any, Any, Any], turn: Turn) -> ActorContext[Any]:
     return ActorContext(ctx, actor, turn)
+
+
+def _login() -> str:
+    """Who decides when the caller does not say: the login name, else "unknown"."""
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name in this environment (no USER, no passwd entry)
+        return "unknown"

@@ -106,6 +106,10 @@ __all__ = [
     "ActorKeyError",
     "ActorNotFoundError",
     "AgentError",
+    "ApprovalConflictError",
+    "ApprovalError",
+    "ApprovalNotFoundError",
+    "ApprovalTimeoutError",
     "BlackboardError",
     "BoardConflictError",
     "BoardPatternError",
@@ -401,6 +405,30 @@ class SignalTimeoutError(StalwartError):
     def __init__(self, message: str, *, signal: str, **context: Any) -> None:
         super().__init__(message, **context)
         self.signal = signal
+
+
+class ApprovalError(StalwartError):
+    """A decision on a human approval (``ctx.approval``) that cannot be taken."""
+
+    journal_attributes = ("approval",)
+
+    def __init__(self, message: str, *, approval: str, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.approval = approval
+
+
+class ApprovalNotFoundError(ApprovalError):
+    """The run has no such approval (or several pending ones share the name given)."""
+
+
+class ApprovalConflictError(ApprovalError):
+    """The decision contradicts the approval: its token is for another payload than the
+    one the run asked about, or the other decision was already made (a decision is
+    final)."""
+
+
+class ApprovalTimeoutError(ApprovalError):
+    """``ctx.approval`` reached its timeout undecided, and it has no ``default``."""
 
 
 class RunFailedError(StalwartError):

@@ -157,8 +157,18 @@ async def _trip_wait(ctx: sw.Context) -> list[str]:
 trip = sw.Workflow(_trip, name="trip")
 trip_wait = sw.Workflow(_trip_wait, name="trip_wait")
 
+async def _refund(ctx: sw.Context) -> dict[str, Any]:
+    await ctx.step(effect, "prepare", name="prepare")
+    decision = await ctx.approval("refund", {"order": "A-17", "amount": 30})
+    await ctx.step(effect, "pay" if decision.approved else "void",
+                   name="pay" if decision.approved else "void")
+    return {"approved": decision.approved, "by": decision.by}
+
+
+refund = sw.Workflow(_refund, name="refund")
+
 WORKFLOWS: dict[str, sw.Workflow[Any, Any]] = {"tree": tree, "trip": trip,
-                                               "trip_wait": trip_wait}
+                                               "trip_wait": trip_wait, "refund": refund}
 CHILDREN: list[sw.Workflow[Any, Any]] = [worker]
 
 

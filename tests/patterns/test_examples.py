@@ -99,3 +99,14 @@ def test_blackboard_example(tmp_path: Path) -> None:
     rows = {r.split("\t")[0]: r.split("\t") for r in shown.stdout.splitlines()[1:]}
     assert rows["summary:careless"][7] == "summary:careless -> fact:h100:launch"
     assert rows["summary:careful"][7] == "-"
+
+
+def test_approval_example(tmp_path: Path) -> None:
+    """examples/approval_refund.py: approved with the token shown, the other run's token
+    refused, denied, and the decision in the journal."""
+    lines = run_example("approval_refund.py", tmp_path).splitlines()
+    assert lines[0].startswith('waiting: refund {"order": "A-17", "amount": 40.0} token ')
+    assert lines[1].startswith("refunded 40.00 on A-17 (key ")
+    assert lines[2:] == ["refused: ApprovalConflictError",
+                         "B-99: not refunded (ana: amount too high)",
+                         "audit: approved=True by=ana comment='receipt checked'"]

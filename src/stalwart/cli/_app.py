@@ -12,7 +12,7 @@ import typer
 
 from .. import __version__
 from ..errors import StalwartError
-from . import _commands
+from . import _approvals, _commands
 from ._board import board
 from ._common import FAILURE, USAGE, CliError, exit_code_for
 from ._demo import demo
@@ -120,6 +120,9 @@ app.command("run", cls=HelpCommand)(_commands.run)
 app.command("resume", cls=HelpCommand)(_commands.resume)
 app.command("signal", cls=HelpCommand)(_commands.signal)
 app.command("cancel", cls=HelpCommand)(_commands.cancel)
+app.command("approvals", cls=HelpCommand)(_approvals.approvals)
+app.command("approve", cls=HelpCommand)(_approvals.approve)
+app.command("deny", cls=HelpCommand)(_approvals.deny)
 app.command("demo", cls=HelpCommand)(demo)
 app.add_typer(runs_app, name="runs")
 app.command("stats", cls=HelpCommand)(stats)

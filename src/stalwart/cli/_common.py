@@ -82,6 +82,8 @@ _INPUT_ERRORS: tuple[type[errors.StalwartError], ...] = (
     errors.ConfigurationError,
     errors.SerializationError,
     errors.RunNotFoundError,
+    errors.ApprovalNotFoundError,
+    errors.ApprovalConflictError,
     errors.WorkflowNotFoundError,
     errors.NotAStalwartStoreError,
     errors.SchemaVersionError,

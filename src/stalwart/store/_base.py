@@ -411,6 +411,10 @@ class Store(Protocol):
         """Consume the oldest pending signal ``name`` and journal it at ``step_id``."""
         ...
 
+    async def pending_signals(self, run_id: str) -> list[tuple[str, str]]:
+        """The run's signals sent and not yet taken, oldest first: ``(name, payload)``."""
+        ...
+
     async def request_cancel(self, run_id: str, *, now: float) -> RunRecord:
         """Cancel the run and its unfinished children: at once if no worker holds it,
         else by flagging it for its worker to observe at the next step."""

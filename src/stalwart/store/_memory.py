@@ -291,6 +291,11 @@ class MemoryStore:
         self.commits += 1
         return self._runs[run_id].rec
 
+    async def pending_signals(self, run_id: str) -> list[tuple[str, str]]:
+        await self._yield()
+        return [(sig.name, sig.payload) for sig in self._signals
+                if sig.run_id == run_id and sig.consumed_step_id is None]
+
     async def take_signal(self, lease: Lease, name: str, step_id: str, *,
                           now: float) -> str | None:
         await self._yield()

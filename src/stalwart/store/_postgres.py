@@ -868,6 +868,12 @@ class PostgresStore:
 
         return await self._write(op)
 
+    async def pending_signals(self, run_id: str) -> list[tuple[str, str]]:
+        rows = await self._read(
+            "SELECT name, payload FROM stalwart_signals WHERE run_id = %s AND "
+            "consumed_step_id IS NULL ORDER BY id", (run_id,))
+        return [(str(r[0]), str(r[1])) for r in rows]
+
     async def take_signal(
         self, lease: Lease, name: str, step_id: str, *, now: float
     ) -> str | None:

@@ -658,6 +658,15 @@ class SQLiteStore:
 
         return await self._write(op)
 
+    async def pending_signals(self, run_id: str) -> list[tuple[str, str]]:
+        def op() -> list[tuple[str, str]]:
+            rows = self._db().execute(
+                "SELECT name, payload FROM signals WHERE run_id = ? AND "
+                "consumed_step_id IS NULL ORDER BY id", (run_id,)).fetchall()
+            return [(str(r[0]), str(r[1])) for r in rows]
+
+        return await self._call(op)
+
     async def take_signal(
         self, lease: Lease, name: str, step_id: str, *, now: float
     ) -> str | None:
