@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,3 +35,57 @@ def state(tmp_path: Path) -> Path:
     d = tmp_path / "server"
     d.mkdir()
     return d
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)  # polling a port the child opens: no event to wait on
+    raise AssertionError(f"nothing listens on {port}")
+
+
+@dataclass
+class HTTPServer:
+    """The faulty MCP test server over streamable HTTP on 127.0.0.1, in a process of
+    its own, which the test can kill and start again on the same port."""
+
+    state: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([*server_argv(self.state), "--http", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_listening(self.port, self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc is not None:
+            self.proc.wait()
+
+
+@pytest.fixture
+def http_server(state: Path) -> Iterator[HTTPServer]:
+    server = HTTPServer(state)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -26,7 +26,7 @@ from typing import Any
 from mcp.server.mcpserver import Context, MCPServer
 
 STATE = Path(sys.argv[1])
-app = MCPServer("faulty")
+app = MCPServer("faulty", log_level="WARNING")
 
 
 def _record(tool: str, ctx: Context) -> str:
