@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -167,6 +167,41 @@ def served(journal: Journal) -> Iterator[tuple[Served, Journal]]:
         s.thread.join(15)
 
 
+CHROMIUM = os.environ.get("STALWART_TEST_CHROMIUM", "/usr/bin/chromium")
+
+
+def missing_browser(path: str, env: Mapping[str, str]) -> tuple[bool, str] | None:
+    """``None`` when there is a browser at ``path``; else ``(fail, why)``: a CI run
+    (``CI=true``) fails, a developer's skips, both saying why."""
+    if Path(path).exists():
+        return None
+    why = (f"no Chromium at {path} (apt-get install chromium, as .ci/run does; or set "
+           "STALWART_TEST_CHROMIUM)")
+    if env.get("CI") == "true":
+        return True, f"{why}: with CI=true the browser tests run, they never skip"
+    return False, why
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium driven by Playwright (``executable_path``: Playwright's own
+    browser download cannot work on these machines), one for the session."""
+    missing = missing_browser(CHROMIUM, os.environ)
+    if missing is not None:
+        fail, why = missing
+        if fail:
+            pytest.fail(why)
+        pytest.skip(why)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
 class Dash:
     """The helpers above, for the tests (``--import-mode=importlib`` cannot import
     conftest by name): ``dash.client(store, ...)``, ``dash.serve(store)``, ``dash.app``
@@ -176,6 +211,7 @@ class Dash:
     serve = staticmethod(serve)
     app = dash_app
     token = TOKEN
+    missing_browser = staticmethod(missing_browser)
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """The dashboard in a real browser: Playwright driving Debian's Chromium
 (``/usr/bin/chromium``, or ``$STALWART_TEST_CHROMIUM``; Playwright's own browser download
-cannot work on these machines). One browser for the module, a fresh page per test.
+cannot work on these machines). One browser for the session (conftest), a fresh page
+per test.
 
 Without Chromium the tests skip, saying why; with ``CI=true`` they fail instead (``.ci/run``
 installs it). Each test saves a screenshot to ``$STALWART_DASHBOARD_SCREENSHOTS`` (or its
@@ -22,31 +23,14 @@ import pytest
 if TYPE_CHECKING:
     from conftest import Dash, Journal, Served
 
-CHROMIUM = os.environ.get("STALWART_TEST_CHROMIUM", "/usr/bin/chromium")
 WAIT = 15_000
 """Milliseconds a live update may take on a loaded machine."""
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        why = (f"no Chromium at {CHROMIUM} (apt-get install chromium, as .ci/run does; "
-               "or set STALWART_TEST_CHROMIUM)")
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{why}: with CI=true the browser tests run, they never skip")
-        pytest.skip(why)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
+    """A fresh page in its own context (no cookie shared between tests) of the one
+    browser (``browser``, in conftest)."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     try:
         yield context.new_page()
