@@ -1,6 +1,6 @@
 """The workflows whose journals the dashboard tests look at, and a journal filled with
 one run of each kind (completed, a model call, an agent with a tool, dead-lettered,
-failed, waiting, a parent with a child).
+failed, waiting for a signal, waiting for an approval, a parent with a child).
 
 Run as ``python dash_app.py STORE RUN_ID MARKER`` it starts (or resumes) a ``crashy``
 run whose second step SIGKILLs its own process the first time it runs (``MARKER`` does
@@ -95,6 +95,14 @@ async def waiter(ctx: sw.Context, item: str) -> str:
 waiter = sw.Workflow(waiter, name="waiter")  # type: ignore[assignment]
 
 
+async def gate(ctx: sw.Context, order: int) -> str:
+    decision = await ctx.approval("ship", {"order": order, "to": "Oslo"})
+    return f"{'shipped' if decision.approved else 'held'} by {decision.by}"
+
+
+gate = sw.Workflow(gate, name="gate")  # type: ignore[assignment]
+
+
 async def child(ctx: sw.Context, x: int) -> int:
     return await ctx.step(add, x, 1)
 
@@ -123,7 +131,7 @@ async def crashy(ctx: sw.Context, marker: str) -> str:
 
 crashy = sw.Workflow(crashy, name="crashy")  # type: ignore[assignment]
 
-WORKFLOWS = (adder, writer, assistant, fragile, boom, waiter, child, parent, crashy)
+WORKFLOWS = (adder, writer, assistant, fragile, boom, waiter, gate, child, parent, crashy)
 
 
 def runtime(store: str) -> sw.Runtime:
@@ -147,13 +155,15 @@ async def populate(store: str, marker_dir: Path) -> dict[str, Any]:
     rt = runtime(store)
     try:
         ids = {"ok": "ok-1", "llm": "llm-1", "agent": "agent-1", "dead": "dead-1",
-               "failed": "boom-1", "waiting": "wait-1", "parent": "parent-1"}
+               "failed": "boom-1", "waiting": "wait-1", "approval": "gate-1",
+               "parent": "parent-1"}
         await rt.start(adder, 1, 2, run_id=ids["ok"])
         await rt.start(writer, "durability", run_id=ids["llm"])
         await rt.start(assistant, "What to pack for Oslo?", run_id=ids["agent"])
         await rt.start(fragile, "gpus", str(marker_dir / "service.up"), run_id=ids["dead"])
         await rt.start(boom, run_id=ids["failed"])
         await rt.start(waiter, "invoice", run_id=ids["waiting"])
+        await rt.start(gate, 7, run_id=ids["approval"])
         await rt.start(parent, 41, run_id=ids["parent"])
         for run_id in ids.values():
             await _settle(rt, run_id)

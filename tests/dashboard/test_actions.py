@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -138,3 +138,51 @@ def test_replay_says_so_when_the_code_diverges(dash: Dash, journal: Journal,
         page = client.get("/runs/ok-1").text
         done = client.post("/runs/ok-1/replay", data={"csrf": _csrf(page)})
     assert done.status_code == 200 and "DIVERGES" in done.text, done.text
+
+
+def test_approve_from_the_inbox_and_the_run_goes_on(dash: Dash, journal: Journal) -> None:
+    """The inbox lists the parked approval with its payload; approving with its token
+    (bound to that payload) lets a worker finish the run with the decision."""
+    with dash.client(journal.store, authorized=True) as client:
+        inbox = client.get("/approvals").text
+        row = inbox.split('<tr data-approval="gate-1/')[1].split("</tr>")[0]
+        assert "ship" in row and "&#34;order&#34;: 7" in row
+        token = re.search(r'name="token" value="([^"]+)"', row)
+        step = re.search(r'name="step" value="([^"]+)"', row)
+        assert token is not None and step is not None
+        done = client.post("/approvals/decide", data={
+            "csrf": _csrf(inbox), "run_id": "gate-1", "step": step.group(1),
+            "token": token.group(1), "decision": "approve", "as": "ana",
+            "comment": "ok"}, follow_redirects=False)
+        assert done.status_code == 303 and "approved+by+ana" in done.headers["location"]
+        after = client.get("/approvals").text
+    assert 'data-approval="gate-1/' not in after
+
+    async def finish(rt: Any) -> str:
+        await rt.resume("gate-1")
+        return str((await rt.wait_for_end("gate-1", timeout=30)).result)
+
+    assert journal.work(finish) == '"shipped by ana"'
+
+
+def test_a_decision_with_another_payloads_token_is_refused(dash: Dash,
+                                                           journal: Journal) -> None:
+    with dash.client(journal.store, authorized=True) as client:
+        inbox = client.get("/approvals").text
+        step = re.search(r'name="step" value="([^"]+)"', inbox)
+        assert step is not None
+        refused = client.post("/approvals/decide", data={
+            "csrf": _csrf(inbox), "run_id": "gate-1", "step": step.group(1),
+            "token": "0" * 64, "decision": "approve"})
+        unguarded = client.post("/approvals/decide", data={
+            "run_id": "gate-1", "step": step.group(1), "token": "0" * 64,
+            "decision": "approve"})
+    assert refused.status_code == 409 and "decision refused" in refused.text
+    assert unguarded.status_code == 403
+    assert str(journal.record("gate-1").status) == "waiting"
+
+
+def test_the_inbox_shows_no_decision_without_the_token(dash: Dash, journal: Journal) -> None:
+    with dash.client(journal.store) as client:
+        inbox = client.get("/approvals").text
+    assert 'data-approval="gate-1/' in inbox and 'action="/approvals/decide"' not in inbox

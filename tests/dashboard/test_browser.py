@@ -126,3 +126,24 @@ def test_without_the_token_there_is_no_action(served: tuple[Served, Journal],
     page.wait_for_url(f"{server.url}/runs/wait-1?*")
     assert "cancelled" in page.locator(".note").inner_text()
     assert str(journal.record("wait-1").status) == "cancelled"
+
+
+def test_approve_from_the_inbox_resumes_a_parked_run(served: tuple[Served, Journal],
+                                                     page: Any, shots: Path) -> None:
+    server, journal = served
+    page.goto(server.token_url.replace("/runs?", "/approvals?"))
+    row = page.locator('tr[data-approval^="gate-1/"]')
+    row.locator('input[name="as"]').fill("ana")
+    page.screenshot(path=str(shots / "approvals.png"), full_page=True)
+    row.locator('button:has-text("approve")').click()
+    page.wait_for_url(f"{server.url}/approvals?*")
+    assert "approved by ana" in page.locator(".note").inner_text()
+    assert page.locator('tr[data-approval^="gate-1/"]').count() == 0
+
+    async def finish(rt: Any) -> str:
+        await rt.resume("gate-1")
+        return str((await rt.wait_for_end("gate-1", timeout=30)).result)
+
+    assert journal.work(finish) == '"shipped by ana"'
+    page.goto(f"{server.url}/runs/gate-1")
+    assert page.locator(".status.s-completed").count() >= 1

@@ -29,8 +29,8 @@ def test_runs_page_lists_every_run_newest_first(dash: Dash, shared_journal: Jour
     assert page.status_code == 200
     rows = _rows(page.text)
     # newest first: the child run was created after its parent
-    assert rows == ["parent-1/1", "parent-1", "wait-1", "boom-1", "dead-1", "agent-1",
-                    "llm-1", "ok-1"]
+    assert rows == ["parent-1/1", "parent-1", "gate-1", "wait-1", "boom-1", "dead-1",
+                    "agent-1", "llm-1", "ok-1"]
     for status in ("completed", "dead_lettered", "failed", "waiting"):
         assert f'class="status s-{status}"' in page.text
     assert 'sse-connect="/runs/stream?' in page.text  # live on the first page
@@ -46,7 +46,7 @@ def test_root_goes_to_the_runs(dash: Dash, shared_journal: Journal) -> None:
     ("query", "expected"),
     [
         ("status=dead_lettered", {"dead-1"}),
-        ("status=waiting", {"wait-1"}),
+        ("status=waiting", {"wait-1", "gate-1"}),
         ("workflow=adder", {"ok-1"}),
         ("workflow=adder&status=failed", set()),
     ],
@@ -66,7 +66,7 @@ def test_runs_page_filters_by_time(dash: Dash, shared_journal: Journal) -> None:
     """``since``: runs created in that period (all of them here; none in the future)."""
     with dash.client(shared_journal.store) as client:
         recent = client.get("/runs?since=1h")
-        assert len(_rows(recent.text)) == 8
+        assert len(_rows(recent.text)) == 9
         bad = client.get("/runs?since=soon")
     assert bad.status_code == 400 and "is not a duration" in bad.text
 
@@ -88,7 +88,7 @@ def test_runs_page_pages_without_gaps(
                 assert "sse-connect" not in page.text
             found = re.search(r'<a href="(/runs\?[^"]*before=[^"]+)">older', page.text)
             url = found.group(1).replace("&amp;", "&") if found else None
-    assert len(seen) == 8 and len(set(seen)) == 8
+    assert len(seen) == 9 and len(set(seen)) == 9
 
 
 def test_pages_split_runs_created_at_one_instant(dash: Dash, tmp_path: Path,
@@ -231,7 +231,7 @@ def test_stats_page_shows_errors_latency_and_cost(dash: Dash, shared_journal: Jo
     assert "<th title=" in html and ">semantic</th>" in html
     assert "sim:writer" in html
     assert '<svg class="costplot"' in html
-    assert "8 run(s)" in recent
+    assert "9 run(s)" in recent
 
 
 def _digest(store: str) -> dict[str, str]:
@@ -280,7 +280,7 @@ def test_postgres_pages(dash: Dash, pg_journal: Journal) -> None:
     """The same pages over PostgreSQL."""
     with dash.client(pg_journal.store) as client:
         runs = client.get("/runs")
-        assert runs.status_code == 200 and len(_rows(runs.text)) == 8
+        assert runs.status_code == 200 and len(_rows(runs.text)) == 9
         assert set(_rows(client.get("/runs?workflow=fragile").text)) == {"dead-1"}
         assert client.get("/runs/dead-1").status_code == 200
         assert _rows(client.get("/dlq").text) == ["dead-1"]

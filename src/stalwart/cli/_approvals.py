@@ -14,10 +14,11 @@ from ..engine._approval import ApprovalRequest, Decision
 from ._common import JsonOption, StoreOption, client_runtime, fmt_time, print_json, run_async
 from ._output import PlainOption, Rows, console
 
-__all__ = ["approvals", "approve", "deny"]
+__all__ = ["approvals", "approve", "decide_approval", "deny", "pending_approvals"]
 
 
-async def _pending(store: str | None, run_id: str | None) -> list[ApprovalRequest]:
+async def pending_approvals(store: str | None, run_id: str | None) -> list[ApprovalRequest]:
+    """The approvals waiting for a decision (of ``run_id``, or of every unfinished run)."""
     rt = client_runtime(store)
     try:
         return await rt.approvals(run_id)
@@ -25,8 +26,11 @@ async def _pending(store: str | None, run_id: str | None) -> list[ApprovalReques
         await rt.close()
 
 
-async def _decide(store: str | None, run_id: str, which: str, approved: bool,
-                  by: str | None, comment: str | None, token: str | None) -> Decision:
+async def decide_approval(store: str | None, run_id: str, which: str, approved: bool,
+                          by: str | None, comment: str | None, token: str | None
+                          ) -> Decision:
+    """Approve or deny through ``Runtime.approve`` / ``deny`` (token, idempotence and
+    finality are the runtime's rules)."""
     rt = client_runtime(store, read_only=False)
     try:
         decide = rt.approve if approved else rt.deny
@@ -48,7 +52,7 @@ def approvals(
     store: StoreOption = None,
 ) -> None:
     """Approvals waiting for a decision: run, step, name, the payload, its token."""
-    found = run_async(_pending(store, run_id))
+    found = run_async(pending_approvals(store, run_id))
     if as_json:
         print_json({"approvals": [r.as_json() for r in found]})
         return
@@ -90,11 +94,11 @@ def approve(run_id: RunArg, step: StepArg, by: AsOption = None,
             comment: CommentOption = None, token: HashOption = None,
             store: StoreOption = None) -> None:
     """Approve what a run waits for; the run goes on (approving again changes nothing)."""
-    _said(run_async(_decide(store, run_id, step, True, by, comment, token)), run_id, step)
+    _said(run_async(decide_approval(store, run_id, step, True, by, comment, token)), run_id, step)
 
 
 def deny(run_id: RunArg, step: StepArg, by: AsOption = None,
          comment: CommentOption = None, token: HashOption = None,
          store: StoreOption = None) -> None:
     """Deny what a run waits for (final: it cannot be approved after)."""
-    _said(run_async(_decide(store, run_id, step, False, by, comment, token)), run_id, step)
+    _said(run_async(decide_approval(store, run_id, step, False, by, comment, token)), run_id, step)

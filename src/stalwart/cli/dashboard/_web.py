@@ -34,6 +34,7 @@ from ... import errors
 from ..._runtime import Runtime
 from ...store._base import RunRecord, RunStatus
 from ...store._limits import LimitsReader
+from .._approvals import decide_approval, pending_approvals
 from .._commands import cancel_run
 from .._common import (
     FAILURE,
@@ -267,6 +268,8 @@ def create_app(settings: Settings) -> Starlette:
                 return await handler(request)
             except errors.RunNotFoundError as exc:
                 return problem(request, 404, "no such run", str(exc))
+            except errors.ApprovalError as exc:
+                return problem(request, 409, "decision refused", str(exc))
             except CliError as exc:
                 return problem(request, 400 if exc.code == USAGE else 409, "cannot do that",
                                str(exc))
@@ -314,6 +317,10 @@ def create_app(settings: Settings) -> Starlette:
     async def dlq_page(request: Request) -> Response:
         return page("dlq.html", request, letters=await dead_letters(rt, 100),
                     note=request.query_params.get("note"))
+
+    async def approvals_page(request: Request) -> Response:
+        return page("approvals.html", request, waiting=await pending_approvals(
+            settings.store, None), note=request.query_params.get("note"))
 
     async def workers_page(request: Request) -> Response:
         since = request.query_params.get("since") or "1h"
@@ -446,6 +453,25 @@ def create_app(settings: Settings) -> Starlette:
 
         return await act(request, do)
 
+    async def decide_action(request: Request) -> Response:
+        async def do(form: dict[str, Any]) -> str:
+            run_id, step = str(form.get("run_id", "")), str(form.get("step", ""))
+            verdict = str(form.get("decision", ""))
+            token = str(form.get("token", ""))
+            if not run_id or not step or not token or verdict not in ("approve", "deny"):
+                raise CliError("a decision needs the run, the step, the approval's token "
+                               "and approve or deny")
+            decision = await decide_approval(
+                settings.store, run_id, step, verdict == "approve",
+                str(form.get("as", "")).strip() or None,
+                str(form.get("comment", "")).strip() or None, token)
+            verb = "approved" if decision.approved else "denied"
+            note = (f"step {step} of run {run_id} {verb} by {decision.by}: a worker "
+                    "continues the run")
+            return "/approvals?" + urlencode({"note": note})
+
+        return await act(request, do)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
@@ -464,6 +490,8 @@ def create_app(settings: Settings) -> Starlette:
         Route("/runs/{run_id:path}/replay", guarded(replay_action), methods=["POST"]),
         Route("/runs/{run_id:path}", guarded(run_page)),
         Route("/dlq", guarded(dlq_page)),
+        Route("/approvals", guarded(approvals_page)),
+        Route("/approvals/decide", guarded(decide_action), methods=["POST"]),
         Route("/workers", guarded(workers_page)),
         Route("/stats", guarded(stats_page)),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
