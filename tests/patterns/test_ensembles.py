@@ -180,7 +180,7 @@ async def test_a_tie_at_a_low_quorum_is_no_winner_and_escalate_dlq_dead_letters(
     ([broken, broken], {"quorum": 3}, "a quorum of 3 cannot be reached by 2 voter(s)"),
     ([broken], {"quorum": 0}, "quorum must be an int >= 1"),
     ([broken, "not a voter"], {}, "voters must be agents or functions"),
-    ([broken], {"escalate": "approval"}, "escalate must be one of 'error', 'dlq'"),
+    ([broken], {"escalate": "human"}, "escalate must be one of 'error', 'dlq', 'approval'"),
 ])
 async def test_bad_vote_input_is_refused_before_anyone_is_asked(
         voters: list[Any], kw: dict[str, Any], message: str) -> None:
@@ -503,3 +503,62 @@ async def test_bad_reflexion_and_refine_input_is_refused(kw: dict[str, Any],
         with pytest.raises(sw.RunFailedError) as caught:
             await app.run(bad_refine)
         assert "max_rounds must be an int >= 1" in str(caught.value)
+
+
+# -- escalation to a human (ctx.approval) ------------------------------------------
+
+
+async def pending(app: sw.Runtime, run_id: str) -> Any:
+    """The run's pending approval, once it is journaled (each look yields to the run)."""
+    import asyncio
+
+    for _ in range(10_000):
+        found = await app.approvals(run_id)
+        if found:
+            return found[0]
+        await asyncio.sleep(0)
+    raise AssertionError(f"run {run_id} never asked for an approval")
+
+
+async def test_escalate_approval_asks_a_human_with_the_evidence() -> None:
+    """A tied vote asks a human (the tally and ballots as the payload): approved, the
+    plurality is the answer. A refine loop that exhausts asks with its history: denied,
+    RefinementExhaustedError; a Reflexion loop approved returns its last answer."""
+    app = sw.Runtime(MemoryStore())
+
+    @app.workflow
+    async def tied(ctx: sw.Context) -> Any:
+        r = await sw.vote(ctx, [says("a", "p"), says("b", "q"), says("a", "r"),
+                                says("b", "s")], "?", escalate="approval")
+        return [r.winner, list(r.dissent)]
+
+    @app.workflow
+    async def drafting(ctx: sw.Context) -> Any:
+        return (await sw.refine(ctx, says("d", "writer"), says({"accept": False}, "no"),
+                                "t", max_rounds=2, escalate="approval")).output
+
+    @app.workflow
+    async def trying(ctx: sw.Context) -> Any:
+        r = await sw.reflexion(ctx, says(3, "actor"), says({"success": False}, "judge"),
+                               "t", max_trials=2, escalate="approval")
+        return [r.output, len(r.trials)]
+
+    async with app:
+        v = await app.start(tied, run_id="v")
+        req = await pending(app, "v")
+        assert req.name == "vote: NoQuorumError"
+        assert req.payload["tally"] == [['"a"', 2], ['"b"', 2]]
+        await app.approve("v", req.step_id, by="ana")
+        assert await v.result() == ["a", ["q", "s"]]
+        d = await app.start(drafting, run_id="d")
+        req = await pending(app, "d")
+        assert [h["draft"] for h in req.payload["history"]] == ["d", "d"]
+        await app.deny("d", req.step_id, by="ana")
+        with pytest.raises(sw.RunFailedError) as caught:
+            await d.result()
+        assert caught.value.error_type == "stalwart.errors.RefinementExhaustedError"
+        t = await app.start(trying, run_id="t")
+        req = await pending(app, "t")
+        assert req.name == "reflexion: ReflexionExhaustedError"
+        await app.approve("t", req.step_id, by="ana")
+        assert await t.result() == [3, 2]

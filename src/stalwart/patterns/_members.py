@@ -46,13 +46,16 @@ __all__ = ["Escalate", "Member", "Reply", "ask", "canonical", "escalation", "lab
 Member: TypeAlias = "Agent[Any] | Callable[[Any], Any]"
 """An agent, or a function of the pattern's input (sync or async)."""
 
-Escalate: TypeAlias = Literal["error", "dlq"]
+Escalate: TypeAlias = Literal["error", "dlq", "approval"]
 """How a pattern escalates what it cannot settle: ``"error"`` raises its typed error
 (the run fails, or the caller catches it); ``"dlq"`` raises
 :class:`~stalwart.errors.EscalatedError` so the run waits in the dead-letter queue for
-a human, the evidence attached."""
+a human, the evidence attached; ``"approval"`` asks a human with ``ctx.approval`` (the
+run parks until someone decides, the evidence is the payload): approved, the pattern
+goes on as its docstring says (a vote returns the plurality, a mixture aggregates, a
+refine or Reflexion loop returns its last answer); denied, it raises its typed error."""
 
-ESCALATIONS = ("error", "dlq")
+ESCALATIONS = ("error", "dlq", "approval")
 
 RUN_ERRORS = (StoreError, LeaseLostError, NonDeterminismError, BudgetExceededError,
                ContextMisuseError)
@@ -182,6 +185,20 @@ def check_escalate(how: str, where: str) -> None:
     if how not in ESCALATIONS:
         raise ConfigurationError(f"{where}: escalate must be one of "
                                  f"{', '.join(map(repr, ESCALATIONS))}, not {how!r}")
+
+
+async def settle(ctx: Context, how: str, err: EnsembleError,
+                 evidence: Mapping[str, Any]) -> None:
+    """Escalate ``err`` as ``how``: return when a human approved going on
+    (``"approval"``: ``ctx.approval`` named after the pattern, the evidence as its
+    payload); raise otherwise (denied, or ``"error"``/``"dlq"``)."""
+    if how == "approval":
+        decision = await ctx.approval(f"{err.pattern}: {type(err).__name__}",
+                                      {"error": str(err), **evidence})
+        if decision.approved:
+            return
+        raise err
+    raise escalation(how, err, evidence)
 
 
 def escalation(how: str, err: EnsembleError, evidence: Mapping[str, Any]) -> BaseException:

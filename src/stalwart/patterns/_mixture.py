@@ -44,10 +44,10 @@ from ._members import (
     ask,
     canonical,
     check_escalate,
-    escalation,
     labels,
     prompt_of,
     record,
+    settle,
     to_json,
 )
 
@@ -161,7 +161,8 @@ async def mixture(ctx: Context, proposers: Sequence[Any], aggregator: Any, task:
         output_type: each answer (the proposers' and the aggregator's) is validated as
             this type (text read as JSON); a proposer's that does not fit is a failure.
         escalate_above: escalate when the last layer's divergence is above this.
-        escalate: ``"error"`` (:class:`~stalwart.errors.DivergenceError`) or ``"dlq"``.
+        escalate: ``"error"`` (:class:`~stalwart.errors.DivergenceError`), ``"dlq"``,
+            or ``"approval"`` (a human decides; approved, the aggregation goes on).
         breaker: with ``"vote"``/``"weighted"``, count each proposer whose last answer
             lost against its model's circuit breaker.
 
@@ -209,8 +210,9 @@ async def mixture(ctx: Context, proposers: Sequence[Any], aggregator: Any, task:
             f"mixture: the proposers diverged by {div:.3f}, above escalate_above="
             f"{escalate_above:g}", divergence=div, threshold=float(escalate_above),
             answers=answers_json, run_id=ctx.run_id)
-        raise escalation(escalate, err, {"divergence": div, "threshold": escalate_above,
-                                         "answers": answers_json})
+        # approved by a human (escalate="approval"): aggregate all the same
+        await settle(ctx, escalate, err, {"divergence": div, "threshold": escalate_above,
+                                          "answers": answers_json})
     if strategy == "synthesize":
         given = MixtureInput(task=task, layer=layers + 1, previous=previous)
         reply = await ask(ctx, aggregator, labels([aggregator], "aggregator")[0], given,

@@ -32,10 +32,10 @@ from ._members import (
     ask,
     canonical,
     check_escalate,
-    escalation,
     labels,
     prompt_of,
     record,
+    settle,
     to_json,
 )
 from ._semantic import spend_retry, watch
@@ -163,7 +163,8 @@ async def refine(ctx: Context, generator: Any, critic: Any, task: Any, *,
         output_type: each draft is validated as this type.
         on_exhausted: ``"escalate"`` (raise, as ``escalate`` says) or ``"return"`` the
             last draft, ``accepted=False``.
-        escalate: ``"error"`` or ``"dlq"``.
+        escalate: ``"error"``, ``"dlq"``, or ``"approval"`` (a human decides on the
+            history; approved, the last draft is returned, ``accepted=True``).
         breaker: count each rejected draft against the generator's model's circuit
             breaker.
 
@@ -224,4 +225,6 @@ async def refine(ctx: Context, generator: Any, critic: Any, task: Any, *,
         f"{gen_name!r} (max_rounds={max_rounds}"
         f"{f', within={within:g}s' if within is not None else ''})",
         rounds=len(history), history=story, run_id=ctx.run_id)
-    raise escalation(escalate, err, {"rounds": len(history), "history": story})
+    await settle(ctx, escalate, err, {"rounds": len(history), "history": story})
+    # a human approved the last draft (escalate="approval")
+    return RefineResult(draft, True, len(history), tuple(history), calls, tokens)

@@ -30,10 +30,10 @@ from ._members import (
     ask,
     canonical,
     check_escalate,
-    escalation,
     labels,
     prompt_of,
     record,
+    settle,
     to_json,
 )
 from ._refine import check_bounds
@@ -158,7 +158,8 @@ async def reflexion(ctx: Context, actor: Any, evaluator: Any, task: Any, *,
             reflection (text); default: the evaluator's feedback.
         within: no new trial starts this many seconds (journaled clock) after the first.
         output_type: each answer is validated as this type.
-        escalate: ``"error"`` or ``"dlq"`` when every trial failed.
+        escalate: ``"error"``, ``"dlq"``, or ``"approval"`` when every trial failed (a
+            human decides on the trials; approved, the last answer is returned).
         breaker: count each failed trial against the actor's model's circuit breaker.
 
     Raises:
@@ -221,4 +222,6 @@ async def reflexion(ctx: Context, actor: Any, evaluator: Any, task: Any, *,
         f"reflexion: {names[0]!r} failed all {len(trials)} trials (max_trials="
         f"{max_trials}); last feedback: {trials[-1].evaluation.feedback or '-'}",
         trials=story, run_id=ctx.run_id)
-    raise escalation(escalate, err, {"trials": story})
+    await settle(ctx, escalate, err, {"trials": story})
+    # a human approved the last answer (escalate="approval")
+    return ReflexionResult(trials[-1].answer, tuple(trials), tuple(memory), calls, tokens)

@@ -40,10 +40,10 @@ from ._members import (
     ask,
     canonical,
     check_escalate,
-    escalation,
     labels,
     prompt_of,
     record,
+    settle,
     to_json,
 )
 
@@ -152,7 +152,8 @@ async def vote(ctx: Context, voters: Sequence[Any], task: Any, *,
         key: the tally key of an answer (default: the answer itself, canonical JSON),
             e.g. ``str.lower`` to count "Paris" and "paris" as one answer.
         escalate: ``"error"`` raises :class:`~stalwart.errors.NoQuorumError` when no
-            answer reaches the quorum; ``"dlq"`` dead-letters the run with the tally.
+            answer reaches the quorum; ``"dlq"`` dead-letters the run with the tally;
+            ``"approval"`` asks a human, and approved returns the plurality answer.
         breaker: count each dissenting voter's answer against its model's circuit
             breaker (a semantic failure, like a 5xx).
 
@@ -190,10 +191,14 @@ async def vote(ctx: Context, voters: Sequence[Any], task: Any, *,
             f"(tally: {', '.join(f'{k} x{n}' for k, n, _ in counted) or 'no valid ballot'})",
             quorum=need, voters=len(voters), tally=[[k, n] for k, n, _ in counted],
             abstained=[b.voter for b in ballots if b.key is None], run_id=ctx.run_id)
-        raise escalation(escalate, err, {
+        await settle(ctx, escalate, err, {
             "quorum": need, "tally": err.tally, "abstained": err.abstained,
             "ballots": [{"voter": b.voter, "answer": to_json(b.answer), "error": b.error}
                         for b in ballots]})
+        if not counted:  # approved, but there is nothing to return
+            raise err
+        top = counted[0]  # approved: the plurality, as a human accepted it
+        dissent = tuple(b.voter for b in ballots if b.key != top[0])
     return VoteResult(winner=top[2], votes=top[1], quorum=need,
                       tally=tuple((a, n) for _, n, a in counted), dissent=dissent,
                       ballots=ballots, calls=calls, tokens=tokens)
