@@ -19,6 +19,7 @@ An agent's :class:`~stalwart.Budget` holds one ``run`` of it, on top of the run'
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -134,6 +135,8 @@ class _Turns:
     """The conversation of one agent run, and its loop's counters."""
 
     messages: list[Message]
+    ctx: Context | None = None
+    """The workflow's context (for an approval)."""
     answered_by: list[str] = field(default_factory=list)
     seen: Counter[str] = field(default_factory=Counter)
     """Tool calls by name and arguments (the same call too often is a loop)."""
@@ -304,7 +307,7 @@ class Agent(Generic[OutT]):
         ic = ex.interceptor
         if not ic.active:
             with agent_budget(self.name, self.budget):
-                return await self._loop(ex, input, policy, _Spent(), offers)
+                return await self._loop(ctx, input, policy, _Spent(), offers)
         primary = ex.engine.model(self.model)
         first_step_id = ex.next_step_id()
         handle = ic.agent_started(AgentStartInput(
@@ -315,7 +318,7 @@ class Agent(Generic[OutT]):
         spent = _Spent()
         try:
             with agent_budget(self.name, self.budget):
-                result = await self._loop(ex, input, policy, spent, offers)
+                result = await self._loop(ctx, input, policy, spent, offers)
         except BaseException as exc:
             # What it used before it failed is spent all the same (and on its span).
             ic.agent_ended(AgentEndInput(
@@ -328,10 +331,11 @@ class Agent(Generic[OutT]):
             input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens))
         return result
 
-    async def _loop(self, ex: Execution, input: Any, policy: Policy | None,
+    async def _loop(self, ctx: Context, input: Any, policy: Policy | None,
                     spent: _Spent, offers: dict[str, HandoffOffer]) -> AgentResult[OutT]:
+        ex = ctx.execution
         effective = ex.engine.effective_policy(self.policy, policy)
-        turns = _Turns(self._opening(input))
+        turns = _Turns(self._opening(input), ctx=ctx)
         offered = [t for t in self.tools.values() if decide(t, grant=self.grant).action
                    == "allow"]
         specs = (*(t.spec for t in offered), *(o.spec for o in offers.values()))
@@ -415,8 +419,14 @@ class Agent(Generic[OutT]):
             tool = self.tools.get(call.name)
             verdict = None if tool is None else decide(
                 tool, grant=self.grant, trust=self.trust, untrusted=turns.untrusted)
-            if tool is not None and verdict is not None and verdict.action != "allow":
-                await _journal_refusal(ex, turn_id, call, tool, verdict)
+            held = tool is not None and verdict is not None and verdict.action == "approve"
+            if held and tool is not None and verdict is not None and self.trust is not None:
+                verdict = await _held_for_approval(
+                    ex, turns.ctx, turn_id, call, tool, verdict,
+                    timeout=self.trust.approval_timeout)  # journals the decision
+            if tool is not None and verdict is not None and verdict.action == "refuse":
+                if not held:
+                    await _journal_refusal(ex, turn_id, call, tool, verdict)
                 content = self._refuse(ex, call, verdict, turns)
                 turns.messages.append(Message.tool(content, tool_call_id=call.id,
                                                    name=call.name, origin=STALWART))
@@ -539,6 +549,34 @@ def _checked_privilege(agent: str, grant: object,
         raise ConfigurationError(f"agent {agent!r}: trust must be a sw.Trust or None, not "
                                  f"{type(trust).__name__}")
     return grant, trust
+
+
+async def _held_for_approval(ex: Execution, ctx: Context | None, turn_id: str,
+                             call: ToolCallRequest, tool: Tool[Any, Any], verdict: Verdict,
+                             *, timeout: float | None) -> Verdict:
+    """A privileged call with untrusted content in the context, held for a human: asks
+    ``ctx.approval`` with the exact arguments (its token binds the decision to them),
+    journals the decision with the untrusted sources, and returns what to do: ``allow``
+    the very call the model made (the arguments journaled with its turn), or
+    ``refuse`` it (denied, or not decided within the trust policy's timeout)."""
+    arguments = json.dumps(call.parsed or {}, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(f"{tool.name}\0{arguments}".encode()).hexdigest()
+    assert ctx is not None
+    trust = verdict.untrusted
+    decision = await ctx.approval(f"tool:{tool.name}", {
+        "tool": tool.name, "effect": tool.effect, "arguments": json.loads(arguments),
+        "digest": digest, "untrusted": list(trust), "reason": verdict.message},
+        timeout=timeout, default="deny")
+    approved = decision.approved
+    await ex.note(NewEvent(EventKind.TOOL_CALL_APPROVAL, turn_id, call.name, json.dumps({
+        "call_id": call.id, "tool": call.name, "effect": tool.effect,
+        "untrusted": list(trust), "digest": digest, "approved": approved,
+        "message": verdict.message[:2000], "arguments": call.arguments[:2000]})),
+        key=call.id)
+    if approved:
+        return Verdict("allow", "approved", verdict.message, verdict.untrusted)
+    return Verdict("refuse", "not_approved",
+                   f"{verdict.message}; a human did not approve it", verdict.untrusted)
 
 
 async def _journal_refusal(ex: Execution, turn_id: str, call: ToolCallRequest,

@@ -235,3 +235,48 @@ async def test_a_poisoned_tool_description_taints_the_context() -> None:
     assert paid == []
     (refused,) = [e for e in events if e.kind == EventKind.TOOL_CALL_REFUSED]
     assert json.loads(refused.payload or "")["untrusted"] == ["mcp:mail/read_inbox"]
+
+
+async def _pending(app: sw.Runtime, run_id: str) -> Any:
+    import asyncio
+
+    for _ in range(10_000):
+        found = await app.approvals(run_id)
+        if found:
+            return found[0]
+        await asyncio.sleep(0)
+    raise AssertionError("no approval was asked for")
+
+
+@pytest.mark.parametrize("approve", [True, False])
+async def test_approval_mode_holds_the_exact_call_for_a_human(approve: bool) -> None:
+    """With on_privileged="approve" the tainted payment parks the run on an approval
+    whose payload is the exact call (tool, arguments, digest, untrusted sources); an
+    approval runs that very call, a denial refuses it; the decision is audited."""
+    app = sw.Runtime(MemoryStore(), clock=sw.FakeClock(autojump=True))
+    paid: list[str] = []
+    agent = sw.Agent("banker", sw.FunctionModel(_inbox_then_pay), tools=_bank(app, paid),
+                     trust=sw.Trust(on_privileged="approve"))
+
+    @app.workflow
+    async def wf(ctx: sw.Context) -> str:
+        return await agent.run(ctx, "check my mail")
+
+    async with app:
+        handle = await app.start(wf, run_id="r")
+        request = await _pending(app, "r")
+        assert request.name == "tool:pay"
+        assert request.payload["arguments"] == {"amount": 500, "to": "mallory"}
+        assert request.payload["untrusted"] == ["tool:read_inbox"]
+        assert len(request.payload["digest"]) == 64
+        assert paid == []  # nothing runs while it waits
+        decide = app.approve if approve else app.deny
+        await decide("r", request.step_id, by="ana", token=request.token)
+        assert await handle.result() == "done"
+        events = await app.events("r")
+    assert paid == (["mallory:500"] if approve else [])
+    (held,) = [e for e in events if e.kind == EventKind.TOOL_CALL_APPROVAL]
+    info = json.loads(held.payload or "")
+    assert (info["tool"], info["approved"], info["untrusted"]) == (
+        "pay", approve, ["tool:read_inbox"])
+    assert not any(e.kind == EventKind.TOOL_CALL_REFUSED for e in events)
