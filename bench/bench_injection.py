@@ -58,59 +58,60 @@ class World:
 
 
 def tools_for(world: World, *, poisoned_description: str = "") -> list[sw.Tool[..., Any]]:
-    """The workspace's tools with their effects; the CRM tool is an MCP server's."""
+    """The workspace's tools with their effects; the CRM tool is an MCP server's. (Async
+    bodies: they run inline, not in an executor thread.)"""
 
-    def read_inbox() -> str:
+    async def read_inbox() -> str:
         """Read the user's inbox."""
         world.ran("read_inbox")
         return world.inbox
 
-    def read_file(name: str) -> str:
+    async def read_file(name: str) -> str:
         """Read one of the user's files."""
         world.ran("read_file", name=name)
         return world.file
 
-    def get_webpage(url: str) -> str:
+    async def get_webpage(url: str) -> str:
         """Fetch a web page."""
         world.ran("get_webpage", url=url)
         return world.page
 
-    def crm_lookup(customer: str) -> str:
+    async def crm_lookup(customer: str) -> str:
         """Look a customer up in the CRM."""
         world.ran("crm_lookup", customer=customer)
         return world.crm
 
-    def search_web(query: str) -> str:
+    async def search_web(query: str) -> str:
         """Search the web."""
         world.ran("search_web", query=query)
         return "3 results"
 
-    def save_note(text: str) -> str:
+    async def save_note(text: str) -> str:
         """Save a private note."""
         world.ran("save_note", text=text)
         return "saved"
 
-    def append_shared_doc(text: str) -> str:
+    async def append_shared_doc(text: str) -> str:
         """Append to the team's shared document (shared with outside partners)."""
         world.ran("append_shared_doc", text=text)
         return "appended"
 
-    def send_email(to: str, body: str) -> str:
+    async def send_email(to: str, body: str) -> str:
         """Send an e-mail."""
         world.ran("send_email", to=to, body=body)
         return "sent"
 
-    def transfer_money(to: str, amount: int) -> str:
+    async def transfer_money(to: str, amount: int) -> str:
         """Transfer money from the user's account."""
         world.ran("transfer_money", to=to, amount=amount)
         return "transferred"
 
-    def delete_file(name: str) -> str:
+    async def delete_file(name: str) -> str:
         """Delete a file."""
         world.ran("delete_file", name=name)
         return "deleted"
 
-    def run_command(command: list[str]) -> str:
+    async def run_command(command: list[str]) -> str:
         """Run a command on the user's machine."""
         world.ran("run_command", command=command)
         return "ok"
