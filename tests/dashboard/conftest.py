@@ -182,10 +182,12 @@ def missing_browser(path: str, env: Mapping[str, str]) -> tuple[bool, str] | Non
     return False, why
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """Debian's Chromium driven by Playwright (``executable_path``: Playwright's own
-    browser download cannot work on these machines), one for the session."""
+    browser download cannot work on these machines), one for the browser tests' module:
+    Playwright's sync API keeps an event loop running in this thread while it is open,
+    and the tests after that module call ``asyncio.run``."""
     missing = missing_browser(CHROMIUM, os.environ)
     if missing is not None:
         fail, why = missing

@@ -1,7 +1,7 @@
 """The dashboard in a real browser: Playwright driving Debian's Chromium
 (``/usr/bin/chromium``, or ``$STALWART_TEST_CHROMIUM``; Playwright's own browser download
-cannot work on these machines). One browser for the session (conftest), a fresh page
-per test.
+cannot work on these machines). One browser for this module (conftest), a fresh page per
+test.
 
 Without Chromium the tests skip, saying why; with ``CI=true`` they fail instead (``.ci/run``
 installs it). Each test saves a screenshot to ``$STALWART_DASHBOARD_SCREENSHOTS`` (or its
