@@ -78,7 +78,7 @@ ENGINE_ORDER = [
     "_interceptor", "_store_retry", "_policy", "_schema", "_tools", "_privilege", "_cost",
     "_budget",
     "_determinism",
-    "_outage", "_workflow", "_scope", "_engine", "_execution", "_steps", "_cancel",
+    "_outage", "_workflow", "_scope", "_engine", "_execution", "_steps", "_health", "_cancel",
     "_calls", "_llm", "_children", "_actor", "_gather", "_supervisor", "_saga", "_approval",
     "_stream",
     "_timetravel", "_worker",

@@ -21,7 +21,8 @@ PUBLIC = {
     "Clock", "SystemClock", "FakeClock",
     # agents, tools, models
     "Agent", "AgentResult", "Tool", "ToolCall", "ToolArgumentsError", "Model",
-    "Grant", "Trust", "Origin", "Sourced", "UnsafeArgumentError", "MCPServer",
+    "Grant", "Trust", "Origin", "Sourced", "UnsafeArgumentError", "MCPServer", "ToolRegistry",
+    "ToolStatus",
     "parse_model", "SimulatedModel", "SimFaults", "FunctionModel", "OpenAIModel",
     "AnthropicModel", "Message", "ModelOptions",
     "ModelRequest", "ModelResponse", "ToolCallRequest", "ToolSpec", "Usage",

@@ -161,6 +161,8 @@ from .policies import Retry as Retry
 from .policies import RetryOn as RetryOn
 from .policies import Timeout as Timeout
 from .remote import MCPServer as MCPServer
+from .remote import ToolRegistry as ToolRegistry
+from .remote import ToolStatus as ToolStatus
 from .store import RunRecord as RunRecord
 from .store import RunStatus as RunStatus
 from .store import SQLiteStore as SQLiteStore
@@ -199,6 +201,8 @@ __all__ = [
     "UnsafeArgumentError",
     # tools and agents from elsewhere
     "MCPServer",
+    "ToolRegistry",
+    "ToolStatus",
     "Model",
     "parse_model",
     "OpenAIModel",

@@ -34,6 +34,7 @@ from ._serde import error_type_name
 from .engine._budget import Budget, agent_budget
 from .engine._calls import tool_call
 from .engine._execution import Execution
+from .engine._health import ToolHealthView, health_note, unavailable_tools
 from .engine._interceptor import AgentEndInput, AgentStartInput, CaptureContent
 from .engine._llm import model_turn, read_output, system_prompt
 from .engine._policy import INHERIT, Policy, _Inherit
@@ -150,6 +151,8 @@ class _Turns:
     """How many messages have had their origins journaled (``context_origins``)."""
     untrusted: tuple[str, ...] = ()
     """The untrusted origins in the context of the latest model turn."""
+    unavailable: dict[str, str] = field(default_factory=dict)
+    """Tools unavailable this turn (``health=``), with why."""
 
 
 @dataclass(slots=True)
@@ -204,6 +207,11 @@ class Agent(Generic[OutT]):
             is refused, or held for a human's approval, as the policy says; ``None``
             turns the check off. Every message's origin is journaled
             (``context_origins``) and shown by ``runs trace``.
+        health: where the agent learns which of its tools are unavailable (a
+            :class:`~stalwart.ToolRegistry`): before each model turn it asks (a
+            journaled step, ``tools:<agent>``); unavailable tools leave the model's tool
+            list, the model is told which and why (and when they are back), and a call
+            to one anyway gets a ``tool_unavailable`` error, not executed.
     """
 
     def __init__(
@@ -229,6 +237,7 @@ class Agent(Generic[OutT]):
         max_argument_depth: int = MAX_ARGUMENT_DEPTH,
         grant: Grant | None = None,
         trust: Trust | None = DEFAULT_TRUST,
+        health: ToolHealthView | None = None,
     ) -> None:
         if not name:
             raise ConfigurationError("an agent needs a name")
@@ -248,6 +257,10 @@ class Agent(Generic[OutT]):
         self.instructions = instructions
         self.tools = {t.name: t for t in tools}
         self.grant, self.trust = _checked_privilege(name, grant, trust)
+        if health is not None and not isinstance(health, ToolHealthView):
+            raise ConfigurationError(f"agent {name!r}: health must be a sw.ToolRegistry "
+                                     f"(a ToolHealthView), not {type(health).__name__}")
+        self.health = health
         self.output_type = output_type
         self.policy = policy
         self.pool = pool or name
@@ -341,6 +354,8 @@ class Agent(Generic[OutT]):
         specs = (*(t.spec for t in offered), *(o.spec for o in offers.values()))
         output_schema = self._adapter.json_schema() if self._adapter is not None else None
         for _turn in range(self.max_iterations):
+            if self.health is not None:
+                specs = await self._healthy_specs(ex, turns, offered, offers)
             request = ModelRequest(messages=tuple(turns.messages), tools=specs,
                                    options=self.options, output_schema=output_schema)
             turn_id = ex.next_step_id()
@@ -371,6 +386,19 @@ class Agent(Generic[OutT]):
         raise MaxIterationsError(
             f"agent {self.name!r}: no final answer after {self.max_iterations} model turns",
             agent=self.name, run_id=ex.run_id)
+
+    async def _healthy_specs(self, ex: Execution, turns: _Turns,
+                             offered: list[Tool[Any, Any]],
+                             offers: dict[str, HandoffOffer]) -> tuple[ToolSpec, ...]:
+        """This turn's tools without the unavailable ones (journaled); the model is told
+        what changed since the last turn."""
+        down = await unavailable_tools(ex, self.name, self.health, [t.name for t in offered])
+        note = health_note(turns.unavailable, down)
+        if note is not None:
+            turns.messages.append(Message.user(note, origin=STALWART))
+        turns.unavailable = down
+        return (*(t.spec for t in offered if t.name not in down),
+                *(o.spec for o in offers.values()))
 
     def _opening(self, input: Any) -> list[Message]:
         """The conversation's start: the system prompt (if any) and the input, each
@@ -430,6 +458,12 @@ class Agent(Generic[OutT]):
                 content = self._refuse(ex, call, verdict, turns)
                 turns.messages.append(Message.tool(content, tool_call_id=call.id,
                                                    name=call.name, origin=STALWART))
+                continue
+            if call.name in turns.unavailable:
+                turns.messages.append(Message.tool(_tool_error(
+                    "tool_unavailable", f"the tool {call.name} is unavailable now "
+                    f"({turns.unavailable[call.name]}). The call was not executed."),
+                    tool_call_id=call.id, name=call.name, origin=STALWART))
                 continue
             content, repaired = await self._run_tool(ex, call, turns.seen)
             if repaired:

@@ -21,6 +21,7 @@ from ._doctor import doctor
 from ._help import HelpCommand, HelpGroup
 from ._runs import runs_app
 from ._stats import stats
+from ._tools import tools
 from ._workers import worker, workers_app
 from .dashboard import dashboard
 
@@ -127,6 +128,7 @@ app.command("demo", cls=HelpCommand)(demo)
 app.add_typer(runs_app, name="runs")
 app.command("stats", cls=HelpCommand)(stats)
 app.command("board", cls=HelpCommand)(board)
+app.command("tools", cls=HelpCommand)(tools)
 app.add_typer(dlq_app, name="dlq")
 app.command("doctor", cls=HelpCommand)(doctor)
 app.command("worker", cls=HelpCommand)(worker)

@@ -6,5 +6,9 @@ from __future__ import annotations
 from ._mcp import META_PREFIX as META_PREFIX
 from ._mcp import MCPServer as MCPServer
 from ._mcp import MCPServerStatistics as MCPServerStatistics
+from ._registry import DEFAULT_TOOL_POLICY as DEFAULT_TOOL_POLICY
+from ._registry import ToolRegistry as ToolRegistry
+from ._registry import ToolStatus as ToolStatus
 
-__all__ = ["META_PREFIX", "MCPServer", "MCPServerStatistics"]
+__all__ = ["DEFAULT_TOOL_POLICY", "META_PREFIX", "MCPServer", "MCPServerStatistics",
+           "ToolRegistry", "ToolStatus"]

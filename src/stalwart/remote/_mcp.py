@@ -189,6 +189,7 @@ class MCPServer:
         self._outputs: dict[str, Any] = {}
         self._session: _Session | None = None
         self._lock: asyncio.Lock | None = None
+        self._listeners: list[Callable[[str], None]] = []
         self._connects = self._calls = self._failures = 0
         self._last_error = ""
 
@@ -285,6 +286,11 @@ class MCPServer:
         return MCPServerStatistics(self.name, self.transport, connected, self._connects,
                                    self._calls, self._failures, self._last_error)
 
+    def on_unavailable(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(reason)`` when the connection is lost during a request (a
+        registry marks the server's tools unhealthy and checks again soon)."""
+        self._listeners.append(listener)
+
     async def ping(self) -> None:
         """An MCP ``ping`` (connecting first if needed): the health check.
 
@@ -367,6 +373,8 @@ class MCPServer:
             if lost:
                 await self._drop(session)
                 self._last_error = _one_line(exc)
+                for listener in self._listeners:
+                    listener(self._last_error)
                 raise ToolServerUnavailableError(
                     f"MCP server {self.name!r}: connection lost"
                     + (f" during {tool!r}" if tool else "") + f": {_one_line(exc)}",
