@@ -142,7 +142,7 @@ def test_json_output_is_unchanged_by_the_pipe_rules(cli: Cli, project: Project) 
 # -- help and version -----------------------------------------------------------------
 
 COMMANDS = [[], ["run"], ["resume"], ["signal"], ["cancel"], ["demo"], ["stats"], ["board"],
-            ["worker"], ["runs"], ["runs", "list"], ["runs", "show"], ["runs", "events"],
+            ["tools"], ["worker"], ["runs"], ["runs", "list"], ["runs", "show"], ["runs", "events"],
             ["runs", "trace"], ["runs", "replay"], ["runs", "fork"], ["dlq"],
             ["dlq", "list"], ["dlq", "show"], ["dlq", "retry"], ["workers"],
             ["workers", "list"]]
