@@ -186,3 +186,14 @@ def test_the_inbox_shows_no_decision_without_the_token(dash: Dash, journal: Jour
     with dash.client(journal.store) as client:
         inbox = client.get("/approvals").text
     assert 'data-approval="gate-1/' in inbox and 'action="/approvals/decide"' not in inbox
+
+
+def test_another_sites_name_for_this_machine_gets_nothing(dash: Dash,
+                                                           journal: Journal) -> None:
+    """DNS rebinding: a page of evil.example whose name resolves to 127.0.0.1 sends
+    ``Host: evil.example``; it reads no page and takes no action."""
+    with dash.client(journal.store) as client:
+        page = client.get("/runs", headers={"host": "evil.example:8765"})
+        local = client.get("/runs", headers={"host": "localhost:8765"})
+    assert page.status_code == 400 and "ok-1" not in page.text
+    assert local.status_code == 200

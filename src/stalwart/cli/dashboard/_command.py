@@ -71,7 +71,7 @@ def dashboard(
     try:
         import uvicorn
 
-        from ._web import Settings, create_app
+        from ._web import LOCAL_HOSTS, Settings, create_app
     except ImportError as exc:
         raise CliError(f"the dashboard needs the dashboard extra (pip install "
                        f"'stalwart[dashboard]'): {exc.name} is not installed") from None
@@ -80,8 +80,12 @@ def dashboard(
     run_async(_probe(rt))
     sock = listen(host, port)
     token = secrets.token_urlsafe(18)
+    # Served by name only to this machine's names, and to the address it was told to
+    # bind; bound to every address, to any name.
+    hosts = ("*",) if host in ("0.0.0.0", "::", "") else (*LOCAL_HOSTS, host)
     app = create_app(Settings(store=target if isinstance(target, str) else None,
-                              token=token, read_only=read_only, poll_interval=poll))
+                              token=token, read_only=read_only, poll_interval=poll,
+                              hosts=hosts))
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{bound}/"

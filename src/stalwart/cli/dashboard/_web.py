@@ -24,6 +24,7 @@ from urllib.parse import urlencode
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -55,7 +56,7 @@ from .._views import replay_report, start_fork
 from .._workers import read_fleet
 from ._model import LABEL, ROW, WIDTH, conversations, cost_plot, waterfall
 
-__all__ = ["Settings", "create_app"]
+__all__ = ["LOCAL_HOSTS", "Settings", "create_app"]
 
 HERE = Path(__file__).parent
 PAGE = 50
@@ -65,6 +66,9 @@ TIE_SLACK = PAGE
 most (those the page before showed)."""
 TREE_LIMIT = 200
 """At most this many runs in a run's tree of child runs."""
+
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +83,10 @@ class Settings:
     """No actions at all: their buttons are not shown and their routes refuse."""
     poll_interval: float = 1.0
     """Seconds between two looks at the journal by a live (SSE) page."""
+    hosts: tuple[str, ...] = LOCAL_HOSTS
+    """The ``Host`` headers served (others get 400): a page of another site whose name
+    was made to resolve to 127.0.0.1 (DNS rebinding) reads nothing. ``("*",)`` serves
+    any."""
 
 
 class Guard:
@@ -503,5 +511,6 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={404: not_found})
     app.add_middleware(TokenLink, guard=guard, render=render)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(settings.hosts))
     app.state.runtime = rt  # the read-only runtime the pages read through
     return app
