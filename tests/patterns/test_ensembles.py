@@ -562,3 +562,29 @@ async def test_escalate_approval_asks_a_human_with_the_evidence() -> None:
         assert req.name == "reflexion: ReflexionExhaustedError"
         await app.approve("t", req.step_id, by="ana")
         assert await t.result() == [3, 2]
+
+
+async def test_a_divergent_mixture_approved_by_a_human_aggregates_all_the_same() -> None:
+    """Over escalate_above with escalate="approval": a human sees the answers and the
+    divergence; approved, the aggregator is asked after all."""
+    asked: list[MixtureInput] = []
+
+    def agg(given: MixtureInput) -> str:
+        asked.append(given)
+        return "merged"
+
+    app = sw.Runtime(MemoryStore())
+
+    @app.workflow
+    async def moa(ctx: sw.Context) -> Any:
+        return (await sw.mixture(ctx, [says("x y", "a"), says("z w", "b")], agg, "?",
+                                 escalate_above=0.5, escalate="approval")).output
+
+    async with app:
+        m = await app.start(moa, run_id="m")
+        req = await pending(app, "m")
+        assert (req.name, req.payload["divergence"]) == ("mixture: DivergenceError", 1.0)
+        assert asked == []
+        await app.approve("m", req.step_id, by="ana")
+        assert await m.result() == "merged"
+    assert [g.previous for g in asked] == [["x y", "z w"]]
