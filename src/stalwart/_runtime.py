@@ -72,6 +72,10 @@ M = TypeVar("M")
 IfExists = Literal["compare", "return"]
 """What ``start`` does with a run id that exists: compare inputs, or return the run."""
 
+_INSTANCES_KEPT = 100_000
+"""How many actor instances a runtime remembers as existing (a send to one it does not
+remember makes it first, idempotently: one more round trip)."""
+
 _HOMES: weakref.WeakKeyDictionary[Workflow[Any, Any], Runtime] = weakref.WeakKeyDictionary()
 
 
@@ -248,6 +252,8 @@ class Runtime(Engine):
         self._worker = Worker(self, Context)
         self._started = False
         self._start_lock: asyncio.Lock | None = None
+        self._instances: set[str] = set()
+        """Actor instances known to exist (sent to): ``send`` makes no other first."""
 
     # -- registration ----------------------------------------------------------------
 
@@ -323,8 +329,12 @@ class Runtime(Engine):
             raise ConfigurationError(f"message_id must be a non-empty str, not {message_id!r}")
         mid = message_id or f"m-{uuid.uuid4().hex}"
         await self.open()
-        await deliver(self.store, found, text_key, ActorMessage(mid, body), now=self.clock.now())
         run_id = actor_run_id(found.name, text_key)
+        # Instances are never deleted: one this runtime made or sent to exists.
+        await deliver(self.store, found, text_key, ActorMessage(mid, body),
+                      now=self.clock.now(), exists=run_id in self._instances)
+        if len(self._instances) < _INSTANCES_KEPT:
+            self._instances.add(run_id)
         self.wake_local(run_id)
         self.journal_written(run_id)
         self.poke()

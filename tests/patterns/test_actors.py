@@ -31,6 +31,10 @@ def make_app(store: str, **kw: Any) -> tuple[sw.Runtime, Any, Any, Any]:
             ctx.remind(msg["remind"], msg["after"], {"n": 0, "tick": msg["remind"]})
         if "cancel" in msg:
             ctx.cancel_reminder(msg["cancel"])
+        if msg.get("self_ask"):
+            await ctx.ctx.ask(tally, ctx.key, {"n": 1})
+        if "slow" in msg:
+            await ctx.ctx.sleep(msg["slow"])
         if "tick" in msg:
             ctx.state.fired.append(msg["tick"])
         ctx.state.count += msg.get("n", 0)
@@ -52,6 +56,15 @@ def make_app(store: str, **kw: Any) -> tuple[sw.Runtime, Any, Any, Any]:
             return f"{exc.error_type}:{exc.key}"
         return "no error"
 
+    @app.workflow
+    async def impatient(ctx: sw.Context, key: str) -> str:
+        try:
+            await ctx.ask(tally, key, {"slow": 100, "n": 1}, timeout=10)
+        except sw.SignalTimeoutError:
+            return "timed out"
+        return "answered"
+
+    app.impatient = impatient  # type: ignore[attr-defined]
     return app, tally, asker, failing_ask
 
 
@@ -170,3 +183,38 @@ async def test_bad_input_is_refused_and_nothing_is_recorded(store_url: str) -> N
             await app.send(tally, "k", "not a dict")  # type: ignore[arg-type]
         assert await app.list_runs() == []
     await other.close()
+
+
+async def test_an_instance_asking_itself_is_refused(store_url: str) -> None:
+    """A handler that asks its own instance would wait forever: ContextMisuseError, a
+    handler failure (the state unchanged), before anything is sent."""
+    app, tally, _, _ = make_app(store_url)
+    async with app:
+        await app.send(tally, "s", {"n": 1})
+        await app.send(tally, "s", {"n": 1, "self_ask": True})
+        await app.send(tally, "s", {"n": 1})
+        state = await settle(app, tally, "s", 2)
+        events = await app.events("actor:tally:s")
+    assert state.count == 2
+    failed = [e for e in events if e.name == "actor:tally.commit"
+              and '"stalwart.errors.ContextMisuseError"' in (e.payload or "")]
+    assert len(failed) == 1
+    assert not [e for e in events if (e.name or "").startswith("ask:")]
+
+
+async def test_an_ask_times_out_on_the_clock_and_the_message_is_still_handled(
+        store_url: str) -> None:
+    """ctx.ask(timeout=10) against a handler that sleeps 100 s (virtual): the asker gets
+    SignalTimeoutError at 10 s; the message is handled once when its sleep ends."""
+    clock = sw.FakeClock(start=5_000.0)
+    app, tally, _, _ = make_app(store_url, clock=clock)
+    async with app:
+        handle = await app.start(app.impatient, "t")  # type: ignore[attr-defined]
+        for _ in range(30):
+            await asyncio.sleep(0.1)
+            await clock.advance(5)
+            if (await app.get_run(handle.run_id)).is_terminal and (
+                    await app.actor_state(tally, "t")).count == 1:
+                break
+        assert await handle.result() == "timed out"
+        assert (await app.actor_state(tally, "t")).count == 1

@@ -110,3 +110,18 @@ def test_approval_example(tmp_path: Path) -> None:
     assert lines[2:] == ["refused: ApprovalConflictError",
                          "B-99: not refunded (ana: amount too high)",
                          "audit: approved=True by=ana comment='receipt checked'"]
+
+
+def test_actor_counter_example(tmp_path: Path) -> None:
+    """examples/actor_counter.py: per-page counts, a repeated message id counted once, a
+    workflow's ask, a reminder; a second run goes on from the committed state."""
+    first = run_example("actor_counter.py", tmp_path).splitlines()
+    assert first == [
+        "home: 3 new views (asked by a workflow)",
+        "docs: 1 new view (sent twice, counted once)",
+        "home visitors: ada, alan, edsger",
+        "home reminder fired at count 3",
+        "inspect it: stalwart runs show actor:page_views:home",
+    ]
+    second = run_example("actor_counter.py", tmp_path).splitlines()
+    assert second[:3] == first[:3]

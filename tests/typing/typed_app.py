@@ -95,3 +95,34 @@ async def no_context() -> str:
 @app.workflow  # type: ignore[arg-type]
 def not_async(ctx: sw.Context) -> str:
     return ""
+
+
+class Tally(BaseModel):
+    count: int = 0
+
+
+@app.actor(state=Tally)
+async def tally(ctx: sw.ActorContext[Tally], n: int) -> int:
+    assert_type(ctx.state, Tally)
+    ctx.state.count += n
+    ctx.remind("again", 5.0, n)
+    return ctx.state.count
+
+
+assert_type(tally, sw.Actor[Tally, int, int])
+
+
+@app.workflow
+async def uses_actors(ctx: sw.Context, key: str) -> int:
+    sent = await ctx.send(tally, key, 1)
+    assert_type(sent, str)
+    await ctx.send(tally, key, "one")  # type: ignore[misc]
+    reply = await ctx.ask(tally, key, 2, timeout=10)
+    assert_type(reply, int)
+    return reply
+
+
+async def client_sends() -> None:
+    assert_type(await app.send(tally, "k", 3, message_id="m-1"), str)
+    await app.send(tally, 1.5, 3)  # type: ignore[arg-type]
+    assert_type(await app.actor_state(tally, "k"), Tally)

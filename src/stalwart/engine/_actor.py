@@ -53,6 +53,7 @@ from ..errors import (
     ActorKeyError,
     ActorNotFoundError,
     ConfigurationError,
+    ContextMisuseError,
     LeaseLostError,
     NonDeterminismError,
     ResilienceError,
@@ -227,14 +228,15 @@ def actor_of(engine: Engine, actor: AnyActor | str) -> AnyActor:
 
 
 async def deliver(store: Store, actor: AnyActor, key: str, message: ActorMessage, *,
-                  now: float) -> RunRecord:
-    """Put ``message`` into instance ``key``'s mailbox, making the instance first if it
-    is new (both idempotent: a repeat makes no second instance; a repeated message is
-    ignored by the instance, which knows its id)."""
+                  now: float, exists: bool = False) -> RunRecord:
+    """Put ``message`` into instance ``key``'s mailbox, making the instance first unless
+    ``exists`` says it was made (both idempotent: a repeat makes no second instance; a
+    repeated message is ignored by the instance, which knows its id)."""
     run_id = actor_run_id(actor.name, key)
-    await store.create_run(run_id=run_id, workflow=actor.workflow.name,
-                           input=actor.workflow.encode_input((key,), {}), now=now,
-                           workflow_ref=None)
+    if not exists:
+        await store.create_run(run_id=run_id, workflow=actor.workflow.name,
+                               input=actor.workflow.encode_input((key,), {}), now=now,
+                               workflow_ref=None)
     return await store.send_signal(run_id, MAILBOX, message.to_json(), now=now)
 
 
@@ -416,6 +418,12 @@ async def ask(ex: Execution, target: AnyActor | str, key: object, message: objec
     if timeout is not None and not 0 <= timeout < math.inf:
         raise ValueError(f"ask() needs a finite, non-negative timeout in seconds or None, "
                          f"not {timeout!r}")
+    found = actor_of(ex.engine, target)
+    if actor_run_id(found.name, check_key(key, found.name)) == ex.run_id:
+        raise ContextMisuseError(
+            f"actor {found.name!r} key {key!r} cannot ask itself: it handles one message "
+            "at a time, so the reply would never come (use ctx.send, or call the code "
+            "directly)", run_id=ex.run_id)
     actor, text_key, message_id = await send(ex, target, key, message, ask=True)
     answer = await wait_for_signal(ex, reply_signal(message_id), timeout)
     if answer.get("error") is not None:
