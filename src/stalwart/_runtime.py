@@ -671,7 +671,15 @@ class Runtime(Engine):
         decision = Decision(approved=approved, by=by or _login(), at=self.clock.now(),
                             comment=comment, token=req.token)
         await self.signal(run_id, decision_signal(req.step_id), decision.as_json())
-        return decision
+        # Another decider may have passed judge() at the same time and been stored first:
+        # the first stored is the decision (the run takes it), so judge again against
+        # what is stored now. The other way round is refused (ours stays unread), the
+        # same way returns the first.
+        queued = await self.store.pending_signals(run_id)
+        requests = find_requests(run_id, await self.store.load_events(run_id))
+        _, first = judge(requests, queued, run_id=run_id, which=req.step_id,
+                         approved=approved, token=req.token)
+        return decision if first is None else first
 
     async def cancel(self, run_id: str) -> RunRecord:
         """Cancel a run (and its children); a running one stops at its next step."""

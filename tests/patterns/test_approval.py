@@ -136,6 +136,52 @@ async def test_a_timeout_takes_the_default_or_raises_in_virtual_time() -> None:
             await app.approve("r2", req.step_id)
 
 
+async def test_a_timeouts_default_decision_is_journaled_and_replayed() -> None:
+    """The audit shows what a timeout decided (here: approve), and a replay returns the
+    journaled decision without waiting."""
+    async with memory_app() as app:
+        paid: list[str] = []
+        wf = refund_app(app, paid, timeout=60, default="approve")
+        handle = await app.start(wf, 30, run_id="r1")
+        assert (await handle.result())["by"] == "timeout"
+        assert len(paid) == 1
+        timed_out = [e for e in await app.events("r1")
+                     if e.kind == EventKind.SIGNAL_TIMED_OUT]
+        assert len(timed_out) == 1
+        assert json.loads(timed_out[0].payload or "null")["approved"] is True
+        req = (await sw_requests(app, "r1"))[0]
+        assert req.decision is not None
+        assert (req.decision.approved, req.decision.by, req.decision.timed_out,
+                req.decision.token) == (True, "timeout", True, req.token)
+        report = await app.replay("r1")
+        assert report.deterministic, report.divergences
+        assert len(paid) == 1
+
+
+async def test_an_approve_and_a_deny_at_once_one_wins_and_the_other_is_refused() -> None:
+    """Both pass the check before either is stored: the first stored is the decision,
+    the other caller is told so (not a false success)."""
+    for first in ("approve", "deny"):
+        async with memory_app() as app:
+            paid: list[str] = []
+            wf = refund_app(app, paid)
+            handle = await app.start(wf, 30, run_id="r1")
+            req = await pending(app, "r1")
+            calls = [app.approve("r1", req.step_id, by="ana"),
+                     app.deny("r1", req.step_id, by="bob")]
+            outcomes = await asyncio.gather(*(calls if first == "approve" else calls[::-1]),
+                                            return_exceptions=True)
+            decided = [o for o in outcomes if isinstance(o, sw.Decision)]
+            refused = [o for o in outcomes if isinstance(o, sw.ApprovalConflictError)]
+            assert len(decided) == 1 and len(refused) == 1, outcomes
+            result = await handle.result()
+            assert result["by"] == decided[0].by
+            assert (result["paid"] is not None) == decided[0].approved
+            assert len(paid) == (1 if decided[0].approved else 0)
+            req_after = (await sw_requests(app, "r1"))[0]
+            assert req_after.decision == decided[0]
+
+
 async def sw_requests(app: sw.Runtime, run_id: str) -> list[sw.ApprovalRequest]:
     return find_requests(run_id, await app.events(run_id))
 

@@ -550,6 +550,23 @@ async def test_signals_are_kept_and_delivered_once_in_order(store: Store) -> Non
     assert await store.take_signal(again, "go", "0", now=T0 + 7) is None
 
 
+async def test_pending_signals_are_the_sent_and_not_taken_oldest_first(store: Store) -> None:
+    """``pending_signals`` lists one run's signals not yet taken, in the order sent."""
+    lease = await running(store, "r1")
+    await new_run(store, "r2")
+    assert await store.pending_signals("r1") == []
+    await store.send_signal("r1", "go", '"first"', now=T0 + 1)
+    await store.send_signal("r2", "go", '"theirs"', now=T0 + 1)
+    await store.send_signal("r1", "other", '"o"', now=T0 + 2)
+    await store.send_signal("r1", "go", '"second"', now=T0 + 3)
+    assert await store.pending_signals("r1") == [
+        ("go", '"first"'), ("other", '"o"'), ("go", '"second"')]
+    assert await store.take_signal(lease, "go", "0", now=T0 + 4) == '"first"'
+    assert await store.pending_signals("r1") == [("other", '"o"'), ("go", '"second"')]
+    assert await store.pending_signals("r2") == [("go", '"theirs"')]
+    assert await store.pending_signals("nope") == []
+
+
 async def test_a_signal_wakes_a_waiting_run(store: Store) -> None:
     """A run waiting for a signal (with or without timeout) becomes pending when one comes."""
     lease = await running(store, "r1")

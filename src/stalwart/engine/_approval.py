@@ -20,10 +20,11 @@ The rules that decide whether a decision is accepted live in :func:`judge`, used
 * the other decision after one was made or queued is refused: deny is final, and so is
   approve.
 
-What is not closed: two approvers deciding differently within the same instant both pass
-:func:`judge` before either signal is stored; the run takes the first stored, and the
-other stays unread (``stalwart approvals`` never shows it as the decision). The store
-has no compare-and-set on signals to close it.
+Two deciders at the same instant may both pass :func:`judge` before either decision is
+stored; the run takes the first stored. So ``Runtime._decide`` judges again after
+sending, against what is stored then: the one stored second is told the first decision
+(refused if it went the other way; its signal stays unread, never taken by the run).
+A timeout's default decision is journaled with the timeout, so the audit shows it.
 """
 
 from __future__ import annotations
@@ -150,7 +151,14 @@ async def approval(ex: Execution, name: str, payload: Any, *, timeout: float | N
             if ev.kind == EventKind.SIGNAL_RECEIVED:
                 return Decision.from_json(decode(ev.payload or "{}"))
             if ev.kind == EventKind.SIGNAL_TIMED_OUT:
-                return _timed_out(ex, name, step_id, token, default, ev.created_at)
+                if ev.payload:  # the default decision, as journaled
+                    return Decision.from_json(decode(ev.payload))
+                if default is None:
+                    raise _timeout_error(ex, name, step_id)
+                # A journal from before defaults were journaled: the code's default.
+                return Decision(approved=default == "approve", by="timeout",
+                                at=ev.created_at, comment=None, token=token,
+                                timed_out=True)
         deadline = asked.get("deadline")
     ex.go_live(step_id, step_name)
     if not recorded:
@@ -171,24 +179,30 @@ async def _wait(ex: Execution, name: str, step_id: str, step_name: str, token: s
         if text is not None:
             return Decision.from_json(decode(text))
         if deadline is not None and ex.clock.now() >= deadline:
-            await ex.record([NewEvent(EventKind.SIGNAL_TIMED_OUT, step_id, step_name)])
-            return _timed_out(ex, name, step_id, token, default, ex.clock.now())
+            # The default decision is journaled with the timeout (the audit shows what
+            # the timeout decided); without a default the run fails on this event.
+            decision = (None if default is None else Decision(
+                approved=default == "approve", by="timeout", at=ex.clock.now(),
+                comment=None, token=token, timed_out=True))
+            await ex.record([NewEvent(
+                EventKind.SIGNAL_TIMED_OUT, step_id, step_name,
+                None if decision is None else encode(decision.as_json()))])
+            if decision is None:
+                raise _timeout_error(ex, name, step_id)
+            return decision
         await ex.wait_for_wakeup(deadline, since)
 
 
-def _timed_out(ex: Execution, name: str, step_id: str, token: str,
-               default: Literal["approve", "deny"] | None, at: float) -> Decision:
-    if default is None:
-        raise ApprovalTimeoutError(
-            f"run {ex.run_id}: approval {name!r} was not decided in time",
-            approval=name, run_id=ex.run_id, step_id=step_id)
-    return Decision(approved=default == "approve", by="timeout", at=at, comment=None,
-                    token=token, timed_out=True)
+def _timeout_error(ex: Execution, name: str, step_id: str) -> ApprovalTimeoutError:
+    return ApprovalTimeoutError(
+        f"run {ex.run_id}: approval {name!r} was not decided in time",
+        approval=name, run_id=ex.run_id, step_id=step_id)
 
 
 def find_requests(run_id: str, events: list[Event]) -> list[ApprovalRequest]:
     """Every approval a run's journal holds, oldest first, with its decision (a timeout
-    shows as a decision by ``"timeout"`` only where the run recorded it)."""
+    shows as a decision by ``"timeout"``: its default, or a deny when it had none and
+    the run failed)."""
     asked: dict[str, ApprovalRequest] = {}
     for ev in events:
         if ev.step_id is None:
@@ -202,8 +216,7 @@ def find_requests(run_id: str, events: list[Event]) -> list[ApprovalRequest]:
         elif ev.step_id in asked and ev.kind in (EventKind.SIGNAL_RECEIVED,
                                                  EventKind.SIGNAL_TIMED_OUT):
             req = asked[ev.step_id]
-            decision = (Decision.from_json(decode(ev.payload or "{}"))
-                        if ev.kind == EventKind.SIGNAL_RECEIVED else
+            decision = (Decision.from_json(decode(ev.payload)) if ev.payload else
                         Decision(approved=False, by="timeout", at=ev.created_at,
                                  comment=None, token=req.token, timed_out=True))
             asked[ev.step_id] = _with(req, decision)
