@@ -77,7 +77,7 @@ def main() -> int:
         asyncio.run(fill(url, args.runs))
         filled = time.perf_counter() - started
         app = create_app(Settings(store=url, token="bench", read_only=True))
-        with TestClient(app) as client:
+        with TestClient(app, base_url="http://127.0.0.1:8765") as client:
             cursor_run = f"r{args.runs // 2:07d}"
             rec = client.portal.call(_record, app, cursor_run)  # type: ignore[union-attr]
             pages = {
