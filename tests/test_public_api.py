@@ -22,6 +22,7 @@ PUBLIC = {
     # agents, tools, models
     "Agent", "AgentResult", "Tool", "ToolCall", "ToolArgumentsError", "Model",
     "Grant", "Trust", "Origin", "Sourced", "UnsafeArgumentError", "MCPServer", "ToolRegistry",
+    "A2AAgent", "A2AServer",
     "ToolStatus",
     "parse_model", "SimulatedModel", "SimFaults", "FunctionModel", "OpenAIModel",
     "AnthropicModel", "Message", "ModelOptions",

@@ -160,6 +160,8 @@ from .policies import RateLimit as RateLimit
 from .policies import Retry as Retry
 from .policies import RetryOn as RetryOn
 from .policies import Timeout as Timeout
+from .remote import A2AAgent as A2AAgent
+from .remote import A2AServer as A2AServer
 from .remote import MCPServer as MCPServer
 from .remote import ToolRegistry as ToolRegistry
 from .remote import ToolStatus as ToolStatus
@@ -201,6 +203,8 @@ __all__ = [
     "UnsafeArgumentError",
     # tools and agents from elsewhere
     "MCPServer",
+    "A2AAgent",
+    "A2AServer",
     "ToolRegistry",
     "ToolStatus",
     "Model",

@@ -32,3 +32,15 @@ def test_mcp_time_example(tmp_path: Path) -> None:
     assert first[2] == "calls sent to the server: 1"
     again = run_example("mcp_time.py", tmp_path).splitlines()
     assert again[1] == first[1] and again[2] == "calls sent to the server: 0"
+
+
+def test_a2a_pair_example(tmp_path: Path) -> None:
+    """examples/a2a_pair.py: the desk asks the researcher over A2A once; run again, its
+    run is read from the journal and nothing is sent."""
+    first = run_example("a2a_pair.py", tmp_path).splitlines()
+    assert first == ['answer: {"answer": "42", "question": "what is six times seven?", '
+                     '"words": 5}', "tasks started at the researcher: 1",
+                     "messages sent by the desk: 1"]
+    again = run_example("a2a_pair.py", tmp_path).splitlines()
+    assert again[0] == first[0] and again[1:] == ["tasks started at the researcher: 0",
+                                                  "messages sent by the desk: 0"]

@@ -1,0 +1,109 @@
+"""A2A: a workflow served as an A2A agent (agent card, task lifecycle) and called from
+another runtime as durable steps; the caller SIGKILLed mid-task resumes by re-attaching
+to the remote task (the remote workflow ran once), in two processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import stalwart as sw
+from stalwart.store._base import EventKind
+from stalwart.testing import MemoryStore
+
+from .conftest import free_port, wait_listening
+
+pytestmark = pytest.mark.slow
+
+APPS = Path(__file__).with_name("a2a_apps.py")
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+
+async def test_a_workflow_served_and_called_in_process(tmp_path: Path) -> None:
+    """The card describes the agent; a call is two journaled steps (send: the task id
+    derived from the idempotency key; wait: the result); a failing workflow is a failed
+    task, RemoteToolError at the caller."""
+    port = free_port()
+    async with sw.Runtime(MemoryStore()) as server_app, sw.Runtime(MemoryStore()) as app:
+
+        @server_app.workflow(name="double")
+        async def double(ctx: sw.Context, data: Any) -> Any:
+            if data == "fail":
+                raise ValueError("cannot double that")
+            return {"doubled": [x * 2 for x in data["xs"]]}
+
+        server = sw.A2AServer(server_app, double, name="doubler",
+                              url=f"http://127.0.0.1:{port}/")
+        remote = sw.A2AAgent(f"http://127.0.0.1:{port}", name="doubler")
+
+        @app.workflow
+        async def caller(ctx: sw.Context) -> list[str]:
+            out = await remote.ask(ctx, {"xs": [1, 2, 3]})
+            try:
+                await remote.ask(ctx, "fail")
+            except sw.RemoteToolError as exc:
+                return [json.dumps(out), str(exc)]
+            return [json.dumps(out), "no error"]
+
+        async with server.serving(port=port):
+            async with httpx.AsyncClient() as client:
+                card = (await client.get(
+                    f"http://127.0.0.1:{port}/.well-known/agent-card.json")).json()
+            assert card["name"] == "doubler" and card["skills"][0]["id"] == "double"
+            out, error = await app.run(caller, run_id="c1")
+        assert json.loads(out) == {"doubled": [2, 4, 6]}
+        assert "ended failed" in error and "ValueError: cannot double that" in error
+        steps = [(e.name, json.loads(e.payload or "null")) for e in
+                 await app.store.load_events("c1") if e.kind == EventKind.STEP_COMPLETED]
+        assert steps[0] == ("tool:a2a_doubler_send", "task-sw-c1-1")
+        assert steps[1][0] == "tool:a2a_doubler_wait"
+        assert server.tasks_started == 2
+
+
+def test_a_killed_caller_reattaches_to_the_remote_task(tmp_path: Path) -> None:
+    """Server and caller in two processes; the caller is SIGKILLed while the remote
+    workflow runs; the next caller process resumes: it sends nothing (the task id is
+    journaled), waits on the same task, and the remote workflow ran once."""
+    state = tmp_path / "state"
+    state.mkdir()
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(APPS), "server", str(tmp_path / "s.db"),
+                               str(state), str(port)], env=_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_listening(port, server)
+        url = f"http://127.0.0.1:{port}/"
+        argv = [sys.executable, str(APPS), "client", str(tmp_path / "c.db"), url]
+        first = subprocess.Popen(argv, env=_env(), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not (state / "started.jsonl").exists():
+            assert first.poll() is None, first.communicate()[1]
+            assert time.monotonic() < deadline, "the remote workflow never started"
+            time.sleep(0.02)  # the server writes the file: no event crosses processes
+        first.send_signal(signal.SIGKILL)
+        first.communicate()
+        assert first.returncode == -9
+        (state / "release").write_text("go")
+        second = subprocess.run(argv, env=_env(), capture_output=True, text=True,
+                                timeout=90)
+        assert second.returncode == 0, second.stderr
+        assert json.loads(second.stdout) == {  # nothing sent again: it re-attached
+            "result": "answer to why is the sky blue?", "sent": 0}
+        started = (state / "started.jsonl").read_text().splitlines()
+        assert len(started) == 1  # one remote run, not restarted
+    finally:
+        server.kill()
+        server.communicate()
