@@ -107,3 +107,25 @@ def test_a_killed_caller_reattaches_to_the_remote_task(tmp_path: Path) -> None:
     finally:
         server.kill()
         server.communicate()
+
+
+async def test_the_send_step_reattaches_instead_of_sending_again() -> None:
+    """The send step tried again with the same identity (a crash after the send, before
+    it was journaled) finds the task its idempotency key names and sends nothing."""
+    port = free_port()
+    async with sw.Runtime(MemoryStore()) as server_app:
+
+        @server_app.workflow(name="echo")
+        async def echo(ctx: sw.Context, text: str) -> str:
+            return text
+
+        server = sw.A2AServer(server_app, echo, name="echo", url=f"http://127.0.0.1:{port}/")
+        remote = sw.A2AAgent(f"http://127.0.0.1:{port}/", name="echo")
+        call = sw.ToolCall("run-x", "7", remote.send_tool.name, 1)
+        again = sw.ToolCall("run-x", "7", remote.send_tool.name, 2)
+        async with server.serving(port=port):
+            first = await remote.send_tool.fn({"message": "hi"}, call)
+            second = await remote.send_tool.fn({"message": "hi"}, again)
+            assert first == second == "task-sw-run-x-7"
+            assert remote.sent == 1 and server.tasks_started == 1
+            assert await remote.wait_tool.fn({"task_id": first}, call) == "hi"
