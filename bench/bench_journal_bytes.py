@@ -10,7 +10,10 @@ printed, measured in the same run:
   the SQLite store, and the file's growth;
 * LangGraph's ``SqliteSaver`` running the same conversation as a ``StateGraph`` whose
   state is an accumulating ``messages`` list (``add_messages``): the bytes of its
-  checkpoint and write tables.
+  checkpoint and write tables;
+* the requests the model was sent, summed (each as JSON): what a layout that journals
+  every turn's request would hold at least. stalwart's never did (a replay rebuilds the
+  request from the recorded answers and results); the row shows the O(turns^2) it avoids.
 
 Target (exit 1 when missed): stalwart's journal <= 2x the transcript.
 
@@ -39,8 +42,9 @@ def lookup(i: int) -> str:
     return RESULT.format(i=i)
 
 
-def scripted(turns: int) -> Any:
+def scripted(turns: int, sent: list[int]) -> Any:
     def reply(request: sw.ModelRequest) -> Any:
+        sent.append(len(request.model_dump_json()))
         done = sum(1 for m in request.messages if m.role == "tool")
         if done < turns:
             return sw.ToolCallRequest.create(f"call-{done}", "lookup", {"i": done})
@@ -53,11 +57,12 @@ def transcript_bytes(messages: tuple[sw.Message, ...]) -> int:
     return sum(len(m.model_dump_json()) for m in messages)
 
 
-async def stalwart_run(folder: Path, turns: int) -> tuple[int, int, int, float]:
+async def stalwart_run(folder: Path, turns: int) -> tuple[int, int, int, float, int]:
     path = folder / "journal.db"
     app = sw.Runtime(str(path))
     tool = app.tool(lookup)
-    agent = sw.Agent("looker", sw.FunctionModel(scripted(turns)), tools=[tool],
+    sent: list[int] = []
+    agent = sw.Agent("looker", sw.FunctionModel(scripted(turns, sent)), tools=[tool],
                      max_iterations=turns + 1)
     messages: list[tuple[sw.Message, ...]] = []
 
@@ -70,6 +75,7 @@ async def stalwart_run(folder: Path, turns: int) -> tuple[int, int, int, float]:
     async with app:
         await app.run(look, run_id="long")  # warm-up of the file's first pages
         before = path.stat().st_size
+        sent.clear()
         start = time.perf_counter()
         await app.run(look, run_id="long-2")
         took = time.perf_counter() - start
@@ -82,7 +88,7 @@ async def stalwart_run(folder: Path, turns: int) -> tuple[int, int, int, float]:
     finally:
         conn.close()
     growth = (folder / "journal.db").stat().st_size - before
-    return transcript_bytes(messages[-1]), int(rows[0]), growth, took
+    return transcript_bytes(messages[-1]), int(rows[0]), growth, took, sum(sent)
 
 
 def langgraph_run(folder: Path, turns: int) -> tuple[int, float] | None:
@@ -138,7 +144,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        floor, journal, growth, took = asyncio.run(stalwart_run(folder, args.turns))
+        floor, journal, growth, took, requests = asyncio.run(stalwart_run(folder, args.turns))
         lang = langgraph_run(folder, args.turns)
     print(f"stalwart bench_journal_bytes  {args.turns}-turn tool-using agent "
           f"(each turn: a tool call and its ~{len(lookup(0))}-char result)")
@@ -147,6 +153,8 @@ def main() -> int:
     print(f"  {'stalwart journal (event rows)':38}{journal:>12,}  {journal / floor:>12.2f}  "
           f"{took:>7.2f}")
     print(f"  {'stalwart journal (file growth)':38}{growth:>12,}  {growth / floor:>12.2f}")
+    print(f"  {'requests, summed (per-turn layout)':38}{requests:>12,}  "
+          f"{requests / floor:>12.2f}")
     if lang is None:
         print("  LangGraph SqliteSaver: not installed (pip install -e '.[bench]')")
     else:
@@ -156,6 +164,7 @@ def main() -> int:
     print(f"journal {journal / floor:.2f}x the transcript (target <= 2x)  "
           f"{'ok' if ok else 'MISS'}")
     print(json.dumps({"transcript": floor, "journal": journal, "file_growth": growth,
+                      "requests": requests,
                       "langgraph": None if lang is None else lang[0]}))
     return 0 if ok else 1
 

@@ -48,3 +48,38 @@ async def test_the_journal_is_linear_in_the_conversation() -> None:
     # Four times the turns, about four times the bytes (a quadratic journal: ~16x).
     assert long / short <= 4.4, (short, long)
     assert long_transcript / short_transcript >= 3.6
+
+
+async def llm_journal_and_transcript(turns: int) -> tuple[int, int]:
+    """A conversation the workflow keeps itself, sending its whole history to
+    ``ctx.llm`` every turn: the journal holds each answer once, never the history."""
+    filler = "observations of the system under load, " * 5
+
+    def reply(request: sw.ModelRequest) -> str:
+        return f"answer {len(request.messages)}: {filler}"
+
+    async with sw.Runtime(MemoryStore(), clock=sw.FakeClock(autojump=True)) as app:
+        model = sw.FunctionModel(reply)
+        seen: list[list[sw.Message]] = []
+
+        @app.workflow
+        async def chat(ctx: sw.Context) -> int:
+            history: list[sw.Message] = []
+            for i in range(turns):
+                history.append(sw.Message.user(f"question {i}: {filler}"))
+                history.append(sw.Message.assistant(await ctx.llm(model, list(history))))
+            seen.append(history)
+            return len(history)
+
+        await app.run(chat, run_id="chat")
+        journal = sum(len(e.payload or "") + len(e.name or "") + len(e.step_id or "")
+                      for e in await app.events("chat"))
+    return journal, sum(len(m.model_dump_json()) for m in seen[-1])
+
+
+async def test_a_conversation_sent_whole_to_ctx_llm_is_journaled_once() -> None:
+    short, short_transcript = await llm_journal_and_transcript(20)
+    long, long_transcript = await llm_journal_and_transcript(80)
+    assert long <= 2 * long_transcript, (long, long_transcript)
+    assert long / short <= 4.4, (short, long)
+    assert long_transcript / short_transcript >= 3.6
