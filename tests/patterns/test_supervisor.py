@@ -323,3 +323,19 @@ async def test_bad_input_is_one_clear_error_and_records_nothing(
     assert kids == []
     assert [e.kind for e in events] == [EventKind.RUN_CREATED, EventKind.RUN_CLAIMED,
                                         EventKind.RUN_FAILED]
+
+
+async def test_outcomes_come_in_the_order_the_children_were_given() -> None:
+    """The first child ends last: the outcomes are still keyed in the given order (the
+    order of ending is the machine's, and a returned dict is journaled as it is)."""
+    fx = make_app()
+    async with fx.app as app:
+        @app.workflow
+        async def lead(ctx: sw.Context) -> list[str]:
+            outcomes = await ctx.supervise([
+                spec(fx.flaky, "slow", 0, 30.0, id="slow"),
+                spec(fx.flaky, "quick", 0, 1.0, id="quick"),
+                spec(fx.flaky, "middle", 0, 10.0, id="middle")])
+            return list(outcomes)
+
+        assert await app.run(lead) == ["slow", "quick", "middle"]

@@ -20,7 +20,8 @@ them when they end, as each child's *restart type* and the supervisor's *strateg
   children (``one_for_all``) counts once.
 
 ``supervise`` returns when no child runs and none is due to be restarted (so never while
-a ``permanent`` child lives): the last outcome of each child, by id.
+a ``permanent`` child lives): the last outcome of each child, by id, in the order the
+children were given.
 
 Everything a supervisor decides rests on journaled steps (``ctx.start_child``,
 ``ctx.wait_any``, ``ctx.cancel_child``, ``ctx.now``: the engine's step functions behind
@@ -201,4 +202,6 @@ async def supervise(ex: Execution, children: Sequence[Any], *, strategy: Strateg
                        name="supervisor:restart")
         for m in again:
             await tree.start(m)
-    return dict(tree.last)
+    # In the order the children were given, not the order they ended in (which the
+    # machine's load decides).
+    return {cid: tree.last[cid] for cid in tree.order if cid in tree.last}
