@@ -38,6 +38,7 @@ PART_OF_PACKAGE = {
     "stalwart.store": "store",
     "stalwart.engine": "engine",
     "stalwart.patterns": "patterns",
+    "stalwart.memory": "memory",
     "stalwart.telemetry": "telemetry",
     "stalwart.cli": "cli",
     "stalwart.testing": "testing",
@@ -52,21 +53,23 @@ ALLOWED: dict[str, set[str]] = {
     "store": {"foundation"},
     "engine": {"foundation", "models", "policies", "store"},
     "context": {"foundation", "models", "policies", "store", "engine"},
-    "agents": {"foundation", "models", "policies", "store", "engine", "context"},
-    "patterns": {"foundation", "models", "policies", "store", "engine", "context", "agents"},
+    "memory": {"foundation", "models", "policies", "store", "engine", "context"},
+    "agents": {"foundation", "models", "policies", "store", "engine", "context", "memory"},
+    "patterns": {"foundation", "models", "policies", "store", "engine", "context", "agents",
+                 "memory"},
     "runtime": {"foundation", "models", "policies", "store", "engine", "context"},
     "api": {"foundation", "models", "policies", "store", "engine", "context", "agents",
-            "patterns", "runtime", "tools", "remote"},
+            "patterns", "runtime", "tools", "remote", "memory"},
     # tools and agents from elsewhere (MCP, A2A) and the registry: over the engine's
     # tools, the context (remote agents as steps) and the runtime (a workflow served)
     "remote": {"foundation", "models", "policies", "store", "engine", "context", "agents",
-               "runtime"},
+               "runtime", "memory"},
     "tools": {"foundation"},  # helpers for tool bodies: what they refuse is an error
     "telemetry": {"foundation"},  # and the engine's interceptor protocol: TELEMETRY_SEES
     "cli": {"foundation", "models", "policies", "store", "engine", "context", "agents",
-            "patterns", "runtime", "api", "telemetry", "cli", "remote"},
+            "patterns", "runtime", "api", "telemetry", "cli", "remote", "memory"},
     "testing": {"foundation", "models", "policies", "store", "engine", "context", "agents",
-                "patterns", "runtime", "api", "telemetry", "cli", "remote"},
+                "patterns", "runtime", "api", "telemetry", "cli", "remote", "memory"},
 }
 """Who may import whom (besides itself): the table of docs/design.md."""
 

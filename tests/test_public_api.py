@@ -28,6 +28,8 @@ PUBLIC = {
     "AnthropicModel", "Message", "ModelOptions",
     "ModelRequest", "ModelResponse", "ToolCallRequest", "ToolSpec", "Usage",
     "count_tokens",
+    # context windows
+    "ContextWindow", "Reject", "Evict", "Summarize", "ModelLimits",
     # policies, budgets, cost, time travel
     "Policy", "INHERIT", "DEFAULT_POLICY", "PolicyNote", "Retry", "RetryOn", "Timeout",
     "CircuitBreakerConfig", "BulkheadConfig", "RateLimit", "Budget", "Price", "PriceTable",
@@ -42,7 +44,8 @@ PUBLIC = {
     "StoreError",
     "NotAStalwartStoreError", "SchemaVersionError", "StoreCorruptedError", "LeaseLostError",
     "RunNotFoundError", "WorkflowNotFoundError", "NonDeterminismError", "RemoteError",
-    "ContextMisuseError", "SignalTimeoutError", "RunFailedError", "RunCancelledError",
+    "ContextMisuseError", "ContextOverflowError", "SignalTimeoutError", "RunFailedError",
+    "RunCancelledError",
     "RestartIntensityError", "SagaAbortedError", "CompensationFailedError",
     "GraphBuildError", "HandoffError", "HandoffContractError", "HandoffLimitError",
     "HandoffLoopError", "GraphError", "GraphStepLimitError", "EnsembleError",
@@ -61,7 +64,7 @@ PUBLIC = {
 
 PACKAGES = ["stalwart", "stalwart.testing", "stalwart.models", "stalwart.policies",
             "stalwart.store", "stalwart.telemetry", "stalwart.patterns", "stalwart.tools",
-            "stalwart.remote"]
+            "stalwart.remote", "stalwart.memory"]
 
 # Classes meant to be subclassed: the interceptor base of telemetry hooks.
 EXTENSION_POINTS = {"Interceptor"}

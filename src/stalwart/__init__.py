@@ -63,6 +63,7 @@ from .errors import CompensationFailedError as CompensationFailedError
 from .errors import ConfigurationError as ConfigurationError
 from .errors import ContentFilterError as ContentFilterError
 from .errors import ContextMisuseError as ContextMisuseError
+from .errors import ContextOverflowError as ContextOverflowError
 from .errors import DivergenceError as DivergenceError
 from .errors import DuplicateToolError as DuplicateToolError
 from .errors import EnsembleError as EnsembleError
@@ -118,9 +119,14 @@ from .errors import ToolServerError as ToolServerError
 from .errors import ToolServerUnavailableError as ToolServerUnavailableError
 from .errors import UnsafeArgumentError as UnsafeArgumentError
 from .errors import WorkflowNotFoundError as WorkflowNotFoundError
+from .memory import ContextWindow as ContextWindow
+from .memory import Evict as Evict
+from .memory import Reject as Reject
+from .memory import Summarize as Summarize
 from .models import FunctionModel as FunctionModel
 from .models import Message as Message
 from .models import Model as Model
+from .models import ModelLimits as ModelLimits
 from .models import ModelOptions as ModelOptions
 from .models import ModelRequest as ModelRequest
 from .models import ModelResponse as ModelResponse
@@ -222,6 +228,12 @@ __all__ = [
     "ToolSpec",
     "Usage",
     "count_tokens",
+    # context windows
+    "ContextWindow",
+    "Reject",
+    "Evict",
+    "Summarize",
+    "ModelLimits",
     # resilience policies
     "Policy",
     "INHERIT",
@@ -290,6 +302,7 @@ __all__ = [
     "NonDeterminismError",
     "RemoteError",
     "ContextMisuseError",
+    "ContextOverflowError",
     "SignalTimeoutError",
     "ApprovalError",
     "ApprovalNotFoundError",

@@ -15,6 +15,11 @@ Such an answer is a semantic failure of the model that gave it: it counts agains
 model's circuit breaker and is journaled (``check_failed``) for the statistics.
 
 An agent's :class:`~stalwart.Budget` holds one ``run`` of it, on top of the run's.
+
+With a :class:`~stalwart.ContextWindow` (``context=``), each request is measured before
+it is sent and one that would not fit is handled by the window's policy, explicitly and
+journaled (see :mod:`stalwart.memory`); without one, every request carries the whole
+conversation.
 """
 
 from __future__ import annotations
@@ -61,6 +66,8 @@ from .errors import (
     StoreError,
     ToolLoopError,
 )
+from .memory._history import History, model_key
+from .memory._window import ContextWindow, fixed_tokens, message_tokens
 from .models import (
     MAX_ARGUMENT_BYTES,
     MAX_ARGUMENT_DEPTH,
@@ -212,6 +219,13 @@ class Agent(Generic[OutT]):
             journaled step, ``tools:<agent>``); unavailable tools leave the model's tool
             list, the model is told which and why (and when they are back), and a call
             to one anyway gets a ``tool_unavailable`` error, not executed.
+        context: a :class:`~stalwart.ContextWindow` over the agent's history: a
+            capacity (default: the model's, from the limits table) and the policy that
+            acts, journaled, when a request would not fit. ``None``: no window.
+
+    Raises:
+        ConfigurationError: bad bounds or tools; a context window for a model with no
+            known limit and no ``capacity``; a capacity the system prompt alone exceeds.
     """
 
     def __init__(
@@ -238,6 +252,7 @@ class Agent(Generic[OutT]):
         grant: Grant | None = None,
         trust: Trust | None = DEFAULT_TRUST,
         health: ToolHealthView | None = None,
+        context: ContextWindow | None = None,
     ) -> None:
         if not name:
             raise ConfigurationError("an agent needs a name")
@@ -277,6 +292,31 @@ class Agent(Generic[OutT]):
         self.capture_content = _checked_capture(name, capture_content)
         self._adapter: TypeAdapter[Any] | None = (
             TypeAdapter(output_type) if output_type is not None else None)
+        if context is not None and not isinstance(context, ContextWindow):
+            raise ConfigurationError(f"agent {name!r}: context must be a ContextWindow")
+        self.context = context
+        if context is not None:
+            self._check_window(context)
+
+    def _check_window(self, window: ContextWindow) -> None:
+        """Refuse a window its model has no limit for, or that the pinned system prompt
+        (with the tool definitions) does not fit."""
+        key = (self.model if isinstance(self.model, str)
+               else f"{self.model.provider}:{self.model.name}")
+        limit = window.resolve(key, max_tokens=self.options.max_tokens)
+        tok = limit.tokenizer
+        system = self._system_prompt()
+        pinned = fixed_tokens(tok, [t.spec for t in self.tools.values()],
+                              self._adapter.json_schema() if self._adapter else None)
+        if system:
+            pinned += message_tokens(tok, Message.system(system))
+        if pinned > limit.limit:
+            raise ConfigurationError(
+                f"agent {self.name!r}: the context window allows {limit.limit} tokens "
+                f"(capacity {limit.capacity} - reserve_output {limit.reserve_output}"
+                f"{f', margin {limit.margin:.0%}' if limit.margin else ''}) but the "
+                f"system prompt and tool definitions alone take {pinned}, and they are "
+                "pinned: give a larger capacity or shorter instructions")
 
     def __repr__(self) -> str:
         return f"<Agent {self.name} model={self.model!r}>"
@@ -353,11 +393,13 @@ class Agent(Generic[OutT]):
                    == "allow"]
         specs = (*(t.spec for t in offered), *(o.spec for o in offers.values()))
         output_schema = self._adapter.json_schema() if self._adapter is not None else None
+        history = self._history(ex, specs, output_schema, effective)
         for _turn in range(self.max_iterations):
             if self.health is not None:
                 specs = await self._healthy_specs(ex, turns, offered, offers)
-            request = ModelRequest(messages=tuple(turns.messages), tools=specs,
-                                   options=self.options, output_schema=output_schema)
+            request = ModelRequest(messages=await history.request(ex, turns.messages),
+                                   tools=specs, options=self.options,
+                                   output_schema=output_schema)
             turn_id = ex.next_step_id()
             origins = NewEvent(EventKind.CONTEXT_ORIGINS, turn_id, f"chat:{self.name}",
                                origins_payload(turns.messages, turns.journaled, self.trust))
@@ -399,6 +441,18 @@ class Agent(Generic[OutT]):
         turns.unavailable = down
         return (*(t.spec for t in offered if t.name not in down),
                 *(o.spec for o in offers.values()))
+
+    def _history(self, ex: Execution, specs: Sequence[ToolSpec],
+                 output_schema: dict[str, Any] | None, policy: Policy) -> History:
+        """The conversation's window for this run (none without ``context``)."""
+        window = self.context
+        limit = None
+        if window is not None:
+            limit = window.resolve(model_key(ex, self.model),
+                                   max_tokens=self.options.max_tokens)
+        return History(agent=self.name, window=window, limit=limit, tools=specs,
+                       output_schema=output_schema, model=self.model, policy=policy,
+                       pool=self.pool)
 
     def _opening(self, input: Any) -> list[Message]:
         """The conversation's start: the system prompt (if any) and the input, each

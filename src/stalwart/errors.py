@@ -24,6 +24,8 @@ seconds, or ``None``) and where it happened (``run_id``, ``step_id``, ``attempt`
     ├── RemoteError                   a recorded error of a type not rebuilt from the
     │                                 journal (type name, message, traceback, attributes)
     ├── ContextMisuseError            ctx used where it must not be (inside a step, ...)
+    ├── ContextOverflowError          a request would not fit its context window, and
+    │                                 its policy could not (or may not) make it fit
     ├── SignalTimeoutError            ctx.wait_for_signal timed out
     ├── RunFailedError                handle.result() of a failed run
     ├── RunCancelledError             handle.result() of a cancelled run
@@ -143,6 +145,7 @@ __all__ = [
     "ConfigurationError",
     "ContentFilterError",
     "ContextMisuseError",
+    "ContextOverflowError",
     "InvalidRequestError",
     "LeaseLostError",
     "MalformedResponseError",
@@ -395,6 +398,31 @@ class RemoteError(StalwartError):
 
 class ContextMisuseError(StalwartError):
     """The workflow context was used where it must not be (inside a step, after the run)."""
+
+
+class ContextOverflowError(StalwartError):
+    """A model request would not fit its :class:`~stalwart.ContextWindow`: the window's
+    policy is ``reject``, or no policy could make room without dropping a pinned message
+    (the system prompt, the task, the latest user turn). Raised before the call: the
+    provider never sees the request. Not retryable: the same history overflows again.
+
+    Attributes:
+        needed: tokens the request counts.
+        limit: tokens the window allows a request (capacity - reserve, less a margin).
+        capacity, reserve_output: the window's numbers.
+        pinned: tokens of what may not be moved (the floor of any policy).
+    """
+
+    journal_attributes = ("needed", "limit", "capacity", "reserve_output", "pinned")
+
+    def __init__(self, message: str, *, needed: int, limit: int, capacity: int,
+                 reserve_output: int, pinned: int, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.needed = needed
+        self.limit = limit
+        self.capacity = capacity
+        self.reserve_output = reserve_output
+        self.pinned = pinned
 
 
 class SignalTimeoutError(StalwartError):

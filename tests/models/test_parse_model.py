@@ -86,7 +86,9 @@ def test_public_names_are_pinned() -> None:
         "ScriptedReply", "SimStatistics", "Tokenizer", "TiktokenTokenizer",
         "ApproximateTokenizer", "count_tokens", "get_tokenizer", "parse_retry_after",
         "FunctionModel", "ModelFunction", "parse_tool_arguments", "MAX_ARGUMENT_BYTES",
-        "MAX_ARGUMENT_DEPTH",
+        "MAX_ARGUMENT_DEPTH", "CharClassEstimator", "ScaledTokenizer", "EncodingLoader",
+        "ANTHROPIC_FACTOR", "ESTIMATE_ERROR", "load_encoding", "encoding_for", "ModelLimits",
+        "MODEL_LIMITS", "model_limits",
     ])
     for name in models.__all__:
         assert getattr(models, name) is not None

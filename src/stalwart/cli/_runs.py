@@ -287,6 +287,9 @@ def render_story(out: Console, story: RunStory, children: list[RunRecord],
             table.add_row(st.step_id, Text(st.name), Text(st.outcome, style=style),
                           took, "reused" if st.execution is None else f"#{st.execution}",
                           Text(preview(detail, 60)))
+            for line in st.window:
+                table.add_row("", "", Text("context", style="yellow"), "", "",
+                              Text(preview(line, 60)))
             for line in st.repairs:
                 table.add_row("", "", Text("repaired", style="yellow"), "", "",
                               Text(preview(line, 60)))

@@ -39,7 +39,8 @@ _END_KINDS = {
 }
 _RUN_KINDS = frozenset(kind for kind in EventKind if kind.value.startswith("run_"))
 _NOTES = frozenset({EventKind.TOOL_CALL_REPAIRED, EventKind.TOOL_CALL_REFUSED,
-                    EventKind.TOOL_CALL_APPROVAL, EventKind.CONTEXT_ORIGINS})
+                    EventKind.TOOL_CALL_APPROVAL, EventKind.CONTEXT_ORIGINS,
+                    EventKind.CONTEXT_WINDOW})
 """Events about a step written after its outcome: kept beside it, not among its own."""
 _TIMED = (EventKind.CALL_TIMED, EventKind.STEP_TIMED)
 """Events about the run as a whole. The one that ends a run names the step that ended it
@@ -103,6 +104,8 @@ class Step:
     origins: tuple[str, ...] = ()
     """Where the messages this model turn saw first came from (``user``,
     ``tool:search (untrusted)``...)."""
+    window: tuple[str, ...] = ()
+    """What the agent's context window did before this call, one line per action."""
 
     @property
     def duration(self) -> float | None:
@@ -121,7 +124,8 @@ class Step:
                 "duration_under": self.under, "execution": self.execution,
                 "reused": self.reused, "detail": self.detail, "seq": self.seq,
                 "wake_at": self.wake_at, "repairs": list(self.repairs),
-                "refusals": list(self.refusals), "origins": list(self.origins)}
+                "refusals": list(self.refusals), "origins": list(self.origins),
+                "window": list(self.window)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,9 +285,12 @@ def read_story(run: RunRecord, events: list[Event], *, now: float | None = None)
                                        EventKind.TOOL_CALL_APPROVAL))
         origins = tuple(line for e in noted if e.kind == EventKind.CONTEXT_ORIGINS
                         for line in _origin_lines(e))
-        if under is not None or repairs or refusals or origins:
+        window = tuple(window_line(e.payload) for e in noted
+                       if e.kind == EventKind.CONTEXT_WINDOW)
+        if under is not None or repairs or refusals or origins or window:
             st = replace(st, under=under if st.outcome in ("completed", "failed") else None,
-                         repairs=repairs, refusals=refusals, origins=origins)
+                         repairs=repairs, refusals=refusals, origins=origins,
+                         window=window)
         steps.append(st)
     return RunStory(run=run, executions=executions, steps=steps)
 
@@ -329,6 +336,21 @@ def _number(payload: str | None, key: str) -> float | None:
     except (ValueError, AttributeError):
         return None
     return float(value) if isinstance(value, int | float) else None
+
+
+def window_line(payload: str | None) -> str:
+    """``evict 3 messages (9,412 tokens): why; 12,000 -> 7,900 of 8,000`` of a
+    ``context_window`` event."""
+    try:
+        info = json.loads(payload or "{}")
+    except ValueError:
+        info = {}
+    moved = info.get("moved") or []
+    tokens = sum(int(m.get("tokens", 0)) for m in moved if isinstance(m, dict))
+    what = f"{len(moved)} message{'s' if len(moved) != 1 else ''} ({tokens:,} tokens)"
+    return (f"{info.get('action', '?')} {what}: {info.get('reason', '')}; "
+            f"{info.get('before', '?'):,} -> {info.get('after', '?'):,} of "
+            f"{info.get('limit', '?'):,}")
 
 
 def _repair_line(ev: Event) -> str:

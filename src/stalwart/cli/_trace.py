@@ -38,8 +38,9 @@ class TraceNode:
     kind: str
     """``run``, ``gather``, ``branch``, ``agent``, ``model``, ``tool``, ``step`` or
     ``repair`` (a malformed tool call of a model turn, sent back to the model) or
-    ``refused`` (a tool call least privilege refused: not executed, audited) or
-    ``context`` (where the messages a model turn saw came from)."""
+    ``refused`` (a tool call least privilege refused: not executed, audited),
+    ``context`` (where the messages a model turn saw came from) or ``window`` (what the
+    agent's context window moved before the call, and why)."""
     step_id: str | None = None
     started_at: float | None = None
     ended_at: float | None = None
@@ -123,6 +124,9 @@ def _leaf(st: Step, call: CallUsage | None) -> TraceNode:
                                 outcome="approval decided (audited)")
                       for line in st.refusals
                       if ": approved:" in line or ": not approved:" in line]
+    # What the context window moved before this call, and why.
+    node.children[:0] = [TraceNode(label=f"window {line}", kind="window")
+                         for line in st.window]
     return node
 
 

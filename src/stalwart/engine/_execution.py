@@ -78,8 +78,9 @@ log = logging.getLogger("stalwart.engine")
 
 _OUTCOMES = (EventKind.STEP_COMPLETED, EventKind.STEP_FAILED)
 _NOTE_EVENTS = frozenset({EventKind.TOOL_CALL_REPAIRED, EventKind.TOOL_CALL_REFUSED,
-                          EventKind.TOOL_CALL_APPROVAL})
-"""Notes about a model turn's tool calls, keyed by the call's id (see :meth:`note`)."""
+                          EventKind.TOOL_CALL_APPROVAL, EventKind.CONTEXT_WINDOW})
+"""Notes about a model turn: its tool calls, keyed by the call's id, and what its
+context window did, keyed by ``key`` (see :meth:`note`)."""
 _STEP_EVENTS = frozenset({
     EventKind.STEP_COMPLETED, EventKind.STEP_FAILED, EventKind.ATTEMPT_FAILED,
     EventKind.TIMER_STARTED, EventKind.SIGNAL_WAIT_STARTED, EventKind.SIGNAL_RECEIVED,
@@ -152,8 +153,9 @@ class Execution:
         self.recorded: dict[str, list[Event]] = {}
         self._redriven: dict[str, int] = {}
         self._call_started: dict[str, str] = {}
-        self._noted: set[tuple[str, str]] = set()
-        """(step id, key) of the notes the journal holds (see :meth:`note`)."""
+        self._noted: dict[tuple[str, str], str] = {}
+        """The notes the journal holds, by (step id, key): their payloads (see
+        :meth:`note`)."""
         self.redrives = 0
         """How many times ``dlq retry`` sent the run through again."""
         self.redriven_at: float | None = None
@@ -169,7 +171,7 @@ class Execution:
             elif ev.step_id is not None and ev.kind in _STEP_EVENTS:
                 self.recorded.setdefault(ev.step_id, []).append(ev)
             elif ev.kind in _NOTE_EVENTS and ev.step_id is not None:
-                self._noted.add((ev.step_id, _note_key(ev.payload)))
+                self._noted[(ev.step_id, _note_key(ev.payload))] = ev.payload or ""
             elif ev.kind in (EventKind.CALL_TIMED, EventKind.STEP_TIMED) and ev.step_id:
                 self._call_started[ev.step_id] = ev.payload or ""
             elif ev.kind == EventKind.RUN_FORKED:
@@ -327,7 +329,12 @@ class Execution:
         if self.replay_only or (event.step_id, key) in self._noted:
             return
         await self.record([event])
-        self._noted.add((event.step_id, key))
+        self._noted[(event.step_id, key)] = event.payload or ""
+
+    def recorded_note(self, step_id: str, key: str) -> str | None:
+        """The payload of the note ``key`` about ``step_id`` the journal holds (``None``:
+        none), so that a replay can check it decides as the recorded run did."""
+        return self._noted.get((step_id, key))
 
     async def take_signal(self, name: str, step_id: str) -> str | None:
         self.wakeup.clear()
@@ -544,7 +551,8 @@ class Execution:
 
 def _note_key(payload: str | None) -> str:
     try:
-        return str(json.loads(payload or "{}").get("call_id", ""))
+        info = json.loads(payload or "{}")
+        return str(info.get("call_id", info.get("key", "")))
     except (ValueError, AttributeError):
         return ""
 

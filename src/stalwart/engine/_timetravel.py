@@ -53,6 +53,7 @@ _COPIED = frozenset({
     EventKind.SIGNAL_TIMED_OUT, EventKind.CHILD_STARTED, EventKind.CALL_TIMED,
     EventKind.CHECK_FAILED, EventKind.STEP_TIMED, EventKind.TOOL_CALL_REPAIRED,
     EventKind.TOOL_CALL_REFUSED, EventKind.TOOL_CALL_APPROVAL, EventKind.CONTEXT_ORIGINS,
+    EventKind.CONTEXT_WINDOW,
 })
 _SETTLED = frozenset({EventKind.STEP_COMPLETED, EventKind.STEP_FAILED,
                       EventKind.SIGNAL_RECEIVED, EventKind.SIGNAL_TIMED_OUT})

@@ -15,16 +15,26 @@ from ._base import parse_model as parse_model
 from ._failures import parse_retry_after as parse_retry_after
 from ._function import FunctionModel as FunctionModel
 from ._function import ModelFunction as ModelFunction
+from ._limits import MODEL_LIMITS as MODEL_LIMITS
+from ._limits import ModelLimits as ModelLimits
+from ._limits import model_limits as model_limits
 from ._simulated import Latency as Latency
 from ._simulated import ScriptedReply as ScriptedReply
 from ._simulated import SimFaults as SimFaults
 from ._simulated import SimStatistics as SimStatistics
 from ._simulated import SimulatedModel as SimulatedModel
+from ._tokens import ANTHROPIC_FACTOR as ANTHROPIC_FACTOR
+from ._tokens import ESTIMATE_ERROR as ESTIMATE_ERROR
 from ._tokens import ApproximateTokenizer as ApproximateTokenizer
+from ._tokens import CharClassEstimator as CharClassEstimator
+from ._tokens import EncodingLoader as EncodingLoader
+from ._tokens import ScaledTokenizer as ScaledTokenizer
 from ._tokens import TiktokenTokenizer as TiktokenTokenizer
 from ._tokens import Tokenizer as Tokenizer
 from ._tokens import count_tokens as count_tokens
+from ._tokens import encoding_for as encoding_for
 from ._tokens import get_tokenizer as get_tokenizer
+from ._tokens import load_encoding as load_encoding
 from ._types import MAX_ARGUMENT_BYTES as MAX_ARGUMENT_BYTES
 from ._types import MAX_ARGUMENT_DEPTH as MAX_ARGUMENT_DEPTH
 from ._types import FinishReason as FinishReason
@@ -78,8 +88,19 @@ __all__ = [
     "Tokenizer",
     "TiktokenTokenizer",
     "ApproximateTokenizer",
+    "CharClassEstimator",
+    "ScaledTokenizer",
+    "EncodingLoader",
+    "ANTHROPIC_FACTOR",
+    "ESTIMATE_ERROR",
     "count_tokens",
     "get_tokenizer",
+    "load_encoding",
+    "encoding_for",
+    # context limits
+    "ModelLimits",
+    "MODEL_LIMITS",
+    "model_limits",
     # helpers
     "parse_retry_after",
 ]

@@ -144,6 +144,10 @@ class EventKind(enum.StrEnum):
     """Where the messages an agent's model turn saw came from (those not journaled with
     an earlier turn): their index, role, origin and whether the agent trusts it;
     journaled in the same append as the turn's outcome."""
+    CONTEXT_WINDOW = "context_window"
+    """A context window's policy acted before a model call (evicted, stubbed, expired,
+    summarized, paged or rejected messages); ``step_id`` is the call's step, ``name``
+    the agent, the payload what moved and why (see ``stalwart.memory``)."""
 
 
 STEP_TIMED_AFTER = 0.002

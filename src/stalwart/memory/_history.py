@@ -1,0 +1,191 @@
+"""An agent run's conversation behind its context window: the window's decisions,
+carried out and journaled.
+
+Before each model turn the agent hands its conversation to :meth:`History.request`.
+Without a window that is the whole conversation, as before. With one, the new messages
+are counted (only those), and if the request would not fit, the window's policy acts;
+each action is journaled as a ``context_window`` event on the step of the call it
+prepares (``runs trace`` and ``runs show`` print it under that call) before the call is
+made. A summary is itself a durable model step, so a resumed run reads it back instead
+of summarizing again. The decisions are a pure function of the conversation, which a
+replay reproduces from the journal; a replay that decides otherwise than the journal
+says raises :class:`~stalwart.errors.NonDeterminismError`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..engine._execution import Execution
+from ..engine._llm import model_turn
+from ..engine._policy import Policy
+from ..errors import NonDeterminismError
+from ..models import Message, Model, ModelOptions, ModelRequest, ToolSpec
+from ..store._base import EventKind, NewEvent
+from ._window import (
+    ContextWindow,
+    Decision,
+    Entry,
+    Evict,
+    Reject,
+    Summarize,
+    WindowLimit,
+    WindowState,
+    evict,
+    fixed_tokens,
+    message_tokens,
+    moved,
+    oldest_span,
+    overflow,
+)
+
+__all__ = ["History", "model_key"]
+
+SUMMARY_HEADER = "[Summary of earlier conversation, messages {first}-{last}]\n"
+
+
+def model_key(ex: Execution, model: str | Model) -> str:
+    """``provider:name`` of the model an agent names (what the limits table is keyed by)."""
+    m = ex.engine.model(model)
+    return f"{m.provider}:{m.name}"
+
+
+class History:
+    """The conversation of one agent run and, with a window, what its requests hold.
+
+    Args:
+        agent: the agent's name (the journal's ``name`` of each window event).
+        window, limit: the window and its numbers for the agent's model (``None``: no
+            window; every request carries the whole conversation).
+        tools, output_schema: what each request carries besides messages.
+        model, policy, pool: the agent's model and call policy (a summary's defaults).
+    """
+
+    __slots__ = (
+        "_counted",
+        "_limit",
+        "_policy",
+        "_pool",
+        "_window",
+        "agent",
+        "model",
+        "state",
+    )
+
+    def __init__(self, *, agent: str, window: ContextWindow | None,
+                 limit: WindowLimit | None, tools: Sequence[ToolSpec],
+                 output_schema: dict[str, Any] | None, model: str | Model, policy: Policy,
+                 pool: str | None) -> None:
+        self.agent = agent
+        self.model = model
+        self._window = window
+        self._limit = limit
+        self._policy = policy
+        self._pool = pool
+        self._counted = 0
+        self.state: WindowState | None = None
+        if window is not None and limit is not None:
+            lru = isinstance(window.window_policy, Evict) and window.window_policy.order == "lru"
+            self.state = WindowState(limit.tokenizer,
+                                     fixed_tokens(limit.tokenizer, tools, output_schema),
+                                     track_references=lru)
+
+    async def request(self, ex: Execution, transcript: Sequence[Message],
+                      ) -> tuple[Message, ...]:
+        """The messages of the next request: ``transcript`` (the whole conversation so
+        far) as the window lets it through, after its policy acted (journaled)."""
+        state, limit, window = self.state, self._limit, self._window
+        if state is None or limit is None or window is None:
+            return tuple(transcript)
+        for message in transcript[self._counted:]:
+            state.add(message)
+        self._counted = len(transcript)
+        state.turn += 1
+        policy = window.window_policy
+        decisions: list[tuple[str, Decision]] = []
+        if isinstance(policy, Evict):
+            step = ex.next_step_id()
+            decisions = [(step, d) for d in evict(state, policy, limit)]
+        elif state.total > limit.limit and isinstance(policy, Summarize):
+            decisions = await self._summarize(ex, state, limit, policy)
+        step = ex.next_step_id()
+        for i, (at, d) in enumerate(decisions):
+            await self._journal(ex, at, f"window:{i}", d)
+        if state.total > limit.limit:
+            err = overflow(state, limit, model=model_key(ex, self.model))
+            await self._journal(ex, step, "window:reject", Decision(
+                "reject", str(err) if isinstance(policy, Reject) else
+                f"{policy.describe()} could not make room: {err}", (), state.total,
+                state.total, limit.limit))
+            raise err.located(run_id=ex.run_id, step_id=step)
+        return state.messages()
+
+    async def _journal(self, ex: Execution, step_id: str, key: str, d: Decision) -> None:
+        body = {"key": key, **d.as_json()}
+        recorded = ex.recorded_note(step_id, key)
+        if recorded is not None and json.loads(recorded) != body:
+            raise NonDeterminismError(
+                f"run {ex.run_id}: the context window of agent {self.agent!r} decided "
+                f"otherwise at step {step_id} than the journal records ({d.action} now; "
+                f"{json.loads(recorded).get('action')} recorded): the window, the "
+                "tokenizer or the conversation changed under a recorded run",
+                run_id=ex.run_id, step_id=step_id, recorded=f"context_window:{key}",
+                current=f"context_window:{key}")
+        await ex.note(NewEvent(EventKind.CONTEXT_WINDOW, step_id, self.agent,
+                               json.dumps(body)), key=key)
+
+    async def _summarize(self, ex: Execution, state: WindowState, limit: WindowLimit,
+                         policy: Summarize) -> list[tuple[str, Decision]]:
+        """Replace the oldest spans by summaries until the request fits (each one a
+        durable model step, bounded by ``policy``'s sizes)."""
+        out: list[tuple[str, Decision]] = []
+        header = message_tokens(state.tokenizer, Message.user(
+            SUMMARY_HEADER.format(first=0, last=0)))
+        while state.total > limit.limit:
+            need = state.total - limit.limit + policy.max_summary_tokens + header
+            span = oldest_span(state, need=need, cap=policy.max_span_tokens)
+            if not span:
+                break
+            before = state.total
+            step = ex.next_step_id()
+            summary = await self._summary_of(ex, span, policy, state)
+            first, last = span[0].index, span[-1].index
+            state.replace_span([e.index for e in span], Message.user(
+                SUMMARY_HEADER.format(first=first, last=last) + summary))
+            out.append((step, Decision(
+                "summarize", f"over the limit: {before} > {limit.limit} tokens; messages "
+                f"{first}-{last} summarized by {policy.model or model_key(ex, self.model)}",
+                moved(span), before, state.total, limit.limit)))
+        return out
+
+    async def _summary_of(self, ex: Execution, span: Sequence[Entry], policy: Summarize,
+                          state: WindowState) -> str:
+        lines = []
+        for e in span:
+            m = e.message
+            calls = "".join(f" [calls {c.name}({c.arguments})]" for c in m.tool_calls)
+            lines.append(f"{m.role}{f' ({m.name})' if m.name else ''}: "
+                         f"{m.content or ''}{calls}")
+        request = ModelRequest(
+            messages=(Message.system(policy.instructions), Message.user("\n".join(lines))),
+            options=ModelOptions(max_tokens=policy.max_summary_tokens))
+        response = await model_turn(
+            ex, name=f"{self.agent}/summary", model=policy.model or self.model,
+            request=request, policy=self._policy, pool=self._pool)
+        return _cut(response.content or "", policy.max_summary_tokens, state.tokenizer.count)
+
+
+def _cut(text: str, max_tokens: int, count: Callable[[str], int]) -> str:
+    """``text`` cut to at most ``max_tokens`` (a summarizer that ignored its limit)."""
+    if count(text) <= max_tokens:
+        return text
+    lo, hi = 0, len(text)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if count(text[:mid]) <= max_tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo]
