@@ -292,15 +292,13 @@ class Agent(Generic[OutT]):
         self.capture_content = _checked_capture(name, capture_content)
         self._adapter: TypeAdapter[Any] | None = (
             TypeAdapter(output_type) if output_type is not None else None)
-        if context is not None and not isinstance(context, ContextWindow):
-            raise ConfigurationError(f"agent {name!r}: context must be a ContextWindow")
-        self.context = context
-        if context is not None:
-            self._check_window(context)
+        self.context = None if context is None else self._checked_window(context)
 
-    def _check_window(self, window: ContextWindow) -> None:
-        """Refuse a window its model has no limit for, or that the pinned system prompt
-        (with the tool definitions) does not fit."""
+    def _checked_window(self, window: object) -> ContextWindow:
+        """``window``, unless its model has no known limit, or the pinned system prompt
+        (with the tool definitions) does not fit it."""
+        if not isinstance(window, ContextWindow):
+            raise ConfigurationError(f"agent {self.name!r}: context must be a ContextWindow")
         key = (self.model if isinstance(self.model, str)
                else f"{self.model.provider}:{self.model.name}")
         limit = window.resolve(key, max_tokens=self.options.max_tokens)
@@ -317,6 +315,7 @@ class Agent(Generic[OutT]):
                 f"{f', margin {limit.margin:.0%}' if limit.margin else ''}) but the "
                 f"system prompt and tool definitions alone take {pinned}, and they are "
                 "pinned: give a larger capacity or shorter instructions")
+        return window
 
     def __repr__(self) -> str:
         return f"<Agent {self.name} model={self.model!r}>"
@@ -452,7 +451,8 @@ class Agent(Generic[OutT]):
                                    max_tokens=self.options.max_tokens)
         return History(agent=self.name, window=window, limit=limit, tools=specs,
                        output_schema=output_schema, model=self.model, policy=policy,
-                       pool=self.pool)
+                       pool=self.pool,
+                       trusts=None if self.trust is None else self.trust.trusts)
 
     def _opening(self, input: Any) -> list[Message]:
         """The conversation's start: the system prompt (if any) and the input, each

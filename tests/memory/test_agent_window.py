@@ -146,7 +146,9 @@ async def test_summarize_replaces_a_span_in_a_durable_step(tmp_path: Path) -> No
     assert notes and {n["action"] for n in notes} == {"summarize"}
     assert model.summaries == len(notes)
     last = model.requests[-1].messages
-    assert any("MAGENTA" in (m.content or "") and m.role == "user" for m in last)
+    summary = next(m for m in last if "MAGENTA" in (m.content or ""))
+    # It summarizes tool output, which the agent does not trust: so is the summary.
+    assert summary.role == "user" and summary.provenance.label == "tool:fetch"
     report = await replay(tmp_path, agent, rec.run_id)
     assert any(e.name == "chat:reader/summary" and e.kind == "step_completed"
                for e in events)

@@ -22,7 +22,7 @@ from ..engine._execution import Execution
 from ..engine._llm import model_turn
 from ..engine._policy import Policy
 from ..errors import NonDeterminismError
-from ..models import Message, Model, ModelOptions, ModelRequest, ToolSpec
+from ..models import Message, Model, ModelOptions, ModelRequest, Origin, ToolSpec
 from ..store._base import EventKind, NewEvent
 from ._window import (
     ContextWindow,
@@ -61,6 +61,9 @@ class History:
             window; every request carries the whole conversation).
         tools, output_schema: what each request carries besides messages.
         model, policy, pool: the agent's model and call policy (a summary's defaults).
+        trusts: the agent's trust in an origin (``None``: it checks none). A summary
+            takes the origin of the first message of its span the agent does not trust,
+            so summarizing never launders untrusted content into trusted text.
     """
 
     __slots__ = (
@@ -68,6 +71,7 @@ class History:
         "_limit",
         "_policy",
         "_pool",
+        "_trusts",
         "_window",
         "agent",
         "model",
@@ -77,7 +81,8 @@ class History:
     def __init__(self, *, agent: str, window: ContextWindow | None,
                  limit: WindowLimit | None, tools: Sequence[ToolSpec],
                  output_schema: dict[str, Any] | None, model: str | Model, policy: Policy,
-                 pool: str | None) -> None:
+                 pool: str | None, trusts: Callable[[Origin], bool] | None = None,
+                 ) -> None:
         self.agent = agent
         self.model = model
         self._window = window
@@ -85,6 +90,7 @@ class History:
         self._policy = policy
         self._pool = pool
         self._counted = 0
+        self._trusts = trusts
         self.state: WindowState | None = None
         if window is not None and limit is not None:
             lru = isinstance(window.window_policy, Evict) and window.window_policy.order == "lru"
@@ -146,19 +152,33 @@ class History:
         while state.total > limit.limit:
             need = state.total - limit.limit + policy.max_summary_tokens + header
             span = oldest_span(state, need=need, cap=policy.max_span_tokens)
-            if not span:
-                break
+            if sum(e.tokens for e in span) <= policy.max_summary_tokens + header:
+                break  # a summary would not save anything: the call is refused
             before = state.total
             step = ex.next_step_id()
             summary = await self._summary_of(ex, span, policy, state)
             first, last = span[0].index, span[-1].index
             state.replace_span([e.index for e in span], Message.user(
-                SUMMARY_HEADER.format(first=first, last=last) + summary))
+                SUMMARY_HEADER.format(first=first, last=last) + summary,
+                origin=self._origin_of(span)))
             out.append((step, Decision(
                 "summarize", f"over the limit: {before} > {limit.limit} tokens; messages "
                 f"{first}-{last} summarized by {policy.model or model_key(ex, self.model)}",
                 moved(span), before, state.total, limit.limit)))
         return out
+
+    def _origin_of(self, span: Sequence[Entry]) -> Origin:
+        """A summary's origin: the first origin in ``span`` the agent does not trust,
+        else the model's (it wrote the summary)."""
+        for e in span:
+            m = e.message
+            if m.role == "assistant" and m.origin is None:
+                continue  # the model's own turn: not a source (see engine._privilege)
+            trusted = (m.provenance.kind in ("system", "developer", "user", "model")
+                       if self._trusts is None else self._trusts(m.provenance))
+            if not trusted:
+                return m.provenance
+        return Origin.model("summary")
 
     async def _summary_of(self, ex: Execution, span: Sequence[Entry], policy: Summarize,
                           state: WindowState) -> str:

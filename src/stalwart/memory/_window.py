@@ -512,30 +512,33 @@ def evict(state: WindowState, policy: Evict, limit: WindowLimit) -> list[Decisio
 
 
 def oldest_span(state: WindowState, *, need: int, cap: int) -> list[Entry]:
-    """The oldest contiguous run of removable units whose tokens reach ``need`` (or as
-    many as fit in ``cap``): what a summary or a page replaces. Stops at a pinned
-    message, so a span never straddles one."""
+    """The oldest contiguous run of removable units whose tokens reach ``need`` (taking
+    at most ``cap`` tokens), else the largest such run: what a summary or a page
+    replaces. A span never straddles a pinned message."""
     units = {u[0].unit: u for u in state.units()}
-    span: list[Entry] = []
-    got = 0
-    started = False
+    runs: list[list[list[Entry]]] = [[]]
     for e in state.entries:
         unit = units.get(e.unit)
         if unit is None:
-            if started:
+            if runs[-1]:
+                runs.append([])
+        elif e is unit[0]:
+            runs[-1].append(unit)
+    best: list[Entry] = []
+    for run in runs:
+        span: list[Entry] = []
+        got = 0
+        for unit in run:
+            size = sum(x.tokens for x in unit)
+            if span and got + size > cap:
                 break
-            continue
-        started = True
-        if e is not unit[0]:
-            continue  # taken with its unit's first message
-        size = sum(x.tokens for x in unit)
-        if span and got + size > cap:
-            break
-        span.extend(unit)
-        got += size
-        if got >= need:
-            break
-    return span
+            span.extend(unit)
+            got += size
+            if got >= need:
+                return span
+        if got > sum(x.tokens for x in best):
+            best = span
+    return best
 
 
 def moved(entries: Sequence[Entry]) -> tuple[Moved, ...]:
