@@ -256,17 +256,10 @@ class Agent(Generic[OutT]):
     ) -> None:
         if not name:
             raise ConfigurationError("an agent needs a name")
-        for label, value, low in (("max_iterations", max_iterations, 1),
-                                  ("loop_limit", loop_limit, 2),
-                                  ("max_repairs", max_repairs, 0),
-                                  ("max_reasks", max_reasks, 0),
-                                  ("max_argument_bytes", max_argument_bytes, 1),
-                                  ("max_argument_depth", max_argument_depth, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigurationError(f"Agent.{label} must be an int >= {low}")
-        names = [t.name for t in tools]
-        if len(names) != len(set(names)):
-            raise ConfigurationError(f"agent {name!r}: duplicate tool names {names}")
+        _check_bounds(name, tools, max_iterations=max_iterations, loop_limit=loop_limit,
+                      max_repairs=max_repairs, max_reasks=max_reasks,
+                      max_argument_bytes=max_argument_bytes,
+                      max_argument_depth=max_argument_depth)
         self.name = name
         self.model = model
         self.instructions = instructions
@@ -678,6 +671,21 @@ async def _journal_refusal(ex: Execution, turn_id: str, call: ToolCallRequest,
                           "arguments": call.arguments[:2000]})
     await ex.note(NewEvent(EventKind.TOOL_CALL_REFUSED, turn_id, call.name, payload),
                   key=call.id)
+
+
+_LOWEST = {"max_iterations": 1, "loop_limit": 2, "max_repairs": 0, "max_reasks": 0,
+           "max_argument_bytes": 1, "max_argument_depth": 1}
+
+
+def _check_bounds(name: str, tools: Sequence[Tool[Any, Any]], **bounds: int) -> None:
+    """Refuse a bound of the loop below its lowest value, and tools sharing a name."""
+    for label, value in bounds.items():
+        low = _LOWEST[label]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigurationError(f"Agent.{label} must be an int >= {low}")
+    names = [t.name for t in tools]
+    if len(names) != len(set(names)):
+        raise ConfigurationError(f"agent {name!r}: duplicate tool names {names}")
 
 
 def _own(tool_limit: int | _Inherit, agent_limit: int) -> int:
