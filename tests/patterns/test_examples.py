@@ -125,3 +125,16 @@ def test_actor_counter_example(tmp_path: Path) -> None:
     ]
     second = run_example("actor_counter.py", tmp_path).splitlines()
     assert second[:3] == first[:3]
+
+
+def test_long_conversation_example(tmp_path: Path) -> None:
+    """examples/long_conversation.py: reject refuses with the numbers, evict reads every
+    ticket and journals the stubs (the early fact goes), summarize keeps the fact."""
+    lines = run_example("long_conversation.py", tmp_path).splitlines()
+    assert lines[0].startswith("reject: refused: ") and "needs" in lines[0]
+    assert lines[1].startswith("  window: 1 actions ['reject']")
+    assert lines[2] == ("evict: Read 30 tickets; the urgent double charge (invoice 4471): "
+                        "no longer in view.")
+    assert lines[3].startswith("  window: ") and "['stub']" in lines[3]
+    assert lines[4] == "summarize: Read 30 tickets; the urgent double charge (invoice 4471): seen."
+    assert "['summarize']" in lines[5]
