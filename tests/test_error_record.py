@@ -89,6 +89,8 @@ EXAMPLES: dict[type[errors.StalwartError], errors.StalwartError] = {
         "bad pattern", board="facts", pattern="'k*['"),
     errors.SignalTimeoutError: errors.SignalTimeoutError("late", signal="go", run_id="r"),
     errors.ApprovalError: errors.ApprovalError("no", approval="refund", run_id="r"),
+    errors.ContextOverflowError: errors.ContextOverflowError(
+        "too long", needed=9000, limit=8000, capacity=8192, reserve_output=100, pinned=300),
     errors.ActorNotFoundError: errors.ActorNotFoundError("no actor", actor="Counter"),
     errors.ActorKeyError: errors.ActorKeyError("bad key", actor="Counter"),
     errors.ActorError: errors.ActorError("failed", actor="Counter", key="k1",

@@ -67,7 +67,7 @@ def test_a_fleet_killed_at_random_keeps_order_and_applies_each_message_once(
         store_url: str, tmp_path: Path) -> None:
     """Three workers execute four keys' mailboxes while a client sends 40 messages per
     key (each with an id; a tenth sent twice); a worker is SIGKILLed and replaced every
-    0.3-0.8 s. At the end every key counted each message once, in order."""
+    eight rounds of messages. At the end every key counted each message once, in order."""
     keys, n = ["a", "b", "c", "d"], 40
     asyncio.run(create_journal(store_url))
     workers = [spawn(store_url, "worker", cwd=tmp_path) for _ in range(3)]
@@ -77,19 +77,19 @@ def test_a_fleet_killed_at_random_keeps_order_and_applies_each_message_once(
     async def send_all() -> None:
         nonlocal kills
         app, counter, _ = build(store_url, worker=False)
-        next_kill = time.monotonic() + rng.uniform(0.3, 0.8)
         try:
             for i in range(n):
                 for key in keys:
                     await app.send(counter, key, Msg(seq=i), message_id=f"{key}-{i}")
                     if i % 10 == 3:  # a sender retrying after an error: the same id
                         await app.send(counter, key, Msg(seq=i), message_id=f"{key}-{i}")
-                if time.monotonic() >= next_kill:
+                # Killed by progress, not by the clock: on a quiet machine every
+                # message was sent before a timed kill came (CI saw one kill in all).
+                if i % 8 == 5:
                     victim = rng.randrange(len(workers))
                     kill(workers[victim])
                     workers[victim] = spawn(store_url, "worker", cwd=tmp_path)
                     kills += 1
-                    next_kill = time.monotonic() + rng.uniform(0.3, 0.8)
                 await asyncio.sleep(0.01)
         finally:
             await app.close()
