@@ -108,7 +108,7 @@ async def test_racing_starts_with_different_inputs_create_one_run(runtimes: Fact
         two.start(wf_two, "pen", {}, run_id="race"), return_exceptions=True)
     created = [r for r in results if isinstance(r, sw.RunHandle)]
     refused = [r for r in results if isinstance(r, sw.IdempotencyConflictError)]
-    assert len(created) == 1 and created[0].created and len(refused) == 1
+    assert len(created) == 1 and created[0].created and len(refused) == 1, results
     assert len(await one.list_runs()) == 1
 
 

@@ -27,6 +27,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -241,10 +242,10 @@ class SQLiteStore:
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
         conn = schema.connect(self._path, read_only=False, busy_timeout=self._busy_timeout)
         try:
-            schema.create(conn)
+            self._unlocked(lambda: schema.create(conn))
             # Another process may have created it meanwhile: check what is there now.
             schema.inspect(conn, self._path)
-            self._set_pragmas(conn)
+            self._unlocked(lambda: self._set_pragmas(conn))
         except schema.ERRORS as exc:
             conn.close()
             raise schema.store_error(exc, self._path, "cannot create a journal in") from exc
@@ -252,6 +253,23 @@ class SQLiteStore:
             conn.close()
             raise
         return conn
+
+    def _unlocked(self, fn: Callable[[], object]) -> None:
+        """``fn()``, waiting out another writer creating the journal at the same moment:
+        switching a new file to WAL takes a lock SQLite does not wait for (busy_timeout
+        does not apply), so two clients creating one journal at once saw "database is
+        locked" (a race test caught it about one run in eight)."""
+        deadline = time.monotonic() + self._busy_timeout
+        delay = 0.005
+        while True:
+            try:
+                fn()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
 
     def _open_writer(self, *, migrate: bool) -> sqlite3.Connection:
         conn = schema.connect(self._path, read_only=False, busy_timeout=self._busy_timeout)
