@@ -157,7 +157,8 @@ class _Turns:
     journaled: int = 0
     """How many messages have had their origins journaled (``context_origins``)."""
     untrusted: tuple[str, ...] = ()
-    """The untrusted origins in the context of the latest model turn."""
+    """The untrusted origins of everything that entered the context up to the latest
+    model turn (what the window evicted or summarized since included)."""
     unavailable: dict[str, str] = field(default_factory=dict)
     """Tools unavailable this turn (``health=``), with why."""
 
@@ -399,8 +400,10 @@ class Agent(Generic[OutT]):
                 ex, name=self.name, model=self.model, request=request, policy=effective,
                 pool=self.pool, check=lambda r: self._verdict(r)[1], also=[origins])
             turns.journaled = len(turns.messages)
+            # The whole conversation, not the request: what a window evicted or
+            # summarized, the model saw all the same (taint is sticky).
             turns.untrusted = (() if self.trust is None else untrusted_sources(
-                request.messages, self.trust, offered))
+                turns.messages, self.trust, offered))
             spent.input_tokens += response.usage.input_tokens
             spent.output_tokens += response.usage.output_tokens
             spent.iterations += 1
