@@ -398,7 +398,8 @@ class Agent(Generic[OutT]):
                                origins_payload(turns.messages, turns.journaled, self.trust))
             response = await model_turn(
                 ex, name=self.name, model=self.model, request=request, policy=effective,
-                pool=self.pool, check=lambda r: self._verdict(r)[1], also=[origins])
+                pool=self.pool, check=lambda r: self._verdict(r)[1], also=[origins],
+                estimate=history.tokens)
             turns.journaled = len(turns.messages)
             # The whole conversation, not the request: what a window evicted or
             # summarized, the model saw all the same (taint is sticky).

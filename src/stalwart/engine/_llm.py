@@ -65,13 +65,20 @@ async def model_turn(ex: Execution, *, name: str, model: str | Model, request: M
                      policy: Policy, pool: str | None,
                      check: Callable[[ModelResponse], object] | None = None,
                      reject_failed_check: bool = False,
-                     also: Sequence[NewEvent] = ()) -> ModelResponse:
+                     also: Sequence[NewEvent] = (),
+                     estimate: int | None = None) -> ModelResponse:
     """One model call of ``request`` as the journaled step ``chat:{name}`` under
     ``policy`` (its fallback chain included); see :func:`guarded_call` for ``check``
-    and ``also``."""
+    and ``also``.
+
+    ``estimate``: the request's tokens as the caller keeps them (the rate limiter's
+    draw). An agent passes its history's running count, so a turn costs its new
+    messages; without one, the messages are counted here (fine for one call, quadratic
+    over a long conversation)."""
     override = ex.model_override(ex.next_step_id())
     chain = [model if override is None else override, *policy.fallback_chain]
-    estimate = sum(count_tokens(m.content or "") for m in request.messages)
+    if estimate is None:
+        estimate = sum(count_tokens(m.content or "") for m in request.messages)
     candidates = []
     for spec in chain:
         m = ex.engine.model(spec)

@@ -22,7 +22,15 @@ from ..engine._execution import Execution
 from ..engine._llm import model_turn
 from ..engine._policy import Policy
 from ..errors import NonDeterminismError
-from ..models import Message, Model, ModelOptions, ModelRequest, Origin, ToolSpec
+from ..models import (
+    Message,
+    Model,
+    ModelOptions,
+    ModelRequest,
+    Origin,
+    ToolSpec,
+    count_tokens,
+)
 from ..store._base import EventKind, NewEvent
 from ._window import (
     ContextWindow,
@@ -76,6 +84,7 @@ class History:
         "agent",
         "model",
         "state",
+        "tokens",
     )
 
     def __init__(self, *, agent: str, window: ContextWindow | None,
@@ -91,6 +100,10 @@ class History:
         self._pool = pool
         self._counted = 0
         self._trusts = trusts
+        self.tokens = 0
+        """The tokens of the latest request, counted incrementally (the window's total;
+        without a window, the running count of the messages' text): the estimate a model
+        turn gives the rate limiter, with no recount of the history."""
         self.state: WindowState | None = None
         if window is not None and limit is not None:
             lru = isinstance(window.window_policy, Evict) and window.window_policy.order == "lru"
@@ -104,6 +117,9 @@ class History:
         far) as the window lets it through, after its policy acted (journaled)."""
         state, limit, window = self.state, self._limit, self._window
         if state is None or limit is None or window is None:
+            for message in transcript[self._counted:]:
+                self.tokens += count_tokens(message.content or "")
+            self._counted = len(transcript)
             return tuple(transcript)
         for message in transcript[self._counted:]:
             state.add(message)
@@ -126,6 +142,7 @@ class History:
                 f"{policy.describe()} could not make room: {err}", (), state.total,
                 state.total, limit.limit))
             raise err.located(run_id=ex.run_id, step_id=step)
+        self.tokens = state.total
         return state.messages()
 
     async def _journal(self, ex: Execution, step_id: str, key: str, d: Decision) -> None:
