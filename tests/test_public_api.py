@@ -32,7 +32,7 @@ PUBLIC = {
     "ContextWindow", "Reject", "Evict", "Summarize", "ModelLimits",
     # policies, budgets, cost, time travel
     "Policy", "INHERIT", "DEFAULT_POLICY", "PolicyNote", "Retry", "RetryOn", "Timeout",
-    "CircuitBreakerConfig", "BulkheadConfig", "RateLimit", "Budget", "Price", "PriceTable",
+    "CircuitBreakerConfig", "BulkheadConfig", "RateLimit", "Budget", "Spend", "Price", "PriceTable",
     "UsageReport", "usage_report", "ReplayReport",
     # coordination patterns
     "ChildRun", "ChildOutcome", "ChildSpec", "Saga", "Graph", "CompiledGraph", "START", "END",

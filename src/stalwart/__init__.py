@@ -25,6 +25,7 @@ from .engine._actor import Actor as Actor
 from .engine._approval import ApprovalRequest as ApprovalRequest
 from .engine._approval import Decision as Decision
 from .engine._budget import Budget as Budget
+from .engine._budget import Spend as Spend
 from .engine._children import ChildOutcome as ChildOutcome
 from .engine._children import ChildRun as ChildRun
 from .engine._cost import Price as Price
@@ -247,6 +248,7 @@ __all__ = [
     "RateLimit",
     # budgets, cost and time travel
     "Budget",
+    "Spend",
     "Price",
     "PriceTable",
     "UsageReport",

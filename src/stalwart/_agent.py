@@ -317,9 +317,10 @@ class Agent(Generic[OutT]):
     def _system_prompt(self) -> str:
         return system_prompt(self.instructions, self._adapter)
 
-    async def run(self, ctx: Context, input: Any, *, policy: Policy | None = None) -> OutT:
-        """Run the loop and return the validated output."""
-        return (await self.run_result(ctx, input, policy=policy)).output
+    async def run(self, ctx: Context, input: Any, *, policy: Policy | None = None,
+                  budget: Budget | None = None) -> OutT:
+        """Run the loop and return the validated output (see :meth:`run_result`)."""
+        return (await self.run_result(ctx, input, policy=policy, budget=budget)).output
 
     def _verdict(self, response: ModelResponse) -> tuple[Any, str | None]:
         """A final answer's output, and what is wrong with it (``None``: nothing)."""
@@ -338,8 +339,14 @@ class Agent(Generic[OutT]):
 
     async def run_result(self, ctx: Context, input: Any, *,
                          policy: Policy | None = None,
-                         handoffs: Sequence[HandoffOffer] = ()) -> AgentResult[OutT]:
+                         handoffs: Sequence[HandoffOffer] = (),
+                         budget: Budget | None = None) -> AgentResult[OutT]:
         """Run the loop and return the output with the conversation and accounting.
+
+        ``budget`` holds this run of the agent besides the agent's own ``budget`` (both
+        apply, as do the run's): a sub-agent's share of a
+        :meth:`~stalwart.Budget.split`. A call past it fails with
+        :class:`~stalwart.errors.BudgetExceededError` naming the agent.
 
         ``handoffs`` are offered to the model beside the agent's tools; one it calls and
         that accepts its arguments ends the loop with :attr:`AgentResult.handoff` set
@@ -352,7 +359,7 @@ class Agent(Generic[OutT]):
         ex = ctx.execution  # the engine's step API (the context's internal API)
         ic = ex.interceptor
         if not ic.active:
-            with agent_budget(self.name, self.budget):
+            with agent_budget(self.name, self.budget), agent_budget(self.name, budget):
                 return await self._loop(ctx, input, policy, _Spent(), offers)
         primary = ex.engine.model(self.model)
         first_step_id = ex.next_step_id()
@@ -363,7 +370,7 @@ class Agent(Generic[OutT]):
             since=ex.first_seen(first_step_id)))
         spent = _Spent()
         try:
-            with agent_budget(self.name, self.budget):
+            with agent_budget(self.name, self.budget), agent_budget(self.name, budget):
                 result = await self._loop(ctx, input, policy, spent, offers)
         except BaseException as exc:
             # What it used before it failed is spent all the same (and on its span).

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import uuid as uuid_mod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import timedelta
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, final, overload
@@ -27,6 +27,7 @@ from typing import Any, Generic, Literal, ParamSpec, TypeVar, final, overload
 from .engine import _actor, _approval, _children, _steps
 from .engine._actor import Actor, Turn, message_body
 from .engine._approval import Decision
+from .engine._budget import Budget, limits_of, weights_of
 from .engine._calls import tool_call
 from .engine._cancel import CleanupScope
 from .engine._children import ChildOutcome, ChildRun
@@ -133,6 +134,39 @@ class Context:
         name = kwargs.pop("name", None)
         check = kwargs.pop("check", None)
         return await _steps.run_step(self._ex, fn, args, kwargs, name=name, check=check)
+
+    @overload
+    async def split_budget(self, weights: Mapping[str, float], /) -> dict[str, Budget]: ...
+
+    @overload
+    async def split_budget(self, weights: Sequence[float], /) -> list[Budget]: ...
+
+    async def split_budget(self, weights: Mapping[str, float] | Sequence[float], /,
+                           ) -> dict[str, Budget] | list[Budget]:
+        """What remains of the budgets in force here (the runtime's, the workflow's and
+        those of the agent runs this code is inside: for each limit the least left),
+        divided by weight (:meth:`Budget.split`): one share per sub-agent, to run it
+        with (``agent.run(ctx, task, budget=share)``).
+
+        A journaled step (``budget:split``): a replay gets the shares the first execution
+        computed, whatever the journal holds by then. With no budget in force, every
+        share is ``Budget()`` (no limit).
+
+        Raises:
+            ConfigurationError: bad weights (see :meth:`Budget.split`).
+            BudgetExceededError: nothing remains of a limit, or a share would be zero.
+        """
+        ex = self._ex
+        _, ws = weights_of(weights)  # bad weights fail before anything is journaled
+
+        async def split() -> list[dict[str, Any]]:  # in the loop: it reads the agent scopes
+            left = ex.budget.left() or Budget()
+            return [limits_of(p) for p in left.split([float(w) for w in ws])]
+
+        shares = [Budget(**p) for p in await self.step(split, name="budget:split")]
+        if isinstance(weights, Mapping):
+            return dict(zip(weights, shares, strict=True))
+        return shares
 
     async def now(self) -> float:
         """Wall-clock time (epoch seconds), recorded: replay sees the same value."""

@@ -920,19 +920,23 @@ class BudgetExceededError(ResilienceError):
     Attributes:
         budget: which limit: ``"max_tokens"``, ``"max_cost"``, ``"max_steps"`` or
             ``"max_seconds"``.
-        level: where the budget was set: ``"runtime"``, ``"workflow"`` or ``"agent"``.
+        level: where the budget was set: ``"runtime"``, ``"workflow"`` or ``"agent"``
+            (``"split"``: :meth:`~stalwart.Budget.split` had nothing left to divide).
+        agent: the agent whose budget it was (its name; ``None`` at the other levels):
+            a sub-agent run with its share of a split names itself here.
         limit: the limit's value.
         used: how much had been used when the next call was refused.
         over: ``used - limit`` (zero or more; at most one call's worth).
     """
 
-    journal_attributes = ("budget", "level", "limit", "used", "over")
+    journal_attributes = ("budget", "level", "agent", "limit", "used", "over")
 
     def __init__(self, message: str, *, budget: str, level: str, limit: float, used: float,
-                 **context: Any) -> None:
+                 agent: str | None = None, **context: Any) -> None:
         super().__init__(message, **context)
         self.budget = budget
         self.level = level
+        self.agent = agent
         self.limit = limit
         self.used = used
         self.over = max(0.0, used - limit)
