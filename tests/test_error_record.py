@@ -87,6 +87,10 @@ EXAMPLES: dict[type[errors.StalwartError], errors.StalwartError] = {
         "conflict", board="facts", key="k", expected=1, actual=2),
     errors.BoardPatternError: errors.BoardPatternError(
         "bad pattern", board="facts", pattern="'k*['"),
+    errors.MemoryStoreError: errors.MemoryStoreError("no board", memory="notes"),
+    errors.MemoryQueryError: errors.MemoryQueryError("empty query", memory="notes"),
+    errors.EmbeddingError: errors.EmbeddingError("3 dims, not 4", memory="notes",
+                                                 expected=4, actual=3),
     errors.SignalTimeoutError: errors.SignalTimeoutError("late", signal="go", run_id="r"),
     errors.ApprovalError: errors.ApprovalError("no", approval="refund", run_id="r"),
     errors.ContextOverflowError: errors.ContextOverflowError(

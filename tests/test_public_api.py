@@ -29,7 +29,8 @@ PUBLIC = {
     "ModelRequest", "ModelResponse", "ToolCallRequest", "ToolSpec", "Usage",
     "count_tokens",
     # context windows
-    "ContextWindow", "Reject", "Evict", "Summarize", "ModelLimits",
+    "ContextWindow", "Reject", "Evict", "Summarize", "Page", "Memory", "MemoryHit",
+    "ModelLimits",
     # policies, budgets, cost, time travel
     "Policy", "INHERIT", "DEFAULT_POLICY", "PolicyNote", "Retry", "RetryOn", "Timeout",
     "CircuitBreakerConfig", "BulkheadConfig", "RateLimit", "Budget", "Spend", "Price", "PriceTable",
@@ -51,6 +52,7 @@ PUBLIC = {
     "HandoffLoopError", "GraphError", "GraphStepLimitError", "EnsembleError",
     "NoQuorumError", "DivergenceError", "RefinementExhaustedError", "ReflexionExhaustedError",
     "EscalatedError", "BlackboardError", "BoardConflictError", "BoardPatternError",
+    "MemoryStoreError", "MemoryQueryError", "EmbeddingError",
     "ResilienceError", "RetryExhaustedError", "CallTimeoutError", "CircuitOpenError",
     "BulkheadFullError", "ThrottledError", "FallbackExhaustedError", "BudgetExceededError",
     "BudgetExceeded", "OutcomeCheckError", "ModelError", "RateLimitedError", "ProviderQuota",

@@ -67,6 +67,7 @@ from .errors import ContextMisuseError as ContextMisuseError
 from .errors import ContextOverflowError as ContextOverflowError
 from .errors import DivergenceError as DivergenceError
 from .errors import DuplicateToolError as DuplicateToolError
+from .errors import EmbeddingError as EmbeddingError
 from .errors import EnsembleError as EnsembleError
 from .errors import EscalatedError as EscalatedError
 from .errors import FallbackExhaustedError as FallbackExhaustedError
@@ -82,6 +83,8 @@ from .errors import InvalidRequestError as InvalidRequestError
 from .errors import LeaseLostError as LeaseLostError
 from .errors import MalformedResponseError as MalformedResponseError
 from .errors import MaxIterationsError as MaxIterationsError
+from .errors import MemoryQueryError as MemoryQueryError
+from .errors import MemoryStoreError as MemoryStoreError
 from .errors import ModelConnectionError as ModelConnectionError
 from .errors import ModelError as ModelError
 from .errors import ModelTimeoutError as ModelTimeoutError
@@ -122,6 +125,9 @@ from .errors import UnsafeArgumentError as UnsafeArgumentError
 from .errors import WorkflowNotFoundError as WorkflowNotFoundError
 from .memory import ContextWindow as ContextWindow
 from .memory import Evict as Evict
+from .memory import Memory as Memory
+from .memory import MemoryHit as MemoryHit
+from .memory import Page as Page
 from .memory import Reject as Reject
 from .memory import Summarize as Summarize
 from .models import FunctionModel as FunctionModel
@@ -234,6 +240,9 @@ __all__ = [
     "Reject",
     "Evict",
     "Summarize",
+    "Page",
+    "Memory",
+    "MemoryHit",
     "ModelLimits",
     # resilience policies
     "Policy",
@@ -332,6 +341,9 @@ __all__ = [
     "BlackboardError",
     "BoardConflictError",
     "BoardPatternError",
+    "MemoryStoreError",
+    "MemoryQueryError",
+    "EmbeddingError",
     "ResilienceError",
     "RetryExhaustedError",
     "CallTimeoutError",

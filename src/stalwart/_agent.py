@@ -67,7 +67,8 @@ from .errors import (
     ToolLoopError,
 )
 from .memory._history import History, model_key
-from .memory._window import ContextWindow, fixed_tokens, message_tokens
+from .memory._warm import Memory, check_key, recall_tool
+from .memory._window import ContextWindow, Page, fixed_tokens, message_tokens
 from .models import (
     MAX_ARGUMENT_BYTES,
     MAX_ARGUMENT_DEPTH,
@@ -161,6 +162,8 @@ class _Turns:
     model turn (what the window evicted or summarized since included)."""
     unavailable: dict[str, str] = field(default_factory=dict)
     """Tools unavailable this turn (``health=``), with why."""
+    tools: dict[str, Tool[Any, Any]] = field(default_factory=dict)
+    """The tools of this run: the agent's, and its ``recall`` tool with memory."""
 
 
 @dataclass(slots=True)
@@ -223,6 +226,12 @@ class Agent(Generic[OutT]):
         context: a :class:`~stalwart.ContextWindow` over the agent's history: a
             capacity (default: the model's, from the limits table) and the policy that
             acts, journaled, when a request would not fit. ``None``: no window.
+        memory: the agent's warm memory (:class:`~stalwart.Memory`): an agent with one
+            (or with a ``Page`` window, whose default is ``sw.Memory("memory")``) is
+            offered the ``recall`` tool, a search of its entries (read only, answered
+            within the page policy's ``recall_tokens``, default 1,000 tokens).
+        memory_key: whose entries in that memory are this agent's (default: its name):
+            runs of agents with one key share them; other keys never see them.
 
     Raises:
         ConfigurationError: bad bounds or tools; a context window for a model with no
@@ -254,6 +263,8 @@ class Agent(Generic[OutT]):
         trust: Trust | None = DEFAULT_TRUST,
         health: ToolHealthView | None = None,
         context: ContextWindow | None = None,
+        memory: Memory | None = None,
+        memory_key: str | None = None,
     ) -> None:
         if not name:
             raise ConfigurationError("an agent needs a name")
@@ -286,6 +297,12 @@ class Agent(Generic[OutT]):
         self.capture_content = _checked_capture(name, capture_content)
         self._adapter: TypeAdapter[Any] | None = (
             TypeAdapter(output_type) if output_type is not None else None)
+        self.memory_key = check_key(name if memory_key is None else memory_key)
+        self.memory = _checked_memory(name, memory, context)
+        if self.memory is not None and "recall" in self.tools:
+            raise ConfigurationError(f"agent {name!r}: a tool is named 'recall', the name "
+                                     "of the memory tool the agent is offered")
+        self.context: ContextWindow | None = None
         self.context = None if context is None else self._checked_window(context)
 
     def _checked_window(self, window: object) -> ContextWindow:
@@ -298,7 +315,8 @@ class Agent(Generic[OutT]):
         limit = window.resolve(key, max_tokens=self.options.max_tokens)
         tok = limit.tokenizer
         system = self._system_prompt()
-        pinned = fixed_tokens(tok, [t.spec for t in self.tools.values()],
+        pinned = fixed_tokens(tok, [t.spec for t in (*self.tools.values(),
+                                                     *self._memory_tools(None, limit.limit))],
                               self._adapter.json_schema() if self._adapter else None)
         if system:
             pinned += message_tokens(tok, Message.system(system))
@@ -313,6 +331,34 @@ class Agent(Generic[OutT]):
 
     def __repr__(self) -> str:
         return f"<Agent {self.name} model={self.model!r}>"
+
+    def _memory_tools(self, store: object, limit: int | None) -> list[Tool[Any, Any]]:
+        """The ``recall`` tool (none without memory), bound to ``store``."""
+        if self.memory is None:
+            return []
+        page = self.context.window_policy if self.context is not None else None
+        bound = page.recall_tokens if isinstance(page, Page) else Page().recall_tokens
+        if limit is not None:
+            bound = min(bound, max(16, limit // 4))
+        key = (self.model if isinstance(self.model, str)
+               else f"{self.model.provider}:{self.model.name}")
+        count = (self.context.resolve(key, max_tokens=self.options.max_tokens).tokenizer.count
+                 if self.context is not None else len)
+        return [recall_tool(self.memory, self.memory_key, store=store, max_tokens=bound,
+                            count=count)]
+
+    async def remember(self, ctx: Context, text: str) -> str:
+        """Write ``text`` to this agent's memory under its ``memory_key`` (one journaled
+        step); its ``recall`` tool finds it in this run and later ones. Returns the
+        entry's key.
+
+        Raises:
+            ConfigurationError: the agent has no memory (give it ``memory=``).
+        """
+        if self.memory is None:
+            raise ConfigurationError(f"agent {self.name!r} has no memory: give it "
+                                     "memory=sw.Memory(...) or a Page window")
+        return await self.memory.remember(ctx, text, key=self.memory_key)
 
     def _system_prompt(self) -> str:
         return system_prompt(self.instructions, self._adapter)
@@ -391,12 +437,19 @@ class Agent(Generic[OutT]):
         turns = _Turns(self._opening(input), ctx=ctx)
         offered = [t for t in self.tools.values() if decide(t, grant=self.grant).action
                    == "allow"]
-        specs = (*(t.spec for t in offered), *(o.spec for o in offers.values()))
+        window_limit = (None if self.context is None else self.context.resolve(
+            model_key(ex, self.model), max_tokens=self.options.max_tokens).limit)
+        recall = [t for t in self._memory_tools(ex.engine.store, window_limit)
+                  if decide(t, grant=self.grant).action == "allow"]
+        turns.tools = {**self.tools, **{t.name: t for t in recall}}
+        specs = (*(t.spec for t in offered), *(o.spec for o in offers.values()),
+                 *(t.spec for t in recall))
         output_schema = self._adapter.json_schema() if self._adapter is not None else None
         history = self._history(ex, specs, output_schema, effective)
         for _turn in range(self.max_iterations):
             if self.health is not None:
-                specs = await self._healthy_specs(ex, turns, offered, offers)
+                specs = (*await self._healthy_specs(ex, turns, offered, offers),
+                         *(t.spec for t in recall))
             request = ModelRequest(messages=await history.request(ex, turns.messages),
                                    tools=specs, options=self.options,
                                    output_schema=output_schema)
@@ -456,7 +509,8 @@ class Agent(Generic[OutT]):
         return History(agent=self.name, window=window, limit=limit, tools=specs,
                        output_schema=output_schema, model=self.model, policy=policy,
                        pool=self.pool,
-                       trusts=None if self.trust is None else self.trust.trusts)
+                       trusts=None if self.trust is None else self.trust.trusts,
+                       memory=self.memory, memory_key=self.memory_key)
 
     def _opening(self, input: Any) -> list[Message]:
         """The conversation's start: the system prompt (if any) and the input, each
@@ -502,7 +556,7 @@ class Agent(Generic[OutT]):
                 turns.messages.append(Message.tool(content, tool_call_id=call.id,
                                                    name=call.name, origin=STALWART))
                 continue
-            tool = self.tools.get(call.name)
+            tool = turns.tools.get(call.name)
             verdict = None if tool is None else decide(
                 tool, grant=self.grant, trust=self.trust, untrusted=turns.untrusted)
             held = tool is not None and verdict is not None and verdict.action == "approve"
@@ -523,7 +577,7 @@ class Agent(Generic[OutT]):
                     f"({turns.unavailable[call.name]}). The call was not executed."),
                     tool_call_id=call.id, name=call.name, origin=STALWART))
                 continue
-            content, repaired = await self._run_tool(ex, call, turns.seen)
+            content, repaired = await self._run_tool(ex, call, turns.seen, turns.tools)
             if repaired:
                 await _journal_repair(ex, turn_id, call, content)
                 turns.repairs += 1
@@ -573,13 +627,13 @@ class Agent(Generic[OutT]):
                        f"{'; '.join(problems)}. Fix the arguments and call it again.",
             "problems": problems}})
 
-    async def _run_tool(self, ex: Execution, call: ToolCallRequest,
-                        seen: Counter[str]) -> tuple[str, bool]:
+    async def _run_tool(self, ex: Execution, call: ToolCallRequest, seen: Counter[str],
+                        tools: dict[str, Tool[Any, Any]]) -> tuple[str, bool]:
         """Execute one requested tool call; returns (message content, was a repair)."""
-        tool = self.tools.get(call.name)
+        tool = tools.get(call.name)
         if tool is None:
             return _tool_error("unknown_tool", f"there is no tool named {call.name!r}; "
-                               f"available: {sorted(self.tools)}"), True
+                               f"available: {sorted(tools)}"), True
         parsed, problem = parse_tool_arguments(
             call.arguments,
             max_bytes=_own(tool.max_argument_bytes, self.max_argument_bytes),
@@ -622,6 +676,22 @@ async def _journal_repair(ex: Execution, turn_id: str, call: ToolCallRequest,
                           "arguments": call.arguments[:2000]})
     await ex.note(NewEvent(EventKind.TOOL_CALL_REPAIRED, turn_id, call.name, payload),
                        key=call.id)
+
+
+def _checked_memory(agent: str, memory: object, context: object) -> Memory | None:
+    """The agent's memory: ``memory``, else its Page window's, else the default one for
+    a Page window; ``None`` without either (no recall tool)."""
+    if memory is not None and not isinstance(memory, Memory):
+        raise ConfigurationError(f"agent {agent!r}: memory must be a sw.Memory, not "
+                                 f"{type(memory).__name__}")
+    page = context.window_policy if isinstance(context, ContextWindow) else None
+    if not isinstance(page, Page):
+        return memory
+    if memory is not None and page.memory is not None and page.memory is not memory:
+        raise ConfigurationError(
+            f"agent {agent!r}: memory={memory!r} and Page(memory={page.memory!r}) differ; "
+            "give one (paged turns go where recall searches)")
+    return memory or page.memory or Memory()
 
 
 def _checked_capture(agent: str, capture: CaptureContent | _Inherit,

@@ -48,6 +48,11 @@ seconds, or ``None``) and where it happened (``run_id``, ``step_id``, ``attempt`
     │   ├── BoardConflictError        compare-and-set lost: the entry is at another version
     │   └── BoardPatternError         a read/take pattern that is not valid (also a
     │                                 ConfigurationError)
+    ├── MemoryStoreError              an agent's warm/cold memory (sw.Memory) could not
+    │   │                             be written or searched
+    │   ├── MemoryQueryError          an empty query, k < 1 (also a ValueError)
+    │   └── EmbeddingError            the embedding function returned no vector, a
+    │                                 non-finite one, or one of other dimensions
     ├── ResilienceError               raised by the policy stack
     │   ├── EscalatedError            a pattern escalated to the dead-letter queue (its
     │   │                             evidence attached; the cause is the pattern's error)
@@ -115,6 +120,9 @@ __all__ = [
     "BlackboardError",
     "BoardConflictError",
     "BoardPatternError",
+    "EmbeddingError",
+    "MemoryQueryError",
+    "MemoryStoreError",
     "DivergenceError",
     "EnsembleError",
     "EscalatedError",
@@ -1128,6 +1136,47 @@ class BoardPatternError(BlackboardError, ConfigurationError):
     def __init__(self, message: str, *, board: str, pattern: str, **context: Any) -> None:
         super().__init__(message, board=board, **context)
         self.pattern = pattern
+
+
+# --- memory --------------------------------------------------------------------------
+
+
+class MemoryStoreError(StalwartError):
+    """An agent's memory (:class:`~stalwart.Memory`) could not be written or searched.
+
+    Attributes:
+        memory: the memory's name.
+    """
+
+    journal_attributes: ClassVar[tuple[str, ...]] = ("memory",)
+
+    def __init__(self, message: str, *, memory: str, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.memory = memory
+
+
+class MemoryQueryError(MemoryStoreError, ValueError):
+    """A search that cannot be made: an empty query, ``k`` below 1, an unknown tier.
+    Nothing was read. Also a ``ValueError``, as bad arguments are in Python."""
+
+
+class EmbeddingError(MemoryStoreError):
+    """The memory's embedding function returned no vector, a vector with a non-finite
+    or non-numeric component, or one whose dimensions differ from the stored entries'
+    (the function changed under a memory that holds vectors of the old one).
+
+    Attributes:
+        expected, actual: the dimensions stored and the dimensions returned (0 when
+            the problem is not the size).
+    """
+
+    journal_attributes = ("expected", "actual")
+
+    def __init__(self, message: str, *, memory: str, expected: int = 0, actual: int = 0,
+                 **context: Any) -> None:
+        super().__init__(message, memory=memory, **context)
+        self.expected = expected
+        self.actual = actual
 
 
 # --- agents --------------------------------------------------------------------------

@@ -348,6 +348,9 @@ def window_line(payload: str | None) -> str:
     moved = info.get("moved") or []
     tokens = sum(int(m.get("tokens", 0)) for m in moved if isinstance(m, dict))
     what = f"{len(moved)} message{'s' if len(moved) != 1 else ''} ({tokens:,} tokens)"
+    keys = info.get("keys")
+    if isinstance(keys, list):
+        what += f" to memory {info.get('memory')} ({len(keys)} entries)"
     return (f"{info.get('action', '?')} {what}: {info.get('reason', '')}; "
             f"{info.get('before', '?'):,} -> {info.get('after', '?'):,} of "
             f"{info.get('limit', '?'):,}")

@@ -7,7 +7,10 @@ are counted (only those), and if the request would not fit, the window's policy 
 each action is journaled as a ``context_window`` event on the step of the call it
 prepares (``runs trace`` and ``runs show`` print it under that call) before the call is
 made. A summary is itself a durable model step, so a resumed run reads it back instead
-of summarizing again. The decisions are a pure function of the conversation, which a
+of summarizing again. A page (:class:`Page`) writes the span's turns to the agent's
+warm memory in a durable step (``memory:{agent}/page``; the store's idempotent board
+operations, so a step re-run after a crash writes nothing twice) and puts a stub in the
+window. The decisions are a pure function of the conversation, which a
 replay reproduces from the journal; a replay that decides otherwise than the journal
 says raises :class:`~stalwart.errors.NonDeterminismError`.
 """
@@ -21,6 +24,9 @@ from typing import Any
 from ..engine._execution import Execution
 from ..engine._llm import model_turn
 from ..engine._policy import Policy
+from ..engine._privilege import STALWART
+from ..engine._scope import current_step
+from ..engine._steps import run_step
 from ..errors import NonDeterminismError
 from ..models import (
     Message,
@@ -32,11 +38,14 @@ from ..models import (
     count_tokens,
 )
 from ..store._base import EventKind, NewEvent
+from ._search import terms
+from ._warm import Memory
 from ._window import (
     ContextWindow,
     Decision,
     Entry,
     Evict,
+    Page,
     Reject,
     Summarize,
     WindowLimit,
@@ -52,6 +61,11 @@ from ._window import (
 __all__ = ["History", "model_key"]
 
 SUMMARY_HEADER = "[Summary of earlier conversation, messages {first}-{last}]\n"
+PAGE_STUB = ("[Messages {first}-{last}{about} were paged out of the "
+             "context window to memory. They are not lost: call the recall tool with a "
+             "few keywords to fetch what you need.]")
+STUB_TOKENS = 96
+"""The most a page's stub may cost (its topic words are dropped when over)."""
 
 
 def model_key(ex: Execution, model: str | Model) -> str:
@@ -72,11 +86,14 @@ class History:
         trusts: the agent's trust in an origin (``None``: it checks none). A summary
             takes the origin of the first message of its span the agent does not trust,
             so summarizing never launders untrusted content into trusted text.
+        memory, memory_key: where a :class:`Page` policy writes (required with one).
     """
 
     __slots__ = (
         "_counted",
         "_limit",
+        "_memory",
+        "_memory_key",
         "_policy",
         "_pool",
         "_trusts",
@@ -91,7 +108,7 @@ class History:
                  limit: WindowLimit | None, tools: Sequence[ToolSpec],
                  output_schema: dict[str, Any] | None, model: str | Model, policy: Policy,
                  pool: str | None, trusts: Callable[[Origin], bool] | None = None,
-                 ) -> None:
+                 memory: Memory | None = None, memory_key: str | None = None) -> None:
         self.agent = agent
         self.model = model
         self._window = window
@@ -104,6 +121,8 @@ class History:
         """The tokens of the latest request, counted incrementally (the window's total;
         without a window, the running count of the messages' text): the estimate a model
         turn gives the rate limiter, with no recount of the history."""
+        self._memory = memory
+        self._memory_key = memory_key
         self.state: WindowState | None = None
         if window is not None and limit is not None:
             lru = isinstance(window.window_policy, Evict) and window.window_policy.order == "lru"
@@ -126,15 +145,17 @@ class History:
         self._counted = len(transcript)
         state.turn += 1
         policy = window.window_policy
-        decisions: list[tuple[str, Decision]] = []
+        decisions: Sequence[tuple[str | None, Decision]] = []
         if isinstance(policy, Evict):
             step = ex.next_step_id()
             decisions = [(step, d) for d in evict(state, policy, limit)]
         elif state.total > limit.limit and isinstance(policy, Summarize):
-            decisions = await self._summarize(ex, state, limit, policy)
+            decisions = list(await self._summarize(ex, state, limit, policy))
+        elif state.total > limit.limit and isinstance(policy, Page):
+            decisions = await self._page(ex, state, limit, policy)
         step = ex.next_step_id()
         for i, (at, d) in enumerate(decisions):
-            await self._journal(ex, at, f"window:{i}", d)
+            await self._journal(ex, at or step, f"window:{i}", d)
         if state.total > limit.limit:
             err = overflow(state, limit, model=model_key(ex, self.model))
             await self._journal(ex, step, "window:reject", Decision(
@@ -184,6 +205,49 @@ class History:
                 moved(span), before, state.total, limit.limit)))
         return out
 
+    async def _page(self, ex: Execution, state: WindowState, limit: WindowLimit,
+                    policy: Page) -> list[tuple[str | None, Decision]]:
+        """Move the oldest spans to warm memory (each one durable step) and put a stub in
+        each one's place, until the request fits. The decisions are journaled on the
+        model call they prepare (``runs trace`` shows them under it)."""
+        memory, key = self._memory, self._memory_key
+        assert memory is not None, "Page needs the agent's memory"
+        assert key is not None
+        out: list[tuple[str | None, Decision]] = []
+        while state.total > limit.limit:
+            need = state.total - limit.limit + STUB_TOKENS
+            span = oldest_span(state, need=need, cap=policy.max_page_tokens)
+            stub = Message.user(page_stub(span, state), origin=STALWART)
+            if sum(e.tokens for e in span) <= message_tokens(state.tokenizer, stub):
+                break  # a stub would not save anything: the call is refused
+            before = state.total
+            chunks = _chunks(span)
+            keys = await self._page_out(ex, memory, key, chunks) if chunks else []
+            first, last = span[0].index, span[-1].index
+            state.replace_span([e.index for e in span], stub).paged = True
+            out.append((None, Decision(
+                "page", f"over the limit: {before} > {limit.limit} tokens; messages "
+                f"{first}-{last} moved to memory {memory.name!r} (key {key!r})",
+                moved(span), before, state.total, limit.limit, keys=tuple(keys),
+                memory=f"{memory.name}:{key}")))
+        return out
+
+    async def _page_out(self, ex: Execution, memory: Memory, key: str,
+                        chunks: list[tuple[str, str, dict[str, Any]]]) -> list[str]:
+        """Write the chunks to warm memory in one journaled step; their entry keys."""
+        board = memory.board_store(ex.engine.store)
+        clock, agent = ex.engine.clock, self.agent
+
+        async def paged(n: int) -> list[str]:
+            step = current_step()
+            return await memory.write(
+                board, key=key, op_key=step.idempotency_key, run_id=step.run_id,
+                step_id=step.step_id, now=clock.now(), chunks=chunks,
+                source={"kind": "page", "agent": agent, "run_id": step.run_id})
+
+        return list(await run_step(ex, paged, (len(chunks),), {},
+                                   name=f"memory:{agent}/page"))
+
     def _origin_of(self, span: Sequence[Entry]) -> Origin:
         """A summary's origin: the first origin in ``span`` the agent does not trust,
         else the model's (it wrote the summary)."""
@@ -212,6 +276,41 @@ class History:
             ex, name=f"{self.agent}/summary", model=policy.model or self.model,
             request=request, policy=self._policy, pool=self._pool)
         return _cut(response.content or "", policy.max_summary_tokens, state.tokenizer.count)
+
+
+def page_stub(span: Sequence[Entry], state: WindowState) -> str:
+    """The stub a paged span leaves: which messages, their most frequent words (a hint
+    for recall), and how to get them back (at most ``STUB_TOKENS``)."""
+    counts: dict[str, int] = {}
+    for e in span:
+        if not e.paged:
+            for t in terms(e.message.content or ""):
+                if len(t) >= 5 and not t.isdigit():
+                    counts[t] = counts.get(t, 0) + 1
+    words = sorted(counts, key=lambda w: -counts[w])[:6]
+    fill = {"first": span[0].index if span else 0, "last": span[-1].index if span else 0}
+    text = PAGE_STUB.format(about=f" (about: {', '.join(words)})" if words else "", **fill)
+    if state.tokenizer.count(text) > STUB_TOKENS - 8:
+        text = PAGE_STUB.format(about="", **fill)
+    return text
+
+
+def _render(e: Entry) -> str:
+    m = e.message
+    calls = "".join(f" [called {c.name}({c.arguments})]" for c in m.tool_calls)
+    who = f"{m.role} {m.name}" if m.name else m.role
+    return f"{who}: {m.content or ''}{calls}"
+
+
+def _chunks(span: Sequence[Entry]) -> list[tuple[str, str, dict[str, Any]]]:
+    """The memory entries a span becomes: one per unit (a turn with its tool calls and
+    results), a page's stub left out (what it stood for is in memory already)."""
+    units: dict[int, list[Entry]] = {}
+    for e in span:
+        if not e.paged:
+            units.setdefault(e.unit, []).append(e)
+    return [(str(u[0].index), "\n".join(_render(e) for e in u),
+             {"messages": [u[0].index, u[-1].index]}) for u in units.values()]
 
 
 def _cut(text: str, max_tokens: int, count: Callable[[str], int]) -> str:

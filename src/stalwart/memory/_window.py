@@ -25,12 +25,14 @@ from typing import Literal, TypeAlias, final
 
 from ..errors import ConfigurationError, ContextOverflowError
 from ..models import Message, ModelLimits, Tokenizer, ToolSpec, get_tokenizer, model_limits
+from ._warm import Memory
 
 __all__ = [
     "ContextWindow",
     "Decision",
     "Evict",
     "Moved",
+    "Page",
     "Reject",
     "Summarize",
     "WindowLimit",
@@ -125,9 +127,45 @@ class Summarize:
         return f"summarize({self.model or 'the agent model'})"
 
 
-WindowPolicy: TypeAlias = Reject | Evict | Summarize
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Page:
+    """Move the oldest contiguous span of unpinned turns to warm memory (an agent's
+    :class:`~stalwart.Memory`, under its ``memory_key``), in a durable step
+    (``memory:{agent}/page``), and put a short stub in its place telling the model the
+    content can be fetched with the ``recall`` tool, which the agent is offered.
+
+    Turns go whole (an assistant turn with its tool calls and their results), one
+    memory entry each; pinned messages never move. A run resumed after a crash finds the
+    entries written and writes nothing twice.
+
+    Args:
+        memory: where paged turns go; default: the agent's ``memory``, else
+            ``sw.Memory("memory")``.
+        max_page_tokens: the most one page step moves (a larger overflow takes several).
+        recall_tokens: the most a ``recall`` answer holds (also at most a quarter of
+            the window's limit), so recalling cannot overflow the window.
+    """
+
+    memory: Memory | None = None
+    max_page_tokens: int = 32_000
+    recall_tokens: int = 1_000
+
+    def __post_init__(self) -> None:
+        if self.memory is not None and not isinstance(self.memory, Memory):
+            raise ConfigurationError("Page.memory must be a sw.Memory or None")
+        for name in ("max_page_tokens", "recall_tokens"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 64:
+                raise ConfigurationError(f"Page.{name} must be an int >= 64")
+
+    def describe(self) -> str:
+        return f"page(memory {self.memory.name if self.memory else 'of the agent'})"
+
+
+WindowPolicy: TypeAlias = Reject | Evict | Summarize | Page
 _NAMED: dict[str, WindowPolicy] = {"reject": Reject(), "evict": Evict(),
-                                   "summarize": Summarize()}
+                                   "summarize": Summarize(), "page": Page()}
 
 
 @final
@@ -158,8 +196,8 @@ class ContextWindow:
         reserve_output: tokens kept free for the answer; ``None``: the agent's
             ``options.max_tokens`` if set, else the table's reserve.
         policy: what to do when a request would not fit: :class:`Reject` (the
-            default), :class:`Evict` or :class:`Summarize`, or the name
-            of one (``"evict"``...) for its defaults.
+            default), :class:`Evict`, :class:`Summarize` or :class:`Page`, or the
+            name of one (``"evict"``...) for its defaults.
         tokenizer: how to count; default :func:`~stalwart.models.get_tokenizer` of the
             model.
         limits: entries that override the built-in table (``{"openai:my-ft":
@@ -187,9 +225,9 @@ class ContextWindow:
                     f"ContextWindow.policy must be one of {sorted(_NAMED)} or a policy "
                     f"object, not {self.policy!r}")
             object.__setattr__(self, "policy", named)
-        elif not isinstance(self.policy, Reject | Evict | Summarize):
+        elif not isinstance(self.policy, Reject | Evict | Summarize | Page):
             raise ConfigurationError(
-                "ContextWindow.policy must be Reject(), Evict() or Summarize()")
+                "ContextWindow.policy must be Reject(), Evict(), Summarize() or Page()")
         for name in ("capacity", "reserve_output"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
@@ -285,6 +323,8 @@ class Entry:
     results of those calls form one unit, which goes (or stays) whole."""
     pinned: bool = False
     stubbed: bool = False
+    paged: bool = False
+    """A page's stub (what it stood for is in memory already)."""
 
 
 @final
@@ -310,7 +350,8 @@ class Decision:
 
     ``action``: ``"stub"`` (tool results replaced by a stub), ``"evict"``, ``"expire"``
     (TTL), ``"summarize"`` (the span replaced by a summary), ``"page"`` (moved to warm
-    memory) or ``"reject"``."""
+    memory) or ``"reject"``. A page names the memory entries it wrote (``keys``) and
+    the memory (``memory``: its name and the memory key)."""
 
     action: str
     reason: str
@@ -318,11 +359,18 @@ class Decision:
     before: int
     after: int
     limit: int
+    keys: tuple[str, ...] = ()
+    memory: str | None = None
 
     def as_json(self) -> dict[str, object]:
-        return {"action": self.action, "reason": self.reason, "before": self.before,
-                "after": self.after, "limit": self.limit,
-                "moved": [m.as_json() for m in self.moved]}
+        out: dict[str, object] = {
+            "action": self.action, "reason": self.reason, "before": self.before,
+            "after": self.after, "limit": self.limit,
+            "moved": [m.as_json() for m in self.moved]}
+        if self.action == "page":
+            out["memory"] = self.memory
+            out["keys"] = list(self.keys)
+        return out
 
 
 def _moved(e: Entry) -> Moved:
