@@ -1,6 +1,7 @@
 """Properties of every window policy, on whole agent runs (hypothesis): no request the
 model sees is over the window's limit, no pinned message is ever missing from one, and
-every message missing from one was journaled as moved."""
+every message missing from one was journaled as moved (under Page: to memory entries
+that exist)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 import stalwart as sw
 from stalwart import FakeClock
-from stalwart.memory import Evict, Reject, Summarize
+from stalwart.memory import Evict, Page, Reject, Summarize
 from stalwart.memory._window import fixed_tokens, message_tokens
 from stalwart.models import Message, ModelRequest, ToolCallRequest, get_tokenizer
 from stalwart.testing import MemoryStore
@@ -22,6 +23,7 @@ TOK = get_tokenizer("function:script")
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
          "juliet", "kilo", "lima"]
 SUMMARIZER = Summarize(max_summary_tokens=24, max_span_tokens=2_000)
+PAGER = Page(memory=sw.Memory("p"), max_page_tokens=400, recall_tokens=64)
 
 
 def text(n: int, salt: int) -> str:
@@ -57,7 +59,7 @@ async def fetch(n: int, salt: int) -> str:
 
 POLICIES = st.sampled_from([Reject(), Evict(), Evict(order="lru"),
                             Evict(order="priority", priority=lambda m: len(m.content or "")),
-                            Evict(ttl=2), SUMMARIZER])
+                            Evict(ttl=2), SUMMARIZER, PAGER])
 
 
 @settings(max_examples=40, deadline=None,
@@ -66,14 +68,14 @@ POLICIES = st.sampled_from([Reject(), Evict(), Evict(order="lru"),
        capacity=st.integers(250, 1_500), task=st.integers(1, 60), policy=POLICIES)
 def test_no_policy_sends_over_the_limit_drops_a_pin_or_moves_silently(
         results: list[int | None], capacity: int, task: int,
-        policy: Reject | Evict | Summarize) -> None:
+        policy: Reject | Evict | Summarize | Page) -> None:
     """Over any conversation: each request fits, holds the system prompt, the task and
     the latest user turn, and everything it lacks was journaled as moved."""
     asyncio.run(_check(results, capacity, task, policy))
 
 
 async def _check(results: list[int | None], capacity: int, task: int,
-                 policy: Reject | Evict | Summarize) -> None:
+                 policy: Reject | Evict | Summarize | Page) -> None:
     script = Script(results)
     window = sw.ContextWindow(capacity, reserve_output=50, policy=policy)
     try:
@@ -96,6 +98,7 @@ async def _check(results: list[int | None], capacity: int, task: int,
         handle = await app.start(wf)
         transcript = await handle.result()
         events = await app.store.load_events(handle.run_id)
+        paged = await PAGER.memory.entries(app.store, key="a") if PAGER.memory else []
     notes = [json.loads(e.payload or "{}") for e in events if e.kind == "context_window"]
     moved = {m["index"] for n in notes for m in n["moved"]}
     limit = window.resolve("function:script").limit
@@ -120,3 +123,18 @@ async def _check(results: list[int | None], capacity: int, task: int,
                 assert i in moved, (i, m.role)
     if isinstance(policy, Reject):
         assert notes == []
+    if isinstance(policy, Page):  # what moved is in memory, one entry per key journaled
+        keys = [k for n in notes if n["action"] == "page" for k in n["keys"]]
+        assert sorted(keys) == sorted(h.key for h in paged)
+        assert {n["action"] for n in notes} <= {"page", "reject"}
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(results=st.lists(st.none() | st.integers(0, 200), min_size=2, max_size=8),
+       capacity=st.integers(300, 1_200), task=st.integers(1, 60))
+def test_page_never_sends_over_the_limit_moves_a_pin_or_moves_unjournaled(
+        results: list[int | None], capacity: int, task: int) -> None:
+    """The same properties under Page alone (every example pages or rejects): what moved
+    is journaled and in memory under the journaled keys."""
+    asyncio.run(_check(results, capacity, task, PAGER))
