@@ -12,7 +12,10 @@
    tool calls through a window of 8,000 tokens. Under ``Summarize`` (a fact-keeping
    simulated summarizer) the fact is still in the last request; under ``Evict`` it is
    gone from the request and the journal says so (a ``context_window`` event that moved
-   that message). ``Page`` (warm memory and a ``recall`` tool) is not built yet.
+   that message). Under ``Page`` old turns move to warm memory (the store) and the
+   simulated agent (``sim:`` with a scripted reply function) calls ``recall("vault
+   code")`` after the last read: the fact is in the last request, fetched through the
+   tool, and the journal lists the page writes.
 
 Exit status 1 when a target is missed.
 """
@@ -100,6 +103,57 @@ class Reader:
         return ToolCallRequest.create(f"c{self.made}", "read_order", {"i": self.made})
 
 
+class Recaller:
+    """The ``page`` agent (a ``sim:`` model's script): reads order after order, then
+    recalls the vault code through the tool, then answers."""
+
+    def __init__(self, turns: int) -> None:
+        self.turns = turns
+        self.made = 0
+        self.last: ModelRequest | None = None
+
+    def __call__(self, request: ModelRequest) -> object:
+        self.last = request
+        if self.made < self.turns:
+            self.made += 1
+            return ToolCallRequest.create(f"c{self.made}", "read_order", {"i": self.made})
+        if self.made == self.turns:
+            self.made += 1
+            return ToolCallRequest.create("recall-1", "recall", {"query": "vault code"})
+        return "done"
+
+
+async def needle_page(turns: int) -> tuple[bool, int, int]:
+    """(the fact is in the last request, page writes journaled, memory entries)."""
+
+    async def read_order(i: int) -> str:
+        body = RESULT.format(i=i, w=i % 7, n=i % 13)
+        return f"{NEEDLE} {body}" if i == 1 else body
+
+    model = Recaller(turns)
+    memory = sw.Memory("bench")
+    agent = sw.Agent("reader", sw.SimulatedModel("reader", script=model),
+                     tools=[sw.Tool(read_order)], instructions="Read every order.",
+                     context=sw.ContextWindow(8_000, reserve_output=500,
+                                              policy=sw.Page(memory=memory)),
+                     max_iterations=turns + 5)
+    app = sw.Runtime(MemoryStore())
+
+    @app.workflow
+    async def read(ctx: sw.Context) -> str:
+        return await agent.run(ctx, "Read every order, then say done.")
+
+    async with app:
+        handle = await app.start(read)
+        await handle.result()
+        events = await app.store.load_events(handle.run_id)
+        entries = await memory.entries(app.store, key="reader")
+    assert model.last is not None
+    present = any("7341" in (m.content or "") for m in model.last.messages)
+    pages = [json.loads(e.payload or "{}") for e in events if e.kind == "context_window"]
+    return present, sum(1 for p in pages if p.get("action") == "page"), len(entries)
+
+
 async def needle(policy: sw.Summarize | sw.Evict, turns: int) -> tuple[bool, bool]:
     """(the fact is in the last request, the journal reports its message moved)."""
 
@@ -150,7 +204,11 @@ def main() -> int:
           f"{'still in the request' if present else 'gone from the request'}, "
           f"{'reported evicted in the journal' if reported else 'NOT REPORTED'}")
     ok &= reported and not present
-    print("needle under page: not built (warm memory and recall are not implemented yet)")
+    present, pages, entries = asyncio.run(needle_page(turns))
+    print(f"needle after {turns} turns under page: "
+          f"{'answerable (recalled through the tool)' if present else 'LOST'}; "
+          f"{pages} page decisions journaled, {entries} turns in warm memory")
+    ok &= present and pages > 0
     return 0 if ok else 1
 
 

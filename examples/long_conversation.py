@@ -1,11 +1,13 @@
-"""A long conversation through a context window: the same reading agent under three
+"""A long conversation through a context window: the same reading agent under four
 policies, and what each one did, from the journal.
 
 The agent reads 30 support tickets, one tool call each (~250 tokens a ticket), through
 a 3,000-token window. Under ``reject`` the request that would not fit is refused before
 it is sent, with the numbers. Under ``evict`` old ticket bodies become stubs (their
 calls keep an answer) and the journal says which and why. Under ``summarize`` old turns
-are replaced by a summary written in a durable step. Offline: the model and the
+are replaced by a summary written in a durable step. Under ``page`` old turns move to the
+agent's warm memory in the store (a stub in their place), and the agent fetches the
+urgent one back with its ``recall`` tool before reporting. Offline: the model and the
 summarizer are scripted (``FunctionModel``).
 
     python examples/long_conversation.py
@@ -40,17 +42,25 @@ def reader(request: sw.ModelRequest) -> Any:
         urgent = " ".join(dict.fromkeys(re.findall(r"URGENT: [^.]*\.", text)))
         last = max(int(n) for n in re.findall(r"ticket (\d+)", text))
         return f"Read up to ticket {last}. {urgent}".strip()
-    ids = [int(m.tool_call_id[1:]) for m in request.messages if m.tool_call_id]
+    ids = [int(m.tool_call_id[1:]) for m in request.messages
+           if m.tool_call_id and m.name == "read_ticket"]
     ids += [int(n) for n in re.findall(r"Read up to ticket (\d+)", text)]
     following = max(ids, default=0) + 1
     if following <= TICKETS:
         return sw.ToolCallRequest.create(f"t{following}", "read_ticket",
                                          {"number": following})
+    paged = "paged out" in text
+    if paged and "invoice 4471" not in text and not any(
+            m.name == "recall" for m in request.messages):
+        return sw.ToolCallRequest.create("recall-1", "recall",
+                                         {"query": "URGENT invoice charged twice"})
     seen = "seen" if "invoice 4471" in text else "no longer in view"
+    if paged:
+        seen += " (recalled from memory)"
     return f"Read {TICKETS} tickets; the urgent double charge (invoice 4471): {seen}."
 
 
-def agent_with(policy: sw.Reject | sw.Evict | sw.Summarize) -> sw.Agent[str]:
+def agent_with(policy: sw.Reject | sw.Evict | sw.Summarize | sw.Page) -> sw.Agent[str]:
     return sw.Agent("support", sw.FunctionModel(reader, name="reader"),
                     instructions="Read every ticket, then report.",
                     tools=[sw.Tool(read_ticket)], max_iterations=TICKETS + 5,
@@ -58,7 +68,8 @@ def agent_with(policy: sw.Reject | sw.Evict | sw.Summarize) -> sw.Agent[str]:
 
 
 AGENTS = {"reject": agent_with(sw.Reject()), "evict": agent_with(sw.Evict()),
-          "summarize": agent_with(sw.Summarize(max_summary_tokens=120))}
+          "summarize": agent_with(sw.Summarize(max_summary_tokens=120)),
+          "page": agent_with(sw.Page(memory=sw.Memory("support"), recall_tokens=300))}
 
 
 @app.workflow

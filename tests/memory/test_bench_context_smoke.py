@@ -1,6 +1,6 @@
 """``bench/bench_context.py --quick`` runs with tiny numbers and its needle checks pass
 (the summarized fact is still in the request; the evicted one is reported in the
-journal). The timing figure is printed, not checked here."""
+journal; the paged one is recalled through the tool). The timing figure is printed, not checked here."""
 
 from __future__ import annotations
 
@@ -19,4 +19,5 @@ def test_the_benchmark_runs_and_its_needle_checks_pass() -> None:
     out = done.stdout + done.stderr
     assert "under summarize: answerable (in the request)" in out, out
     assert "under evict: gone from the request, reported evicted in the journal" in out, out
+    assert "under page: answerable (recalled through the tool)" in out, out
     assert "simulated model call" in out

@@ -129,7 +129,8 @@ def test_actor_counter_example(tmp_path: Path) -> None:
 
 def test_long_conversation_example(tmp_path: Path) -> None:
     """examples/long_conversation.py: reject refuses with the numbers, evict reads every
-    ticket and journals the stubs (the early fact goes), summarize keeps the fact."""
+    ticket and journals the stubs (the early fact goes), summarize keeps the fact, page
+    moves it to memory and the agent recalls it."""
     lines = run_example("long_conversation.py", tmp_path).splitlines()
     assert lines[0].startswith("reject: refused: ") and "needs" in lines[0]
     assert lines[1].startswith("  window: 1 actions ['reject']")
@@ -138,3 +139,6 @@ def test_long_conversation_example(tmp_path: Path) -> None:
     assert lines[3].startswith("  window: ") and "['stub']" in lines[3]
     assert lines[4] == "summarize: Read 30 tickets; the urgent double charge (invoice 4471): seen."
     assert "['summarize']" in lines[5]
+    assert lines[6] == ("page: Read 30 tickets; the urgent double charge (invoice 4471): seen "
+                        "(recalled from memory).")
+    assert "['page']" in lines[7]
