@@ -1,6 +1,7 @@
 """``bench/bench_context.py --quick`` runs with tiny numbers and its needle checks pass
 (the summarized fact is still in the request; the evicted one is reported in the
-journal; the paged one is recalled through the tool). The timing figure is printed, not checked here."""
+journal; the paged one is recalled through the tool). The timing figure is printed,
+not checked here."""
 
 from __future__ import annotations
 
