@@ -190,6 +190,9 @@ class Memory:
             MemoryQueryError: ``k`` below 1, an unknown tier.
         """
         self.check_query("recent", k, tier)
+        if tier == "auto":
+            raise MemoryQueryError(f"memory {self.name!r}: recent() lists one tier, "
+                                   "'warm' or 'cold'", memory=self.name)
         check_key(key)
         store = self.board_store(ctx.execution.engine.store)
 
