@@ -190,7 +190,7 @@ class Memory:
             MemoryQueryError: ``k`` below 1, an unknown tier.
         """
         self.check_query("recent", k, tier)
-        if tier == "auto":
+        if tier not in ("warm", "cold"):
             raise MemoryQueryError(f"memory {self.name!r}: recent() lists one tier, "
                                    "'warm' or 'cold'", memory=self.name)
         check_key(key)
