@@ -81,6 +81,7 @@ from .models import (
     ToolCallRequest,
     ToolSpec,
     Usage,
+    get_tokenizer,
     parse_tool_arguments,
 )
 from .store._base import EventKind, NewEvent
@@ -343,7 +344,7 @@ class Agent(Generic[OutT]):
         key = (self.model if isinstance(self.model, str)
                else f"{self.model.provider}:{self.model.name}")
         count = (self.context.resolve(key, max_tokens=self.options.max_tokens).tokenizer.count
-                 if self.context is not None else len)
+                 if self.context is not None else get_tokenizer(key).count)
         return [recall_tool(self.memory, self.memory_key, store=store, max_tokens=bound,
                             count=count)]
 
