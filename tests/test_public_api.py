@@ -37,7 +37,7 @@ PUBLIC = {
     "UsageReport", "usage_report", "ReplayReport",
     # coordination patterns
     "ChildRun", "ChildOutcome", "ChildSpec", "Saga", "Graph", "CompiledGraph", "START", "END",
-    "Team", "TeamResult", "Handoff", "vote", "VoteResult", "mixture", "MixtureResult",
+    "Team", "TeamResult", "Handoff", "vote", "VoteResult", "mixture", "fan_in", "MixtureResult",
     "refine", "Verdict", "RefineResult", "reflexion", "Evaluation", "ReflexionResult",
     "Blackboard", "BoardEntry", "read_quarantined",
     # errors

@@ -162,6 +162,7 @@ from .patterns import Team as Team
 from .patterns import TeamResult as TeamResult
 from .patterns import Verdict as Verdict
 from .patterns import VoteResult as VoteResult
+from .patterns import fan_in as fan_in
 from .patterns import mixture as mixture
 from .patterns import read_quarantined as read_quarantined
 from .patterns import refine as refine
@@ -279,6 +280,7 @@ __all__ = [
     "vote",
     "VoteResult",
     "mixture",
+    "fan_in",
     "MixtureResult",
     "refine",
     "Verdict",

@@ -66,6 +66,7 @@ from .errors import (
     StoreError,
     ToolLoopError,
 )
+from .memory._fanin import Results, result_messages
 from .memory._history import History, model_key
 from .memory._warm import Memory, check_key, recall_tool
 from .memory._window import ContextWindow, Page, fixed_tokens, message_tokens
@@ -365,9 +366,10 @@ class Agent(Generic[OutT]):
         return system_prompt(self.instructions, self._adapter)
 
     async def run(self, ctx: Context, input: Any, *, policy: Policy | None = None,
-                  budget: Budget | None = None) -> OutT:
+                  budget: Budget | None = None, results: Results = ()) -> OutT:
         """Run the loop and return the validated output (see :meth:`run_result`)."""
-        return (await self.run_result(ctx, input, policy=policy, budget=budget)).output
+        return (await self.run_result(ctx, input, policy=policy, budget=budget,
+                                      results=results)).output
 
     def _verdict(self, response: ModelResponse) -> tuple[Any, str | None]:
         """A final answer's output, and what is wrong with it (``None``: nothing)."""
@@ -387,8 +389,13 @@ class Agent(Generic[OutT]):
     async def run_result(self, ctx: Context, input: Any, *,
                          policy: Policy | None = None,
                          handoffs: Sequence[HandoffOffer] = (),
-                         budget: Budget | None = None) -> AgentResult[OutT]:
+                         budget: Budget | None = None,
+                         results: Results = ()) -> AgentResult[OutT]:
         """Run the loop and return the output with the conversation and accounting.
+
+        ``results`` (a fan-in: other agents' results, by label or in order) follow the
+        task as separate, unpinned messages, so this agent's context window acts on them
+        before the call (see :func:`~stalwart.fan_in`); the task stays pinned.
 
         ``budget`` holds this run of the agent besides the agent's own ``budget`` (both
         apply, as do the run's): a sub-agent's share of a
@@ -407,7 +414,7 @@ class Agent(Generic[OutT]):
         ic = ex.interceptor
         if not ic.active:
             with agent_budget(self.name, self.budget), agent_budget(self.name, budget):
-                return await self._loop(ctx, input, policy, _Spent(), offers)
+                return await self._loop(ctx, input, policy, _Spent(), offers, results)
         primary = ex.engine.model(self.model)
         first_step_id = ex.next_step_id()
         handle = ic.agent_started(AgentStartInput(
@@ -418,7 +425,7 @@ class Agent(Generic[OutT]):
         spent = _Spent()
         try:
             with agent_budget(self.name, self.budget), agent_budget(self.name, budget):
-                result = await self._loop(ctx, input, policy, spent, offers)
+                result = await self._loop(ctx, input, policy, spent, offers, results)
         except BaseException as exc:
             # What it used before it failed is spent all the same (and on its span).
             ic.agent_ended(AgentEndInput(
@@ -432,10 +439,13 @@ class Agent(Generic[OutT]):
         return result
 
     async def _loop(self, ctx: Context, input: Any, policy: Policy | None,
-                    spent: _Spent, offers: dict[str, HandoffOffer]) -> AgentResult[OutT]:
+                    spent: _Spent, offers: dict[str, HandoffOffer],
+                    results: Results = ()) -> AgentResult[OutT]:
         ex = ctx.execution
         effective = ex.engine.effective_policy(self.policy, policy)
-        turns = _Turns(self._opening(input), ctx=ctx)
+        opening = self._opening(input)
+        supporting = result_messages(results)
+        turns = _Turns([*opening, *supporting], ctx=ctx)
         offered = [t for t in self.tools.values() if decide(t, grant=self.grant).action
                    == "allow"]
         window_limit = (None if self.context is None else self.context.resolve(
@@ -446,7 +456,8 @@ class Agent(Generic[OutT]):
         specs = (*(t.spec for t in offered), *(o.spec for o in offers.values()),
                  *(t.spec for t in recall))
         output_schema = self._adapter.json_schema() if self._adapter is not None else None
-        history = self._history(ex, specs, output_schema, effective)
+        history = self._history(ex, specs, output_schema, effective, frozenset(
+            range(len(opening), len(opening) + len(supporting))))
         for _turn in range(self.max_iterations):
             if self.health is not None:
                 specs = (*await self._healthy_specs(ex, turns, offered, offers),
@@ -500,7 +511,8 @@ class Agent(Generic[OutT]):
                 *(o.spec for o in offers.values()))
 
     def _history(self, ex: Execution, specs: Sequence[ToolSpec],
-                 output_schema: dict[str, Any] | None, policy: Policy) -> History:
+                 output_schema: dict[str, Any] | None, policy: Policy,
+                 supporting: frozenset[int] = frozenset()) -> History:
         """The conversation's window for this run (none without ``context``)."""
         window = self.context
         limit = None
@@ -511,7 +523,8 @@ class Agent(Generic[OutT]):
                        output_schema=output_schema, model=self.model, policy=policy,
                        pool=self.pool,
                        trusts=None if self.trust is None else self.trust.trusts,
-                       memory=self.memory, memory_key=self.memory_key)
+                       memory=self.memory, memory_key=self.memory_key,
+                       supporting=supporting)
 
     def _opening(self, input: Any) -> list[Message]:
         """The conversation's start: the system prompt (if any) and the input, each

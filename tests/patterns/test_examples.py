@@ -142,3 +142,14 @@ def test_long_conversation_example(tmp_path: Path) -> None:
     assert lines[6] == ("page: Read 30 tickets; the urgent double charge (invoice 4471): seen "
                         "(recalled from memory).")
     assert "['page']" in lines[7]
+
+
+def test_fan_in_example(tmp_path: Path) -> None:
+    """examples/fan_in.py: budget shares 2:1:1; under evict the oldest finding goes and
+    the journal names it; under reject the call is refused with the numbers."""
+    lines = run_example("fan_in.py", tmp_path).splitlines()
+    assert lines[0] == "evict: Report from 2 of 3 findings: risks, tech."
+    assert lines[1] == "  budget shares (tokens): [10000, 5000, 5000]"
+    assert lines[2].startswith("  window: evict ['[market]'] (")
+    assert lines[3].startswith("reject: refused before the call: ContextOverflowError")
+    assert lines[5].startswith("  window: reject [] (")

@@ -87,6 +87,8 @@ class History:
             takes the origin of the first message of its span the agent does not trust,
             so summarizing never launders untrusted content into trusted text.
         memory, memory_key: where a :class:`Page` policy writes (required with one).
+        supporting: the positions in the conversation of supporting messages (a
+            fan-in's results): never pinned, so the policy acts on them.
     """
 
     __slots__ = (
@@ -96,6 +98,7 @@ class History:
         "_memory_key",
         "_policy",
         "_pool",
+        "_supporting",
         "_trusts",
         "_window",
         "agent",
@@ -108,7 +111,8 @@ class History:
                  limit: WindowLimit | None, tools: Sequence[ToolSpec],
                  output_schema: dict[str, Any] | None, model: str | Model, policy: Policy,
                  pool: str | None, trusts: Callable[[Origin], bool] | None = None,
-                 memory: Memory | None = None, memory_key: str | None = None) -> None:
+                 memory: Memory | None = None, memory_key: str | None = None,
+                 supporting: frozenset[int] = frozenset()) -> None:
         self.agent = agent
         self.model = model
         self._window = window
@@ -117,6 +121,7 @@ class History:
         self._pool = pool
         self._counted = 0
         self._trusts = trusts
+        self._supporting = supporting
         self.tokens = 0
         """The tokens of the latest request, counted incrementally (the window's total;
         without a window, the running count of the messages' text): the estimate a model
@@ -140,8 +145,8 @@ class History:
                 self.tokens += count_tokens(message.content or "")
             self._counted = len(transcript)
             return tuple(transcript)
-        for message in transcript[self._counted:]:
-            state.add(message)
+        for i in range(self._counted, len(transcript)):
+            state.add(transcript[i], supporting=i in self._supporting)
         self._counted = len(transcript)
         state.turn += 1
         policy = window.window_policy

@@ -9,8 +9,9 @@ the window keeps the running total, so the bookkeeping of a call costs the new m
 not the history (``bench/bench_context.py`` measures it at 100k tokens).
 
 What a window never does: drop a *pinned* message (the system prompt, the task — the
-first user message — and the latest user turn), send a request over its limit, or move
-anything without saying so (every decision is a :class:`Decision` the history journals).
+first user message — and the latest user turn; a fan-in's results are not pinned), send
+a request over its limit, or move anything without saying so (every decision is a
+:class:`Decision` the history journals).
 """
 
 from __future__ import annotations
@@ -403,8 +404,10 @@ class WindowState:
         self._latest_user: Entry | None = None
         self._by_word: dict[str, set[int]] | None = {} if track_references else None
 
-    def add(self, message: Message) -> Entry:
-        """Take ``message`` into the window (counted once, here)."""
+    def add(self, message: Message, *, supporting: bool = False) -> Entry:
+        """Take ``message`` into the window (counted once, here). A ``supporting``
+        message (a fan-in's result: material for the task, not a turn of the user's) is
+        never pinned and never becomes the latest user turn: the policy may move it."""
         index = self.next_index
         self.next_index += 1
         unit = index
@@ -418,7 +421,7 @@ class WindowState:
                       self.turn, unit)
         if message.role == "system":
             entry.pinned = True
-        elif message.role == "user":
+        elif message.role == "user" and not supporting:
             if self._task is None:
                 self._task = index
             elif self._latest_user is not None and self._latest_user.index != self._task:

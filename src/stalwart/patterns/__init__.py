@@ -22,6 +22,7 @@ from ._blackboard import Poisoned as Poisoned
 from ._blackboard import poisoning as poisoning
 from ._divergence import divergence as divergence
 from ._divergence import token_distance as token_distance
+from ._fan_in import fan_in as fan_in
 from ._graph import END as END
 from ._graph import START as START
 from ._graph import CompiledGraph as CompiledGraph
@@ -62,6 +63,6 @@ __all__ = ["Ballot", "Blackboard", "BoardEntry", "ChildSpec", "CompiledGraph", "
            "MixtureResult", "Oscillation", "Poisoned", "RefineInput", "RefineResult",
            "ReflectionInput", "ReflexionResult", "Reply", "Round", "START", "Saga",
            "SemanticReport", "Team", "TeamResult", "Trial", "TrialInput", "Verdict",
-           "VoteResult", "divergence", "free_text_fields", "limit_semantic_retries", "mixture",
-           "oscillation", "poisoning", "read_quarantined", "refine", "reflexion",
+           "VoteResult", "divergence", "fan_in", "free_text_fields", "limit_semantic_retries",
+           "mixture", "oscillation", "poisoning", "read_quarantined", "refine", "reflexion",
            "semantic_report", "token_distance", "vote"]

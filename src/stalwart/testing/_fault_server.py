@@ -13,7 +13,9 @@ Endpoints (non-streaming only):
 * ``POST /v1/chat/completions`` — OpenAI Chat Completions (``base_url = server.openai_url``)
 * ``POST /v1/messages`` — Anthropic Messages (``base_url = server.anthropic_url``)
 
-Per request, the server decides in this order: a queued :class:`Fault` (one per
+Per request, the server decides in this order: with a context limit set
+(:meth:`FaultServer.set_context_limit`), a prompt over it is answered 400
+``context_length_exceeded``, as providers do; then a queued :class:`Fault` (one per
 request, first in first out); then outage mode; then the seeded error rate; otherwise
 it replies with the next queued :class:`Reply`, or a default ``"ok"`` text reply.
 """
@@ -27,11 +29,13 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal, final
+
+from ..models import count_tokens
 
 __all__ = ["Fault", "FaultServer", "RecordedRequest", "Reply"]
 
@@ -127,6 +131,8 @@ class RecordedRequest:
     received_at: float
     outcome: str
     """``reply``, or the kind of fault applied (``status:429``, ``drop``, ``outage``...)."""
+    prompt_tokens: int | None = None
+    """The prompt's tokens as the server counted them (with a context limit set)."""
 
 
 @dataclass(slots=True)
@@ -138,6 +144,8 @@ class _State:
     error_rate: float = 0.0
     error_status: int = 500
     rng: random.Random = field(default_factory=lambda: random.Random(0))
+    context_limit: int | None = None
+    count: Callable[[str], int] | None = None
 
 
 @final
@@ -247,6 +255,21 @@ class FaultServer:
             self._state.error_status = status
             self._state.rng = random.Random(seed)
 
+    def set_context_limit(self, tokens: int | None, *,
+                          count: Callable[[str], int] | None = None) -> None:
+        """Answer 400 ``context_length_exceeded`` (OpenAI's code; Anthropic's
+        ``invalid_request_error``) to every request whose prompt counts more than
+        ``tokens``; ``None`` lifts the limit. The prompt is the text of every message
+        (tool calls' names and arguments, tool results and the system prompt included)
+        counted with ``count`` (default: :func:`stalwart.models.count_tokens`, cl100k),
+        plus 4 tokens a message; each request's count is recorded
+        (:attr:`RecordedRequest.prompt_tokens`)."""
+        if tokens is not None and (isinstance(tokens, bool) or tokens < 1):
+            raise ValueError("the context limit must be an int >= 1 or None")
+        with self._lock:
+            self._state.context_limit = tokens
+            self._state.count = count or count_tokens
+
     @property
     def requests(self) -> list[RecordedRequest]:
         """A copy of every request received so far, in arrival order."""
@@ -261,9 +284,23 @@ class FaultServer:
 
     # -- used by the handler ----------------------------------------------------------
 
-    def _decide(self) -> tuple[Fault | None, str]:
+    def _prompt_tokens(self, body: Any) -> int | None:
+        with self._lock:
+            count = self._state.count if self._state.context_limit is not None else None
+        if count is None or not isinstance(body, dict):
+            return None
+        messages = body.get("messages") or []
+        texts = _strings(body.get("system")) + _strings(messages)
+        return sum(count(t) for t in texts) + 4 * (len(messages) + bool(body.get("system")))
+
+    def _decide(self, prompt_tokens: int | None = None) -> tuple[Fault | None, str]:
         with self._lock:
             st = self._state
+            limit = st.context_limit
+            if limit is not None and prompt_tokens is not None and prompt_tokens > limit:
+                return Fault.http(400, code="context_length_exceeded", message=(
+                    f"This model's maximum context length is {limit} tokens. However, "
+                    f"your messages resulted in {prompt_tokens} tokens.")), "status:400"
             if st.faults:
                 fault = st.faults.popleft()
                 label = f"status:{fault.status}" if fault.kind == "status" else fault.kind
@@ -318,11 +355,12 @@ class _Handler(BaseHTTPRequestHandler):
         proto: _Protocol | None = {
             "/v1/chat/completions": "openai", "/v1/messages": "anthropic",
         }.get(self.path.split("?")[0])  # type: ignore[assignment]
-        fault, outcome = fs._decide() if proto else (None, "not_found")
+        prompt = fs._prompt_tokens(body) if proto else None
+        fault, outcome = fs._decide(prompt) if proto else (None, "not_found")
         fs._record(RecordedRequest(
             method="POST", path=self.path, body=body,
             headers={k.lower(): v for k, v in self.headers.items()},
-            received_at=time.monotonic(), outcome=outcome))
+            received_at=time.monotonic(), outcome=outcome, prompt_tokens=prompt))
         if proto is None:
             self._send_json(404, {"error": {"message": f"no route {self.path}"}})
             return
@@ -377,6 +415,23 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
         self.wfile.flush()
+
+
+def _strings(node: Any) -> list[str]:
+    """The prompt text in a request's ``messages`` or ``system`` (either protocol):
+    contents, text blocks, tool calls' names and arguments, tool inputs and results."""
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, list):
+        return [t for item in node for t in _strings(item)]
+    if not isinstance(node, dict):
+        return []
+    out: list[str] = []
+    for key in ("content", "text", "name", "arguments", "function", "tool_calls"):
+        out += _strings(node.get(key))
+    if isinstance(node.get("input"), dict):  # an Anthropic tool_use block
+        out.append(json.dumps(node["input"]))
+    return out
 
 
 _ANTHROPIC_ERROR_TYPES = {
