@@ -5,15 +5,19 @@ prompt over its limit, no request over the limit is ever sent."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import stalwart as sw
 from stalwart.memory import WindowState
 from stalwart.memory._fanin import result_messages
+from stalwart.memory._window import message_tokens
 from stalwart.models import Message, OpenAIModel, get_tokenizer
 from stalwart.testing import FaultServer, MemoryStore
 
@@ -84,6 +88,8 @@ async def _run(served: Served, mode: str) -> tuple[Any, list[dict[str, Any]]]:
         outcome = exc.__cause__
     events = await app.events(handle.run_id)
     notes = [json.loads(e.payload or "{}") for e in events if e.kind == "context_window"]
+    report = await app.replay(handle.run_id)  # the same window decisions, nothing called
+    assert report.deterministic, report.divergences
     return outcome, notes
 
 
@@ -191,3 +197,68 @@ def test_results_are_supporting_messages_never_pinned() -> None:
     assert task.pinned and not any(e.pinned for e in added)
     later = state.add(Message.user("and be brief"))
     assert later.pinned and task.pinned
+
+
+WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.integers(1, 300), min_size=1, max_size=8),
+       policy=st.sampled_from(["reject", "evict", "summarize"]))
+def test_no_fan_in_request_is_over_the_limit_and_the_task_is_always_there(
+        sizes: list[int], policy: str) -> None:
+    """Any number and sizes of results: every request the aggregator's model gets fits
+    its window, holds the system prompt and the task, and every result it lacks was
+    journaled as moved; Reject refuses exactly when the results do not fit."""
+    limit = 600
+    seen: list[sw.ModelRequest] = []
+
+    def model(request: sw.ModelRequest) -> str:
+        if request.messages[0].content == sw.Summarize().instructions:
+            return "summary"
+        seen.append(request)
+        return "done"
+
+    window_policy = {"reject": sw.Reject(), "evict": sw.Evict(),
+                     "summarize": sw.Summarize(max_summary_tokens=32,
+                                               max_span_tokens=2000)}[policy]
+    agent = sw.Agent("agg", sw.FunctionModel(model, name="agg"), instructions="Merge.",
+                     context=sw.ContextWindow(limit + 100, reserve_output=100,
+                                              tokenizer=TOK, policy=window_policy))
+    results = {f"s{i}": " ".join(WORDS[(i + j) % 8] for j in range(n))
+               for i, n in enumerate(sizes)}
+    app = sw.Runtime(store=MemoryStore())
+
+    @app.workflow
+    async def wf(ctx: sw.Context) -> str:
+        return await sw.fan_in(ctx, agent, TASK, results)
+
+    async def go() -> tuple[Any, list[dict[str, Any]]]:
+        async with app:
+            h = await app.start(wf)
+            try:
+                out: Any = await h.result()
+            except sw.RunFailedError as exc:
+                out = exc.__cause__
+            events = await app.events(h.run_id)
+        return out, [json.loads(e.payload or "{}") for e in events
+                     if e.kind == "context_window"]
+
+    out, notes = asyncio.run(go())
+    everything = sum(message_tokens(TOK, m) for m in (
+        Message.system("Merge."), Message.user(TASK), *result_messages(results))) + 3
+    if isinstance(out, sw.ContextOverflowError):
+        assert policy == "reject" and everything > limit
+        assert seen == []
+        return
+    assert out == "done" and len(seen) == 1
+    assert everything <= limit or (policy != "reject" and notes)
+    moved = {m["preview"].split("\n")[0] for n in notes for m in n["moved"]}
+    for request in seen:
+        assert sum(message_tokens(TOK, m) for m in request.messages) + 3 <= limit
+        assert [m.content for m in request.messages[:2]] == ["Merge.", TASK]
+        shown = {(m.content or "").split("\n")[0] for m in request.messages[2:]}
+        for label in results:
+            assert f"[{label}]" in shown or f"[{label}]" in moved or any(
+                s.startswith("[Summary") for s in shown)
