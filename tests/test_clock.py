@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -95,3 +99,66 @@ async def test_autojump_waits_while_activity_is_held() -> None:
     await asyncio.gather(threaded(), clock.sleep(1))
     assert seen == [0.0]
     assert clock.monotonic() == 1.0
+
+
+class _ArrivalDuringCheck:
+    """A ready callback that looks like another clock's idle check and, the moment the
+    check inspects it, has a new callback arrive (as a pool thread's
+    ``call_soon_threadsafe`` would at that instant)."""
+
+    def __init__(self, ready: Any, other: sw.FakeClock) -> None:
+        self._ready = ready
+        self._other = other
+
+    @property
+    def _callback(self) -> object:
+        self._ready.append(object())
+        return self._other._maybe_jump
+
+
+def test_idle_check_survives_a_callback_arriving_mid_check() -> None:
+    """A callback appended to the loop's ready queue while autojump inspects it is not
+    "deque mutated during iteration" (which killed the idle check, so the clock never
+    jumped again)."""
+    loop = asyncio.new_event_loop()
+    ready = loop._ready  # type: ignore[attr-defined]
+    try:
+        clock = sw.FakeClock(autojump=True, idle_hops=0)
+        ready.append(_ArrivalDuringCheck(ready, sw.FakeClock(autojump=True)))
+        clock._maybe_jump(loop, clock._generation, 0)  # raised RuntimeError before
+        assert len(ready) == 2
+    finally:
+        ready.clear()
+        loop.close()
+
+
+async def test_autojump_with_callbacks_arriving_from_many_threads() -> None:
+    """Thirty autojump clocks on one loop (their idle checks queue behind each other)
+    while pool threads post callbacks as sync tools finishing do: every clock still
+    reaches its deadlines, and no idle check fails."""
+    loop = asyncio.get_running_loop()
+    failures: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: failures.append(context))
+    clocks = [sw.FakeClock(autojump=True, idle_hops=3) for _ in range(30)]
+
+    def post() -> None:
+        for _ in range(3000):
+            loop.call_soon_threadsafe(int)
+            time.sleep(0)  # let the loop thread in between posts
+
+    async def ticker(clock: sw.FakeClock) -> None:
+        for _ in range(50):
+            await clock.sleep(1)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            posters = [loop.run_in_executor(pool, post) for _ in range(4)]
+            await asyncio.wait_for(
+                asyncio.gather(*posters, *(ticker(c) for c in clocks)), timeout=30)
+    finally:
+        sys.setswitchinterval(interval)
+        loop.set_exception_handler(None)
+    assert failures == []
+    assert {c.monotonic() for c in clocks} == {50.0}

@@ -161,8 +161,7 @@ class FakeClock(Clock):
         # Idle means: no other callback is ready to run (trio's "all tasks blocked").
         # asyncio keeps ready callbacks in ``_ready``; where a loop has no such attribute
         # (uvloop), only the hop count is used.
-        ready = getattr(loop, "_ready", None)
-        busy = self._held > 0 or (ready is not None and not all(_is_jumper(h) for h in ready))
+        busy = self._held > 0 or not _only_jumpers_ready(loop)
         if busy or hops > 0:
             self._jumper = loop.call_soon(self._maybe_jump, loop, generation,
                                           self._idle_hops if busy else hops - 1)
@@ -175,6 +174,25 @@ class FakeClock(Clock):
         self._wake_due()
         if self._heap:
             self._schedule_jump(loop, self._generation, self._idle_hops)
+
+
+def _only_jumpers_ready(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether every callback ready on ``loop`` is a FakeClock idle check (or none is).
+
+    Other threads append to the ready deque (``call_soon_threadsafe``: a finished
+    executor job, a store's thread) while this runs, so it is never iterated in place
+    (Python code per item would let a thread in: "deque mutated during iteration").
+    It is copied in one C call, atomic under the GIL; a copy that still fails (a
+    free-threaded build) means callbacks are arriving, which is not idle.
+    """
+    ready = getattr(loop, "_ready", None)
+    if ready is None:
+        return True
+    try:
+        snapshot = tuple(ready)
+    except RuntimeError:
+        return False
+    return all(_is_jumper(h) for h in snapshot)
 
 
 def _is_jumper(handle: object) -> bool:
