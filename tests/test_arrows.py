@@ -317,3 +317,39 @@ def test_the_private_read_check_sees_one(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text("ctx._ex.runtime\nself._ex\n")
     assert private_reads(probe) == ["probe.py:1 ctx._ex"]
+
+
+def private_imports(path: Path) -> list[str]:
+    """Imports in ``path`` of another package's private module or name (``a._b``,
+    ``from a import _b``): what a library may change without notice."""
+    def private(names: list[str]) -> bool:
+        return any(n.startswith("_") and not n.startswith("__") for n in names)
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and not node.level:
+            module = node.module or ""
+            if module != "stalwart" and not module.startswith("stalwart.") and (
+                    private(module.split(".")) or private([a.name for a in node.names])):
+                found.append(f"{path.name}:{node.lineno} {ast.unparse(node)}")
+        elif isinstance(node, ast.Import):
+            found += [f"{path.name}:{node.lineno} import {a.name}" for a in node.names
+                      if not a.name.startswith("stalwart") and private(a.name.split("."))]
+    return found
+
+
+def test_no_private_module_of_another_package_is_imported() -> None:
+    """Libraries are used through their public API (the MCP SDK's HTTP client factory
+    is private: the client is built by stalwart and handed to the public transport)."""
+    assert [r for path in sorted(SRC.rglob("*.py")) for r in private_imports(path)] == []
+
+
+def test_the_private_import_check_sees_them(tmp_path: Path) -> None:
+    """The checker itself: a private module, a private name and ``import a._b`` are
+    reported; stalwart's own private modules and relative imports are not."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("from mcp.shared._httpx_utils import f\nfrom a import _b\nimport a._c\n"
+                     "from stalwart._clock import Clock\nfrom ._x import y\n")
+    assert private_imports(probe) == [
+        "probe.py:1 from mcp.shared._httpx_utils import f", "probe.py:2 from a import _b",
+        "probe.py:3 import a._c"]

@@ -3,7 +3,8 @@
     python mcp_test_server.py STATE_DIR [--http PORT] [--bad-schema]
 
 Every call is appended to STATE_DIR/calls.jsonl with the idempotency key stalwart sent
-in ``_meta``, so a test counts the calls the server received. Tools:
+in ``_meta`` (and, over HTTP, the ``X-Test-Token`` header), so a test counts the calls
+the server received. Tools:
 
 * ``echo(text)``; ``add(a, b)`` (structured output);
 * ``die_once(tag)``: the first call with a tag kills the server (exit 3), later ones
@@ -35,8 +36,11 @@ def _record(tool: str, ctx: Context) -> str:
     if isinstance(meta, dict):
         extra = meta
     key = str(extra.get("stalwart/idempotency_key", ""))
+    request = ctx.request_context.request  # the HTTP request (None over stdio)
+    token = request.headers.get("x-test-token") if request is not None else None
     with (STATE / "calls.jsonl").open("a") as f:
-        f.write(json.dumps({"tool": tool, "key": key, "pid": os.getpid()}) + "\n")
+        f.write(json.dumps({"tool": tool, "key": key, "pid": os.getpid(),
+                            "token": token}) + "\n")
     return key
 
 

@@ -40,6 +40,22 @@ async def test_discovery_and_calls_over_http(http_server: HTTPServer) -> None:
         assert "add" in await server.list_tool_names()
 
 
+async def test_the_servers_headers_reach_it(http_server: HTTPServer) -> None:
+    """The headers given to MCPServer.http are sent with every request (on the HTTP
+    client stalwart builds for the SDK's transport)."""
+    async with sw.MCPServer.http(http_server.url, name="faulty", prefix="f",
+                                 headers={"X-Test-Token": "t0k"}) as server, \
+            sw.Runtime(MemoryStore()) as app:
+        echo = server.tool("f_echo")
+
+        @app.workflow
+        async def say(ctx: sw.Context) -> str:
+            return str((await ctx.tool(echo, text="hi"))["result"])
+
+        assert await app.run(say, run_id="h1") == "hi"
+    assert [c["token"] for c in calls(http_server.state, "echo")] == ["t0k"]
+
+
 async def test_a_slow_server_is_cut_by_the_timeout(http_server: HTTPServer) -> None:
     """Timeout.per_attempt cuts a call that takes too long (CallTimeoutError, journaled);
     the session stays usable for the next call."""

@@ -506,11 +506,22 @@ def _as_tool_error(server: str, tool: str, exc: Exception) -> ToolServerError:
                            server=server, tool=tool)
 
 
+HTTP_TIMEOUT = 30.0
+"""Seconds to connect, write, or wait for a pooled connection over Streamable HTTP."""
+HTTP_READ_TIMEOUT = 300.0
+"""Seconds a read may wait: a server may hold a response (event) stream open that long."""
+
+
 @contextlib.asynccontextmanager
 async def _http_transport(url: str, headers: Mapping[str, str]) -> Any:
+    """The SDK's public ``streamable_http_client`` over an HTTP client built here (the
+    SDK's own factory is private): the SDK's documented default timeouts (above), the
+    server's headers, and redirects left off (the transport follows those within the
+    endpoint's origin itself). The client is ours, so we close it."""
+    import httpx2
     from mcp.client.streamable_http import streamable_http_client
-    from mcp.shared._httpx_utils import create_mcp_http_client
 
-    async with create_mcp_http_client(headers=dict(headers) or None) as client, \
-            streamable_http_client(url, http_client=client) as streams:
+    client = httpx2.AsyncClient(headers=dict(headers),
+                                timeout=httpx2.Timeout(HTTP_TIMEOUT, read=HTTP_READ_TIMEOUT))
+    async with client, streamable_http_client(url, http_client=client) as streams:
         yield streams[0], streams[1]
