@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import stalwart as sw
+from stalwart._clock import race_event, sleep_until
 
 
 async def test_advance_wakes_exactly_the_due_sleeps() -> None:
@@ -162,3 +163,31 @@ async def test_autojump_with_callbacks_arriving_from_many_threads() -> None:
         loop.set_exception_handler(None)
     assert failures == []
     assert {c.monotonic() for c in clocks} == {50.0}
+
+
+async def test_a_race_started_before_time_moves_ends_at_its_own_deadline() -> None:
+    """race_event's sleep counts from the call, not from when its task first runs: time
+    that moves in between (a test's advance, a stalled loop) is not slept again. (The
+    worker's scheduler hung forever under load when a test advanced the clock between
+    computing its delay and its sleeper's first step.)"""
+    clock = sw.FakeClock()
+    never = asyncio.Event()
+    race = asyncio.ensure_future(race_event(never, clock, 1.0))
+    await asyncio.sleep(0)  # race_event made its sleeper task, which has not run yet
+    clock.advance_sync(1.0)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert race.done() and race.result() is False
+    assert clock.pending_sleeps == 0
+
+
+async def test_sleep_until_a_deadline_already_past_returns_at_once() -> None:
+    clock = sw.FakeClock()
+    clock.advance_sync(5)
+    await sleep_until(clock, 4.0)
+    assert clock.pending_sleeps == 0
+    sleeper = asyncio.ensure_future(sleep_until(clock, 6.0))
+    await asyncio.sleep(0)
+    assert clock.pending_sleeps == 1
+    await clock.advance(1)
+    assert sleeper.done()

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import final
 
-__all__ = ["Clock", "FakeClock", "SystemClock", "race_event"]
+__all__ = ["Clock", "FakeClock", "SystemClock", "race_event", "sleep_until"]
 
 
 class Clock(ABC):
@@ -207,10 +207,25 @@ async def race_event(event: asyncio.Event, clock: Clock, timeout: float) -> bool
     if event.is_set():
         return True
     waiter = asyncio.ensure_future(event.wait())
-    sleeper = asyncio.ensure_future(clock.sleep(timeout))
+    sleeper = asyncio.ensure_future(sleep_until(clock, clock.monotonic() + timeout))
     try:
         await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         waiter.cancel()
         sleeper.cancel()
     return event.is_set()
+
+
+async def sleep_until(clock: Clock, deadline: float) -> None:
+    """Sleep until ``clock.monotonic()`` reaches ``deadline``.
+
+    A sleep started in a task of its own (``ensure_future(clock.sleep(d))``) begins when
+    that task first runs, not when it was made: if time moves in between (a
+    :class:`FakeClock` advanced by a test, a loop stalled under load), the sleep ends
+    ``d`` after the later instant and a waiter computed for the earlier one oversleeps —
+    with a fake clock that nobody advances again, forever. Computing the deadline where
+    the sleep is made, and what is left of it where it starts, is exact on both clocks.
+    """
+    left = deadline - clock.monotonic()
+    if left > 0:
+        await clock.sleep(left)

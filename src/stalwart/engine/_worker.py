@@ -19,7 +19,7 @@ import logging
 import os
 from collections.abc import Callable
 
-from .._clock import race_event
+from .._clock import race_event, sleep_until
 from ..errors import LeaseLostError, StoreError
 from ..store._base import (
     TERMINAL_STATUSES,
@@ -172,7 +172,8 @@ class Worker:
         self.draining = True
         self.engine.poke()
         if self.active:
-            sleeper = asyncio.ensure_future(self.engine.clock.sleep(grace))
+            clock = self.engine.clock
+            sleeper = asyncio.ensure_future(sleep_until(clock, clock.monotonic() + grace))
             try:
                 while self.active and not sleeper.done():
                     await asyncio.wait({*self.active.values(), sleeper},

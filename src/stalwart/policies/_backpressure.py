@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn, final
 
-from stalwart._clock import Clock
+from stalwart._clock import Clock, sleep_until
 from stalwart.errors import ThrottledError
 
 from ._timeout import remaining
@@ -199,7 +199,8 @@ class Backpressure:
         self._dispatch()
 
     async def _await(self, waiter: asyncio.Future[Ticket], limit: float | None) -> Ticket:
-        sleeper = None if limit is None else asyncio.ensure_future(self._clock.sleep(limit))
+        sleeper = None if limit is None else asyncio.ensure_future(
+            sleep_until(self._clock, self._clock.monotonic() + limit))
         try:
             if sleeper is None:
                 return await waiter

@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import Literal, NoReturn, final
 
 from stalwart._buckets import BucketDraw
-from stalwart._clock import Clock
+from stalwart._clock import Clock, sleep_until
 from stalwart.errors import BulkheadFullError, ConfigurationError, ProviderQuota, ThrottledError
 
 from ._bulkhead import BulkheadConfig, BulkheadStatistics
@@ -416,7 +416,8 @@ class ClusterBulkhead:
     async def _pause(self, seconds: float) -> None:
         """Sleep ``seconds`` on the clock, or less if this worker frees a slot."""
         released = asyncio.ensure_future(self._released.wait())
-        sleeper = asyncio.ensure_future(self._registry.clock.sleep(seconds))
+        clock = self._registry.clock
+        sleeper = asyncio.ensure_future(sleep_until(clock, clock.monotonic() + seconds))
         try:
             await asyncio.wait({released, sleeper}, return_when=asyncio.FIRST_COMPLETED)
         finally:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, final
 
-from .._clock import Clock
+from .._clock import sleep_until
 from .._runtime import Runtime
 from ..engine._policy import Policy
 from ..engine._tools import Tool
@@ -282,8 +282,8 @@ class ToolRegistry:
             self._wake.clear()
             # The next check is due ``interval`` after this one, however late the
             # sleeper's task starts.
-            sleeper = asyncio.ensure_future(_sleep_until(clock, clock.monotonic()
-                                                         + self.interval))
+            sleeper = asyncio.ensure_future(sleep_until(clock, clock.monotonic()
+                                                        + self.interval))
             waker = asyncio.ensure_future(self._wake.wait())
             try:
                 await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
@@ -299,12 +299,6 @@ class ToolRegistry:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-async def _sleep_until(clock: Clock, deadline: float) -> None:
-    left = deadline - clock.monotonic()
-    if left > 0:
-        await clock.sleep(left)
 
 
 def _local_check(health: HealthCheck) -> Callable[[], Awaitable[str | None]]:
