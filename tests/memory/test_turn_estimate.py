@@ -11,6 +11,7 @@ import pytest
 import stalwart as sw
 import stalwart.models._tokens as tokens
 from stalwart.models import ModelRequest, Tokenizer, ToolCallRequest, get_tokenizer
+from stalwart.models._replies import _cached_part, request_tokens
 from stalwart.testing import MemoryStore
 
 TURNS = 60
@@ -79,3 +80,23 @@ async def test_tokenizer_calls_per_turn_are_bounded_by_the_new_messages(
         assert await (await app.start(read)).result() == "read"
     assert len(per_turn) == TURNS + 1
     assert max(per_turn[1:]) <= 6, per_turn
+
+
+def test_a_simulated_model_counts_its_usage_incrementally(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scripted model without its own usage estimates its input from the request; a
+    request that repeats the history costs the new parts only (broken: 2 x turns)."""
+    counting = Counting(get_tokenizer("sim:x"))
+    monkeypatch.setattr(tokens, "_cached", lambda model: counting)
+    _cached_part.cache_clear()
+    history: list[sw.Message] = [sw.Message.user("Read them all.")]
+    per_turn: list[int] = []
+    totals: list[int] = []
+    for k in range(TURNS):
+        history += [sw.Message.user(f"page {k}: " + "the lazy dog. " * 20),
+                    sw.Message.assistant(f"read page {k}")]
+        before = counting.calls
+        totals.append(request_tokens(ModelRequest(messages=tuple(history))))
+        per_turn.append(counting.calls - before)
+    assert per_turn[0] == 3 and max(per_turn[1:]) == 2, per_turn
+    assert totals == sorted(totals) and totals[-1] > totals[0]  # still the whole request

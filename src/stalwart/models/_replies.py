@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any, TypeAlias
 
 from pydantic import BaseModel, JsonValue, TypeAdapter
@@ -86,8 +87,26 @@ def _structured(value: Any) -> str:
 
 def request_tokens(request: ModelRequest) -> int:
     """The input tokens of ``request``, estimated: its messages, tool calls and tool
-    schemas, with a few tokens of framing per message, as the chat formats add."""
+    schemas, with a few tokens of framing per message, as the chat formats add.
+
+    A conversation sends its history again at every turn; each part's count is
+    remembered (:func:`_part_tokens`), so a turn counts its new messages, not the
+    history (recounting made a 200-turn simulated agent quadratic in CPU)."""
     parts = [m.content or "" for m in request.messages]
     parts += [c.name + c.arguments for m in request.messages for c in m.tool_calls]
     parts += [json.dumps(t.to_openai()) for t in request.tools]
-    return sum(count_tokens(p) for p in parts) + 4 * len(request.messages)
+    return sum(_part_tokens(p) for p in parts) + 4 * len(request.messages)
+
+
+_CACHED_PART_CHARS = 1 << 16
+"""Parts longer than this are counted each time: the cache holds at most
+``maxsize`` x 64 KiB of text."""
+
+
+def _part_tokens(text: str) -> int:
+    return _cached_part(text) if len(text) <= _CACHED_PART_CHARS else count_tokens(text)
+
+
+@lru_cache(maxsize=4096)
+def _cached_part(text: str) -> int:
+    return count_tokens(text)
