@@ -4,6 +4,7 @@ to the remote task (the remote workflow ran once), in two processes on 127.0.0.1
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -129,3 +130,87 @@ async def test_the_send_step_reattaches_instead_of_sending_again() -> None:
             assert first == second == "task-sw-run-x-7"
             assert remote.sent == 1 and server.tasks_started == 1
             assert await remote.wait_tool.fn({"task_id": first}, call) == "hi"
+
+
+async def test_an_a2a_cancel_cancels_the_tasks_run() -> None:
+    """tasks/cancel over HTTP cancels the task's run (``a2a-<task id>``) and answers the
+    task canceled; cancelling it again is task-not-cancelable, an unknown task is
+    task-not-found, a completed one task-not-cancelable; a run cancelled by other means
+    (``Runtime.cancel``) ends its task canceled, seen by the caller as RemoteToolError."""
+    from a2a.client import ClientConfig, create_client
+    from a2a.types import a2a_pb2 as pb
+    from a2a.utils.errors import TaskNotCancelableError, TaskNotFoundError
+
+    from stalwart.remote._a2a import run_id_for
+
+    port = free_port()
+    started: dict[str, asyncio.Event] = {}
+    async with sw.Runtime(MemoryStore()) as server_app, sw.Runtime(MemoryStore()) as app:
+
+        @server_app.workflow(name="hold")
+        async def hold(ctx: sw.Context, text: str) -> str:
+            if text == "quick":
+                return "done"
+
+            async def begin() -> str:
+                started.setdefault(ctx.run_id, asyncio.Event()).set()
+                return "ok"
+
+            await ctx.step(begin, name="begin")
+            return str(await ctx.wait_for_signal("go"))
+
+        server = sw.A2AServer(server_app, hold, name="holder",
+                              url=f"http://127.0.0.1:{port}/")
+        remote = sw.A2AAgent(f"http://127.0.0.1:{port}/", name="holder", poll_interval=0.05)
+
+        @app.workflow
+        async def caller(ctx: sw.Context) -> str:
+            try:
+                return str(await remote.ask(ctx, "wait"))
+            except sw.RemoteToolError as exc:
+                return str(exc)
+
+        def send(text: str, context_id: str, *, blocking: bool) -> pb.SendMessageRequest:
+            return pb.SendMessageRequest(
+                message=pb.Message(message_id=context_id, context_id=context_id,
+                                   role=pb.ROLE_USER, parts=[pb.Part(text=text)]),
+                configuration=pb.SendMessageConfiguration(return_immediately=not blocking))
+
+        async def started_run(run_id: str) -> None:
+            await asyncio.wait_for(started.setdefault(run_id, asyncio.Event()).wait(), 30)
+
+        async with server.serving(port=port):
+            client = await create_client(f"http://127.0.0.1:{port}/",
+                                         ClientConfig(streaming=False))
+            try:
+                [sent] = [e async for e in client.send_message(send("wait", "ctx-a",
+                                                                     blocking=False))]
+                task_id = sent.task.id
+                await started_run(run_id_for(task_id))
+                task = await client.cancel_task(pb.CancelTaskRequest(id=task_id))
+                assert task.id == task_id
+                assert task.status.state == pb.TaskState.TASK_STATE_CANCELED
+                with pytest.raises(sw.RunCancelledError):
+                    await asyncio.wait_for(server_app.handle(run_id_for(task_id)).result(),
+                                           30)
+                assert (await server_app.get_run(run_id_for(task_id))).status == \
+                    sw.RunStatus.CANCELLED
+                fetched = await client.get_task(pb.GetTaskRequest(id=task_id))
+                assert fetched.status.state == pb.TaskState.TASK_STATE_CANCELED
+                with pytest.raises(TaskNotCancelableError):
+                    await client.cancel_task(pb.CancelTaskRequest(id=task_id))
+                with pytest.raises(TaskNotFoundError):
+                    await client.cancel_task(pb.CancelTaskRequest(id="task-nobody"))
+                [done] = [e async for e in client.send_message(send("quick", "ctx-b",
+                                                                     blocking=True))]
+                assert done.task.status.state == pb.TaskState.TASK_STATE_COMPLETED
+                with pytest.raises(TaskNotCancelableError):
+                    await client.cancel_task(pb.CancelTaskRequest(id=done.task.id))
+            finally:
+                await client.close()
+
+            asking = asyncio.create_task(app.run(caller, run_id="c2"))
+            await started_run(run_id_for("task-sw-c2-1"))
+            await server_app.cancel(run_id_for("task-sw-c2-1"))
+            answer = await asyncio.wait_for(asking, 30)
+        assert "task-sw-c2-1 of agent 'holder' ended canceled" in answer, answer

@@ -7,7 +7,10 @@ starts a task (submitted, working, then completed with the workflow's result as 
 artifact, or failed with its error); the task runs the workflow as the stalwart run
 ``a2a-<task id>``, so a task sent again finds its run (``Runtime.start`` is idempotent)
 and a run interrupted by a crash resumes from its journal. Task ids are derived from
-the message's context id (``task-<context id>``).
+the message's context id (``task-<context id>``). An A2A cancel cancels the task's run
+(``Runtime.cancel``) and answers the task canceled; an unknown task is the A2A error
+task-not-found, a finished one task-not-cancelable. A run cancelled by other means
+(``stalwart runs cancel``) ends its task canceled too.
 
 **Calling.** ``sw.A2AAgent(url)``; ``await remote.ask(ctx, "text")`` is two journaled
 steps behind the policy stack: *send* (its result: the task id) and *wait* (polls the
@@ -35,7 +38,13 @@ from .._serde import encode
 from ..engine._policy import Policy
 from ..engine._tools import Tool, ToolCall
 from ..engine._workflow import Workflow
-from ..errors import ConfigurationError, RemoteToolError, ToolServerUnavailableError
+from ..errors import (
+    ConfigurationError,
+    RemoteToolError,
+    RunCancelledError,
+    RunNotFoundError,
+    ToolServerUnavailableError,
+)
 from ..models import Origin
 from ..policies._common import to_seconds
 
@@ -91,6 +100,8 @@ class A2AServer:
         self.skills = dict(skills or {workflow.name: self.description})
         self.tasks_started = 0
         """Tasks that started a workflow run in this process."""
+        self._cancelling: set[str] = set()
+        """Tasks an A2A cancel is ending (it writes their canceled state)."""
 
     def agent_card(self) -> Any:
         """The agent card (``a2a.types.AgentCard``)."""
@@ -154,9 +165,14 @@ class A2AServer:
     async def _run(self, task_id: str, message: Any) -> Any:
         argument = _message_value(message)
         self.tasks_started += 1
-        handle = await self.runtime.start(self.workflow, argument, run_id=f"a2a-{task_id}",
+        handle = await self.runtime.start(self.workflow, argument, run_id=run_id_for(task_id),
                                           if_exists="return")
         return await handle.result()
+
+
+def run_id_for(task_id: str) -> str:
+    """The stalwart run of a served task."""
+    return f"a2a-{task_id}"
 
 
 def _task_ids() -> Any:
@@ -193,6 +209,10 @@ def _executor(server: A2AServer) -> Any:
             await updater.start_work()
             try:
                 result = await server._run(task.id, context.message)
+            except RunCancelledError as exc:  # its run was cancelled (here or elsewhere)
+                if task.id not in server._cancelling:
+                    await updater.cancel(_agent_message(str(exc)))
+                return
             except Exception as exc:  # the task fails with the run's error
                 await updater.failed(_agent_message(f"{type(exc).__name__}: {exc}"))
                 return
@@ -200,7 +220,20 @@ def _executor(server: A2AServer) -> Any:
             await updater.complete()
 
         async def cancel(self, context: Any, event_queue: Any) -> None:
-            raise NotImplementedError("a stalwart workflow is cancelled with its run")
+            """An A2A cancel cancels the task's run (it stops at its next step, its
+            children too), then marks the task canceled. The SDK has answered an
+            unknown task (task not found) and a finished one (not cancelable) before
+            this is called."""
+            task_id = str(context.task_id)
+            server._cancelling.add(task_id)
+            try:
+                with contextlib.suppress(RunNotFoundError):  # its run not started yet
+                    await server.runtime.cancel(run_id_for(task_id))
+                updater = TaskUpdater(event_queue, task_id, context.context_id)
+                await updater.cancel(_agent_message(
+                    f"cancelled: the run {run_id_for(task_id)} was cancelled"))
+            finally:
+                server._cancelling.discard(task_id)
 
     return WorkflowExecutor()
 
