@@ -633,6 +633,31 @@ async def test_cancelling_a_parent_cancels_it_and_its_children_waiting_in_memory
     assert not [e for e in events if e.kind == EventKind.STEP_FAILED]  # not a failure
 
 
+async def test_cancel_stops_a_run_waiting_for_a_signal_in_memory_at_once(db: Path) -> None:
+    """A run waiting in memory for a signal stops when cancelled here, not when its
+    wait would have parked (time stands still: it would never have)."""
+    clock = sw.FakeClock()
+    app = sw.Runtime(db, clock=clock)
+    waiting = asyncio.Event()
+
+    @app.workflow
+    async def wf(ctx: sw.Context) -> str:
+        async def begin() -> None:
+            waiting.set()
+
+        await ctx.step(begin)
+        return str(await ctx.wait_for_signal("go"))
+
+    async with app:
+        h = await app.start(wf)
+        await asyncio.wait_for(waiting.wait(), 10)
+        await app.cancel(h.run_id)
+        with pytest.raises(sw.RunCancelledError):
+            await asyncio.wait_for(h.result(), 10)
+        assert (await app.get_run(h.run_id)).status == sw.RunStatus.CANCELLED
+    assert clock.monotonic() == 0.0
+
+
 async def test_cancel_a_running_run_is_observed_at_the_next_step(db: Path) -> None:
     """A running run stops at its next step boundary; later steps never run."""
     app = sw.Runtime(db)

@@ -409,17 +409,27 @@ class Execution:
             self.cancel_requested = rec is not None and rec.cancel_requested
         return self.cancel_requested
 
+    def _stop_if_cancelled(self) -> None:
+        if self.cancel_requested and not shielded():
+            raise Cancelled()  # the cancel stops the run here (see _cancel)
+
     async def wait_for_wakeup(self, deadline: float | None, since: float) -> None:
         """Wait in memory for a wake-up (a local signal or child ending) or for the next
         poll, for at most ``park_after`` seconds since ``since`` (monotonic) in all; then
         park the run until ``deadline`` or the next wake-up. Callers re-check the store
-        after each return, so wake-ups from other processes are seen within a poll."""
+        after each return, so wake-ups from other processes are seen within a poll.
+
+        A cancel sent here (:meth:`cancel` sets the wake-up) stops the run at once, as
+        at a step, not when the wait would have parked; under a cleanup scope the
+        wait goes on."""
+        self._stop_if_cancelled()
         now = self.clock.monotonic()
         budget = min(self.engine.poll_interval, since + self.engine.park_after - now)
         if deadline is not None:
             budget = min(budget, deadline - self.clock.now())
         if budget > 0:
             await race_event(self.wakeup, self.clock, budget)
+            self._stop_if_cancelled()
             return
         if deadline is not None and self.clock.now() >= deadline:
             return
