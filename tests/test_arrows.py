@@ -12,6 +12,7 @@ extra loaded on first use), never to dodge a cycle.
 from __future__ import annotations
 
 import ast
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,8 +103,6 @@ LOCAL_IMPORTS = {
     ("stalwart.models._base", "stalwart.models._openai"): "the openai client, on first use",
     ("stalwart.models._base", "stalwart.models._anthropic"): "the anthropic client, on "
                                                              "first use",
-    ("stalwart.cli._frames", "stalwart"): "where the package lives, for frames to hide",
-    ("stalwart.cli._runs", "stalwart.cli._trace"): "the waterfall, only for runs trace",
     ("stalwart.cli.dashboard._command", "stalwart.cli.dashboard._web"): "the dashboard extra "
                                                                        "(starlette, jinja2)",
 }
@@ -353,3 +352,36 @@ def test_the_private_import_check_sees_them(tmp_path: Path) -> None:
     assert private_imports(probe) == [
         "probe.py:1 from mcp.shared._httpx_utils import f", "probe.py:2 from a import _b",
         "probe.py:3 import a._c"]
+
+
+def local_stdlib_imports(path: Path) -> list[str]:
+    """Imports of a standard-library module inside a function of ``path``: nothing to
+    defer (it is installed, and cheap next to what the package imports anyway)."""
+    found = []
+    for fn in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            if any(n.split(".")[0] in sys.stdlib_module_names for n in names):
+                found.append(f"{path.name}:{node.lineno} {ast.unparse(node)}")
+    return found
+
+
+def test_no_standard_library_module_is_imported_in_a_function() -> None:
+    """Function-local imports are for optional extras and slow imports (see
+    LOCAL_IMPORTS); the standard library is imported at the top of the file."""
+    assert [r for p in sorted(SRC.rglob("*.py")) for r in local_stdlib_imports(p)] == []
+
+
+def test_the_local_stdlib_check_sees_one(tmp_path: Path) -> None:
+    """The checker itself: ``import shlex`` in a function is reported, a third-party
+    or top-level import is not."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("import json\n\ndef f():\n    import shlex\n    import uvicorn\n")
+    assert local_stdlib_imports(probe) == ["probe.py:4 import shlex"]

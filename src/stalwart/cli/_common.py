@@ -8,8 +8,10 @@ while running. No traceback reaches the user unless ``$STALWART_DEBUG`` is set.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable, Coroutine, Iterable
 from datetime import datetime
@@ -107,8 +109,6 @@ def print_json(value: Any) -> None:
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    import asyncio
-
     return asyncio.run(coro)
 
 
@@ -253,8 +253,6 @@ def store_hint(store: str | Store | None) -> str:
 
 
 def _shell_quote(text: str) -> str:
-    import shlex
-
     return shlex.quote(text)
 
 

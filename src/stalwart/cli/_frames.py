@@ -50,9 +50,7 @@ class Frame:
 def _not_users() -> tuple[str, ...]:
     """Folders whose files are not the user's: stalwart, the standard library, and
     installed packages."""
-    import stalwart
-
-    roots = {str(Path(stalwart.__file__).resolve().parent)}
+    roots = {str(Path(__file__).resolve().parents[1])}  # the stalwart package
     paths = sysconfig.get_paths()
     for key in ("stdlib", "platstdlib", "purelib", "platlib"):
         if paths.get(key):

@@ -38,6 +38,7 @@ from ._help import HelpCommand, HelpGroup
 from ._options import at_least
 from ._output import Column, PlainOption, Rows, cell, console
 from ._timeline import RunStory, read_story
+from ._trace import fmt_cost
 from ._views import fork, replay, trace
 
 __all__ = ["RunView", "error_line", "read_run_view", "render_story", "run_json", "runs_app",
@@ -196,8 +197,6 @@ async def _show(store: str | None, run_id: str) -> RunView:
 
 
 def _usage_line(usage: UsageReport) -> str:
-    from ._trace import fmt_cost
-
     t = usage.total
     cost = fmt_cost(t.cost)
     if t.cost is None:
