@@ -15,9 +15,19 @@ printed, measured in the same run:
   every turn's request would hold at least. stalwart's never did (a replay rebuilds the
   request from the recorded answers and results); the row shows the O(turns^2) it avoids.
 
+Then the run is forked ``--forks`` times (5) at its last model turn, as ``stalwart runs
+fork`` does: each fork's journal copies the events it reuses. Printed for the run and its
+forks together: the bytes a journal that keeps every payload inline would hold
+("before dedup": the same event rows with each reference replaced by its blob), and
+what the journal holds (event rows, references included, plus the ``blobs`` table):
+payloads over ``_blobs.BLOB_THRESHOLD`` (4096 characters) are stored once by content.
+Measured twice: with the agent's ~210-char tool results (under the threshold: they stay
+inline, so a fork copies them) and with ``--doc-chars`` (6000) tool results, a document
+per turn (stored once however many forks copy it).
+
 Target (exit 1 when missed): stalwart's journal <= 2x the transcript.
 
-    python bench/bench_journal_bytes.py [--turns 200]
+    python bench/bench_journal_bytes.py [--turns 200] [--forks 5] [--doc-chars 6000]
 """
 
 from __future__ import annotations
@@ -35,11 +45,21 @@ from typing import Any
 import stalwart as sw
 
 RESULT = "result {i}: " + "observations of the system under load, " * 5  # ~210 chars
+FILLER = "observations of the system under load, "
 
 
 def lookup(i: int) -> str:
     """Look an item up."""
     return RESULT.format(i=i)
+
+
+def document(chars: int) -> Any:
+    """A ``lookup`` tool that returns a document of about ``chars`` characters."""
+    def lookup(i: int) -> str:
+        """Read an item's document."""
+        return f"document {i}: " + FILLER * (chars // len(FILLER))
+
+    return lookup
 
 
 def scripted(turns: int, sent: list[int]) -> Any:
@@ -53,6 +73,11 @@ def scripted(turns: int, sent: list[int]) -> Any:
     return reply
 
 
+def _size(path: Path) -> int:
+    """The file's size (read between runs, never while the loop has work)."""
+    return path.stat().st_size
+
+
 def transcript_bytes(messages: tuple[sw.Message, ...]) -> int:
     return sum(len(m.model_dump_json()) for m in messages)
 
@@ -61,6 +86,11 @@ async def stalwart_run(folder: Path, turns: int) -> tuple[int, int, int, float, 
     path = folder / "journal.db"
     app = sw.Runtime(str(path))
     tool = app.tool(lookup)
+    return await _run(app, path, tool, turns)
+
+
+async def _run(app: sw.Runtime, path: Path, tool: Any, turns: int
+               ) -> tuple[int, int, int, float, int]:
     sent: list[int] = []
     agent = sw.Agent("looker", sw.FunctionModel(scripted(turns, sent)), tools=[tool],
                      max_iterations=turns + 1)
@@ -74,7 +104,7 @@ async def stalwart_run(folder: Path, turns: int) -> tuple[int, int, int, float, 
 
     async with app:
         await app.run(look, run_id="long")  # warm-up of the file's first pages
-        before = path.stat().st_size
+        before = _size(path)
         sent.clear()
         start = time.perf_counter()
         await app.run(look, run_id="long-2")
@@ -87,8 +117,50 @@ async def stalwart_run(folder: Path, turns: int) -> tuple[int, int, int, float, 
             "FROM events WHERE run_id = 'long-2'").fetchone()
     finally:
         conn.close()
-    growth = (folder / "journal.db").stat().st_size - before
+    growth = _size(path) - before
     return transcript_bytes(messages[-1]), int(rows[0]), growth, took, sum(sent)
+
+
+_FIELDS = ("COALESCE(LENGTH(e.name), 0) + COALESCE(LENGTH(e.step_id), 0) + "
+           "LENGTH(e.kind)")
+
+
+async def forked_run(path: Path, tool: Any, turns: int, forks: int
+                     ) -> tuple[int, int, int]:
+    """A ``turns``-turn run and ``forks`` forks of it at its last model turn: the
+    transcript, and the journal's bytes for all of them before and after dedup."""
+    app = sw.Runtime(str(path))
+    tool = app.tool(tool)
+    agent = sw.Agent("looker", sw.FunctionModel(scripted(turns, [])), tools=[tool],
+                     max_iterations=turns + 1)
+    messages: list[tuple[sw.Message, ...]] = []
+
+    @app.workflow
+    async def look(ctx: sw.Context) -> str:
+        result = await agent.run_result(ctx, "look everything up")
+        messages.append(result.messages)
+        return str(result.output)
+
+    async with app:
+        await app.run(look, run_id="origin")
+        events = await app.events("origin")
+        last_turn = [e.step_id for e in events if e.step_id is not None][-1]
+        for i in range(forks):
+            fork = await app.fork("origin", at=last_turn, run_id_for_fork=f"fork-{i}")
+            await fork.result()
+    conn = sqlite3.connect(path)
+    try:
+        inline = conn.execute(
+            f"SELECT SUM({_FIELDS} + LENGTH(COALESCE(e.payload, b.content, ''))) FROM events e "
+            "LEFT JOIN blobs b ON b.hash = e.payload_ref").fetchone()[0]
+        rows = conn.execute(
+            f"SELECT SUM({_FIELDS} + COALESCE(LENGTH(e.payload), 0) + "
+            "COALESCE(LENGTH(e.payload_ref), 0)) FROM events e").fetchone()[0]
+        blobs = conn.execute("SELECT COALESCE(SUM(LENGTH(hash) + LENGTH(content)), 0) "
+                             "FROM blobs").fetchone()[0]
+    finally:
+        conn.close()
+    return transcript_bytes(messages[0]), int(inline), int(rows) + int(blobs)
 
 
 def langgraph_run(folder: Path, turns: int) -> tuple[int, float] | None:
@@ -141,11 +213,20 @@ def langgraph_run(folder: Path, turns: int) -> tuple[int, float] | None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=200)
+    parser.add_argument("--forks", type=int, default=5)
+    parser.add_argument("--doc-chars", type=int, default=6000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         floor, journal, growth, took, requests = asyncio.run(stalwart_run(folder, args.turns))
         lang = langgraph_run(folder, args.turns)
+        forked = {
+            f"~{len(lookup(0))}-char results": asyncio.run(forked_run(
+                folder / "forks-small.db", lookup, args.turns, args.forks)),
+            f"{args.doc_chars:,}-char documents": asyncio.run(forked_run(
+                folder / "forks-docs.db", document(args.doc_chars), args.turns,
+                args.forks)),
+        }
     print(f"stalwart bench_journal_bytes  {args.turns}-turn tool-using agent "
           f"(each turn: a tool call and its ~{len(lookup(0))}-char result)")
     print(f"  {'':38}{'bytes':>12}  {'x transcript':>12}  {'wall s':>7}")
@@ -160,12 +241,20 @@ def main() -> int:
     else:
         print(f"  {'LangGraph SqliteSaver (checkpoints)':38}{lang[0]:>12,}  "
               f"{lang[0] / floor:>12.2f}  {lang[1]:>7.2f}")
+    print(f"with {args.forks} forks at the last model turn (the run and its forks together)")
+    print(f"  {'':38}{'transcript':>12}  {'before dedup':>12}  {'after dedup':>12}  "
+          f"{'after/before':>12}  {'after x transcript':>18}")
+    for label, (one, before, after) in forked.items():
+        print(f"  {label:38}{one:>12,}  {before:>12,}  {after:>12,}  "
+              f"{after / before:>12.2f}  {after / one:>18.2f}")
     ok = journal <= 2 * floor
     print(f"journal {journal / floor:.2f}x the transcript (target <= 2x)  "
           f"{'ok' if ok else 'MISS'}")
     print(json.dumps({"transcript": floor, "journal": journal, "file_growth": growth,
                       "requests": requests,
-                      "langgraph": None if lang is None else lang[0]}))
+                      "langgraph": None if lang is None else lang[0],
+                      "forks": {k: {"transcript": v[0], "before_dedup": v[1],
+                                    "after_dedup": v[2]} for k, v in forked.items()}}))
     return 0 if ok else 1
 
 

@@ -221,7 +221,9 @@ async def test_a_postgres_journal_of_schema_1_gains_the_limit_tables(pg_url: str
     await store.close()
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("DROP TABLE stalwart_rate_buckets, stalwart_bulkhead_slots")
-        # and the blackboards of schema 4, the checksums of schema 3
+        # and the blobs of schema 5, the blackboards of schema 4, the checksums of 3
+        conn.execute("ALTER TABLE stalwart_events DROP COLUMN payload_ref")
+        conn.execute("DROP TABLE stalwart_blobs")
         conn.execute("ALTER TABLE stalwart_runs DROP COLUMN event_head, DROP COLUMN "
                      "run_digest, DROP COLUMN outcome_digest")
         conn.execute("ALTER TABLE stalwart_events DROP COLUMN digest")

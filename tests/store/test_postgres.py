@@ -367,6 +367,8 @@ async def test_a_journal_of_schema_2_is_migrated_with_its_chains(pg: PostgresSto
                 "DROP COLUMN outcome_digest")
     sql(pg_url, "ALTER TABLE stalwart_events DROP COLUMN digest")
     sql(pg_url, "DROP TABLE stalwart_board_entries, stalwart_board_ops")  # schema 4's
+    sql(pg_url, "ALTER TABLE stalwart_events DROP COLUMN payload_ref")  # schema 5's
+    sql(pg_url, "DROP TABLE stalwart_blobs")
     sql(pg_url, "UPDATE stalwart_meta SET value = '2' WHERE key = 'schema_version'")
     before = snapshot(pg_url)
     reader = PostgresStore(pg_url, access="read")
@@ -394,6 +396,8 @@ async def test_a_journal_of_schema_3_gains_the_blackboard_tables(pg: PostgresSto
     await pg.create_run(run_id="r", workflow="wf", input="[1]", now=1.0)
     await pg.close()
     sql(pg_url, "DROP TABLE stalwart_board_entries, stalwart_board_ops")
+    sql(pg_url, "ALTER TABLE stalwart_events DROP COLUMN payload_ref")  # schema 5's
+    sql(pg_url, "DROP TABLE stalwart_blobs")
     sql(pg_url, "UPDATE stalwart_meta SET value = '3' WHERE key = 'schema_version'")
     before = snapshot(pg_url)
     reader = PostgresStore(pg_url, access="read")

@@ -401,6 +401,7 @@ def downgrade_to_schema_1(path: Path) -> None:
                      "ALTER TABLE runs DROP COLUMN run_digest",
                      "ALTER TABLE runs DROP COLUMN outcome_digest",
                      "ALTER TABLE events DROP COLUMN digest",
+                     "ALTER TABLE events DROP COLUMN payload_ref", "DROP TABLE blobs",
                      "DROP TABLE board_entries", "DROP TABLE board_ops",
                      "UPDATE stalwart_meta SET value = '1' WHERE key = 'schema_version'"):
             conn.execute(stmt)
@@ -444,6 +445,7 @@ async def test_a_journal_of_schema_2_gains_the_blackboard_tables_from_a_writer(
     await make_journal(path, runs=2)
     with sqlite3.connect(path) as conn:
         for stmt in ("DROP TABLE board_entries", "DROP TABLE board_ops",
+                     "ALTER TABLE events DROP COLUMN payload_ref", "DROP TABLE blobs",
                      "UPDATE stalwart_meta SET value = '2' WHERE key = 'schema_version'"):
             conn.execute(stmt)
     conn.close()

@@ -162,3 +162,45 @@ async def test_fork_rejects_a_step_the_run_does_not_have(tmp_path: Path) -> None
         with pytest.raises(sw.ConfigurationError, match="not a step id"):
             await app.fork(run_id, at="x")
         assert len(await app.list_runs()) == 1
+
+
+async def test_a_large_result_is_stored_once_across_runs_and_forks(tmp_path: Path) -> None:
+    """A document read by two runs and copied into three forks is one blob in the
+    journal (content-addressed, see stalwart.store._blobs); every run reads it back."""
+    import sqlite3
+
+    from stalwart.store._blobs import blob_key
+
+    document = "a long document, read by every run. " * 500  # ~18,000 chars
+    path = tmp_path / "j.db"
+    app = sw.Runtime(path)
+
+    def read() -> str:
+        return document
+
+    def finish(text: str) -> int:
+        return len(text)
+
+    @app.workflow(name="reader")
+    async def reader(ctx: sw.Context) -> int:
+        text = str(await ctx.step(read))
+        return int(await ctx.step(finish, text))
+
+    async with app:
+        runs = [await app.start(reader) for _ in range(2)]
+        for h in runs:
+            assert await h.result() == len(document)
+        forks = [await app.fork(runs[0].run_id, at="2") for _ in range(3)]
+        for h in forks:
+            assert await h.result() == len(document)
+            assert any(e.payload is not None and document in e.payload
+                       for e in await app.events(h.run_id))
+    conn = sqlite3.connect(path)
+    try:
+        blobs = conn.execute("SELECT hash FROM blobs").fetchall()
+        refs = conn.execute("SELECT COUNT(DISTINCT run_id) FROM events WHERE payload_ref "
+                            "IS NOT NULL").fetchone()
+    finally:
+        conn.close()
+    assert blobs == [(blob_key(json.dumps(document)),)]
+    assert refs == (5,)

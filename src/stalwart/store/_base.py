@@ -34,7 +34,7 @@ __all__ = [
     "WorkerRecord",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The SQLite journal's schema version, which this code reads and writes (PostgreSQL's
 tables have their own, in ``_postgres_schema``).
 
@@ -42,7 +42,9 @@ tables have their own, in ``_postgres_schema``).
    row keeps the chain's head and digests of the run and its outcome (see ``_chain``).
    A writer migrates a journal of schema 1, hashing its events as they are then.
 3. Blackboards (see ``_board``): ``board_entries`` and ``board_ops``. A writer adds them
-   to a journal of schema 1 or 2 (runs may depend on them, so they are versioned)."""
+   to a journal of schema 1 or 2 (runs may depend on them, so they are versioned).
+4. Blobs (see ``_blobs``): ``events.payload_ref`` and the ``blobs`` table, large payloads
+   stored once by content. A writer adds them; older events keep their payloads inline."""
 
 APP_ID = "stalwart"
 

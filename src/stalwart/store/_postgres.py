@@ -30,7 +30,7 @@ Same semantics as :class:`~stalwart.store.SQLiteStore` (both pass
   :class:`~stalwart.Runtime` gives it one built from :class:`~stalwart.Retry` (full
   jitter, on the runtime's clock; see ``stalwart.engine._store_retry``).
 
-The tables (``stalwart_meta``, ``stalwart_runs``, ``stalwart_events``,
+The tables (``stalwart_meta``, ``stalwart_runs``, ``stalwart_events``, ``stalwart_blobs``,
 ``stalwart_signals``) live in the first schema of the connection's ``search_path``
 (``?options=-csearch_path%3Dmyschema`` in the URL picks one). ``stalwart_meta`` holds the
 schema version; :meth:`PostgresStore.open` creates the tables or migrates an older schema,
@@ -80,6 +80,7 @@ from ._base import (
     WorkerRecord,
     open_cleanups,
 )
+from ._blobs import resolve, split
 from ._board import ROW_COLUMNS, BoardEntry, BoardOp, choose, entry_from_row, entry_row
 from ._board import plan as plan_board
 from ._chain import RUN_COLUMNS, run_record, verify_events
@@ -533,13 +534,18 @@ class PostgresStore:
             "event_head, run_digest, outcome_digest) VALUES (%s, %s, %s, %s, %s, %s, %s, "
             "%s, %s, %s, %s, %s, %s) ON CONFLICT (run_id) DO NOTHING RETURNING run_id), "
             "ev AS (INSERT INTO stalwart_events (run_id, seq, kind, step_id, name, payload, "
-            "created_at, digest) SELECT * FROM unnest(%s::text[], %s::int[], %s::text[], "
-            "%s::text[], %s::text[], %s::text[], %s::float8[], %s::text[]) "
-            "WHERE EXISTS (SELECT 1 FROM ins)) SELECT count(*) FROM ins")
+            "created_at, digest, payload_ref) SELECT * FROM unnest(%s::text[], %s::int[], "
+            "%s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::text[], "
+            "%s::text[]) WHERE EXISTS (SELECT 1 FROM ins)), "
+            "bl AS (INSERT INTO stalwart_blobs (hash, content) SELECT * FROM "
+            "unnest(%s::text[], %s::text[]) WHERE EXISTS (SELECT 1 FROM ins) "
+            "ON CONFLICT (hash) DO NOTHING) SELECT count(*) FROM ins")
+        rows, blobs = split(new.events)
         args = [run_id, workflow, workflow_ref, str(rec.status), input, rec.parent_run_id,
                 parent_step_id, now, now, new.state.event_count, new.state.event_head,
                 new.run_digest, new.outcome_digest,
-                *(list(c) for c in zip(*new.events, strict=True))]
+                *([list(c) for c in zip(*rows, strict=True)] or [[]] * 9),
+                *([list(c) for c in zip(*blobs, strict=True)] or [[], []])]
 
         async def op(conn: Conn) -> tuple[RunRecord, bool, Plan | None]:
             parent_plan = None
@@ -608,12 +614,13 @@ class PostgresStore:
         # One statement, one snapshot: the run row's count and head with its events.
         rows = await self._read(
             "SELECT r.event_count, r.event_head, e.seq, e.kind, e.step_id, e.name, "
-            "e.payload, e.created_at, e.digest FROM stalwart_runs r LEFT JOIN "
-            "stalwart_events e ON e.run_id = r.run_id WHERE r.run_id = %s ORDER BY e.seq",
+            "e.payload, e.created_at, e.digest, e.payload_ref, b.content FROM "
+            "stalwart_runs r LEFT JOIN stalwart_events e ON e.run_id = r.run_id LEFT JOIN "
+            "stalwart_blobs b ON b.hash = e.payload_ref WHERE r.run_id = %s ORDER BY e.seq",
             (run_id,))
         if not rows:
             return []
-        events = [tuple(r[2:]) for r in rows if r[2] is not None]
+        events = resolve(run_id, [tuple(r[2:]) for r in rows if r[2] is not None])
         return verify_events(run_id, events, count=rows[0][0], head=rows[0][1])
 
     async def run_ids(self) -> list[str]:

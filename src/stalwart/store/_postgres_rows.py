@@ -8,7 +8,8 @@ its outcome go to the server together (the plan says what a current lease is; th
 statement only compares). Rows are locked in run id order (``FOR UPDATE``), as every
 flusher locks them, so two such statements never deadlock on each other; a row that
 another transaction changed meanwhile is compared in its new version (PostgreSQL's
-recheck of locked rows), so a stale plan is never written.
+recheck of locked rows), so a stale plan is never written. Large payloads go to
+``stalwart_blobs`` in the same statement (``_blobs``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
+from ._blobs import split
 from ._runs import STATE_COLUMNS, Plan, RunState, state_from_row
 
 __all__ = ["lock_state", "write_plans"]
@@ -36,8 +38,10 @@ _TYPES = {
 """The SQL type of each run column a plan may write or compare."""
 
 _EVENT_COLUMNS = ("run_id", "seq", "kind", "step_id", "name", "payload", "created_at",
-                  "digest")
-_EVENT_TYPES = ("text", "int", "text", "text", "text", "text", "float8", "text")
+                  "digest", "payload_ref")
+_EVENT_TYPES = ("text", "int", "text", "text", "text", "text", "float8", "text", "text")
+_BLOB_COLUMNS = ("hash", "content")
+_BLOB_TYPES = ("text", "text")
 
 
 async def lock_state(conn: Conn, run_id: str) -> RunState | None:
@@ -55,7 +59,7 @@ def _arrays(names: Sequence[str], types: Sequence[str]) -> str:
 
 @functools.cache
 def _statement(columns: tuple[str, ...], guard: tuple[str, ...], events: bool,
-               outcomes: bool) -> str:
+               outcomes: bool, blobs: bool) -> str:
     names = ("run_id", *(f"was_{c}" for c in guard), *columns)
     types = ("text", *(_TYPES[c] for c in guard), *(_TYPES[c] for c in columns))
     ctes = [f"v AS (SELECT * FROM {_arrays(names, types)})"]
@@ -73,6 +77,11 @@ def _statement(columns: tuple[str, ...], guard: tuple[str, ...], events: bool,
     if events:
         ctes.append(f"ins AS (INSERT INTO stalwart_events ({', '.join(_EVENT_COLUMNS)}) "
                     "SELECT e.* FROM e JOIN ok ON ok.run_id = e.run_id)")
+    if blobs:  # only the blobs of events written (a plan that no longer holds: none)
+        ctes.append(f"b AS (SELECT * FROM {_arrays(_BLOB_COLUMNS, _BLOB_TYPES)})")
+        ctes.append("insb AS (INSERT INTO stalwart_blobs (hash, content) SELECT b.hash, "
+                    "b.content FROM b WHERE EXISTS (SELECT 1 FROM e JOIN ok ON ok.run_id "
+                    "= e.run_id WHERE e.payload_ref = b.hash) ON CONFLICT (hash) DO NOTHING)")
     sets = ", ".join(f"{c} = v.{c}" for c in columns)
     return (f"WITH {', '.join(ctes)} UPDATE stalwart_runs r SET {sets} FROM v JOIN ok "
             "ON ok.run_id = v.run_id WHERE r.run_id = v.run_id RETURNING r.run_id")
@@ -97,14 +106,17 @@ async def write_plans(conn: Conn, plans: Sequence[Plan], *,
             shapes.setdefault(tuple(changes), []).append((plan, changes))
     written: set[str] = set()
     for columns, group in shapes.items():
-        events = [ev for plan, _ in group for ev in plan.events]
+        events, blobs = split(ev for plan, _ in group for ev in plan.events)
         outcomes = bool(guard) and any(ev[2] == "step_completed" for ev in events)
         args: list[list[Any]] = [[plan.after.run_id for plan, _ in group]]
         args += [[_value(getattr(plan.before, c)) for plan, _ in group] for c in guard]
         args += [[_value(changes[c]) for _, changes in group] for c in columns]
         if events:
             args += [list(column) for column in zip(*events, strict=True)]
+        if blobs:
+            args += [list(column) for column in zip(*blobs, strict=True)]
         rows = await (await conn.execute(
-            _statement(columns, tuple(guard), bool(events), outcomes), args)).fetchall()
+            _statement(columns, tuple(guard), bool(events), outcomes, bool(blobs)), args
+        )).fetchall()
         written.update(r[0] for r in rows)
     return written

@@ -25,7 +25,7 @@ from ._chain import GENESIS, event_digest, outcome_digest, run_digest
 
 __all__ = ["MIGRATIONS", "SCHEMA", "SCHEMA_VERSION", "TABLES", "WORKERS_SCHEMA", "check_or_create"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The version of these tables. It is PostgreSQL's own (SQLite's file layout has its
 own number): bump it with a :data:`MIGRATIONS` entry whenever ``SCHEMA`` changes.
 
@@ -34,7 +34,9 @@ own number): bump it with a :data:`MIGRATIONS` entry whenever ``SCHEMA`` changes
 3. Checksums (see ``_chain``): ``stalwart_events.digest`` chains each event to the one
    before it; ``stalwart_runs`` keeps the chain's head and digests of the run and its
    outcome. The migration hashes the events as they are then.
-4. Blackboards (see ``_board``): ``stalwart_board_entries`` and ``stalwart_board_ops``."""
+4. Blackboards (see ``_board``): ``stalwart_board_entries`` and ``stalwart_board_ops``.
+5. Blobs (see ``_blobs``): ``stalwart_events.payload_ref`` and ``stalwart_blobs``, large
+   payloads stored once by content. Events written before keep their payloads inline."""
 
 log = logging.getLogger("stalwart.store.postgres")
 
@@ -49,7 +51,8 @@ TABLES = {
     "stalwart_meta": frozenset({"key", "value"}),
     "stalwart_runs": _RUNS_COLUMNS,
     "stalwart_events": frozenset({"run_id", "seq", "kind", "step_id", "name", "payload",
-                                  "created_at", "digest"}),
+                                  "created_at", "digest", "payload_ref"}),
+    "stalwart_blobs": frozenset({"hash", "content"}),
     "stalwart_signals": frozenset({"id", "run_id", "name", "payload", "created_at",
                                    "consumed_step_id"}),
     "stalwart_rate_buckets": frozenset({"key", "tokens", "updated_at", "capacity",
@@ -144,8 +147,10 @@ CREATE TABLE stalwart_events (
     payload TEXT,
     created_at DOUBLE PRECISION NOT NULL,
     digest TEXT NOT NULL DEFAULT '',
+    payload_ref TEXT,
     PRIMARY KEY (run_id, seq)
 );
+CREATE TABLE stalwart_blobs (hash TEXT PRIMARY KEY, content TEXT NOT NULL);
 CREATE UNIQUE INDEX stalwart_events_one_outcome ON stalwart_events (run_id, step_id)
     WHERE kind = 'step_completed';
 CREATE TABLE stalwart_signals (
@@ -212,6 +217,8 @@ MIGRATIONS: dict[int, Migration] = {
     1: _LIMITS,
     2: _add_checksums,
     3: _BOARD,
+    4: ("ALTER TABLE stalwart_events ADD COLUMN payload_ref TEXT",
+        "CREATE TABLE stalwart_blobs (hash TEXT PRIMARY KEY, content TEXT NOT NULL)"),
 }
 """What takes the schema from version ``n`` to ``n + 1``, keyed by ``n``: statements, or
 a function that runs them (and computes what SQL cannot)."""

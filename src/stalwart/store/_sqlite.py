@@ -56,6 +56,7 @@ from ._base import (
     WorkerRecord,
     open_cleanups,
 )
+from ._blobs import resolve, split
 from ._board import ROW_COLUMNS, BoardEntry, BoardOp, choose, entry_from_row, entry_row
 from ._board import plan as plan_board
 from ._chain import RUN_COLUMNS, run_record, verify_events
@@ -71,6 +72,7 @@ from ._limits import (
 from ._runs import (
     READY_ORDER_SQL,
     STATE_COLUMNS,
+    EventRow,
     Plan,
     RunState,
     can_steal,
@@ -410,7 +412,7 @@ class SQLiteStore:
                     (run_id, workflow, workflow_ref, str(rec.status), input, rec.parent_run_id,
                      parent_step_id, now, now, new.state.event_count, new.state.event_head,
                      new.run_digest, new.outcome_digest))
-                conn.executemany(_INSERT_EVENT, new.events)
+                _insert_events(conn, new.events)
             if parent is not None and parent_state is not None and parent_events:
                 self._write_plan(conn, plan_append(parent_state, parent, parent_events,
                                                    now=now), now)
@@ -464,12 +466,13 @@ class SQLiteStore:
             # One statement, one snapshot: the run row's count and head with its events.
             rows = self._db().execute(
                 "SELECT r.event_count, r.event_head, e.seq, e.kind, e.step_id, e.name, "
-                "e.payload, e.created_at, e.digest FROM runs r LEFT JOIN events e "
-                "ON e.run_id = r.run_id WHERE r.run_id = ? ORDER BY e.seq",
+                "e.payload, e.created_at, e.digest, e.payload_ref, b.content FROM runs r "
+                "LEFT JOIN events e ON e.run_id = r.run_id LEFT JOIN blobs b "
+                "ON b.hash = e.payload_ref WHERE r.run_id = ? ORDER BY e.seq",
                 (run_id,)).fetchall()
             if not rows:
                 return []
-            events = [tuple(r[2:]) for r in rows if r[2] is not None]
+            events = resolve(run_id, [tuple(r[2:]) for r in rows if r[2] is not None])
             return verify_events(run_id, events, count=rows[0][0], head=rows[0][1])
 
         return await self._call(op)
@@ -584,7 +587,7 @@ class SQLiteStore:
         """Write what ``plan`` says (its run's row is the one this transaction read), and
         wake the run it names."""
         if plan.events:
-            conn.executemany(_INSERT_EVENT, plan.events)
+            _insert_events(conn, plan.events)
         changes = plan.changes()
         if changes:
             conn.execute(_update_sql(tuple(changes)), (*changes.values(), plan.after.run_id))
@@ -934,7 +937,16 @@ class SQLiteStore:
 
 
 _INSERT_EVENT = ("INSERT INTO events (run_id, seq, kind, step_id, name, payload, created_at, "
-                 "digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+                 "digest, payload_ref) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def _insert_events(conn: sqlite3.Connection, events: Sequence[EventRow]) -> None:
+    """Insert ``events`` in the caller's transaction, large payloads as blobs (``_blobs``)."""
+    rows, blobs = split(events)
+    if blobs:
+        conn.executemany("INSERT INTO blobs (hash, content) VALUES (?, ?) "
+                         "ON CONFLICT (hash) DO NOTHING", blobs)
+    conn.executemany(_INSERT_EVENT, rows)
 
 
 def _find(conn: sqlite3.Connection, columns: str, run_id: str) -> Any:

@@ -90,8 +90,10 @@ CREATE TABLE events (
     payload TEXT,
     created_at REAL NOT NULL,
     digest TEXT NOT NULL DEFAULT '',
+    payload_ref TEXT,
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
+CREATE TABLE blobs (hash TEXT PRIMARY KEY, content TEXT NOT NULL) WITHOUT ROWID;
 CREATE UNIQUE INDEX events_one_outcome ON events (run_id, step_id)
     WHERE kind = 'step_completed';
 CREATE TABLE signals (
@@ -131,6 +133,13 @@ BOARD = (
 )
 """Schema 3: the blackboards (``_board``): entries, and the operations applied (by the
 idempotency key of the step that made each)."""
+
+BLOBS = (
+    "ALTER TABLE events ADD COLUMN payload_ref TEXT",
+    "CREATE TABLE blobs (hash TEXT PRIMARY KEY, content TEXT NOT NULL) WITHOUT ROWID",
+)
+"""Schema 4: large payloads stored once, by content (``_blobs``). Events written before
+keep their payloads inline."""
 
 MIGRATABLE_FROM = 1
 """The oldest journal schema a writer migrates (1: before checksums, see _chain)."""
@@ -359,7 +368,8 @@ def create(conn: sqlite3.Connection) -> None:
 def migrate(conn: sqlite3.Connection, path: str) -> None:
     """Bring ``conn``'s journal (ours, checked) to :data:`SCHEMA_VERSION` in one
     transaction. Schema 1 predates checksums: its events are hashed as they are now;
-    schemas 1 and 2 predate the blackboards: their tables are added."""
+    schemas 1 and 2 predate the blackboards: their tables are added; schemas 1 to 3
+    predate blobs: the column and the table are added (old payloads stay inline)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         meta = dict(conn.execute("SELECT key, value FROM stalwart_meta").fetchall())
@@ -368,6 +378,9 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
             _migrate_1(conn)
         if found in (1, 2):
             for stmt in BOARD:
+                conn.execute(stmt)
+        if found in (1, 2, 3):
+            for stmt in BLOBS:
                 conn.execute(stmt)
         elif found != SCHEMA_VERSION:
             raise version_error(path, found, writer=True)
