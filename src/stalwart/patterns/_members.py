@@ -117,15 +117,26 @@ def labels(members: Sequence[Any], what: str) -> list[str]:
 
 async def ask(ctx: Context, member: Any, label: str, payload: Any, prompt: str, *,
               pattern: str, output: TypeAdapter[Any] | None = None,
-              catch: bool = True) -> Reply:
+              catch: bool = True,
+              fan_in: tuple[str, Mapping[str, str]] | None = None) -> Reply:
     """Ask one member: an agent with ``prompt``, a function with ``payload`` (one
     journaled step named ``{pattern}:{label}``). ``output`` validates the answer (a
     string is read as JSON when the type is not ``str``): an answer that does not fit is
     a failure of the member. With ``catch`` a member's failure is returned as a
-    :class:`Reply` with ``error``; without, it is raised."""
+    :class:`Reply` with ``error``; without, it is raised.
+
+    ``fan_in`` is ``(task, answers by member)``, the same question with the other
+    members' answers apart: an agent with a context window is asked ``task`` with each
+    answer as its own unpinned message (a fan-in, see :func:`~stalwart.fan_in`), so its
+    window policy can evict or summarize them before the call instead of refusing a
+    pinned prompt. An agent without a window, or a function, is asked as before
+    (``prompt``, which holds the answers), so its journal replays unchanged."""
     try:
         if isinstance(member, Agent):
-            result = await member.run_result(ctx, prompt)
+            if fan_in is not None and member.context is not None:
+                result = await member.run_result(ctx, fan_in[0], results=fan_in[1])
+            else:
+                result = await member.run_result(ctx, prompt)
             reply = Reply(label, result.output,
                           model=result.models[-1] if result.models else None,
                           calls=result.iterations, tokens=result.usage.total_tokens)

@@ -77,13 +77,22 @@ class MixtureInput(BaseModel):
     previous: list[Any] = []
 
     def prompt(self) -> str:
-        """The text an agent is asked."""
+        """The text an agent is asked (the previous answers in it)."""
         text = prompt_of(self.task)
         if not self.previous:
             return text
         answers = "\n".join(f"{i}. {prompt_of(a)}" for i, a in enumerate(self.previous, 1))
-        return (f"{text}\n\nAnswers to build on:\n{answers}\n\nWrite one answer, better "
-                "than each: keep what they agree on, resolve what they do not.")
+        return (f"{text}\n\nAnswers to build on:\n{answers}\n\n{_BUILD_ON}")
+
+    def fan_in_prompt(self) -> str:
+        """The text an agent with a context window is asked: the task alone, the
+        previous answers following it as messages of their own (a fan-in)."""
+        return (f"{prompt_of(self.task)}\n\nThe answers to build on follow, one message "
+                f"each. {_BUILD_ON}")
+
+
+_BUILD_ON = ("Write one answer, better than each: keep what they agree on, resolve what "
+             "they do not.")
 
 
 @final
@@ -176,12 +185,15 @@ async def mixture(ctx: Context, proposers: Sequence[Any], aggregator: Any, task:
                    escalate)
     adapter = TypeAdapter(output_type) if output_type is not None else None
     previous: list[Any] = []
+    by_member: dict[str, str] = {}  # the previous answers, as a fan-in's results
     done: list[tuple[Reply, ...]] = []
     divergences: list[float] = []
     for layer in range(1, layers + 1):
         given = MixtureInput(task=task, layer=layer, previous=previous)
+        fan = (given.fan_in_prompt(), by_member) if previous else None
         replies: tuple[Reply, ...] = tuple(await ctx.gather(*(
-            ask(ctx, p, label, given, given.prompt(), pattern="mixture", output=adapter)
+            ask(ctx, p, label, given, given.prompt(), pattern="mixture", output=adapter,
+                fan_in=fan)
             for p, label in zip(proposers, names, strict=True))))
         answers = [r.value for r in replies if r.ok]
         div = measure(answers)
@@ -197,6 +209,7 @@ async def mixture(ctx: Context, proposers: Sequence[Any], aggregator: Any, task:
                 f"{'; '.join(f'{r.member}: {r.error}' for r in replies)}",
                 pattern="mixture", run_id=ctx.run_id)
         previous = answers
+        by_member = {r.member: prompt_of(r.value) for r in replies if r.ok}
     last = done[-1]
     calls = sum(r.calls for layer_ in done for r in layer_)
     tokens = sum(r.tokens for layer_ in done for r in layer_)
@@ -216,7 +229,8 @@ async def mixture(ctx: Context, proposers: Sequence[Any], aggregator: Any, task:
     if strategy == "synthesize":
         given = MixtureInput(task=task, layer=layers + 1, previous=previous)
         reply = await ask(ctx, aggregator, labels([aggregator], "aggregator")[0], given,
-                          given.prompt(), pattern="mixture", output=adapter, catch=False)
+                          given.prompt(), pattern="mixture", output=adapter, catch=False,
+                          fan_in=(given.fan_in_prompt(), by_member))
         output, calls, tokens = reply.value, calls + reply.calls, tokens + reply.tokens
         dissent: list[Semantic] = []
     else:
