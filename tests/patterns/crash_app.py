@@ -24,6 +24,7 @@ import signal
 import sqlite3
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -97,10 +98,39 @@ def effect(label: str) -> int:
 # -- supervisors --------------------------------------------------------------------
 
 
+TREE = ("a", "b", "c")
+"""The tree's children, whose effects a failing child waits for (:func:`round_done`)."""
+
+
+def round_done(name: str, n: int) -> None:
+    """Return when every sibling of ``name`` has applied its effect ``n`` times (``n``
+    distinct keys in the deduplicating ledger): the failing child ends its round only
+    after its siblings did their work in it. Without this the answer depended on
+    scheduling: ``one_for_all`` stops the siblings when the failing child ends, and one
+    that had not reached its effect yet (on a loaded machine, or after a resume, where the
+    failing child's journaled effect replays at once while a sibling's runs for real)
+    lost that round's effect, finishing as ``a#2`` instead of ``a#3``. A wait on the
+    ledger (progress), bounded: past a minute the step fails."""
+    deadline = time.monotonic() + 60
+    while True:
+        applied = Counter(label for label, _ in dedup_rows(LEDGER))
+        if all(applied[label] >= n for label in TREE if label != name):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name}: its siblings never applied effect {n}: {applied}")
+        time.sleep(0.01)
+
+
 async def _worker(ctx: sw.Context, name: str, fails: int, hold: float) -> str:
-    """Fails its first ``fails`` runs (counted by distinct runs in the ledger)."""
+    """Fails its first ``fails`` runs (counted by distinct runs in the ledger), each time
+    after its siblings applied their effect of that round (see :func:`round_done`).
+    ``$PATTERNS_LATE = "LABEL"`` makes that child reach its effect a second late, as a
+    starved one does on a loaded machine."""
+    if os.environ.get("PATTERNS_LATE") == name:
+        await asyncio.sleep(1.0)  # fault injection: the scheduler's delay, not a wait
     n = await ctx.step(effect, name, name=f"work:{name}")
     if n <= fails:
+        await ctx.step(round_done, name, n, name=f"round:{name}")
         raise ValueError(f"{name}: run {n} fails")
     await ctx.sleep(hold)
     return f"{name}#{n}"

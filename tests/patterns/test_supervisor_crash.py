@@ -82,6 +82,17 @@ def test_supervisor_killed_at_a_point_resumes_without_repeating(
     assert asyncio.run(journal_facts(child.store, "t1")) == ([1, 2], 9)
 
 
+@pytest.mark.parametrize("late", ["a", "c"])
+def test_a_sibling_late_to_its_effect_still_does_it_every_round(child: Any, late: str) -> None:
+    """A sibling that reaches its effect after the failing child ended (a loaded machine,
+    a resume where the failing child's effect replays at once): the failing child waits
+    for its siblings' effects of the round, so the answer does not depend on scheduling."""
+    code, out, err = child.run("tree", "t3", extra_env={"PATTERNS_LATE": late})
+    assert code == 0, err
+    assert json.loads(out) == EXPECTED
+    check_ledgers(child, twice=set())
+
+
 def test_supervisor_killed_at_random_times_finishes_exactly_once(child: Any) -> None:
     """SIGKILLed three times at random moments (a random delay after the ledger shows a
     chosen number of effects), then left to finish: the same tree, two restarts counted
