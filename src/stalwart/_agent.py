@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, final
 
@@ -279,10 +279,7 @@ class Agent(Generic[OutT]):
         self.instructions = instructions
         self.tools = {t.name: t for t in tools}
         self.grant, self.trust = _checked_privilege(name, grant, trust)
-        if health is not None and not isinstance(health, ToolHealthView):
-            raise ConfigurationError(f"agent {name!r}: health must be a sw.ToolRegistry "
-                                     f"(a ToolHealthView), not {type(health).__name__}")
-        self.health = health
+        self.health = _checked_health(name, health)
         self.output_type = output_type
         self.policy = policy
         self.pool = pool or name
@@ -300,10 +297,7 @@ class Agent(Generic[OutT]):
         self._adapter: TypeAdapter[Any] | None = (
             TypeAdapter(output_type) if output_type is not None else None)
         self.memory_key = check_key(name if memory_key is None else memory_key)
-        self.memory = _checked_memory(name, memory, context)
-        if self.memory is not None and "recall" in self.tools:
-            raise ConfigurationError(f"agent {name!r}: a tool is named 'recall', the name "
-                                     "of the memory tool the agent is offered")
+        self.memory = _checked_memory(name, memory, context, self.tools)
         self.context: ContextWindow | None = None
         self.context = None if context is None else self._checked_window(context)
 
@@ -692,9 +686,19 @@ async def _journal_repair(ex: Execution, turn_id: str, call: ToolCallRequest,
                        key=call.id)
 
 
-def _checked_memory(agent: str, memory: object, context: object) -> Memory | None:
+def _checked_memory(agent: str, memory: object, context: object,
+                    tools: Mapping[str, object]) -> Memory | None:
     """The agent's memory: ``memory``, else its Page window's, else the default one for
-    a Page window; ``None`` without either (no recall tool)."""
+    a Page window; ``None`` without either (no recall tool). A tool of the agent's may
+    not take the name of the recall tool it is offered."""
+    chosen = _chosen_memory(agent, memory, context)
+    if chosen is not None and "recall" in tools:
+        raise ConfigurationError(f"agent {agent!r}: a tool is named 'recall', the name "
+                                 "of the memory tool the agent is offered")
+    return chosen
+
+
+def _chosen_memory(agent: str, memory: object, context: object) -> Memory | None:
     if memory is not None and not isinstance(memory, Memory):
         raise ConfigurationError(f"agent {agent!r}: memory must be a sw.Memory, not "
                                  f"{type(memory).__name__}")
@@ -706,6 +710,13 @@ def _checked_memory(agent: str, memory: object, context: object) -> Memory | Non
             f"agent {agent!r}: memory={memory!r} and Page(memory={page.memory!r}) differ; "
             "give one (paged turns go where recall searches)")
     return memory or page.memory or Memory()
+
+
+def _checked_health(agent: str, health: object) -> ToolHealthView | None:
+    if health is not None and not isinstance(health, ToolHealthView):
+        raise ConfigurationError(f"agent {agent!r}: health must be a sw.ToolRegistry "
+                                 f"(a ToolHealthView), not {type(health).__name__}")
+    return health
 
 
 def _checked_capture(agent: str, capture: CaptureContent | _Inherit,
