@@ -156,9 +156,17 @@ async def test_a_dropped_connection_is_a_retryable_error_then_recovers(pg_url: s
     store = PostgresStore(f"{pg_url}&application_name={app}")
     await store.open()
     await store.create_run(run_id="r", workflow="wf", input="[]", now=1.0)
-    sql(pg_url, f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                f"WHERE application_name = '{app}'")
-    while sql(pg_url, f"SELECT 1 FROM pg_stat_activity WHERE application_name = '{app}'"):
+    # The run's NOTIFY goes out in a task of its own after the commit: let it finish,
+    # or it may meet the killed connection first and the pool replace it (with the same
+    # application name: waiting for that name to vanish then never ended, in CI).
+    if store._notifier is not None:
+        await store._notifier
+    pids = [p for (p,) in sql(pg_url, f"SELECT pid FROM pg_stat_activity "
+                                      f"WHERE application_name = '{app}'")]
+    assert pids
+    gone = ", ".join(str(p) for p in pids)
+    sql(pg_url, f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid IN ({gone})")
+    while sql(pg_url, f"SELECT 1 FROM pg_stat_activity WHERE pid IN ({gone})"):
         await asyncio.sleep(0.01)
     with pytest.raises(StoreError) as info:
         await store.get_run("r")
