@@ -38,7 +38,7 @@ from ..models import (
     count_tokens,
 )
 from ..store._base import EventKind, NewEvent
-from ._search import terms
+from ._search import cut, terms
 from ._warm import Memory
 from ._window import (
     ContextWindow,
@@ -280,7 +280,7 @@ class History:
         response = await model_turn(
             ex, name=f"{self.agent}/summary", model=policy.model or self.model,
             request=request, policy=self._policy, pool=self._pool)
-        return _cut(response.content or "", policy.max_summary_tokens, state.tokenizer.count)
+        return cut(response.content or "", policy.max_summary_tokens, state.tokenizer.count)
 
 
 def page_stub(span: Sequence[Entry], state: WindowState) -> str:
@@ -316,17 +316,3 @@ def _chunks(span: Sequence[Entry]) -> list[tuple[str, str, dict[str, Any]]]:
             units.setdefault(e.unit, []).append(e)
     return [(str(u[0].index), "\n".join(_render(e) for e in u),
              {"messages": [u[0].index, u[-1].index]}) for u in units.values()]
-
-
-def _cut(text: str, max_tokens: int, count: Callable[[str], int]) -> str:
-    """``text`` cut to at most ``max_tokens`` (a summarizer that ignored its limit)."""
-    if count(text) <= max_tokens:
-        return text
-    lo, hi = 0, len(text)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if count(text[:mid]) <= max_tokens:
-            lo = mid
-        else:
-            hi = mid - 1
-    return text[:lo]
