@@ -128,6 +128,15 @@ async def _until(cond: Any) -> None:
     raise AssertionError("condition never held")
 
 
+async def _until_answered(cond: Any, timeout: float = 30.0) -> None:
+    """Wait for ``cond`` where real I/O must happen first (an MCP server's ping over
+    its pipes): poll, bounded in real time. Turns of the loop alone are not enough on
+    a loaded machine (CI failed on 1,000 of them)."""
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.005)
+
+
 async def test_breakers_and_bulkheads_per_tool() -> None:
     """A tool without a policy takes the registry's (its own breaker and bulkhead); a
     tool whose breaker opened after failures is unavailable, the others are not."""
@@ -177,7 +186,7 @@ async def test_mcp_tools_health_follows_the_server(state: Path) -> None:
         async with registry:
             names = {t.name for t in registry.tools}
             assert {"echo", "die_once"} <= names
-            await _until(lambda: registry.checks >= 1)
+            await _until_answered(lambda: registry.checks >= 1)
             with pytest.raises(sw.ToolServerUnavailableError):
                 await registry.tools[[t.name for t in registry.tools].index("die_once")].fn(
                     {"tag": "z"}, None)
