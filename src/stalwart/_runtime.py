@@ -16,6 +16,7 @@ import getpass
 import importlib
 import json
 import logging
+import math
 import os
 import uuid
 import weakref
@@ -49,11 +50,13 @@ from .engine._tools import Effect, Tool
 from .engine._worker import Worker
 from .engine._workflow import Workflow
 from .errors import (
+    ActorError,
     ApprovalConflictError,
     ConfigurationError,
     IdempotencyConflictError,
     RunCancelledError,
     RunFailedError,
+    SignalTimeoutError,
     StoreError,
     WorkflowNotFoundError,
 )
@@ -304,6 +307,7 @@ class Runtime(Engine):
             found: Actor[S, M, R] = Actor(fn, state=state, state_type=state_type, name=name,
                                           make_context=_actor_context)
             self.register(found.workflow)
+            self.register(found.asker)
             _HOMES[found.workflow] = self
             return found
 
@@ -339,6 +343,49 @@ class Runtime(Engine):
         self.journal_written(run_id)
         self.poke()
         return mid
+
+    async def ask(self, actor: Actor[Any, M, R] | str, key: str | int, message: M, /, *,
+                  timeout: float | None = None, ask_id: str | None = None) -> R:
+        """Send ``message`` to instance ``key`` of ``actor`` and return the handler's
+        reply: :meth:`send` with an answer. The ask is a run of its own (workflow
+        ``actor:{name}:ask``, run id ``ask:{name}:{key}:{ask_id}``) doing ``ctx.ask``, so
+        it is as durable as one made in a workflow: a crash of this process or of the
+        instance's worker loses neither the message nor the reply, and another process
+        finishes the run. ``ask_id`` is its idempotency key: asking again with the same
+        id (after a crash, or after this call was interrupted) sends nothing new and
+        answers what the first ask answered, reply or error. Without one, each call is
+        a new message.
+
+        Raises:
+            ActorNotFoundError: ``actor`` is not declared on this runtime; nothing sent.
+            ActorKeyError: ``key`` is not a str or int (or bad text); nothing sent.
+            SerializationError: ``message`` cannot be stored or is not of the handler's
+                message type; nothing sent.
+            ActorError: the handler raised (``__cause__`` is its error, rebuilt).
+            SignalTimeoutError: no reply within ``timeout`` seconds (the message stays
+                sent).
+        """
+        found = actor_of(self, actor)
+        text_key = check_key(key, found.name)
+        body = message_body(found, message)
+        if ask_id is not None and (not isinstance(ask_id, str) or not ask_id):
+            raise ConfigurationError(f"ask_id must be a non-empty str, not {ask_id!r}")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(
+                timeout, int | float) or not 0 <= timeout < math.inf):
+            raise ConfigurationError(f"ask: timeout must be a finite, non-negative number "
+                                     f"of seconds or None, not {timeout!r}")
+        run_id = f"ask:{found.name}:{text_key}:{ask_id or uuid.uuid4().hex}"
+        try:
+            reply = await self.run(found.asker, text_key, body, timeout, run_id=run_id,
+                                   if_exists="return")
+        except RunFailedError as exc:
+            # The ask's own failure, as ctx.ask raises it (the run is an implementation
+            # detail of the ask); anything else stays a failed run.
+            if isinstance(exc.__cause__, ActorError | SignalTimeoutError):
+                raise exc.__cause__ from exc.__cause__.__cause__
+            raise
+        return decode(json.dumps(reply), found.reply_type,  # type: ignore[no-any-return]
+                      what=f"reply of actor {found.name!r}")
 
     async def actor_state(self, actor: Actor[S, Any, Any] | str, key: str | int) -> S:
         """The committed state of instance ``key`` of ``actor`` (a new instance's state

@@ -4,6 +4,8 @@ actor whose state proves order and exactly-once, and a workflow that asks it.
 ``python actor_app.py STORE worker`` executes runs until killed.
 ``python actor_app.py STORE ask KEY RUN_ID N`` starts (or resumes) a run of ``asker``,
 which asks instance ``KEY`` ``N`` times, and prints its result as JSON.
+``python actor_app.py STORE app-ask KEY ASK_ID N`` asks instance ``KEY`` ``N`` times from
+outside a workflow (``app.ask``, ask ids ``ASK_ID-0``...) and prints the replies as JSON.
 
 The counter's state keeps, per key: how many messages it applied, the sum of their
 sequence numbers, the last sequence number and every one that came out of order. A
@@ -88,8 +90,17 @@ async def _ask(store: str, key: str, run_id: str, n: int) -> None:
         print(json.dumps(await handle.result()))
 
 
+async def _app_ask(store: str, key: str, ask_id: str, n: int) -> None:
+    app, counter, _ = build(store)
+    async with app:
+        print(json.dumps([await app.ask(counter, key, Msg(seq=i), ask_id=f"{ask_id}-{i}")
+                          for i in range(n)]))
+
+
 if __name__ == "__main__":
     if sys.argv[2] == "worker":
         asyncio.run(_worker(sys.argv[1]))
+    elif sys.argv[2] == "app-ask":
+        asyncio.run(_app_ask(sys.argv[1], sys.argv[3], sys.argv[4], int(sys.argv[5])))
     else:
         asyncio.run(_ask(sys.argv[1], sys.argv[3], sys.argv[4], int(sys.argv[5])))

@@ -218,3 +218,66 @@ async def test_an_ask_times_out_on_the_clock_and_the_message_is_still_handled(
                 break
         assert await handle.result() == "timed out"
         assert (await app.actor_state(tally, "t")).count == 1
+
+
+async def test_app_ask_answers_the_reply_as_a_run_of_its_own(store_url: str) -> None:
+    """app.ask from outside a workflow: the handler's reply, typed; the ask is a run
+    (actor:tally:ask, id ask:tally:{key}:{ask_id}) whose journal holds the send and the
+    reply; asking again with the same ask_id sends nothing and answers the same."""
+    app, tally, _, _ = make_app(store_url)
+    async with app:
+        assert await app.ask(tally, "a", {"n": 2}) == 2
+        assert await app.ask("tally", "a", {"n": 3}, ask_id="q-1") == 5
+        assert await app.ask(tally, "a", {"n": 3}, ask_id="q-1") == 5  # not sent again
+        assert await app.ask(tally, "a", {"n": 0}) == 5
+        rec = await app.get_run("ask:tally:a:q-1")
+        events = await app.events(rec.run_id)
+        state = await app.actor_state(tally, "a")
+    assert rec.workflow == "actor:tally:ask" and rec.status == RunStatus.COMPLETED
+    assert [e.name for e in events if e.kind == EventKind.STEP_COMPLETED] == ["ask:tally"]
+    assert state.count == 5
+
+
+async def test_app_ask_raises_the_handlers_error(store_url: str) -> None:
+    """A handler that raises: app.ask raises ActorError naming the handler's error type
+    and the key (its cause the rebuilt error); the state is unchanged."""
+    app, tally, _, _ = make_app(store_url)
+    async with app:
+        await app.send(tally, "e", {"n": 1})
+        with pytest.raises(sw.ActorError) as info:
+            await app.ask(tally, "e", {"boom": True})
+        assert (await app.actor_state(tally, "e")).count == 1
+    assert info.value.error_type == "builtins.ValueError" and info.value.key == "e"
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+async def test_app_ask_times_out_on_the_clock(store_url: str) -> None:
+    """app.ask(timeout=10) against a handler that sleeps 100 s (virtual):
+    SignalTimeoutError; the message is still handled once."""
+    clock = sw.FakeClock(start=5_000.0, autojump=True)
+    app, tally, _, _ = make_app(store_url, clock=clock)
+    async with app:
+        with pytest.raises(sw.SignalTimeoutError):
+            await app.ask(tally, "t", {"slow": 100, "n": 1}, timeout=10)
+        assert (await settle(app, tally, "t", 1)).count == 1
+
+
+async def test_app_ask_refuses_bad_input_before_anything_is_recorded(
+        store_url: str) -> None:
+    """An undeclared actor, a bad key, a message of the wrong type, a bad ask_id or
+    timeout: one typed error each, and no run is made."""
+    app, tally, _, _ = make_app(store_url)
+    async with app:
+        with pytest.raises(sw.ActorNotFoundError):
+            await app.ask("nope", "k", 1)
+        with pytest.raises(sw.ActorKeyError):
+            await app.ask(tally, 1.5, {"n": 1})  # type: ignore[arg-type]
+        with pytest.raises(sw.SerializationError):
+            await app.ask(tally, "k", "not a dict")  # type: ignore[arg-type]
+        for ask_id in ("", 7):
+            with pytest.raises(sw.ConfigurationError, match="ask_id"):
+                await app.ask(tally, "k", {"n": 1}, ask_id=ask_id)  # type: ignore[arg-type]
+        for timeout in (-1, float("inf"), float("nan"), True, "5"):
+            with pytest.raises(sw.ConfigurationError, match="timeout"):
+                await app.ask(tally, "k", {"n": 1}, timeout=timeout)  # type: ignore[arg-type]
+        assert await app.list_runs() == []

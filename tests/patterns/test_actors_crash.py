@@ -130,3 +130,20 @@ def test_an_ask_survives_a_crash_inside_the_handler(
     assert second.returncode == 0, err
     assert json.loads(out) == [1, 2, 3, 4, 5]
     assert exact(asyncio.run(states(store_url, ["k"]))["k"], 5)
+
+
+@pytest.mark.parametrize("crash_at", ["k:0", "k:2"])
+def test_an_app_ask_survives_a_crash_inside_the_handler(
+        store_url: str, tmp_path: Path, crash_at: str) -> None:
+    """app.ask from outside a workflow, the process SIGKILLed inside the handler: a new
+    process asking again with the same ask ids gets every reply, and each message was
+    applied once (the interrupted ask's run is taken over, not sent again)."""
+    env = {"CRASH_AT": crash_at, "CRASH_MARKERS": str(tmp_path)}
+    first = spawn(store_url, "app-ask", "k", "q", "5", cwd=tmp_path, env=env)
+    out, err = first.communicate(timeout=90)
+    assert first.returncode == -signal.SIGKILL, err
+    second = spawn(store_url, "app-ask", "k", "q", "5", cwd=tmp_path, env=env)
+    out, err = second.communicate(timeout=90)
+    assert second.returncode == 0, err
+    assert json.loads(out) == [1, 2, 3, 4, 5]
+    assert exact(asyncio.run(states(store_url, ["k"]))["k"], 5)

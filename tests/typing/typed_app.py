@@ -126,3 +126,5 @@ async def client_sends() -> None:
     assert_type(await app.send(tally, "k", 3, message_id="m-1"), str)
     await app.send(tally, 1.5, 3)  # type: ignore[arg-type]
     assert_type(await app.actor_state(tally, "k"), Tally)
+    assert_type(await app.ask(tally, "k", 3, ask_id="q-1", timeout=5), int)
+    await app.ask(tally, "k", "three")  # type: ignore[misc]

@@ -80,6 +80,9 @@ MAILBOX = "stalwart.actor"
 
 _REPLY = "stalwart.reply:"
 _PREFIX = "actor:"
+ASKER_SUFFIX = ":ask"
+"""``actor:{name}:ask`` is the workflow of ``Runtime.ask`` (actor names hold no ':', so
+it is never another actor's)."""
 MAX_KEY_LENGTH = 200
 
 _ACTORS: weakref.WeakKeyDictionary[Workflow[Any, Any], AnyActor] = (
@@ -202,6 +205,15 @@ class Actor(Generic[S, M, R]):
         instance.__qualname__ = f"actor:{self.name}"
         self.workflow: Workflow[[str], None] = Workflow(instance, name=f"{_PREFIX}{self.name}")
         _ACTORS[self.workflow] = self
+
+        async def asking(ctx: Any, key: str, message: Any, timeout: float | None) -> Any:
+            return await ask(ctx.execution, self, key, message, timeout=timeout)
+
+        asking.__qualname__ = f"actor:{self.name}:ask"
+        self.asker: Workflow[[str, Any, float | None], Any] = Workflow(
+            asking, name=f"{_PREFIX}{self.name}{ASKER_SUFFIX}")
+        """The workflow behind ``Runtime.ask``: a run that asks once and answers the
+        reply, so an ask from outside a workflow is as durable as ``ctx.ask``."""
 
     def __repr__(self) -> str:
         return f"<Actor {self.name}>"
