@@ -281,3 +281,39 @@ async def test_app_ask_refuses_bad_input_before_anything_is_recorded(
             with pytest.raises(sw.ConfigurationError, match="timeout"):
                 await app.ask(tally, "k", {"n": 1}, timeout=timeout)  # type: ignore[arg-type]
         assert await app.list_runs() == []
+
+
+def make_ring(store: str) -> tuple[sw.Runtime, Any]:
+    """``node`` instances that ask the next one named in the message (a chain of asks)."""
+    app = sw.Runtime(store, poll_interval=0.05)
+
+    @app.actor(state=int)
+    async def node(ctx: sw.ActorContext[int], path: list[str]) -> str:
+        ctx.state += 1
+        if not path:
+            return ctx.key
+        try:
+            return f"{ctx.key}>{await ctx.ctx.ask(node, path[0], path[1:])}"
+        except sw.ActorError as exc:  # the next one refused: say why, in the reply
+            return f"{ctx.key}>{exc.error_type}:{exc.__cause__}"
+
+    return app, node
+
+
+async def test_a_chain_of_asks_is_answered_and_a_cycle_is_refused(store_url: str) -> None:
+    """a asks b asks c: answered along the chain. a asks b asks a (or a -> b -> c -> a):
+    the last ask would wait for an instance that waits for it, forever; it is refused at
+    once with ContextMisuseError naming the cycle, and the chain answers with that."""
+    app, node = make_ring(store_url)
+    async with app:
+        assert await app.ask(node, "a", ["b", "c"]) == "a>b>c"
+        two = await app.ask(node, "a", ["b", "a"])
+        three = await app.ask(node, "a", ["b", "c", "a"])
+        # Nothing is left stuck: the instances of the refused cycles answer again.
+        assert await app.ask(node, "x", ["a", "b"]) == "x>a>b"
+    # b's handler raised the refusal (a handler failure): a's ask got it as ActorError.
+    assert two.startswith("a>stalwart.errors.ContextMisuseError:")
+    assert "actor:node:b cannot ask actor:node:a" in two
+    assert "(actor:node:a -> actor:node:b -> actor:node:a" in two
+    assert three.startswith("a>b>stalwart.errors.ContextMisuseError:")
+    assert "(actor:node:a -> actor:node:b -> actor:node:c -> actor:node:a" in three

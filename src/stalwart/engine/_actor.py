@@ -88,6 +88,11 @@ MAX_KEY_LENGTH = 200
 _ACTORS: weakref.WeakKeyDictionary[Workflow[Any, Any], AnyActor] = (
     weakref.WeakKeyDictionary())
 
+_WAITING: weakref.WeakKeyDictionary[Execution, tuple[str, ...]] = (
+    weakref.WeakKeyDictionary())
+"""Per instance execution, while a handler runs: the runs waiting for its reply (the
+message's ``waiting`` and the instance itself), which its own asks must not target."""
+
 
 def check_key(key: object, actor: str) -> str:
     """``key`` as an instance key: a non-empty ``str`` of printable characters, at most
@@ -130,24 +135,30 @@ class ActorMessage:
         body: the message, as JSON data.
         reply_to: ``(run_id, signal)`` of an asker waiting for the reply, or ``None``.
         reminder: the name of the reminder that fired, for a reminder.
+        waiting: for an ask, the runs waiting (through a chain of asks) for its reply,
+            the asker last: an instance in it that the handler asks would never answer.
     """
 
     id: str
     body: Any
     reply_to: tuple[str, str] | None = None
     reminder: str | None = None
+    waiting: tuple[str, ...] = ()
 
     def to_json(self) -> str:
-        return json.dumps({"id": self.id, "body": self.body,
-                           "reply_to": list(self.reply_to) if self.reply_to else None},
-                          separators=(",", ":"), allow_nan=False)
+        data: dict[str, Any] = {"id": self.id, "body": self.body,
+                                "reply_to": list(self.reply_to) if self.reply_to else None}
+        if self.waiting:
+            data["waiting"] = list(self.waiting)
+        return json.dumps(data, separators=(",", ":"), allow_nan=False)
 
     @staticmethod
     def from_json(text: str) -> ActorMessage:
         data = json.loads(text)
         reply = data.get("reply_to")
         return ActorMessage(str(data["id"]), data.get("body"),
-                            (str(reply[0]), str(reply[1])) if reply else None)
+                            (str(reply[0]), str(reply[1])) if reply else None,
+                            waiting=tuple(str(r) for r in data.get("waiting") or ()))
 
 
 @dataclass(slots=True)
@@ -274,8 +285,12 @@ async def _serve(ctx: Any, actor: AnyActor, key: str) -> None:
         # The handler gets its own copy of the state: one that fails leaves none of its
         # changes behind.
         turn = Turn(key, message, actor.decode_state(json.dumps(state)))
-        committed = await _commit(ex, actor, turn, state, reminders,
-                                  await _handle(ctx, actor, turn))
+        _WAITING[ex] = (*message.waiting, ex.run_id)
+        try:
+            outcome = await _handle(ctx, actor, turn)
+        finally:
+            _WAITING.pop(ex, None)
+        committed = await _commit(ex, actor, turn, state, reminders, outcome)
         state = committed["state"]
         reminders = {name: (float(at), body)
                      for name, (at, body) in committed["reminders"].items()}
@@ -399,7 +414,7 @@ def message_body(actor: AnyActor, message: object) -> Any:
 
 
 async def send(ex: Execution, target: AnyActor | str, key: object, message: object, *,
-               ask: bool = False) -> tuple[AnyActor, str, str]:
+               ask: bool = False, waiting: tuple[str, ...] = ()) -> tuple[AnyActor, str, str]:
     """``ctx.send``: one step that puts the message into the instance's mailbox; its id
     is the step's (``{run_id}/{step_id}``), so a repeat after a crash is the same
     message. Returns the actor, the key and the message id. Bad input (an undeclared
@@ -416,7 +431,8 @@ async def send(ex: Execution, target: AnyActor | str, key: object, message: obje
     message_id = f"{ex.run_id}/{step_id}"
     reply_to = (ex.run_id, reply_signal(message_id)) if ask else None
     await ex.fence()
-    await deliver(ex.store, actor, text_key, ActorMessage(message_id, body, reply_to),
+    await deliver(ex.store, actor, text_key,
+                  ActorMessage(message_id, body, reply_to, waiting=waiting if ask else ()),
                   now=ex.clock.now())
     ex.engine.wake_local(actor_run_id(actor.name, text_key))
     ex.engine.poke()
@@ -431,12 +447,21 @@ async def ask(ex: Execution, target: AnyActor | str, key: object, message: objec
         raise ValueError(f"ask() needs a finite, non-negative timeout in seconds or None, "
                          f"not {timeout!r}")
     found = actor_of(ex.engine, target)
-    if actor_run_id(found.name, check_key(key, found.name)) == ex.run_id:
+    waiting = _WAITING.get(ex, (ex.run_id,))
+    asked = actor_run_id(found.name, check_key(key, found.name))
+    if asked == ex.run_id:
         raise ContextMisuseError(
             f"actor {found.name!r} key {key!r} cannot ask itself: it handles one message "
             "at a time, so the reply would never come (use ctx.send, or call the code "
             "directly)", run_id=ex.run_id)
-    actor, text_key, message_id = await send(ex, target, key, message, ask=True)
+    if asked in waiting:
+        chain = " -> ".join((*waiting[waiting.index(asked):], asked))
+        raise ContextMisuseError(
+            f"{ex.run_id} cannot ask {asked}: that instance is waiting for this one's "
+            f"reply ({chain}, each handling one message at a time), so the reply would "
+            "never come: a deadlock (use ctx.send for one direction)", run_id=ex.run_id)
+    actor, text_key, message_id = await send(ex, target, key, message, ask=True,
+                                             waiting=waiting)
     answer = await wait_for_signal(ex, reply_signal(message_id), timeout)
     if answer.get("error") is not None:
         info = ErrorInfo.from_dict(answer["error"])
