@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from typing import TYPE_CHECKING
 
 import pytest
@@ -76,10 +77,36 @@ def test_a_foreign_ledger_is_reported_not_used(cli: Cli, project: Project) -> No
     assert "is not a demo ledger" in line and "--fresh" in line
 
 
+def test_a_foreign_file_at_the_store_path_is_refused_and_kept(cli: Cli, project: Project) -> None:
+    """The user's own file where the journal would go: one line that does not offer
+    --fresh; and --fresh itself refuses it, leaving it as it was."""
+    notes = project.dir / "notes.txt"
+    notes.write_text("my notes")
+    line = cli.one_line_error(cli("demo", "--store", str(notes)), 2)
+    assert "not a stalwart journal" in line and "demo --fresh` deletes" not in line
+    line = cli.one_line_error(cli("demo", "--store", str(notes), "--fresh"), 2)
+    assert "not a stalwart journal" in line and "--fresh deletes only" in line
+    assert notes.read_text() == "my notes"
+
+
+def test_fresh_keeps_another_programs_sqlite_database(cli: Cli, project: Project) -> None:
+    """--fresh on an SQLite file stalwart did not create: refused, not a row lost."""
+    app_db = project.dir / "app.db"
+    with sqlite3.connect(app_db) as conn:
+        conn.execute("CREATE TABLE users (name TEXT)")
+        conn.execute("INSERT INTO users VALUES ('ana')")
+    conn.close()
+    line = cli.one_line_error(cli("demo", "--store", str(app_db), "--fresh"), 2)
+    assert "not a stalwart journal" in line
+    with sqlite3.connect(app_db) as conn:
+        assert conn.execute("SELECT name FROM users").fetchall() == [("ana",)]
+    conn.close()
+
+
 @pytest.mark.slow
 def test_fresh_replaces_a_broken_journal_and_ledger(cli: Cli, project: Project) -> None:
     """--fresh deletes the old files first, so the demo runs (here, in this process)."""
-    (project.dir / "d.db").write_text("old journal")
+    (project.dir / "d.db").write_bytes(b"SQLite format 3\x00" + b"\x07" * 5000)  # damaged
     (project.dir / "d-ledger.db").write_text("old ledger")
     result = cli("demo", "--store", str(project.dir / "d.db"), "--fresh")
     assert result.exit_code == 0, result.output

@@ -45,7 +45,8 @@ from .._demo import (
     research_report,
 )
 from .._runtime import Runtime
-from ..errors import StoreError
+from ..errors import NotAStalwartStoreError, StoreError
+from ..store import _sqlite_schema
 from ..store._base import Event, EventKind, RunRecord, RunStatus
 from ..store._sqlite import SQLiteStore
 from ._common import (
@@ -80,6 +81,27 @@ def _paths(store: str | None) -> tuple[Path, Path]:
     else:
         db = Path(store)
     return db, db.with_name(f"{db.stem}-ledger.db")
+
+
+_NOT_OURS = "pass --store a path of its own (--fresh deletes only a stalwart journal)"
+
+
+def _refuse_foreign(db: Path) -> None:
+    """--fresh deletes the demo's journal, or a damaged one, never another program's file:
+    the path is the user's to type, so it may name their notes or their app's database."""
+    path = str(db)
+    try:
+        if _sqlite_schema.file_state(path) != "sqlite":
+            return  # nothing there, or an empty file
+        conn = _sqlite_schema.connect(path, read_only=True, busy_timeout=1.0)
+        try:
+            _sqlite_schema.inspect(conn, path)
+        finally:
+            conn.close()
+    except NotAStalwartStoreError as exc:
+        raise CliError(f"{exc}; {_NOT_OURS}", exit_code_for(exc)) from None
+    except StoreError:
+        return  # a journal too damaged to read: what --fresh is for
 
 
 def _delete(*paths: Path) -> None:
@@ -217,8 +239,9 @@ async def _crash_and_resume(out: Console, db: Path, ledger: Path, run_id: str,
         try:
             await watcher.open()  # an unusable store fails here, before any process starts
         except StoreError as exc:
-            raise CliError(f"{exc}; `stalwart demo --fresh` deletes it and starts over",
-                           exit_code_for(exc)) from None
+            hint = (_NOT_OURS if isinstance(exc, NotAStalwartStoreError)
+                    else "`stalwart demo --fresh` deletes it and starts over")
+            raise CliError(f"{exc}; {hint}", exit_code_for(exc)) from None
         out.print(Text(f"stalwart demo: run {run_id} of research_report (plan -> 3 researcher "
                        "agents in parallel -> a writer agent with a tool -> durable sleep "
                        f"-> publish), journal {db}", style="bold"), soft_wrap=True)
@@ -363,6 +386,7 @@ def demo(
     ledger = ledger.absolute()  # the workflow input names it; resumable from anywhere
     db_arg = str(db)
     if fresh:
+        _refuse_foreign(db)
         _delete(db, ledger)
     db.parent.mkdir(parents=True, exist_ok=True)
     try:
