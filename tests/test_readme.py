@@ -1,4 +1,5 @@
-"""The README cannot rot: every Python block runs as pasted, and what it cites exists.
+"""The README cannot rot: every Python block runs as pasted, and what it cites exists
+(files, and the ``stalwart`` commands and options it and docs/ tell a reader to type).
 
 Each ```python block is run, in README order, as its own script in one temporary folder,
 offline (no API keys, no ``STALWART_*``/``OTEL_*`` variables, no network), each bounded
@@ -18,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import typer
+
+from stalwart.cli import app as cli_app
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -144,3 +148,61 @@ def test_every_file_a_doc_cites_is_in_the_repository(doc: Path) -> None:
             missing.append(target)
     assert not missing, f"{doc.name} cites files that are not in the repository: {missing}"
     assert "shared/" not in text, f"{doc.name} points outside the repository (shared/)"
+
+
+_COMMAND_SPAN = re.compile(r"`(stalwart [^`\n]+)`")
+_FENCED = re.compile(r"^([ \t]*)```(\w*)[ \t]*\n(.*?)^\1```", re.S | re.M)
+_SHELL = {"bash", "sh", "shell", "console", ""}
+
+
+def cited_commands(text: str) -> list[str]:
+    """The ``stalwart ...`` commands a markdown text names: in code spans, and on the
+    lines of its shell (and unlabelled) blocks, a ``$ `` prompt and ``# comment`` cut."""
+    found = [m.group(1) for m in _COMMAND_SPAN.finditer(text.replace("`\n", "` "))]
+    for block in _FENCED.finditer(text):
+        for line in block.group(3).splitlines() if block.group(2) in _SHELL else ():
+            line = line.strip().removeprefix("$ ").split("  #")[0].split(" # ")[0].strip()
+            if line.startswith("stalwart "):
+                found.append(line)
+    return found
+
+
+def command_problems(command: str, root: object) -> list[str]:
+    """What in ``command`` the CLI has not: an unknown (sub)command or option. Words in
+    capitals, ``...`` and ``[optional]`` brackets are placeholders, as in a usage line."""
+    words = command.split("|")[0].split("&&")[0].split()[1:]
+    cmd, depth = root, 0  # typer's own click: its groups are told by their commands
+    while depth < len(words) and words[depth] in getattr(cmd, "commands", {}):
+        cmd, depth = cmd.commands[words[depth]], depth + 1  # type: ignore[attr-defined]
+    rest = words[depth:]
+    if hasattr(cmd, "commands") and rest and rest[0][:1].isalpha():
+        return [f"{command!r}: no command {rest[0]!r}"]
+    options = {"--help", *(o for p in getattr(cmd, "params", ())
+                           for o in (*p.opts, *p.secondary_opts))}
+    flags = (w.strip("[]").split("=")[0] for w in rest)
+    return [f"{command!r}: no option {f}" for f in flags if f.startswith("--") and f != "--"
+            and f not in options]
+
+
+def test_the_command_check_sees_commands_and_catches_what_does_not_exist() -> None:
+    """The extraction finds spans and shell lines; the check refuses an unknown
+    subcommand or option and passes placeholders (a check that passes everything proves
+    nothing)."""
+    root = typer.main.get_command(cli_app)
+    text = "Run `stalwart runs show RUN_ID`.\n\n```bash\n$ stalwart dlq list   # all\n```\n"
+    assert cited_commands(text) == ["stalwart runs show RUN_ID", "stalwart dlq list"]
+    assert command_problems("stalwart runs fork RUN_ID --at STEP [--model M]", root) == []
+    assert command_problems("stalwart runs cancel", root) == [
+        "'stalwart runs cancel': no command 'cancel'"]
+    assert command_problems("stalwart run app:wf --no-such", root) == [
+        "'stalwart run app:wf --no-such': no option --no-such"]
+
+
+@pytest.mark.parametrize("doc", [README, *sorted((ROOT / "docs").glob("*.md"))],
+                         ids=lambda p: p.name)
+def test_every_command_a_doc_cites_exists_with_its_options(doc: Path) -> None:
+    """Each ``stalwart ...`` a doc tells the reader to type is a command of the CLI, and
+    each ``--option`` it passes is one that command takes."""
+    root = typer.main.get_command(cli_app)
+    problems = [p for c in cited_commands(doc.read_text()) for p in command_problems(c, root)]
+    assert not problems, f"{doc.name} cites what the CLI does not have: {problems}"

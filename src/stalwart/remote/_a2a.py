@@ -10,7 +10,7 @@ and a run interrupted by a crash resumes from its journal. Task ids are derived 
 the message's context id (``task-<context id>``). An A2A cancel cancels the task's run
 (``Runtime.cancel``) and answers the task canceled; an unknown task is the A2A error
 task-not-found, a finished one task-not-cancelable. A run cancelled by other means
-(``stalwart runs cancel``) ends its task canceled too.
+(``stalwart cancel``) ends its task canceled too.
 
 **Calling.** ``sw.A2AAgent(url)``; ``await remote.ask(ctx, "text")`` is two journaled
 steps behind the policy stack: *send* (its result: the task id) and *wait* (polls the
