@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,3 +207,16 @@ def test_every_command_a_doc_cites_exists_with_its_options(doc: Path) -> None:
     root = typer.main.get_command(cli_app)
     problems = [p for c in cited_commands(doc.read_text()) for p in command_problems(c, root)]
     assert not problems, f"{doc.name} cites what the CLI does not have: {problems}"
+
+
+def test_the_readme_names_every_extra_and_installs_from_a_checkout() -> None:
+    """The README's list of extras is pyproject's, and every ``pip install`` it shows
+    installs from the checkout (``-e``), as its opening says stalwart is installed."""
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())
+                 ["project"]["optional-dependencies"])
+    text = README.read_text()
+    listed = re.search(r"the extras are ([^(]*)\(", text)
+    assert listed, "the README no longer says which extras there are"
+    assert set(re.findall(r"`([\w-]+)`", listed.group(1))) == extras
+    installs = re.findall(r"pip install [^`\n]*", text)
+    assert installs and all(" -e " in f"{i} " for i in installs), installs
