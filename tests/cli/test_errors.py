@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
+import typer
 
 from stalwart import SQLiteStore
+from stalwart.cli import app
 
 if TYPE_CHECKING:
     from conftest import Cli, Project
@@ -183,3 +186,20 @@ def test_a_store_path_that_cannot_be_used_exits_2_naming_path_and_reason(
     assert proc.stderr.startswith(f"error: cannot use the journal {store}: ")
     assert proc.stderr.count("\n") == 1 and reason in proc.stderr
     assert "unexpected" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_missing_argument_is_named_as_the_usage_line_names_it(cli: Cli) -> None:
+    """Every positional argument has an upper-case metavar, so 'Missing argument' names
+    it as ``--help`` does (``RUN_ID``, not the parameter ``run_id``), in no brackets."""
+    root = typer.main.get_command(app)
+    unnamed = []
+    groups: list[tuple[str, Any]] = [("stalwart", root)]
+    while groups:
+        path, cmd = groups.pop()
+        groups.extend((f"{path} {n}", c) for n, c in getattr(cmd, "commands", {}).items())
+        unnamed += [f"{path} {p.name} ({p.metavar})" for p in cmd.params
+                    if p.param_type_name == "argument"
+                    and not re.fullmatch(r"[A-Z_:]+", p.metavar or "")]
+    assert not unnamed, unnamed
+    line = cli.one_line_error(cli("runs", "show"), 2)
+    assert "Missing argument 'RUN_ID'" in line

@@ -46,7 +46,7 @@ def _short(value: object, width: int = 50) -> str:
 
 def approvals(
     run_id: Annotated[str | None, typer.Argument(
-        metavar="[RUN_ID]", help="Only this run's approvals.")] = None,
+        metavar="RUN_ID", help="Only this run's approvals.")] = None,
     as_json: JsonOption = False,
     plain: PlainOption = False,
     store: StoreOption = None,

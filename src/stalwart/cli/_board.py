@@ -47,7 +47,7 @@ def _short(value: Any, width: int = 60) -> str:
 
 
 def board(
-    name: Annotated[str, typer.Argument(help="The blackboard's name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The blackboard's name.")],
     pattern: Annotated[str, typer.Option(
         "--pattern", "-p", metavar="GLOB",
         help="Only keys matching this glob (* any characters, ? one, \\ escapes).")] = "*",

@@ -331,7 +331,7 @@ def _render_saga(out: Console, saga: dict[str, Any]) -> None:
 
 @dlq_app.command("show", cls=HelpCommand)
 def show_dead(
-    run_id: Annotated[str, typer.Argument(help="The dead-lettered run.")],
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The dead-lettered run.")],
     as_json: JsonOption = False,
     store: StoreOption = None,
 ) -> None:
@@ -422,8 +422,8 @@ async def _redrive_and_run(store: str | Store | None, wf: Workflow[Any, Any], ru
 
 @dlq_app.command("retry", cls=HelpCommand)
 def retry(
-    run_id: Annotated[str, typer.Argument(help="The dead-lettered run to send through "
-                                               "again.")],
+    run_id: Annotated[str, typer.Argument(
+        metavar="RUN_ID", help="The dead-lettered run to send through again.")],
     store: StoreOption = None,
     imports: Annotated[list[str] | None, typer.Option(
         "--import", metavar="MODULE",

@@ -317,7 +317,7 @@ def render_story(out: Console, story: RunStory, children: list[RunRecord],
 
 
 def show_run(
-    run_id: Annotated[str, typer.Argument(help="The run to show.")],
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run to show.")],
     as_json: JsonOption = False,
     whole_traceback: TracebackOption = False,
     store: StoreOption = None,
@@ -347,7 +347,8 @@ async def _events(store: str | None, run_id: str) -> list[Event]:
 
 
 def run_events(
-    run_id: Annotated[str, typer.Argument(help="The run whose journal to print.")],
+    run_id: Annotated[str, typer.Argument(
+        metavar="RUN_ID", help="The run whose journal to print.")],
     as_json: JsonOption = False,
     plain: PlainOption = False,
     store: StoreOption = None,

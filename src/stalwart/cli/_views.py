@@ -52,7 +52,7 @@ async def _load(rt: Runtime, run_id: str) -> tuple[RunRecord, list[Event]]:
 
 
 def trace(
-    run_id: Annotated[str, typer.Argument(help="The run to trace.")],
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run to trace.")],
     as_json: JsonOption = False,
     store: StoreOption = None,
 ) -> None:
@@ -104,7 +104,8 @@ async def replay_report(store: str | None, run_id: str, imports: list[str]) -> R
 
 
 def replay(
-    run_id: Annotated[str, typer.Argument(help="The run whose journal to replay.")],
+    run_id: Annotated[str, typer.Argument(
+        metavar="RUN_ID", help="The run whose journal to replay.")],
     imports: ImportOption = None,
     as_json: JsonOption = False,
     store: StoreOption = None,
@@ -163,7 +164,7 @@ async def start_fork(flag: str | None, run_id: str, at: str, model: str | None,
 
 
 def fork(
-    run_id: Annotated[str, typer.Argument(help="The run to fork.")],
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run to fork.")],
     at: Annotated[str, typer.Option("--at", metavar="STEP_ID",
                                     help="Re-execute from this step (e.g. 4 or 3/1/2); "
                                          "recorded results before it are reused.")],
