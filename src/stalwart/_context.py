@@ -180,6 +180,29 @@ class Context:
         """A random UUID (version 4), recorded."""
         return await _steps.uuid(self._ex)
 
+    # -- changing code under running runs ----------------------------------------------
+
+    async def patched(self, change_id: str) -> bool:
+        """Whether this run takes the code changed under ``change_id`` (Temporal's
+        ``patched``): ``True`` for a run that reaches this point with the change in
+        the code, ``False`` for one whose journal shows it went past this point
+        before the change. Deploy a change to a workflow with runs in flight as
+        ``if await ctx.patched("id"): new else: old``; a run started before the deploy
+        replays the old way, and every other run the new way, each the same on every
+        replay (the first ``True`` journals a marker step). Once no run that went the
+        old way is left, replace the branch with :meth:`deprecate_patch`.
+
+        Raises:
+            ConfigurationError: ``change_id`` is not printable text of 1-200 characters.
+        """
+        return await _steps.patched(self._ex, change_id)
+
+    def deprecate_patch(self, change_id: str) -> None:
+        """The second half of a change's life: the old code is gone, ``patched``'s
+        branch with it. Runs made while ``patched("id")`` was in the code hold its
+        marker here: this takes it (they replay); other runs journal nothing."""
+        _steps.deprecate_patch(self._ex, change_id)
+
     # -- durable timers and signals ----------------------------------------------------
 
     async def sleep(self, seconds: float) -> None:

@@ -10,11 +10,12 @@ and journals its outcome (:func:`record_value`, :func:`record_failure`). The val
 step returns is the one a replay will read back, so both executions see the same.
 
 Here are the plain steps (``ctx.step``, ``now``/``random``/``uuid``, ``sleep``,
-``wait_for_signal``); calls behind the policy stack (:mod:`._calls`, :mod:`._llm`),
-child runs (:mod:`._children`) and gathers (:mod:`._gather`) are built on the same
-functions. They take the run's :class:`~stalwart.engine._execution.Execution`: this is
-the engine's step API, which :class:`stalwart.Context` puts a typed face on and which
-:mod:`stalwart.patterns` and :class:`stalwart.Agent` use.
+``wait_for_signal``, the ``patched`` markers); calls behind the policy stack
+(:mod:`._calls`, :mod:`._llm`), child runs (:mod:`._children`) and gathers
+(:mod:`._gather`) are built on the same functions. They take the run's
+:class:`~stalwart.engine._execution.Execution`: this is the engine's step API, which
+:class:`stalwart.Context` puts a typed face on and which :mod:`stalwart.patterns` and
+:class:`stalwart.Agent` use.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .._serde import (
     return_type,
 )
 from ..errors import (
+    ConfigurationError,
     ContextMisuseError,
     LeaseLostError,
     OutcomeCheckError,
@@ -47,7 +49,8 @@ from ..store._base import STEP_TIMED_AFTER, Event, EventKind, NewEvent, RunStatu
 from ._execution import Execution
 from ._scope import StepInfo, callable_name, current_scope, is_async, outcome_problem, running_step
 
-__all__ = ["begin", "now", "random", "record_failure", "record_value", "recorded_outcome",
+__all__ = ["PATCH_PREFIX", "begin", "deprecate_patch", "now", "patched", "random",
+           "record_failure", "record_value", "recorded_outcome",
            "recorded_value", "replayed", "run_step", "sleep", "timed", "uuid",
            "wait_for_signal"]
 
@@ -60,13 +63,7 @@ def begin(ex: Execution, name: str) -> tuple[str, list[Event] | None]:
     """The next step of the calling scope, named ``name``: its id and what the journal
     holds of it (``None``: nothing). A recorded step under another name is a
     divergence (:class:`~stalwart.NonDeterminismError`)."""
-    inside = running_step()
-    if inside is not None:
-        raise ContextMisuseError(
-            f"run {ex.run_id}: the workflow context cannot be used inside a step "
-            f"(step {inside.step_id}); steps are leaves")
-    if ex.finished:
-        raise ContextMisuseError(f"run {ex.run_id} has ended; its context is closed")
+    _check_usable(ex)
     # A cancel is raised where a step would go live (Execution.go_live), not here: a
     # replay walks the recorded steps to the same place as the first execution.
     step_id = current_scope(ex.root_scope).next_id()
@@ -79,6 +76,17 @@ def begin(ex: Execution, name: str) -> tuple[str, list[Event] | None]:
         if err is not None:
             raise ex.diverged(err)
     return step_id, recorded
+
+
+def _check_usable(ex: Execution) -> None:
+    """The workflow context may be used here: not inside a step, not after the end."""
+    inside = running_step()
+    if inside is not None:
+        raise ContextMisuseError(
+            f"run {ex.run_id}: the workflow context cannot be used inside a step "
+            f"(step {inside.step_id}); steps are leaves")
+    if ex.finished:
+        raise ContextMisuseError(f"run {ex.run_id} has ended; its context is closed")
 
 
 def recorded_outcome(recorded: Sequence[Event] | None) -> Event | None:
@@ -193,6 +201,49 @@ async def uuid(ex: Execution) -> uuid_mod.UUID:
         ex, "stalwart.uuid",
         lambda: str(uuid_mod.UUID(int=ex.rng.getrandbits(128), version=4)))
     return uuid_mod.UUID(text)
+
+
+PATCH_PREFIX = "stalwart.patch:"
+"""A change's marker step is named ``stalwart.patch:{change_id}``."""
+
+
+def _patch_marker(ex: Execution, change_id: object) -> tuple[str, bool]:
+    """The marker's step name, and whether the journal holds it at the next step of the
+    calling scope (read without taking the step)."""
+    if not isinstance(change_id, str) or not change_id or not change_id.isprintable() or (
+            len(change_id) > 200):
+        raise ConfigurationError(f"a change id is printable text of 1 to 200 characters, "
+                                 f"not {change_id!r}")
+    _check_usable(ex)
+    name = PATCH_PREFIX + change_id
+    step_id = current_scope(ex.root_scope).peek()
+    return name, (step_id in ex.recorded and ex.history is not None
+                  and ex.history.names.get(step_id) == name)
+
+
+async def patched(ex: Execution, change_id: str) -> bool:
+    """``ctx.patched``: see :meth:`stalwart.Context.patched`. Where the run's journal
+    already holds a step here, the run went that way before: the marker (the changed
+    code, ``True``) or anything else (the code before the change, ``False``, taking no
+    step). At the end of the journal the change applies: the marker is journaled (one
+    step) so that a replay takes the same way."""
+    name, marked = _patch_marker(ex, change_id)
+    step_id = current_scope(ex.root_scope).peek()
+    if marked:
+        begin(ex, name)
+        return True
+    if step_id in ex.recorded:
+        return False
+    await recorded_value(ex, name, lambda: True)
+    return True
+
+
+def deprecate_patch(ex: Execution, change_id: str) -> None:
+    """``ctx.deprecate_patch``: take the change's marker if the journal holds it here
+    (a run made while ``patched`` was in the code), else nothing; journals nothing."""
+    name, marked = _patch_marker(ex, change_id)
+    if marked:
+        begin(ex, name)
 
 
 async def sleep(ex: Execution, seconds: float) -> None:
