@@ -13,6 +13,7 @@ import asyncio
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -141,17 +142,28 @@ def runtime(store: str) -> sw.Runtime:
     return rt
 
 
-async def _settle(rt: sw.Runtime, run_id: str) -> sw.RunRecord:
-    while True:
-        rec = await rt.get_run(run_id)
-        if rec.status in (sw.RunStatus.COMPLETED, sw.RunStatus.FAILED,
-                          sw.RunStatus.DEAD_LETTERED, sw.RunStatus.WAITING):
-            return rec
+async def _settle(rt: sw.Runtime, run_id: str, status: sw.RunStatus) -> None:
+    """Until ``run_id`` is at ``status``, its end in this journal (bounded in real time:
+    the runs go on in this runtime's tasks and threads)."""
+    rec = await rt.get_run(run_id)
+    deadline = time.monotonic() + 60
+    while rec.status != status:
+        assert time.monotonic() < deadline, f"{run_id} is {rec.status}, not {status}"
         await asyncio.sleep(0.01)
+        rec = await rt.get_run(run_id)
+
+
+# Each kind's run ends here: the parent only once its child has (a parent merely waiting
+# for it would leave the child's run pending, for the next runtime on a copy of the journal
+# to claim: a live page's test would see those runs change, not the one it started).
+ENDS = {"ok": sw.RunStatus.COMPLETED, "llm": sw.RunStatus.COMPLETED,
+        "agent": sw.RunStatus.COMPLETED, "dead": sw.RunStatus.DEAD_LETTERED,
+        "failed": sw.RunStatus.FAILED, "waiting": sw.RunStatus.WAITING,
+        "approval": sw.RunStatus.WAITING, "parent": sw.RunStatus.COMPLETED}
 
 
 async def populate(store: str, marker_dir: Path) -> dict[str, Any]:
-    """One run of each kind; returns their ids by kind."""
+    """One run of each kind, each at its end (:data:`ENDS`); returns their ids by kind."""
     rt = runtime(store)
     try:
         ids = {"ok": "ok-1", "llm": "llm-1", "agent": "agent-1", "dead": "dead-1",
@@ -165,8 +177,8 @@ async def populate(store: str, marker_dir: Path) -> dict[str, Any]:
         await rt.start(waiter, "invoice", run_id=ids["waiting"])
         await rt.start(gate, 7, run_id=ids["approval"])
         await rt.start(parent, 41, run_id=ids["parent"])
-        for run_id in ids.values():
-            await _settle(rt, run_id)
+        for kind, run_id in ids.items():
+            await _settle(rt, run_id, ENDS[kind])
         return ids
     finally:
         await rt.close()
