@@ -111,3 +111,15 @@ def test_fresh_replaces_a_broken_journal_and_ledger(cli: Cli, project: Project) 
     result = cli("demo", "--store", str(project.dir / "d.db"), "--fresh")
     assert result.exit_code == 0, result.output
     assert "applied exactly once" in result.stdout
+
+
+def test_a_look_at_the_default_journal_after_the_demo_points_at_the_demos(
+        cli: Cli, project: Project) -> None:
+    """``stalwart runs list`` with no journal of its own, beside the demo's: the one error
+    line says where the demo's runs are; with no demo journal, no such hint."""
+    line = cli.one_line_error(cli("runs", "list"), 2)
+    assert "no stalwart journal at .stalwart/stalwart.db" in line and "demo" not in line
+    (project.dir / ".stalwart").mkdir(exist_ok=True)
+    (project.dir / ".stalwart" / "demo.db").touch()
+    line = cli.one_line_error(cli("runs", "list"), 2)
+    assert line.endswith("the demo's runs are in .stalwart/demo.db: --store .stalwart/demo.db")

@@ -53,6 +53,9 @@ __all__ = [
 
 T = TypeVar("T")
 
+DEMO_STORE = Path(".stalwart") / "demo.db"
+"""Where ``stalwart demo`` keeps its journal unless told otherwise."""
+
 USAGE = 2
 """Exit code for wrong input: arguments, JSON, unknown names, unusable store files."""
 FAILURE = 1
@@ -177,11 +180,19 @@ def client_runtime(store: str | Store | None, *, read_only: bool = True) -> Runt
         path = Path(st.path)
         if not path.exists():
             raise CliError(f"no stalwart journal at {st.path} (nothing has run with this "
-                           "store; pass --store or set $STALWART_STORE)")
+                           f"store; pass --store or set $STALWART_STORE){_demo_hint(path)}")
         if path.is_file() and path.stat().st_size == 0:  # not made one by a look at it
             raise CliError(f"no stalwart journal at {st.path} (the file is empty; pass "
                            "--store or set $STALWART_STORE)")
     return Runtime(st, worker=False)
+
+
+def _demo_hint(missing: Path) -> str:
+    """A newcomer's next command after ``stalwart demo`` is often ``stalwart runs list``,
+    which looks in the default journal beside the demo's: say where the demo's runs are."""
+    if DEMO_STORE.is_file() and missing.absolute().parent == DEMO_STORE.absolute().parent:
+        return f"; the demo's runs are in {DEMO_STORE}: --store {DEMO_STORE}"
+    return ""
 
 
 def _home(workflows: Iterable[Workflow[Any, Any]]) -> Runtime | None:

@@ -50,6 +50,7 @@ from ..store import _sqlite_schema
 from ..store._base import Event, EventKind, RunRecord, RunStatus
 from ..store._sqlite import SQLiteStore
 from ._common import (
+    DEMO_STORE,
     FAILURE,
     CliError,
     exit_code_for,
@@ -64,7 +65,6 @@ from ._timeline import RunStory, read_story
 
 __all__ = ["demo"]
 
-DEFAULT_STORE = Path(".stalwart") / "demo.db"
 TOPIC = "durable agents"
 WATCH_SECONDS = 40.0
 """Give up if the child has not reached the crash point by then."""
@@ -72,7 +72,7 @@ WATCH_SECONDS = 40.0
 
 def _paths(store: str | None) -> tuple[Path, Path]:
     if store is None:
-        db = DEFAULT_STORE
+        db = DEMO_STORE
     elif store.startswith("sqlite:///"):
         db = Path(store[len("sqlite:///"):])
     elif "://" in store or store == ":memory:":
