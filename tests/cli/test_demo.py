@@ -24,6 +24,7 @@ def test_the_demo_crashes_a_process_resumes_and_applies_the_effect_once(
     out = proc.stdout
     assert "SIGKILL" in out
     assert "replays from the journal, running nothing" in out
+    assert "claims the run (execution #2): its timer is due" in out  # why it is claimed again
     assert "applied exactly once" in out
     assert "Traceback" not in out + proc.stderr
     match = re.search(r"stalwart runs show (demo-[0-9a-f]+) --store (\S+)", out)

@@ -120,6 +120,7 @@ class _Narrator:
     seen: int = 0
     pid: int | None = None
     claims: int = 0
+    parked: bool = False
 
     def who(self, pid: int | None) -> str:
         if pid == os.getpid():
@@ -150,8 +151,12 @@ class _Narrator:
                          "bold")
                 self.say(f"{who} replays from the journal, running nothing: steps "
                          f"{', '.join(self.recorded_at_crash)}", "bold")
+            elif self.parked:
+                self.say(f"{who} claims the run (execution #{self.claims}): its timer is "
+                         "due; the recorded steps replay from the journal, then it goes on")
             else:
                 self.say(f"{who} claims the run (execution #{self.claims})")
+            self.parked = False
         elif ev.kind == EventKind.STEP_COMPLETED:
             self.say(f"{who} step {ev.step_id} {ev.name}: done -> {preview(ev.payload, 50)}")
         elif ev.kind == EventKind.ATTEMPT_FAILED:
@@ -164,6 +169,7 @@ class _Narrator:
             self.say(f"{who} step {ev.step_id} durable sleep {info.get('seconds')}s, until "
                      f"{fmt_time(info.get('wake_at'))} (the wake-up time is journaled)")
         elif ev.kind == EventKind.RUN_SUSPENDED:
+            self.parked = True
             self.say(f"{who} run parked ({ev.name}): no task or memory held; the scheduler "
                      "wakes it on time")
         elif ev.kind == EventKind.RUN_COMPLETED:
@@ -246,7 +252,7 @@ async def _crash_and_resume(out: Console, db: Path, ledger: Path, run_id: str,
                        "agents in parallel -> a writer agent with a tool -> durable sleep "
                        f"-> publish), journal {db}", style="bold"), soft_wrap=True)
         out.print(Text("  the models are offline simulations with injected faults: the "
-                       "researchers' return 500s and 429 bursts (Retry-After "
+                       "researchers' models return 500s and 429 bursts (Retry-After "
                        f"{RETRY_AFTER:g}s); the writer's primary {WRITER_PRIMARY} is down, "
                        f"{WRITER_BACKUP} is its fallback", style="dim"), soft_wrap=True)
         out.print()
