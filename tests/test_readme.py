@@ -220,3 +220,11 @@ def test_the_readme_names_every_extra_and_installs_from_a_checkout() -> None:
     assert set(re.findall(r"`([\w-]+)`", listed.group(1))) == extras
     installs = re.findall(r"pip install [^`\n]*", text)
     assert installs and all(" -e " in f"{i} " for i in installs), installs
+
+
+def test_the_readme_links_every_docs_page() -> None:
+    """A reader who starts at the README can reach every page of docs/ from it."""
+    text = README.read_text()
+    unlinked = [p.name for p in sorted((ROOT / "docs").glob("*.md"))
+                if f"](docs/{p.name})" not in text]
+    assert not unlinked, f"README.md links no docs/{unlinked}"
