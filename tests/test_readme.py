@@ -1,5 +1,7 @@
 """The README cannot rot: every Python block runs as pasted, and what it cites exists
 (files, and the ``stalwart`` commands and options it and docs/ tell a reader to type).
+The blocks of docs/, mostly fragments, compile against the API: every ``sw.NAME`` they
+use exists and takes the keywords they pass.
 
 Each ```python block is run, in README order, as its own script in one temporary folder,
 offline (no API keys, no ``STALWART_*``/``OTEL_*`` variables, no network), each bounded
@@ -11,10 +13,13 @@ the line says what); it is only compiled.
 
 from __future__ import annotations
 
+import ast
+import inspect
 import os
 import re
 import subprocess
 import sys
+import textwrap
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +27,7 @@ from pathlib import Path
 import pytest
 import typer
 
+import stalwart as sw
 from stalwart.cli import app as cli_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -228,3 +234,60 @@ def test_the_readme_links_every_docs_page() -> None:
     unlinked = [p.name for p in sorted((ROOT / "docs").glob("*.md"))
                 if f"](docs/{p.name})" not in text]
     assert not unlinked, f"README.md links no docs/{unlinked}"
+
+
+def _fragment_tree(block: Block, where: str) -> ast.Module:
+    """A docs block parsed as a module, or, when it awaits at top level (a fragment of a
+    workflow's body), as the body of an ``async def``."""
+    try:
+        return ast.parse(block.code, where)
+    except SyntaxError:
+        return ast.parse("async def _fragment():\n" + textwrap.indent(block.code, "    "),
+                         where)
+
+
+def api_problems(tree: ast.Module, where: str) -> list[str]:
+    """The ``sw.NAME`` a block uses that stalwart does not export, and the keywords it
+    passes to ``sw.NAME(...)`` that NAME does not take."""
+    problems = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.value.id == "sw"):
+            continue
+        if not hasattr(sw, node.attr):
+            problems.append(f"{where}: sw.{node.attr} does not exist")
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "sw"
+                and hasattr(sw, node.func.attr)):
+            continue
+        try:
+            params = inspect.signature(getattr(sw, node.func.attr)).parameters
+        except (TypeError, ValueError):
+            continue
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            continue
+        problems += [f"{where}: sw.{node.func.attr}() takes no {kw.arg}="
+                     for kw in node.keywords if kw.arg is not None and kw.arg not in params]
+    return problems
+
+
+def test_the_api_check_catches_a_missing_name_and_keyword() -> None:
+    """The check refuses a name stalwart does not export and a keyword a callable does
+    not take, and passes what exists."""
+    tree = ast.parse("sw.Retry(max_attempts=3)\nsw.Retryy()\nsw.Retry(max_attemps=3)\n")
+    assert api_problems(tree, "x") == ["x: sw.Retryy does not exist",
+                                       "x: sw.Retry() takes no max_attemps="]
+
+
+@pytest.mark.parametrize("doc", [README, *sorted((ROOT / "docs").glob("*.md"))],
+                         ids=lambda p: p.name)
+def test_every_python_block_of_the_docs_compiles_against_the_api(doc: Path) -> None:
+    """The docs' Python blocks (fragments as much as programs) compile, and every
+    ``sw.NAME`` and keyword of ``sw.NAME(...)`` they use is stalwart's: a rename or a
+    removed parameter cannot leave a page behind."""
+    problems = []
+    for block in python_blocks(doc.read_text()):
+        where = f"{doc.name}:{block.line}"
+        problems += api_problems(_fragment_tree(block, where), where)
+    assert not problems, "\n".join(problems)
