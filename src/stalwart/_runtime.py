@@ -37,7 +37,14 @@ from .engine._actor import (
     deliver,
     message_body,
 )
-from .engine._approval import ApprovalRequest, Decision, decision_signal, find_requests, judge
+from .engine._approval import (
+    ApprovalRequest,
+    Decision,
+    decision_signal,
+    find_requests,
+    judge,
+    waiting,
+)
 from .engine._budget import Budget
 from .engine._cost import Prices, UsageReport, usage_report
 from .engine._engine import Engine, PolicyNote, Settings, open_store
@@ -685,7 +692,14 @@ class Runtime(Engine):
                         limit: int = 1000) -> list[ApprovalRequest]:
         """Approvals waiting for a decision: of ``run_id``, or of every unfinished run
         (at most ``limit`` runs of each status are read), oldest first. A decision sent
-        and not yet taken by its run is not pending."""
+        and not yet taken by its run is not pending.
+
+        A view, read through the store's index of approval events
+        (:meth:`~stalwart.store.Store.approval_journals`): it costs what those events
+        cost, not the runs' journals, and checks each event it shows against its
+        checksum but not the chain of a journal it does not read whole.
+        :meth:`approve` and :meth:`deny` load and check the whole journal before they
+        decide."""
         await self.open()
         if run_id is not None:
             runs = [await self.read_run(run_id)]
@@ -693,10 +707,8 @@ class Runtime(Engine):
             runs = [rec for status in (RunStatus.WAITING, RunStatus.RUNNING, RunStatus.PENDING)
                     for rec in await self.store.list_runs(status=status, limit=limit)]
         out: list[ApprovalRequest] = []
-        for rec in runs:
-            queued = {name for name, _ in await self.store.pending_signals(rec.run_id)}
-            out += [r for r in find_requests(rec.run_id, await self.store.load_events(
-                rec.run_id)) if r.pending and decision_signal(r.step_id) not in queued]
+        for journal in await self.store.approval_journals([rec.run_id for rec in runs]):
+            out += waiting(journal.run_id, journal.events, journal.queued)
         return sorted(out, key=lambda r: r.requested_at)
 
     async def _decide(self, run_id: str, which: str, approved: bool, by: str | None,

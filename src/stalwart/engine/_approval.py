@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, final
 
@@ -42,6 +43,7 @@ from ..errors import (
     NonDeterminismError,
 )
 from ..store import Event, EventKind, NewEvent
+from ..store._approvals import APPROVAL_STEP_PREFIX, DECISION_SIGNAL_PREFIX, is_approval_event
 from ._execution import Execution
 from ._steps import begin
 
@@ -53,9 +55,8 @@ __all__ = [
     "decision_signal",
     "find_requests",
     "judge",
+    "waiting",
 ]
-
-STEP_PREFIX = "approval:"
 
 
 @final
@@ -121,7 +122,7 @@ def approval_token(run_id: str, step_id: str, payload_json: str) -> str:
 
 def decision_signal(step_id: str) -> str:
     """The name of the signal that carries a decision on the approval at ``step_id``."""
-    return f"stalwart.approval@{step_id}"
+    return f"{DECISION_SIGNAL_PREFIX}{step_id}"
 
 
 async def approval(ex: Execution, name: str, payload: Any, *, timeout: float | None,
@@ -135,7 +136,7 @@ async def approval(ex: Execution, name: str, payload: Any, *, timeout: float | N
     if default not in (None, "approve", "deny"):
         raise ValueError(f"approval() default must be 'approve', 'deny' or None, "
                          f"not {default!r}")
-    step_name = STEP_PREFIX + name
+    step_name = APPROVAL_STEP_PREFIX + name
     step_id, recorded = begin(ex, step_name)
     payload_json = encode(payload, what=f"payload of approval {name!r}")
     token = approval_token(ex.run_id, step_id, payload_json)
@@ -199,15 +200,16 @@ def _timeout_error(ex: Execution, name: str, step_id: str) -> ApprovalTimeoutErr
         approval=name, run_id=ex.run_id, step_id=step_id)
 
 
-def find_requests(run_id: str, events: list[Event]) -> list[ApprovalRequest]:
+def find_requests(run_id: str, events: Iterable[Event]) -> list[ApprovalRequest]:
     """Every approval a run's journal holds, oldest first, with its decision (a timeout
     shows as a decision by ``"timeout"``: its default, or a deny when it had none and
-    the run failed)."""
+    the run failed). Only the approval events count (``store._approvals``), so the
+    whole journal and the store's selection of them give the same answer."""
     asked: dict[str, ApprovalRequest] = {}
     for ev in events:
-        if ev.step_id is None:
+        if ev.step_id is None or not is_approval_event(ev.kind, ev.name):
             continue
-        if ev.kind == EventKind.SIGNAL_WAIT_STARTED and (ev.name or "").startswith(STEP_PREFIX):
+        if ev.kind == EventKind.SIGNAL_WAIT_STARTED:
             data = json.loads(ev.payload or "{}")
             asked[ev.step_id] = ApprovalRequest(
                 run_id=run_id, step_id=ev.step_id, name=str(data.get("approval", "")),
@@ -221,6 +223,16 @@ def find_requests(run_id: str, events: list[Event]) -> list[ApprovalRequest]:
                                  comment=None, token=req.token, timed_out=True))
             asked[ev.step_id] = _with(req, decision)
     return list(asked.values())
+
+
+def waiting(run_id: str, events: Iterable[Event], queued: Iterable[str]
+            ) -> list[ApprovalRequest]:
+    """The approvals of a run that wait for a decision: those of its journal's
+    ``events`` (whole, or only its approval events) that have none, less those whose
+    decision is among ``queued`` (the names of its signals sent and not yet taken)."""
+    sent = set(queued)
+    return [r for r in find_requests(run_id, events)
+            if r.pending and decision_signal(r.step_id) not in sent]
 
 
 def _with(req: ApprovalRequest, decision: Decision) -> ApprovalRequest:

@@ -2,6 +2,7 @@
 
 from ._base import INHERIT as INHERIT
 from ._base import TERMINAL_STATUSES as TERMINAL_STATUSES
+from ._base import ApprovalJournal as ApprovalJournal
 from ._base import Event as Event
 from ._base import EventKind as EventKind
 from ._base import Finish as Finish
@@ -25,6 +26,7 @@ __all__ = [
     "TERMINAL_STATUSES",
     "Event",
     "EventKind",
+    "ApprovalJournal",
     "NewEvent",
     "Finish",
     "Lease",

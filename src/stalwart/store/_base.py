@@ -20,6 +20,7 @@ from typing import Final, Protocol, TypeAlias, final, runtime_checkable
 
 __all__ = [
     "TERMINAL_STATUSES",
+    "ApprovalJournal",
     "Event",
     "EventKind",
     "Finish",
@@ -259,6 +260,21 @@ class Event:
 
 @final
 @dataclass(frozen=True, slots=True)
+class ApprovalJournal:
+    """What a listing of approvals reads of one run (:meth:`Store.approval_journals`):
+    its approval events and the decisions sent to it and not yet taken."""
+
+    run_id: str
+    events: tuple[Event, ...]
+    """The run's approval events (requests, decisions, timeouts: see
+    ``stalwart.store._approvals``), in journal order, payloads resolved."""
+    queued: tuple[str, ...]
+    """The names of the decision signals sent to the run and not yet taken, oldest
+    first."""
+
+
+@final
+@dataclass(frozen=True, slots=True)
 class Finish:
     """How an append ends the execution it belongs to (releasing the lease).
 
@@ -363,6 +379,21 @@ class Store(Protocol):
         ...
 
     async def load_events(self, run_id: str) -> list[Event]: ...
+
+    async def approval_journals(self, run_ids: Sequence[str]) -> list[ApprovalJournal]:
+        """The approval events and queued decisions of each of ``run_ids`` that has
+        approval events, in the order given, read through the store's index of them:
+        the cost is that of those events, not of the runs' journals.
+
+        A view: each event read is checked against its own digest, the chain of the
+        whole journal is not (:meth:`load_events` checks it; acting on an approval
+        loads the journal). A decision taken while this reads is in its events or in
+        its queue, never in neither (the queue is read first).
+
+        Raises:
+            StoreCorruptedError: an event or its blob does not match its checksum.
+        """
+        ...
 
     async def claim(
         self,

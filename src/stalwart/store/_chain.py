@@ -44,6 +44,7 @@ __all__ = [
     "outcome_digest",
     "run_digest",
     "run_record",
+    "verify_each",
     "verify_events",
 ]
 
@@ -162,6 +163,41 @@ def verify_events(run_id: str, rows: Iterable[StoredEvent], *, count: int,
     if head is not None and head != prev:
         raise _corrupted(run_id, "its last event is not the one the run row recorded",
                          len(out) or None)
+    return out
+
+
+def verify_each(run_id: str, rows: Iterable[tuple[StoredEvent, str | None]]
+                ) -> list[Event]:
+    """Events read apart from the rest of their journal (an index's selection), each
+    with the stored digest of the event before it (``None`` for the first one): each
+    is checked against its own digest, chained from that one. The chain itself — no
+    event missing, added or moved, the run row's head — is not checked: only
+    :func:`verify_events`, over a whole journal, can.
+
+    Raises:
+        StoreCorruptedError: naming the run and the first event that does not verify.
+    """
+    out: list[Event] = []
+    for (seq, kind, step_id, name, payload, created_at, digest), prev in rows:
+        if not isinstance(seq, int) or seq < 1:
+            raise _corrupted(run_id, f"unexpected sequence number {seq!r}")
+        if seq == 1:
+            prev = GENESIS
+        elif prev is None:
+            raise _corrupted(run_id, f"event {seq - 1} is missing", seq - 1)
+        try:
+            want = event_digest(prev, run_id, seq, kind, step_id, name, payload,
+                                created_at)
+        except (TypeError, ValueError, AttributeError):
+            raise _corrupted(run_id, "a field has the wrong type", seq) from None
+        if digest != want:
+            raise _corrupted(run_id, "the event does not match its checksum"
+                             if digest else "the event has no checksum", seq)
+        try:
+            event_kind = EventKind(kind)
+        except ValueError:
+            raise _corrupted(run_id, f"unknown event kind {kind!r}", seq) from None
+        out.append(Event(run_id, seq, event_kind, step_id, name, payload, created_at))
     return out
 
 

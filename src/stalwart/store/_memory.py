@@ -17,8 +17,10 @@ from dataclasses import dataclass, field, replace
 from typing import final
 
 from ..errors import LeaseLostError
+from ._approvals import DECISION_SIGNAL_PREFIX, is_approval_event
 from ._base import (
     AppendResult,
+    ApprovalJournal,
     Event,
     EventKind,
     Finish,
@@ -31,7 +33,7 @@ from ._base import (
     open_cleanups,
 )
 from ._board import BoardEntry, BoardOp, choose, plan
-from ._chain import verify_events
+from ._chain import verify_each, verify_events
 from ._limits import (
     BucketDraw,
     BucketState,
@@ -72,6 +74,8 @@ class _Run:
     """Each event's digest by sequence number (see ``stalwart.store._chain``), kept apart
     from the events like the SQL stores' columns, so that a test can damage one without
     the other (the chain's length and head are in ``state``)."""
+    approvals: list[int] = field(default_factory=list)
+    """Where the approval events are in ``events`` (the SQL stores' partial index)."""
     order: int = 0
 
     @property
@@ -135,6 +139,8 @@ class MemoryStore:
 
     def _insert(self, run: _Run, rows: Sequence[EventRow]) -> None:
         for run_id, seq, kind, step_id, name, payload, at, digest in rows:
+            if is_approval_event(kind, name):
+                run.approvals.append(len(run.events))
             run.events.append(Event(run_id, seq, EventKind(kind), step_id, name, payload, at))
             run.digests[seq] = digest
 
@@ -211,6 +217,24 @@ class MemoryStore:
                  run.digests.get(e.seq)) for e in run.events]
         return verify_events(run_id, rows, count=run.state.event_count,
                              head=run.state.event_head)
+
+    async def approval_journals(self, run_ids: Sequence[str]) -> list[ApprovalJournal]:
+        await self._yield()
+        queued: dict[str, list[str]] = {}
+        for sig in self._signals:
+            if sig.consumed_step_id is None and sig.name.startswith(DECISION_SIGNAL_PREFIX):
+                queued.setdefault(sig.run_id, []).append(sig.name)
+        out = []
+        for run_id in dict.fromkeys(run_ids):
+            run = self._runs.get(run_id)
+            if run is None or not run.approvals:
+                continue
+            found = [run.events[i] for i in run.approvals]
+            events = verify_each(run_id, (
+                ((e.seq, str(e.kind), e.step_id, e.name, e.payload, e.created_at,
+                  run.digests.get(e.seq)), run.digests.get(e.seq - 1)) for e in found))
+            out.append(ApprovalJournal(run_id, tuple(events), tuple(queued.get(run_id, ()))))
+        return out
 
     async def run_ids(self) -> list[str]:
         """Every run id, oldest first (``stalwart doctor``)."""

@@ -62,11 +62,13 @@ from ..errors import (
     NotAStalwartStoreError,
     StoreError,
 )
+from ._approvals import approval_journals, select_events_sql, select_queued_sql
 from ._base import (
     CLEANUP_CLOSED,
     CLEANUP_OPENED,
     INHERIT,
     AppendResult,
+    ApprovalJournal,
     Event,
     EventKind,
     Finish,
@@ -622,6 +624,14 @@ class PostgresStore:
             return []
         events = resolve(run_id, [tuple(r[2:]) for r in rows if r[2] is not None])
         return verify_events(run_id, events, count=rows[0][0], head=rows[0][1])
+
+    async def approval_journals(self, run_ids: Sequence[str]) -> list[ApprovalJournal]:
+        ids = list(dict.fromkeys(run_ids))
+        queued = await self._read(select_queued_sql(
+            signals="stalwart_signals", run_ids="= ANY(%s)"), (ids,))
+        rows = await self._read(select_events_sql(
+            events="stalwart_events", blobs="stalwart_blobs", run_ids="= ANY(%s)"), (ids,))
+        return approval_journals(ids, rows, queued)
 
     async def run_ids(self) -> list[str]:
         """Every run id the journal mentions, in the run table or in events (for

@@ -20,10 +20,12 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
 from ..errors import ConfigurationError, NotAStalwartStoreError, SchemaVersionError
+from ._approvals import approval_events_sql
 from ._base import APP_ID
 from ._chain import GENESIS, event_digest, outcome_digest, run_digest
 
-__all__ = ["MIGRATIONS", "SCHEMA", "SCHEMA_VERSION", "TABLES", "WORKERS_SCHEMA", "check_or_create"]
+__all__ = ["INDEXES", "MIGRATIONS", "SCHEMA", "SCHEMA_VERSION", "TABLES", "WORKERS_SCHEMA",
+           "check_or_create"]
 
 SCHEMA_VERSION = 5
 """The version of these tables. It is PostgreSQL's own (SQLite's file layout has its
@@ -183,6 +185,26 @@ CREATE TABLE IF NOT EXISTS stalwart_workers (
 missing (under the schema lock, after the journal's tables check out) and ignored by
 stalwarts that predate it, so adding it did not change :data:`SCHEMA_VERSION`."""
 
+INDEXES = {
+    "stalwart_events_approvals": "CREATE INDEX IF NOT EXISTS stalwart_events_approvals ON "
+                                 f"stalwart_events (run_id, seq) WHERE {approval_events_sql()}",
+}
+"""Indexes that change no answer, only what a query costs, by name: created with the
+tables, and by a writer that finds them missing (no schema version, as for the workers
+registry: a stalwart that predates an index keeps it up to date without knowing of
+it). The approval events (``_approvals``), which the approvals listing reads alone."""
+
+
+async def _add_indexes(conn: Conn, schema: str) -> None:
+    """Create the :data:`INDEXES` missing in ``schema``. Looked up first: ``CREATE INDEX
+    IF NOT EXISTS`` locks the table against writes even when the index is there."""
+    have = {r[0] for r in await (await conn.execute(
+        "SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema,))).fetchall()}
+    for name, stmt in INDEXES.items():
+        if name not in have:
+            await conn.execute(stmt)
+
+
 async def _add_checksums(conn: Conn) -> None:
     """2 -> 3: add the checksum columns and hash every run and event as they are."""
     for stmt in (
@@ -274,6 +296,7 @@ async def check_or_create(conn: Conn, url: str, *, access: Access = "write",
                 "INSERT INTO stalwart_meta (key, value) VALUES ('app', %s), "
                 "('schema_version', %s)", (APP_ID, str(SCHEMA_VERSION)))
             await conn.execute(WORKERS_SCHEMA)
+            await _add_indexes(conn, schema)
             return True
         version = await _check(conn, where, found, writer=True)
         for v in range(version, SCHEMA_VERSION):
@@ -291,6 +314,7 @@ async def check_or_create(conn: Conn, url: str, *, access: Access = "write",
             found = await _columns(conn, schema)
         _check_columns(where, found)
         await conn.execute(WORKERS_SCHEMA)
+        await _add_indexes(conn, schema)
         return True
 
 

@@ -41,11 +41,13 @@ from ..errors import (
     StoreError,
 )
 from . import _sqlite_schema as schema
+from ._approvals import ApprovalRow, approval_journals, select_events_sql, select_queued_sql
 from ._base import (
     CLEANUP_CLOSED,
     CLEANUP_OPENED,
     SCHEMA_VERSION,
     AppendResult,
+    ApprovalJournal,
     Event,
     Finish,
     Lease,
@@ -98,6 +100,9 @@ T = TypeVar("T")
 _WORKER_COLUMNS = ("worker_id, host, pid, started_at, heartbeat_at, concurrency, in_flight, "
                    "lease_seconds, pools, stopped_at")
 _SELECT_RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?"
+_CHUNK = 500
+"""Run ids per statement where a query takes a list of them (SQLite before 3.32 allows
+999 parameters)."""
 
 Access = Literal["write", "client", "read"]
 """How a store uses its file: ``write`` opens it read-write (creating or migrating the
@@ -278,6 +283,7 @@ class SQLiteStore:
         try:
             if migrate:
                 schema.migrate(conn, self._path)
+            schema.add_indexes(conn)
             self._set_pragmas(conn)
         except schema.ERRORS as exc:
             conn.close()
@@ -474,6 +480,29 @@ class SQLiteStore:
                 return []
             events = resolve(run_id, [tuple(r[2:]) for r in rows if r[2] is not None])
             return verify_events(run_id, events, count=rows[0][0], head=rows[0][1])
+
+        return await self._call(op)
+
+    async def approval_journals(self, run_ids: Sequence[str]) -> list[ApprovalJournal]:
+        def op() -> list[ApprovalJournal]:
+            conn = self._db()
+            # Without statistics SQLite prefers the primary key (every event of the run)
+            # to the partial index, so the index is named; a journal no writer has
+            # opened since it was added is read without it (the same rows, slower).
+            indexed = (f"INDEXED BY {schema.APPROVALS_INDEX}" if conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?",
+                (schema.APPROVALS_INDEX,)).fetchone() else "")
+            rows: list[ApprovalRow] = []
+            queued: list[tuple[str, str]] = []
+            for start in range(0, len(run_ids), _CHUNK):
+                chunk = list(run_ids[start:start + _CHUNK])
+                ids = f"IN ({', '.join('?' * len(chunk))})"
+                queued += conn.execute(select_queued_sql(signals="signals", run_ids=ids),
+                                       chunk).fetchall()
+                rows += conn.execute(select_events_sql(events="events", blobs="blobs",
+                                                       run_ids=ids, indexed=indexed),
+                                     chunk).fetchall()
+            return approval_journals(run_ids, rows, queued)
 
         return await self._call(op)
 

@@ -26,12 +26,14 @@ from ..errors import (
     StoreCorruptedError,
     StoreError,
 )
+from ._approvals import approval_events_sql
 from ._base import APP_ID, SCHEMA_VERSION
 from ._chain import GENESIS, event_digest, outcome_digest, run_digest
 from ._wal import check_wal
 
 __all__ = [
     "APPLICATION_ID",
+    "APPROVALS_INDEX",
     "SCHEMA",
     "FileState",
     "connect",
@@ -39,6 +41,7 @@ __all__ = [
     "file_state",
     "inspect",
     "migrate",
+    "add_indexes",
     "integrity_check",
     "Verifier",
     "refuse_damaged_wal",
@@ -121,6 +124,16 @@ OPERATIONAL = (
     "acquired_at REAL NOT NULL, expires_at REAL NOT NULL, PRIMARY KEY (pool, holder))",
     "CREATE INDEX IF NOT EXISTS bulkhead_slots_holder ON bulkhead_slots (holder)",
 )
+
+APPROVALS_INDEX = "events_approvals"
+INDEXES = {
+    APPROVALS_INDEX: f"CREATE INDEX IF NOT EXISTS {APPROVALS_INDEX} ON events (run_id, seq) "
+                     f"WHERE {approval_events_sql()}",
+}
+"""Indexes that change no answer, only what a query costs: part of every new journal,
+and created by every writer that opens one without them (no schema version: a
+stalwart that predates an index keeps it up to date without knowing of it). The
+approval events (``_approvals``), which the approvals listing reads alone. By name."""
 
 BOARD = (
     "CREATE TABLE board_entries (board TEXT NOT NULL, key TEXT NOT NULL, "
@@ -355,10 +368,27 @@ def create(conn: sqlite3.Connection) -> None:
             for stmt in SCHEMA.split(";"):
                 if stmt.strip():
                     conn.execute(stmt)
-            for stmt in (*OPERATIONAL, *BOARD):
+            for stmt in (*OPERATIONAL, *BOARD, *INDEXES.values()):
                 conn.execute(stmt)
             conn.executemany("INSERT INTO stalwart_meta (key, value) VALUES (?, ?)",
                              [("app", APP_ID), ("schema_version", str(SCHEMA_VERSION))])
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def add_indexes(conn: sqlite3.Connection) -> None:
+    """Create the :data:`INDEXES` a writer's journal lacks (one written before them),
+    in one transaction; nothing is written when they are all there."""
+    have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    missing = [stmt for name, stmt in INDEXES.items() if name not in have]
+    if not missing:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for stmt in missing:
+            conn.execute(stmt)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
