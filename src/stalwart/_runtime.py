@@ -107,6 +107,9 @@ def import_ref(ref: str) -> Any:
     return obj
 
 
+_UNFINISHED = (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING)
+
+
 def _check_existing(rec: RunRecord, workflow: str, text: str, if_exists: IfExists) -> None:
     """Refuse to hand back an existing run that is not the one the caller asked for."""
     existing, given = input_hash(rec.input), input_hash(text)
@@ -702,12 +705,16 @@ class Runtime(Engine):
         decide."""
         await self.open()
         if run_id is not None:
-            runs = [await self.read_run(run_id)]
+            run_ids = [(await self.read_run(run_id)).run_id]
         else:
-            runs = [rec for status in (RunStatus.WAITING, RunStatus.RUNNING, RunStatus.PENDING)
-                    for rec in await self.store.list_runs(status=status, limit=limit)]
+            # In the order runs move: one claimed or parked while this reads is seen
+            # twice (the store reads it once), not missed as a run claimed between the
+            # reads of RUNNING and PENDING was when WAITING came first. One woken (a
+            # signal) between the first read and the last can still be missed.
+            run_ids = [rec.run_id for status in _UNFINISHED
+                       for rec in await self.store.list_runs(status=status, limit=limit)]
         out: list[ApprovalRequest] = []
-        for journal in await self.store.approval_journals([rec.run_id for rec in runs]):
+        for journal in await self.store.approval_journals(run_ids):
             out += waiting(journal.run_id, journal.events, journal.queued)
         return sorted(out, key=lambda r: r.requested_at)
 

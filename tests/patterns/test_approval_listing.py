@@ -5,6 +5,7 @@ and checks the whole journal. On the in-memory store, SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import uuid
@@ -16,7 +17,7 @@ import pytest
 
 import stalwart as sw
 from stalwart.engine._approval import waiting
-from stalwart.store import RunStatus, Store
+from stalwart.store import EventKind, Finish, NewEvent, Owner, RunStatus, Store
 from stalwart.store._blobs import BLOB_THRESHOLD
 from stalwart.testing import MemoryStore
 
@@ -24,6 +25,7 @@ from .conftest import PG_ENV, _with_search_path
 
 DOC = "y" * (BLOB_THRESHOLD + 10)  # a payload the SQL stores keep as a blob
 UNFINISHED = (RunStatus.WAITING, RunStatus.RUNNING, RunStatus.PENDING)
+T0 = 1_000.0
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
@@ -190,3 +192,41 @@ def _rows(journal: Store | str, sql: str) -> list[Any]:
 
     with psycopg.connect(str(journal), autocommit=True) as pg:
         return pg.execute(sql).fetchall()
+
+
+class ClaimingStore:
+    """A MemoryStore whose pending runs a worker claims right after the listing reads
+    the runs of ``status`` (the moment a claim would hide them from a listing that
+    reads PENDING last)."""
+
+    def __init__(self, inner: MemoryStore, status: RunStatus) -> None:
+        self.inner = inner
+        self.status = status
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def list_runs(self, **kw: Any) -> Any:
+        found = await self.inner.list_runs(**kw)
+        if kw.get("status") == self.status:
+            await self.inner.claim(Owner(id="w", host="h", pid=1), now=T0,
+                                   lease_seconds=30, limit=10)
+        return found
+
+
+@pytest.mark.parametrize("status", [RunStatus.PENDING, RunStatus.RUNNING])
+async def test_a_run_claimed_while_listing_is_listed_once(status: RunStatus) -> None:
+    """A pending run claimed between the listing's reads of the statuses is listed,
+    once, whenever the claim falls."""
+    inner = MemoryStore()
+    await inner.create_run(run_id="r", workflow="wf", input="[]", now=T0)
+    [lease] = await inner.claim(Owner(id="v", host="h", pid=1), now=T0, lease_seconds=30,
+                                limit=1)
+    await inner.append(lease, [NewEvent(
+        EventKind.SIGNAL_WAIT_STARTED, "0", "approval:refund",
+        json.dumps({"approval": "refund", "token": "t", "payload": 1}))], now=T0,
+        finish=Finish(RunStatus.PENDING))
+    store = ClaimingStore(inner, status)
+    async with sw.Runtime(store, clock=sw.FakeClock(T0), worker=False) as app:  # type: ignore[arg-type]
+        assert [(r.run_id, r.name) for r in await app.approvals()] == [("r", "refund")]
+    assert (await inner.get_run("r")).status == RunStatus.RUNNING  # type: ignore[union-attr]

@@ -382,7 +382,7 @@ class Store(Protocol):
 
     async def approval_journals(self, run_ids: Sequence[str]) -> list[ApprovalJournal]:
         """The approval events and queued decisions of each of ``run_ids`` that has
-        approval events, in the order given, read through the store's index of them:
+        approval events, once each, in the order given, read through the store's index of them:
         the cost is that of those events, not of the runs' journals.
 
         A view: each event read is checked against its own digest, the chain of the
