@@ -4,6 +4,7 @@ context poisoning with its chain, and bad input."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -102,9 +103,9 @@ async def test_take_is_exactly_once_across_runs_and_verified_only_skips_unverifi
 
 
 async def test_a_durable_wait_sees_a_later_post_and_times_out_in_virtual_time() -> None:
-    """A waiter polls with backoff (1, 2, 4 s...) and returns the entry another run
-    posted at t=10s, at the first poll after it (t=15s); a waiter with timeout=30 and
-    nothing to see fails at t=30 exactly."""
+    """A waiter returns the entry another run posted at t=10s at once (woken by the
+    post, not at its next poll, t=15s); a waiter with timeout=30 and nothing to see
+    fails at t=30 exactly."""
     clock = sw.FakeClock(T0, autojump=True)
     app = sw.Runtime(MemoryStore(), clock=clock)
     board = sw.Blackboard("answers")
@@ -126,11 +127,143 @@ async def test_a_durable_wait_sees_a_later_post_and_times_out_in_virtual_time() 
     async with app:
         w = await app.start(waiter)
         await app.start(late)
-        assert await w.result() == [42, 15.0]
+        assert await w.result() == [42, 10.0]
         with pytest.raises(sw.RunFailedError) as caught:
             await app.run(patient)
     assert "no entry matched 'never:*' within 30s" in str(caught.value)
     assert clock.now() - T0 >= 30
+
+
+def step_names(events: list[Any], run_id: str) -> list[str]:
+    return [e.name for e in events if e.kind in (EventKind.STEP_COMPLETED,
+                                                 EventKind.SIGNAL_RECEIVED,
+                                                 EventKind.SIGNAL_TIMED_OUT)]
+
+
+async def test_a_post_wakes_the_waiter_long_before_its_poll() -> None:
+    """With a 500 s poll, a waiter returns at t=10s, when another run posts a match (a
+    post that does not match wakes nobody); its journal holds one watch, two looks, one
+    signal and the unwatch, and no watch is left in the store."""
+    app, store = make_app()
+    board = sw.Blackboard("answers")
+
+    @app.workflow
+    async def waiter(ctx: sw.Context) -> list[Any]:
+        e = await board.wait(ctx, "answer:*", poll=500, max_poll=500)
+        return [e.value, await ctx.now() - T0]
+
+    @app.workflow
+    async def poster(ctx: sw.Context) -> None:
+        await ctx.sleep(5)
+        await board.post(ctx, "question:1", "?")
+        await ctx.sleep(5)
+        await board.post(ctx, "answer:1", 42)
+
+    async with app:
+        w = await app.start(waiter, run_id="w")
+        await app.start(poster)
+        assert await w.result() == [42, 10.0]
+        events = await app.events("w")
+    assert step_names(events, "w") == [
+        "stalwart.now", "board:answers:watch", "board:answers:read", "stalwart.now",
+        "board:answers:2", "board:answers:read", "board:answers:unwatch",
+        "stalwart.now"]
+    assert await store.board_watches("answers") == []
+
+
+class PostAfterFirstLook:
+    """A store that, right after the waiter's first look found nothing, has another
+    writer post a match: a post between the look and the wait."""
+
+    def __init__(self, inner: MemoryStore) -> None:
+        self.inner = inner
+        self.done = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def board_entries(self, board: str, *, prefix: str = "") -> list[Any]:
+        from stalwart.store._board import BoardOp
+
+        rows = await self.inner.board_entries(board, prefix=prefix)
+        if not self.done:
+            self.done = True
+            entry = await self.inner.board_apply(
+                BoardOp("post", board, "elsewhere:1", key="answer:1", value=7), now=T0)
+            assert entry is not None
+            await self.inner.board_wake(entry, now=T0)
+        return rows
+
+
+async def test_a_post_between_the_look_and_the_wait_is_not_lost() -> None:
+    """The waiter watches before it looks: a match posted after its look found nothing
+    leaves a signal that the wait takes at once (t=0, not the 500 s poll)."""
+    inner = MemoryStore()
+    store = PostAfterFirstLook(inner)
+    app = sw.Runtime(store, clock=sw.FakeClock(T0, autojump=True))  # type: ignore[arg-type]
+    board = sw.Blackboard("answers")
+
+    @app.workflow
+    async def waiter(ctx: sw.Context) -> list[Any]:
+        e = await board.wait(ctx, "answer:*", poll=500, max_poll=500)
+        return [e.value, await ctx.now() - T0]
+
+    async with app:
+        assert await app.run(waiter) == [7, 0.0]
+    assert store.done
+
+
+async def test_two_takers_woken_by_one_post_take_it_once() -> None:
+    """Two take=True waiters, one post: exactly one gets the entry (at t=10s); the other
+    waits on and times out with BlackboardError (t=100s)."""
+    app, _ = make_app()
+    board = sw.Blackboard("jobs")
+
+    @app.workflow
+    async def taker(ctx: sw.Context) -> list[Any]:
+        try:
+            e = await board.wait(ctx, "job:*", take=True, timeout=100, poll=500)
+        except sw.BlackboardError:
+            return ["timeout", await ctx.now() - T0]
+        return [e.value, await ctx.now() - T0]
+
+    @app.workflow
+    async def poster(ctx: sw.Context) -> None:
+        await ctx.sleep(10)
+        await board.post(ctx, "job:1", "the job")
+
+    async with app:
+        a, b = await app.start(taker), await app.start(taker)
+        await app.start(poster)
+        got = sorted([await a.result(), await b.result()], key=str)
+    assert got == [["the job", 10.0], ["timeout", 100.0]]
+
+
+async def test_a_post_after_the_waiter_ended_succeeds_and_drops_its_watch() -> None:
+    """A waiter cancelled while waiting leaves its watch; the next matching post
+    succeeds and drops it instead of signalling a finished run."""
+    app, store = make_app()
+    board = sw.Blackboard("answers")
+
+    @app.workflow
+    async def waiter(ctx: sw.Context) -> Any:
+        return await board.wait(ctx, "answer:*", poll=500)
+
+    @app.workflow
+    async def poster(ctx: sw.Context) -> int:
+        return (await board.post(ctx, "answer:1", 1)).version
+
+    async with app:
+        w = await app.start(waiter, run_id="w")
+        while not await store.board_watches("answers"):
+            await asyncio.sleep(0)
+        await app.cancel("w")
+        with pytest.raises(sw.RunCancelledError):
+            await w.result()
+        assert [x.run_id for x in await store.board_watches("answers")] == ["w"]
+        assert await app.run(poster) == 1
+    assert await store.board_watches("answers") == []
+    assert await store.pending_signals("w") == []
 
 
 async def test_knowledge_sources_verify_and_refute_and_verified_only_contains_it() -> None:
@@ -270,3 +403,33 @@ def test_a_blackboard_needs_a_name_and_sources_unique_names() -> None:
         board.knowledge_source(lambda e: True, name="v")
     with pytest.raises(sw.BoardPatternError):
         board.knowledge_source(lambda e: True, pattern="", name="w")
+
+
+async def _shared_waiter(ctx: sw.Context) -> Any:
+    return (await sw.Blackboard("shared").wait(ctx, "answer:*", poll=3600,
+                                                max_poll=3600)).value
+
+
+async def _shared_poster(ctx: sw.Context) -> None:
+    await sw.Blackboard("shared").post(ctx, "answer:1", 42)
+
+
+async def test_a_post_in_one_runtime_wakes_a_waiter_in_another(store_url: str) -> None:
+    """Two runtimes on one journal (SQLite, PostgreSQL): a run of the second posts while
+    a run of the first waits (its poll is an hour): the waiter returns within seconds,
+    through the signal in the store."""
+    waiter = sw.Workflow(_shared_waiter, name="shared_waiter")
+    poster = sw.Workflow(_shared_poster, name="shared_poster")
+    a = sw.Runtime(store_url, poll_interval=0.05)
+    a.register(waiter)
+    b = sw.Runtime(store_url, poll_interval=0.05)
+    b.register(poster)
+    async with a, b:
+        h = await a.start(waiter, run_id="w")
+        async with asyncio.timeout(60):  # the waiter reaches its wait (real time, bounded)
+            while not any(e.kind == EventKind.SIGNAL_WAIT_STARTED for e in await a.events("w")):
+                await asyncio.sleep(0.02)
+        await b.run(poster)
+        assert await h.result(timeout=30) == 42
+        kinds = [e.kind for e in await a.events("w")]
+    assert kinds.count(EventKind.SIGNAL_RECEIVED) == 1

@@ -5,13 +5,14 @@ crash, and among concurrent takers), patterns; and the pure rules of ``_board``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
 
 from stalwart.errors import BoardConflictError, BoardPatternError
 from stalwart.store import Store
-from stalwart.store._board import BoardOp, BoardStore, matches, parse_pattern
+from stalwart.store._board import BoardOp, BoardStore, BoardWatch, matches, parse_pattern
 
 from .conftest import StoreFactory
 
@@ -188,3 +189,92 @@ def test_patterns_match_globs_escapes_fields_and_verification() -> None:
     assert matches(parse_pattern("b", "*", verified_only=True),
                    BoardEntry("b", "k", 1, 0, state="verified"))
     assert not matches(parse_pattern("b", "*"), BoardEntry("b", "k", 1, 0, taken_by="x"))
+
+
+# -- waking the runs that wait (Blackboard.wait) ------------------------------------------
+
+
+async def waiting_run(store: Store, run_id: str) -> None:
+    await store.create_run(run_id=run_id, workflow="w", input="[]", now=T0)
+
+
+def watch(run_id: str, glob: str, *, at: float = T0, board: str = "facts",
+          **kw: Any) -> BoardWatch:
+    return BoardWatch(board, run_id, f"board:{board}:{run_id}", parse_pattern(board, glob, **kw),
+                      at)
+
+
+async def wake(b: BoardStore, op: BoardOp, now: float = T0 + 10) -> list[str]:
+    entry = await b.board_apply(op, now=now)
+    assert entry is not None
+    return await b.board_wake(entry, now=now)
+
+
+async def test_a_write_signals_the_runs_watching_for_it_once(store: Store) -> None:
+    """A post signals the runs whose pattern it matches (glob, where=, verified only:
+    at its verification), with the entry as payload; a second match before the first
+    signal is taken adds none; another board's watcher hears nothing; an unwatched run
+    is not signalled."""
+    b = board(store)
+    for rid in ("gpu", "cpu", "topic", "checked", "other", "gone"):
+        await waiting_run(store, rid)
+    for i, w in enumerate((watch("gpu", "gpu:*"), watch("cpu", "cpu:*"),
+                           watch("topic", "*", where={"topic": "gpu"}),
+                           watch("checked", "gpu:*", verified_only=True),
+                           watch("other", "*", board="b2"), watch("gone", "*"))):
+        w = dataclasses.replace(w, created_at=T0 + i)
+        await b.board_watch(w)
+        await b.board_watch(w)  # again: one watch
+    await b.board_unwatch("gone", "board:facts:gone")
+    assert [w.run_id for w in await b.board_watches("facts")] == [
+        "gpu", "cpu", "topic", "checked"]
+    assert await wake(b, post("gpu:1", {"topic": "gpu"}, "r:1")) == ["gpu", "topic"]
+    assert await store.pending_signals("gpu") == [
+        ("board:facts:gpu", '{"board": "facts", "key": "gpu:1", "version": 1}')]
+    assert await wake(b, post("gpu:2", {}, "r:2")) == []  # gpu's signal still waits
+    assert len(await store.pending_signals("gpu")) == 1
+    assert await wake(b, verify("gpu:2", "verified", "r:3")) == ["checked"]
+    assert await store.pending_signals("other") == []
+    assert await store.pending_signals("gone") == []
+
+
+async def test_a_watch_of_an_ended_or_missing_run_is_dropped_not_signalled(
+        store: Store) -> None:
+    """A write does not fail on the watch of a run that ended (cancelled) or does not
+    exist: it drops the watch and signals the live watcher."""
+    b = board(store)
+    for rid in ("ended", "live"):
+        await waiting_run(store, rid)
+    await store.request_cancel("ended", now=T0)
+    for w in (watch("ended", "*"), watch("ghost", "*", at=T0 + 1), watch("live", "*", at=T0 + 2)):
+        await b.board_watch(w)
+    assert await wake(b, post("k", 1, "r:1")) == ["live"]
+    assert [w.run_id for w in await b.board_watches("facts")] == ["live"]
+    assert await store.pending_signals("ended") == []
+
+
+async def test_a_write_wakes_at_most_the_oldest_watches(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fan-out is bounded: with a limit of 2, the two oldest watches are signalled and
+    the third is left to its poll."""
+    import stalwart.store._board as rules
+
+    monkeypatch.setattr(rules, "WAKE_LIMIT", 2)
+    b = board(store)
+    for i, rid in enumerate(("c", "a", "b")):
+        await waiting_run(store, rid)
+        await b.board_watch(watch(rid, "*", at=T0 + i))
+    assert await wake(b, post("k", 1, "r:1")) == ["c", "a"]
+    assert await store.pending_signals("b") == []
+
+
+async def test_a_take_wakes_nobody(store: Store) -> None:
+    """A take cannot make an entry match: the store is not asked to wake (and a taken
+    entry matches no watch)."""
+    b = board(store)
+    await waiting_run(store, "w")
+    await b.board_watch(watch("w", "*"))
+    await b.board_apply(post("k", 1, "r:1"), now=T0)
+    taken = await b.board_apply(take("*", "r:2"), now=T0)
+    assert taken is not None and taken.taken
+    assert await b.board_wake(taken, now=T0) == []

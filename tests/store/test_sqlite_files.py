@@ -464,3 +464,31 @@ async def test_a_journal_of_schema_2_gains_the_blackboard_tables_from_a_writer(
         assert conn.execute("SELECT value FROM stalwart_meta WHERE key = 'schema_version'"
                             ).fetchone() == (str(SCHEMA_VERSION),)
     conn.close()
+
+
+async def test_a_journal_that_predates_board_watches_gets_them_from_its_next_writer(
+        tmp_path: Path) -> None:
+    """A journal of the current schema written before the blackboards' watches: a
+    reader sees no watch (and changes nothing); the next writer adds the table, and a
+    watch works on it."""
+    from stalwart.store._board import BoardWatch, parse_pattern
+
+    path = tmp_path / "journal.db"
+    await make_journal(path, runs=1)
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE board_watches")
+    conn.close()
+    reader = SQLiteStore(path, access="read")
+    await reader.open()
+    try:
+        assert await reader.board_watches("b") == []
+    finally:
+        await reader.close()
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        w = BoardWatch("b", "r", "board:b:1", parse_pattern("b", "*"), 1.0)
+        await store.board_watch(w)
+        assert await store.board_watches("b") == [w]
+    finally:
+        await store.close()

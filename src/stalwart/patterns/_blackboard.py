@@ -12,8 +12,9 @@ keys each operation by the step's idempotency key; see :mod:`stalwart.store._boa
   (:class:`~stalwart.errors.BoardConflictError`).
 * ``read(ctx, pattern)`` and ``get(ctx, key)`` read; ``take(ctx, pattern)`` removes the
   oldest match atomically — exactly one taker across workers (Linda's ``in``);
-  ``wait(ctx, pattern)`` waits durably for a match (polling with backoff, parked like a
-  sleep between polls).
+  ``wait(ctx, pattern)`` waits durably for a match: a post or verification that makes
+  an entry match wakes it through a durable signal (in any process or worker), and a
+  poll with backoff stays the bound (see :meth:`Blackboard.wait`).
 * Entries carry a **verification state**: ``unverified`` when written, ``verified`` or
   ``refuted`` by a verifier (``verify``). Consumers that must not build on a
   hallucination ask ``verified_only=True``. Verifiers are agents or functions
@@ -36,13 +37,22 @@ from pydantic import TypeAdapter
 
 from .._agent import Agent
 from .._context import current_step
-from ..errors import BlackboardError, ConfigurationError
-from ..store._board import BoardEntry, BoardOp, BoardStore, Pattern, matches, parse_pattern
+from ..errors import BlackboardError, ConfigurationError, SignalTimeoutError
+from ..store._board import (
+    BoardEntry,
+    BoardOp,
+    BoardStore,
+    BoardWatch,
+    Pattern,
+    matches,
+    parse_pattern,
+)
 from ._members import RUN_ERRORS, Semantic, ask, labels, prompt_of, record
 from ._refine import Verdict
 
 if TYPE_CHECKING:
     from .._context import Context
+    from ..engine._engine import Engine
 
 __all__ = ["Blackboard", "BoardEntry", "Poisoned", "poisoning"]
 
@@ -113,6 +123,14 @@ def _board_store(ctx: Context, board: str) -> BoardStore:
         raise ConfigurationError(f"blackboard {board!r}: the runtime's store "
                                  f"({type(store).__name__}) keeps no blackboards")
     return store
+
+
+async def _wake(engine: Engine, store: BoardStore, entry: BoardEntry) -> None:
+    """Signal the runs waiting for ``entry`` (just written; inside its step, so a crash
+    before the step is journaled wakes them when the step runs again)."""
+    for run_id in await store.board_wake(entry, now=engine.clock.now()):
+        engine.wake_local(run_id)
+        engine.journal_written(run_id)
 
 
 def _model_label(agent: Any) -> str | None:
@@ -193,6 +211,7 @@ class Blackboard:
                              "model": model or _model_label(agent), "at": now})
             entry = await store.board_apply(op, now=now)
             assert entry is not None
+            await _wake(engine, store, entry)
             return entry.as_json()
 
         return BoardEntry.from_json(await ctx.step(posted, value,
@@ -215,6 +234,7 @@ class Blackboard:
                          expected_version=version)
             entry = await store.board_apply(op, now=engine.clock.now())
             assert entry is not None
+            await _wake(engine, store, entry)
             return entry.as_json()
 
         entry = BoardEntry.from_json(await ctx.step(judged, key,
@@ -282,20 +302,32 @@ class Blackboard:
                    max_poll: float = 60.0) -> BoardEntry:
         """Wait durably until an entry matches; return it (taken, with ``take=True``).
 
-        Looks, then sleeps (a journaled sleep: a long one parks the run) ``poll``
-        seconds, doubling up to ``max_poll``, and looks again: each look is one step.
+        The wait *watches* the board first (a step that records the run, the pattern
+        and a signal of its own in the store), then looks (a step). While nothing
+        matches it waits for that signal (a durable ``wait_for_signal``: a long wait
+        parks the run), and looks again when it comes: a post or verification, by any
+        run in any process, that writes an entry the pattern matches signals every
+        watching run at once (the oldest 100 of them; see
+        :mod:`stalwart.store._board`). Watching before the first look means a match
+        written between a look and the wait is not lost: its signal waits. The poll is
+        the bound: without a signal the wait looks again after ``poll`` seconds,
+        doubling up to ``max_poll``. The watch is dropped when the wait returns or
+        times out (and, by the next write it concerns, once the run has ended). Every
+        decision is journaled, so a replay takes the same path. Two waiters woken for
+        one entry with ``take=True`` both try; one takes it, the other waits on.
 
         Raises:
             BoardPatternError: the pattern is not valid.
             BlackboardError: nothing matched within ``timeout`` seconds.
         """
-        self.pattern(pattern, where=where, verified_only=verified_only)
+        p = self.pattern(pattern, where=where, verified_only=verified_only)
         for label, value in (("poll", poll), ("max_poll", max_poll)):
             if isinstance(value, bool) or not isinstance(value, int | float) or not (
                     0 < value < math.inf):
                 raise ConfigurationError(f"Blackboard.wait: {label} must be a positive, "
                                          f"finite number of seconds, not {value!r}")
         start = await ctx.now()
+        signal = await self._watch(ctx, p)
         delay = float(poll)
         while True:
             if take:
@@ -305,16 +337,41 @@ class Blackboard:
                                         verified_only=verified_only)
                 got = found[0] if found else None
             if got is not None:
+                await self._unwatch(ctx, signal)
                 return got
             waited = await ctx.now() - start
             if timeout is not None and waited >= timeout:
+                await self._unwatch(ctx, signal)
                 raise BlackboardError(
                     f"blackboard {self.name!r}: no entry matched {pattern!r}"
                     f"{' (verified only)' if verified_only else ''} within {timeout:g}s",
                     board=self.name, run_id=ctx.run_id)
-            step = delay if timeout is None else min(delay, timeout - waited)
-            await ctx.sleep(step)
-            delay = min(delay * 2, float(max_poll))
+            try:
+                await ctx.wait_for_signal(signal, timeout=delay if timeout is None
+                                          else min(delay, timeout - waited))
+            except SignalTimeoutError:
+                delay = min(delay * 2, float(max_poll))
+
+    async def _watch(self, ctx: Context, p: Pattern) -> str:
+        """Watch the board for ``p`` (one step); the signal a write of a match sends."""
+        store, engine = _board_store(ctx, self.name), ctx.execution.engine
+
+        async def watched(glob: str) -> str:
+            step = current_step()
+            signal = f"board:{self.name}:{step.step_id}"
+            await store.board_watch(BoardWatch(self.name, step.run_id, signal, p,
+                                               engine.clock.now()))
+            return signal
+
+        return str(await ctx.step(watched, p.glob, name=f"board:{self.name}:watch"))
+
+    async def _unwatch(self, ctx: Context, signal: str) -> None:
+        store = _board_store(ctx, self.name)
+
+        async def unwatched(signal: str) -> None:
+            await store.board_unwatch(current_step().run_id, signal)
+
+        await ctx.step(unwatched, signal, name=f"board:{self.name}:unwatch")
 
     # -- knowledge sources -----------------------------------------------------------
 

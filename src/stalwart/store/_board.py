@@ -28,6 +28,17 @@ untaken version. A **pattern** (:class:`Pattern`) selects entries by key glob (`
 any run of characters, ``?`` one, ``\\`` escapes) and optionally by top-level fields of
 the value (``where={"topic": "gpu"}``); stores narrow their scan by the pattern's
 literal prefix and filter with :func:`matches`.
+
+**Waking waiters.** A run waiting for a match (``Blackboard.wait``) *watches* the board
+first (:class:`BoardWatch`: its run, a signal name of its own and its pattern, one row
+of a third table, written before its first look). A write that can make an entry match
+(a post, a verification: never a take) then signals, in the store, every watching run
+whose pattern the written entry matches (:func:`watching`: the oldest
+:data:`WAKE_LIMIT` watches, a bounded fan-out); a watch that already has a signal
+waiting gets no second one, and the watch of a run that ended (or is gone) is dropped
+instead (:func:`wake_action`). The watches are operational state: losing one (or a stalwart
+that predates them writing to the board) only makes its waiter see the entry at its
+next poll, which stays the bound.
 """
 
 from __future__ import annotations
@@ -36,9 +47,12 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, final, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, final, runtime_checkable
 
 from ..errors import BoardConflictError, BoardPatternError
+
+if TYPE_CHECKING:
+    from ._runs import RunState
 
 __all__ = [
     "ROW_COLUMNS",
@@ -46,13 +60,21 @@ __all__ = [
     "BoardEntry",
     "BoardOp",
     "BoardStore",
+    "BoardWatch",
     "Pattern",
+    "WAKE_LIMIT",
+    "WATCH_COLUMNS",
     "choose",
     "entry_from_row",
     "entry_row",
     "matches",
     "parse_pattern",
     "plan",
+    "wake_action",
+    "wake_payload",
+    "watch_from_row",
+    "watch_row",
+    "watching",
 ]
 
 State = Literal["unverified", "verified", "refuted"]
@@ -315,6 +337,64 @@ def _replace(e: BoardEntry, **changes: Any) -> BoardEntry:
     return BoardEntry(**d)
 
 
+WAKE_LIMIT = 100
+"""The most watching runs one write signals (the oldest watches first); the others see
+the entry at their next poll."""
+
+WATCH_COLUMNS = ("run_id", "signal", "board", "pattern", "created_at")
+"""The watch table's columns, in the order of :func:`watch_row`."""
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class BoardWatch:
+    """A run waiting for an entry of ``board`` that matches ``pattern``: a write of one
+    sends the run the signal ``signal`` (its own, one per wait)."""
+
+    board: str
+    run_id: str
+    signal: str
+    pattern: Pattern
+    created_at: float = 0.0
+
+
+def watch_row(w: BoardWatch) -> tuple[Any, ...]:
+    """A watch as the stores' row (the pattern as JSON text)."""
+    return (w.run_id, w.signal, w.board, json.dumps(w.pattern.as_json(), sort_keys=True),
+            w.created_at)
+
+
+def watch_from_row(row: Sequence[Any]) -> BoardWatch:
+    """The watch a row of :data:`WATCH_COLUMNS` holds."""
+    run_id, signal, board, pattern, created = row
+    p = json.loads(pattern)
+    return BoardWatch(board, run_id, signal, parse_pattern(
+        board, p["glob"], p.get("where") or None, verified_only=bool(p.get("verified_only"))),
+        float(created))
+
+
+def watching(watches: Sequence[BoardWatch], entry: BoardEntry) -> list[BoardWatch]:
+    """The watches a write of ``entry`` concerns: the oldest :data:`WAKE_LIMIT` of those
+    whose pattern it matches (a taken entry matches none)."""
+    found = sorted((w for w in watches if w.board == entry.board and matches(w.pattern, entry)),
+                   key=lambda w: (w.created_at, w.run_id, w.signal))
+    return found[:WAKE_LIMIT]
+
+
+def wake_action(state: RunState | None, pending: bool) -> Literal["signal", "keep", "forget"]:
+    """What a write does for one watch it concerns: ``forget`` the watch of a run that
+    ended or is gone (a signal to it would only lie there), ``keep`` one whose signal is
+    already waiting (one is enough: its waiter looks again), else ``signal`` it."""
+    if state is None or state.is_terminal:
+        return "forget"
+    return "keep" if pending else "signal"
+
+
+def wake_payload(entry: BoardEntry) -> str:
+    """The payload of a wake-up signal: the entry written (its waiter looks anyway)."""
+    return json.dumps({"board": entry.board, "key": entry.key, "version": entry.version})
+
+
 @runtime_checkable
 class BoardStore(Protocol):
     """A store that keeps blackboards (:class:`~stalwart.store.SQLiteStore`,
@@ -336,4 +416,22 @@ class BoardStore(Protocol):
 
     async def board_names(self) -> list[str]:
         """The boards that have entries."""
+        ...
+
+    async def board_watches(self, board: str) -> list[BoardWatch]:
+        """The runs watching ``board`` (waiting for a match), oldest first."""
+        ...
+
+    async def board_watch(self, watch: BoardWatch) -> None:
+        """Keep ``watch`` (again: nothing changes)."""
+        ...
+
+    async def board_unwatch(self, run_id: str, signal: str) -> None:
+        """Drop the run's watch ``signal`` (none: nothing changes)."""
+        ...
+
+    async def board_wake(self, entry: BoardEntry, *, now: float) -> list[str]:
+        """Signal the runs watching for ``entry`` (just written), atomically: for each
+        watch of :func:`watching`, do what :func:`wake_action` says (a signal wakes its
+        run as ``send_signal`` does). Returns the runs signalled."""
         ...

@@ -32,7 +32,16 @@ from ._base import (
     WorkerRecord,
     open_cleanups,
 )
-from ._board import BoardEntry, BoardOp, choose, plan
+from ._board import (
+    BoardEntry,
+    BoardOp,
+    BoardWatch,
+    choose,
+    plan,
+    wake_action,
+    wake_payload,
+    watching,
+)
 from ._chain import verify_each, verify_events
 from ._limits import (
     BucketDraw,
@@ -107,6 +116,7 @@ class MemoryStore:
         self._slots: dict[str, dict[str, float]] = {}  # pool -> holder -> expires_at
         self._board: dict[tuple[str, str], BoardEntry] = {}
         self._board_ops: dict[str, BoardEntry] = {}
+        self._watches: dict[tuple[str, str], BoardWatch] = {}
         self.commits = 0
         """Write operations performed (the counterpart of SQLiteStore.commits)."""
 
@@ -474,3 +484,35 @@ class MemoryStore:
     async def board_names(self) -> list[str]:
         await self._yield()
         return sorted({b for b, _ in self._board})
+
+    async def board_watches(self, board: str) -> list[BoardWatch]:
+        await self._yield()
+        return sorted((w for w in self._watches.values() if w.board == board),
+                      key=lambda w: (w.created_at, w.run_id, w.signal))
+
+    async def board_watch(self, watch: BoardWatch) -> None:
+        await self._yield()
+        self._watches.setdefault((watch.run_id, watch.signal), watch)
+
+    async def board_unwatch(self, run_id: str, signal: str) -> None:
+        await self._yield()
+        self._watches.pop((run_id, signal), None)
+
+    async def board_wake(self, entry: BoardEntry, *, now: float) -> list[str]:
+        await self._yield()
+        woken: list[str] = []
+        for w in watching(list(self._watches.values()), entry):
+            pending = any(s.run_id == w.run_id and s.name == w.signal
+                          and s.consumed_step_id is None for s in self._signals)
+            state = self._state(w.run_id)
+            action = wake_action(state, pending)
+            if action == "forget":
+                del self._watches[(w.run_id, w.signal)]
+            elif action == "signal":
+                assert state is not None
+                self._signals.append(_Signal(len(self._signals) + 1, w.run_id, w.signal,
+                                             wake_payload(entry)))
+                self._apply(plan_wake(state, now=now), now)
+                woken.append(w.run_id)
+        self.commits += 1
+        return woken

@@ -83,7 +83,21 @@ from ._base import (
     open_cleanups,
 )
 from ._blobs import resolve, split
-from ._board import ROW_COLUMNS, BoardEntry, BoardOp, choose, entry_from_row, entry_row
+from ._board import (
+    ROW_COLUMNS,
+    WATCH_COLUMNS,
+    BoardEntry,
+    BoardOp,
+    BoardWatch,
+    choose,
+    entry_from_row,
+    entry_row,
+    wake_action,
+    wake_payload,
+    watch_from_row,
+    watch_row,
+    watching,
+)
 from ._board import plan as plan_board
 from ._chain import RUN_COLUMNS, run_record, verify_events
 from ._limits import (
@@ -1220,6 +1234,64 @@ class PostgresStore:
         rows = await self._read("SELECT DISTINCT board FROM stalwart_board_entries "
                                 "ORDER BY board")
         return [r[0] for r in rows]
+
+    async def board_watches(self, board: str) -> list[BoardWatch]:
+        rows = await self._read(
+            "SELECT to_regclass('stalwart_board_watches') IS NOT NULL")
+        if not rows[0][0]:
+            return []  # a journal no writer of this stalwart has opened yet
+        return [watch_from_row(r) for r in await self._read(
+            f"SELECT {', '.join(WATCH_COLUMNS)} FROM stalwart_board_watches WHERE board = %s "
+            "ORDER BY created_at, run_id, signal", (board,))]
+
+    async def board_watch(self, watch: BoardWatch) -> None:
+        async def write(conn: Conn) -> None:
+            await conn.execute(
+                f"INSERT INTO stalwart_board_watches ({', '.join(WATCH_COLUMNS)}) VALUES "
+                "(%s, %s, %s, %s, %s) ON CONFLICT (run_id, signal) DO NOTHING",
+                watch_row(watch))
+
+        await self._write(write, transaction=False)
+
+    async def board_unwatch(self, run_id: str, signal: str) -> None:
+        async def write(conn: Conn) -> None:
+            await conn.execute("DELETE FROM stalwart_board_watches WHERE run_id = %s AND "
+                               "signal = %s", (run_id, signal))
+
+        await self._write(write, transaction=False)
+
+    async def board_wake(self, entry: BoardEntry, *, now: float) -> list[str]:
+        async def write(conn: Conn) -> list[str]:
+            rows = await (await conn.execute(
+                f"SELECT {', '.join(WATCH_COLUMNS)} FROM stalwart_board_watches "
+                "WHERE board = %s", (entry.board,))).fetchall()
+            found = watching([watch_from_row(r) for r in rows], entry)
+            # Each run's row locked once, in one order for every writer: no deadlock
+            # between two writes waking the same runs.
+            states = {rid: await lock_state(conn, rid)
+                      for rid in sorted({w.run_id for w in found})}
+            woken: list[str] = []
+            for w in found:
+                pending = await (await conn.execute(
+                    "SELECT 1 FROM stalwart_signals WHERE run_id = %s AND name = %s AND "
+                    "consumed_step_id IS NULL LIMIT 1", (w.run_id, w.signal))).fetchone()
+                state = states[w.run_id]
+                action = wake_action(state, pending is not None)
+                if action == "forget":
+                    await conn.execute("DELETE FROM stalwart_board_watches WHERE run_id = %s "
+                                       "AND signal = %s", (w.run_id, w.signal))
+                elif action == "signal":
+                    assert state is not None
+                    await conn.execute(
+                        "INSERT INTO stalwart_signals (run_id, name, payload, created_at) "
+                        "VALUES (%s, %s, %s, %s)", (w.run_id, w.signal, wake_payload(entry), now))
+                    plan = plan_wake(state, now=now)
+                    await self._write_plan(conn, plan, now)
+                    states[w.run_id] = plan.after
+                    woken.append(w.run_id)
+            return woken
+
+        return await self._write(write)
 
 
 _BOARD_COLUMNS = ", ".join(ROW_COLUMNS)

@@ -24,8 +24,8 @@ from ._approvals import approval_events_sql
 from ._base import APP_ID
 from ._chain import GENESIS, event_digest, outcome_digest, run_digest
 
-__all__ = ["INDEXES", "MIGRATIONS", "SCHEMA", "SCHEMA_VERSION", "TABLES", "WORKERS_SCHEMA",
-           "check_or_create"]
+__all__ = ["INDEXES", "MIGRATIONS", "OPERATIONAL", "SCHEMA", "SCHEMA_VERSION", "TABLES",
+           "WORKERS_SCHEMA", "check_or_create"]
 
 SCHEMA_VERSION = 5
 """The version of these tables. It is PostgreSQL's own (SQLite's file layout has its
@@ -185,14 +185,33 @@ CREATE TABLE IF NOT EXISTS stalwart_workers (
 missing (under the schema lock, after the journal's tables check out) and ignored by
 stalwarts that predate it, so adding it did not change :data:`SCHEMA_VERSION`."""
 
+OPERATIONAL = (
+    WORKERS_SCHEMA,
+    """CREATE TABLE IF NOT EXISTS stalwart_board_watches (
+    run_id TEXT NOT NULL,
+    signal TEXT NOT NULL,
+    board TEXT NOT NULL,
+    pattern TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (run_id, signal)
+)""",
+)
+"""Operational state no run depends on, created when missing as the workers registry
+is: the registry, and the blackboards' watches (``_board``: a waiter that a stalwart
+predating them does not wake sees the entry at its next poll)."""
+
+
 INDEXES = {
     "stalwart_events_approvals": "CREATE INDEX IF NOT EXISTS stalwart_events_approvals ON "
                                  f"stalwart_events (run_id, seq) WHERE {approval_events_sql()}",
+    "stalwart_board_watches_board": "CREATE INDEX IF NOT EXISTS stalwart_board_watches_board "
+                                    "ON stalwart_board_watches (board, created_at)",
 }
 """Indexes that change no answer, only what a query costs, by name: created with the
 tables, and by a writer that finds them missing (no schema version, as for the workers
 registry: a stalwart that predates an index keeps it up to date without knowing of
-it). The approval events (``_approvals``), which the approvals listing reads alone."""
+it). The approval events (``_approvals``), which the approvals listing reads alone;
+the blackboards' watches by board (after :data:`OPERATIONAL` made their table)."""
 
 
 async def _add_indexes(conn: Conn, schema: str) -> None:
@@ -295,7 +314,8 @@ async def check_or_create(conn: Conn, url: str, *, access: Access = "write",
             await conn.execute(
                 "INSERT INTO stalwart_meta (key, value) VALUES ('app', %s), "
                 "('schema_version', %s)", (APP_ID, str(SCHEMA_VERSION)))
-            await conn.execute(WORKERS_SCHEMA)
+            for stmt in OPERATIONAL:
+                await conn.execute(stmt)
             await _add_indexes(conn, schema)
             return True
         version = await _check(conn, where, found, writer=True)
@@ -313,7 +333,8 @@ async def check_or_create(conn: Conn, url: str, *, access: Access = "write",
                      SCHEMA_VERSION)
             found = await _columns(conn, schema)
         _check_columns(where, found)
-        await conn.execute(WORKERS_SCHEMA)
+        for stmt in OPERATIONAL:
+            await conn.execute(stmt)
         await _add_indexes(conn, schema)
         return True
 

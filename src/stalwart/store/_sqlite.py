@@ -59,7 +59,21 @@ from ._base import (
     open_cleanups,
 )
 from ._blobs import resolve, split
-from ._board import ROW_COLUMNS, BoardEntry, BoardOp, choose, entry_from_row, entry_row
+from ._board import (
+    ROW_COLUMNS,
+    WATCH_COLUMNS,
+    BoardEntry,
+    BoardOp,
+    BoardWatch,
+    choose,
+    entry_from_row,
+    entry_row,
+    wake_action,
+    wake_payload,
+    watch_from_row,
+    watch_row,
+    watching,
+)
 from ._board import plan as plan_board
 from ._chain import RUN_COLUMNS, run_record, verify_events
 from ._limits import (
@@ -283,6 +297,8 @@ class SQLiteStore:
         try:
             if migrate:
                 schema.migrate(conn, self._path)
+            else:
+                schema.ensure_operational(conn)
             schema.add_indexes(conn)
             self._set_pragmas(conn)
         except schema.ERRORS as exc:
@@ -963,6 +979,57 @@ class SQLiteStore:
                 "SELECT DISTINCT board FROM board_entries ORDER BY board")]
 
         return await self._call(op)
+
+    async def board_watches(self, board: str) -> list[BoardWatch]:
+        def op() -> list[BoardWatch]:
+            db = self._db()
+            if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                          "name = 'board_watches'").fetchone() is None:
+                return []  # a journal no writer of this stalwart has opened yet
+            return [watch_from_row(r) for r in db.execute(
+                f"SELECT {', '.join(WATCH_COLUMNS)} FROM board_watches WHERE board = ? "
+                "ORDER BY created_at, run_id, signal", (board,))]
+
+        return await self._call(op)
+
+    async def board_watch(self, watch: BoardWatch) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(f"INSERT OR IGNORE INTO board_watches ({', '.join(WATCH_COLUMNS)}) "
+                         "VALUES (?, ?, ?, ?, ?)", watch_row(watch))
+
+        await self._write(write)
+
+    async def board_unwatch(self, run_id: str, signal: str) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM board_watches WHERE run_id = ? AND signal = ?",
+                         (run_id, signal))
+
+        await self._write(write)
+
+    async def board_wake(self, entry: BoardEntry, *, now: float) -> list[str]:
+        def write(conn: sqlite3.Connection) -> list[str]:
+            woken: list[str] = []
+            for w in watching([watch_from_row(r) for r in conn.execute(
+                    f"SELECT {', '.join(WATCH_COLUMNS)} FROM board_watches WHERE board = ?",
+                    (entry.board,))], entry):
+                state = _state(conn, w.run_id)
+                pending = conn.execute(
+                    "SELECT 1 FROM signals WHERE run_id = ? AND name = ? AND "
+                    "consumed_step_id IS NULL LIMIT 1", (w.run_id, w.signal)).fetchone()
+                action = wake_action(state, pending is not None)
+                if action == "forget":
+                    conn.execute("DELETE FROM board_watches WHERE run_id = ? AND signal = ?",
+                                 (w.run_id, w.signal))
+                elif action == "signal":
+                    assert state is not None
+                    conn.execute("INSERT INTO signals (run_id, name, payload, created_at) "
+                                 "VALUES (?, ?, ?, ?)",
+                                 (w.run_id, w.signal, wake_payload(entry), now))
+                    self._write_plan(conn, plan_wake(state, now=now), now)
+                    woken.append(w.run_id)
+            return woken
+
+        return await self._write(write)
 
 
 _INSERT_EVENT = ("INSERT INTO events (run_id, seq, kind, step_id, name, payload, created_at, "

@@ -38,6 +38,7 @@ __all__ = [
     "FileState",
     "connect",
     "create",
+    "ensure_operational",
     "file_state",
     "inspect",
     "migrate",
@@ -123,7 +124,14 @@ OPERATIONAL = (
     "CREATE TABLE IF NOT EXISTS bulkhead_slots (pool TEXT NOT NULL, holder TEXT NOT NULL, "
     "acquired_at REAL NOT NULL, expires_at REAL NOT NULL, PRIMARY KEY (pool, holder))",
     "CREATE INDEX IF NOT EXISTS bulkhead_slots_holder ON bulkhead_slots (holder)",
+    "CREATE TABLE IF NOT EXISTS board_watches (run_id TEXT NOT NULL, signal TEXT NOT NULL, "
+    "board TEXT NOT NULL, pattern TEXT NOT NULL, created_at REAL NOT NULL, "
+    "PRIMARY KEY (run_id, signal)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS board_watches_board ON board_watches (board, created_at)",
 )
+_LAST_OPERATIONAL = "board_watches"
+"""The operational table added last: a journal of the current schema that lacks it
+was written by a stalwart that predates it, and a writer adds it (:func:`ensure_operational`)."""
 
 APPROVALS_INDEX = "events_approvals"
 INDEXES = {
@@ -418,6 +426,22 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
             conn.execute(stmt)
         conn.execute("UPDATE stalwart_meta SET value = ? WHERE key = 'schema_version'",
                      (str(SCHEMA_VERSION),))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def ensure_operational(conn: sqlite3.Connection) -> None:
+    """Add the operational tables a journal of the current schema lacks (it was
+    written by a stalwart that predates some); one look when it has them all."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                    (_LAST_OPERATIONAL,)).fetchone() is not None:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for stmt in OPERATIONAL:
+            conn.execute(stmt)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
