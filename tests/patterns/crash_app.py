@@ -1,5 +1,5 @@
 """The process that the pattern crash tests kill: supervisors, sagas and approvals whose
-steps leave side effects in ledgers.
+steps leave side effects in ledgers, and a blackboard wait.
 
 Run as ``python crash_app.py STORE LEDGER_DIR WORKFLOW RUN_ID`` it starts (or, when the
 run exists, resumes) one run, waits for it and prints its result as JSON (or
@@ -197,8 +197,21 @@ async def _refund(ctx: sw.Context) -> dict[str, Any]:
 
 refund = sw.Workflow(_refund, name="refund")
 
+# -- blackboard waits ------------------------------------------------------------------
+
+
+async def _board_wait(ctx: sw.Context) -> dict[str, Any]:
+    """Takes the first ``go:*`` entry of the board ``crash``, waiting for it (an hour's
+    poll: only a post's wake-up makes it return within the test)."""
+    e = await sw.Blackboard("crash").wait(ctx, "go:*", take=True, poll=3600, max_poll=3600)
+    return {"key": e.key, "value": e.value}
+
+
+board_wait = sw.Workflow(_board_wait, name="board_wait")
+
 WORKFLOWS: dict[str, sw.Workflow[Any, Any]] = {"tree": tree, "trip": trip,
-                                               "trip_wait": trip_wait, "refund": refund}
+                                               "trip_wait": trip_wait, "refund": refund,
+                                               "board_wait": board_wait}
 CHILDREN: list[sw.Workflow[Any, Any]] = [worker]
 
 
