@@ -32,6 +32,7 @@ PART_OF_MODULE = {
     "stalwart._runtime": "runtime",
     "stalwart": "api",
     "stalwart._demo": "cli",
+    "stalwart.__main__": "cli",
 }
 PART_OF_PACKAGE = {
     "stalwart.models": "models",

@@ -141,3 +141,16 @@ def test_a_legacy_main_reference_says_how_to_resume(cli: Cli, project: Project) 
         resolve_ref("__main__:wf")
     message = str(info.value)
     assert "--import MODULE" in message and 'if __name__ == "__main__":' in message
+
+
+def test_python_dash_m_stalwart_is_the_cli(project: Project) -> None:
+    """``python -m stalwart`` works where the console script is not on the PATH: the
+    same commands, the same one-line errors."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-m", "stalwart", "--version"], cwd=project.dir,
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0 and done.stdout.startswith("stalwart "), done.stderr
+    bad = subprocess.run([sys.executable, "-m", "stalwart", "runs", "show", "nope"],
+                         cwd=project.dir, env=env, capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: no stalwart journal")
