@@ -165,9 +165,9 @@ async def test_a_post_wakes_the_waiter_long_before_its_poll() -> None:
         assert await w.result() == [42, 10.0]
         events = await app.events("w")
     assert step_names(events, "w") == [
-        "stalwart.now", "board:answers:watch", "board:answers:read", "stalwart.now",
-        "board:answers:2", "board:answers:read", "board:answers:unwatch",
-        "stalwart.now"]
+        "stalwart.now", "stalwart.patch:blackboard.wait:wake-on-write",
+        "board:answers:watch", "board:answers:read", "stalwart.now", "board:answers:3",
+        "board:answers:read", "board:answers:unwatch", "stalwart.now"]
     assert await store.board_watches("answers") == []
 
 
@@ -193,6 +193,60 @@ class PostAfterFirstLook:
             assert entry is not None
             await self.inner.board_wake(entry, now=T0)
         return rows
+
+
+async def test_a_wait_journaled_before_wake_on_write_polls_on(tmp_path: Any) -> None:
+    """A run parked inside a wait of the polling code (0.1.0: now, look, sleep...)
+    resumes under today's wait without a divergence: its journal has no watch where the
+    change is (Context.patched), so it goes on polling and finds the post at its next
+    look. A journal of today's wait is unchanged by a replay."""
+    db = str(tmp_path / "j.db")
+    clock = sw.FakeClock(T0)
+    board = sw.Blackboard("answers")
+
+    async def polling_wait(ctx: sw.Context) -> Any:  # 0.1.0's Blackboard.wait
+        start, delay = await ctx.now(), 60.0
+        while True:
+            found = await board.read(ctx, "answer:*")
+            if found:
+                return found[0]
+            assert await ctx.now() - start < 1_000
+            await ctx.sleep(delay)
+
+    old = sw.Runtime(db, clock=clock, park_after=0)
+
+    @old.workflow(name="waiter")
+    async def old_waiter(ctx: sw.Context) -> Any:
+        return (await polling_wait(ctx)).value
+
+    async with old:
+        await old.start(old_waiter, run_id="w")
+        for _ in range(2000):
+            if any(e.kind == EventKind.TIMER_STARTED for e in await old.events("w")):
+                break
+            await asyncio.sleep(0.005)
+        else:
+            raise AssertionError("the old wait never slept")
+
+    new = sw.Runtime(db, clock=clock, park_after=0)
+
+    @new.workflow(name="waiter")
+    async def new_waiter(ctx: sw.Context) -> Any:
+        return (await board.wait(ctx, "answer:*", poll=60)).value
+
+    @new.workflow
+    async def poster(ctx: sw.Context) -> None:
+        await board.post(ctx, "answer:1", 42)
+
+    async with new:
+        assert (await new.replay("w")).deterministic
+        await new.run(poster)
+        await clock.advance(60)
+        rec = await new.wait_for_end("w", timeout=30)
+        assert rec.status == sw.RunStatus.COMPLETED, rec.error
+        assert new.outcome(rec) == 42
+        names = [e.name for e in await new.events("w")]
+    assert not [n for n in names if n and ("watch" in n or "patch" in n)]
 
 
 async def test_a_post_between_the_look_and_the_wait_is_not_lost() -> None:

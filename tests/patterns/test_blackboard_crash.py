@@ -71,4 +71,4 @@ def test_a_waiter_killed_while_waiting_is_woken_by_a_post_made_while_it_was_dead
     names = [e.name for e in journal if e.kind == EventKind.STEP_COMPLETED]
     assert names.count("board:crash:watch") == 1
     assert [e.name for e in journal if e.kind == EventKind.SIGNAL_RECEIVED] == [
-        "board:crash:2"]
+        "board:crash:3"]  # the watch is step 3 (after now and the change's marker)

@@ -58,6 +58,10 @@ __all__ = ["Blackboard", "BoardEntry", "Poisoned", "poisoning"]
 
 _VERDICT: TypeAdapter[Verdict | bool] = TypeAdapter(Verdict | bool)
 
+WAKE_ON_WRITE = "blackboard.wait:wake-on-write"
+"""The change (``Context.patched``) by which a wait watches the board and is woken by
+writes; a wait journaled before it polls on."""
+
 
 @final
 @dataclass(frozen=True, slots=True)
@@ -327,7 +331,9 @@ class Blackboard:
                 raise ConfigurationError(f"Blackboard.wait: {label} must be a positive, "
                                          f"finite number of seconds, not {value!r}")
         start = await ctx.now()
-        signal = await self._watch(ctx, p)
+        # A wait begun before writes woke waiters (it polled with journaled sleeps)
+        # goes on polling: its journal has no watch here (see Context.patched).
+        signal = await self._watch(ctx, p) if await ctx.patched(WAKE_ON_WRITE) else None
         delay = float(poll)
         while True:
             if take:
@@ -337,18 +343,24 @@ class Blackboard:
                                         verified_only=verified_only)
                 got = found[0] if found else None
             if got is not None:
-                await self._unwatch(ctx, signal)
+                if signal is not None:
+                    await self._unwatch(ctx, signal)
                 return got
             waited = await ctx.now() - start
             if timeout is not None and waited >= timeout:
-                await self._unwatch(ctx, signal)
+                if signal is not None:
+                    await self._unwatch(ctx, signal)
                 raise BlackboardError(
                     f"blackboard {self.name!r}: no entry matched {pattern!r}"
                     f"{' (verified only)' if verified_only else ''} within {timeout:g}s",
                     board=self.name, run_id=ctx.run_id)
+            bound = delay if timeout is None else min(delay, timeout - waited)
+            if signal is None:
+                await ctx.sleep(bound)
+                delay = min(delay * 2, float(max_poll))
+                continue
             try:
-                await ctx.wait_for_signal(signal, timeout=delay if timeout is None
-                                          else min(delay, timeout - waited))
+                await ctx.wait_for_signal(signal, timeout=bound)
             except SignalTimeoutError:
                 delay = min(delay * 2, float(max_poll))
 
