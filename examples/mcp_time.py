@@ -3,7 +3,8 @@
 The server is started over stdio; its tools are discovered with their schemas and given
 to an agent whose model (offline: a function) calls one. The call is a journaled step
 behind the policy stack: run the example twice and the second run reads the journal
-instead of asking the server again. Needs ``pip install 'stalwart[mcp]' mcp-server-time``.
+instead of asking the server again. Needs the mcp extra and the server:
+``pip install -e '.[mcp]' mcp-server-time`` in the checkout.
 
     python examples/mcp_time.py
 """

@@ -29,9 +29,11 @@ import typer
 
 import stalwart as sw
 from stalwart.cli import app as cli_app
+from stalwart.errors import _install_hint
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 SKETCH = "# sketch:"
 _FILE_NAME = re.compile(r"#\s*([\w./-]+\.py)\s*$")
 
@@ -291,3 +293,17 @@ def test_every_python_block_of_the_docs_compiles_against_the_api(doc: Path) -> N
         where = f"{doc.name}:{block.line}"
         problems += api_problems(_fragment_tree(block, where), where)
     assert not problems, "\n".join(problems)
+
+
+
+def test_a_missing_extra_is_named_with_the_readmes_install_command() -> None:
+    """Every error naming a missing extra says ``pip install -e '.[x]'``, as the README
+    installs stalwart, never ``pip install 'stalwart[x]'`` (which asks the package index
+    for a project of that name): the text comes from one place, errors._install_hint."""
+    assert _install_hint("postgres") == "pip install -e '.[postgres]' in a checkout"
+    assert "pip install -e '.[postgres]'" in README.read_text()
+    elsewhere = [f"{path.relative_to(ROOT)}:{n}"
+                 for path in sorted([*(ROOT / "src").rglob("*.py"), *EXAMPLES])
+                 for n, line in enumerate(path.read_text().splitlines(), 1)
+                 if "pip install 'stalwart[" in line]
+    assert not elsewhere, elsewhere

@@ -123,6 +123,7 @@ from .errors import ToolServerError as ToolServerError
 from .errors import ToolServerUnavailableError as ToolServerUnavailableError
 from .errors import UnsafeArgumentError as UnsafeArgumentError
 from .errors import WorkflowNotFoundError as WorkflowNotFoundError
+from .errors import _install_hint
 from .memory import ContextWindow as ContextWindow
 from .memory import Evict as Evict
 from .memory import Memory as Memory
@@ -395,6 +396,6 @@ def __getattr__(name: str) -> Any:
         except ImportError as exc:
             raise ImportError(
                 "stalwart.PostgresStore needs the postgres extra (psycopg): "
-                "pip install -e '.[postgres]' in a checkout") from exc
+                f"{_install_hint('postgres')}") from exc
         return PostgresStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -267,6 +267,13 @@ def _rebuild(cls: type[_E], message: str, state: dict[str, Any]) -> _E:
     return err
 
 
+def _install_hint(extra: str) -> str:
+    """The command that installs an extra, for the error that names a missing one:
+    stalwart is installed from a checkout (the project's name given to ``pip install``
+    would ask the package index for a project of that name)."""
+    return f"pip install -e '.[{extra}]' in a checkout"
+
+
 class ConfigurationError(StalwartError):
     """Invalid configuration or arguments (a bad store URL, an unknown option...)."""
 

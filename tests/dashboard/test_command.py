@@ -62,7 +62,7 @@ def test_without_the_extra_it_says_what_to_install(shared_journal: Journal,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn -> ImportError
     line = _one_line(_dashboard("--store", shared_journal.store, "--port", "0"))
-    assert "pip install 'stalwart[dashboard]'" in line and "uvicorn" in line
+    assert "pip install -e '.[dashboard]' in a checkout" in line and "uvicorn" in line
 
 
 def test_serves_the_journal_until_sigint(shared_journal: Journal, tmp_path: Path) -> None:

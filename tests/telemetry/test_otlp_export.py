@@ -154,7 +154,7 @@ def test_the_exporters_follow_otel_traces_exporter_and_the_protocol(
     # Without the grpc exporter installed: what to install, not an ImportError.
     monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
                         None)
-    with pytest.raises(sw.ConfigurationError, match=r"stalwart\[otel-grpc\]"):
+    with pytest.raises(sw.ConfigurationError, match=r"pip install -e '\.\[otel-grpc\]'"):
         built(OTEL_EXPORTER_OTLP_PROTOCOL="grpc")
 
 

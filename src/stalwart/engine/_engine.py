@@ -28,7 +28,12 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, final
 
 from .._clock import Clock, SystemClock
-from ..errors import ConfigurationError, RunNotFoundError, WorkflowNotFoundError
+from ..errors import (
+    ConfigurationError,
+    RunNotFoundError,
+    WorkflowNotFoundError,
+    _install_hint,
+)
 from ..models import Model, parse_model
 from ..policies import (
     BackpressureRegistry,
@@ -85,8 +90,8 @@ def _postgres(url: str, access: Literal["write", "client", "read"]) -> Store:
         from ..store._postgres import PostgresStore  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:
         raise ConfigurationError(
-            "a postgresql:// store needs the postgres extra: "
-            "pip install -e '.[postgres]' in a checkout") from exc
+            f"a postgresql:// store needs the postgres extra: {_install_hint('postgres')}"
+        ) from exc
     pg: Store = PostgresStore(url, access=access)
     return pg
 

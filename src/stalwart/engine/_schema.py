@@ -11,7 +11,7 @@ import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..errors import ConfigurationError, ToolArgumentsError, ToolSchemaError
+from ..errors import ConfigurationError, ToolArgumentsError, ToolSchemaError, _install_hint
 
 __all__ = ["check_schema", "schema_problem", "schema_validator"]
 
@@ -22,7 +22,7 @@ def _jsonschema() -> Any:
     except ImportError as exc:  # pragma: no cover - the mcp extra installs it
         raise ConfigurationError(
             "tools described by a JSON schema need the jsonschema package: "
-            "pip install 'stalwart[mcp]'") from exc
+            f"{_install_hint('mcp')}") from exc
 
 
 def check_schema(tool: str, schema: object, *, what: str = "input schema",

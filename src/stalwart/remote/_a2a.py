@@ -44,6 +44,7 @@ from ..errors import (
     RunCancelledError,
     RunNotFoundError,
     ToolServerUnavailableError,
+    _install_hint,
 )
 from ..models import Origin
 from ..policies._common import to_seconds
@@ -60,7 +61,7 @@ def _sdk() -> Any:
         from a2a.types import a2a_pb2
     except ImportError as exc:  # pragma: no cover - the extra is installed in tests
         raise ConfigurationError("A2A needs the a2a-sdk package: "
-                                 "pip install 'stalwart[a2a]'") from exc
+                                 f"{_install_hint('a2a')}") from exc
     return a2a_pb2
 
 

@@ -40,6 +40,7 @@ from ..errors import (
     ToolResultError,
     ToolServerError,
     ToolServerUnavailableError,
+    _install_hint,
 )
 from ..models import Origin
 from ..policies._common import to_seconds
@@ -56,7 +57,7 @@ def _sdk() -> Any:
         import mcp
     except ImportError as exc:  # pragma: no cover - the extra is installed in tests
         raise ConfigurationError("MCP servers need the mcp package: "
-                                 "pip install 'stalwart[mcp]'") from exc
+                                 f"{_install_hint('mcp')}") from exc
     return mcp
 
 

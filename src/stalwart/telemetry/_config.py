@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, final
 
 from ..engine._interceptor import NOOP, BindInput, CaptureContent, Interceptor
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, _install_hint
 from ._env import sdk_disabled
 
 __all__ = ["StepSpans", "Tracing", "sdk_disabled"]
@@ -80,5 +80,5 @@ class Tracing:
             from ._otel import OTelInterceptor
         except ImportError as exc:  # pragma: no cover - the extra is installed in tests
             raise ConfigurationError(
-                "tracing needs the otel extra: pip install 'stalwart[otel]'") from exc
+                f"tracing needs the otel extra: {_install_hint('otel')}") from exc
         return OTelInterceptor(self, input)

@@ -42,7 +42,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import Sampler
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, _install_hint
 from ._env import sdk_disabled
 
 __all__ = ["CHOSEN", "Providers", "RunIdGenerator", "configure"]
@@ -120,7 +120,7 @@ def _otlp(signal: str) -> Any:
         return getattr(importlib.import_module(f"{package}.{module}"), name)
     except ImportError as exc:
         raise ConfigurationError(f"OTLP export needs {package.replace('.', '-')}: "
-                                 f"pip install 'stalwart[{extra}]'") from exc
+                                 f"{_install_hint(extra)}") from exc
 
 
 def _span_exporters() -> list[SpanExporter]:

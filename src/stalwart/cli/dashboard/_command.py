@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from ..._runtime import Runtime
+from ...errors import _install_hint
 from .._common import USAGE, CliError, StoreOption, client_runtime, command_store, run_async
 from .._options import at_least
 
@@ -67,14 +68,14 @@ def dashboard(
 
     It reads the journal read-only. Actions (cancel, dead-letter retry, fork) need the
     token in the link it prints, which changes at every start; --read-only takes none.
-    Needs the dashboard extra: pip install 'stalwart[dashboard]'."""
+    Needs the dashboard extra: pip install -e '.[dashboard]' in a checkout."""
     try:
         import uvicorn
 
         from ._web import LOCAL_HOSTS, Settings, create_app
     except ImportError as exc:
-        raise CliError(f"the dashboard needs the dashboard extra (pip install "
-                       f"'stalwart[dashboard]'): {exc.name} is not installed") from None
+        raise CliError(f"the dashboard needs the dashboard extra ({_install_hint('dashboard')}): "
+                       f"{exc.name} is not installed") from None
     target = command_store(store)
     rt = client_runtime(target)  # no journal there: one line, nothing created
     run_async(_probe(rt))
