@@ -5,7 +5,8 @@ The *researcher* runtime serves its ``research`` workflow as an A2A agent on 127
 (agent card at ``/.well-known/agent-card.json``). The *desk* runtime's workflow asks it
 through ``sw.A2AAgent``: a *send* step (journaled: the task id) and a *wait* step
 (journaled: the answer). Run it twice: the second time the desk's run is read from its
-journal and the researcher hears nothing. Offline: both on this machine.
+journal and the researcher hears nothing. Offline: both on this machine. Needs the
+a2a extra: ``pip install -e '.[a2a]'`` in the checkout.
 
     python examples/a2a_pair.py
 """

@@ -21,8 +21,9 @@ def _jsonschema() -> Any:
         return importlib.import_module("jsonschema")
     except ImportError as exc:  # pragma: no cover - the mcp extra installs it
         raise ConfigurationError(
-            "tools described by a JSON schema need the jsonschema package: "
-            f"{_install_hint('mcp')}") from exc
+            "tools described by a JSON schema (MCP servers, A2A agents) need the "
+            f"jsonschema package, in the mcp and a2a extras: {_install_hint('a2a')}, "
+            "or '.[mcp]'") from exc
 
 
 def check_schema(tool: str, schema: object, *, what: str = "input schema",
