@@ -119,3 +119,10 @@ def test_a_bad_setting_is_refused() -> None:
         Tracing(steps="some")  # type: ignore[arg-type]
     with pytest.raises(sw.ConfigurationError, match="sampler"):
         Tracing(sampler=0.1)
+
+
+def test_a_runtime_refuses_tracing_that_is_not_an_instrumentation() -> None:
+    """``Runtime(tracing=True)`` is one ConfigurationError saying what it takes, at the
+    constructor (it was an AttributeError, 'bool' object has no attribute 'bind')."""
+    with pytest.raises(sw.ConfigurationError, match=r"tracing takes stalwart\.telemetry"):
+        sw.Runtime(store=MemoryStore(), tracing=True)  # type: ignore[arg-type]

@@ -134,6 +134,9 @@ class Settings:
         if self.lease_seconds <= 0 or self.poll_interval <= 0 or self.park_after < 0:
             raise ConfigurationError("lease_seconds and poll_interval must be positive, "
                                      "park_after non-negative")
+        if self.tracing is not None and not callable(getattr(self.tracing, "bind", None)):
+            raise ConfigurationError(f"tracing takes stalwart.telemetry.Tracing() (or None "
+                                     f"for none), not {self.tracing!r}")
 
 
 class LocalRuns(Protocol):
