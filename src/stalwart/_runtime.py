@@ -265,6 +265,8 @@ class Runtime(Engine):
         self._worker = Worker(self, Context)
         self._started = False
         self._start_lock: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The event loop the runtime was opened in: its tasks and store live there."""
         self._instances: set[str] = set()
         """Actor instances known to exist (sent to): ``send`` makes no other first."""
 
@@ -486,6 +488,13 @@ class Runtime(Engine):
         """Open the store and, for a worker, start executing (also recovers runs whose
         owner died). Called implicitly by the other methods."""
         if self._started:
+            if self._loop is not asyncio.get_running_loop():
+                # Its scheduler, heartbeat and store thread belong to that loop: waiting
+                # on them from this one would never end.
+                raise ConfigurationError(
+                    "this runtime was opened in another event loop (an earlier "
+                    "asyncio.run), whose tasks and store it keeps: make every call of a "
+                    "runtime in one event loop (one asyncio.run), or a runtime per loop")
             return
         if self._start_lock is None:
             self._start_lock = asyncio.Lock()
@@ -499,6 +508,7 @@ class Runtime(Engine):
             if self.worker:
                 self._worker.start()
                 self.listen_for_notifications()
+            self._loop = asyncio.get_running_loop()
             self._started = True
 
     async def close(self) -> None:

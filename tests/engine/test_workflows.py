@@ -186,6 +186,36 @@ async def test_bad_workflow_input_is_rejected_at_start(db: Path) -> None:
         assert await app.list_runs() == []
 
 
+async def test_a_function_that_is_not_a_workflow_is_refused_at_start(db: Path) -> None:
+    """``app.start(plain_function)``: a ConfigurationError naming the function and the
+    decorator (it was an AttributeError: 'function' object has no attribute 'name')."""
+    app = sw.Runtime(db)
+
+    def plain(n: int) -> int:
+        return n
+
+    async with app:
+        with pytest.raises(sw.ConfigurationError, match=r"plain is not a stalwart workflow: "
+                                                        r"decorate it with @runtime\.workflow"):
+            await app.start(plain, 1)  # type: ignore[call-overload]
+        assert await app.list_runs() == []
+
+
+def test_a_runtime_opened_in_an_ended_event_loop_refuses_rather_than_hangs(
+        db: Path) -> None:
+    """A second ``asyncio.run`` with a runtime the first one opened: one typed error at
+    once (it waited forever on the first loop's scheduler and store thread)."""
+    app = sw.Runtime(db)
+
+    @app.workflow
+    async def wf(ctx: sw.Context, n: int) -> int:
+        return n + 1
+
+    assert asyncio.run(app.run(wf, 1)) == 2
+    with pytest.raises(sw.ConfigurationError, match="opened in another event loop"):
+        asyncio.run(asyncio.wait_for(app.run(wf, 2), 30))
+
+
 async def test_idempotency_key_is_run_and_step_and_visible_in_sync_steps(db: Path) -> None:
     """Code inside a step (sync, in a thread) sees run_id:step_id as its key."""
     app = sw.Runtime(db)

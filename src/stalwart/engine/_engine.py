@@ -246,6 +246,10 @@ class Engine:
 
     def register(self, wf: Workflow[Any, Any]) -> None:
         """Make a workflow known to this runtime (so it can execute its runs)."""
+        if not isinstance(wf, Workflow):
+            what = getattr(wf, "__qualname__", type(wf).__name__)
+            raise ConfigurationError(f"{what} is not a stalwart workflow: decorate it with "
+                                     "@runtime.workflow (or pass a workflow's name)")
         existing = self._workflows.get(wf.name)
         if existing is not None and existing.fn is not wf.fn:
             raise ConfigurationError(f"two different workflows are named {wf.name!r}")
