@@ -124,3 +124,14 @@ def test_a_look_at_the_default_journal_after_the_demo_points_at_the_demos(
     (project.dir / ".stalwart" / "demo.db").touch()
     line = cli.one_line_error(cli("runs", "list"), 2)
     assert line.endswith("the demo's runs are in .stalwart/demo.db: --store .stalwart/demo.db")
+
+
+def test_a_store_whose_folder_cannot_be_made_is_one_line_naming_it(
+        cli: Cli, project: Project) -> None:
+    """--store under a file (its folder cannot be made): the journal and the reason in
+    one line, exit 2 (it was 'unexpected FileExistsError'; an unwritable folder said
+    'run with --fresh', which cannot help)."""
+    (project.dir / "afile").write_text("a file, not a folder")
+    line = cli.one_line_error(cli("demo", "--store", str(project.dir / "afile" / "d.db")), 2)
+    assert line == (f"error: cannot use the journal {project.dir / 'afile' / 'd.db'}: its "
+                    f"folder {project.dir / 'afile'} cannot be created (File exists)")

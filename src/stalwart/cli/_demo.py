@@ -60,6 +60,7 @@ from ._common import (
 )
 from ._demo_child import demo_runtime
 from ._demo_policies import PolicyStory, read_attempt, read_policies, render_policies
+from ._journal import journal_error
 from ._output import console
 from ._timeline import RunStory, read_story
 
@@ -394,9 +395,11 @@ def demo(
     if fresh:
         _refuse_foreign(db)
         _delete(db, ledger)
-    db.parent.mkdir(parents=True, exist_ok=True)
     try:
+        db.parent.mkdir(parents=True, exist_ok=True)
         ensure_ledger(str(ledger))
+    except (OSError, sqlite3.OperationalError) as exc:  # no folder, or none it can write
+        raise journal_error(db, exc) from None
     except sqlite3.DatabaseError as exc:
         raise CliError(f"{ledger} is not a demo ledger ({exc}); run with --fresh") from None
     out = console()

@@ -42,9 +42,10 @@ async def open_journal(rt: Runtime) -> None:
         raise
 
 
-def journal_error(store: Store, exc: OSError | sqlite3.Error) -> CliError:
-    """The one-line error for a journal that ``exc`` says cannot be used."""
-    path = getattr(store, "path", None)
+def journal_error(store: Store | Path, exc: OSError | sqlite3.Error) -> CliError:
+    """The one-line error for a journal (a store, or a journal file's path) that ``exc``
+    says cannot be used."""
+    path = store if isinstance(store, Path) else getattr(store, "path", None)
     where = str(path) if path is not None else str(getattr(store, "url", store))
     return CliError(f"cannot use the journal {where}: {_why(where, exc)}", USAGE)
 
