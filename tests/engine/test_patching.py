@@ -61,6 +61,14 @@ async def _parked(db: Path, version: str, run_id: str, at: str) -> None:
     raise AssertionError(f"the run never parked at {at}")
 
 
+async def _until_parked(app: sw.Runtime, run_id: str, timeout: float = 60.0) -> None:
+    """Until ``run_id`` parked (every branch waits for its signal), bounded in real time:
+    its steps run in threads and the journal's writes in another."""
+    async with asyncio.timeout(timeout):
+        while (await app.get_run(run_id)).status != sw.RunStatus.WAITING:
+            await asyncio.sleep(0.005)
+
+
 async def _finish(db: Path, version: str, run_id: str) -> tuple[sw.RunRecord, Effects,
                                                                  sw.ReplayReport]:
     """Replay ``run_id`` under ``version``'s code, then signal and finish it there."""
@@ -165,10 +173,10 @@ async def test_a_patch_inside_a_gather_branch(tmp_path: Path) -> None:
     define_gather(app, patched=False)
     async with app:
         await app.start(app.workflows["branches"], run_id="g")
-        for _ in range(2000):
-            if any(e.kind == EventKind.SIGNAL_WAIT_STARTED for e in await app.events("g")):
-                break
-            await asyncio.sleep(0.005)
+        # Parked: the slow branch's wait began and the fast branch recorded f2 (its
+        # steps run in threads: the wait can begin first, and a run closed then would
+        # meet the patch before f2 and take the new way in that branch too).
+        await _until_parked(app, "g")
     done.clear()
     app = sw.Runtime(db, park_after=0)
     wf = define_gather(app, patched=True)
