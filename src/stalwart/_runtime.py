@@ -118,7 +118,8 @@ def _check_existing(rec: RunRecord, workflow: str, text: str, if_exists: IfExist
     elif if_exists == "compare" and existing != given:
         problem = (f"is already used by a run started with other input (sha256 "
                    f"{existing[:12]}…, now {given[:12]}…); the same id with the same input "
-                   'returns that run, if_exists="return" returns it whatever its input')
+                   'returns that run, if_exists="return" (stalwart run --if-exists return) '
+                   "returns it whatever its input")
     else:
         return
     raise IdempotencyConflictError(

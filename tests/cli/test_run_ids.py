@@ -25,6 +25,7 @@ def test_a_reused_run_id_with_other_input_exits_2(cli: Cli, project: Project) ->
     assert "IdempotencyConflictError" in line or "other input" in line, line
     assert input_hash('{"a":1,"b":2}')[:12] in line
     assert input_hash('{"a":5,"b":5}')[:12] in line
+    assert "--if-exists return" in line  # the way out, as the CLI spells it
 
 
 def test_if_exists_return_hands_back_the_existing_run(cli: Cli, project: Project) -> None:
