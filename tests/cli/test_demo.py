@@ -88,6 +88,7 @@ def test_a_foreign_file_at_the_store_path_is_refused_and_kept(cli: Cli, project:
     line = cli.one_line_error(cli("demo", "--store", str(notes), "--fresh"), 2)
     assert "not a stalwart journal" in line and "--fresh deletes only" in line
     assert notes.read_text() == "my notes"
+    assert sorted(p.name for p in project.dir.glob("notes*")) == ["notes.txt"]  # no ledger
 
 
 def test_fresh_keeps_another_programs_sqlite_database(cli: Cli, project: Project) -> None:

@@ -88,8 +88,9 @@ _NOT_OURS = "pass --store a path of its own (--fresh deletes only a stalwart jou
 
 
 def _refuse_foreign(db: Path) -> None:
-    """--fresh deletes the demo's journal, or a damaged one, never another program's file:
-    the path is the user's to type, so it may name their notes or their app's database."""
+    """The demo writes (and --fresh deletes) its journal, or a damaged one, never another
+    program's file: the path is the user's to type, so it may name their notes or their
+    app's database. Checked first, so nothing (no ledger beside it) is made for one."""
     path = str(db)
     try:
         if _sqlite_schema.file_state(path) != "sqlite":
@@ -392,8 +393,8 @@ def demo(
     db, ledger = _paths(store)
     ledger = ledger.absolute()  # the workflow input names it; resumable from anywhere
     db_arg = str(db)
+    _refuse_foreign(db)  # before the ledger is made beside a file that is not ours
     if fresh:
-        _refuse_foreign(db)
         _delete(db, ledger)
     try:
         db.parent.mkdir(parents=True, exist_ok=True)
