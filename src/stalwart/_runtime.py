@@ -503,7 +503,9 @@ class Runtime(Engine):
             if self._started:
                 return
             if self.closing:
-                raise StoreError("the runtime is closed")
+                raise StoreError("the runtime is closed (by close(), the end of its async "
+                                 "with, or run_sync, which closes it after its run): make a "
+                                 "new Runtime for more")
             await self.store.open()
             self.wake = asyncio.Event()
             if self.worker:

@@ -216,6 +216,21 @@ def test_a_runtime_opened_in_an_ended_event_loop_refuses_rather_than_hangs(
         asyncio.run(asyncio.wait_for(app.run(wf, 2), 30))
 
 
+def test_a_second_run_sync_says_the_first_closed_the_runtime(db: Path) -> None:
+    """run_sync closes the runtime after its run: a second call says so and what to do
+    (it said only 'the runtime is closed')."""
+    app = sw.Runtime(db)
+
+    @app.workflow
+    async def wf(ctx: sw.Context, n: int) -> int:
+        return n + 1
+
+    assert app.run_sync(wf, 1) == 2
+    with pytest.raises(sw.StoreError, match=r"run_sync, which closes it after its run\): "
+                                            r"make a new Runtime"):
+        app.run_sync(wf, 2)
+
+
 async def test_idempotency_key_is_run_and_step_and_visible_in_sync_steps(db: Path) -> None:
     """Code inside a step (sync, in a thread) sees run_id:step_id as its key."""
     app = sw.Runtime(db)
