@@ -26,7 +26,8 @@ from stalwart.errors import (
 from stalwart.store import EventKind, Finish, NewEvent, Owner, RunStatus
 
 psycopg = pytest.importorskip("psycopg")
-from stalwart.store._postgres import PostgresStore, printable_url  # noqa: E402
+from stalwart.store._pg_conninfo import printable_url  # noqa: E402
+from stalwart.store._postgres import PostgresStore  # noqa: E402
 from stalwart.store._postgres_schema import SCHEMA_VERSION  # noqa: E402
 
 OWNER = Owner(id="w", host="h", pid=1)
@@ -159,8 +160,7 @@ async def test_a_dropped_connection_is_a_retryable_error_then_recovers(pg_url: s
     # The run's NOTIFY goes out in a task of its own after the commit: let it finish,
     # or it may meet the killed connection first and the pool replace it (with the same
     # application name: waiting for that name to vanish then never ended, in CI).
-    if store._notifier is not None:
-        await store._notifier
+    await store._notifier.idle()
     pids = [p for (p,) in sql(pg_url, f"SELECT pid FROM pg_stat_activity "
                                       f"WHERE application_name = '{app}'")]
     assert pids

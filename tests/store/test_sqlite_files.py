@@ -23,7 +23,8 @@ from stalwart.errors import (
 from stalwart.store import EventKind, NewEvent, Owner, SQLiteStore
 from stalwart.store._base import SCHEMA_VERSION
 from stalwart.store._runs import STATE_COLUMNS
-from stalwart.store._sqlite import _find, default_path
+from stalwart.store._sqlite import default_path
+from stalwart.store._sqlite_rows import find
 
 OWNER = Owner(id="w", host="h", pid=1)
 
@@ -247,7 +248,7 @@ async def test_a_damaged_id_index_is_damage_not_another_or_a_missing_run(
     try:
         for asked in ("run-0001", "run-0002"):
             with pytest.raises(StoreCorruptedError, match=f"run {asked}"):
-                _find(conn, STATE_COLUMNS, asked)
+                find(conn, STATE_COLUMNS, asked)
     finally:
         conn.close()
     writer = SQLiteStore(path)

@@ -51,6 +51,21 @@ def test_the_run_planner_is_pure() -> None:
                         "os", "socket"}
 
 
+def test_the_sqlite_store_needs_no_postgres_extra() -> None:
+    """_sqlite and the modules beside it (_sqlite_ops, _sqlite_rows, _sqlite_schema)
+    import neither psycopg nor a PostgreSQL module: the default store works without the
+    postgres extra."""
+    bad = {}
+    for path in sorted((SRC / "store").glob("_sqlite*.py")):
+        wrong = {m for m in imports_of(path, "stalwart.store")
+                 if m.split(".")[0] in ("psycopg", "psycopg_pool")
+                 or m.startswith(("stalwart.store._postgres", "stalwart.store._pg_"))}
+        if wrong:
+            bad[path.name] = sorted(wrong)
+    assert len(list((SRC / "store").glob("_sqlite*.py"))) >= 4
+    assert bad == {}
+
+
 def test_the_walker_sees_relative_imports(tmp_path: Path) -> None:
     """The checker itself: a relative import one level up, inside a function, is seen."""
     probe = tmp_path / "probe.py"

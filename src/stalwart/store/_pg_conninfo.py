@@ -8,19 +8,26 @@ database would retry a typo for ever. Here the URL is parsed with libpq's own pa
 unknown parameters) and the values libpq checks only when it connects are checked the
 same way (the rules of ``connectOptions2`` in libpq's ``fe-connect.c``), so a wrong URL
 is a :class:`~stalwart.errors.ConfigurationError` at once.
+
+The other questions a URL and its errors raise are answered here too, apart from the
+store that asks them: how to print the URL (:func:`printable_url`: without its
+password), whether a server that answered refused it for good
+(:func:`refused_for_good`) and whether a failed transaction may simply be tried again
+(:func:`transient`).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from ..errors import ConfigurationError
 
-__all__ = ["check_conninfo", "invalid_option"]
+__all__ = ["check_conninfo", "invalid_option", "printable_url", "refused_for_good", "transient"]
 
 _CHOICES = {
     "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
@@ -92,3 +99,33 @@ def invalid_option(exc: BaseException) -> bool:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def printable_url(url: str) -> str:
+    """``url`` without its password (in the user part or the query)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        netloc = f"{userinfo.split(':', 1)[0]}@{host}"
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "password"])
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+_FOR_GOOD = re.compile(
+    r'FATAL: +(database "[^"]*" does not exist|role "[^"]*" does not exist|'
+    r'password authentication failed|no pg_hba\.conf entry)')
+
+
+def refused_for_good(exc: BaseException) -> bool:
+    """A server that answered, and refused this URL for a reason no retry cures: no
+    such database or role, a wrong password, no access rule. (A connection error
+    carries no SQLSTATE in psycopg, so the server's FATAL message is what tells.) A
+    worker started with a typo in its URL exits instead of retrying for ever."""
+    return _FOR_GOOD.search(str(exc)) is not None
+
+
+def transient(exc: psycopg.Error) -> bool:
+    """A deadlock or serialization failure (SQLSTATE class 40): the transaction may be
+    retried. (psycopg's DeadlockDetected does not derive from TransactionRollback.)"""
+    return (exc.sqlstate or "").startswith("40")

@@ -22,8 +22,9 @@ Same semantics as :class:`~stalwart.store.SQLiteStore` (both pass
   ``NOTIFY stalwart_wake`` (payload: the run id) right after they commit, coalesced by
   one notifier per store (not inside the write: PostgreSQL serializes the commits of
   transactions that NOTIFY, a convoy that stalled concurrent workers);
-  :meth:`PostgresStore.wait_for_notification` lets a scheduler sleep until one comes.
-  Polling stays the safety net: a notification can be lost while a listener reconnects.
+  :meth:`PostgresStore.wait_for_notification` lets a scheduler sleep until one comes
+  (``_postgres_wake``). Polling stays the safety net: a notification can be lost while
+  a listener reconnects.
 * **Errors.** Connection failures, pool timeouts, deadlocks and serialization failures
   become :class:`~stalwart.errors.StoreError` with ``retryable=True``. Deadlocks and
   serialization failures are first retried here as the store's ``retry`` says: a
@@ -35,20 +36,23 @@ The tables (``stalwart_meta``, ``stalwart_runs``, ``stalwart_events``, ``stalwar
 (``?options=-csearch_path%3Dmyschema`` in the URL picks one). ``stalwart_meta`` holds the
 schema version; :meth:`PostgresStore.open` creates the tables or migrates an older schema,
 under an advisory lock so that workers starting together do it once.
+
+This module holds the store's plumbing (pool, access, transactions and their retries),
+its runs, leases, signals and the group commit. The rest sits beside it, each part in
+a module of its own: the tables besides the runs (the workers registry, cluster-wide
+limits, blackboards, the approvals query: ``_postgres_ops``), the wake-ups
+(``_postgres_wake``), the row writer (``_postgres_rows``), the schema
+(``_postgres_schema``) and the URL with the errors no retry cures (``_pg_conninfo``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
-import json
 import logging
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import AsyncConnection
@@ -62,7 +66,7 @@ from ..errors import (
     NotAStalwartStoreError,
     StoreError,
 )
-from ._approvals import approval_journals, select_events_sql, select_queued_sql
+from . import _postgres_ops as ops
 from ._base import (
     CLEANUP_CLOSED,
     CLEANUP_OPENED,
@@ -83,35 +87,19 @@ from ._base import (
     open_cleanups,
 )
 from ._blobs import resolve, split
-from ._board import (
-    ROW_COLUMNS,
-    WATCH_COLUMNS,
-    BoardEntry,
-    BoardOp,
-    BoardWatch,
-    choose,
-    entry_from_row,
-    entry_row,
-    wake_action,
-    wake_payload,
-    watch_from_row,
-    watch_row,
-    watching,
-)
-from ._board import plan as plan_board
+from ._board import BoardEntry, BoardOp, BoardWatch
 from ._chain import RUN_COLUMNS, run_record, verify_events
-from ._limits import (
-    BucketDraw,
-    BucketState,
-    LimitsView,
-    Reservation,
-    limits_view,
-    plan_adjustment,
-    plan_reservation,
+from ._limits import BucketDraw, LimitsView, Reservation
+from ._pg_conninfo import (
+    check_conninfo,
+    invalid_option,
+    printable_url,
+    refused_for_good,
+    transient,
 )
-from ._pg_conninfo import check_conninfo, invalid_option
 from ._postgres_rows import lock_state, write_plans
 from ._postgres_schema import Access, check_or_create
+from ._postgres_wake import CHANNEL, Listener, Notifier, collected, notify
 from ._runs import (
     APPEND_READS,
     READY_ORDER_SQL,
@@ -142,33 +130,8 @@ log = logging.getLogger("stalwart.store.postgres")
 T = TypeVar("T")
 Conn = AsyncConnection[TupleRow]
 
-CHANNEL = "stalwart_wake"
-"""The ``LISTEN``/``NOTIFY`` channel; each notification's payload is a run id."""
-
 _SELECT_RUN = f"SELECT {RUN_COLUMNS} FROM stalwart_runs WHERE run_id = %s"
 _HELD_MAX = 100_000
-_notes: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
-    "stalwart_pg_notes", default=None)
-"""The run ids the current write transaction will notify about once it commits."""
-_WORKER_COLUMNS = ("worker_id, host, pid, started_at, heartbeat_at, concurrency, in_flight, "
-                   "lease_seconds, pools, stopped_at")
-
-
-def _transient(exc: psycopg.Error) -> bool:
-    """A deadlock or serialization failure (SQLSTATE class 40): the transaction may be
-    retried. (psycopg's DeadlockDetected does not derive from TransactionRollback.)"""
-    return (exc.sqlstate or "").startswith("40")
-
-
-def printable_url(url: str) -> str:
-    """``url`` without its password (in the user part or the query)."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        netloc = f"{userinfo.split(':', 1)[0]}@{host}"
-    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "password"])
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 @dataclass(slots=True)
@@ -223,19 +186,6 @@ def _settle(fut: asyncio.Future[AppendResult], outcome: AppendResult | BaseExcep
         fut.set_exception(outcome)
     else:
         fut.set_result(outcome)
-
-
-_FOR_GOOD = re.compile(
-    r'FATAL: +(database "[^"]*" does not exist|role "[^"]*" does not exist|'
-    r'password authentication failed|no pg_hba\.conf entry)')
-
-
-def _refused_for_good(exc: BaseException) -> bool:
-    """A server that answered, and refused this URL for a reason no retry cures: no
-    such database or role, a wrong password, no access rule. (A connection error
-    carries no SQLSTATE in psycopg, so the server's FATAL message is what tells.) A
-    worker started with a typo in its URL exits instead of retrying for ever."""
-    return _FOR_GOOD.search(str(exc)) is not None
 
 
 @final
@@ -304,11 +254,8 @@ class PostgresStore:
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._pending: list[_Append] = []
         self._flushers: set[asyncio.Task[None]] = set()
-        self._listener: asyncio.Task[None] | None = None
-        self._to_notify: set[str] = set()
-        self._notifier: asyncio.Task[None] | None = None
-        self._listening = asyncio.Event()
-        self._notified = asyncio.Event()
+        self._listener = Listener(url, connect_timeout=connect_timeout, url=self._url)
+        self._notifier = Notifier(self._connection, lambda: self._pool is not None, self._url)
         self._retry = retry
         self._held: dict[str, RunState] = {}
         """Runs this store holds a lease on, as it last wrote them: appends are planned
@@ -413,16 +360,10 @@ class PostgresStore:
                 f"there is no stalwart journal in {self._url} yet: nothing was created")
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
-            self._listening = asyncio.Event()
+        await self._listener.stop()
         while self._flushers:
             await asyncio.gather(*self._flushers, return_exceptions=True)
-        if self._notifier is not None:
-            await asyncio.gather(self._notifier, return_exceptions=True)
+        await self._notifier.idle()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -431,7 +372,7 @@ class PostgresStore:
 
     def _error(self, exc: BaseException, what: str) -> StoreError:
         retryable = isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) and \
-            not _refused_for_good(exc)
+            not refused_for_good(exc)
         err = StoreError(f"{what} {self._url}: {exc}".strip(), retryable=retryable)
         err.__cause__ = exc
         return err
@@ -445,11 +386,17 @@ class PostgresStore:
 
     async def _read(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()
                     ) -> list[TupleRow]:
+        async def fetch(conn: Conn) -> list[TupleRow]:
+            return await (await conn.execute(sql, args)).fetchall()
+
+        return await self._query(fetch)
+
+    async def _query(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        """``fn`` on a pooled connection, outside a transaction: reads."""
         await self._readable()
         try:
             async with self._connection() as conn:
-                cur = await conn.execute(sql, args)
-                return await cur.fetchall()
+                return await fn(conn)
         except psycopg.Error as exc:
             raise self._error(exc, "cannot read") from exc
 
@@ -463,66 +410,28 @@ class PostgresStore:
         attempt = 0
         while True:
             attempt += 1
-            notes: list[str] = []
-            token = _notes.set(notes)
-            try:
-                async with self._connection() as conn:
-                    if transaction:
-                        async with conn.transaction():
+            with collected() as notes:
+                try:
+                    async with self._connection() as conn:
+                        if transaction:
+                            async with conn.transaction():
+                                out = await fn(conn)
+                        else:
                             out = await fn(conn)
-                    else:
-                        out = await fn(conn)
-                self.commits += 1
-                self._send_notifications(notes)
-                return out
-            except psycopg.Error as exc:
-                if not await self._again(attempt, exc):
-                    raise self._error(exc, "cannot write to") from exc
-            finally:
-                _notes.reset(token)
+                    self.commits += 1
+                    self._notifier.send(notes)
+                    return out
+                except psycopg.Error as exc:
+                    if not await self._again(attempt, exc):
+                        raise self._error(exc, "cannot write to") from exc
 
     async def _again(self, attempt: int, exc: psycopg.Error) -> bool:
         """Whether to try a transaction that failed with ``exc`` once more (after the
         retry's wait): only a deadlock or a serialization failure, as ``retry`` says."""
         retry = self._retry
-        if not _transient(exc) or retry is None or retry is INHERIT:
+        if not transient(exc) or retry is None or retry is INHERIT:
             return False
         return await retry(attempt, exc)
-
-    async def _notify(self, conn: Conn, run_id: str) -> None:
-        """Wake listeners about ``run_id`` once the current write commits."""
-        notes = _notes.get()
-        if notes is None:  # outside _write/_flush: notify within the transaction
-            await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, run_id))
-        else:
-            notes.append(run_id)
-
-    def _send_notifications(self, run_ids: list[str]) -> None:
-        """Queue ``run_ids`` for the notifier, which sends them in its own transactions.
-
-        Not in the write's transaction: PostgreSQL serializes the commits of transactions
-        that NOTIFY (one lock, held through the commit's WAL flush), which made the
-        writes of concurrent workers queue behind one another. A notification lost to a
-        crash between the commit and the notifier is covered by the listeners' polling.
-        """
-        if not run_ids or self._pool is None:
-            return
-        self._to_notify.update(run_ids)
-        if self._notifier is None or self._notifier.done():
-            self._notifier = asyncio.create_task(self._notify_loop(),
-                                                 name="stalwart-pg-notify")
-
-    async def _notify_loop(self) -> None:
-        while self._to_notify and self._pool is not None:
-            run_ids = sorted(self._to_notify)
-            self._to_notify.clear()
-            try:
-                async with self._connection() as conn:
-                    await conn.execute("SELECT pg_notify(%s, x) FROM unnest(%s::text[]) AS x",
-                                       (CHANNEL, run_ids))
-            except (psycopg.Error, StoreError) as exc:
-                log.warning("%s: NOTIFY %s failed (%s); listeners will poll", self._url,
-                            CHANNEL, exc)
 
     # -- runs ------------------------------------------------------------------------
 
@@ -571,7 +480,7 @@ class PostgresStore:
             row = await (await conn.execute(insert, args)).fetchone()
             created = row is not None and row[0] == 1
             if created:
-                await self._notify(conn, run_id)
+                await notify(conn, run_id)
             if parent_plan is not None and parent_events:
                 await self._write_plan(conn, parent_plan, now)
             if created:
@@ -640,12 +549,7 @@ class PostgresStore:
         return verify_events(run_id, events, count=rows[0][0], head=rows[0][1])
 
     async def approval_journals(self, run_ids: Sequence[str]) -> list[ApprovalJournal]:
-        ids = list(dict.fromkeys(run_ids))
-        queued = await self._read(select_queued_sql(
-            signals="stalwart_signals", run_ids="= ANY(%s)"), (ids,))
-        rows = await self._read(select_events_sql(
-            events="stalwart_events", blobs="stalwart_blobs", run_ids="= ANY(%s)"), (ids,))
-        return approval_journals(ids, rows, queued)
+        return await self._query(lambda conn: ops.approval_journals(conn, run_ids))
 
     async def run_ids(self) -> list[str]:
         """Every run id the journal mentions, in the run table or in events (for
@@ -757,7 +661,7 @@ class PostgresStore:
         run it names."""
         await write_plans(conn, [plan])
         if plan.notify:
-            await self._notify(conn, plan.after.run_id)
+            await notify(conn, plan.after.run_id)
         if plan.wake is not None and (woken := await lock_state(conn, plan.wake)) is not None:
             await self._write_plan(conn, plan_wake(woken, now=now), now)
 
@@ -854,7 +758,7 @@ class PostgresStore:
         except (psycopg.Error, StoreError):
             return None
         self.commits += 1
-        self._send_notifications([p.after.run_id for p in plans
+        self._notifier.send([p.after.run_id for p in plans
                                   if p.notify and p.after.run_id in written])
         return written
 
@@ -994,312 +898,75 @@ class PostgresStore:
         """
         if self._pool is None:
             raise StoreError("the store is not open")
-        if self._listener is None:
-            self._listener = asyncio.create_task(self._listen(), name="stalwart-pg-listen")
-        try:
-            await asyncio.wait_for(self._notified.wait(), timeout)
-        except TimeoutError:
-            return False
-        self._notified.clear()
-        return True
-
-    async def _listen(self) -> None:
-        # An outage is logged once when it breaks the listener and once when it is back
-        # (the runtime logs the outage itself): not a line per reconnection attempt.
-        delay, first, failing = 0.1, True, False
-        while True:
-            try:
-                conn = await AsyncConnection.connect(
-                    self._conninfo, autocommit=True,
-                    connect_timeout=int(self._connect_timeout))
-                async with conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
-                    self._listening.set()
-                    if not first:
-                        self._notified.set()
-                    if failing:
-                        log.info("%s: LISTEN %s is back", self._url, CHANNEL)
-                    first, delay, failing = False, 0.1, False
-                    async for _ in conn.notifies():
-                        self._notified.set()
-            except psycopg.Error as exc:
-                log.log(logging.DEBUG if failing else logging.WARNING,
-                        "%s: LISTEN %s failed (%s); reconnecting", self._url, CHANNEL,
-                        " ".join(str(exc).split()))
-                failing = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        return await self._listener.wait(timeout)
 
     async def listening(self) -> None:
         """Wait until :meth:`wait_for_notification`'s listener is subscribed (tests)."""
-        await self._listening.wait()
+        await self._listener.subscribed()
 
-    # -- the workers registry --------------------------------------------------------
+    # -- the workers registry, cluster-wide limits, blackboards (_postgres_ops) ---------
 
     async def save_worker(self, worker: WorkerRecord) -> None:
-        async def op(conn: Conn) -> None:
-            await conn.execute(
-                f"INSERT INTO stalwart_workers ({_WORKER_COLUMNS}) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (worker_id) "
-                "DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid, "
-                "started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at, "
-                "concurrency = EXCLUDED.concurrency, in_flight = EXCLUDED.in_flight, "
-                "lease_seconds = EXCLUDED.lease_seconds, pools = EXCLUDED.pools, "
-                "stopped_at = EXCLUDED.stopped_at",
-                (worker.worker_id, worker.host, worker.pid, worker.started_at,
-                 worker.heartbeat_at, worker.concurrency, worker.in_flight,
-                 worker.lease_seconds, list(worker.pools), worker.stopped_at))
-
-        await self._write(op)
+        await self._write(lambda conn: ops.save_worker(conn, worker))
 
     async def list_workers(self, *, since: float) -> list[WorkerRecord]:
-        rows = await self._read(
-            f"SELECT {_WORKER_COLUMNS} FROM stalwart_workers WHERE heartbeat_at >= %s "
-            "ORDER BY started_at, worker_id", (since,))
-        return [WorkerRecord(
-            worker_id=r[0], host=r[1], pid=r[2], started_at=r[3], heartbeat_at=r[4],
-            concurrency=r[5], in_flight=r[6], lease_seconds=r[7], pools=tuple(r[8]),
-            stopped_at=r[9]) for r in rows]
+        return await self._query(lambda conn: ops.list_workers(conn, since=since))
 
     async def forget_workers(self, *, before: float) -> int:
-        async def op(conn: Conn) -> int:
-            cur = await conn.execute("DELETE FROM stalwart_workers WHERE heartbeat_at < %s",
-                                     (before,))
-            return cur.rowcount
-
-        return await self._write(op)
-
-    # -- cluster-wide limits ---------------------------------------------------------
-    # A bucket's row is locked (FOR UPDATE, in key order so two reservations never
-    # deadlock) from read to write. Acquiring a bulkhead slot takes a transaction-level
-    # advisory lock on the pool, so concurrent acquirers count the slots one at a time.
+        return await self._write(lambda conn: ops.forget_workers(conn, before=before))
 
     @property
     def cluster_limits_default(self) -> bool:
         return True  # this store exists to be shared by many workers
 
-    @staticmethod
-    async def _lock_buckets(conn: Conn, draws: Sequence[BucketDraw], now: float
-                            ) -> list[BucketState | None]:
-        keys = sorted({d.key for d in draws})
-        rows = await (await conn.execute(
-            "SELECT key, tokens, updated_at FROM stalwart_rate_buckets WHERE key = ANY(%s) "
-            "ORDER BY key FOR UPDATE", (keys,))).fetchall()
-        found = {r[0]: BucketState(r[1], r[2]) for r in rows}
-        missing = [k for k in keys if k not in found]
-        if missing:
-            # Create them full, then lock them: a racing creator's row wins (DO NOTHING).
-            by_key = {d.key: d for d in draws}
-            await conn.cursor().executemany(
-                "INSERT INTO stalwart_rate_buckets (key, tokens, updated_at, capacity, "
-                "refill_per_second) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (key) DO NOTHING",
-                [(k, by_key[k].capacity, now, by_key[k].capacity,
-                  by_key[k].refill_per_second) for k in missing])
-            rows = await (await conn.execute(
-                "SELECT key, tokens, updated_at FROM stalwart_rate_buckets "
-                "WHERE key = ANY(%s) ORDER BY key FOR UPDATE", (missing,))).fetchall()
-            found.update({r[0]: BucketState(r[1], r[2]) for r in rows})
-        return [found[d.key] for d in draws]
-
-    @staticmethod
-    async def _save_buckets(conn: Conn, draws: Sequence[BucketDraw],
-                            states: Sequence[BucketState]) -> None:
-        await conn.cursor().executemany(
-            "UPDATE stalwart_rate_buckets SET tokens = %s, updated_at = %s, capacity = %s, "
-            "refill_per_second = %s WHERE key = %s",
-            [(st.tokens, st.updated_at, d.capacity, d.refill_per_second, d.key)
-             for d, st in zip(draws, states, strict=True)])
-
     async def rate_reserve(self, draws: Sequence[BucketDraw], *, now: float,
                            max_wait: float | None = None) -> Reservation:
-        async def op(conn: Conn) -> Reservation:
-            states = await self._lock_buckets(conn, draws, now)
-            reservation, after = plan_reservation(states, draws, now=now, max_wait=max_wait)
-            await self._save_buckets(conn, draws, after)
-            return reservation
-
-        return await self._write(op)
+        return await self._write(
+            lambda conn: ops.rate_reserve(conn, draws, now=now, max_wait=max_wait))
 
     async def rate_adjust(self, draws: Sequence[BucketDraw], *, now: float) -> tuple[float, ...]:
-        async def op(conn: Conn) -> tuple[float, ...]:
-            states = await self._lock_buckets(conn, draws, now)
-            after = [plan_adjustment(st, d, now=now) for st, d in zip(states, draws, strict=True)]
-            await self._save_buckets(conn, draws, after)
-            return tuple(st.tokens for st in after)
-
-        return await self._write(op)
+        return await self._write(lambda conn: ops.rate_adjust(conn, draws, now=now))
 
     async def bulkhead_acquire(self, pool: str, holder: str, *, max_concurrent: int,
                                now: float, lease_seconds: float) -> bool:
-        async def op(conn: Conn) -> bool:
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtext('stalwart-bulkhead'), "
-                "hashtext(current_schema() || ':' || %s))", (pool,))
-            await conn.execute("DELETE FROM stalwart_bulkhead_slots WHERE pool = %s "
-                               "AND expires_at < %s", (pool, now))
-            row = await (await conn.execute(
-                "SELECT count(*), bool_or(holder = %s) FROM stalwart_bulkhead_slots "
-                "WHERE pool = %s", (holder, pool))).fetchone()
-            assert row is not None
-            if not row[1] and row[0] >= max_concurrent:
-                return False
-            await conn.execute(
-                "INSERT INTO stalwart_bulkhead_slots (pool, holder, acquired_at, expires_at) "
-                "VALUES (%s, %s, %s, %s) ON CONFLICT (pool, holder) "
-                "DO UPDATE SET expires_at = EXCLUDED.expires_at",
-                (pool, holder, now, now + lease_seconds))
-            return True
-
-        return await self._write(op)
+        return await self._write(lambda conn: ops.bulkhead_acquire(
+            conn, pool, holder, max_concurrent=max_concurrent, now=now,
+            lease_seconds=lease_seconds))
 
     async def bulkhead_renew(self, holders: Sequence[str], *, now: float,
                              lease_seconds: float) -> set[str]:
-        async def op(conn: Conn) -> set[str]:
-            rows = await (await conn.execute(
-                "UPDATE stalwart_bulkhead_slots SET expires_at = %s WHERE holder = ANY(%s) "
-                "RETURNING holder", (now + lease_seconds, list(holders)))).fetchall()
-            return {r[0] for r in rows}
-
-        return await self._write(op) if holders else set()
+        return await self._write(lambda conn: ops.bulkhead_renew(
+            conn, holders, now=now, lease_seconds=lease_seconds)) if holders else set()
 
     async def bulkhead_release(self, pool: str, holder: str) -> None:
-        async def op(conn: Conn) -> None:
-            await conn.execute("DELETE FROM stalwart_bulkhead_slots WHERE pool = %s "
-                               "AND holder = %s", (pool, holder))
-
-        await self._write(op)
+        await self._write(lambda conn: ops.bulkhead_release(conn, pool, holder))
 
     async def limits_view(self, *, now: float) -> LimitsView:
         """The buckets and bulkhead slots in this journal at ``now`` (reads only)."""
-        buckets = await self._read("SELECT key, tokens, updated_at, capacity, "
-                                   "refill_per_second FROM stalwart_rate_buckets")
-        slots = await self._read("SELECT pool, holder, acquired_at, expires_at "
-                                 "FROM stalwart_bulkhead_slots")
-        return limits_view(buckets, slots, now=now)
+        return await self._query(lambda conn: ops.limits(conn, now=now))
 
     async def bulkhead_active(self, pool: str, *, now: float) -> int:
-        rows = await self._read("SELECT count(*) FROM stalwart_bulkhead_slots "
-                                "WHERE pool = %s AND expires_at >= %s", (pool, now))
-        return int(rows[0][0])
-
-    # -- blackboards (see _board: lock, plan, write) ------------------------------------
+        return await self._query(lambda conn: ops.bulkhead_active(conn, pool, now=now))
 
     async def board_apply(self, op: BoardOp, *, now: float) -> BoardEntry | None:
-        async def write(conn: Conn) -> BoardEntry | None:
-            done = await (await conn.execute(
-                "SELECT entry FROM stalwart_board_ops WHERE op_key = %s",
-                (op.op_key,))).fetchone()
-            if done is not None:
-                return BoardEntry.from_json(json.loads(done[0]))
-            if op.kind == "take":
-                # Exactly one taker: each candidate row is locked by one transaction;
-                # the others skip it and look at the next.
-                assert op.pattern is not None
-                current = choose(op.pattern, await _board_rows(
-                    conn, op.board, op.pattern.prefix,
-                    "AND taken_by IS NULL ORDER BY updated_at, key FOR UPDATE SKIP LOCKED"))
-            else:
-                # One writer per key at a time, also while the key does not exist yet (a
-                # row lock cannot hold a row that is not there).
-                await conn.execute(
-                    "SELECT pg_advisory_xact_lock(hashtext('stalwart-board'), "
-                    "hashtext(current_schema() || ':' || %s || ':' || %s))",
-                    (op.board, op.key))
-                found = await _board_rows(conn, op.board, op.key, "AND key = %s FOR UPDATE",
-                                          op.key)
-                current = found[0] if found else None
-            entry = plan_board(op, current, now)
-            if entry is None:
-                return None
-            await conn.execute(
-                f"INSERT INTO stalwart_board_entries ({_BOARD_COLUMNS}) VALUES "
-                f"({', '.join(['%s'] * len(ROW_COLUMNS))}) ON CONFLICT (board, key) DO "
-                f"UPDATE SET {', '.join(f'{c} = EXCLUDED.{c}' for c in ROW_COLUMNS[2:])}",
-                entry_row(entry))
-            await conn.execute(
-                "INSERT INTO stalwart_board_ops (op_key, board, entry, created_at) "
-                "VALUES (%s, %s, %s, %s)",
-                (op.op_key, op.board, json.dumps(entry.as_json()), now))
-            return entry
-
-        return await self._write(write)
+        return await self._write(lambda conn: ops.board_apply(conn, op, now=now))
 
     async def board_entries(self, board: str, *, prefix: str = "") -> list[BoardEntry]:
-        rows = await self._read(
-            f"SELECT {_BOARD_COLUMNS} FROM stalwart_board_entries WHERE board = %s AND "
-            "substr(key, 1, %s) = %s ORDER BY key", (board, len(prefix), prefix))
-        return [entry_from_row(r) for r in rows]
+        return await self._query(lambda conn: ops.board_entries(conn, board, prefix=prefix))
 
     async def board_names(self) -> list[str]:
-        rows = await self._read("SELECT DISTINCT board FROM stalwart_board_entries "
-                                "ORDER BY board")
-        return [r[0] for r in rows]
+        return await self._query(ops.board_names)
 
     async def board_watches(self, board: str) -> list[BoardWatch]:
-        rows = await self._read(
-            "SELECT to_regclass('stalwart_board_watches') IS NOT NULL")
-        if not rows[0][0]:
-            return []  # a journal no writer of this stalwart has opened yet
-        return [watch_from_row(r) for r in await self._read(
-            f"SELECT {', '.join(WATCH_COLUMNS)} FROM stalwart_board_watches WHERE board = %s "
-            "ORDER BY created_at, run_id, signal", (board,))]
+        return await self._query(lambda conn: ops.board_watches(conn, board))
 
     async def board_watch(self, watch: BoardWatch) -> None:
-        async def write(conn: Conn) -> None:
-            await conn.execute(
-                f"INSERT INTO stalwart_board_watches ({', '.join(WATCH_COLUMNS)}) VALUES "
-                "(%s, %s, %s, %s, %s) ON CONFLICT (run_id, signal) DO NOTHING",
-                watch_row(watch))
-
-        await self._write(write, transaction=False)
+        await self._write(lambda conn: ops.board_watch(conn, watch), transaction=False)
 
     async def board_unwatch(self, run_id: str, signal: str) -> None:
-        async def write(conn: Conn) -> None:
-            await conn.execute("DELETE FROM stalwart_board_watches WHERE run_id = %s AND "
-                               "signal = %s", (run_id, signal))
-
-        await self._write(write, transaction=False)
+        await self._write(lambda conn: ops.board_unwatch(conn, run_id, signal),
+                          transaction=False)
 
     async def board_wake(self, entry: BoardEntry, *, now: float) -> list[str]:
-        async def write(conn: Conn) -> list[str]:
-            rows = await (await conn.execute(
-                f"SELECT {', '.join(WATCH_COLUMNS)} FROM stalwart_board_watches "
-                "WHERE board = %s", (entry.board,))).fetchall()
-            found = watching([watch_from_row(r) for r in rows], entry)
-            # Each run's row locked once, in one order for every writer: no deadlock
-            # between two writes waking the same runs.
-            states = {rid: await lock_state(conn, rid)
-                      for rid in sorted({w.run_id for w in found})}
-            woken: list[str] = []
-            for w in found:
-                pending = await (await conn.execute(
-                    "SELECT 1 FROM stalwart_signals WHERE run_id = %s AND name = %s AND "
-                    "consumed_step_id IS NULL LIMIT 1", (w.run_id, w.signal))).fetchone()
-                state = states[w.run_id]
-                action = wake_action(state, pending is not None)
-                if action == "forget":
-                    await conn.execute("DELETE FROM stalwart_board_watches WHERE run_id = %s "
-                                       "AND signal = %s", (w.run_id, w.signal))
-                elif action == "signal":
-                    assert state is not None
-                    await conn.execute(
-                        "INSERT INTO stalwart_signals (run_id, name, payload, created_at) "
-                        "VALUES (%s, %s, %s, %s)", (w.run_id, w.signal, wake_payload(entry), now))
-                    plan = plan_wake(state, now=now)
-                    await self._write_plan(conn, plan, now)
-                    states[w.run_id] = plan.after
-                    woken.append(w.run_id)
-            return woken
-
-        return await self._write(write)
-
-
-_BOARD_COLUMNS = ", ".join(ROW_COLUMNS)
-
-
-async def _board_rows(conn: Conn, board: str, prefix: str, extra: str,
-                      *args: Any) -> list[BoardEntry]:
-    rows = await (await conn.execute(
-        f"SELECT {_BOARD_COLUMNS} FROM stalwart_board_entries WHERE board = %s AND "
-        f"substr(key, 1, %s) = %s {extra}", (board, len(prefix), prefix, *args))).fetchall()
-    return [entry_from_row(r) for r in rows]
+        return await self._write(lambda conn: ops.board_wake(
+            conn, entry, now=now, write_plan=self._write_plan))

@@ -17,13 +17,16 @@ Durability: ``synchronous=FULL`` by default — a committed step survives a proc
 *and* a power loss or OS crash. ``synchronous="NORMAL"`` (in WAL mode) survives a process
 crash, but the last commits before a power loss may be rolled back (never corrupted); a
 step lost that way runs again on resume, with the same idempotency key.
+
+This module holds the store's file handling, its thread, the group commit, and its
+runs, leases and signals. The tables besides the runs (the workers registry,
+cluster-wide limits, blackboards, the approvals query) are in ``_sqlite_ops``; reading
+and writing run rows for a plan, in ``_sqlite_rows``; the schema, in ``_sqlite_schema``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
 import os
 import sqlite3
 import threading
@@ -40,8 +43,8 @@ from ..errors import (
     StoreCorruptedError,
     StoreError,
 )
+from . import _sqlite_ops as ops
 from . import _sqlite_schema as schema
-from ._approvals import ApprovalRow, approval_journals, select_events_sql, select_queued_sql
 from ._base import (
     CLEANUP_CLOSED,
     CLEANUP_OPENED,
@@ -58,38 +61,12 @@ from ._base import (
     WorkerRecord,
     open_cleanups,
 )
-from ._blobs import resolve, split
-from ._board import (
-    ROW_COLUMNS,
-    WATCH_COLUMNS,
-    BoardEntry,
-    BoardOp,
-    BoardWatch,
-    choose,
-    entry_from_row,
-    entry_row,
-    wake_action,
-    wake_payload,
-    watch_from_row,
-    watch_row,
-    watching,
-)
-from ._board import plan as plan_board
+from ._blobs import resolve
+from ._board import BoardEntry, BoardOp, BoardWatch
 from ._chain import RUN_COLUMNS, run_record, verify_events
-from ._limits import (
-    BucketDraw,
-    BucketState,
-    LimitsView,
-    Reservation,
-    limits_view,
-    plan_adjustment,
-    plan_reservation,
-)
+from ._limits import BucketDraw, LimitsView, Reservation
 from ._runs import (
-    READY_ORDER_SQL,
     STATE_COLUMNS,
-    EventRow,
-    Plan,
     RunState,
     can_steal,
     check_lease,
@@ -102,21 +79,16 @@ from ._runs import (
     plan_renew,
     plan_take_signal,
     plan_wake,
-    ready_sql,
     require,
     state_from_row,
 )
+from ._sqlite_rows import find, index_damage, insert_events, read_state, ready_query, write_plan
 
 __all__ = ["SQLiteStore"]
 
 T = TypeVar("T")
 
-_WORKER_COLUMNS = ("worker_id, host, pid, started_at, heartbeat_at, concurrency, in_flight, "
-                   "lease_seconds, pools, stopped_at")
 _SELECT_RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?"
-_CHUNK = 500
-"""Run ids per statement where a query takes a list of them (SQLite before 3.32 allows
-999 parameters)."""
 
 Access = Literal["write", "client", "read"]
 """How a store uses its file: ``write`` opens it read-write (creating or migrating the
@@ -418,8 +390,8 @@ class SQLiteStore:
         def op(conn: sqlite3.Connection) -> tuple[RunRecord, bool]:
             parent_state = None
             if parent is not None:
-                parent_state = check_lease(_state(conn, parent.run_id), parent)
-            existing = _find(conn, RUN_COLUMNS, run_id)
+                parent_state = check_lease(read_state(conn, parent.run_id), parent)
+            existing = find(conn, RUN_COLUMNS, run_id)
             if existing is None:
                 new = plan_create(run_id=run_id, workflow=workflow, input=input, now=now,
                                   workflow_ref=workflow_ref,
@@ -434,17 +406,17 @@ class SQLiteStore:
                     (run_id, workflow, workflow_ref, str(rec.status), input, rec.parent_run_id,
                      parent_step_id, now, now, new.state.event_count, new.state.event_head,
                      new.run_digest, new.outcome_digest))
-                _insert_events(conn, new.events)
+                insert_events(conn, new.events)
             if parent is not None and parent_state is not None and parent_events:
-                self._write_plan(conn, plan_append(parent_state, parent, parent_events,
-                                                   now=now), now)
+                write_plan(conn, plan_append(parent_state, parent, parent_events,
+                                             now=now), now)
             return (run_record(existing), False) if existing is not None else (rec, True)
 
         return await self._write(op)
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         def op() -> RunRecord | None:
-            row = _find(self._db(), RUN_COLUMNS, run_id)
+            row = find(self._db(), RUN_COLUMNS, run_id)
             return run_record(row) if row else None
 
         return await self._call(op)
@@ -500,27 +472,7 @@ class SQLiteStore:
         return await self._call(op)
 
     async def approval_journals(self, run_ids: Sequence[str]) -> list[ApprovalJournal]:
-        def op() -> list[ApprovalJournal]:
-            conn = self._db()
-            # Without statistics SQLite prefers the primary key (every event of the run)
-            # to the partial index, so the index is named; a journal no writer has
-            # opened since it was added is read without it (the same rows, slower).
-            indexed = (f"INDEXED BY {schema.APPROVALS_INDEX}" if conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?",
-                (schema.APPROVALS_INDEX,)).fetchone() else "")
-            rows: list[ApprovalRow] = []
-            queued: list[tuple[str, str]] = []
-            for start in range(0, len(run_ids), _CHUNK):
-                chunk = list(run_ids[start:start + _CHUNK])
-                ids = f"IN ({', '.join('?' * len(chunk))})"
-                queued += conn.execute(select_queued_sql(signals="signals", run_ids=ids),
-                                       chunk).fetchall()
-                rows += conn.execute(select_events_sql(events="events", blobs="blobs",
-                                                       run_ids=ids, indexed=indexed),
-                                     chunk).fetchall()
-            return approval_journals(run_ids, rows, queued)
-
-        return await self._call(op)
+        return await self._call(lambda: ops.approval_journals(self._db(), run_ids))
 
     async def run_ids(self) -> list[str]:
         """Every run id the journal mentions, in the run table or in events (for
@@ -565,7 +517,7 @@ class SQLiteStore:
                         stolen.setdefault(sid, (sowner, stoken))
             ready: list[str] = []
             if len(stolen) < limit:
-                for row in conn.execute(*self._ready_query(
+                for row in conn.execute(*ready_query(
                         now, limit - len(stolen), run_id, workflows, list(stolen))):
                     states[row[0]] = state_from_row(row)
                     ready.append(row[0])
@@ -574,32 +526,13 @@ class SQLiteStore:
                 plan = plan_claim(states[rid], owner, now=now, lease_seconds=lease_seconds,
                                   steal=stolen.get(rid))
                 if plan is None:  # the index said ready, the row says otherwise
-                    raise _index_damage(rid)
-                self._write_plan(conn, plan, now)
+                    raise index_damage(rid)
+                write_plan(conn, plan, now)
                 leases.append(Lease(rid, owner.id, plan.after.lease_token,
                                     now + lease_seconds))
             return leases
 
         return await self._write(op)
-
-    @staticmethod
-    def _ready_query(now: float, limit: int, run_id: str | None,
-                     workflows: Sequence[str] | None,
-                     exclude: Sequence[str]) -> tuple[str, dict[str, Any]]:
-        """Ready runs' states, in claim order (see _runs)."""
-        where = ready_sql(":now")
-        params: dict[str, Any] = {"now": now, "limit": limit}
-        if workflows is not None:
-            where += f" AND workflow IN ({', '.join(f':wf{i}' for i in range(len(workflows)))})"
-            params.update({f"wf{i}": w for i, w in enumerate(workflows)})
-        if exclude:
-            where += f" AND run_id NOT IN ({', '.join(f':x{i}' for i in range(len(exclude)))})"
-            params.update({f"x{i}": x for i, x in enumerate(exclude)})
-        if run_id is not None:
-            where += " AND run_id = :run_id"
-            params["run_id"] = run_id
-        return (f"SELECT {STATE_COLUMNS} FROM runs WHERE {where} "
-                f"ORDER BY {READY_ORDER_SQL}, rowid LIMIT :limit", params)
 
     async def local_running(self, host: str) -> list[RunRecord]:
         def op() -> list[RunRecord]:
@@ -616,10 +549,10 @@ class SQLiteStore:
         def op(conn: sqlite3.Connection) -> dict[str, Lease | None]:
             out: dict[str, Lease | None] = {}
             for lease in leases:
-                plan = plan_renew(_state(conn, lease.run_id), lease, now=now,
+                plan = plan_renew(read_state(conn, lease.run_id), lease, now=now,
                                   lease_seconds=lease_seconds)
                 if plan is not None:
-                    self._write_plan(conn, plan, now)
+                    write_plan(conn, plan, now)
                 out[lease.run_id] = (None if plan is None else Lease(
                     lease.run_id, lease.owner, lease.token, now + lease_seconds))
             return out
@@ -627,17 +560,6 @@ class SQLiteStore:
         return await self._write(op)
 
     # -- the journal -----------------------------------------------------------------
-
-    def _write_plan(self, conn: sqlite3.Connection, plan: Plan, now: float) -> None:
-        """Write what ``plan`` says (its run's row is the one this transaction read), and
-        wake the run it names."""
-        if plan.events:
-            _insert_events(conn, plan.events)
-        changes = plan.changes()
-        if changes:
-            conn.execute(_update_sql(tuple(changes)), (*changes.values(), plan.after.run_id))
-        if plan.wake is not None and (woken := _state(conn, plan.wake)) is not None:
-            self._write_plan(conn, plan_wake(woken, now=now), now)
 
     async def append(
         self,
@@ -648,10 +570,10 @@ class SQLiteStore:
         finish: Finish | None = None,
     ) -> AppendResult:
         def op(conn: sqlite3.Connection) -> AppendResult:
-            plan = plan_append(_state(conn, lease.run_id), lease, events, now=now,
+            plan = plan_append(read_state(conn, lease.run_id), lease, events, now=now,
                                finish=finish)
             try:
-                self._write_plan(conn, plan, now)
+                write_plan(conn, plan, now)
             except sqlite3.IntegrityError as exc:
                 raise LeaseLostError(
                     f"run {lease.run_id}: a step outcome was already recorded ({exc})",
@@ -715,11 +637,11 @@ class SQLiteStore:
 
     async def send_signal(self, run_id: str, name: str, payload: str, *, now: float) -> RunRecord:
         def op(conn: sqlite3.Connection) -> RunRecord:
-            plan = plan_wake(require(_state(conn, run_id), run_id), now=now)
+            plan = plan_wake(require(read_state(conn, run_id), run_id), now=now)
             conn.execute(
                 "INSERT INTO signals (run_id, name, payload, created_at) VALUES (?, ?, ?, ?)",
                 (run_id, name, payload, now))
-            self._write_plan(conn, plan, now)
+            write_plan(conn, plan, now)
             return run_record(conn.execute(_SELECT_RUN, (run_id,)).fetchone())
 
         return await self._write(op)
@@ -737,7 +659,7 @@ class SQLiteStore:
         self, lease: Lease, name: str, step_id: str, *, now: float
     ) -> str | None:
         def op(conn: sqlite3.Connection) -> str | None:
-            state = check_lease(_state(conn, lease.run_id), lease)
+            state = check_lease(read_state(conn, lease.run_id), lease)
             row = conn.execute(
                 "SELECT id, payload FROM signals WHERE run_id = ? AND name = ? AND "
                 "consumed_step_id IS NULL ORDER BY id LIMIT 1", (lease.run_id, name)).fetchone()
@@ -747,14 +669,14 @@ class SQLiteStore:
                                     payload=row[1], now=now)
             conn.execute("UPDATE signals SET consumed_step_id = ? WHERE id = ?",
                          (step_id, row[0]))
-            self._write_plan(conn, plan, now)
+            write_plan(conn, plan, now)
             return str(row[1])
 
         return await self._write(op)
 
     async def request_cancel(self, run_id: str, *, now: float) -> RunRecord:
         def cancel(conn: sqlite3.Connection, rid: str) -> None:
-            state = _state(conn, rid)
+            state = read_state(conn, rid)
             if state is None:
                 return
             plan = plan_cancel(state, now=now, cleanups=0 if state.is_terminal else
@@ -762,14 +684,14 @@ class SQLiteStore:
                                    "SELECT kind, name FROM events WHERE run_id = ? AND kind "
                                    "= 'step_completed' AND name IN (?, ?)",
                                    (rid, CLEANUP_OPENED, CLEANUP_CLOSED)).fetchall()))
-            self._write_plan(conn, plan, now)
+            write_plan(conn, plan, now)
             if plan.cascade:
                 for (child,) in conn.execute("SELECT run_id FROM runs WHERE parent_run_id = ? "
                                              "ORDER BY created_at, rowid", (rid,)).fetchall():
                     cancel(conn, child)
 
         def op(conn: sqlite3.Connection) -> RunRecord:
-            require(_state(conn, run_id), run_id)
+            require(read_state(conn, run_id), run_id)
             cancel(conn, run_id)
             return run_record(conn.execute(_SELECT_RUN, (run_id,)).fetchone())
 
@@ -777,12 +699,11 @@ class SQLiteStore:
 
     async def redrive(self, run_id: str, *, now: float) -> RunRecord:
         def op(conn: sqlite3.Connection) -> RunRecord:
-            state = require(_state(conn, run_id), run_id)
+            state = require(read_state(conn, run_id), run_id)
             last = conn.execute(
                 "SELECT step_id FROM events WHERE run_id = ? AND kind = 'run_dead_lettered' "
                 "ORDER BY seq DESC LIMIT 1", (run_id,)).fetchone()
-            self._write_plan(conn, plan_redrive(state, last[0] if last else None, now=now),
-                             now)
+            write_plan(conn, plan_redrive(state, last[0] if last else None, now=now), now)
             return run_record(conn.execute(_SELECT_RUN, (run_id,)).fetchone())
 
         return await self._write(op)
@@ -796,301 +717,73 @@ class SQLiteStore:
 
         return await self._call(op)
 
-
-    # -- the workers registry --------------------------------------------------------
+    # -- the workers registry, cluster-wide limits, blackboards (_sqlite_ops) -----------
+    # Each write is one operation of the group commit, inside BEGIN IMMEDIATE: it holds
+    # the file's write lock against every other process from read to write.
 
     async def save_worker(self, worker: WorkerRecord) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                f"INSERT OR REPLACE INTO workers ({_WORKER_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (worker.worker_id, worker.host, worker.pid, worker.started_at,
-                 worker.heartbeat_at, worker.concurrency, worker.in_flight,
-                 worker.lease_seconds, json.dumps(list(worker.pools)), worker.stopped_at))
-
-        await self._write(op)
+        await self._write(lambda conn: ops.save_worker(conn, worker))
 
     async def list_workers(self, *, since: float) -> list[WorkerRecord]:
-        def op() -> list[WorkerRecord]:
-            rows = self._db().execute(
-                f"SELECT {_WORKER_COLUMNS} FROM workers WHERE heartbeat_at >= ? "
-                "ORDER BY started_at, worker_id", (since,)).fetchall()
-            return [_worker_record(r) for r in rows]
-
-        return await self._call(op)
+        return await self._call(lambda: ops.list_workers(self._db(), since=since))
 
     async def forget_workers(self, *, before: float) -> int:
-        def op(conn: sqlite3.Connection) -> int:
-            return conn.execute("DELETE FROM workers WHERE heartbeat_at < ?",
-                                (before,)).rowcount
-
-        return await self._write(op)
-
-
-    # -- cluster-wide limits (processes sharing this file share them) -----------------
-    # Each operation is one write: the group commit runs it inside BEGIN IMMEDIATE, so
-    # it holds the file's write lock against every other process from read to write.
+        return await self._write(lambda conn: ops.forget_workers(conn, before=before))
 
     @property
     def cluster_limits_default(self) -> bool:
         return False  # embedded: usually one process; opt in with Runtime(limits="cluster")
 
-    @staticmethod
-    def _buckets(conn: sqlite3.Connection, draws: Sequence[BucketDraw]
-                 ) -> list[BucketState | None]:
-        out: list[BucketState | None] = []
-        for draw in draws:
-            row = conn.execute("SELECT tokens, updated_at FROM rate_buckets WHERE key = ?",
-                               (draw.key,)).fetchone()
-            out.append(None if row is None else BucketState(row[0], row[1]))
-        return out
-
-    @staticmethod
-    def _save_buckets(conn: sqlite3.Connection, draws: Sequence[BucketDraw],
-                      states: Sequence[BucketState]) -> None:
-        conn.executemany(
-            "INSERT OR REPLACE INTO rate_buckets (key, tokens, updated_at, capacity, "
-            "refill_per_second) VALUES (?, ?, ?, ?, ?)",
-            [(d.key, s.tokens, s.updated_at, d.capacity, d.refill_per_second)
-             for d, s in zip(draws, states, strict=True)])
-
     async def rate_reserve(self, draws: Sequence[BucketDraw], *, now: float,
                            max_wait: float | None = None) -> Reservation:
-        def op(conn: sqlite3.Connection) -> Reservation:
-            reservation, states = plan_reservation(self._buckets(conn, draws), draws,
-                                                   now=now, max_wait=max_wait)
-            self._save_buckets(conn, draws, states)
-            return reservation
-
-        return await self._write(op)
+        return await self._write(
+            lambda conn: ops.rate_reserve(conn, draws, now=now, max_wait=max_wait))
 
     async def rate_adjust(self, draws: Sequence[BucketDraw], *, now: float) -> tuple[float, ...]:
-        def op(conn: sqlite3.Connection) -> tuple[float, ...]:
-            states = [plan_adjustment(self._buckets(conn, [d])[0], d, now=now) for d in draws]
-            self._save_buckets(conn, draws, states)
-            return tuple(s.tokens for s in states)
-
-        return await self._write(op)
+        return await self._write(lambda conn: ops.rate_adjust(conn, draws, now=now))
 
     async def bulkhead_acquire(self, pool: str, holder: str, *, max_concurrent: int,
                                now: float, lease_seconds: float) -> bool:
-        def op(conn: sqlite3.Connection) -> bool:
-            conn.execute("DELETE FROM bulkhead_slots WHERE pool = ? AND expires_at < ?",
-                         (pool, now))
-            held = conn.execute("SELECT count(*), sum(holder = ?) FROM bulkhead_slots "
-                                "WHERE pool = ?", (holder, pool)).fetchone()
-            if not held[1] and held[0] >= max_concurrent:
-                return False
-            conn.execute(
-                "INSERT INTO bulkhead_slots (pool, holder, acquired_at, expires_at) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (pool, holder) "
-                "DO UPDATE SET expires_at = excluded.expires_at",
-                (pool, holder, now, now + lease_seconds))
-            return True
-
-        return await self._write(op)
+        return await self._write(lambda conn: ops.bulkhead_acquire(
+            conn, pool, holder, max_concurrent=max_concurrent, now=now,
+            lease_seconds=lease_seconds))
 
     async def bulkhead_renew(self, holders: Sequence[str], *, now: float,
                              lease_seconds: float) -> set[str]:
-        def op(conn: sqlite3.Connection) -> set[str]:
-            kept = set()
-            for holder in holders:
-                if conn.execute("UPDATE bulkhead_slots SET expires_at = ? WHERE holder = ?",
-                                (now + lease_seconds, holder)).rowcount:
-                    kept.add(holder)
-            return kept
-
-        return await self._write(op) if holders else set()
+        return await self._write(lambda conn: ops.bulkhead_renew(
+            conn, holders, now=now, lease_seconds=lease_seconds)) if holders else set()
 
     async def bulkhead_release(self, pool: str, holder: str) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM bulkhead_slots WHERE pool = ? AND holder = ?",
-                         (pool, holder))
-
-        await self._write(op)
+        await self._write(lambda conn: ops.bulkhead_release(conn, pool, holder))
 
     async def limits_view(self, *, now: float) -> LimitsView:
         """The buckets and bulkhead slots in this journal at ``now`` (reads only)."""
-        def op() -> LimitsView:
-            db = self._db()
-            have = {r[0] for r in db.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN "
-                "('rate_buckets', 'bulkhead_slots')")}
-            buckets = db.execute(
-                "SELECT key, tokens, updated_at, capacity, refill_per_second "
-                "FROM rate_buckets").fetchall() if "rate_buckets" in have else []
-            slots = db.execute(
-                "SELECT pool, holder, acquired_at, expires_at FROM bulkhead_slots"
-            ).fetchall() if "bulkhead_slots" in have else []
-            return limits_view(buckets, slots, now=now)
-
-        return await self._call(op)
+        return await self._call(lambda: ops.limits(self._db(), now=now))
 
     async def bulkhead_active(self, pool: str, *, now: float) -> int:
-        def op() -> int:
-            row = self._db().execute("SELECT count(*) FROM bulkhead_slots "
-                                     "WHERE pool = ? AND expires_at >= ?", (pool, now)).fetchone()
-            return int(row[0])
-
-        return await self._call(op)
-
-    # -- blackboards (see _board: lock, plan, write, one write lock across processes) --
+        return await self._call(lambda: ops.bulkhead_active(self._db(), pool, now=now))
 
     async def board_apply(self, op: BoardOp, *, now: float) -> BoardEntry | None:
-        def write(conn: sqlite3.Connection) -> BoardEntry | None:
-            done = conn.execute("SELECT entry FROM board_ops WHERE op_key = ?",
-                                (op.op_key,)).fetchone()
-            if done is not None:
-                return BoardEntry.from_json(json.loads(done[0]))
-            if op.kind == "take":
-                assert op.pattern is not None
-                current = choose(op.pattern, self._board_rows(
-                    conn, op.board, op.pattern.prefix, "AND taken_by IS NULL"))
-            else:
-                found = self._board_rows(conn, op.board, op.key, "AND key = ?", op.key)
-                current = found[0] if found else None
-            entry = plan_board(op, current, now)
-            if entry is None:
-                return None
-            conn.execute(f"INSERT OR REPLACE INTO board_entries ({_BOARD_COLUMNS}) "
-                         f"VALUES ({', '.join('?' * len(ROW_COLUMNS))})", entry_row(entry))
-            conn.execute("INSERT INTO board_ops (op_key, board, entry, created_at) "
-                         "VALUES (?, ?, ?, ?)",
-                         (op.op_key, op.board, json.dumps(entry.as_json()), now))
-            return entry
-
-        return await self._write(write)
-
-    @staticmethod
-    def _board_rows(conn: sqlite3.Connection, board: str, prefix: str, extra: str = "",
-                    *args: Any) -> list[BoardEntry]:
-        rows = conn.execute(
-            f"SELECT {_BOARD_COLUMNS} FROM board_entries WHERE board = ? AND "
-            f"substr(key, 1, ?) = ? {extra} ORDER BY key",
-            (board, len(prefix), prefix, *args)).fetchall()
-        return [entry_from_row(r) for r in rows]
+        return await self._write(lambda conn: ops.board_apply(conn, op, now=now))
 
     async def board_entries(self, board: str, *, prefix: str = "") -> list[BoardEntry]:
-        return await self._call(lambda: self._board_rows(self._db(), board, prefix))
+        return await self._call(lambda: ops.board_entries(self._db(), board, prefix=prefix))
 
     async def board_names(self) -> list[str]:
-        def op() -> list[str]:
-            return [r[0] for r in self._db().execute(
-                "SELECT DISTINCT board FROM board_entries ORDER BY board")]
-
-        return await self._call(op)
+        return await self._call(lambda: ops.board_names(self._db()))
 
     async def board_watches(self, board: str) -> list[BoardWatch]:
-        def op() -> list[BoardWatch]:
-            db = self._db()
-            if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
-                          "name = 'board_watches'").fetchone() is None:
-                return []  # a journal no writer of this stalwart has opened yet
-            return [watch_from_row(r) for r in db.execute(
-                f"SELECT {', '.join(WATCH_COLUMNS)} FROM board_watches WHERE board = ? "
-                "ORDER BY created_at, run_id, signal", (board,))]
-
-        return await self._call(op)
+        return await self._call(lambda: ops.board_watches(self._db(), board))
 
     async def board_watch(self, watch: BoardWatch) -> None:
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute(f"INSERT OR IGNORE INTO board_watches ({', '.join(WATCH_COLUMNS)}) "
-                         "VALUES (?, ?, ?, ?, ?)", watch_row(watch))
-
-        await self._write(write)
+        await self._write(lambda conn: ops.board_watch(conn, watch))
 
     async def board_unwatch(self, run_id: str, signal: str) -> None:
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM board_watches WHERE run_id = ? AND signal = ?",
-                         (run_id, signal))
-
-        await self._write(write)
+        await self._write(lambda conn: ops.board_unwatch(conn, run_id, signal))
 
     async def board_wake(self, entry: BoardEntry, *, now: float) -> list[str]:
-        def write(conn: sqlite3.Connection) -> list[str]:
-            woken: list[str] = []
-            for w in watching([watch_from_row(r) for r in conn.execute(
-                    f"SELECT {', '.join(WATCH_COLUMNS)} FROM board_watches WHERE board = ?",
-                    (entry.board,))], entry):
-                state = _state(conn, w.run_id)
-                pending = conn.execute(
-                    "SELECT 1 FROM signals WHERE run_id = ? AND name = ? AND "
-                    "consumed_step_id IS NULL LIMIT 1", (w.run_id, w.signal)).fetchone()
-                action = wake_action(state, pending is not None)
-                if action == "forget":
-                    conn.execute("DELETE FROM board_watches WHERE run_id = ? AND signal = ?",
-                                 (w.run_id, w.signal))
-                elif action == "signal":
-                    assert state is not None
-                    conn.execute("INSERT INTO signals (run_id, name, payload, created_at) "
-                                 "VALUES (?, ?, ?, ?)",
-                                 (w.run_id, w.signal, wake_payload(entry), now))
-                    self._write_plan(conn, plan_wake(state, now=now), now)
-                    woken.append(w.run_id)
-            return woken
+        return await self._write(lambda conn: ops.board_wake(conn, entry, now=now))
 
-        return await self._write(write)
-
-
-_INSERT_EVENT = ("INSERT INTO events (run_id, seq, kind, step_id, name, payload, created_at, "
-                 "digest, payload_ref) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
-
-
-def _insert_events(conn: sqlite3.Connection, events: Sequence[EventRow]) -> None:
-    """Insert ``events`` in the caller's transaction, large payloads as blobs (``_blobs``)."""
-    rows, blobs = split(events)
-    if blobs:
-        conn.executemany("INSERT INTO blobs (hash, content) VALUES (?, ?) "
-                         "ON CONFLICT (hash) DO NOTHING", blobs)
-    conn.executemany(_INSERT_EVENT, rows)
-
-
-def _find(conn: sqlite3.Connection, columns: str, run_id: str) -> Any:
-    """The run table's ``columns`` for ``run_id``, checked against a second structure, so
-    that a damaged index of the run table is an error, never another run's row nor a run
-    silently missing. The row the id index leads to must carry that id in the table
-    itself (SQLite would read an indexed column from the index, so the row is fetched
-    by the rowid the index gives: every column then comes from the table); a run not
-    found must have no events either (the events table is a b-tree of its own, keyed by
-    run id). ``columns`` start with ``run_id``."""
-    row = conn.execute(f"SELECT {columns} FROM runs WHERE rowid = "
-                       "(SELECT rowid FROM runs WHERE run_id = ?)", (run_id,)).fetchone()
-    if row is not None:
-        if row[0] != run_id:
-            raise _index_damage(run_id)
-        return row
-    if conn.execute("SELECT 1 FROM events WHERE run_id = ? AND seq = 1",
-                    (run_id,)).fetchone() is not None:
-        raise _index_damage(run_id)
-    return None
-
-
-def _state(conn: sqlite3.Connection, run_id: str) -> RunState | None:
-    row = _find(conn, STATE_COLUMNS, run_id)
-    return state_from_row(row) if row else None
-
-
-_BOARD_COLUMNS = ", ".join(ROW_COLUMNS)
-
-
-@functools.cache
-def _update_sql(columns: tuple[str, ...]) -> str:
-    return (f"UPDATE runs SET {', '.join(f'{c} = ?' for c in columns)} "
-            "WHERE run_id = ?")
-
-
-def _index_damage(run_id: str) -> StoreCorruptedError:
-    return StoreCorruptedError(
-        f"the journal is damaged at run {run_id}: an index of the run table disagrees "
-        "with the run's rows; nothing was changed (stalwart doctor checks every index)",
-        run_id=run_id)
-
-
-def _worker_record(row: Sequence[Any]) -> WorkerRecord:
-    return WorkerRecord(
-        worker_id=row[0], host=row[1], pid=row[2], started_at=row[3], heartbeat_at=row[4],
-        concurrency=row[5], in_flight=row[6], lease_seconds=row[7],
-        pools=tuple(json.loads(row[8])), stopped_at=row[9])
 
 def _settle_all(settled: list[tuple[asyncio.Future[Any], Any]]) -> None:
     for fut, outcome in settled:
