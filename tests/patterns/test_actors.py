@@ -80,6 +80,19 @@ async def settle(app: sw.Runtime, actor: Any, key: str, count: int,
         await asyncio.sleep(0.02)
 
 
+async def fired(app: sw.Runtime, actor: Any, key: str, n: int,
+                timeout: float = 30.0) -> Tally:
+    """Wait until instance ``key``'s committed state has fired ``n`` reminders (the
+    handler commits in real time, after the clock moved)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        state: Tally = await app.actor_state(actor, key)
+        if len(state.fired) >= n or loop.time() > deadline:
+            return state
+        await asyncio.sleep(0.02)
+
+
 async def test_messages_are_applied_in_order_once_per_key(store_url: str) -> None:
     """Messages to two keys: each instance sees its own in the order sent, each once; a
     message sent again with the same id is handled once."""
@@ -156,8 +169,10 @@ async def test_reminders_fire_on_the_clock(store_url: str) -> None:
         await settle(app, tally, "r", 1)
         for _ in range(6):
             await clock.advance(15)
-            await asyncio.sleep(0.2)
-        state = await app.actor_state(tally, "r")
+            due = [name for name, at in (("soon", 1_010), ("late", 1_050))
+                   if at <= clock.now()]
+            state = await fired(app, tally, "r", len(due))
+            assert state.fired == due
     assert state.fired == ["soon", "late"]
 
 
@@ -210,12 +225,13 @@ async def test_an_ask_times_out_on_the_clock_and_the_message_is_still_handled(
     app, tally, _, _ = make_app(store_url, clock=clock)
     async with app:
         handle = await app.start(app.impatient, "t")  # type: ignore[attr-defined]
-        for _ in range(30):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60  # real seconds: the runs write to the journal
+        while not ((await app.get_run(handle.run_id)).is_terminal and (
+                await app.actor_state(tally, "t")).count == 1):
+            assert loop.time() < deadline, "the ask or the handler never ended"
             await asyncio.sleep(0.1)
             await clock.advance(5)
-            if (await app.get_run(handle.run_id)).is_terminal and (
-                    await app.actor_state(tally, "t")).count == 1:
-                break
         assert await handle.result() == "timed out"
         assert (await app.actor_state(tally, "t")).count == 1
 
