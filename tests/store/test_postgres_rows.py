@@ -187,7 +187,7 @@ async def test_an_append_never_waits_for_ever_on_a_failed_flush(
     def broken(*_: object) -> object:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(_postgres, "_plan_from", broken)
+    monkeypatch.setattr(_postgres, "plan_from", broken)
     with pytest.raises(StoreError, match="a bug"):
         await asyncio.wait_for(pg.append(lease, [step("0")], now=2.0), 10)
     assert "failed unexpectedly" in caplog.text

@@ -38,8 +38,9 @@ schema version; :meth:`PostgresStore.open` creates the tables or migrates an old
 under an advisory lock so that workers starting together do it once.
 
 This module holds the store's plumbing (pool, access, transactions and their retries),
-its runs, leases, signals and the group commit. The rest sits beside it, each part in
-a module of its own: the tables besides the runs (the workers registry, cluster-wide
+its runs, leases, signals and the group commit's flushers. The rest sits beside it,
+each part in a module of its own: the group commit's bookkeeping and fast-path planning
+(``_postgres_batch``), the tables besides the runs (the workers registry, cluster-wide
 limits, blackboards, the approvals query: ``_postgres_ops``), the wake-ups
 (``_postgres_wake``), the row writer (``_postgres_rows``), the schema
 (``_postgres_schema``) and the URL with the errors no retry cures (``_pg_conninfo``).
@@ -51,7 +52,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar, final
 
 import psycopg
@@ -74,7 +74,6 @@ from ._base import (
     AppendResult,
     ApprovalJournal,
     Event,
-    EventKind,
     Finish,
     Inherit,
     Lease,
@@ -97,6 +96,7 @@ from ._pg_conninfo import (
     refused_for_good,
     transient,
 )
+from ._postgres_batch import Append, Held, Queue, merged, plan_from, settle
 from ._postgres_rows import lock_state, write_plans
 from ._postgres_schema import Access, check_or_create
 from ._postgres_wake import CHANNEL, Listener, Notifier, collected, notify
@@ -109,7 +109,6 @@ from ._runs import (
     can_steal,
     check_lease,
     claim_order,
-    is_current,
     plan_append,
     plan_cancel,
     plan_claim,
@@ -131,61 +130,6 @@ T = TypeVar("T")
 Conn = AsyncConnection[TupleRow]
 
 _SELECT_RUN = f"SELECT {RUN_COLUMNS} FROM stalwart_runs WHERE run_id = %s"
-_HELD_MAX = 100_000
-
-
-@dataclass(slots=True)
-class _Append:
-    lease: Lease
-    events: Sequence[NewEvent]
-    now: float
-    finish: Finish | None
-    future: asyncio.Future[AppendResult]
-
-
-def _plan_from(held: RunState | None, items: Sequence[_Append]) -> list[tuple[_Append, Plan]]:
-    """The leading ``items`` (one run's appends, in order) that can be planned from the
-    state the store last wrote, each on the one before: up to a finish, an append that
-    wakes another run (written with it in one transaction instead) or one that the
-    remembered state refuses (the locked path decides). Two appends recording one step
-    are not written together either (the second must fail alone)."""
-    out: list[tuple[_Append, Plan]] = []
-    steps: set[str | None] = set()
-    state = held
-    for item in items:
-        if state is None or not is_current(state, item.lease):
-            break
-        try:
-            plan = plan_append(state, item.lease, item.events, now=item.now,
-                               finish=item.finish)
-        except (LeaseLostError, ValueError):
-            break
-        recorded = {ev.step_id for ev in item.events if ev.kind == EventKind.STEP_COMPLETED}
-        if plan.wake is not None or recorded & steps:
-            break
-        steps |= recorded
-        out.append((item, plan))
-        state = plan.after
-        if state.status != RunStatus.RUNNING:
-            break
-    return out
-
-
-def _merged(plans: Sequence[Plan]) -> Plan:
-    """Consecutive plans of one run (each made from the one before) as one write."""
-    return Plan(plans[0].before, plans[-1].after,
-                tuple(ev for plan in plans for ev in plan.events),
-                notify=any(plan.notify for plan in plans),
-                writes=tuple(dict.fromkeys(c for plan in plans for c in plan.writes)))
-
-
-def _settle(fut: asyncio.Future[AppendResult], outcome: AppendResult | BaseException) -> None:
-    if fut.done():
-        return
-    if isinstance(outcome, BaseException):
-        fut.set_exception(outcome)
-    else:
-        fut.set_result(outcome)
 
 
 @final
@@ -252,16 +196,12 @@ class PostgresStore:
         self._max_batch = max_batch
         self._connect_timeout = connect_timeout
         self._pool: AsyncConnectionPool[Conn] | None = None
-        self._pending: list[_Append] = []
+        self._queue = Queue()
         self._flushers: set[asyncio.Task[None]] = set()
         self._listener = Listener(url, connect_timeout=connect_timeout, url=self._url)
         self._notifier = Notifier(self._connection, lambda: self._pool is not None, self._url)
         self._retry = retry
-        self._held: dict[str, RunState] = {}
-        """Runs this store holds a lease on, as it last wrote them: appends are planned
-        from these and written conditionally (see the module docstring)."""
-        self._flushing: set[str] = set()
-        """Runs whose appends a flusher is writing (the others leave them to it)."""
+        self._held = Held()
         self.commits = 0
         """How many write transactions committed (for tests and benchmarks)."""
 
@@ -274,19 +214,6 @@ class PostgresStore:
         :class:`~stalwart.Runtime` gives its store the library's retry policy."""
         if self._retry is INHERIT:
             self._retry = retry
-
-    def _hold(self, state: RunState) -> None:
-        if state.status != RunStatus.RUNNING:
-            self._held.pop(state.run_id, None)
-            return
-        if len(self._held) >= _HELD_MAX and state.run_id not in self._held:
-            self._held.clear()  # a safety valve: the fallback path needs no memory
-        self._held[state.run_id] = state
-
-    def _forget(self, lease: Lease) -> None:
-        held = self._held.get(lease.run_id)
-        if held is not None and held.lease_token <= lease.token:
-            del self._held[lease.run_id]
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -495,10 +422,10 @@ class PostgresStore:
             record, created, parent_plan = await self._write(op, transaction=parent is not None)
         except LeaseLostError:
             if parent is not None:
-                self._forget(parent)
+                self._held.forget(parent)
             raise
         if parent_plan is not None and parent_events:
-            self._hold(parent_plan.after)
+            self._held.hold(parent_plan.after)
         return record, created
 
     async def get_run(self, run_id: str) -> RunRecord | None:
@@ -615,7 +542,7 @@ class PostgresStore:
 
         plans = await self._write(op)
         for plan in plans:  # the next append of each is planned from what the claim wrote
-            self._hold(plan.after)
+            self._held.hold(plan.after)
         return [Lease(plan.after.run_id, owner.id, plan.after.lease_token,
                       now + lease_seconds) for plan in plans]
 
@@ -638,7 +565,7 @@ class PostgresStore:
                                   lease_seconds=lease_seconds)
                 if plan is not None:
                     await write_plans(conn, [plan])
-                    self._renewed(plan.after)
+                    self._held.renewed(plan.after)
                 out[lease.run_id] = (None if plan is None else Lease(
                     lease.run_id, lease.owner, lease.token, now + lease_seconds))
             return out
@@ -646,13 +573,8 @@ class PostgresStore:
         out = await self._write(op)
         for lease in leases:
             if out[lease.run_id] is None:
-                self._forget(lease)
+                self._held.forget(lease)
         return {lease.run_id: out[lease.run_id] for lease in leases}
-
-    def _renewed(self, state: RunState) -> None:
-        held = self._held.get(state.run_id)
-        if held is not None and held.lease_token == state.lease_token:
-            self._held[state.run_id] = held._replace(lease_expires_at=state.lease_expires_at)
 
     # -- the journal -----------------------------------------------------------------
 
@@ -677,7 +599,7 @@ class PostgresStore:
             raise StoreError("the store is not open")
         await self._writable()
         fut: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Append(lease, events, now, finish, fut))
+        self._queue.add(Append(lease, events, now, finish, fut))
         if len(self._flushers) < self._write_concurrency:
             task = asyncio.create_task(self._flush_loop(), name="stalwart-pg-flush")
             self._flushers.add(task)
@@ -685,7 +607,7 @@ class PostgresStore:
         return await fut
 
     async def _flush_loop(self) -> None:
-        while batch := self._take_batch():
+        while batch := self._queue.take(self._max_batch):
             runs = {item.lease.run_id for item in batch}
             try:
                 await self._flush(batch)
@@ -695,44 +617,26 @@ class PostgresStore:
                 err = exc if isinstance(exc, StoreError) else self._error(
                     exc, "cannot write to")
                 for item in batch:
-                    _settle(item.future, err)
+                    settle(item.future, err)
                 if not isinstance(exc, Exception):
                     raise
             finally:
-                self._flushing -= runs
+                self._queue.release(runs)
 
-    def _take_batch(self) -> list[_Append]:
-        """Up to ``max_batch`` queued appends, in order, of runs no other flusher is
-        writing (a run's appends are written by one flusher at a time, in order)."""
-        batch: list[_Append] = []
-        rest: list[_Append] = []
-        mine: set[str] = set()
-        for item in self._pending:
-            run_id = item.lease.run_id
-            if len(batch) < self._max_batch and (run_id in mine
-                                                 or run_id not in self._flushing):
-                batch.append(item)
-                mine.add(run_id)
-            else:
-                rest.append(item)
-        self._pending = rest
-        self._flushing |= mine
-        return batch
-
-    async def _flush(self, batch: list[_Append]) -> None:
+    async def _flush(self, batch: list[Append]) -> None:
         """Write ``batch``: each run's leading appends planned from the state this store
         last wrote and written conditionally, all in one statement; whatever that could
         not write (a row that changed meanwhile), one append per transaction after
         locking its row."""
-        runs: dict[str, list[_Append]] = {}
+        runs: dict[str, list[Append]] = {}
         for item in batch:
             runs.setdefault(item.lease.run_id, []).append(item)
-        fast: list[tuple[Plan, list[tuple[_Append, Plan]]]] = []
-        slow: dict[str, list[_Append]] = {}
+        fast: list[tuple[Plan, list[tuple[Append, Plan]]]] = []
+        slow: dict[str, list[Append]] = {}
         for run_id, items in runs.items():
-            planned = _plan_from(self._held.get(run_id), items)
+            planned = plan_from(self._held.get(run_id), items)
             if planned:
-                fast.append((_merged([plan for _, plan in planned]), planned))
+                fast.append((merged([plan for _, plan in planned]), planned))
             slow[run_id] = items[len(planned):]
         if fast:
             written = await self._write_fast([plan for plan, _ in fast])
@@ -741,9 +645,9 @@ class PostgresStore:
                 if written is None or run_id not in written:
                     slow[run_id] = [item for item, _ in planned] + slow[run_id]
                     continue
-                self._hold(plan.after)
+                self._held.hold(plan.after)
                 for item, part in planned:
-                    _settle(item.future, AppendResult(part.before.cancel_requested))
+                    settle(item.future, AppendResult(part.before.cancel_requested))
         for items in slow.values():
             for item in items:
                 await self._append_locked(item)
@@ -762,7 +666,7 @@ class PostgresStore:
                                   if p.notify and p.after.run_id in written])
         return written
 
-    async def _append_locked(self, item: _Append) -> None:
+    async def _append_locked(self, item: Append) -> None:
         """One append: lock the run's row, plan from it, write (retried as ``_write``
         retries)."""
         async def op(conn: Conn) -> Plan:
@@ -779,14 +683,14 @@ class PostgresStore:
         try:
             plan = await self._write(op)
         except LeaseLostError as exc:
-            self._forget(item.lease)
-            _settle(item.future, exc)
+            self._held.forget(item.lease)
+            settle(item.future, exc)
         except Exception as exc:
-            _settle(item.future, exc if isinstance(exc, StoreError)
+            settle(item.future, exc if isinstance(exc, StoreError)
                     else self._error(exc, "cannot write to"))
         else:
-            self._hold(plan.after)
-            _settle(item.future, AppendResult(plan.before.cancel_requested))
+            self._held.hold(plan.after)
+            settle(item.future, AppendResult(plan.before.cancel_requested))
 
     # -- signals and cancellation ----------------------------------------------------
 
@@ -830,11 +734,11 @@ class PostgresStore:
         try:
             out = await self._write(op)
         except LeaseLostError:
-            self._forget(lease)
+            self._held.forget(lease)
             raise
         if out is None:
             return None
-        self._hold(out[1].after)
+        self._held.hold(out[1].after)
         return out[0]
 
     async def request_cancel(self, run_id: str, *, now: float) -> RunRecord:
