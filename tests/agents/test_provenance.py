@@ -238,14 +238,17 @@ async def test_a_poisoned_tool_description_taints_the_context() -> None:
 
 
 async def _pending(app: sw.Runtime, run_id: str) -> Any:
+    """The run's pending approval once it is journaled. Each look yields one turn (the
+    loop never idles: an autojump clock must not move), bounded in real time: the
+    run's steps before it run in threads, which a loaded machine can hold back for
+    many turns."""
     import asyncio
 
-    for _ in range(10_000):
-        found = await app.approvals(run_id)
-        if found:
-            return found[0]
+    deadline = asyncio.get_running_loop().time() + 30
+    while not (found := await app.approvals(run_id)):
+        assert asyncio.get_running_loop().time() < deadline, "no approval was asked for"
         await asyncio.sleep(0)
-    raise AssertionError("no approval was asked for")
+    return found[0]
 
 
 @pytest.mark.parametrize("approve", [True, False])

@@ -509,15 +509,16 @@ async def test_bad_reflexion_and_refine_input_is_refused(kw: dict[str, Any],
 
 
 async def pending(app: sw.Runtime, run_id: str) -> Any:
-    """The run's pending approval, once it is journaled (each look yields to the run)."""
+    """The run's pending approval once it is journaled. Each look yields one turn to
+    the run, bounded in real time: its members before it are steps in threads, which a
+    loaded machine can hold back for many turns."""
     import asyncio
 
-    for _ in range(10_000):
-        found = await app.approvals(run_id)
-        if found:
-            return found[0]
+    deadline = asyncio.get_running_loop().time() + 30
+    while not (found := await app.approvals(run_id)):
+        assert asyncio.get_running_loop().time() < deadline, f"{run_id} asked for nothing"
         await asyncio.sleep(0)
-    raise AssertionError(f"run {run_id} never asked for an approval")
+    return found[0]
 
 
 async def test_escalate_approval_asks_a_human_with_the_evidence() -> None:
