@@ -32,17 +32,26 @@ async def research(ctx: sw.Context, question: str) -> str:
     await ctx.step(started, name="started")
 
     async def released() -> str:
+        (state / "waiting").touch()  # `started` is journaled: a crash now replays it
         while not (state / "release").exists():
             await asyncio.sleep(0.02)  # the test's release file: no event to wait on
         return "released"
 
     await ctx.step(released, name="wait_release")
+
+    def answered() -> str:  # the workflow's effect, counted by the server-crash test
+        with (state / "answered.jsonl").open("a") as f:
+            f.write(json.dumps({"run": ctx.run_id}) + "\n")
+        return "ok"
+
+    await ctx.step(answered, name="answered")
     return f"answer to {question}"
 
 
 REMOTE = sw.A2AAgent(sys.argv[3] if ROLE == "client" else "http://127.0.0.1/",
                      name="researcher",
-                     policy=sw.Policy(retry=sw.Retry(max_attempts=5, initial=0.2)))
+                     policy=sw.Policy(retry=sw.Retry(max_attempts=None, initial=0.2,
+                                                     max_backoff=1.0, max_elapsed=60.0)))
 
 
 @app.workflow(name="ask")

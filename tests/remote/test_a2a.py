@@ -5,6 +5,7 @@ to the remote task (the remote workflow ran once), in two processes on 127.0.0.1
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -214,3 +215,144 @@ async def test_an_a2a_cancel_cancels_the_tasks_run() -> None:
             await server_app.cancel(run_id_for("task-sw-c2-1"))
             answer = await asyncio.wait_for(asking, 30)
         assert "task-sw-c2-1 of agent 'holder' ended canceled" in answer, answer
+
+
+def test_a_killed_server_answers_its_task_from_the_journal(tmp_path: Path) -> None:
+    """The server is SIGKILLed while its workflow runs and restarted on the same port
+    and journal: its new runtime takes the run over, its task store answers the task
+    from the run (the SDK's own store is in memory), the caller's wait gets the result,
+    and the served workflow ran once (one start, one answer)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    port = free_port()
+    argv = [sys.executable, str(APPS), "server", str(tmp_path / "s.db"), str(state),
+            str(port)]
+
+    def serve() -> subprocess.Popen[str]:
+        proc = subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        wait_listening(port, proc)
+        return proc
+
+    server = serve()
+    caller = subprocess.Popen([sys.executable, str(APPS), "client", str(tmp_path / "c.db"),
+                               f"http://127.0.0.1:{port}/"], env=_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (state / "waiting").exists():  # its first step is journaled
+            assert caller.poll() is None, caller.communicate()[1]
+            assert time.monotonic() < deadline, "the remote workflow never started"
+            time.sleep(0.02)  # the server writes the file: no event crosses processes
+        server.send_signal(signal.SIGKILL)
+        server.communicate()
+        assert server.returncode == -9
+        (state / "release").write_text("go")
+        server = serve()
+        out, err = caller.communicate(timeout=90)
+        assert caller.returncode == 0, err
+        assert json.loads(out) == {"result": "answer to why is the sky blue?", "sent": 1}
+        assert len((state / "started.jsonl").read_text().splitlines()) == 1
+        assert len((state / "answered.jsonl").read_text().splitlines()) == 1
+    finally:
+        caller.kill()
+        caller.communicate()
+        server.kill()
+        server.communicate()
+
+
+async def test_a_restarted_server_answers_ended_tasks_from_their_runs(tmp_path: Path
+                                                                      ) -> None:
+    """A fresh server (an empty in-memory task store) on the journal of one that ran
+    tasks answers each from its run: completed with the result artifact as the executor
+    builds it, failed with the error, canceled; a working one is working, and an A2A
+    cancel of it cancels its run; a task with no run is task-not-found."""
+    from a2a.client import ClientConfig, create_client
+    from a2a.types import a2a_pb2 as pb
+    from a2a.utils.errors import TaskNotCancelableError, TaskNotFoundError
+
+    from stalwart.remote._a2a import run_id_for
+
+    db = str(tmp_path / "s.db")
+    port = free_port()
+
+    def declare(app: sw.Runtime) -> Any:
+        @app.workflow(name="work")
+        async def work(ctx: sw.Context, text: str) -> Any:
+            if text == "fail":
+                raise ValueError("cannot do that")
+            if text in ("hold", "gone"):
+                return await ctx.wait_for_signal("go")
+            return {"did": text} if text == "data" else f"did {text}"
+
+        return work
+
+    async with sw.Runtime(db) as first:
+        work = declare(first)
+        for name in ("text", "data", "fail", "hold", "gone"):
+            await first.start(work, name, run_id=run_id_for(f"task-{name}"))
+        for name in ("text", "data", "fail"):
+            with contextlib.suppress(sw.RunFailedError):
+                await first.handle(run_id_for(f"task-{name}")).result(timeout=30)
+        await first.cancel(run_id_for("task-gone"))
+        with pytest.raises(sw.RunCancelledError):
+            await first.handle(run_id_for("task-gone")).result(timeout=30)
+    async with sw.Runtime(db, worker=False) as second:
+        server = sw.A2AServer(second, declare(second), name="worker",
+                              url=f"http://127.0.0.1:{port}/")
+        async with server.serving(port=port):
+            client = await create_client(f"http://127.0.0.1:{port}/",
+                                         ClientConfig(streaming=False))
+            try:
+                async def get(name: str) -> Any:
+                    return await client.get_task(pb.GetTaskRequest(id=f"task-{name}"))
+
+                text, data, fail, hold, gone = [
+                    await get(n) for n in ("text", "data", "fail", "hold", "gone")]
+                assert text.context_id == "text"
+                assert text.status.state == pb.TaskState.TASK_STATE_COMPLETED
+                assert [(a.artifact_id, a.name, a.parts[0].text) for a in text.artifacts
+                        ] == [("result", "result", "did text")]
+                assert data.artifacts[0].parts[0].data.struct_value["did"] == "data"
+                assert fail.status.state == pb.TaskState.TASK_STATE_FAILED
+                assert "ValueError: cannot do that" in fail.status.message.parts[0].text
+                assert gone.status.state == pb.TaskState.TASK_STATE_CANCELED
+                assert hold.status.state == pb.TaskState.TASK_STATE_WORKING
+                with pytest.raises(TaskNotFoundError):
+                    await get("nobody")
+                with pytest.raises(TaskNotCancelableError):
+                    await client.cancel_task(pb.CancelTaskRequest(id="task-text"))
+                cancelled = await client.cancel_task(pb.CancelTaskRequest(id="task-hold"))
+                assert cancelled.status.state == pb.TaskState.TASK_STATE_CANCELED
+                assert (await second.get_run(run_id_for("task-hold"))).cancel_requested
+            finally:
+                await client.close()
+
+
+async def test_a_server_gone_between_polls_is_unavailable_not_a_failure() -> None:
+    """The SDK wraps a refused connection in its own A2AClientError: it is still the
+    agent being unreachable (retryable), not the task failing."""
+    from a2a.client import ClientConfig, create_client
+    from a2a.types import a2a_pb2 as pb
+
+    from stalwart.remote._a2a import _as_error
+
+    port = free_port()
+    async with sw.Runtime(MemoryStore()) as server_app:
+
+        @server_app.workflow(name="echo")
+        async def echo(ctx: sw.Context, text: str) -> str:
+            return text
+
+        server = sw.A2AServer(server_app, echo, name="echo",
+                              url=f"http://127.0.0.1:{port}/")
+        async with server.serving(port=port):
+            client = await create_client(f"http://127.0.0.1:{port}/",
+                                         ClientConfig(streaming=False))
+        try:
+            with pytest.raises(Exception) as raised:
+                await client.get_task(pb.GetTaskRequest(id="task-x"))
+        finally:
+            await client.close()
+    error = _as_error("echo", "wait", raised.value)
+    assert isinstance(error, sw.ToolServerUnavailableError), repr(error)

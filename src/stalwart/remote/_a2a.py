@@ -12,13 +12,25 @@ the message's context id (``task-<context id>``). An A2A cancel cancels the task
 task-not-found, a finished one task-not-cancelable. A run cancelled by other means
 (``stalwart cancel``) ends its task canceled too.
 
+**A server's crash.** The SDK's task store is in memory; the server's store
+(``JournalTaskStore``) answers a task it does not hold, one started before a restart,
+from its run ``a2a-<task id>`` in the journal, the one source of truth: a run not ended
+is working, a completed one completed with the result artifact the executor builds
+(:func:`_settle` and :func:`_result_part` are shared), a failed or dead-lettered one
+failed with its error, a cancelled one canceled. The restarted runtime takes the run
+over (its owner died on this host), so a caller polling the task gets its result. A task
+saved canceled cancels its run: the SDK writes that state itself for a task no executor
+of this process holds.
+
 **Calling.** ``sw.A2AAgent(url)``; ``await remote.ask(ctx, "text")`` is two journaled
 steps behind the policy stack: *send* (its result: the task id) and *wait* (polls the
 task to its end; its result: the artifact's text or data). The message's id and context
 id are derived from the send step's idempotency key, so the task is the same however
 often the step is tried; before sending, the step looks for that task and re-attaches
 to it if it exists. A resumed run replays *send* from the journal and waits on the same
-task: it re-attaches, it does not start the work again.
+task: it re-attaches, it does not start the work again. An agent that cannot be reached
+(the SDK's ``A2AClientError`` caused by a transport error too) is
+``ToolServerUnavailableError``, retryable.
 """
 
 from __future__ import annotations
@@ -28,7 +40,7 @@ import contextlib
 import importlib
 import json
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any, final
 
@@ -122,11 +134,10 @@ class A2AServer:
         from a2a.server.agent_execution import SimpleRequestContextBuilder
         from a2a.server.request_handlers import DefaultRequestHandler
         from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
-        from a2a.server.tasks import InMemoryTaskStore
         from starlette.applications import Starlette
 
         card = self.agent_card()
-        store = InMemoryTaskStore()
+        store = _task_store(self)
         handler = DefaultRequestHandler(
             agent_executor=_executor(self), task_store=store, agent_card=card,
             request_context_builder=SimpleRequestContextBuilder(
@@ -176,6 +187,85 @@ def run_id_for(task_id: str) -> str:
     return f"a2a-{task_id}"
 
 
+def context_of(task_id: str) -> str:
+    """The context id of a served task (the inverse of :func:`task_id_for`)."""
+    return task_id.removeprefix("task-")
+
+
+async def _settle(outcome: Callable[[], Awaitable[Any]]) -> tuple[str, Any]:
+    """How a task ends for its run's outcome (one rule for a live task and one recovered
+    from the journal): ``("completed", result)``, ``("canceled", why)`` or
+    ``("failed", why)``."""
+    try:
+        result = await outcome()
+    except RunCancelledError as exc:  # its run was cancelled (here or elsewhere)
+        return "canceled", str(exc)
+    except Exception as exc:  # the task fails with the run's error
+        return "failed", f"{type(exc).__name__}: {exc}"
+    return "completed", result
+
+
+_RESULT = "result"
+"""The id and name of a task's result artifact."""
+
+def _task_store(server: A2AServer) -> Any:
+    from a2a.server.tasks import InMemoryTaskStore
+
+    pb = _sdk()
+
+    class JournalTaskStore(InMemoryTaskStore):
+        """The SDK's in-memory tasks, backed by the journal: a task this process does
+        not hold (it started before a restart) is answered from its run ``a2a-<task
+        id>``, so the journal stays the one source of truth; a task saved canceled
+        cancels its run (the SDK writes the canceled state itself for a task no
+        executor of this process holds)."""
+
+        async def get(self, task_id: str, context: Any = None) -> Any:
+            task = await super().get(task_id, context)
+            return task if task is not None else await _recovered(server, task_id)
+
+        async def save(self, task: Any, context: Any = None) -> None:
+            await super().save(task, context)
+            if task.status.state == pb.TaskState.TASK_STATE_CANCELED:
+                await _cancel_run(server, str(task.id))
+
+    return JournalTaskStore()
+
+
+async def _cancel_run(server: A2AServer, task_id: str) -> None:
+    with contextlib.suppress(RunNotFoundError):  # its run not started yet
+        rec = await server.runtime.get_run(run_id_for(task_id))
+        if not rec.is_terminal:
+            await server.runtime.cancel(rec.run_id)
+
+
+async def _recovered(server: A2AServer, task_id: str) -> Any:
+    """The task of the run ``a2a-<task id>`` as its journal says, or ``None``."""
+    from a2a.helpers.proto_helpers import new_text_part
+
+    pb = _sdk()
+    try:
+        rec = await server.runtime.get_run(run_id_for(task_id))
+    except RunNotFoundError:
+        return None
+    task = pb.Task(id=task_id, context_id=context_of(task_id))
+    if not rec.is_terminal:
+        task.status.state = pb.TaskState.TASK_STATE_WORKING
+        return task
+
+    async def outcome() -> Any:
+        return server.runtime.outcome(rec)
+
+    state, value = await _settle(outcome)
+    task.status.state = pb.TaskState.Value(f"TASK_STATE_{state.upper()}")
+    if state == "completed":
+        task.artifacts.append(pb.Artifact(artifact_id=_RESULT, name=_RESULT,
+                                          parts=[_result_part(value, new_text_part)]))
+    else:
+        task.status.message.CopyFrom(_agent_message(value))
+    return task
+
+
 def _task_ids() -> Any:
     from a2a.server.id_generator import IDGenerator, IDGeneratorContext
 
@@ -208,17 +298,16 @@ def _executor(server: A2AServer) -> Any:
                 await event_queue.enqueue_event(task)
             updater = TaskUpdater(event_queue, task.id, task.context_id)
             await updater.start_work()
-            try:
-                result = await server._run(task.id, context.message)
-            except RunCancelledError as exc:  # its run was cancelled (here or elsewhere)
+            state, value = await _settle(lambda: server._run(task.id, context.message))
+            if state == "canceled":
                 if task.id not in server._cancelling:
-                    await updater.cancel(_agent_message(str(exc)))
-                return
-            except Exception as exc:  # the task fails with the run's error
-                await updater.failed(_agent_message(f"{type(exc).__name__}: {exc}"))
-                return
-            await updater.add_artifact([_result_part(result, new_text_part)], name="result")
-            await updater.complete()
+                    await updater.cancel(_agent_message(value))
+            elif state == "failed":
+                await updater.failed(_agent_message(value))
+            else:
+                await updater.add_artifact([_result_part(value, new_text_part)],
+                                           artifact_id=_RESULT, name=_RESULT)
+                await updater.complete()
 
         async def cancel(self, context: Any, event_queue: Any) -> None:
             """An A2A cancel cancels the task's run (it stops at its next step, its
@@ -421,10 +510,22 @@ def _line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+def _unreachable(exc: BaseException | None) -> bool:
+    """Whether the agent could not be reached: a connection or transport error, also as
+    the cause of the SDK's own (its ``A2AClientError`` wraps httpx's errors)."""
+    import httpx
+
+    while exc is not None:
+        name = type(exc).__name__
+        if isinstance(exc, OSError | httpx.TransportError) or "Connect" in name \
+                or "Timeout" in name or "Transport" in name or "Network" in name:
+            return True
+        exc = exc.__cause__
+    return False
+
+
 def _as_error(agent: str, step: str, exc: Exception) -> Exception:
-    name = type(exc).__name__
-    if isinstance(exc, OSError | ConnectionError) or "Connect" in name or "Timeout" in name \
-            or "Transport" in name or "Network" in name:
+    if _unreachable(exc):
         return ToolServerUnavailableError(f"A2A agent {agent!r}: {_line(exc)}", server=agent,
                                           tool=step)
     return RemoteToolError(f"A2A agent {agent!r}: {_line(exc)}", server=agent, tool=step)
