@@ -217,7 +217,8 @@ async def test_an_a2a_cancel_cancels_the_tasks_run() -> None:
         assert "task-sw-c2-1 of agent 'holder' ended canceled" in answer, answer
 
 
-def test_a_killed_server_answers_its_task_from_the_journal(tmp_path: Path) -> None:
+def test_a_killed_server_answers_its_task_from_the_journal(tmp_path: Path, journal: str
+                                                          ) -> None:
     """The server is SIGKILLed while its workflow runs and restarted on the same port
     and journal: its new runtime takes the run over, its task store answers the task
     from the run (the SDK's own store is in memory), the caller's wait gets the result,
@@ -225,8 +226,7 @@ def test_a_killed_server_answers_its_task_from_the_journal(tmp_path: Path) -> No
     state = tmp_path / "state"
     state.mkdir()
     port = free_port()
-    argv = [sys.executable, str(APPS), "server", str(tmp_path / "s.db"), str(state),
-            str(port)]
+    argv = [sys.executable, str(APPS), "server", journal, str(state), str(port)]
 
     def serve() -> subprocess.Popen[str]:
         proc = subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL,
@@ -261,7 +261,7 @@ def test_a_killed_server_answers_its_task_from_the_journal(tmp_path: Path) -> No
         server.communicate()
 
 
-async def test_a_restarted_server_answers_ended_tasks_from_their_runs(tmp_path: Path
+async def test_a_restarted_server_answers_ended_tasks_from_their_runs(journal: str
                                                                       ) -> None:
     """A fresh server (an empty in-memory task store) on the journal of one that ran
     tasks answers each from its run: completed with the result artifact as the executor
@@ -273,7 +273,7 @@ async def test_a_restarted_server_answers_ended_tasks_from_their_runs(tmp_path: 
 
     from stalwart.remote._a2a import run_id_for
 
-    db = str(tmp_path / "s.db")
+    db = journal
     port = free_port()
 
     def declare(app: sw.Runtime) -> Any:
