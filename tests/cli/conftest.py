@@ -178,21 +178,10 @@ def cli() -> Cli:
 def pg_url() -> Iterator[str]:
     """A PostgreSQL URL whose search path is a fresh, empty schema, dropped after the
     test (skipped without ``STALWART_TEST_POSTGRES_URL``)."""
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+    from stalwart.testing import postgres_schema
 
     url = os.environ.get("STALWART_TEST_POSTGRES_URL")
     if not url:
         pytest.skip("set STALWART_TEST_POSTGRES_URL=postgresql://... to run this test")
-    import psycopg
-
-    schema = f"stalwart_cli_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "options"]
-    query.append(("options", f"-csearch_path={schema}"))
-    try:
-        yield urlunsplit(parts._replace(query=urlencode(query)))
-    finally:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    with postgres_schema(url, prefix="stalwart_cli") as scoped:
+        yield scoped

@@ -12,7 +12,6 @@ import shutil
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -20,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
+
+from stalwart.testing import postgres_schema
 
 pytest.importorskip("starlette", reason="the dashboard extra is not installed")
 
@@ -92,29 +92,14 @@ def journal(shared_journal: Journal, tmp_path: Path) -> Journal:
     return Journal(str(tmp_path / "journal.db"), shared_journal.ids, tmp_path)
 
 
-def _with_search_path(url: str, schema: str) -> str:
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "options"]
-    query.append(("options", f"-csearch_path={schema}"))
-    return urlunsplit(parts._replace(query=urlencode(query)))
-
-
 @pytest.fixture
 def pg_journal(tmp_path: Path) -> Iterator[Journal]:
     """The same runs in a fresh PostgreSQL schema (skipped without a database)."""
     url = os.environ.get(PG_ENV)
     if not url:
         pytest.skip(f"set {PG_ENV}=postgresql://... to run the PostgreSQL dashboard tests")
-    import psycopg
-
-    schema = f"stalwart_dash_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield _fill(_with_search_path(url, schema), tmp_path)
-    finally:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    with postgres_schema(url, prefix="stalwart_dash") as scoped:
+        yield _fill(scoped, tmp_path)
 
 
 @contextmanager

@@ -9,14 +9,14 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
+
+from stalwart.testing import postgres_schema
 
 PG_ENV = "STALWART_TEST_POSTGRES_URL"
 APP = Path(__file__).with_name("crash_app.py")
@@ -34,13 +34,6 @@ def _load_app() -> ModuleType:
 crash_app = _load_app()
 
 
-def _with_search_path(url: str, schema: str) -> str:
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "options"]
-    query.append(("options", f"-csearch_path={schema}"))
-    return urlunsplit(parts._replace(query=urlencode(query)))
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty journal: a SQLite file, or a PostgreSQL schema of its own."""
@@ -50,16 +43,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     url = os.environ.get(PG_ENV)
     if not url:
         pytest.skip(f"set {PG_ENV}=postgresql://... to run the PostgreSQL pattern tests")
-    import psycopg
-
-    schema = f"stalwart_patterns_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield _with_search_path(url, schema)
-    finally:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    with postgres_schema(url, prefix="stalwart_patterns") as scoped:
+        yield scoped
 
 
 @dataclass

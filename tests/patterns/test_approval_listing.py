@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import sqlite3
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,9 @@ import stalwart as sw
 from stalwart.engine._approval import waiting
 from stalwart.store import EventKind, Finish, NewEvent, Owner, RunStatus, Store
 from stalwart.store._blobs import BLOB_THRESHOLD
-from stalwart.testing import MemoryStore
+from stalwart.testing import MemoryStore, postgres_schema
 
-from .conftest import PG_ENV, _with_search_path
+from .conftest import PG_ENV
 
 DOC = "y" * (BLOB_THRESHOLD + 10)  # a payload the SQL stores keep as a blob
 UNFINISHED = (RunStatus.WAITING, RunStatus.RUNNING, RunStatus.PENDING)
@@ -40,16 +39,8 @@ def journal(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store | 
     url = os.environ.get(PG_ENV)
     if not url:
         pytest.skip(f"set {PG_ENV}=postgresql://... to run the PostgreSQL tests")
-    import psycopg
-
-    schema = f"stalwart_listing_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield _with_search_path(url, schema)
-    finally:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    with postgres_schema(url, prefix="stalwart_listing") as scoped:
+        yield scoped
 
 
 def runtime(journal: Store | str, *, worker: bool) -> sw.Runtime:

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,21 +99,10 @@ def journal(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield str(tmp_path / "journal.db")
         return
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+    from stalwart.testing import postgres_schema
 
     url = os.environ.get("STALWART_TEST_POSTGRES_URL")
     if not url:
         pytest.skip("set STALWART_TEST_POSTGRES_URL=postgresql://... to run this test")
-    import psycopg
-
-    schema = f"stalwart_a2a_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "options"]
-    query.append(("options", f"-csearch_path={schema}"))
-    try:
-        yield urlunsplit(parts._replace(query=urlencode(query)))
-    finally:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    with postgres_schema(url, prefix="stalwart_a2a") as scoped:
+        yield scoped

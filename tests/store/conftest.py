@@ -9,28 +9,18 @@ same journal, as a second worker process would.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
 
 from stalwart.store import SQLiteStore, Store
-from stalwart.testing import MemoryStore
+from stalwart.testing import MemoryStore, postgres_schema
 
 PG_ENV = "STALWART_TEST_POSTGRES_URL"
 PG_SKIP = f"set {PG_ENV}=postgresql://... to run the PostgreSQL conformance tests"
 
 StoreFactory = Callable[[], Awaitable[Store]]
-
-
-def with_search_path(url: str, schema: str) -> str:
-    """``url`` with connection options that put ``schema`` first on the search path."""
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "options"]
-    query.append(("options", f"-csearch_path={schema}"))
-    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 @pytest.fixture
@@ -39,16 +29,8 @@ def pg_url() -> Iterator[str]:
     url = os.environ.get(PG_ENV)
     if not url:
         pytest.skip(PG_SKIP)
-    import psycopg
-
-    schema = f"stalwart_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield with_search_path(url, schema)
-    finally:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    with postgres_schema(url) as scoped:
+        yield scoped
 
 
 @pytest.fixture(params=["sqlite", "postgres", "memory"])

@@ -6,12 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
+
+from stalwart.testing import postgres_schema
 
 HERE = Path(__file__).parent
 # `fleet_app` (the workers' module) and `fleet_checks` import by name, in the tests as in
@@ -20,13 +20,6 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 PG_ENV = "STALWART_TEST_POSTGRES_URL"
 PG_SKIP = f"set {PG_ENV}=postgresql://... to run the PostgreSQL fleet tests"
-
-
-def with_search_path(url: str, schema: str) -> str:
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "options"]
-    query.append(("options", f"-csearch_path={schema}"))
-    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def create_journal(url: str) -> None:
@@ -51,17 +44,9 @@ def pg_url() -> Iterator[str]:
     url = os.environ.get(PG_ENV)
     if not url:
         pytest.skip(PG_SKIP)
-    import psycopg
-
-    schema = f"stalwart_fleet_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        create_journal(with_search_path(url, schema))
-        yield with_search_path(url, schema)
-    finally:
-        with psycopg.connect(url, autocommit=True, connect_timeout=30) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    with postgres_schema(url, prefix="stalwart_fleet") as scoped:
+        create_journal(scoped)
+        yield scoped
 
 
 class Fleet:

@@ -362,7 +362,7 @@ async def test_a_worker_creates_a_journal_beside_other_tables_only_when_told(
     base = os.environ.get("STALWART_TEST_POSTGRES_URL")
     if not base:
         pytest.skip("set STALWART_TEST_POSTGRES_URL to run this test")
-    from conftest import with_search_path  # type: ignore[import-not-found]
+    from stalwart.testing import with_search_path
 
     schema = f"stalwart_app_{uuid.uuid4().hex[:10]}"
     url = with_search_path(base, schema)

@@ -19,6 +19,8 @@ from ._obedient import Attempt as Attempt
 from ._obedient import Instruction as Instruction
 from ._obedient import ObedientModel as ObedientModel
 from ._obedient import instruction as instruction
+from ._postgres import postgres_schema as postgres_schema
+from ._postgres import with_search_path as with_search_path
 
 if TYPE_CHECKING:
     from ._otlp_receiver import OTLPReceiver as OTLPReceiver
@@ -36,6 +38,8 @@ __all__ = [
     "Reply",
     "SimulatedModel",
     "instruction",
+    "postgres_schema",
+    "with_search_path",
 ]
 
 
