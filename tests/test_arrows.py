@@ -30,6 +30,7 @@ PART_OF_MODULE = {
     "stalwart._context": "context",
     "stalwart._agent": "agents",
     "stalwart._runtime": "runtime",
+    "stalwart._schedule": "runtime",
     "stalwart": "api",
     "stalwart._demo": "cli",
     "stalwart.__main__": "cli",

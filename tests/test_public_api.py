@@ -12,7 +12,7 @@ import stalwart
 
 PUBLIC = {
     # runtime and workflows
-    "Runtime", "RunHandle", "Workflow", "Context", "StepInfo", "current_step",
+    "Runtime", "RunHandle", "Schedule", "Workflow", "Context", "StepInfo", "current_step",
     "ApprovalError", "ApprovalNotFoundError", "ApprovalConflictError",
     "ApprovalTimeoutError", "ApprovalRequest", "Decision",
     "Actor", "ActorContext", "ActorError", "ActorKeyError", "ActorNotFoundError",

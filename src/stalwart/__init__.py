@@ -21,6 +21,7 @@ from ._context import current_step as current_step
 from ._runtime import PolicyNote as PolicyNote
 from ._runtime import RunHandle as RunHandle
 from ._runtime import Runtime as Runtime
+from ._schedule import Schedule as Schedule
 from .engine._actor import Actor as Actor
 from .engine._approval import ApprovalRequest as ApprovalRequest
 from .engine._approval import Decision as Decision
@@ -196,6 +197,7 @@ __all__ = [
     # runtime and workflows
     "Runtime",
     "RunHandle",
+    "Schedule",
     "Workflow",
     "Context",
     "Actor",

@@ -21,11 +21,13 @@ import os
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, final, overload
 
 from ._clock import Clock, race_event
 from ._context import ActorContext, Context
+from ._schedule import Schedule, make_schedule, run_schedule
 from ._serde import ErrorInfo, decode, encode, input_hash, rebuild_error, return_type
 from .engine._actor import (
     Actor,
@@ -270,6 +272,7 @@ class Runtime(Engine):
         """The event loop the runtime was opened in: its tasks and store live there."""
         self._instances: set[str] = set()
         """Actor instances known to exist (sent to): ``send`` makes no other first."""
+        self._schedules: list[Schedule] = []
 
     # -- registration ----------------------------------------------------------------
 
@@ -302,6 +305,41 @@ class Runtime(Engine):
             return wf
 
         return deco(fn) if fn is not None else deco
+
+    def scheduled(self, cron: str, *, catchup: timedelta = timedelta(0), tz: str = "UTC",
+                  ) -> Callable[[Workflow[P, R]], Workflow[P, R]]:
+        """Start a run of the workflow below at each tick of ``cron`` (placed over
+        ``@app.workflow``; the workflow takes ``(ctx, scheduled_at: datetime)``, the
+        tick, UTC-aware). ``tz`` is the zone the expression is read in (default UTC).
+
+        Each tick is one run, id ``schedule:{workflow}:{tick ISO}``, started with
+        ``if_exists="return"`` by every worker runtime of a fleet: it runs once. A tick
+        whose previous run still runs is started all the same. After downtime, ticks
+        missed within ``catchup`` are started, oldest first; older ones are skipped
+        (logged). Declare it before the runtime opens; a client runtime starts none.
+
+        Raises:
+            ConfigurationError: an invalid cron expression or zone, a negative
+                ``catchup``, a workflow that does not take ``(ctx, scheduled_at)``.
+        """
+
+        def deco(wf: Workflow[P, R]) -> Workflow[P, R]:
+            if not isinstance(wf, Workflow):
+                raise ConfigurationError("@app.scheduled goes over @app.workflow")
+            self._schedules.append(make_schedule(wf, cron, catchup, tz))
+            self.register(wf)
+            return wf
+
+        return deco
+
+    async def _start_tick(self, schedule: Schedule, tick: datetime) -> None:
+        await self.start(schedule.workflow, tick, run_id=schedule.run_id(tick),
+                         if_exists="return")
+
+    @property
+    def schedules(self) -> list[Schedule]:
+        """The schedules declared on this runtime."""
+        return list(self._schedules)
 
     def actor(self, *, state: Callable[[], S], name: str | None = None,
               ) -> Callable[[Callable[[ActorContext[S], M], Awaitable[R]]], Actor[S, M, R]]:
@@ -511,6 +549,9 @@ class Runtime(Engine):
             if self.worker:
                 self._worker.start()
                 self.listen_for_notifications()
+                self.tasks.extend(asyncio.create_task(run_schedule(self, sch, self._start_tick),
+                                                      name=f"sw-schedule-{sch.workflow.name}")
+                                  for sch in self._schedules)
             self._loop = asyncio.get_running_loop()
             self._started = True
 
