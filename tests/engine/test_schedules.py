@@ -36,7 +36,8 @@ async def until(pred: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> N
 
 def make_app(store: object, clock: sw.FakeClock, seen: list[tuple[datetime, float]],
              *, catchup: timedelta = timedelta(0), cron: str = "*/5 * * * *") -> sw.Runtime:
-    app = sw.Runtime(store, clock=clock, poll_interval=0.05)  # type: ignore[arg-type]
+    app = sw.Runtime(store, clock=clock, poll_interval=0.05,  # type: ignore[arg-type]
+                     lease_seconds=3600)
 
     @app.scheduled(cron, catchup=catchup)
     @app.workflow(name="report")

@@ -153,3 +153,10 @@ def test_fan_in_example(tmp_path: Path) -> None:
     assert lines[2].startswith("  window: evict ['[market]'] (")
     assert lines[3].startswith("reject: refused before the call: ContextOverflowError")
     assert lines[5].startswith("  window: reject [] (")
+
+
+def test_scheduled_report_example(tmp_path: Path) -> None:
+    """examples/scheduled_report.py: two workers on one journal, each tick runs once."""
+    lines = run_example("scheduled_report.py", tmp_path).splitlines()
+    assert lines == [f"schedule:report:2026-01-01T07:{m}:00+00:00"
+                     for m in ("00", "15", "30", "45")] + ["4 runs for 4 ticks"]
