@@ -36,16 +36,14 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import stalwart as sw
 from stalwart.engine._approval import ApprovalRequest, approval_token, waiting
 from stalwart.store import EventKind, Finish, NewEvent, Owner, RunStatus, Store
+from stalwart.testing import postgres_schema
 
 UNFINISHED = (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING)
 T0 = 1_700_000_000.0
@@ -145,24 +143,6 @@ async def measure(name: str, url: str, args: argparse.Namespace) -> bool:
     return ok
 
 
-@contextmanager
-def pg_schema(url: str) -> Iterator[str]:
-    """``url`` with a fresh schema first on its search path, dropped afterwards."""
-    import psycopg
-
-    schema = f"bench_approvals_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "options"]
-    query.append(("options", f"-csearch_path={schema}"))
-    try:
-        yield urlunsplit(parts._replace(query=urlencode(query)))
-    finally:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=2_000)
@@ -179,7 +159,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         ok &= asyncio.run(measure("SQLite", str(Path(tmp) / "journal.db"), args))
     if args.pg_url:
-        with pg_schema(args.pg_url) as url:
+        with postgres_schema(args.pg_url, prefix="bench_approvals") as url:
             ok &= asyncio.run(measure("PostgreSQL", url, args))
     return 0 if ok else 1
 

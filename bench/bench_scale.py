@@ -55,16 +55,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from _pg_cluster import NoCluster, throwaway_cluster
 
 from stalwart import Context, Runtime, SQLiteStore, Workflow
+from stalwart.testing import postgres_schema
 
 HERE = Path(__file__).parent
 STEPS = 5
@@ -140,31 +137,11 @@ def step_latencies(events: list[tuple[str, int, str, float]]) -> tuple[float, ..
 # -- PostgreSQL ----------------------------------------------------------------------
 
 
-def with_search_path(url: str, schema: str) -> str:
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "options"]
-    query.append(("options", f"-csearch_path={schema}"))
-    return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-@contextmanager
-def fresh_schema(url: str) -> Iterator[str]:
-    import psycopg
-
-    schema = f"bench_scale_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield with_search_path(url, schema)
-    finally:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
 def pg_floor(url: str, counted: bool) -> Row:
     import psycopg
 
-    with fresh_schema(url) as u, psycopg.connect(u, autocommit=True) as conn:
+    with (postgres_schema(url, prefix="bench_scale") as u,
+          psycopg.connect(u, autocommit=True) as conn):
         conn.execute("CREATE TABLE floor (run_id TEXT NOT NULL, seq INTEGER NOT NULL, "
                      "payload TEXT NOT NULL, PRIMARY KEY (run_id, seq))")
         reset_statements(u, counted)
@@ -238,7 +215,7 @@ async def pg_workload(url: str, workers: int, runs: int, counted: bool,
 
     from stalwart import PostgresStore
 
-    with fresh_schema(url) as u:
+    with postgres_schema(url, prefix="bench_scale") as u:
         journal = PostgresStore(u)  # a writer: creates the tables in the empty schema
         await journal.open()
         await journal.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import stalwart as sw
-from stalwart.testing import MemoryStore
+from stalwart.testing import MemoryStore, postgres_schema
 
 T0 = datetime(2026, 1, 1, 7, 0, tzinfo=UTC)
 PG_ENV = "STALWART_TEST_POSTGRES_URL"
@@ -121,21 +120,8 @@ def pg_url() -> Iterator[str]:
     url = os.environ.get(PG_ENV)
     if not url:
         pytest.skip(f"set {PG_ENV}=postgresql://... to run the PostgreSQL tests")
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-    import psycopg
-
-    schema = f"stalwart_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "options"]
-    query.append(("options", f"-csearch_path={schema}"))
-    try:
-        yield urlunsplit(parts._replace(query=urlencode(query)))
-    finally:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    with postgres_schema(url) as scoped:
+        yield scoped
 
 
 async def two_runtimes_start_each_tick_once(location: str) -> None:
